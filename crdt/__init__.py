@@ -1,0 +1,1 @@
+"""Replicated intent on pycrdt: registry, deployments, routes, placement, KV; sync; durable store."""

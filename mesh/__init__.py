@@ -1,0 +1,1 @@
+"""The peer: identity, wire, SWIM membership, Vivaldi coordinates, node assembly, CLI."""

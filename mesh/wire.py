@@ -1,0 +1,225 @@
+"""The wire format: one msgpack envelope, typed message dataclasses, strict decoding.
+
+Envelope (a msgpack array)::
+
+    [version, type, sender, payload, piggyback]
+
+* ``version`` is :data:`PROTOCOL_VERSION`; anything else is refused.
+* ``type`` is the small integer a message class registered with :func:`message`.
+* ``sender`` is the sending node's name (its id).
+* ``payload`` is whatever the class's ``to_payload()`` returns (msgpack types only).
+* ``piggyback`` is a list of pre-encoded broadcasts (``bytes``), each itself a
+  msgpack ``[type, payload]`` pair: gossip updates riding on probes and acks.
+
+Every message class follows one small protocol, so packages that must not
+import ``mesh`` (``crdt``) can still define messages that travel in the envelope:
+
+* a class attribute ``TYPE: int``;
+* ``to_payload(self) -> list`` returning msgpack-encodable values;
+* ``from_payload(cls, payload) -> Self`` that validates and may raise anything
+  on malformed input: :func:`decode` turns every failure into :class:`WireError`.
+
+Decoding bounds every size (datagram, string, bin, array, map lengths) before
+it allocates, so a hostile packet cannot make a node allocate much or raise
+anything but :class:`WireError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, TypeVar
+
+import msgpack
+
+from mesh.errors import WireError
+
+PROTOCOL_VERSION = 1
+# UDP payload budget: stays under typical cellular / VPN path MTUs (1280 IPv6 minimum
+# minus headers and the Noise tag/counter).
+MAX_DATAGRAM = 1200
+# Stream frames (push-pull, sync, blob chunks) are length-prefixed; one Noise message
+# carries at most 65535 bytes, larger logical messages are split by the stream layer.
+MAX_FRAME = 4 * 1024 * 1024
+
+_MAX_STR = 64 * 1024
+_MAX_ARRAY = 100_000
+
+
+class WireMessage(Protocol):
+    TYPE: int
+
+    def to_payload(self) -> list[Any]: ...
+
+
+M = TypeVar("M")
+_REGISTRY: dict[int, Any] = {}
+
+
+def message(cls: type[M]) -> type[M]:
+    """Class decorator: register a message class under its ``TYPE``."""
+    type_id = getattr(cls, "TYPE")
+    existing = _REGISTRY.get(type_id)
+    if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"wire type {type_id} already registered by {existing.__qualname__}")
+    _REGISTRY[type_id] = cls
+    return cls
+
+
+def registered_types() -> dict[int, Any]:
+    """A copy of the type-id → class registry (for tests and docs)."""
+    return dict(_REGISTRY)
+
+
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack-encode plain values (bin for bytes, str for text)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(data: bytes, limit: int) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > limit:
+        raise WireError(f"message of {len(data)} bytes exceeds limit {limit}")
+    try:
+        return msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            strict_map_key=True,
+            max_str_len=min(limit, _MAX_STR),
+            max_bin_len=limit,
+            max_array_len=min(limit, _MAX_ARRAY),
+            max_map_len=min(limit, _MAX_ARRAY),
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise WireError(f"undecodable msgpack: {exc.__class__.__name__}") from None
+
+
+def encode_broadcast(msg: WireMessage) -> bytes:
+    """Encode a gossip update for a piggyback slot: msgpack ``[type, payload]``."""
+    return pack([msg.TYPE, msg.to_payload()])
+
+
+def encode(sender: str, msg: WireMessage, piggyback: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
+    """Encode one envelope."""
+    return pack([PROTOCOL_VERSION, msg.TYPE, sender, msg.to_payload(), list(piggyback)])
+
+
+def envelope_overhead(sender: str) -> int:
+    """Bytes an envelope adds around its payload and piggyback list (upper bound)."""
+    return 16 + len(sender.encode())
+
+
+def piggyback_cost(item: bytes) -> int:
+    """Bytes one piggybacked broadcast adds to an envelope."""
+    n = len(item)
+    return n + (2 if n < 256 else 3 if n < 65536 else 5)
+
+
+def _build(type_id: Any, payload: Any) -> Any:
+    if not isinstance(type_id, int) or isinstance(type_id, bool):
+        raise WireError("message type is not an integer")
+    cls = _REGISTRY.get(type_id)
+    if cls is None:
+        raise WireError(f"unknown message type {type_id}")
+    if not isinstance(payload, list):
+        raise WireError(f"payload of type {type_id} is not an array")
+    try:
+        return cls.from_payload(payload)
+    except WireError:
+        raise
+    except Exception as exc:  # validation of a foreign payload: any failure is a wire error
+        raise WireError(f"invalid {cls.__name__} payload: {exc.__class__.__name__}: {exc}") from None
+
+
+def decode_broadcast(data: bytes) -> Any:
+    """Decode one piggybacked broadcast into its message object."""
+    obj = _unpack(data, MAX_DATAGRAM)
+    if not isinstance(obj, list) or len(obj) != 2:
+        raise WireError("broadcast is not a [type, payload] pair")
+    return _build(obj[0], obj[1])
+
+
+@dataclass(slots=True, frozen=True)
+class Envelope:
+    """A decoded envelope: who sent it, the message, and its piggybacked updates."""
+
+    sender: str
+    msg: Any
+    piggyback: tuple[Any, ...]
+
+
+def decode(data: bytes, limit: int = MAX_DATAGRAM) -> Envelope:
+    """Decode and validate an envelope; raise only :class:`WireError`."""
+    obj = _unpack(data, limit)
+    if not isinstance(obj, list) or len(obj) != 5:
+        raise WireError("envelope is not a 5-element array")
+    version, type_id, sender, payload, piggyback = obj
+    if version != PROTOCOL_VERSION:
+        raise WireError(f"unsupported protocol version {version!r}")
+    if not isinstance(sender, str) or not sender or len(sender) > 256:
+        raise WireError("invalid sender")
+    if not isinstance(piggyback, list):
+        raise WireError("piggyback is not an array")
+    msg = _build(type_id, payload)
+    pig: list[Any] = []
+    for item in piggyback:
+        if not isinstance(item, bytes):
+            raise WireError("piggyback item is not bin")
+        pig.append(decode_broadcast(item))
+    return Envelope(sender, msg, tuple(pig))
+
+
+# --- payload validators (used by from_payload implementations) -----------------------
+
+
+def v_int(x: Any, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    """Validate an integer in [lo, hi]."""
+    if not isinstance(x, int) or isinstance(x, bool) or not lo <= x <= hi:
+        raise WireError(f"expected integer in [{lo}, {hi}], got {x!r:.40}")
+    return x
+
+
+def v_float(x: Any, lo: float = -1e12, hi: float = 1e12) -> float:
+    """Validate a finite number in [lo, hi]."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not lo <= x <= hi:
+        raise WireError(f"expected finite number in [{lo}, {hi}], got {x!r:.40}")
+    return float(x)
+
+
+def v_str(x: Any, max_len: int = 256, allow_empty: bool = False) -> str:
+    """Validate a string of bounded length."""
+    if not isinstance(x, str) or len(x) > max_len or (not allow_empty and not x):
+        raise WireError(f"expected string of length <= {max_len}")
+    return x
+
+
+def v_bytes(x: Any, max_len: int = MAX_FRAME) -> bytes:
+    """Validate a bin value of bounded length."""
+    if not isinstance(x, bytes) or len(x) > max_len:
+        raise WireError(f"expected bin of length <= {max_len}")
+    return x
+
+
+def v_bool(x: Any) -> bool:
+    """Validate a boolean."""
+    if not isinstance(x, bool):
+        raise WireError("expected boolean")
+    return x
+
+
+def v_list(x: Any, max_len: int = _MAX_ARRAY, item: Callable[[Any], Any] | None = None) -> list[Any]:
+    """Validate an array of bounded length, optionally validating each item."""
+    if not isinstance(x, list) or len(x) > max_len:
+        raise WireError(f"expected array of length <= {max_len}")
+    return [item(i) for i in x] if item else x
+
+
+def v_fields(payload: list[Any], n: int) -> list[Any]:
+    """Validate a payload array has exactly n fields."""
+    if len(payload) != n:
+        raise WireError(f"expected {n} fields, got {len(payload)}")
+    return payload

@@ -1,0 +1,1 @@
+"""wasmtime runtime: artifacts, compiled cache, instance pools, ABIs, capabilities, limits."""

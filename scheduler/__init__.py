@@ -1,0 +1,1 @@
+"""Placement as pure functions of (spec, view)."""
