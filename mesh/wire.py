@@ -135,12 +135,26 @@ def _build(type_id: Any, payload: Any) -> Any:
         raise WireError(f"invalid {cls.__name__} payload: {exc.__class__.__name__}: {exc}") from None
 
 
+# Gossip re-sends the same encoded update many times (retransmit limit x fan-out),
+# so a node sees identical broadcast bytes again and again. Messages are immutable,
+# so decoding each distinct byte string once is safe; the cache is bounded.
+_BROADCAST_CACHE: dict[bytes, Any] = {}
+_BROADCAST_CACHE_MAX = 8192
+
+
 def decode_broadcast(data: bytes) -> Any:
     """Decode one piggybacked broadcast into its message object."""
+    hit = _BROADCAST_CACHE.get(data)
+    if hit is not None:
+        return hit
     obj = _unpack(data, MAX_DATAGRAM)
     if not isinstance(obj, list) or len(obj) != 2:
         raise WireError("broadcast is not a [type, payload] pair")
-    return _build(obj[0], obj[1])
+    msg = _build(obj[0], obj[1])
+    if len(_BROADCAST_CACHE) >= _BROADCAST_CACHE_MAX:
+        _BROADCAST_CACHE.clear()
+    _BROADCAST_CACHE[data] = msg
+    return msg
 
 
 @dataclass(slots=True, frozen=True)
@@ -223,3 +237,12 @@ def v_fields(payload: list[Any], n: int) -> list[Any]:
     if len(payload) != n:
         raise WireError(f"expected {n} fields, got {len(payload)}")
     return payload
+
+
+@dataclass(slots=True, frozen=True)
+class Outgoing:
+    """What a core asks its driver to send: bytes to an address, on a datagram or a stream."""
+
+    dst: str
+    data: bytes
+    reliable: bool = False

@@ -1,0 +1,75 @@
+"""Transmit-limited piggyback queue (memberlist's queue.go / TransmitLimitedQueue)."""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Callable
+
+from mesh.wire import piggyback_cost
+
+
+class BroadcastQueue:
+    """Gossip updates waiting to ride on outgoing datagrams.
+
+    One entry per subject key: a newer update about a node replaces the older
+    one (it would only be ignored downstream anyway). Each call to :meth:`take`
+    hands out the least-transmitted updates first (newest first among equals,
+    like memberlist's ordering) that fit the byte budget, and drops an update
+    after ``limit()`` transmissions — ``retransmit_mult * ceil(log10(n + 1))``
+    for a cluster of n nodes.
+
+    Updates are kept in buckets by transmit count, so taking k updates costs
+    O(k + number of buckets), not a sort of the whole queue per datagram.
+    """
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        # transmits -> {key: data}; dict insertion order = age (newest last).
+        self._levels: dict[int, dict[str, bytes]] = {}
+        self._where: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def queue(self, key: str, data: bytes) -> None:
+        """Queue (or replace) the update about ``key``."""
+        old = self._where.get(key)
+        if old is not None:
+            del self._levels[old][key]
+        self._levels.setdefault(0, {})[key] = data
+        self._where[key] = 0
+
+    def take(self, budget: int) -> list[bytes]:
+        """Return updates fitting ``budget`` bytes, fewest transmissions (then newest) first."""
+        if not self._where or budget <= 0:
+            return []
+        limit = self._limit()
+        out: list[bytes] = []
+        moved: list[tuple[str, bytes, int]] = []
+        for level in sorted(self._levels):
+            bucket = self._levels[level]
+            # Updates are tens of bytes; no more than budget // 24 of them can fit.
+            for key in list(islice(reversed(bucket), budget // 24 + 1)):
+                data = bucket[key]
+                cost = piggyback_cost(data)
+                if cost > budget:
+                    if budget < 128:
+                        break
+                    continue
+                budget -= cost
+                out.append(data)
+                del bucket[key]
+                moved.append((key, data, level + 1))
+                if budget < 8:
+                    break
+            if budget < 8:
+                break
+        for key, data, level in moved:
+            if level >= limit:
+                del self._where[key]
+            else:
+                self._levels.setdefault(level, {})[key] = data
+                self._where[key] = level
+        for level in [lv for lv, b in self._levels.items() if not b]:
+            del self._levels[level]
+        return out

@@ -1,0 +1,182 @@
+"""Named timing profiles, after memberlist's DefaultLAN/WAN/LocalConfig.
+
+Every timer of the membership protocol derives from one of these fields. The
+defaults and the reasons for them:
+
+``probe_interval``
+    T in the SWIM paper: one node is probed per interval. Failure detection time
+    and per-node load both scale with it (one ping + one ack per T).
+``probe_timeout``
+    How long to wait for a direct ack before asking k peers to probe indirectly.
+    Must exceed the 99th percentile RTT of the network, or healthy nodes get
+    indirect probes (extra load) and, with loss, suspicions.
+``indirect_checks``
+    k: peers asked to probe a silent target. More peers tolerate more loss on the
+    path between prober and target at the cost of k extra pings per failure.
+``retransmit_mult``
+    A gossip update is sent ``retransmit_mult * ceil(log10(N + 1))`` times
+    (memberlist's formula), enough for epidemic spread to reach all N nodes with
+    high probability while keeping the per-update cost logarithmic.
+``suspicion_mult`` / ``suspicion_max_timeout_mult``
+    Lifeguard: a suspected node has ``suspicion_mult * max(1, log10(N)) * T`` at
+    least and ``suspicion_max_timeout_mult`` times that at most to refute; the
+    timeout starts at the maximum and shrinks towards the minimum as independent
+    confirmations arrive, so true failures are confirmed fast while a lone slow
+    prober cannot kill a healthy node quickly.
+``gossip_interval`` / ``gossip_nodes``
+    Besides piggybacking on probes, pending updates are pushed to this many random
+    peers this often: dissemination in O(log N) rounds independent of T.
+``gossip_to_the_dead_time``
+    Dead nodes still receive gossip this long, so a falsely declared node learns
+    of it quickly and refutes.
+``push_pull_interval``
+    Full state exchange with one random peer over a stream, repairing anything
+    gossip missed. Scaled with cluster size (memberlist's pushPullScale) so the
+    total state-transfer load stays bounded as N grows.
+``awareness_max_multiplier``
+    Lifeguard local health: a node that misses nacks or must refute suspicions
+    assumes *it* is slow, and stretches its probe interval and timeout by up to
+    this factor instead of accusing healthy peers.
+``dead_node_reclaim_time``
+    After this long, a different address may reclaim a dead node's name (a node
+    restarted on a new address). 0 disables reclaim by a new address.
+``reconnect_interval``
+    As in Serf: this often, with probability failed/alive, push-pull with a random
+    *dead* (not left) member. That is how two halves of a healed partition, each
+    having declared the other dead, find each other again.
+``tombstone_time``
+    Dead and left members are remembered this long (their incarnation protects
+    against resurrection by stale gossip), then forgotten.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from mesh.errors import ConfigError
+
+
+@dataclass(slots=True, frozen=True)
+class MembershipConfig:
+    """Timing and fan-out parameters of the SWIM/Lifeguard protocol (seconds)."""
+
+    name: str = "lan"
+    probe_interval: float = 1.0
+    probe_timeout: float = 0.5
+    indirect_checks: int = 3
+    retransmit_mult: int = 4
+    suspicion_mult: int = 4
+    suspicion_max_timeout_mult: int = 6
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
+    gossip_to_the_dead_time: float = 30.0
+    push_pull_interval: float = 30.0
+    awareness_max_multiplier: int = 8
+    dead_node_reclaim_time: float = 0.0
+    reconnect_interval: float = 10.0
+    tombstone_time: float = 3600.0
+    stream_timeout: float = 10.0
+
+    def with_overrides(self, **kwargs: float | int) -> "MembershipConfig":
+        """Return a copy with the given fields replaced (validated)."""
+        unknown = sorted(set(kwargs) - set(self.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown membership setting(s): {', '.join(unknown)}")
+        cfg = replace(self, **kwargs)  # type: ignore[arg-type]
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ConfigError if the settings cannot work together."""
+        if self.probe_interval <= 0 or self.probe_timeout <= 0:
+            raise ConfigError("probe_interval and probe_timeout must be positive")
+        if self.probe_timeout >= self.probe_interval:
+            raise ConfigError("probe_timeout must be shorter than probe_interval (indirect probes need time)")
+        if self.indirect_checks < 0 or self.gossip_nodes < 1 or self.retransmit_mult < 1:
+            raise ConfigError("indirect_checks >= 0, gossip_nodes >= 1 and retransmit_mult >= 1 are required")
+        if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
+            raise ConfigError("suspicion multipliers must be >= 1")
+        if self.awareness_max_multiplier < 1:
+            raise ConfigError("awareness_max_multiplier must be >= 1")
+
+    def retransmit_limit(self, n: int) -> int:
+        """How many times one update is transmitted in a cluster of n nodes."""
+        return self.retransmit_mult * math.ceil(math.log10(n + 1))
+
+    def suspicion_timeouts(self, n: int) -> tuple[float, float]:
+        """(min, max) Lifeguard suspicion timeout for a cluster of n nodes."""
+        node_scale = max(1.0, math.log10(max(1, n)))
+        lo = self.suspicion_mult * node_scale * self.probe_interval
+        return lo, lo * self.suspicion_max_timeout_mult
+
+    def push_pull_period(self, n: int) -> float:
+        """Push-pull interval scaled for n nodes (memberlist's pushPullScale)."""
+        threshold = 32
+        if n <= threshold:
+            return self.push_pull_interval
+        mult = math.ceil(math.log2(n) - math.log2(threshold)) + 1
+        return self.push_pull_interval * mult
+
+
+# memberlist DefaultLANConfig: a data-centre LAN, sub-millisecond RTTs.
+LAN = MembershipConfig()
+
+# memberlist DefaultWANConfig: RTTs of hundreds of ms, more loss; slower probing and
+# more patience so failure detection does not fire on congestion.
+WAN = MembershipConfig(
+    name="wan",
+    probe_interval=5.0,
+    probe_timeout=3.0,
+    suspicion_mult=6,
+    gossip_interval=0.5,
+    gossip_nodes=4,
+    gossip_to_the_dead_time=60.0,
+    push_pull_interval=60.0,
+    reconnect_interval=30.0,
+    stream_timeout=30.0,
+)
+
+# memberlist DefaultLocalConfig: one host or a loopback test; fast everything.
+LOCAL = MembershipConfig(
+    name="local",
+    probe_interval=1.0,
+    probe_timeout=0.2,
+    indirect_checks=1,
+    retransmit_mult=2,
+    suspicion_mult=3,
+    gossip_interval=0.1,
+    gossip_to_the_dead_time=15.0,
+    push_pull_interval=15.0,
+    stream_timeout=1.0,
+)
+
+# Vehicles on cellular links: RTTs of 50–500 ms with bursts of loss and brief
+# coverage gaps. A 2 s interval halves probe traffic on metered links, the 1.2 s
+# timeout rides out cellular jitter, and the high suspicion multiplier lets a node
+# in a tunnel refute before it is declared dead.
+VEHICLE = MembershipConfig(
+    name="vehicle",
+    probe_interval=2.0,
+    probe_timeout=1.2,
+    indirect_checks=4,
+    retransmit_mult=4,
+    suspicion_mult=6,
+    gossip_interval=0.4,
+    gossip_nodes=3,
+    gossip_to_the_dead_time=60.0,
+    push_pull_interval=60.0,
+    dead_node_reclaim_time=60.0,
+    reconnect_interval=20.0,
+    stream_timeout=20.0,
+)
+
+PROFILES: dict[str, MembershipConfig] = {c.name: c for c in (LAN, WAN, LOCAL, VEHICLE)}
+
+
+def profile(name: str) -> MembershipConfig:
+    """Return a named profile (lan, wan, local, vehicle)."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(sorted(PROFILES))}") from None

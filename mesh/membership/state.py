@@ -1,0 +1,649 @@
+"""The SWIM + Lifeguard membership state machine (memberlist's state.go), sans-IO.
+
+``SwimCore`` is fed decoded envelopes and the time, and returns the datagrams
+and stream messages to send. It never reads a clock, never touches a socket
+and draws every random choice from the ``random.Random`` it was given, so the
+daemon and the simulator run exactly the same code and a seed replays a run.
+
+Protocol summary (what memberlist does, and so do we):
+
+* every ``probe_interval`` (scaled by local health) ping the next member of a
+  shuffled round-robin list; no ack within ``probe_timeout`` → ask
+  ``indirect_checks`` random peers to ping it (they answer ack or nack); still
+  nothing by the end of the interval → *suspect* it;
+* a suspicion becomes *dead* after Lifeguard's timeout, which shrinks as other
+  nodes independently confirm it; the suspect refutes by re-announcing itself
+  alive with a higher incarnation;
+* ``Alive``/``Suspect``/``Dead`` updates ride piggybacked on every datagram and
+  on gossip rounds, each retransmitted about ``mult * ceil(log10(N + 1))`` times;
+* a periodic push-pull exchanges the full state with one random peer over a
+  stream, and joining is a push-pull with a seed;
+* a graceful leave is a ``Dead`` about oneself (state *left*, not *dead*).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Iterable
+
+from mesh.coords import Coordinate, VivaldiClient
+from mesh.membership.awareness import Awareness
+from mesh.membership.broadcast import BroadcastQueue
+from mesh.membership.config import MembershipConfig
+from mesh.membership.messages import (
+    Ack,
+    Alive,
+    Dead,
+    Gossip,
+    IndirectPing,
+    Nack,
+    Ping,
+    PushPull,
+    PushPullState,
+    Suspect,
+)
+from mesh.membership.meta import NodeMeta
+from mesh.membership.suspicion import Suspicion
+from mesh.wire import MAX_DATAGRAM, Envelope, Outgoing, encode, encode_broadcast, envelope_overhead
+
+
+class MemberState(IntEnum):
+    """Liveness of a member as seen by one node."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+@dataclass(slots=True)
+class Member:
+    """One node's knowledge about one member."""
+
+    name: str
+    addr: str
+    meta: NodeMeta
+    incarnation: int
+    state: MemberState
+    state_change: float
+
+
+@dataclass(slots=True, frozen=True)
+class MemberEvent:
+    """A change in the local view, for drivers, metrics and reports."""
+
+    kind: str  # join | alive | suspect | dead | left | update | refute | reap
+    node: str
+    incarnation: int
+    time: float
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    seq: int
+    sent_at: float
+    indirect_at: float
+    end_at: float
+    acked: bool = False
+    indirect_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    origin_addr: str
+    origin_seq: int
+    nack_at: float
+    want_nack: bool
+
+
+_SEQ_MASK = 2**32 - 1
+
+
+class SwimCore:
+    """Membership for one node: probe, suspect, refute, disseminate, push-pull."""
+
+    def __init__(
+        self,
+        name: str,
+        addr: str,
+        meta: NodeMeta,
+        config: MembershipConfig,
+        rng: random.Random,
+        now: float = 0.0,
+        incarnation: int = 0,
+        seeds: Iterable[str] = (),
+        join_retry_interval: float = 5.0,
+    ) -> None:
+        config.validate()
+        self.name = name
+        self.addr = addr
+        self.config = config
+        self.rng = rng
+        self.incarnation = incarnation
+        self.meta = meta
+        self.vivaldi = VivaldiClient(rng)
+        self.coords: dict[str, Coordinate] = {}
+        self.members: dict[str, Member] = {
+            name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now)
+        }
+        self.awareness = Awareness(config.awareness_max_multiplier)
+        self.broadcasts = BroadcastQueue(lambda: config.retransmit_limit(self.num_members()))
+        self.events: list[MemberEvent] = []
+        self.counters: dict[str, int] = {
+            "probes": 0,
+            "indirect_probes": 0,
+            "refutes": 0,
+            "decode_errors": 0,
+            "push_pulls": 0,
+            "misdirected_pings": 0,
+            "reconnects": 0,
+        }
+        self.leaving = False
+        self.seeds = tuple(seeds)
+        self.join_retry_interval = join_retry_interval
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._next_probe_at = now + rng.random() * config.probe_interval
+        self._next_gossip_at = now + config.gossip_interval
+        self._next_push_pull_at = now + (0.5 + rng.random()) * config.push_pull_interval
+        self._next_join_at: float | None = now if self.seeds else None
+        self._seed_order: list[str] = list(self.seeds)
+        self._seed_index = 0
+        self._next_reconnect_at = now + config.reconnect_interval * (0.5 + rng.random())
+        self._suspicions: dict[str, Suspicion] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._num_live = 1
+        self._next_reap_at = now + config.tombstone_time / 10
+        self._alive_names: list[str] = []  # sorted, excluding self; ALIVE or SUSPECT
+        self._queue_alive(now)
+
+    # ------------------------------------------------------------------ queries
+
+    def num_members(self) -> int:
+        """Members believed alive or suspect, including this node."""
+        return self._num_live
+
+    def live_peers(self) -> list[str]:
+        """Sorted names of other members believed alive or suspect."""
+        return list(self._alive_names)
+
+    def view(self) -> dict[str, MemberState]:
+        """This node's membership view: name → state."""
+        return {n: m.state for n, m in self.members.items()}
+
+    def estimate_rtt(self, a: str, b: str) -> float | None:
+        """Estimated RTT in seconds between two nodes from their Vivaldi coordinates."""
+        ca, cb = self.coordinate_of(a), self.coordinate_of(b)
+        if ca is None or cb is None:
+            return None
+        return ca.distance(cb)
+
+    def coordinate_of(self, node: str) -> Coordinate | None:
+        """The Vivaldi coordinate we know for ``node`` (our own for ourselves)."""
+        if node == self.name:
+            return self.vivaldi.coord
+        return self.coords.get(node)
+
+    # ------------------------------------------------------------------ local actions
+
+    def join(self, seeds: Iterable[str], now: float) -> list[Outgoing]:
+        """Join through the seed addresses: push-pull with one, the next one on retry.
+
+        One seed at a time (in a shuffled order) rather than all at once keeps a
+        mass start from making every seed ship its full state N times over; a node
+        still alone after ``join_retry_interval`` tries the next seed.
+        """
+        self.seeds = tuple(s for s in seeds if s != self.addr)
+        self._seed_order = list(self.seeds)
+        self.rng.shuffle(self._seed_order)
+        self._seed_index = 0
+        self._next_join_at = None
+        return self._join_next(now)
+
+    def _join_next(self, now: float) -> list[Outgoing]:
+        if not self._seed_order:
+            return []
+        seed = self._seed_order[self._seed_index % len(self._seed_order)]
+        self._seed_index += 1
+        self._next_join_at = now + self.join_retry_interval
+        return [self._push_pull_to(seed, join=True, reply=False)]
+
+    def leave(self, now: float) -> list[Outgoing]:
+        """Announce a graceful leave; the driver should keep running briefly to spread it."""
+        self.leaving = True
+        me = self.members[self.name]
+        me.state = MemberState.LEFT
+        me.state_change = now
+        self.broadcasts.queue(self.name, encode_broadcast(Dead(self.incarnation, self.name, self.name)))
+        self._next_gossip_at = min(self._next_gossip_at, now)
+        return self._gossip(now)
+
+    def update_meta(self, meta: NodeMeta, now: float) -> None:
+        """Change our metadata: bump the incarnation and gossip it like any update."""
+        self.meta = meta
+        self.incarnation += 1
+        me = self.members[self.name]
+        me.meta, me.incarnation = meta, self.incarnation
+        self._emit("update", self.name, now)
+        self._queue_alive(now)
+
+    # ------------------------------------------------------------------ driver interface
+
+    def handle(self, src: str, env: Envelope, now: float) -> list[Outgoing]:
+        """Process one decoded envelope from ``src`` (an address)."""
+        out: list[Outgoing] = []
+        for update in env.piggyback:
+            self._apply_update(update, now)
+        msg = env.msg
+        if isinstance(msg, Ping):
+            if msg.target != self.name:
+                self.counters["misdirected_pings"] += 1
+            else:
+                out.append(self._datagram(src, Ack(msg.seq, self.vivaldi.coord)))
+        elif isinstance(msg, Ack):
+            self._on_ack(env.sender, msg, now, out)
+        elif isinstance(msg, Nack):
+            p = self._probe
+            if p is not None and p.seq == msg.seq and not p.acked:
+                p.nacks += 1
+        elif isinstance(msg, IndirectPing):
+            self._on_indirect_ping(src, msg, now, out)
+        elif isinstance(msg, PushPull):
+            self._on_push_pull(src, msg, now, out)
+        elif isinstance(msg, (Alive, Suspect, Dead)):
+            self._apply_update(msg, now)
+        elif isinstance(msg, Gossip):
+            pass
+        return out
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Run every timer that is due at ``now``."""
+        out: list[Outgoing] = []
+        if self._suspicions:
+            for name in sorted(self._suspicions):
+                s = self._suspicions[name]
+                if now >= s.deadline:
+                    del self._suspicions[name]
+                    m = self.members.get(name)
+                    if m is not None and m.state == MemberState.SUSPECT and m.incarnation == s.incarnation:
+                        self._apply_dead(Dead(s.incarnation, name, self.name), now)
+        if self._relays:
+            for seq in sorted(self._relays):
+                r = self._relays[seq]
+                if now >= r.nack_at:
+                    del self._relays[seq]
+                    if r.want_nack:
+                        out.append(self._datagram(r.origin_addr, Nack(r.origin_seq)))
+        if self._next_join_at is not None and now >= self._next_join_at:
+            if self._num_live <= 1 and self.seeds and not self.leaving:
+                out.extend(self._join_next(now))
+            else:
+                self._next_join_at = None
+        if now >= self._next_reap_at:
+            self._next_reap_at = now + self.config.tombstone_time / 10
+            self.reap(now)
+        if not self.leaving:
+            self._tick_probe(now, out)
+            if now >= self._next_push_pull_at:
+                self._next_push_pull_at = now + self.config.push_pull_period(self._num_live)
+                peers = self._alive_names
+                if peers:
+                    target = self.members[peers[self.rng.randrange(len(peers))]]
+                    self.counters["push_pulls"] += 1
+                    out.append(self._push_pull_to(target.addr, join=False, reply=False))
+            if now >= self._next_reconnect_at:
+                self._next_reconnect_at = now + self.config.reconnect_interval
+                self._reconnect(out)
+        if now >= self._next_gossip_at:
+            self._next_gossip_at = now + self.config.gossip_interval
+            if len(self.broadcasts):
+                out.extend(self._gossip(now))
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :meth:`tick` has work to do."""
+        d = self._next_gossip_at if len(self.broadcasts) else float("inf")
+        if not self.leaving:
+            p = self._probe
+            if p is None:
+                d = min(d, self._next_probe_at)
+            else:
+                d = min(d, p.end_at if p.indirect_sent or p.acked else p.indirect_at)
+            d = min(d, self._next_push_pull_at, self._next_reconnect_at)
+        if self._next_join_at is not None:
+            d = min(d, self._next_join_at)
+        for s in self._suspicions.values():
+            if s.deadline < d:
+                d = s.deadline
+        for r in self._relays.values():
+            if r.nack_at < d:
+                d = r.nack_at
+        return d
+
+    # ------------------------------------------------------------------ probing
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & _SEQ_MASK
+        return self._seq
+
+    def _tick_probe(self, now: float, out: list[Outgoing]) -> None:
+        p = self._probe
+        if p is not None:
+            if p.acked:
+                self._probe = None
+            elif not p.indirect_sent and now >= p.indirect_at:
+                self._send_indirect(p, now, out)
+            if p.indirect_sent and not p.acked and now >= p.end_at:
+                self._probe_failed(p, now)
+                self._probe = None
+        if self._probe is None and now >= self._next_probe_at:
+            self._start_probe(now, out)
+
+    def _pick_probe_target(self) -> Member | None:
+        for _ in range(2):
+            while self._probe_index < len(self._probe_order):
+                name = self._probe_order[self._probe_index]
+                self._probe_index += 1
+                m = self.members.get(name)
+                if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                    return m
+            # Wrapped around: reshuffle the current membership (memberlist's resetNodes).
+            self._probe_order = list(self._alive_names)
+            self.rng.shuffle(self._probe_order)
+            self._probe_index = 0
+            if not self._probe_order:
+                return None
+        return None
+
+    def _start_probe(self, now: float, out: list[Outgoing]) -> None:
+        interval = self.awareness.scale(self.config.probe_interval)
+        self._next_probe_at = now + interval
+        target = self._pick_probe_target()
+        if target is None:
+            return
+        seq = self._next_seq()
+        self.counters["probes"] += 1
+        self._probe = _Probe(
+            target.name, seq, now, now + self.awareness.scale(self.config.probe_timeout), now + interval
+        )
+        extra: list[bytes] = []
+        if target.state == MemberState.SUSPECT:
+            # Tell a suspect it is suspected so it can refute right away.
+            extra.append(encode_broadcast(Suspect(target.incarnation, target.name, self.name)))
+        out.append(self._datagram(target.addr, Ping(seq, target.name), extra))
+
+    def _send_indirect(self, p: _Probe, now: float, out: list[Outgoing]) -> None:
+        p.indirect_sent = True
+        target = self.members.get(p.target)
+        if target is None:
+            return
+        candidates = [
+            n for n in self._alive_names if n != p.target and self.members[n].state == MemberState.ALIVE
+        ]
+        k = min(self.config.indirect_checks, len(candidates))
+        helpers = self.rng.sample(candidates, k) if k else []
+        p.expected_nacks = len(helpers)
+        for h in helpers:
+            self.counters["indirect_probes"] += 1
+            out.append(self._datagram(self.members[h].addr, IndirectPing(p.seq, p.target, target.addr, True)))
+
+    def _probe_failed(self, p: _Probe, now: float) -> None:
+        # Lifeguard: missing nacks mean *our* network may be the problem.
+        if p.expected_nacks > 0:
+            self.awareness.apply_delta(p.expected_nacks - p.nacks)
+        else:
+            self.awareness.apply_delta(1)
+        m = self.members.get(p.target)
+        if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            self._apply_suspect(Suspect(m.incarnation, m.name, self.name), now)
+
+    def _on_ack(self, sender: str, ack: Ack, now: float, out: list[Outgoing]) -> None:
+        relay = self._relays.pop(ack.seq, None)
+        if relay is not None:
+            out.append(self._datagram(relay.origin_addr, Ack(relay.origin_seq, None)))
+            return
+        p = self._probe
+        if p is None or p.seq != ack.seq or p.acked:
+            return
+        p.acked = True
+        if ack.coord is not None and sender == p.target:
+            rtt = now - p.sent_at
+            self.coords[sender] = ack.coord
+            self.vivaldi.update(sender, ack.coord, rtt)
+            self.awareness.apply_delta(-1)
+
+    def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
+        seq = self._next_seq()
+        timeout = self.config.probe_timeout
+        self._relays[seq] = _Relay(src, msg.seq, now + timeout, msg.nack)
+        out.append(self._datagram(msg.addr, Ping(seq, msg.target)))
+
+    def _reconnect(self, out: list[Outgoing]) -> None:
+        # Serf's reconnect: with probability failed/alive, try one random failed member.
+        failed = sorted(n for n, m in self.members.items() if m.state == MemberState.DEAD)
+        if not failed:
+            return
+        if self.rng.random() > len(failed) / max(1, self._num_live):
+            return
+        target = self.members[failed[self.rng.randrange(len(failed))]]
+        self.counters["reconnects"] += 1
+        out.append(self._push_pull_to(target.addr, join=False, reply=False))
+
+    # ------------------------------------------------------------------ dissemination
+
+    def _datagram(self, dst: str, msg: Any, extra: list[bytes] | None = None) -> Outgoing:
+        base = len(encode(self.name, msg)) + 4
+        pig = list(extra) if extra else []
+        budget = MAX_DATAGRAM - base - sum(len(x) + 3 for x in pig)
+        pig.extend(self.broadcasts.take(budget))
+        return Outgoing(dst, encode(self.name, msg, pig), False)
+
+    def _gossip(self, now: float) -> list[Outgoing]:
+        candidates = list(self._alive_names)
+        if len(self.members) > len(candidates) + 1:
+            # Recently dead members still get gossip, so a falsely declared node hears it and refutes.
+            cutoff = now - self.config.gossip_to_the_dead_time
+            for n, m in self.members.items():
+                if m.state >= MemberState.DEAD and m.state_change >= cutoff and n != self.name:
+                    candidates.append(n)
+            candidates.sort()
+        k = min(self.config.gossip_nodes, len(candidates))
+        out = []
+        budget = MAX_DATAGRAM - envelope_overhead(self.name) - 8
+        for name in self.rng.sample(candidates, k) if k else []:
+            pig = self.broadcasts.take(budget)
+            if not pig:
+                break
+            out.append(Outgoing(self.members[name].addr, encode(self.name, Gossip(), pig), False))
+        return out
+
+    def _queue_alive(self, now: float) -> None:
+        self.broadcasts.queue(self.name, encode_broadcast(Alive(self.incarnation, self.name, self.addr, self.meta)))
+        self._next_gossip_at = min(self._next_gossip_at, now + self.config.gossip_interval)
+
+    def _queue(self, key: str, msg: Any, now: float) -> None:
+        if not len(self.broadcasts):
+            self._next_gossip_at = max(min(self._next_gossip_at, now + self.config.gossip_interval), now)
+        self.broadcasts.queue(key, encode_broadcast(msg))
+
+    def _emit(self, kind: str, node: str, now: float) -> None:
+        m = self.members.get(node)
+        self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now))
+
+    def _refute(self, accused_incarnation: int, now: float) -> None:
+        self.incarnation = max(self.incarnation, accused_incarnation) + 1
+        me = self.members[self.name]
+        me.incarnation = self.incarnation
+        me.state = MemberState.ALIVE
+        self.counters["refutes"] += 1
+        self.awareness.apply_delta(1)
+        self._emit("refute", self.name, now)
+        self._queue_alive(now)
+
+    # ------------------------------------------------------------------ state transitions
+
+    def _apply_update(self, msg: Any, now: float) -> None:
+        if isinstance(msg, Alive):
+            self._apply_alive(msg, now)
+        elif isinstance(msg, Suspect):
+            self._apply_suspect(msg, now)
+        elif isinstance(msg, Dead):
+            self._apply_dead(msg, now)
+
+    def _set_live(self, name: str, live: bool) -> None:
+        i = bisect.bisect_left(self._alive_names, name)
+        present = i < len(self._alive_names) and self._alive_names[i] == name
+        if live and not present:
+            self._alive_names.insert(i, name)
+            # New members enter the probe order at a random offset (memberlist does the same).
+            self._probe_order.insert(self.rng.randint(0, len(self._probe_order)), name)
+        elif not live and present:
+            del self._alive_names[i]
+        self._num_live = len(self._alive_names) + (0 if self.leaving else 1)
+
+    def _apply_alive(self, a: Alive, now: float) -> None:
+        if a.node == self.name:
+            if self.leaving:
+                return
+            if a.incarnation > self.incarnation or (
+                a.incarnation == self.incarnation and (a.addr != self.addr or a.meta != self.meta)
+            ):
+                self._refute(a.incarnation, now)
+            return
+        m = self.members.get(a.node)
+        if m is None:
+            self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now)
+            self._set_live(a.node, True)
+            self._emit("join", a.node, now)
+            self._queue(a.node, a, now)
+            return
+        reclaim = False
+        if a.addr != m.addr:
+            can_reclaim = (
+                self.config.dead_node_reclaim_time > 0
+                and m.state in (MemberState.DEAD, MemberState.LEFT)
+                and now - m.state_change > self.config.dead_node_reclaim_time
+            )
+            if not can_reclaim:
+                if a.incarnation <= m.incarnation:
+                    return
+                # A higher incarnation at a new address is the same node moving (e.g. DHCP).
+            else:
+                reclaim = True
+        if a.incarnation <= m.incarnation and not reclaim:
+            return
+        was = m.state
+        self._suspicions.pop(a.node, None)
+        changed_meta = a.meta != m.meta
+        m.addr, m.meta, m.incarnation = a.addr, a.meta, a.incarnation
+        if was != MemberState.ALIVE:
+            m.state = MemberState.ALIVE
+            m.state_change = now
+            self._set_live(a.node, True)
+            self._emit("alive" if was == MemberState.SUSPECT else "join", a.node, now)
+        elif changed_meta:
+            self._emit("update", a.node, now)
+        self._queue(a.node, a, now)
+
+    def _apply_suspect(self, s: Suspect, now: float) -> None:
+        if s.node == self.name:
+            if not self.leaving and s.incarnation >= self.incarnation:
+                self._refute(s.incarnation, now)
+            return
+        m = self.members.get(s.node)
+        if m is None or s.incarnation < m.incarnation:
+            return
+        if m.state == MemberState.SUSPECT:
+            timer = self._suspicions.get(s.node)
+            if timer is not None and timer.confirm(s.sender):
+                self._queue(s.node, s, now)
+            return
+        if m.state != MemberState.ALIVE:
+            return
+        m.incarnation = s.incarnation
+        m.state = MemberState.SUSPECT
+        m.state_change = now
+        n = self._num_live
+        lo, hi = self.config.suspicion_timeouts(n)
+        # Expected independent confirmations: suspicion_mult - 2, as in memberlist; none in tiny clusters.
+        k = self.config.suspicion_mult - 2
+        if n - 2 < k:
+            k = 0
+        self._suspicions[s.node] = Suspicion(s.incarnation, s.sender, now, k, lo, hi)
+        self._emit("suspect", s.node, now)
+        self._queue(s.node, s, now)
+
+    def _apply_dead(self, d: Dead, now: float) -> None:
+        if d.node == self.name:
+            if not self.leaving and d.incarnation >= self.incarnation:
+                self._refute(d.incarnation, now)
+            return
+        m = self.members.get(d.node)
+        if m is None or d.incarnation < m.incarnation:
+            return
+        if m.state in (MemberState.DEAD, MemberState.LEFT):
+            return
+        self._suspicions.pop(d.node, None)
+        m.incarnation = d.incarnation
+        m.state = MemberState.LEFT if d.sender == d.node else MemberState.DEAD
+        m.state_change = now
+        self._set_live(d.node, False)
+        self.vivaldi.forget(d.node)
+        self._emit("left" if m.state == MemberState.LEFT else "dead", d.node, now)
+        self._queue(d.node, d, now)
+
+    # ------------------------------------------------------------------ push-pull
+
+    def local_states(self) -> tuple[PushPullState, ...]:
+        """Our full membership state, for a push-pull exchange."""
+        return tuple(
+            PushPullState(m.name, m.addr, m.incarnation, int(m.state), m.meta, self.coordinate_of(m.name))
+            for _, m in sorted(self.members.items())
+        )
+
+    def _push_pull_to(self, addr: str, join: bool, reply: bool) -> Outgoing:
+        return Outgoing(addr, encode(self.name, PushPull(join, reply, self.local_states())), True)
+
+    def _on_push_pull(self, src: str, msg: PushPull, now: float, out: list[Outgoing]) -> None:
+        if not msg.reply:
+            out.append(self._push_pull_to(src, join=False, reply=True))
+        joined = self._num_live <= 1
+        self.merge_states(msg.states, now)
+        if joined and self._num_live > 1:
+            # Just joined: the join was a full sync, so stagger the first periodic
+            # push-pull over the period scaled for the size we now know.
+            self._next_push_pull_at = now + self.rng.random() * self.config.push_pull_period(self._num_live)
+
+    def merge_states(self, states: Iterable[PushPullState], now: float) -> None:
+        """Merge a remote full state (memberlist's mergeState)."""
+        for st in states:
+            if st.coord is not None and st.node != self.name and st.node not in self.coords:
+                if len(st.coord.vec) == self.vivaldi.config.dimensionality and st.coord.is_valid():
+                    self.coords[st.node] = st.coord
+            state = MemberState(st.state)
+            if state == MemberState.ALIVE:
+                self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.meta), now)
+            elif state == MemberState.LEFT:
+                self._apply_dead(Dead(st.incarnation, st.node, st.node), now)
+            else:
+                # A remote "dead" is only a suspicion here: we give the node a chance to refute.
+                if st.node not in self.members and st.node != self.name:
+                    continue
+                self._apply_suspect(Suspect(st.incarnation, st.node, self.name), now)
+
+    def reap(self, now: float) -> None:
+        """Forget dead/left members whose tombstone has expired."""
+        cutoff = now - self.config.tombstone_time
+        for name in [n for n, m in self.members.items() if n != self.name and m.state >= MemberState.DEAD]:
+            if self.members[name].state_change < cutoff:
+                del self.members[name]
+                self.coords.pop(name, None)
+                self._emit("reap", name, now)

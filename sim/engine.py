@@ -1,0 +1,508 @@
+"""The discrete-event simulator: a virtual clock and network driving real NodeCores.
+
+One priority queue of events ordered by (virtual time, sequence number). Each
+node is the very ``NodeCore`` the daemon runs; the simulator only plays the
+driver: it delivers bytes, calls ``tick`` when ``next_deadline`` comes due and
+carries what the core returns across a modelled network (latency distribution,
+loss, duplication, reordering, partitions, one-way loss, bandwidth). Every
+random draw comes from generators seeded by the scenario seed, and the event
+trace is hashed as it is produced, so the same seed gives the same
+``trace_hash`` on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import random
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable
+
+from mesh.membership.meta import NodeMeta
+from mesh.membership.state import MemberState
+from mesh.node import NodeCore
+from sim.scenario import Fault, LinkModel, Scenario, ScenarioError
+
+_DELIVER = 0
+_TIMER = 1
+_FAULT = 2
+_STOP = 3
+
+_T = struct.Struct("<dB")
+
+
+@dataclass(slots=True)
+class SimNode:
+    """Driver-side state of one simulated node."""
+
+    name: str
+    index: int
+    core: NodeCore = None  # type: ignore[assignment]  # set when the node boots
+    up: bool = True
+    left: bool = False
+    generation: int = 0
+    skew: float = 0.0
+    drift: float = 0.0
+    slow: float = 0.0
+    timer_at: float = math.inf
+    pos: tuple[float, float] = (0.0, 0.0)
+    sec: int = -1
+    sec_count: int = 0
+
+    def local(self, t: float) -> float:
+        """This node's (possibly skewed, drifting) clock reading at virtual time t."""
+        return t * (1.0 + self.drift) + self.skew
+
+    def to_global(self, local: float) -> float:
+        """Virtual time at which this node's clock reads ``local``."""
+        return (local - self.skew) / (1.0 + self.drift)
+
+
+@dataclass(slots=True)
+class CrashRecord:
+    """Detection timeline of one crash."""
+
+    node: str
+    crashed_at: float
+    first_suspect_at: float | None = None
+    first_dead_at: float | None = None
+    all_dead_at: float | None = None
+    dead_observers: set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "crashed_at": _r(self.crashed_at),
+            "first_suspect_at": _r(self.first_suspect_at),
+            "first_dead_at": _r(self.first_dead_at),
+            "all_dead_at": _r(self.all_dead_at),
+        }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+class Simulation:
+    """Runs one scenario with one seed."""
+
+    def __init__(self, scenario: Scenario, seed: int, trace: IO[str] | None = None) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.now = 0.0
+        self.net_rng = random.Random(f"{seed}:net")
+        self.fault_rng = random.Random(f"{seed}:faults")
+        self.nodes: dict[str, SimNode] = {}
+        self.order: list[str] = []
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = 0
+        self._trace = hashlib.blake2b(digest_size=16)
+        self._trace_file = trace
+        self.events_processed = 0
+        self.messages_sent = 0
+        self.bytes_sent = 0
+        self.messages_dropped = 0
+        self.max_msgs_per_node_sec = 0
+        self.crashes: list[CrashRecord] = []
+        self._open_crash: dict[str, CrashRecord] = {}
+        self.false_positives: list[dict[str, Any]] = []
+        self.partition: dict[str, int] | None = None
+        self.one_way: dict[tuple[str, str], float] = {}
+        self.link_overrides: dict[tuple[str, str], LinkModel] = {}
+        self.meta_updates: list[tuple[str, NodeMeta, float]] = []
+        self.observers: list[Callable[["Simulation", str, Any], None]] = []
+        self._next_index = 0
+        self._seed_names: list[str] = []
+        self.wall_seconds = 0.0
+        self._build()
+
+    # ------------------------------------------------------------------ setup
+
+    def _build(self) -> None:
+        sc = self.scenario
+        self._seed_names = [sc.node_name(i) for i in range(sc.seeds)]
+        for ov in sc.network.links:
+            for a in self.select(ov.src, initial=True):
+                for b in self.select(ov.dst, initial=True):
+                    self.link_overrides[(a, b)] = ov.model
+                    if ov.symmetric:
+                        self.link_overrides[(b, a)] = ov.model
+        for i in range(sc.nodes):
+            start = 0.0 if i < sc.seeds else self.fault_rng.random() * sc.join_window
+            self._add_node(start)
+        for idx, f in enumerate(sc.faults):
+            self._push(f.at, _FAULT, idx)
+
+    def _make_meta(self, index: int) -> NodeMeta:
+        r = random.Random(f"{self.seed}:meta:{index}")
+        arch = self.scenario.arch_mix[index % len(self.scenario.arch_mix)]
+        region = f"r{index % 4}"
+        return NodeMeta(
+            arch=arch,
+            cores=r.choice((2, 4, 8)),
+            memory_mb=r.choice((1024, 2048, 4096, 8192)),
+            labels=(("zone", region),),
+            fault_domain=f"{region}/s{index % 16}/v{index}",
+            geo=(round(r.uniform(-60, 60), 4), round(r.uniform(-170, 170), 4)),
+        )
+
+    def _add_node(self, start: float) -> SimNode:
+        index = self._next_index
+        self._next_index += 1
+        name = self.scenario.node_name(index)
+        pos_rng = random.Random(f"{self.seed}:pos:{index}")
+        node = SimNode(name, index, pos=(pos_rng.random(), pos_rng.random()))
+        node.up = False  # boots at `start`
+        self.nodes[name] = node
+        self.order.append(name)
+        self._push(start, _STOP, (name, "boot", 0))
+        return node
+
+    def _new_core(self, name: str, index: int, generation: int, now: float) -> NodeCore:
+        rng = random.Random(f"{self.seed}:{name}:{generation}")
+        seeds = [s for s in self._seed_names if s != name]
+        return NodeCore(name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds)
+
+    # ------------------------------------------------------------------ selectors
+
+    def select(self, sel: Any, initial: bool = False) -> list[str]:
+        """Resolve a node selector: a name, a list, "nA-nB", "random:K", "all"."""
+        if isinstance(sel, list):
+            out: list[str] = []
+            for s in sel:
+                out.extend(x for x in self.select(s, initial) if x not in out)
+            return out
+        if not isinstance(sel, str):
+            raise ScenarioError(f"bad node selector {sel!r}")
+        names = [self.scenario.node_name(i) for i in range(self.scenario.nodes)] if initial else self.order
+        if sel == "all":
+            return list(names)
+        if sel.startswith("random:"):
+            k = int(sel.split(":", 1)[1])
+            pool = [n for n in names if n in self.nodes and self.nodes[n].up and not self.nodes[n].left]
+            return sorted(self.fault_rng.sample(pool, min(k, len(pool))))
+        if "-" in sel:
+            a, b = sel.split("-", 1)
+            return [n for n in names if a <= n <= b]
+        if sel not in names and not initial:
+            raise ScenarioError(f"unknown node {sel!r}")
+        return [sel]
+
+    def _fault_nodes(self, f: Fault) -> list[str]:
+        return self.select(f.args.get("nodes", f.args.get("node")))
+
+    # ------------------------------------------------------------------ event queue
+
+    def _push(self, t: float, kind: int, data: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, data))
+
+    def _schedule_timer(self, node: SimNode) -> None:
+        d = node.core.next_deadline()
+        if d is None or d == math.inf:
+            return
+        t = max(node.to_global(d), self.now) + node.slow
+        if t < node.timer_at:
+            node.timer_at = t
+            self._push(t, _TIMER, (node.name, node.generation))
+
+    def _record(self, kind: int, a: str, b: str, data: bytes) -> None:
+        self._trace.update(_T.pack(self.now, kind))
+        self._trace.update(a.encode())
+        self._trace.update(b"\0")
+        self._trace.update(b.encode())
+        self._trace.update(data)
+        if self._trace_file is not None:
+            self._trace_file.write(f"{self.now:.6f} {kind} {a} {b} {len(data)} {hashlib.sha1(data).hexdigest()[:10]}\n")
+
+    # ------------------------------------------------------------------ network
+
+    def _link(self, src: str, dst: str) -> LinkModel:
+        return self.link_overrides.get((src, dst), self.scenario.network.default)
+
+    def _latency(self, src: str, dst: str, model: LinkModel) -> float:
+        base = model.latency_ms
+        net = self.scenario.network
+        if net.topology == "plane" and net.plane_ms > 0:
+            a, b = self.nodes[src].pos, self.nodes[dst].pos
+            base += net.plane_ms * math.hypot(a[0] - b[0], a[1] - b[1]) / math.sqrt(2)
+        j = model.jitter_ms
+        if j > 0:
+            if model.distribution == "uniform":
+                base += self.net_rng.uniform(-j, j)
+            elif model.distribution == "normal":
+                base += self.net_rng.gauss(0.0, j)
+            else:
+                base += self.net_rng.expovariate(1.0 / j)
+        return max(base, 0.01) / 1000.0
+
+    def _blocked(self, src: str, dst: str) -> bool:
+        p = self.partition
+        return p is not None and p.get(src, -1) != p.get(dst, -1)
+
+    def _send(self, node: SimNode, outs: list[Any]) -> None:
+        if not outs:
+            return
+        sec = int(self.now)
+        if sec != node.sec:
+            node.sec, node.sec_count = sec, 0
+        for o in outs:
+            self.messages_sent += 1
+            self.bytes_sent += len(o.data)
+            node.sec_count += 1
+            dst = o.dst
+            if dst not in self.nodes or self._blocked(node.name, dst):
+                self.messages_dropped += 1
+                continue
+            model = self._link(node.name, dst)
+            delay = self._latency(node.name, dst, model)
+            if o.reliable:
+                bw = self.scenario.network.bandwidth_kbps
+                if bw > 0:
+                    delay += len(o.data) * 8 / (bw * 1000.0)
+                self._push(self.now + delay, _DELIVER, (dst, node.name, o.data, True, False))
+                continue
+            loss = model.loss
+            ow = self.one_way.get((node.name, dst))
+            if ow is not None:
+                loss = 1.0 - (1.0 - loss) * (1.0 - ow)
+            if loss > 0 and self.net_rng.random() < loss:
+                self.messages_dropped += 1
+                continue
+            if model.reorder > 0 and self.net_rng.random() < model.reorder:
+                delay += self.net_rng.random() * model.reorder_ms / 1000.0
+            self._push(self.now + delay, _DELIVER, (dst, node.name, o.data, False, False))
+            if model.duplicate > 0 and self.net_rng.random() < model.duplicate:
+                self._push(self.now + delay + self._latency(node.name, dst, model), _DELIVER, (dst, node.name, o.data, False, False))
+        if node.sec_count > self.max_msgs_per_node_sec:
+            self.max_msgs_per_node_sec = node.sec_count
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, until: float | None = None) -> None:
+        """Process events up to ``until`` (default: the scenario duration)."""
+        end = self.scenario.duration if until is None else until
+        wall0 = time.perf_counter()
+        heap = self._heap
+        nodes = self.nodes
+        while heap and heap[0][0] <= end:
+            t, _, kind, data = heapq.heappop(heap)
+            self.now = t
+            self.events_processed += 1
+            if kind == _DELIVER:
+                dst, src, payload, reliable, delayed = data
+                node = nodes[dst]
+                if not node.up:
+                    continue
+                if node.slow > 0 and not delayed:
+                    # A slow node processes each message late.
+                    self._push(t + node.slow, _DELIVER, (dst, src, payload, reliable, True))
+                    continue
+                self._record(kind, src, dst, payload)
+                outs = node.core.receive(src, payload, node.local(t), reliable)
+                self._after(node, outs)
+            elif kind == _TIMER:
+                name, gen = data
+                node = nodes[name]
+                if not node.up or gen != node.generation or t != node.timer_at:
+                    continue
+                node.timer_at = math.inf
+                outs = node.core.tick(node.local(t))
+                self._after(node, outs)
+            elif kind == _FAULT:
+                self._apply_fault(self.scenario.faults[data])
+            else:
+                self._lifecycle(*data)
+        self.now = max(self.now, end)
+        self.wall_seconds += time.perf_counter() - wall0
+
+    def _after(self, node: SimNode, outs: list[Any]) -> None:
+        self._send(node, outs)
+        events = node.core.swim.events
+        if events:
+            node.core.swim.events = []
+            self._observe(node, events)
+        self._schedule_timer(node)
+
+    # ------------------------------------------------------------------ observation
+
+    def live_names(self) -> list[str]:
+        """Nodes that are up and have not left (the truth, not anyone's view)."""
+        return [n for n in self.order if self.nodes[n].up and not self.nodes[n].left]
+
+    def _observe(self, observer: SimNode, events: list[Any]) -> None:
+        for ev in events:
+            for cb in self.observers:
+                cb(self, observer.name, ev)
+            if ev.kind not in ("suspect", "dead"):
+                continue
+            subject = self.nodes.get(ev.node)
+            rec = self._open_crash.get(ev.node)
+            if rec is not None:
+                if ev.kind == "suspect" and rec.first_suspect_at is None:
+                    rec.first_suspect_at = self.now - rec.crashed_at
+                if ev.kind == "dead":
+                    if rec.first_dead_at is None:
+                        rec.first_dead_at = self.now - rec.crashed_at
+                    rec.dead_observers.add(observer.name)
+                    self._check_all_dead(rec)
+            elif ev.kind == "dead" and subject is not None and subject.up and not subject.left:
+                self.false_positives.append(
+                    {
+                        "observer": observer.name,
+                        "node": ev.node,
+                        "at": round(self.now, 6),
+                        "during_partition": self.partition is not None,
+                    }
+                )
+
+    def _check_all_dead(self, rec: CrashRecord) -> None:
+        if rec.all_dead_at is not None:
+            return
+        live = self.live_names()
+        if len(rec.dead_observers) + 1 < len(live):
+            return
+        for n in live:
+            m = self.nodes[n].core.swim.members.get(rec.node)
+            if m is not None and m.state < MemberState.DEAD:
+                return
+        rec.all_dead_at = self.now - rec.crashed_at
+
+    # ------------------------------------------------------------------ faults
+
+    def _lifecycle(self, name: str, what: str, gen: int) -> None:
+        node = self.nodes[name]
+        if what == "boot":
+            node.up = True
+            node.core = self._new_core(name, node.index, node.generation, node.local(self.now))
+            self._record(_STOP, name, "boot", b"")
+            self._after(node, node.core.start(node.local(self.now)))
+        elif what == "stop" and gen == node.generation:
+            node.up = False
+            self._record(_STOP, name, "stop", b"")
+
+    def _apply_fault(self, f: Fault) -> None:
+        self._record(_FAULT, f.action, repr(sorted(f.args.items())), b"")
+        a = f.args
+        if f.action == "crash":
+            for n in self._fault_nodes(f):
+                node = self.nodes[n]
+                if node.up:
+                    node.up = False
+                    node.generation += 1
+                    rec = CrashRecord(n, self.now)
+                    self.crashes.append(rec)
+                    self._open_crash[n] = rec
+        elif f.action == "restart":
+            for n in self._fault_nodes(f):
+                node = self.nodes[n]
+                if node.up:
+                    continue
+                node.generation += 1
+                node.left = False
+                node.timer_at = math.inf
+                self._open_crash.pop(n, None)
+                self._lifecycle(n, "boot", node.generation)
+        elif f.action == "leave":
+            grace = float(a.get("grace", 3 * self.scenario.profile.probe_interval))
+            for n in self._fault_nodes(f):
+                node = self.nodes[n]
+                if node.up and not node.left:
+                    node.left = True
+                    self._after(node, node.core.leave(node.local(self.now)))
+                    self._push(self.now + grace, _STOP, (n, "stop", node.generation))
+        elif f.action == "join":
+            for _ in range(int(a.get("count", 1))):
+                self._add_node(self.now)
+        elif f.action == "partition":
+            self.partition = {}
+            for gi, group in enumerate(a["groups"]):
+                for n in self.select(group):
+                    self.partition[n] = gi
+        elif f.action == "heal":
+            self.partition = None
+            self.one_way.clear()
+        elif f.action == "one_way_loss":
+            loss = float(a.get("loss", 1.0))
+            for s in self.select(a["from"]):
+                for d in self.select(a["to"]):
+                    self.one_way[(s, d)] = loss
+        elif f.action == "clear_loss":
+            self.one_way.clear()
+        elif f.action == "link":
+            from sim.scenario import _link
+
+            model = _link(a, "link.", self.scenario.network.default)
+            for s in self.select(a["from"]):
+                for d in self.select(a["to"]):
+                    self.link_overrides[(s, d)] = model
+                    if a.get("symmetric", True):
+                        self.link_overrides[(d, s)] = model
+        elif f.action == "slow":
+            delay = float(a.get("delay_ms", 100.0)) / 1000.0
+            for n in self._fault_nodes(f):
+                self.nodes[n].slow = delay
+        elif f.action == "clock":
+            for n in self._fault_nodes(f):
+                node = self.nodes[n]
+                node.skew = float(a.get("skew", 0.0))
+                node.drift = float(a.get("drift", 0.0))
+                node.timer_at = math.inf
+                self._schedule_timer(node)
+        elif f.action == "meta":
+            for n in self._fault_nodes(f):
+                node = self.nodes[n]
+                if not node.up:
+                    continue
+                old = node.core.meta
+                labels = dict(old.labels)
+                labels.update({str(k): str(v) for k, v in a.get("labels", {}).items()})
+                meta = NodeMeta(
+                    arch=old.arch,
+                    cores=old.cores,
+                    memory_mb=old.memory_mb,
+                    labels=NodeMeta.make_labels(labels),
+                    fault_domain=str(a.get("fault_domain", old.fault_domain)),
+                    geo=old.geo,
+                    load=float(a.get("load", old.load)),
+                    hardware=old.hardware,
+                )
+                node.core.update_meta(meta, node.local(self.now))
+                self.meta_updates.append((n, meta, self.now))
+                self._schedule_timer(node)
+
+    # ------------------------------------------------------------------ results
+
+    def views(self) -> dict[str, frozenset[str]]:
+        """For each live node: the set of members it believes alive (or suspect)."""
+        out = {}
+        for n in self.live_names():
+            swim = self.nodes[n].core.swim
+            out[n] = frozenset([*swim.live_peers(), n])
+        return out
+
+    def converged(self) -> bool:
+        """All live nodes believe exactly the live nodes are alive."""
+        truth = frozenset(self.live_names())
+        return all(v == truth for v in self.views().values())
+
+    def meta_reached_all(self) -> bool:
+        """Every metadata update is visible, as the latest, at every live node."""
+        latest: dict[str, NodeMeta] = {}
+        for n, meta, _ in self.meta_updates:
+            latest[n] = meta
+        for n, meta in latest.items():
+            if not self.nodes[n].up or self.nodes[n].left:
+                continue
+            for o in self.live_names():
+                m = self.nodes[o].core.swim.members.get(n)
+                if m is None or m.meta != meta:
+                    return False
+        return True
+
+    def trace_hash(self) -> str:
+        """Hash over the ordered event trace so far."""
+        return self._trace.hexdigest()

@@ -1,0 +1,78 @@
+"""Turn a finished simulation into the JSON report and the human summary."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from sim.engine import Simulation
+
+
+def build_report(sim: Simulation) -> dict[str, Any]:
+    """The machine-readable report of a finished run."""
+    sc = sim.scenario
+    live = sim.live_names()
+    swim_counters: dict[str, int] = {}
+    wire_errors = 0
+    for n in sim.order:
+        core = sim.nodes[n].core
+        if core is None:
+            continue
+        wire_errors += core.counters["wire_errors"]
+        for k, v in core.swim.counters.items():
+            swim_counters[k] = swim_counters.get(k, 0) + v
+    vs = sim.scenario.duration or 1.0
+    return {
+        "scenario": sc.name,
+        "seed": sim.seed,
+        "profile": sc.profile.name,
+        "nodes": len(sim.order),
+        "live_nodes": len(live),
+        "virtual_seconds": round(sim.now, 6),
+        "wall_seconds": round(sim.wall_seconds, 3),
+        "events": sim.events_processed,
+        "events_per_second": round(sim.events_processed / sim.wall_seconds, 1) if sim.wall_seconds else None,
+        "trace_hash": sim.trace_hash(),
+        "messages_sent": sim.messages_sent,
+        "messages_dropped": sim.messages_dropped,
+        "bytes_sent": sim.bytes_sent,
+        "msgs_per_node_per_second": round(sim.messages_sent / max(1, len(sim.order)) / vs, 3),
+        "max_msgs_per_node_per_second": sim.max_msgs_per_node_sec,
+        "false_positives": len(sim.false_positives),
+        "false_positives_outside_partition": sum(1 for f in sim.false_positives if not f["during_partition"]),
+        "false_positive_events": sim.false_positives[:20],
+        "converged": sim.converged(),
+        "meta_updates_reached_all": sim.meta_reached_all(),
+        "crashes": [c.to_json() for c in sim.crashes],
+        "counters": dict(sorted(swim_counters.items())) | {"wire_errors": wire_errors},
+    }
+
+
+def _fmt(x: float | None) -> str:
+    return "never" if x is None else f"{x:7.2f}s"
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """A short human-readable report."""
+    r = report
+    lines = [
+        f"scenario {r['scenario']}  seed={r['seed']}  profile={r['profile']}",
+        f"  nodes {r['nodes']} ({r['live_nodes']} live at end), {r['virtual_seconds']:.0f} virtual s "
+        f"in {r['wall_seconds']:.2f} wall s ({r['events']} events)",
+        f"  traffic: {r['messages_sent']} messages, {r['bytes_sent'] / 1e6:.2f} MB, "
+        f"{r['msgs_per_node_per_second']:.2f} msg/node/s avg, peak {r['max_msgs_per_node_per_second']} msg/node/s",
+        f"  converged: {'yes' if r['converged'] else 'NO'}   false positives: {r['false_positives']}"
+        f" ({r['false_positives_outside_partition']} outside partitions)",
+    ]
+    if r["crashes"]:
+        lines.append("  crashes:            crashed   1st suspect   1st dead    all dead")
+        for c in r["crashes"]:
+            lines.append(
+                f"    {c['node']:<12} {c['crashed_at']:9.2f}s   +{_fmt(c['first_suspect_at'])}   "
+                f"+{_fmt(c['first_dead_at'])}   +{_fmt(c['all_dead_at'])}"
+            )
+        det = [c["all_dead_at"] for c in r["crashes"] if c["all_dead_at"] is not None]
+        if det:
+            lines.append(f"  detection (all nodes agree dead): median {statistics.median(det):.2f}s, max {max(det):.2f}s")
+    lines.append(f"  trace_hash {r['trace_hash']}")
+    return "\n".join(lines)

@@ -1,0 +1,257 @@
+"""Scenario files: TOML describing a mesh, its network and a schedule of faults.
+
+See ``docs/SIMULATOR.md`` for the format with a complete example. Loading
+validates everything up front and raises :class:`ScenarioError` with the
+offending key, so a typo never surfaces as a crash half-way through a run.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mesh.errors import ConfigError
+from mesh.membership.config import MembershipConfig, profile
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run, with the reason."""
+
+
+ACTIONS = frozenset(
+    {
+        "crash",
+        "restart",
+        "leave",
+        "join",
+        "partition",
+        "heal",
+        "one_way_loss",
+        "clear_loss",
+        "slow",
+        "clock",
+        "meta",
+        "link",
+    }
+)
+
+
+@dataclass(slots=True, frozen=True)
+class LinkModel:
+    """One-way latency distribution and impairments of a link (milliseconds, probabilities)."""
+
+    latency_ms: float = 1.0
+    jitter_ms: float = 0.0
+    distribution: str = "uniform"  # uniform | normal | exponential
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    reorder_ms: float = 20.0
+
+
+@dataclass(slots=True, frozen=True)
+class LinkOverride:
+    """A link model applied between two node groups."""
+
+    src: str
+    dst: str
+    model: LinkModel
+    symmetric: bool = True
+
+
+@dataclass(slots=True, frozen=True)
+class NetworkSpec:
+    """The network: a default link model, optional geometry, per-group overrides."""
+
+    default: LinkModel = LinkModel()
+    topology: str = "flat"  # flat | plane
+    plane_ms: float = 0.0  # extra one-way latency across the unit square (topology = plane)
+    bandwidth_kbps: float = 0.0  # 0 = unlimited; limits stream transfer time per link
+    links: tuple[LinkOverride, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class Fault:
+    """One timed action of the scenario."""
+
+    at: float
+    action: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Scenario:
+    """A complete, validated scenario."""
+
+    name: str
+    nodes: int
+    profile: MembershipConfig
+    duration: float
+    seeds: int = 3
+    join_window: float = 2.0
+    network: NetworkSpec = NetworkSpec()
+    faults: tuple[Fault, ...] = ()
+    description: str = ""
+    arch_mix: tuple[str, ...] = ("x86_64",)
+
+    def node_name(self, i: int) -> str:
+        """The canonical name of node i (zero-padded so names sort in index order)."""
+        width = max(3, len(str(self.nodes + self.max_joins() - 1)))
+        return f"n{i:0{width}d}"
+
+    def max_joins(self) -> int:
+        """Number of nodes added by ``join`` actions."""
+        return sum(int(f.args.get("count", 1)) for f in self.faults if f.action == "join")
+
+
+def _num(d: dict[str, Any], key: str, default: float, lo: float = 0.0, hi: float = math.inf, where: str = "") -> float:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise ScenarioError(f"{where}{key} must be a number in [{lo}, {hi}], got {v!r}")
+    return float(v)
+
+
+def _link(d: dict[str, Any], where: str, base: LinkModel | None = None) -> LinkModel:
+    base = base or LinkModel()
+    dist = d.get("distribution", base.distribution)
+    if dist not in ("uniform", "normal", "exponential"):
+        raise ScenarioError(f"{where}distribution must be uniform, normal or exponential")
+    return LinkModel(
+        latency_ms=_num(d, "latency_ms", base.latency_ms, 0, 60_000, where),
+        jitter_ms=_num(d, "jitter_ms", base.jitter_ms, 0, 60_000, where),
+        distribution=dist,
+        loss=_num(d, "loss", base.loss, 0, 1, where),
+        duplicate=_num(d, "duplicate", base.duplicate, 0, 1, where),
+        reorder=_num(d, "reorder", base.reorder, 0, 1, where),
+        reorder_ms=_num(d, "reorder_ms", base.reorder_ms, 0, 60_000, where),
+    )
+
+
+_KNOWN_TOP = {
+    "name",
+    "description",
+    "nodes",
+    "profile",
+    "profile_overrides",
+    "duration",
+    "seeds",
+    "join_window",
+    "network",
+    "faults",
+    "arch_mix",
+}
+
+
+def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
+    """Validate a parsed TOML document into a :class:`Scenario`."""
+    unknown = sorted(set(doc) - _KNOWN_TOP)
+    if unknown:
+        raise ScenarioError(f"unknown top-level key(s): {', '.join(unknown)}")
+    nodes = doc.get("nodes")
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or not 1 <= nodes <= 20_000:
+        raise ScenarioError("nodes must be an integer in [1, 20000]")
+    try:
+        prof = profile(str(doc.get("profile", "lan")))
+        overrides = doc.get("profile_overrides", {})
+        if not isinstance(overrides, dict):
+            raise ScenarioError("profile_overrides must be a table")
+        if overrides:
+            prof = prof.with_overrides(**overrides)
+    except ConfigError as exc:
+        raise ScenarioError(str(exc)) from None
+    duration = _num(doc, "duration", 60.0, 0.001, 7 * 86400)
+    seeds = int(_num(doc, "seeds", 3, 1, nodes))
+    net = doc.get("network", {})
+    if not isinstance(net, dict):
+        raise ScenarioError("network must be a table")
+    default = _link(net, "network.")
+    topology = net.get("topology", "flat")
+    if topology not in ("flat", "plane"):
+        raise ScenarioError("network.topology must be flat or plane")
+    links = []
+    for i, ld in enumerate(net.get("links", [])):
+        where = f"network.links[{i}]."
+        if not isinstance(ld, dict) or "from" not in ld or "to" not in ld:
+            raise ScenarioError(f"{where} needs 'from' and 'to' node selectors")
+        links.append(LinkOverride(str(ld["from"]), str(ld["to"]), _link(ld, where, default), bool(ld.get("symmetric", True))))
+    network = NetworkSpec(
+        default=default,
+        topology=topology,
+        plane_ms=_num(net, "plane_ms", 0.0, 0, 60_000, "network."),
+        bandwidth_kbps=_num(net, "bandwidth_kbps", 0.0, 0, 1e9, "network."),
+        links=tuple(links),
+    )
+    faults = []
+    for i, fd in enumerate(doc.get("faults", [])):
+        where = f"faults[{i}]."
+        if not isinstance(fd, dict):
+            raise ScenarioError(f"{where} must be a table")
+        action = fd.get("action")
+        if action not in ACTIONS:
+            raise ScenarioError(f"{where}action must be one of {', '.join(sorted(ACTIONS))}, got {action!r}")
+        at = _num(fd, "at", 0.0, 0, duration, where)
+        args = {k: v for k, v in fd.items() if k not in ("at", "action")}
+        _check_fault_args(action, args, where)
+        faults.append(Fault(at, action, args))
+    faults.sort(key=lambda f: f.at)
+    arch_mix = doc.get("arch_mix", ["x86_64"])
+    if not isinstance(arch_mix, list) or not arch_mix or not all(isinstance(a, str) for a in arch_mix):
+        raise ScenarioError("arch_mix must be a non-empty list of architecture names")
+    return Scenario(
+        name=str(doc.get("name", default_name)),
+        description=str(doc.get("description", "")),
+        nodes=nodes,
+        profile=prof,
+        duration=duration,
+        seeds=seeds,
+        join_window=_num(doc, "join_window", 2.0, 0, duration),
+        network=network,
+        faults=tuple(faults),
+        arch_mix=tuple(arch_mix),
+    )
+
+
+def _check_fault_args(action: str, args: dict[str, Any], where: str) -> None:
+    needs_nodes = {"crash", "restart", "leave", "slow", "clock", "meta"}
+    if action in needs_nodes and "node" not in args and "nodes" not in args:
+        raise ScenarioError(f"{where}{action} needs 'node' or 'nodes'")
+    if action == "partition":
+        groups = args.get("groups")
+        if not isinstance(groups, list) or len(groups) < 2:
+            raise ScenarioError(f"{where}partition needs 'groups': a list of at least two node selectors")
+    if action in ("one_way_loss", "link") and ("from" not in args or "to" not in args):
+        raise ScenarioError(f"{where}{action} needs 'from' and 'to'")
+    if action == "one_way_loss":
+        _num(args, "loss", 1.0, 0, 1, where)
+    if action == "join":
+        _num(args, "count", 1, 1, 20_000, where)
+    if action == "slow":
+        _num(args, "delay_ms", 100.0, 0, 600_000, where)
+    if action == "clock":
+        _num(args, "skew", 0.0, -1e6, 1e6, where)
+        _num(args, "drift", 0.0, -0.5, 0.5, where)
+
+
+def load(path: str | Path) -> Scenario:
+    """Load and validate a scenario file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"cannot read scenario {p}: {exc.strerror}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{p}: invalid TOML: {exc}") from None
+    return parse(doc, default_name=p.stem)
+
+
+def builtin(name: str) -> Path:
+    """Path of a scenario shipped with the package (``sim/scenarios/NAME.toml``)."""
+    p = Path(__file__).parent / "scenarios" / f"{name}.toml"
+    if not p.exists():
+        raise ScenarioError(f"no built-in scenario {name!r}")
+    return p

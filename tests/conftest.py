@@ -1,0 +1,1 @@
+"""Shared fixtures. Simulation failures print the seed and the replay command."""
