@@ -142,8 +142,8 @@ class IntentDoc:
         self._slots[root] = {}
         dirty = self._dirty.setdefault(root, set())
 
-        def on_change(event: Any, _dirty: set[str] = dirty) -> None:
-            _dirty.update(event.keys)
+        def on_change(event: Any) -> None:
+            dirty.update(event.keys)
 
         self._subs.append(m.observe(on_change))
         dirty.update(m.keys())
