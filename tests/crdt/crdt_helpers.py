@@ -100,8 +100,19 @@ def roundtrip(msg: Any) -> Any:
     return type(msg).from_payload(p)
 
 
+def content(node: IntentNode) -> tuple[Any, ...]:
+    """Every slot of every root map, canonically ordered (Yjs encodings may order clients differently)."""
+    from pycrdt import Map
+
+    d = node.doc.doc
+    return tuple((root, tuple(sorted((k, bytes(v)) for k, v in d.get(root, type=Map).items()))) for root in sorted(d.keys()))
+
+
 def converged(nodes: dict[str, IntentNode]) -> bool:
+    from crdt.sync import decode_state_vector
+
     docs = [n.doc for n in nodes.values()]
-    sv = {d.state_vector() for d in docs}
+    sv = {tuple(sorted(decode_state_vector(d.state_vector()).items())) for d in docs}
     views = {tuple(d.view_digest()) for d in docs}
-    return len(sv) == 1 and len(views) == 1
+    contents = {content(n) for n in nodes.values()}
+    return len(sv) == 1 and len(views) == 1 and len(contents) == 1
