@@ -76,6 +76,10 @@ class IntentNode:
         self.trust = trust
         self.counters = counters if counters is not None else Counters()
         self.store: UpdateStore = store if store is not None else MemoryStore(self.counters)
+        prior = getattr(self.store, "counters", None)
+        if prior is not None and prior is not self.counters:  # one set of counters per node
+            self.counters.store_corrupt_rows += prior.store_corrupt_rows
+            self.store.counters = self.counters  # type: ignore[attr-defined]
         self.log = structlog.get_logger("crdt.node").bind(node_id=node_id)
         # A fresh Yjs client id per start: a dropped corrupt row must never let us reuse clocks.
         self.doc = IntentDoc(
