@@ -1,0 +1,134 @@
+"""Signed records: the only thing ever stored as a value in an intent document.
+
+A record is ``(kind, key, payload, signer, seq, signature)``; the signature is Ed25519 over
+the canonical msgpack encoding of ``["wasmatrix-record/1", kind, key, payload, seq]`` where
+every map in ``payload`` is encoded with its keys sorted, so the bytes (and the signature)
+do not depend on dict insertion order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from crdt.errors import ValidationError
+from crdt.keys import KEY_ID_LEN, SigningKey
+
+DOMAIN = "wasmatrix-record/1"
+KINDS = ("registry", "deployments", "routes", "placement", "kv")
+MAX_RECORD_BYTES = 256 * 1024
+MAX_SEQ = 2**62
+SEP = "\x1f"  # separates parts of a slot key; forbidden in keys
+
+
+def canonical(obj: Any, depth: int = 0) -> Any:
+    """Normalise a payload into canonical form: sorted string-keyed maps, lists, scalars."""
+    if depth > 16:
+        raise ValidationError("payload nests deeper than 16 levels")
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        if not -(2**63) <= obj < 2**64:
+            raise ValidationError("payload integer out of 64-bit range")
+        return obj
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ValidationError("payload floats must be finite")
+        return obj
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, (list, tuple)):
+        return [canonical(x, depth + 1) for x in obj]
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            raise ValidationError("payload map keys must be strings")
+        return {k: canonical(obj[k], depth + 1) for k in sorted(obj)}
+    raise ValidationError(f"payload value of type {type(obj).__name__} is not encodable")
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def signing_bytes(kind: str, key: str, payload: Any, seq: int) -> bytes:
+    """The exact bytes a record's signature covers."""
+    return pack([DOMAIN, kind, key, canonical(payload), seq])
+
+
+def check_key(key: str, what: str = "key", max_len: int = 512) -> str:
+    """Validate a document key: non-empty printable text without the slot separator."""
+    if not isinstance(key, str) or not key or len(key) > max_len:
+        raise ValidationError(f"{what} must be a non-empty string of at most {max_len} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise ValidationError(f"{what} {key!r:.60} contains control characters")
+    return key
+
+
+@dataclass(slots=True, frozen=True)
+class SignedRecord:
+    """One signed value; ``(signer, seq)`` identifies the write everywhere."""
+
+    kind: str
+    key: str
+    payload: Any
+    signer: str
+    seq: int
+    signature: bytes
+
+    @classmethod
+    def create(cls, signer: SigningKey, kind: str, key: str, payload: Any, seq: int) -> "SignedRecord":
+        """Sign a new record."""
+        if kind not in KINDS:
+            raise ValidationError(f"unknown document kind {kind!r}")
+        check_key(key)
+        if not 0 < seq < MAX_SEQ:
+            raise ValidationError("sequence number out of range")
+        payload = canonical(payload)
+        sig = signer.sign(signing_bytes(kind, key, payload, seq))
+        rec = cls(kind, key, payload, signer.key_id, seq, sig)
+        if len(rec.encode()) > MAX_RECORD_BYTES:
+            raise ValidationError(f"record for {key!r:.60} exceeds {MAX_RECORD_BYTES} bytes")
+        return rec
+
+    @property
+    def write_id(self) -> tuple[str, int]:
+        """``(signer key id, seq)``: the identity of this write."""
+        return (self.signer, self.seq)
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Conflict-resolution order: the record with the greatest ``(seq, signer)`` wins."""
+        return (self.seq, self.signer)
+
+    def message(self) -> bytes:
+        return signing_bytes(self.kind, self.key, self.payload, self.seq)
+
+    def encode(self) -> bytes:
+        """The value stored in the document map."""
+        return pack([1, self.kind, self.key, self.payload, self.signer, self.seq, self.signature])
+
+    @classmethod
+    def decode(cls, data: bytes) -> "SignedRecord":
+        """Parse a stored value strictly; raise ValidationError on anything malformed."""
+        if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_RECORD_BYTES:
+            raise ValidationError("record is not bytes of bounded size")
+        try:
+            obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, max_ext_len=0)
+        except Exception as exc:
+            raise ValidationError(f"record is not msgpack: {exc.__class__.__name__}") from None
+        if not isinstance(obj, list) or len(obj) != 7 or obj[0] != 1:
+            raise ValidationError("record is not a version-1 7-element array")
+        _, kind, key, payload, signer, seq, sig = obj
+        if kind not in KINDS:
+            raise ValidationError(f"record of unknown kind {kind!r:.40}")
+        check_key(key)
+        if not isinstance(signer, str) or len(signer) != KEY_ID_LEN:
+            raise ValidationError("record signer is not a key id")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < MAX_SEQ:
+            raise ValidationError("record seq out of range")
+        if not isinstance(sig, bytes) or len(sig) != 64:
+            raise ValidationError("record signature is not 64 bytes")
+        return cls(kind, key, canonical(payload), signer, seq, sig)

@@ -1,0 +1,275 @@
+"""`wasmatrix keygen | module publish/list/show | deploy | rollback` against a local data dir.
+
+For now these commands open the node's intent store directly (``--data-dir``, default
+``$WASMATRIX_DATA_DIR`` or ``./wasmatrix-data``); later they will talk to the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from crdt.blob import DirBlobStore
+from crdt.errors import CrdtError, SemverError, ValidationError
+from crdt.keys import SigningKey, load_signing_key
+from crdt.node import IntentNode
+from crdt.schema import Constraints, DeploymentSpec, Manifest, Preferences
+from crdt.semver import Version
+from crdt.store import SqliteStore
+from crdt.trust import Role, TrustConfig
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+MAX_WASM = 50 * 1024 * 1024
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or os.environ.get("WASMATRIX_DATA_DIR", "wasmatrix-data"))
+
+
+def _quiet_logs() -> None:
+    # Command output goes to stdout (tables, --json); node logs go to stderr, warnings and up.
+    import logging
+
+    import structlog
+
+    class _Stderr:  # resolves sys.stderr at each call (it may be swapped, e.g. by test capture)
+        def msg(self, message: str) -> None:
+            print(message, file=sys.stderr)
+
+        debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+    if not structlog.is_configured():
+        structlog.configure(
+            logger_factory=lambda *a: _Stderr(),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        )
+
+
+def _open(args: argparse.Namespace) -> IntentNode:
+    _quiet_logs()
+    d = _data_dir(args)
+    d.mkdir(parents=True, exist_ok=True)
+    trust = TrustConfig.load(d / "trust.json")
+    key_path = d / "node.key"
+    node_key = load_signing_key(key_path) if key_path.exists() else SigningKey.generate()
+    if not key_path.exists():
+        node_key.save(key_path)
+    trust.admit_node("local", node_key.public_raw)
+    return IntentNode("local", node_key, trust, random.Random(os.urandom(16)), store=SqliteStore(d))
+
+
+def _out(args: argparse.Namespace, obj: Any, rows: list[list[str]] | None = None, header: list[str] | None = None) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        return
+    if rows is None:
+        for k, v in obj.items():
+            print(f"{k:<14} {v}")
+        return
+    table = [header or []] + rows
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _err(msg: str, code: int = EXIT_FAILURE) -> int:
+    print(f"wasmatrix: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _guard(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (SemverError, ValidationError) as exc:
+            return _err(str(exc), EXIT_USAGE)
+        except CrdtError as exc:
+            return _err(str(exc))
+        except OSError as exc:
+            return _err(f"{exc.strerror}: {exc.filename}")
+
+    return run
+
+
+@_guard
+def cmd_keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        return _err(f"{out} exists; pass --force to overwrite")
+    key = SigningKey.generate()
+    key.save(out)
+    d = _data_dir(args)
+    d.mkdir(parents=True, exist_ok=True)
+    trust = TrustConfig.load(d / "trust.json")
+    trust.add_key(key.public_raw, [args.role])
+    trust.save(d / "trust.json")
+    _out(args, {"key_id": key.key_id, "role": args.role, "private_key": str(out), "public_key": f"{out}.pub", "trusted_in": str(d / "trust.json")})
+    return EXIT_OK
+
+
+@_guard
+def cmd_publish(args: argparse.Namespace) -> int:
+    Version.parse(args.version)
+    key = load_signing_key(args.key)
+    path = Path(args.file)
+    if not path.is_file():
+        return _err(f"module file {path} does not exist")
+    data = path.read_bytes()
+    if len(data) > MAX_WASM:
+        return _err(f"{path} is {len(data)} bytes; the limit is {MAX_WASM}")
+    if data[:4] != b"\0asm":
+        return _err(f"{path} is not a WebAssembly binary (missing \\0asm header)")
+    sha = hashlib.sha256(data).hexdigest()
+    node = _open(args)
+    limits = {}
+    for item in args.limit or []:
+        k, _, v = item.partition("=")
+        if not v.isdigit():
+            return _err(f"--limit {item!r} must be NAME=INTEGER", EXIT_USAGE)
+        limits[k] = int(v)
+    m = Manifest(args.name, args.version, sha, len(data), tuple(args.capability or ()), limits, time.time(), args.description or "")
+    DirBlobStore(_data_dir(args) / "blobs").put(sha, data)
+    ack = node.publish(m, key, time.time())
+    _out(args, {"module": args.name, "version": args.version, "sha256": sha, "size": len(data), "publisher": ack.signer, "seq": ack.seq})
+    return EXIT_OK
+
+
+@_guard
+def cmd_list(args: argparse.Namespace) -> int:
+    node = _open(args)
+    rows, objs = [], []
+    for name in node.doc.modules():
+        vs = node.doc.versions(name)
+        live = [m.version for m in vs if not m.removed]
+        objs.append({"name": name, "versions": [m.version for m in vs], "live": live})
+        rows.append([name, live[-1] if live else "-", str(len(vs)), str(len(vs) - len(live))])
+    _out(args, objs, rows, ["MODULE", "LATEST", "VERSIONS", "REMOVED"])
+    return EXIT_OK
+
+
+@_guard
+def cmd_show(args: argparse.Namespace) -> int:
+    node = _open(args)
+    vs = node.doc.versions(args.name)
+    if not vs:
+        return _err(f"no module named {args.name!r} (see `wasmatrix module list`)")
+    objs = [{"version": m.version, "sha256": m.sha256, "size": m.size, "publisher": m.publisher, "created_at": m.created_at,
+             "capabilities": list(m.capabilities), "limits": m.limits, "removed": m.removed, "description": m.description} for m in vs]
+    rows = [[m.version, m.sha256[:16], str(m.size), m.publisher, "removed" if m.removed else "live"] for m in vs]
+    _out(args, objs, rows, ["VERSION", "SHA256", "SIZE", "PUBLISHER", "STATE"])
+    return EXIT_OK
+
+
+def _kv_pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ValidationError(f"{what} {item!r} must be KEY=VALUE")
+        out[k] = v
+    return out
+
+
+@_guard
+def cmd_deploy(args: argparse.Namespace) -> int:
+    key = load_signing_key(args.key)
+    near = None
+    if args.near_location:
+        try:
+            lat, lon = (float(x) for x in args.near_location.split(","))
+        except ValueError:
+            return _err("--near-location must be LAT,LON", EXIT_USAGE)
+        near = (lat, lon)
+    spec = DeploymentSpec(
+        args.name, args.module, args.version, args.replicas,
+        Constraints(tuple(args.arch or ()), args.min_memory_mb, _kv_pairs(args.label, "--label"), tuple(args.hardware or ())),
+        Preferences(near, args.near_label, args.near_node, args.spread),
+        tuple(args.capability or ()),
+    )
+    node = _open(args)
+    ack = node.set_deployment(spec, key, time.time())
+    d = node.deployment(args.name)
+    _out(args, {"deployment": d.name, "module": spec.module, "version": spec.version, "active_version": d.active_version,
+                "replicas": spec.replicas, "revision": d.revision, "signer": ack.signer})
+    return EXIT_OK
+
+
+@_guard
+def cmd_rollback(args: argparse.Namespace) -> int:
+    if args.to:
+        Version.parse(args.to)
+    key = load_signing_key(args.key)
+    node = _open(args)
+    before = node.deployment(args.deployment).active_version
+    node.rollback(args.deployment, key, time.time(), to_version=args.to)
+    d = node.deployment(args.deployment)
+    _out(args, {"deployment": d.name, "from_version": before, "active_version": d.active_version, "revision": d.revision})
+    return EXIT_OK
+
+
+def register(subparsers: Any) -> None:
+    """Add keygen, module, deploy and rollback subcommands."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="node data directory (default $WASMATRIX_DATA_DIR or ./wasmatrix-data)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = subparsers.add_parser("keygen", help="generate an Ed25519 key and trust it with a role")
+    p.add_argument("--role", required=True, choices=[r.value for r in Role if r is not Role.NODE])
+    p.add_argument("--out", required=True, help="private key file (the public key goes to FILE.pub)")
+    p.add_argument("--force", action="store_true")
+    common(p)
+    p.set_defaults(handler=cmd_keygen)
+
+    mod = subparsers.add_parser("module", help="publish and inspect modules in the registry")
+    msub = mod.add_subparsers(dest="module_command", metavar="SUBCOMMAND", parser_class=type(mod))
+    pp = msub.add_parser("publish", help="sign and publish a .wasm module version")
+    pp.add_argument("file")
+    pp.add_argument("--name", required=True)
+    pp.add_argument("--version", required=True)
+    pp.add_argument("--key", required=True, help="publisher private key file")
+    pp.add_argument("--description")
+    pp.add_argument("--capability", action="append", help="capability requested (repeatable)")
+    pp.add_argument("--limit", action="append", help="NAME=INTEGER resource limit (repeatable)")
+    common(pp)
+    pp.set_defaults(handler=cmd_publish)
+    pl = msub.add_parser("list", help="list modules")
+    common(pl)
+    pl.set_defaults(handler=cmd_list)
+    ps = msub.add_parser("show", help="show every version of a module")
+    ps.add_argument("name")
+    common(ps)
+    ps.set_defaults(handler=cmd_show)
+    mod.set_defaults(handler=lambda a: (mod.print_help(sys.stderr), EXIT_USAGE)[1])
+
+    d = subparsers.add_parser("deploy", help="create or update a deployment")
+    d.add_argument("name")
+    d.add_argument("--module", required=True)
+    d.add_argument("--version", required=True, help="exact version or semver range (^1.2.0, ~1.2.0, >=1 <2, *)")
+    d.add_argument("--replicas", type=int, default=1, help="0 = on demand")
+    d.add_argument("--key", required=True, help="operator private key file")
+    d.add_argument("--arch", action="append")
+    d.add_argument("--min-memory-mb", type=int, default=0)
+    d.add_argument("--label", action="append", help="KEY=VALUE node label required (repeatable)")
+    d.add_argument("--hardware", action="append")
+    d.add_argument("--near-location")
+    d.add_argument("--near-label")
+    d.add_argument("--near-node")
+    d.add_argument("--spread", help="fault-domain level to spread across, e.g. site")
+    d.add_argument("--capability", action="append")
+    common(d)
+    d.set_defaults(handler=cmd_deploy)
+
+    r = subparsers.add_parser("rollback", help="point a deployment back at an earlier version")
+    r.add_argument("deployment")
+    r.add_argument("--to", help="version to roll back to (default: the previous one)")
+    r.add_argument("--key", required=True, help="operator private key file")
+    common(r)
+    r.set_defaults(handler=cmd_rollback)
