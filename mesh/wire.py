@@ -100,6 +100,9 @@ def _unpack(data: bytes, limit: int) -> Any:
 
 def encode_broadcast(msg: WireMessage) -> bytes:
     """Encode a gossip update for a piggyback slot: msgpack ``[type, payload]``."""
+    hit = _ENCODED_CACHE.get(msg)
+    if hit is not None:
+        return hit
     return pack([msg.TYPE, msg.to_payload()])
 
 
@@ -140,6 +143,8 @@ def _build(type_id: Any, payload: Any) -> Any:
 # so decoding each distinct byte string once is safe; the cache is bounded.
 _BROADCAST_CACHE: dict[bytes, Any] = {}
 _BROADCAST_CACHE_MAX = 8192
+# ...and a received update is usually re-gossiped as is: keep its bytes to skip re-encoding.
+_ENCODED_CACHE: dict[Any, bytes] = {}
 
 
 def decode_broadcast(data: bytes) -> Any:
@@ -153,7 +158,9 @@ def decode_broadcast(data: bytes) -> Any:
     msg = _build(obj[0], obj[1])
     if len(_BROADCAST_CACHE) >= _BROADCAST_CACHE_MAX:
         _BROADCAST_CACHE.clear()
+        _ENCODED_CACHE.clear()
     _BROADCAST_CACHE[data] = msg
+    _ENCODED_CACHE[msg] = data
     return msg
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from mesh.coords import Coordinate
 from mesh.membership.meta import NodeMeta
+from mesh.errors import WireError
 from mesh.wire import message, v_bool, v_fields, v_int, v_list, v_str
 
 _U32 = 2**32 - 1
@@ -146,37 +147,59 @@ class Dead:
 
 @dataclass(slots=True, frozen=True)
 class PushPullState:
-    """One member's state inside a push-pull exchange."""
+    """One member's state inside a push-pull exchange.
+
+    A push-pull carries every member (hundreds of entries) but the receiver acts
+    on few of them — most are identical to what it has. So metadata and
+    coordinate are checked for shape at decode time and fully validated only
+    when used (:meth:`decoded_meta`, :meth:`decoded_coord`, which raise
+    WireError); the receiver skips and counts an entry that fails.
+    """
 
     node: str
     addr: str
     incarnation: int
     state: int
-    meta: NodeMeta
-    coord: Coordinate | None
+    meta_raw: list[Any]
+    coord_raw: list[Any] | None
+
+    @classmethod
+    def of(cls, node: str, addr: str, incarnation: int, state: int, meta: NodeMeta, coord: Coordinate | None) -> "PushPullState":
+        """Build an entry from typed values."""
+        return cls(node, addr, incarnation, state, meta.to_wire(), coord.to_wire() if coord is not None else None)
+
+    def decoded_meta(self) -> NodeMeta:
+        """The validated metadata (raises WireError)."""
+        try:
+            return NodeMeta.from_wire(self.meta_raw)
+        except WireError:
+            raise
+        except Exception as exc:
+            raise WireError(f"invalid metadata for {self.node}: {exc}") from None
+
+    def decoded_coord(self) -> Coordinate | None:
+        """The validated coordinate, if any (raises WireError)."""
+        if self.coord_raw is None:
+            return None
+        try:
+            return Coordinate.from_wire(self.coord_raw)
+        except WireError:
+            raise
+        except Exception as exc:
+            raise WireError(f"invalid coordinate for {self.node}: {exc}") from None
 
     def to_wire(self) -> list[Any]:
-        return [
-            self.node,
-            self.addr,
-            self.incarnation,
-            self.state,
-            self.meta.to_wire(),
-            self.coord.to_wire() if self.coord is not None else None,
-        ]
+        return [self.node, self.addr, self.incarnation, self.state, self.meta_raw, self.coord_raw]
 
     @classmethod
     def from_wire(cls, x: Any) -> "PushPullState":
         f = v_list(x, 6)
         v_fields(f, 6)
-        return cls(
-            v_str(f[0]),
-            v_str(f[1]),
-            v_int(f[2], 0, _U64),
-            v_int(f[3], 0, 3),
-            NodeMeta.from_wire(f[4]),
-            Coordinate.from_wire(f[5]) if f[5] is not None else None,
-        )
+        meta = v_list(f[4], 8)
+        if len(meta) != 8:
+            raise WireError("metadata needs 8 fields")
+        coord = None if f[5] is None else v_list(f[5], 35)
+        return cls(v_str(f[0]), v_str(f[1]), v_int(f[2], 0, _U64), v_int(f[3], 0, 3), meta, coord)
 
 
 @message

@@ -30,6 +30,7 @@ from enum import IntEnum
 from typing import Any, Iterable
 
 from mesh.coords import Coordinate, VivaldiClient
+from mesh.errors import WireError
 from mesh.membership.awareness import Awareness
 from mesh.membership.broadcast import BroadcastQueue
 from mesh.membership.config import MembershipConfig
@@ -143,6 +144,7 @@ class SwimCore:
             "push_pulls": 0,
             "misdirected_pings": 0,
             "reconnects": 0,
+            "bad_states": 0,
         }
         self.leaving = False
         self.seeds = tuple(seeds)
@@ -163,6 +165,7 @@ class SwimCore:
         self._num_live = 1
         self._next_reap_at = now + config.tombstone_time / 10
         self._alive_names: list[str] = []  # sorted, excluding self; ALIVE or SUSPECT
+        self._recent_dead: dict[str, float] = {}  # dead/left member -> when, for gossip to the dead
         self._queue_alive(now)
 
     # ------------------------------------------------------------------ queries
@@ -382,6 +385,8 @@ class SwimCore:
 
     def _send_indirect(self, p: _Probe, now: float, out: list[Outgoing]) -> None:
         p.indirect_sent = True
+        # Leave the helpers a full probe timeout (their nacks come at 80% of it).
+        p.end_at = max(p.end_at, now + self.awareness.scale(self.config.probe_timeout))
         target = self.members.get(p.target)
         if target is None:
             return
@@ -422,7 +427,9 @@ class SwimCore:
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
         seq = self._next_seq()
-        timeout = self.config.probe_timeout
+        # Lifeguard: nack at 80% of the probe timeout, so it reaches the origin before
+        # the origin's own wait ends and it can tell "target silent" from "my link is bad".
+        timeout = 0.8 * self.config.probe_timeout
         self._relays[seq] = _Relay(src, msg.seq, now + timeout, msg.nack)
         out.append(self._datagram(msg.addr, Ping(seq, msg.target)))
 
@@ -447,14 +454,14 @@ class SwimCore:
         return Outgoing(dst, encode(self.name, msg, pig), False)
 
     def _gossip(self, now: float) -> list[Outgoing]:
-        candidates = list(self._alive_names)
-        if len(self.members) > len(candidates) + 1:
+        candidates = self._alive_names
+        if self._recent_dead:
             # Recently dead members still get gossip, so a falsely declared node hears it and refutes.
             cutoff = now - self.config.gossip_to_the_dead_time
-            for n, m in self.members.items():
-                if m.state >= MemberState.DEAD and m.state_change >= cutoff and n != self.name:
-                    candidates.append(n)
-            candidates.sort()
+            for n in [n for n, t in self._recent_dead.items() if t < cutoff]:
+                del self._recent_dead[n]
+            if self._recent_dead:
+                candidates = sorted([*candidates, *self._recent_dead])
         k = min(self.config.gossip_nodes, len(candidates))
         out = []
         budget = MAX_DATAGRAM - envelope_overhead(self.name) - 8
@@ -501,6 +508,8 @@ class SwimCore:
     def _set_live(self, name: str, live: bool) -> None:
         i = bisect.bisect_left(self._alive_names, name)
         present = i < len(self._alive_names) and self._alive_names[i] == name
+        if live:
+            self._recent_dead.pop(name, None)
         if live and not present:
             self._alive_names.insert(i, name)
             # New members enter the probe order at a random offset (memberlist does the same).
@@ -596,6 +605,7 @@ class SwimCore:
         m.state = MemberState.LEFT if d.sender == d.node else MemberState.DEAD
         m.state_change = now
         self._set_live(d.node, False)
+        self._recent_dead[d.node] = now
         self.vivaldi.forget(d.node)
         self._emit("left" if m.state == MemberState.LEFT else "dead", d.node, now)
         self._queue(d.node, d, now)
@@ -605,7 +615,7 @@ class SwimCore:
     def local_states(self) -> tuple[PushPullState, ...]:
         """Our full membership state, for a push-pull exchange."""
         return tuple(
-            PushPullState(m.name, m.addr, m.incarnation, int(m.state), m.meta, self.coordinate_of(m.name))
+            PushPullState.of(m.name, m.addr, m.incarnation, int(m.state), m.meta, self.coordinate_of(m.name))
             for _, m in sorted(self.members.items())
         )
 
@@ -624,20 +634,31 @@ class SwimCore:
 
     def merge_states(self, states: Iterable[PushPullState], now: float) -> None:
         """Merge a remote full state (memberlist's mergeState)."""
+        dims = self.vivaldi.config.dimensionality
         for st in states:
-            if st.coord is not None and st.node != self.name and st.node not in self.coords:
-                if len(st.coord.vec) == self.vivaldi.config.dimensionality and st.coord.is_valid():
-                    self.coords[st.node] = st.coord
-            state = MemberState(st.state)
-            if state == MemberState.ALIVE:
-                self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.meta), now)
-            elif state == MemberState.LEFT:
-                self._apply_dead(Dead(st.incarnation, st.node, st.node), now)
+            if st.node == self.name:
+                m = None
             else:
-                # A remote "dead" is only a suspicion here: we give the node a chance to refute.
-                if st.node not in self.members and st.node != self.name:
-                    continue
-                self._apply_suspect(Suspect(st.incarnation, st.node, self.name), now)
+                m = self.members.get(st.node)
+                if m is not None and st.incarnation < m.incarnation:
+                    continue  # stale: the common case in a steady mesh, skipped without decoding
+            try:
+                if st.coord_raw is not None and m is not None and st.node not in self.coords:
+                    coord = st.decoded_coord()
+                    if coord is not None and len(coord.vec) == dims and coord.is_valid():
+                        self.coords[st.node] = coord
+                state = MemberState(st.state)
+                if state == MemberState.ALIVE:
+                    if m is not None and st.incarnation == m.incarnation and m.state != MemberState.DEAD:
+                        continue
+                    self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.decoded_meta()), now)
+                elif state == MemberState.LEFT:
+                    self._apply_dead(Dead(st.incarnation, st.node, st.node), now)
+                elif m is not None or st.node == self.name:
+                    # A remote "dead" is only a suspicion here: we give the node a chance to refute.
+                    self._apply_suspect(Suspect(st.incarnation, st.node, self.name), now)
+            except WireError:
+                self.counters["bad_states"] += 1
 
     def reap(self, now: float) -> None:
         """Forget dead/left members whose tombstone has expired."""

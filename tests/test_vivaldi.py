@@ -1,0 +1,80 @@
+"""Vivaldi coordinates converge on a synthetic RTT matrix (points in a plane + access-link heights)."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+from mesh.coords import Coordinate, VivaldiClient
+
+
+def _synthetic(n: int, seed: int) -> list[list[float]]:
+    r = random.Random(seed)
+    pts = [(r.uniform(0, 0.1), r.uniform(0, 0.1)) for _ in range(n)]  # up to ~140 ms across
+    heights = [r.uniform(0.001, 0.005) for _ in range(n)]
+    return [
+        [math.dist(pts[i], pts[j]) + heights[i] + heights[j] if i != j else 0.0 for j in range(n)] for i in range(n)
+    ]
+
+
+def _relative_errors(clients: list[VivaldiClient], rtt: list[list[float]]) -> list[float]:
+    n = len(clients)
+    return [
+        abs(clients[i].coord.distance(clients[j].coord) - rtt[i][j]) / rtt[i][j]
+        for i in range(n)
+        for j in range(n)
+        if i != j
+    ]
+
+
+def test_vivaldi_converges_on_synthetic_matrix() -> None:
+    n = 40
+    rtt = _synthetic(n, 7)
+    rng = random.Random(3)
+    clients = [VivaldiClient(random.Random(i)) for i in range(n)]
+    before = statistics.median(_relative_errors(clients, rtt))
+    for _ in range(200):
+        for i in range(n):
+            j = rng.randrange(n - 1)
+            j += j >= i
+            noisy = rtt[i][j] * rng.uniform(0.95, 1.05)
+            clients[i].update(f"n{j}", clients[j].coord, noisy)
+    errors = _relative_errors(clients, rtt)
+    after = statistics.median(errors)
+    assert before > 0.9  # everyone at the origin: estimates are nowhere near
+    assert after < 0.15, f"median relative error {after:.3f}"
+    # each node's own error estimate has come down from the maximum
+    assert statistics.median(c.coord.error for c in clients) < 0.5
+
+
+def test_latency_filter_rejects_a_single_outlier() -> None:
+    a, b = VivaldiClient(random.Random(1)), VivaldiClient(random.Random(2))
+    for _ in range(50):
+        a.update("b", b.coord, 0.020)
+        b.update("a", a.coord, 0.020)
+    est = a.coord.distance(b.coord)
+    a.update("b", b.coord, 5.0)  # one wild sample: the median-of-3 filter ignores it
+    assert abs(a.coord.distance(b.coord) - est) < 0.005
+
+
+def test_invalid_samples_are_ignored() -> None:
+    a = VivaldiClient(random.Random(1))
+    start = a.coord
+    bad = Coordinate((float("nan"),) * 8, 1.0, 0.0, 0.0)
+    assert a.update("x", bad, 0.01) == start
+    assert a.update("x", Coordinate((0.0,) * 3, 1.0, 0.0, 0.0), 0.01) == start  # wrong dimensionality
+    assert a.update("x", Coordinate.origin(a.config), -1.0) == start
+    assert a.updates == 0
+
+
+def test_coincident_points_are_separated_deterministically() -> None:
+    def run() -> tuple[float, ...]:
+        a, b = VivaldiClient(random.Random(5)), VivaldiClient(random.Random(6))
+        for _ in range(10):
+            a.update("b", b.coord, 0.01)
+            b.update("a", a.coord, 0.01)
+        return a.coord.vec
+
+    assert run() == run()
+    assert any(abs(x) > 0 for x in run())
