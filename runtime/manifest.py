@@ -134,8 +134,7 @@ def bounded_decode(data: bytes, what: str) -> Any:
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{what} is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} byte limit")
     try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, max_buffer_size=MAX_MANIFEST_BYTES,
-        )
+        # The length check above bounds every container and string inside.
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise ManifestError(f"{what} is not valid msgpack: {exc}") from exc

@@ -59,10 +59,18 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("wasmatrix.runtime")
 
-# A trap with linear memory this close to the cap is reported as the memory
-# limit: wasmtime's C API does not say that a memory.grow was refused, and an
-# allocator that fails near the cap aborts (traps) in every libc we know.
-MEMORY_NEAR_CAP_FRACTION = 0.9
+# A trap with less than this much linear memory left under the cap is reported
+# as the memory limit: wasmtime's C API does not say that a memory.grow was
+# refused, and an allocator that fails near the cap aborts (traps) in every
+# libc we know. Headroom, not a fraction, because allocators grow in chunks
+# (wasi-libc's malloc asks for the whole block plus its own overhead).
+MEMORY_NEAR_CAP_MIN_HEADROOM = 2 * MIB
+MEMORY_NEAR_CAP_FRACTION = 0.125
+
+
+def near_memory_cap(used: int, cap: int) -> bool:
+    """True when ``used`` is close enough to ``cap`` that a refused grow is the likely cause of a trap."""
+    return cap - used < max(MEMORY_NEAR_CAP_MIN_HEADROOM, int(cap * MEMORY_NEAR_CAP_FRACTION))
 MAX_DIRECT_OUTPUT = 16 << 20
 
 _live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
@@ -597,7 +605,7 @@ class Runtime:
                     f"({_first_line(text)})", "memory")
             if "table" in text and "limit" in text:
                 return WasmLimitExceeded(f"module {key} exceeds its table limit ({_first_line(text)})", "table")
-        if memory_bytes is not None and memory_bytes >= limits.memory_bytes * MEMORY_NEAR_CAP_FRACTION:
+        if memory_bytes is not None and near_memory_cap(memory_bytes, limits.memory_bytes):
             return WasmLimitExceeded(
                 f"module {key} hit its memory limit: trapped with {memory_bytes // MIB} of "
                 f"{limits.memory_bytes // MIB} MiB in use ({message}){tail}", "memory")
