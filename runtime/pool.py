@@ -92,7 +92,8 @@ class PoolManager(Generic[T]):
     def prewarm(self, key: Hashable) -> int:
         """Create instances until the pool holds ``min_instances`` idle ones; returns how many were made."""
         made = 0
-        while True:
+        # Bounded: under memory pressure a new instance may be evicted at once; stop, do not spin.
+        for _ in range(self._pools[key].config.min_instances if key in self._pools else 0):
             with self._lock:
                 pool = self._pools.get(key)
                 if pool is None or not pool.config.reuse or len(pool.idle) + pool.in_use >= pool.config.min_instances:
