@@ -33,7 +33,6 @@ from runtime.errors import (
     CapabilityDenied,
     ExecutionError,
     GuestError,
-    InvalidSpecError,
     ModuleNotLoaded,
     SignatureError,
     ValidationError,
@@ -46,7 +45,7 @@ from runtime.errors import (
 from runtime.hostfuncs import HostContext, HttpFetcher, define_host_functions
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import KVStore, MemoryKVStore
-from runtime.limits import MAX_MEMORY_BYTES, MAX_TIMEOUT_MS, MIB, WASM_PAGE_BYTES, Limits, PoolConfig
+from runtime.limits import MAX_MEMORY_BYTES, MAX_TIMEOUT_MS, MIB, Limits, PoolConfig
 from runtime.manifest import Manifest, sha256_hex
 from runtime.metrics import RuntimeMetrics
 from runtime.pool import DEFAULT_MAX_TOTAL_IDLE, DEFAULT_MEMORY_BUDGET, DEFAULT_PRESSURE_RATIO, PoolManager
