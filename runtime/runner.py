@@ -10,6 +10,7 @@ away; nothing a guest does reaches the host process.
 from __future__ import annotations
 
 import atexit
+import gc
 import threading
 import time
 import weakref
@@ -77,10 +78,23 @@ _live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 @atexit.register
 def _close_live_runtimes() -> None:
-    # Stores dropped during interpreter teardown can call back into a dying
-    # interpreter from wasmtime's threads; close them while Python is whole.
+    # wasmtime's WASI releases custom stdout/stderr sinks from its own (tokio)
+    # threads, shortly after a store closes. If that callback into Python runs
+    # while the interpreter is finalizing, the thread is torn down mid-FFI and
+    # Rust aborts with "panic in a function that cannot unwind". So close every
+    # runtime while Python is whole, then wait (bounded) for those releases.
     for rt in list(_live_runtimes):
         rt.close()
+    gc.collect()
+    try:
+        from wasmtime import _wasi
+
+        pending = _wasi.CUSTOM_OUTPUTS.handles
+    except (ImportError, AttributeError):  # pragma: no cover - other wasmtime-py layouts
+        return
+    deadline = time.monotonic() + 2.0
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 @dataclass(slots=True, frozen=True)
