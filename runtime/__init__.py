@@ -1,1 +1,45 @@
-"""wasmtime runtime: artifacts, compiled cache, instance pools, ABIs, capabilities, limits."""
+"""wasmtime runtime: artifacts, compiled cache, instance pools, ABIs, capabilities, limits.
+
+The node uses ``Runtime`` (see ``runtime.runner``); everything else here is a
+building block it composes. This package imports nothing from ``mesh``,
+``crdt`` or ``scheduler``.
+"""
+
+from runtime.abi import Abi
+from runtime.artifacts import ArtifactStore
+from runtime.audit import AuditSink, MemoryAuditSink, NullAuditSink
+from runtime.capabilities import Capabilities, CapabilityRequest, DirGrant
+from runtime.errors import (
+    ArtifactError,
+    CacheError,
+    CapabilityDenied,
+    ExecutionError,
+    GuestError,
+    InvalidSpecError,
+    ManifestError,
+    ModuleNotLoaded,
+    SignatureError,
+    ValidationError,
+    WasmConcurrencyRejected,
+    WasmError,
+    WasmLimitExceeded,
+    WasmTimeout,
+    WasmTrap,
+)
+from runtime.bundled import example_bytes, example_path
+from runtime.hostfuncs import HttpFetcher
+from runtime.invocation import InvocationResult, Request
+from runtime.kv import KVStore, MemoryKVStore
+from runtime.limits import Limits, PoolConfig
+from runtime.manifest import Manifest
+from runtime.runner import LoadedModule, Runtime, RuntimeConfig
+from runtime.signing import Publisher, SignedManifest, TrustStore
+
+__all__ = [
+    "Abi", "ArtifactError", "ArtifactStore", "AuditSink", "CacheError", "Capabilities", "CapabilityDenied",
+    "CapabilityRequest", "DirGrant", "ExecutionError", "GuestError", "HttpFetcher", "InvalidSpecError",
+    "InvocationResult", "KVStore", "Limits", "LoadedModule", "Manifest", "ManifestError", "MemoryAuditSink",
+    "MemoryKVStore", "ModuleNotLoaded", "NullAuditSink", "PoolConfig", "Publisher", "Request", "Runtime",
+    "RuntimeConfig", "SignatureError", "SignedManifest", "TrustStore", "ValidationError",
+    "WasmConcurrencyRejected", "WasmError", "WasmLimitExceeded", "WasmTimeout", "WasmTrap", "example_bytes", "example_path",
+]

@@ -1,0 +1,304 @@
+"""Capabilities: what a module requests, what a node grants, and the import check.
+
+Deny by default. A module gets WASI stdio, args and its granted environment;
+everything else (preopened directories, clocks, random, key-value namespaces,
+guest logging, outbound HTTP hosts) must be granted. The effective grant is
+the intersection of the manifest's request and the node's policy; anything
+requested but not granted is a denial (counted and audited) and the module
+runs without it. A module whose *imports* need more than the effective grant
+is refused at admission with the list of offending imports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from runtime.errors import InvalidSpecError
+
+WASI_MODULE = "wasi_snapshot_preview1"
+HOST_MODULE = "wasmatrix"
+
+# Stdio, args, environment (already filtered by the grant) and process exit:
+# every WASI command needs them and they reach nothing outside the sandbox.
+_WASI_ALWAYS = frozenset({
+    "args_get", "args_sizes_get", "environ_get", "environ_sizes_get", "fd_write", "fd_read",
+    "fd_close", "fd_seek", "fd_tell", "fd_fdstat_get", "fd_fdstat_set_flags", "fd_filestat_get",
+    "fd_prestat_get", "fd_prestat_dir_name", "proc_exit", "sched_yield",
+})
+_WASI_FS = frozenset({
+    "path_open", "path_create_directory", "path_filestat_get", "path_filestat_set_times",
+    "path_link", "path_readlink", "path_remove_directory", "path_rename", "path_symlink",
+    "path_unlink_file", "fd_readdir", "fd_filestat_set_size", "fd_filestat_set_times", "fd_pread",
+    "fd_pwrite", "fd_allocate", "fd_advise", "fd_sync", "fd_datasync", "fd_renumber",
+    "fd_fdstat_set_rights",
+})
+_WASI_CLOCKS = frozenset({"clock_time_get", "clock_res_get", "poll_oneoff"})
+_WASI_RANDOM = frozenset({"random_get"})
+# sock_* and proc_raise are never granted (seed 003 R7: no raw sockets).
+
+HOST_KV = frozenset({"kv_get", "kv_set", "kv_delete", "kv_list"})
+HOST_LOG = frozenset({"log"})
+HOST_HTTP = frozenset({"http_fetch"})
+
+DEFAULT_STDOUT_MAX = 1 << 20
+DEFAULT_STDERR_MAX = 64 << 10
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HOST_ENTRY = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
+
+
+@dataclass(slots=True, frozen=True)
+class DirGrant:
+    """A host directory visible to the guest at ``guest_path``; read-only unless ``writable``."""
+
+    host_path: str
+    guest_path: str
+    writable: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.guest_path.startswith("/"):
+            raise InvalidSpecError(f"guest path {self.guest_path!r} must be absolute")
+        if not self.host_path:
+            raise InvalidSpecError("host path of a directory grant is empty")
+
+    @classmethod
+    def parse(cls, spec: str) -> DirGrant:
+        """Parse ``HOST[::GUEST][:ro|:rw]`` (the CLI's --dir syntax); default guest = host, ro."""
+        writable = False
+        if spec.endswith(":rw") or spec.endswith(":ro"):
+            writable = spec.endswith(":rw")
+            spec = spec[:-3]
+        host, sep, guest = spec.partition("::")
+        if not host:
+            raise InvalidSpecError("--dir needs a host directory: HOST[::GUEST][:ro|:rw]")
+        if not sep:
+            guest = host if host.startswith("/") else "/" + host.lstrip("./")
+        if not os.path.isdir(host):
+            raise InvalidSpecError(f"directory {host!r} does not exist")
+        return cls(host_path=os.path.abspath(host), guest_path=guest, writable=writable)
+
+
+def host_allowed(url: str, allowlist: Iterable[str]) -> bool:
+    """True when ``url`` is http(s) and its host matches an allowlist entry.
+
+    Entries are exact hosts (``api.example.com``), a host with a port
+    (``api.example.com:8443``) or a subdomain wildcard (``*.example.com``).
+    """
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+        return False
+    for entry in allowlist:
+        entry_host, _, entry_port = entry.partition(":")
+        if entry_port and (port is None or int(entry_port) != port):
+            continue
+        if entry_host.startswith("*."):
+            if host.endswith(entry_host[1:]) and host != entry_host[2:]:
+                return True
+        elif host == entry_host:
+            return True
+    return False
+
+
+@dataclass(slots=True, frozen=True)
+class CapabilityRequest:
+    """The capabilities a manifest asks for, by name (no host paths or secret values)."""
+
+    env: tuple[str, ...] = ()
+    dirs: tuple[str, ...] = ()  # guest paths; suffix ":rw" asks for write access
+    kv_namespaces: tuple[str, ...] = ()
+    http_hosts: tuple[str, ...] = ()
+    log: bool = False
+    clocks: bool = False
+    random: bool = False
+
+    def __post_init__(self) -> None:
+        for name in self.env:
+            if not _ENV_NAME.match(name):
+                raise InvalidSpecError(f"invalid environment variable name {name!r}")
+        for host in self.http_hosts:
+            if not _HOST_ENTRY.match(host):
+                raise InvalidSpecError(f"invalid http host entry {host!r}")
+        for d in self.dirs:
+            if not d.startswith("/"):
+                raise InvalidSpecError(f"requested directory {d!r} must be an absolute guest path")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form used in manifests."""
+        return {
+            "env": list(self.env), "dirs": list(self.dirs), "kv_namespaces": list(self.kv_namespaces),
+            "http_hosts": list(self.http_hosts), "log": self.log, "clocks": self.clocks, "random": self.random,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CapabilityRequest:
+        """Parse the plain-data form, rejecting unknown keys and wrong types."""
+        if not isinstance(data, dict):
+            raise InvalidSpecError("capabilities must be a map")
+        lists = ("env", "dirs", "kv_namespaces", "http_hosts")
+        flags = ("log", "clocks", "random")
+        unknown = set(data) - set(lists) - set(flags)
+        if unknown:
+            raise InvalidSpecError(f"unknown capability fields: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key in lists:
+            value = data.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InvalidSpecError(f"capability {key} must be a list of strings")
+            kwargs[key] = tuple(value)
+        for key in flags:
+            value = data.get(key, False)
+            if not isinstance(value, bool):
+                raise InvalidSpecError(f"capability {key} must be a boolean")
+            kwargs[key] = value
+        return cls(**kwargs)
+
+
+@dataclass(slots=True, frozen=True)
+class Capabilities:
+    """An effective grant: exactly what one loaded module may use."""
+
+    env: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[DirGrant, ...] = ()
+    kv_namespaces: tuple[str, ...] = ()
+    http_hosts: tuple[str, ...] = ()
+    log: bool = False
+    clocks: bool = False
+    random: bool = False
+    stdout_max_bytes: int = DEFAULT_STDOUT_MAX
+    stderr_max_bytes: int = DEFAULT_STDERR_MAX
+
+    def __post_init__(self) -> None:
+        for name, _ in self.env:
+            if not _ENV_NAME.match(name):
+                raise InvalidSpecError(f"invalid environment variable name {name!r}")
+        for host in self.http_hosts:
+            if not _HOST_ENTRY.match(host):
+                raise InvalidSpecError(f"invalid http host entry {host!r}")
+        if self.stdout_max_bytes < 0 or self.stderr_max_bytes < 0:
+            raise InvalidSpecError("output caps must be >= 0")
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        env: Mapping[str, str] | None = None,
+        dirs: Sequence[DirGrant] = (),
+        kv_namespaces: Sequence[str] = (),
+        http_hosts: Sequence[str] = (),
+        log: bool = False,
+        clocks: bool = False,
+        random: bool = False,
+        stdout_max_bytes: int = DEFAULT_STDOUT_MAX,
+        stderr_max_bytes: int = DEFAULT_STDERR_MAX,
+    ) -> Capabilities:
+        """Convenience constructor taking a mapping and lists."""
+        return cls(
+            env=tuple(sorted((env or {}).items())), dirs=tuple(dirs), kv_namespaces=tuple(kv_namespaces),
+            http_hosts=tuple(h.lower() for h in http_hosts), log=log, clocks=clocks, random=random,
+            stdout_max_bytes=stdout_max_bytes, stderr_max_bytes=stderr_max_bytes,
+        )
+
+    def restrict(self, request: CapabilityRequest) -> tuple[Capabilities, list[str]]:
+        """Intersect this node policy with a manifest's request.
+
+        Returns the effective grant and the requested items that were denied
+        (as ``kind:name`` strings) so the caller can count and audit them.
+        """
+        denied: list[str] = []
+        granted_env = dict(self.env)
+        env = []
+        for name in request.env:
+            if name in granted_env:
+                env.append((name, granted_env[name]))
+            else:
+                denied.append(f"env:{name}")
+        by_guest = {d.guest_path: d for d in self.dirs}
+        dirs = []
+        for spec in request.dirs:
+            want_write = spec.endswith(":rw")
+            guest = spec[:-3] if spec.endswith((":rw", ":ro")) else spec
+            grant = by_guest.get(guest)
+            if grant is None:
+                denied.append(f"dir:{guest}")
+                continue
+            if want_write and not grant.writable:
+                denied.append(f"dir_write:{guest}")
+            dirs.append(DirGrant(grant.host_path, guest, writable=want_write and grant.writable))
+        kv = []
+        for ns in request.kv_namespaces:
+            (kv.append(ns) if ns in self.kv_namespaces else denied.append(f"kv:{ns}"))
+        hosts = []
+        for host in request.http_hosts:
+            (hosts.append(host) if host in self.http_hosts else denied.append(f"http:{host}"))
+        flags = {}
+        for flag in ("log", "clocks", "random"):
+            wanted = getattr(request, flag)
+            flags[flag] = wanted and getattr(self, flag)
+            if wanted and not getattr(self, flag):
+                denied.append(flag)
+        effective = Capabilities(
+            env=tuple(env), dirs=tuple(dirs), kv_namespaces=tuple(kv), http_hosts=tuple(hosts),
+            stdout_max_bytes=self.stdout_max_bytes, stderr_max_bytes=self.stderr_max_bytes, **flags,
+        )
+        return effective, denied
+
+
+@dataclass(slots=True, frozen=True)
+class ImportReport:
+    """The imports of a module, split into allowed and offending."""
+
+    allowed: tuple[str, ...] = field(default=())
+    offending: tuple[str, ...] = field(default=())
+
+
+def check_imports(imports: Iterable[tuple[str, str, str]], caps: Capabilities) -> ImportReport:
+    """Classify ``(module, name, kind)`` imports against a grant.
+
+    An import is offending when it is not a function, belongs to an unknown
+    module, or needs a capability the grant lacks; the message names the
+    capability that would allow it.
+    """
+    allowed: list[str] = []
+    offending: list[str] = []
+    for module, name, kind in imports:
+        label = f"{module}.{name}"
+        need: str | None
+        if kind != "func":
+            need = f"{kind} imports are not supported"
+        elif module == WASI_MODULE:
+            if name in _WASI_ALWAYS:
+                need = None
+            elif name in _WASI_FS:
+                need = None if caps.dirs else "needs a directory grant"
+            elif name in _WASI_CLOCKS:
+                need = None if caps.clocks else "needs the clocks capability"
+            elif name in _WASI_RANDOM:
+                need = None if caps.random else "needs the random capability"
+            else:
+                need = "never granted"
+        elif module == HOST_MODULE:
+            if name in HOST_KV:
+                need = None if caps.kv_namespaces else "needs a key-value namespace grant"
+            elif name in HOST_LOG:
+                need = None if caps.log else "needs the log capability"
+            elif name in HOST_HTTP:
+                need = None if caps.http_hosts else "needs an http host allowlist"
+            else:
+                need = "unknown host function"
+        else:
+            need = "unknown import module"
+        if need is None:
+            allowed.append(label)
+        else:
+            offending.append(f"{label} ({need})")
+    return ImportReport(allowed=tuple(allowed), offending=tuple(offending))

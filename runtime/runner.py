@@ -1,0 +1,705 @@
+"""The ``Runtime``: admits modules, keeps them compiled and pre-linked, and runs them.
+
+Sync calls (``invoke_sync``, ``run_command``, ``call``) run on the caller's
+thread; ``invoke`` runs them on a trio worker thread behind a
+``CapacityLimiter`` so the event loop stays responsive. Every failure inside
+a guest becomes a ``WasmError`` subclass and the instance involved is thrown
+away; nothing a guest does reaches the host process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+from wasmtime import ExitTrap, InstancePre, Linker, Memory, Module, Store, Trap, TrapCode, WasmtimeError
+
+from runtime.abi import Abi, detect_abi, unpack_result
+from runtime.artifacts import DEFAULT_MAX_BLOB_BYTES, ArtifactStore
+from runtime.audit import AuditSink, NullAuditSink
+from runtime.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_ENTRIES, CompiledCache, load_or_create_key
+from runtime.capabilities import Capabilities
+from runtime.engine import DEFAULT_TICK_MS, EngineHandle, EngineSettings
+from runtime.errors import (
+    ArtifactError,
+    CapabilityDenied,
+    ExecutionError,
+    GuestError,
+    ModuleNotLoaded,
+    SignatureError,
+    ValidationError,
+    WasmConcurrencyRejected,
+    WasmError,
+    WasmLimitExceeded,
+    WasmTimeout,
+    WasmTrap,
+)
+from runtime.hostfuncs import HostContext, HttpFetcher, define_host_functions
+from runtime.invocation import InvocationResult, Request
+from runtime.kv import KVStore, MemoryKVStore
+from runtime.limits import MAX_MEMORY_BYTES, MAX_TIMEOUT_MS, MIB, Limits, PoolConfig
+from runtime.manifest import Manifest, sha256_hex
+from runtime.metrics import RuntimeMetrics
+from runtime.pool import DEFAULT_MAX_TOTAL_IDLE, DEFAULT_MEMORY_BUDGET, DEFAULT_PRESSURE_RATIO, PoolManager
+from runtime.signing import SignedManifest, TrustStore
+from runtime.validation import check_header, check_module, validate_binary
+from runtime.wasi import OutputBuffer, make_wasi
+
+if TYPE_CHECKING:
+    import trio
+
+log = structlog.get_logger("wasmatrix.runtime")
+
+# A trap with less than this much linear memory left under the cap is reported
+# as the memory limit: wasmtime's C API does not say that a memory.grow was
+# refused, and an allocator that fails near the cap aborts (traps) in every
+# libc we know. Headroom, not a fraction, because allocators grow in chunks
+# (wasi-libc's malloc asks for the whole block plus its own overhead).
+MEMORY_NEAR_CAP_MIN_HEADROOM = 2 * MIB
+MEMORY_NEAR_CAP_FRACTION = 0.125
+
+
+def near_memory_cap(used: int, cap: int) -> bool:
+    """True when ``used`` is close enough to ``cap`` that a refused grow is the likely cause of a trap."""
+    return cap - used < max(MEMORY_NEAR_CAP_MIN_HEADROOM, int(cap * MEMORY_NEAR_CAP_FRACTION))
+MAX_DIRECT_OUTPUT = 16 << 20
+
+_live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_runtimes() -> None:
+    # wasmtime's WASI releases custom stdout/stderr sinks from its own (tokio)
+    # threads, shortly after a store closes. If that callback into Python runs
+    # while the interpreter is finalizing, the thread is torn down mid-FFI and
+    # Rust aborts with "panic in a function that cannot unwind". So close every
+    # runtime while Python is whole, then wait (bounded) for those releases.
+    for rt in list(_live_runtimes):
+        rt.close()
+    gc.collect()
+    try:
+        from wasmtime import _wasi
+
+        pending = _wasi.CUSTOM_OUTPUTS.handles
+    except (ImportError, AttributeError):  # pragma: no cover - other wasmtime-py layouts
+        return
+    deadline = time.monotonic() + 2.0
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+@dataclass(slots=True, frozen=True)
+class RuntimeConfig:
+    """Node-level settings of the runtime; every field has a safe default."""
+
+    data_dir: Path | None = None  # None: no artifact store, compiled cache in memory only
+    allow_unsigned: bool = False  # development flag: run modules without a signed manifest
+    max_module_bytes: int = DEFAULT_MAX_BLOB_BYTES
+    cache_disk_bytes: int = DEFAULT_DISK_BYTES
+    cache_memory_entries: int = DEFAULT_MEMORY_ENTRIES
+    epoch_tick_ms: int = DEFAULT_TICK_MS
+    max_workers: int = 8  # worker threads running guests for the async API
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    pressure_ratio: float = DEFAULT_PRESSURE_RATIO
+    max_total_idle: int = DEFAULT_MAX_TOTAL_IDLE
+    default_pool: PoolConfig = field(default_factory=PoolConfig)
+    limit_ceiling: Limits = field(
+        default_factory=lambda: Limits(memory_bytes=MAX_MEMORY_BYTES, timeout_ms=MAX_TIMEOUT_MS, max_concurrency=1000)
+    )
+
+
+class _Instance:
+    """One live direct-ABI instance in its own store (a store is used by one thread at a time)."""
+
+    __slots__ = ("store", "memory", "alloc", "handle", "dealloc", "stderr")
+
+    def __init__(self, store: Store, exports: Any, stderr: OutputBuffer) -> None:
+        self.store = store
+        self.memory: Memory = exports["memory"]
+        self.alloc = exports["alloc"]
+        self.handle = exports["handle"]
+        self.dealloc = exports.get("dealloc")
+        self.stderr = stderr
+
+    def memory_bytes(self) -> int:
+        return self.memory.data_len(self.store)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class LoadedModule:
+    """A compiled, pre-linked module version with its effective grant and limits."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        abi: Abi,
+        limits: Limits,
+        capabilities: Capabilities,
+        engine: EngineHandle,
+        module: Module,
+        pre: InstancePre,
+        signed: bool,
+        metrics: RuntimeMetrics,
+    ) -> None:
+        self.manifest = manifest
+        self.key = manifest.key
+        self.abi = abi
+        self.limits = limits
+        self.capabilities = capabilities
+        self.engine = engine
+        self.module = module
+        self.pre = pre
+        self.signed = signed
+        self.deadline_ticks = engine.deadline_ticks(limits.timeout_ms)
+        self._inflight = 0
+        self._lock = threading.Lock()
+        # Pre-bound metric children: label lookup off the hot path.
+        self.m_ok = metrics.invocations.labels(module=self.key, outcome="ok")
+        self.m_failed = metrics.invocations.labels(module=self.key, outcome="error")
+        self.m_seconds = metrics.invoke_seconds.labels(module=self.key)
+        self.m_instantiations = metrics.instantiations.labels(module=self.key)
+
+    @property
+    def inflight(self) -> int:
+        """Calls currently admitted (queued or running)."""
+        return self._inflight
+
+
+class Runtime:
+    """Runs WebAssembly modules for one node: the runtime package's entry point."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig | None = None,
+        *,
+        trust: TrustStore | None = None,
+        kv: KVStore | None = None,
+        audit: AuditSink | None = None,
+        http: HttpFetcher | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or RuntimeConfig()
+        self.trust = trust or TrustStore()
+        self.kv: KVStore = kv if kv is not None else MemoryKVStore()
+        self.audit: AuditSink = audit or NullAuditSink()
+        self.http = http
+        self.metrics = RuntimeMetrics(registry)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self._engines: dict[EngineSettings, EngineHandle] = {}
+        self._modules: dict[str, LoadedModule] = {}
+        self._limiter: trio.CapacityLimiter | None = None
+        self._closed = False
+        data_dir = Path(self.config.data_dir) if self.config.data_dir is not None else None
+        self.artifacts = ArtifactStore(data_dir / "artifacts", max_blob_bytes=self.config.max_module_bytes) if data_dir else None
+        self.cache = CompiledCache(
+            data_dir / "compiled" if data_dir else None,
+            metrics=self.metrics,
+            hmac_key=load_or_create_key(data_dir / "keys" / "compiled-cache.key") if data_dir else None,
+            max_disk_bytes=self.config.cache_disk_bytes,
+            memory_entries=self.config.cache_memory_entries,
+        )
+        self.pools: PoolManager[_Instance] = PoolManager(
+            clock=clock,
+            size_of=lambda inst: inst.memory_bytes(),
+            close=lambda inst: inst.close(),
+            memory_budget_bytes=self.config.memory_budget_bytes,
+            pressure_ratio=self.config.pressure_ratio,
+            max_total_idle=self.config.max_total_idle,
+            on_evict=self._on_evict,
+        )
+        _live_runtimes.add(self)
+
+    # -- engines -------------------------------------------------------------------------------
+
+    def _engine(self, *, fuel: bool) -> EngineHandle:
+        settings = EngineSettings(consume_fuel=fuel)
+        with self._lock:
+            handle = self._engines.get(settings)
+            if handle is None:
+                handle = EngineHandle(settings, self.config.epoch_tick_ms)
+                self._engines[settings] = handle
+            return handle
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def admit(
+        self,
+        signed: SignedManifest,
+        wasm: bytes | None = None,
+        *,
+        grant: Capabilities | None = None,
+        pool: PoolConfig | None = None,
+    ) -> LoadedModule:
+        """Verify a signed manifest and its blob, then compile, check and load the module.
+
+        ``wasm=None`` reads the blob from the artifact store. ``grant`` is the
+        node's policy for this module; what the manifest requests beyond it is
+        denied (counted and audited) and the module runs without it.
+        """
+        key = signed.manifest.key
+        try:
+            manifest = self.trust.verify(signed)
+        except SignatureError as exc:
+            self._reject("signature", key, exc)
+            raise
+        try:
+            if wasm is None:
+                if self.artifacts is None:
+                    raise ArtifactError(f"no blob given for {key} and this runtime has no artifact store")
+                wasm = self.artifacts.get(manifest.sha256)
+            elif len(wasm) != manifest.size or sha256_hex(wasm) != manifest.sha256:
+                raise ArtifactError(
+                    f"blob for {key} does not match its signed manifest (sha256 or size differ); refusing it"
+                )
+            elif self.artifacts is not None:
+                self.artifacts.put(wasm, manifest.sha256)
+                self.metrics.artifact_bytes_written.inc(len(wasm))
+        except ArtifactError as exc:
+            self._reject("artifact", key, exc)
+            raise
+        effective, denied = (grant or Capabilities()).restrict(manifest.capabilities)
+        for item in denied:
+            kind, _, detail = item.partition(":")
+            self._deny(key, kind, detail or kind, stage="admission")
+        return self._load(manifest, wasm, effective, pool, signed=True)
+
+    def load_unsigned(
+        self,
+        wasm: bytes,
+        *,
+        name: str = "dev",
+        version: str = "0.0.0-dev",
+        capabilities: Capabilities | None = None,
+        limits: Limits | None = None,
+        abi: Abi | None = None,
+        pool: PoolConfig | None = None,
+    ) -> LoadedModule:
+        """Load a module without a signed manifest; only with ``allow_unsigned`` (development mode)."""
+        if not self.config.allow_unsigned:
+            exc = SignatureError(
+                f"module {name}@{version} is unsigned; unsigned modules run only with the development flag "
+                "(RuntimeConfig.allow_unsigned=True)"
+            )
+            self._reject("unsigned", f"{name}@{version}", exc)
+            raise exc
+        try:
+            check_header(wasm, self.config.max_module_bytes)
+        except ValidationError as exc:
+            self._reject("invalid_module", f"{name}@{version}", exc)
+            raise
+        manifest = Manifest.for_module(
+            name, version, wasm, limits=limits or Limits(), abi=abi or Abi.WASI_COMMAND,
+        )
+        return self._load(manifest, wasm, capabilities or Capabilities(), pool, signed=False, detect=abi is None)
+
+    def _load(
+        self,
+        manifest: Manifest,
+        wasm: bytes,
+        caps: Capabilities,
+        pool: PoolConfig | None,
+        *,
+        signed: bool,
+        detect: bool = False,
+    ) -> LoadedModule:
+        key = manifest.key
+        with self._lock:
+            existing = self._modules.get(key)
+        if existing is not None:
+            if existing.manifest.sha256 == manifest.sha256:
+                return existing
+            raise ArtifactError(f"{key} is already loaded with different bytes; versions are immutable, bump it")
+        limits = manifest.limits.clamp(self.config.limit_ceiling)
+        engine = self._engine(fuel=limits.fuel is not None)
+        max_bytes = self.config.max_module_bytes
+
+        def verified_bytes() -> bytes:
+            validate_binary(engine.engine, wasm, max_bytes)
+            return wasm
+
+        try:
+            check_header(wasm, max_bytes)
+            module = self.cache.get_or_compile(engine, manifest.sha256, verified_bytes)
+            abi = manifest.abi
+            if detect:
+                abi = detect_abi((e.name, e.type) for e in module.exports)
+            check_module(module, abi, caps, key)
+            linker = Linker(engine.engine)
+            linker.define_wasi()
+            ctx = HostContext(
+                module=key, caps=caps, kv=self.kv, http=self.http,
+                deny=lambda capability, detail: self._deny(key, capability, detail, stage="call"),
+            )
+            define_host_functions(linker, ctx)
+            try:
+                pre = linker.instantiate_pre(module)
+            except WasmtimeError as exc:
+                raise ValidationError(f"module {key} cannot be linked: {_first_line(str(exc))}") from None
+        except CapabilityDenied as exc:
+            for item in exc.offending:
+                self._deny(key, "import", item, stage="admission")
+            self._reject("capability", key, exc)
+            raise
+        except ValidationError as exc:
+            self._reject("invalid_module", key, exc)
+            raise
+        if manifest.abi is not abi:
+            manifest = Manifest(manifest.name, manifest.version, manifest.sha256, manifest.size,
+                                manifest.capabilities, manifest.limits, abi)
+        lm = LoadedModule(manifest, abi, limits, caps, engine, module, pre, signed, self.metrics)
+        with self._lock:
+            if key in self._modules:  # lost a race with an identical load
+                return self._modules[key]
+            self._modules[key] = lm
+        if abi is Abi.DIRECT:
+            cfg = pool or self.config.default_pool
+            self.pools.register(key, cfg, lambda: self._new_direct_instance(lm))
+            try:
+                self.pools.prewarm(key)
+            except WasmError:
+                self.unload(key)
+                raise
+        self._update_pool_gauges(key)
+        log.info("module_loaded", module=key, abi=abi.value, signed=signed, sha256=manifest.sha256,
+                 memory_mib=limits.memory_bytes // MIB, timeout_ms=limits.timeout_ms, fuel=limits.fuel)
+        return lm
+
+    def unload(self, key: str) -> None:
+        """Stop serving ``name@version`` and destroy its pooled instances."""
+        with self._lock:
+            lm = self._modules.pop(key, None)
+        if lm is None:
+            return
+        if lm.abi is Abi.DIRECT:
+            self.pools.unregister(key)
+        log.info("module_unloaded", module=key)
+
+    def module(self, key: str) -> LoadedModule:
+        """The loaded module ``name@version``, or ModuleNotLoaded."""
+        lm = self._modules.get(key)
+        if lm is None:
+            raise ModuleNotLoaded(f"module {key} is not loaded on this node")
+        return lm
+
+    def modules(self) -> list[str]:
+        """Keys of every loaded module, sorted."""
+        with self._lock:
+            return sorted(self._modules)
+
+    # -- stores and instances ------------------------------------------------------------------
+
+    def _new_store(self, lm: LoadedModule) -> Store:
+        store = Store(lm.engine.engine)
+        # One store holds one module instance; WASI adds none (preview1 is host functions).
+        store.set_limits(memory_size=lm.limits.memory_bytes, table_elements=lm.limits.table_elements, instances=1)
+        store.set_epoch_deadline(lm.deadline_ticks)
+        if lm.limits.fuel is not None:
+            store.set_fuel(lm.limits.fuel)
+        return store
+
+    def _new_direct_instance(self, lm: LoadedModule) -> _Instance:
+        store = self._new_store(lm)
+        stdout = OutputBuffer(0)  # a direct handler answers through memory, not stdout
+        stderr = OutputBuffer(lm.capabilities.stderr_max_bytes)
+        store.set_wasi(make_wasi(lm.capabilities, argv=[lm.manifest.name], env=lm.capabilities.env,
+                                 stdin=b"", stdout=stdout, stderr=stderr))
+        try:
+            instance = lm.pre.instantiate(store)
+            exports = instance.exports(store)
+            init = exports.get("_initialize")
+            if init is not None:
+                init(store)
+        except (Trap, WasmtimeError) as exc:
+            err = self._map_failure(lm, exc, None)
+            store.close()
+            raise err from None
+        lm.m_instantiations.inc()
+        return _Instance(store, exports, stderr)
+
+    # -- invocation ----------------------------------------------------------------------------
+
+    def _enter(self, lm: LoadedModule) -> None:
+        with lm._lock:
+            if lm._inflight >= lm.limits.max_concurrency:
+                rejected = True
+            else:
+                lm._inflight += 1
+                rejected = False
+        if rejected:
+            self.metrics.concurrency_rejections.labels(module=lm.key).inc()
+            self.metrics.invoke_errors.labels(module=lm.key, code=WasmConcurrencyRejected.code).inc()
+            raise WasmConcurrencyRejected(
+                f"module {lm.key} is at its concurrency limit of {lm.limits.max_concurrency}; retry later"
+            )
+
+    def _leave(self, lm: LoadedModule) -> None:
+        with lm._lock:
+            lm._inflight -= 1
+
+    def invoke_sync(self, key: str, request: Request | bytes = b"") -> InvocationResult:
+        """Run one invocation on the calling thread; raises a WasmError subclass on failure."""
+        lm = self.module(key)
+        self._enter(lm)
+        try:
+            return self._run(lm, request if isinstance(request, Request) else Request(body=bytes(request)))
+        finally:
+            self._leave(lm)
+
+    async def invoke(
+        self,
+        key: str,
+        request: Request | bytes = b"",
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> InvocationResult:
+        """Run one invocation on a trio worker thread; a call over the concurrency cap fails at once."""
+        import trio
+
+        lm = self.module(key)
+        self._enter(lm)
+        try:
+            if limiter is None:
+                if self._limiter is None:
+                    self._limiter = trio.CapacityLimiter(self.config.max_workers)
+                limiter = self._limiter
+            req = request if isinstance(request, Request) else Request(body=bytes(request))
+            return await trio.to_thread.run_sync(self._run, lm, req, limiter=limiter)
+        finally:
+            self._leave(lm)
+
+    def run_command(
+        self, key: str, stdin: bytes = b"", args: tuple[str, ...] | list[str] = (), env: dict[str, str] | None = None
+    ) -> InvocationResult:
+        """Run a WASI command once: stdin in, stdout and exit status out."""
+        return self.invoke_sync(key, Request.build(stdin, args, env))
+
+    def call(self, key: str, payload: bytes) -> bytes:
+        """Call a direct-ABI handler: bytes in, bytes out."""
+        return self.invoke_sync(key, Request(body=payload)).body
+
+    def _run(self, lm: LoadedModule, request: Request) -> InvocationResult:
+        started = time.perf_counter()
+        try:
+            if lm.abi is Abi.DIRECT:
+                result = self._call_direct(lm, request, started)
+            else:
+                result = self._run_command(lm, request, started)
+        except WasmError as exc:
+            lm.m_failed.inc()
+            self.metrics.invoke_errors.labels(module=lm.key, code=exc.code).inc()
+            lm.m_seconds.observe(time.perf_counter() - started)
+            log.warning("invoke_failed", module=lm.key, code=exc.code, error=str(exc))
+            raise
+        lm.m_ok.inc()
+        lm.m_seconds.observe(result.duration_s)
+        return result
+
+    def _run_command(self, lm: LoadedModule, request: Request, started: float) -> InvocationResult:
+        caps = lm.capabilities
+        stdout = OutputBuffer(caps.stdout_max_bytes)
+        stderr = OutputBuffer(caps.stderr_max_bytes)
+        env = list(caps.env) + list(request.env) if request.env else caps.env
+        store = self._new_store(lm)
+        memory: Memory | None = None
+        try:
+            store.set_wasi(make_wasi(caps, argv=[lm.manifest.name, *request.args], env=env,
+                                     stdin=request.body, stdout=stdout, stderr=stderr))
+            try:
+                instance = lm.pre.instantiate(store)
+                lm.m_instantiations.inc()
+                exports = instance.exports(store)
+                mem = exports.get("memory")
+                memory = mem if isinstance(mem, Memory) else None
+                try:
+                    exports["_start"](store)
+                    status = 0
+                except ExitTrap as exit_trap:
+                    status = exit_trap.code
+            except (Trap, WasmtimeError) as exc:
+                raise self._map_failure(lm, exc, memory.data_len(store) if memory is not None else None,
+                                        stderr.value()) from None
+            fuel_used = lm.limits.fuel - store.get_fuel() if lm.limits.fuel is not None else None
+        finally:
+            store.close()
+        return InvocationResult(
+            status=status, body=stdout.value(), stderr=stderr.value(),
+            truncated=stdout.truncated or stderr.truncated,
+            duration_s=time.perf_counter() - started, fuel_consumed=fuel_used,
+        )
+
+    def _call_direct(self, lm: LoadedModule, request: Request, started: float) -> InvocationResult:
+        inst = self.pools.acquire(lm.key)
+        reusable = False
+        try:
+            store = inst.store
+            store.set_epoch_deadline(lm.deadline_ticks)
+            if lm.limits.fuel is not None:
+                store.set_fuel(lm.limits.fuel)
+            inst.stderr.reset()
+            data = request.body
+            n = len(data)
+            try:
+                ptr = inst.alloc(store, n) & 0xFFFFFFFF
+                if n:
+                    if ptr == 0 or ptr + n > inst.memory.data_len(store):
+                        raise self._map_failure(lm, None, inst.memory.data_len(store), b"",
+                                                f"alloc({n}) returned an unusable pointer {ptr}")
+                    inst.memory.write(store, data, ptr)
+                packed = inst.handle(store, ptr, n)
+                if packed < 0:
+                    if inst.dealloc is not None:
+                        inst.dealloc(store, ptr, n)
+                    reusable = True
+                    raise GuestError(f"module {lm.key} handler returned error status {packed}", packed)
+                out_ptr, out_len = unpack_result(packed)
+                if out_len > MAX_DIRECT_OUTPUT:
+                    raise WasmLimitExceeded(
+                        f"module {lm.key} returned {out_len} bytes, over the {MAX_DIRECT_OUTPUT} byte output limit",
+                        "output",
+                    )
+                if out_ptr + out_len > inst.memory.data_len(store):
+                    raise WasmTrap(f"module {lm.key} returned an out-of-bounds buffer", "bad_result")
+                body = bytes(inst.memory.read(store, out_ptr, out_ptr + out_len)) if out_len else b""
+                if inst.dealloc is not None:
+                    inst.dealloc(store, ptr, n)
+                    if out_len:
+                        inst.dealloc(store, out_ptr, out_len)
+                fuel_used = lm.limits.fuel - store.get_fuel() if lm.limits.fuel is not None else None
+            except (Trap, WasmtimeError) as exc:
+                raise self._map_failure(lm, exc, inst.memory.data_len(store), inst.stderr.value()) from None
+            reusable = True
+            return InvocationResult(
+                status=0, body=body, stderr=inst.stderr.value(), truncated=inst.stderr.truncated,
+                duration_s=time.perf_counter() - started, fuel_consumed=fuel_used,
+            )
+        finally:
+            # A trapped or interrupted instance may hold broken state: never reuse it.
+            self.pools.release(lm.key, inst, reusable=reusable)
+
+    def _map_failure(
+        self,
+        lm: LoadedModule,
+        exc: BaseException | None,
+        memory_bytes: int | None,
+        stderr: bytes = b"",
+        detail: str | None = None,
+    ) -> ExecutionError:
+        key = lm.key
+        limits = lm.limits
+        message = detail or _trap_summary(exc)
+        tail = _stderr_tail(stderr)
+        if isinstance(exc, Trap) and exc.trap_code == TrapCode.INTERRUPT:
+            return WasmTimeout(f"module {key} exceeded its {limits.timeout_ms} ms timeout and was interrupted",
+                               limits.timeout_ms)
+        if isinstance(exc, Trap) and exc.trap_code == TrapCode.OUT_OF_FUEL:
+            return WasmLimitExceeded(f"module {key} ran out of fuel ({limits.fuel} units)", "fuel")
+        if isinstance(exc, ExitTrap):
+            return WasmTrap(f"module {key} called proc_exit({exc.code}) inside a direct-ABI call", "exit")
+        if isinstance(exc, WasmtimeError) and not isinstance(exc, Trap):
+            text = str(exc)
+            if "memory" in text and "limit" in text:
+                return WasmLimitExceeded(
+                    f"module {key} needs more linear memory than its {limits.memory_bytes // MIB} MiB limit "
+                    f"({_first_line(text)})", "memory")
+            if "table" in text and "limit" in text:
+                return WasmLimitExceeded(f"module {key} exceeds its table limit ({_first_line(text)})", "table")
+        if memory_bytes is not None and near_memory_cap(memory_bytes, limits.memory_bytes):
+            return WasmLimitExceeded(
+                f"module {key} hit its memory limit: trapped with {memory_bytes // MIB} of "
+                f"{limits.memory_bytes // MIB} MiB in use ({message}){tail}", "memory")
+        code = exc.trap_code.name.lower() if isinstance(exc, Trap) and exc.trap_code is not None else "error"
+        return WasmTrap(f"module {key} trapped: {message}{tail}", code)
+
+    # -- maintenance and introspection ---------------------------------------------------------
+
+    def tick(self) -> int:
+        """Run pool maintenance (idle and pressure eviction); call it periodically. Returns evictions."""
+        evicted = self.pools.tick()
+        for key in self.pools.keys():
+            self._update_pool_gauges(key)
+        return evicted
+
+    def _on_evict(self, key: Hashable, reason: str) -> None:
+        self.metrics.pool_evictions.labels(reason=reason).inc()
+        if reason not in ("discarded", "no_reuse"):
+            log.info("pool_instance_evicted", module=str(key), reason=reason)
+
+    def _update_pool_gauges(self, key: str) -> None:
+        if key not in self.pools.keys():
+            return
+        stats = self.pools.stats(key)
+        self.metrics.pool_instances.labels(module=key, state="idle").set(stats.idle)
+        self.metrics.pool_instances.labels(module=key, state="in_use").set(stats.in_use)
+        self.metrics.pool_memory_bytes.set(self.pools.memory_bytes())
+
+    def _deny(self, module: str, capability: str, detail: str, *, stage: str) -> None:
+        self.metrics.capability_denials.labels(module=module, capability=capability).inc()
+        log.warning("capability_denied", module=module, capability=capability, detail=detail, stage=stage)
+        self.audit.record({
+            "event": "capability_denied", "module": module, "capability": capability,
+            "detail": detail, "stage": stage, "ts": self._wall_clock(),
+        })
+
+    def _reject(self, reason: str, module: str, exc: Exception) -> None:
+        self.metrics.admission_rejections.labels(reason=reason).inc()
+        log.warning("module_rejected", module=module, reason=reason, error=str(exc))
+        self.audit.record({
+            "event": "module_rejected", "module": module, "reason": reason, "error": str(exc),
+            "ts": self._wall_clock(),
+        })
+
+    def close(self) -> None:
+        """Destroy pooled instances and stop epoch tickers; the runtime is unusable afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self.pools.close()
+        with self._lock:
+            self._modules.clear()
+            engines = list(self._engines.values())
+        for handle in engines:
+            handle.close()
+        _live_runtimes.discard(self)
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _first_line(message: str) -> str:
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else message
+
+
+def _trap_summary(exc: BaseException | None) -> str:
+    """The human part of a wasmtime trap message (its last line), without the backtrace."""
+    if exc is None:
+        return "unknown failure"
+    text = exc.message if isinstance(exc, Trap) else str(exc)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _stderr_tail(stderr: bytes) -> str:
+    if not stderr:
+        return ""
+    last = stderr.decode("utf-8", "replace").strip().splitlines()
+    return f"; guest stderr: {last[-1][:200]}" if last else ""
+
