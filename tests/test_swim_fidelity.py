@@ -16,7 +16,7 @@ from mesh.membership import profile
 
 
 def test_mean_time_to_first_suspicion_matches_swim_analytic_value() -> None:
-    n, crashes, gap, seed = 240, 70, 3.0, 2026
+    n, crashes, gap, seed = 300, 150, 1.0, 2026
     doc = {
         "nodes": n,
         "profile": "lan",
