@@ -51,7 +51,7 @@ class NodeCore:
 
     def start(self, now: float) -> list[Outgoing]:
         """First call after construction: contact seeds."""
-        if self.swim.seeds:
+        if self.swim.seeds and self.swim.num_members() <= 1:
             return self.swim.join(self.swim.seeds, now)
         return []
 

@@ -117,6 +117,7 @@ class Simulation:
         self._next_index = 0
         self._seed_names: list[str] = []
         self.wall_seconds = 0.0
+        self._initial: list[Any] | None = None
         self._build()
 
     # ------------------------------------------------------------------ setup
@@ -131,7 +132,7 @@ class Simulation:
                     if ov.symmetric:
                         self.link_overrides[(b, a)] = ov.model
         for i in range(sc.nodes):
-            start = 0.0 if i < sc.seeds else self.fault_rng.random() * sc.join_window
+            start = 0.0 if i < sc.seeds or sc.bootstrap == "full" else self.fault_rng.random() * sc.join_window
             self._add_node(start)
         for idx, f in enumerate(sc.faults):
             self._push(f.at, _FAULT, idx)
@@ -160,6 +161,16 @@ class Simulation:
         self.order.append(name)
         self._push(start, _STOP, (name, "boot", 0))
         return node
+
+    def _initial_states(self) -> list[Any]:
+        if self._initial is None:
+            from mesh.membership.messages import PushPullState
+
+            sc = self.scenario
+            self._initial = [
+                PushPullState.of(sc.node_name(i), sc.node_name(i), 0, 0, self._make_meta(i), None) for i in range(sc.nodes)
+            ]
+        return self._initial
 
     def _new_core(self, name: str, index: int, generation: int, now: float) -> NodeCore:
         rng = random.Random(f"{self.seed}:{name}:{generation}")
@@ -378,6 +389,8 @@ class Simulation:
         if what == "boot":
             node.up = True
             node.core = self._new_core(name, node.index, node.generation, node.local(self.now))
+            if self.scenario.bootstrap == "full" and node.generation == 0 and node.index < self.scenario.nodes:
+                node.core.swim.bootstrap(self._initial_states(), node.local(self.now))
             self._record(_STOP, name, "boot", b"")
             self._after(node, node.core.start(node.local(self.now)))
         elif what == "stop" and gen == node.generation:

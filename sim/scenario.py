@@ -96,6 +96,7 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     description: str = ""
     arch_mix: tuple[str, ...] = ("x86_64",)
+    bootstrap: str = "seeds"  # seeds: join through seed nodes | full: start with the full initial member list
 
     def node_name(self, i: int) -> str:
         """The canonical name of node i (zero-padded so names sort in index order)."""
@@ -142,6 +143,7 @@ _KNOWN_TOP = {
     "network",
     "faults",
     "arch_mix",
+    "bootstrap",
 }
 
 
@@ -200,7 +202,11 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
     arch_mix = doc.get("arch_mix", ["x86_64"])
     if not isinstance(arch_mix, list) or not arch_mix or not all(isinstance(a, str) for a in arch_mix):
         raise ScenarioError("arch_mix must be a non-empty list of architecture names")
+    bootstrap = doc.get("bootstrap", "seeds")
+    if bootstrap not in ("seeds", "full"):
+        raise ScenarioError("bootstrap must be 'seeds' (join through seed nodes) or 'full' (start pre-joined)")
     return Scenario(
+        bootstrap=bootstrap,
         name=str(doc.get("name", default_name)),
         description=str(doc.get("description", "")),
         nodes=nodes,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
+
+import msgpack
 
 from mesh.coords import Coordinate
 from mesh.membership.meta import NodeMeta
 from mesh.errors import WireError
-from mesh.wire import message, v_bool, v_fields, v_int, v_list, v_str
+from mesh.wire import message, pack, v_bool, v_fields, v_int, v_list, v_str
 
 _U32 = 2**32 - 1
 _U64 = 2**63 - 1
@@ -145,61 +148,89 @@ class Dead:
         return cls(v_int(p[0], 0, _U64), v_str(p[1]), v_str(p[2]))
 
 
+_META_CACHE: dict[bytes, NodeMeta] = {}
+
+
 @dataclass(slots=True, frozen=True)
 class PushPullState:
     """One member's state inside a push-pull exchange.
 
-    A push-pull carries every member (hundreds of entries) but the receiver acts
-    on few of them — most are identical to what it has. So metadata and
-    coordinate are checked for shape at decode time and fully validated only
-    when used (:meth:`decoded_meta`, :meth:`decoded_coord`, which raise
-    WireError); the receiver skips and counts an entry that fails.
+    A push-pull carries every member (a thousand entries in a large mesh) but
+    the receiver acts on few of them — most equal what it has. So an entry is
+    six flat fields: metadata travels as a nested msgpack ``bin`` and the
+    coordinate as packed float32s, both decoded and validated only when used
+    (:meth:`decoded_meta`, :meth:`decoded_coord`, which raise WireError; the
+    receiver skips and counts an entry that fails).
     """
 
     node: str
     addr: str
     incarnation: int
     state: int
-    meta_raw: list[Any]
-    coord_raw: list[Any] | None
+    meta_raw: bytes
+    coord_raw: bytes | None
+
+    @staticmethod
+    def pack_meta(meta: NodeMeta) -> bytes:
+        """Encode metadata for an entry."""
+        return pack(meta.to_wire())
+
+    @staticmethod
+    def pack_coord(coord: Coordinate | None) -> bytes | None:
+        """Encode a coordinate for an entry (float32 is ample for seconds-scale RTTs)."""
+        if coord is None:
+            return None
+        vals = coord.to_wire()
+        return struct.pack(f"<{len(vals)}f", *vals)
 
     @classmethod
     def of(cls, node: str, addr: str, incarnation: int, state: int, meta: NodeMeta, coord: Coordinate | None) -> "PushPullState":
         """Build an entry from typed values."""
-        return cls(node, addr, incarnation, state, meta.to_wire(), coord.to_wire() if coord is not None else None)
+        return cls(node, addr, incarnation, state, cls.pack_meta(meta), cls.pack_coord(coord))
 
     def decoded_meta(self) -> NodeMeta:
         """The validated metadata (raises WireError)."""
+        hit = _META_CACHE.get(self.meta_raw)
+        if hit is not None:
+            return hit
         try:
-            return NodeMeta.from_wire(self.meta_raw)
+            meta = NodeMeta.from_wire(msgpack.unpackb(self.meta_raw, raw=False, max_str_len=512, max_bin_len=0, max_array_len=64, max_map_len=0, max_ext_len=0))
         except WireError:
             raise
         except Exception as exc:
-            raise WireError(f"invalid metadata for {self.node}: {exc}") from None
+            raise WireError(f"invalid metadata for {self.node}: {exc.__class__.__name__}") from None
+        if len(_META_CACHE) > 8192:
+            _META_CACHE.clear()
+        _META_CACHE[self.meta_raw] = meta
+        return meta
 
     def decoded_coord(self) -> Coordinate | None:
         """The validated coordinate, if any (raises WireError)."""
         if self.coord_raw is None:
             return None
-        try:
-            return Coordinate.from_wire(self.coord_raw)
-        except WireError:
-            raise
-        except Exception as exc:
-            raise WireError(f"invalid coordinate for {self.node}: {exc}") from None
+        n = len(self.coord_raw) // 4
+        if n < 4 or n * 4 != len(self.coord_raw):
+            raise WireError(f"invalid coordinate for {self.node}")
+        return Coordinate.from_wire(list(struct.unpack(f"<{n}f", self.coord_raw)))
 
     def to_wire(self) -> list[Any]:
         return [self.node, self.addr, self.incarnation, self.state, self.meta_raw, self.coord_raw]
 
     @classmethod
     def from_wire(cls, x: Any) -> "PushPullState":
-        f = v_list(x, 6)
-        v_fields(f, 6)
-        meta = v_list(f[4], 8)
-        if len(meta) != 8:
-            raise WireError("metadata needs 8 fields")
-        coord = None if f[5] is None else v_list(f[5], 35)
-        return cls(v_str(f[0]), v_str(f[1]), v_int(f[2], 0, _U64), v_int(f[3], 0, 3), meta, coord)
+        # Hot path (up to thousands of entries per push-pull): the checks are inlined.
+        if type(x) is not list or len(x) != 6:
+            raise WireError("push-pull entry is not a 6-element array")
+        node, addr, inc, state, meta, coord = x
+        if type(node) is not str or not 0 < len(node) <= 256 or type(addr) is not str or not 0 < len(addr) <= 256:
+            raise WireError("push-pull entry has an invalid name or address")
+        if type(inc) is not int or not 0 <= inc <= _U64 or type(state) is not int or not 0 <= state <= 3:
+            raise WireError("push-pull entry has an invalid incarnation or state")
+        if type(meta) is not bytes or len(meta) > 2048:
+            raise WireError("metadata is not a bounded bin")
+        if coord is not None and (type(coord) is not bytes or len(coord) > 140):
+            raise WireError("invalid coordinate")
+        return cls(node, addr, inc, state, meta, coord)
 
 
 @message

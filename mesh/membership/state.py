@@ -70,6 +70,7 @@ class Member:
     incarnation: int
     state: MemberState
     state_change: float
+    meta_wire: bytes | None = None  # encoded meta, cached for push-pull
 
 
 @dataclass(slots=True, frozen=True)
@@ -234,7 +235,7 @@ class SwimCore:
         self.meta = meta
         self.incarnation += 1
         me = self.members[self.name]
-        me.meta, me.incarnation = meta, self.incarnation
+        me.meta, me.incarnation, me.meta_wire = meta, self.incarnation, None
         self._emit("update", self.name, now)
         self._queue_alive(now)
 
@@ -553,6 +554,8 @@ class SwimCore:
         self._suspicions.pop(a.node, None)
         changed_meta = a.meta != m.meta
         m.addr, m.meta, m.incarnation = a.addr, a.meta, a.incarnation
+        if changed_meta:
+            m.meta_wire = None
         if was != MemberState.ALIVE:
             m.state = MemberState.ALIVE
             m.state_change = now
@@ -614,10 +617,15 @@ class SwimCore:
 
     def local_states(self) -> tuple[PushPullState, ...]:
         """Our full membership state, for a push-pull exchange."""
-        return tuple(
-            PushPullState.of(m.name, m.addr, m.incarnation, int(m.state), m.meta, self.coordinate_of(m.name))
-            for _, m in sorted(self.members.items())
-        )
+        coords = self.coords
+        out = []
+        for name in sorted(self.members):
+            m = self.members[name]
+            if m.meta_wire is None:
+                m.meta_wire = PushPullState.pack_meta(m.meta)
+            c = self.vivaldi.coord if name == self.name else coords.get(name)
+            out.append(PushPullState(name, m.addr, m.incarnation, int(m.state), m.meta_wire, PushPullState.pack_coord(c)))
+        return tuple(out)
 
     def _push_pull_to(self, addr: str, join: bool, reply: bool) -> Outgoing:
         return Outgoing(addr, encode(self.name, PushPull(join, reply, self.local_states())), True)
@@ -659,6 +667,20 @@ class SwimCore:
                     self._apply_suspect(Suspect(st.incarnation, st.node, self.name), now)
             except WireError:
                 self.counters["bad_states"] += 1
+
+    def bootstrap(self, states: Iterable[PushPullState], now: float) -> None:
+        """Start with a known member list (e.g. persisted from a previous run) without gossiping it.
+
+        Entries are taken as alive at their incarnation; the protocol then
+        verifies them by probing like any member.
+        """
+        for st in states:
+            if st.node == self.name or st.node in self.members:
+                continue
+            self.members[st.node] = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now)
+            self._set_live(st.node, True)
+        self._next_join_at = None
+        self._next_push_pull_at = now + self.rng.random() * self.config.push_pull_period(self._num_live)
 
     def reap(self, now: float) -> None:
         """Forget dead/left members whose tombstone has expired."""
