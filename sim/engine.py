@@ -110,6 +110,11 @@ class Simulation:
         self._open_crash: dict[str, CrashRecord] = {}
         self.false_positives: list[dict[str, Any]] = []
         self.partition: dict[str, int] | None = None
+        self._last_partition: dict[str, int] | None = None
+        self._healed_at = -math.inf
+        # A suspicion raised just before a heal may still complete after it.
+        _, hi = scenario.profile.suspicion_timeouts(max(2, scenario.nodes))
+        self._heal_grace = hi + scenario.profile.probe_interval * 2
         self.one_way: dict[tuple[str, str], float] = {}
         self.link_overrides: dict[tuple[str, str], LinkModel] = {}
         self.meta_updates: list[tuple[str, NodeMeta, float]] = []
@@ -366,9 +371,20 @@ class Simulation:
                         "observer": observer.name,
                         "node": ev.node,
                         "at": round(self.now, 6),
-                        "during_partition": self.partition is not None,
+                        # Across a partition (in force, or healed while the suspicion ran) a
+                        # death is expected: the other side really was unreachable.
+                        "source": ev.source,
+                        "across_partition": self._separated(ev.source or observer.name, ev.node),
                     }
                 )
+
+    def _separated(self, a: str, b: str) -> bool:
+        p = self.partition or self._last_partition
+        if p is None:
+            return False
+        if self.partition is None and self.now - self._healed_at > self._heal_grace:
+            return False
+        return p.get(a, -1) != p.get(b, -1)
 
     def _check_all_dead(self, rec: CrashRecord) -> None:
         if rec.all_dead_at is not None:
@@ -436,6 +452,7 @@ class Simulation:
                 for n in self.select(group):
                     self.partition[n] = gi
         elif f.action == "heal":
+            self._last_partition, self._healed_at = self.partition, self.now
             self.partition = None
             self.one_way.clear()
         elif f.action == "one_way_loss":

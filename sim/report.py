@@ -39,7 +39,8 @@ def build_report(sim: Simulation) -> dict[str, Any]:
         "msgs_per_node_per_second": round(sim.messages_sent / max(1, len(sim.order)) / vs, 3),
         "max_msgs_per_node_per_second": sim.max_msgs_per_node_sec,
         "false_positives": len(sim.false_positives),
-        "false_positives_outside_partition": sum(1 for f in sim.false_positives if not f["during_partition"]),
+        "false_positives_across_partition": sum(1 for f in sim.false_positives if f["across_partition"]),
+        "false_positives_other": sum(1 for f in sim.false_positives if not f["across_partition"]),
         "false_positive_events": sim.false_positives[:20],
         "converged": sim.converged(),
         "meta_updates_reached_all": sim.meta_reached_all(),
@@ -61,8 +62,8 @@ def render_text(report: dict[str, Any]) -> str:
         f"in {r['wall_seconds']:.2f} wall s ({r['events']} events)",
         f"  traffic: {r['messages_sent']} messages, {r['bytes_sent'] / 1e6:.2f} MB, "
         f"{r['msgs_per_node_per_second']:.2f} msg/node/s avg, peak {r['max_msgs_per_node_per_second']} msg/node/s",
-        f"  converged: {'yes' if r['converged'] else 'NO'}   false positives: {r['false_positives']}"
-        f" ({r['false_positives_outside_partition']} outside partitions)",
+        f"  converged: {'yes' if r['converged'] else 'NO'}   live nodes declared dead: {r['false_positives']}"
+        f" ({r['false_positives_across_partition']} across a partition, {r['false_positives_other']} other)",
     ]
     if r["crashes"]:
         lines.append("  crashes:            crashed   1st suspect   1st dead    all dead")

@@ -31,6 +31,9 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._where)
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
     def queue(self, key: str, data: bytes) -> None:
         """Queue (or replace) the update about ``key``."""
         old = self._where.get(key)

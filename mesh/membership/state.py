@@ -81,6 +81,7 @@ class MemberEvent:
     node: str
     incarnation: int
     time: float
+    source: str = ""  # for suspect/dead: the node whose verdict this is
 
 
 @dataclass(slots=True)
@@ -482,9 +483,9 @@ class SwimCore:
             self._next_gossip_at = max(min(self._next_gossip_at, now + self.config.gossip_interval), now)
         self.broadcasts.queue(key, encode_broadcast(msg))
 
-    def _emit(self, kind: str, node: str, now: float) -> None:
+    def _emit(self, kind: str, node: str, now: float, source: str = "") -> None:
         m = self.members.get(node)
-        self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now))
+        self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now, source))
 
     def _refute(self, accused_incarnation: int, now: float) -> None:
         self.incarnation = max(self.incarnation, accused_incarnation) + 1
@@ -567,8 +568,13 @@ class SwimCore:
 
     def _apply_suspect(self, s: Suspect, now: float) -> None:
         if s.node == self.name:
-            if not self.leaving and s.incarnation >= self.incarnation:
-                self._refute(s.incarnation, now)
+            if not self.leaving:
+                if s.incarnation >= self.incarnation:
+                    self._refute(s.incarnation, now)
+                elif self.name not in self.broadcasts:
+                    # Someone still holds an older incarnation of us and suspects it: our
+                    # newer Alive evidently did not reach everyone, so announce it again.
+                    self._queue_alive(now)
             return
         m = self.members.get(s.node)
         if m is None or s.incarnation < m.incarnation:
@@ -590,13 +596,16 @@ class SwimCore:
         if n - 2 < k:
             k = 0
         self._suspicions[s.node] = Suspicion(s.incarnation, s.sender, now, k, lo, hi)
-        self._emit("suspect", s.node, now)
+        self._emit("suspect", s.node, now, s.sender)
         self._queue(s.node, s, now)
 
     def _apply_dead(self, d: Dead, now: float) -> None:
         if d.node == self.name:
-            if not self.leaving and d.incarnation >= self.incarnation:
-                self._refute(d.incarnation, now)
+            if not self.leaving:
+                if d.incarnation >= self.incarnation:
+                    self._refute(d.incarnation, now)
+                elif self.name not in self.broadcasts:
+                    self._queue_alive(now)
             return
         m = self.members.get(d.node)
         if m is None or d.incarnation < m.incarnation:
@@ -610,7 +619,7 @@ class SwimCore:
         self._set_live(d.node, False)
         self._recent_dead[d.node] = now
         self.vivaldi.forget(d.node)
-        self._emit("left" if m.state == MemberState.LEFT else "dead", d.node, now)
+        self._emit("left" if m.state == MemberState.LEFT else "dead", d.node, now, d.sender)
         self._queue(d.node, d, now)
 
     # ------------------------------------------------------------------ push-pull
