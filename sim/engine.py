@@ -24,7 +24,7 @@ from typing import IO, Any, Callable
 from mesh.membership.meta import NodeMeta
 from mesh.membership.state import MemberState
 from mesh.node import NodeCore
-from sim.scenario import Fault, LinkModel, Scenario, ScenarioError
+from sim.scenario import INTENT_ACTIONS, Fault, LinkModel, Scenario, ScenarioError
 
 _DELIVER = 0
 _TIMER = 1
@@ -117,6 +117,12 @@ class Simulation:
         self._next_index = 0
         self._seed_names: list[str] = []
         self.wall_seconds = 0.0
+        # Replicated intent only when the scenario asks for it: membership-only runs pay nothing.
+        self.intent: Any = None
+        if scenario.intent is not None:
+            from sim.intent import IntentHarness
+
+            self.intent = IntentHarness(self, scenario.intent)
         self._build()
 
     # ------------------------------------------------------------------ setup
@@ -164,7 +170,12 @@ class Simulation:
     def _new_core(self, name: str, index: int, generation: int, now: float) -> NodeCore:
         rng = random.Random(f"{self.seed}:{name}:{generation}")
         seeds = [s for s in self._seed_names if s != name]
-        return NodeCore(name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds)
+        if self.intent is None:
+            return NodeCore(name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds)
+        intent, blobs = self.intent.make(name, generation)
+        return NodeCore(
+            name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds, intent=intent, blobs=blobs
+        )
 
     # ------------------------------------------------------------------ selectors
 
@@ -396,6 +407,8 @@ class Simulation:
                     rec = CrashRecord(n, self.now)
                     self.crashes.append(rec)
                     self._open_crash[n] = rec
+                    if self.intent is not None:
+                        self.intent.on_crash(n)
         elif f.action == "restart":
             for n in self._fault_nodes(f):
                 node = self.nodes[n]
@@ -452,6 +465,8 @@ class Simulation:
                 node.drift = float(a.get("drift", 0.0))
                 node.timer_at = math.inf
                 self._schedule_timer(node)
+        elif f.action in INTENT_ACTIONS:
+            self.intent.apply(f)
         elif f.action == "meta":
             for n in self._fault_nodes(f):
                 node = self.nodes[n]
