@@ -19,12 +19,15 @@ import random
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from mesh.membership.meta import NodeMeta
 from mesh.membership.state import MemberState
 from mesh.node import NodeCore
 from sim.scenario import INTENT_ACTIONS, Fault, LinkModel, Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from sim.intent import IntentHarness
 
 _DELIVER = 0
 _TIMER = 1
@@ -118,7 +121,7 @@ class Simulation:
         self._seed_names: list[str] = []
         self.wall_seconds = 0.0
         # Replicated intent only when the scenario asks for it: membership-only runs pay nothing.
-        self.intent: Any = None
+        self.intent: IntentHarness | None = None
         if scenario.intent is not None:
             from sim.intent import IntentHarness
 
@@ -466,6 +469,7 @@ class Simulation:
                 node.timer_at = math.inf
                 self._schedule_timer(node)
         elif f.action in INTENT_ACTIONS:
+            assert self.intent is not None  # any intent action switches intent on at load
             self.intent.apply(f)
         elif f.action == "meta":
             for n in self._fault_nodes(f):
