@@ -95,7 +95,8 @@ def _intent_lines(r: dict[str, Any]) -> list[str]:
         f"  intent: converged {'yes' if r['intent_converged'] else 'NO'}, "
         f"{c['converged_writes']}/{c['writes']} acknowledged writes everywhere "
         f"({r['intent_lost_write_count']} missing somewhere), {r['intent_failed_write_count']} writes refused",
-        f"    write -> all live nodes: p50 {_secs(c['p50'])}, p99 {_secs(c['p99'])}, max {_secs(c['max'])}",
+        f"    write -> all live nodes: p50 {_secs(c['p50'])}, p99 {_secs(c['p99'])}, max {_secs(c['max'])}"
+        " (includes time nodes spent down or partitioned)",
         f"    sync+blob traffic: {r['sync_messages_sent']} messages, {r['sync_bytes_sent'] / 1e6:.2f} MB",
         f"    forged writes: {r['intent_forged_writes']} injected, {r['intent_forged_visible']} visible anywhere",
     ]

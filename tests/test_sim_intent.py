@@ -249,6 +249,8 @@ def assert_intent_healthy(sim: Simulation, report: dict[str, Any], hint: str) ->
     views = {fp[2] for fp in fps.values()}
     check(len(svs) == 1, f"state vectors differ across live nodes: {len(svs)} distinct", hint, report)
     check(len(docs) == 1, f"document contents differ across live nodes: {len(docs)} distinct", hint, report)
+    encoded = {hashlib.sha256(i.doc.diff()).hexdigest() for _, i in live}
+    check(len(encoded) == 1, f"encoded documents differ across live nodes: {len(encoded)} distinct", hint, report)
     check(len(views) == 1, f"effective views differ across live nodes: {len(views)} distinct", hint, report)
     check(report["intent_converged"] is True, "report says intent did not converge", hint, report)
     check(report["intent_lost_write_count"] == 0, f"acknowledged writes lost: {report['intent_lost_writes']}", hint, report)
