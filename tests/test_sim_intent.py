@@ -279,7 +279,7 @@ class Plan:
     write_then_crash: list[tuple[int, float, float]]
     partition: tuple[float, float, int] | None
     forges: list[tuple[float, str, int]]
-    extra: dict[str, Any] = field(default_factory=dict)
+    joins: list[float] = field(default_factory=list)
 
     def doc(self) -> dict[str, Any]:
         n = self.n
@@ -320,6 +320,9 @@ class Plan:
         for at, kind, node in self.forges:
             faults.append({"at": round(at, 3), "action": "forge", "node": _name(node, n), "kind": kind, "name": "web"})
             last = max(last, at)
+        for at in self.joins:  # new nodes must catch up on everything written before they existed
+            faults.append({"at": round(at, 3), "action": "join", "count": 1})
+            last = max(last, at)
         faults.sort(key=lambda f: f["at"])  # stable: a write stays before the crash of the same instant
         d["faults"] = faults
         d["duration"] = round(last + 45.0, 3)
@@ -337,7 +340,8 @@ def plans(draw: st.DrawFn) -> Plan:
     wtc = draw(st.lists(st.tuples(victim, t, st.floats(0.5, 25.0)), max_size=2))
     partition = draw(st.none() | st.tuples(st.floats(4.0, 30.0), st.floats(2.0, 25.0), st.integers(3, n - 3)))
     forges = draw(st.lists(st.tuples(t, st.sampled_from(["bad_signature", "unknown_signer", "role"]), node), max_size=3))
-    return Plan(n, draw(st.integers(0, 2**31 - 1)), draw(st.sampled_from([0.0, 0.02, 0.1])), writes, crashes, wtc, partition, forges)
+    joins = draw(st.lists(t, max_size=2))
+    return Plan(n, draw(st.integers(0, 2**31 - 1)), draw(st.sampled_from([0.0, 0.02, 0.1])), writes, crashes, wtc, partition, forges, joins)
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None)
