@@ -19,12 +19,15 @@ import random
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from mesh.membership.meta import NodeMeta
 from mesh.membership.state import MemberState
 from mesh.node import NodeCore
-from sim.scenario import Fault, LinkModel, Scenario, ScenarioError
+from sim.scenario import INTENT_ACTIONS, Fault, LinkModel, Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from sim.intent import IntentHarness
 
 _DELIVER = 0
 _TIMER = 1
@@ -123,6 +126,12 @@ class Simulation:
         self._seed_names: list[str] = []
         self.wall_seconds = 0.0
         self._initial: list[Any] | None = None
+        # Replicated intent only when the scenario asks for it: membership-only runs pay nothing.
+        self.intent: IntentHarness | None = None
+        if scenario.intent is not None:
+            from sim.intent import IntentHarness
+
+            self.intent = IntentHarness(self, scenario.intent)
         self._build()
 
     # ------------------------------------------------------------------ setup
@@ -180,7 +189,12 @@ class Simulation:
     def _new_core(self, name: str, index: int, generation: int, now: float) -> NodeCore:
         rng = random.Random(f"{self.seed}:{name}:{generation}")
         seeds = [s for s in self._seed_names if s != name]
-        return NodeCore(name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds)
+        if self.intent is None:
+            return NodeCore(name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds)
+        intent, blobs = self.intent.make(name, generation)
+        return NodeCore(
+            name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds, intent=intent, blobs=blobs
+        )
 
     # ------------------------------------------------------------------ selectors
 
@@ -425,6 +439,8 @@ class Simulation:
                     rec = CrashRecord(n, self.now)
                     self.crashes.append(rec)
                     self._open_crash[n] = rec
+                    if self.intent is not None:
+                        self.intent.on_crash(n)
         elif f.action == "restart":
             for n in self._fault_nodes(f):
                 node = self.nodes[n]
@@ -482,6 +498,9 @@ class Simulation:
                 node.drift = float(a.get("drift", 0.0))
                 node.timer_at = math.inf
                 self._schedule_timer(node)
+        elif f.action in INTENT_ACTIONS:
+            assert self.intent is not None  # any intent action switches intent on at load
+            self.intent.apply(f)
         elif f.action == "meta":
             for n in self._fault_nodes(f):
                 node = self.nodes[n]

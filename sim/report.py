@@ -22,7 +22,7 @@ def build_report(sim: Simulation) -> dict[str, Any]:
         for k, v in core.swim.counters.items():
             swim_counters[k] = swim_counters.get(k, 0) + v
     vs = sim.scenario.duration or 1.0
-    return {
+    report = {
         "scenario": sc.name,
         "seed": sim.seed,
         "profile": sc.profile.name,
@@ -47,6 +47,10 @@ def build_report(sim: Simulation) -> dict[str, Any]:
         "crashes": [c.to_json() for c in sim.crashes],
         "counters": dict(sorted(swim_counters.items())) | {"wire_errors": wire_errors},
     }
+    if sim.intent is not None:
+        # Only intent runs carry these keys: membership-only reports stay exactly as before.
+        report |= sim.intent.report()
+    return report
 
 
 def _fmt(x: float | None) -> str:
@@ -75,5 +79,30 @@ def render_text(report: dict[str, Any]) -> str:
         det = [c["all_dead_at"] for c in r["crashes"] if c["all_dead_at"] is not None]
         if det:
             lines.append(f"  detection (all nodes agree dead): median {statistics.median(det):.2f}s, max {max(det):.2f}s")
+    if "intent_converged" in r:
+        lines.extend(_intent_lines(r))
     lines.append(f"  trace_hash {r['trace_hash']}")
     return "\n".join(lines)
+
+
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}s"
+
+
+def _intent_lines(r: dict[str, Any]) -> list[str]:
+    c = r["intent_convergence_seconds"]
+    b = r["blob_fetches"]
+    lines = [
+        f"  intent: converged {'yes' if r['intent_converged'] else 'NO'}, "
+        f"{c['converged_writes']}/{c['writes']} acknowledged writes everywhere "
+        f"({r['intent_lost_write_count']} missing somewhere), {r['intent_failed_write_count']} writes refused",
+        f"    write -> all live nodes: p50 {_secs(c['p50'])}, p99 {_secs(c['p99'])}, max {_secs(c['max'])}"
+        " (includes time nodes spent down or partitioned)",
+        f"    sync+blob traffic: {r['sync_messages_sent']} messages, {r['sync_bytes_sent'] / 1e6:.2f} MB",
+        f"    forged writes: {r['intent_forged_writes']} injected, {r['intent_forged_visible']} visible anywhere",
+    ]
+    if b["started"] or b["results"]:
+        lines.append(f"    blob fetches: {b['started']} started, {b['done']} done, {b['failed']} failed")
+    for f in r["intent_failed_writes"][:5]:
+        lines.append(f"    refused at {f['at']:.2f}s {f['action']} on {f['node']}: {f['error']}")
+    return lines

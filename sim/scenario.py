@@ -38,6 +38,11 @@ ACTIONS = frozenset(
     }
 )
 
+# Actions that write intent (or fetch blobs); any of them switches intent on for the run.
+INTENT_ACTIONS = frozenset({"publish", "deploy", "rollback", "kv", "blob_fetch", "forge"})
+ACTIONS = ACTIONS | INTENT_ACTIONS
+FORGERIES = ("bad_signature", "unknown_signer", "role")
+
 
 @dataclass(slots=True, frozen=True)
 class LinkModel:
@@ -74,6 +79,19 @@ class NetworkSpec:
 
 
 @dataclass(slots=True, frozen=True)
+class IntentSpec:
+    """The ``[intent]`` table: replicated intent on every node (see docs/SIMULATOR_INTENT.md)."""
+
+    fanout: int = 3
+    relay_ttl: int = 4
+    anti_entropy_interval: float = 2.0
+    blob_chunk_size: int = 32 * 1024
+    blob_window: int = 4
+    blob_timeout: float = 5.0
+    compact_after_rows: int = 1000
+
+
+@dataclass(slots=True, frozen=True)
 class Fault:
     """One timed action of the scenario."""
 
@@ -97,6 +115,7 @@ class Scenario:
     description: str = ""
     arch_mix: tuple[str, ...] = ("x86_64",)
     bootstrap: str = "seeds"  # seeds: join through seed nodes | full: start with the full initial member list
+    intent: IntentSpec | None = None  # None: pure membership, no crdt cost at all
 
     def node_name(self, i: int) -> str:
         """The canonical name of node i (zero-padded so names sort in index order)."""
@@ -144,7 +163,31 @@ _KNOWN_TOP = {
     "faults",
     "arch_mix",
     "bootstrap",
+    "intent",
 }
+
+
+def _intent(doc: dict[str, Any], faults: list[Fault]) -> IntentSpec | None:
+    t = doc.get("intent")
+    if t is None and not any(f.action in INTENT_ACTIONS for f in faults):
+        return None
+    t = {} if t is None else t
+    if not isinstance(t, dict):
+        raise ScenarioError("intent must be a table")
+    known = {"fanout", "relay_ttl", "anti_entropy_interval", "blob_chunk_size", "blob_window", "blob_timeout", "compact_after_rows"}
+    unknown = sorted(set(t) - known)
+    if unknown:
+        raise ScenarioError(f"unknown intent key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    w = "intent."
+    return IntentSpec(
+        fanout=int(_num(t, "fanout", 3, 1, 64, w)),
+        relay_ttl=int(_num(t, "relay_ttl", 4, 0, 32, w)),
+        anti_entropy_interval=_num(t, "anti_entropy_interval", 2.0, 0.01, 3600, w),
+        blob_chunk_size=int(_num(t, "blob_chunk_size", 32 * 1024, 1024, 1024 * 1024, w)),
+        blob_window=int(_num(t, "blob_window", 4, 1, 64, w)),
+        blob_timeout=_num(t, "blob_timeout", 5.0, 0.01, 3600, w),
+        compact_after_rows=int(_num(t, "compact_after_rows", 1000, 1, 10**9, w)),
+    )
 
 
 def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
@@ -217,6 +260,7 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
         network=network,
         faults=tuple(faults),
         arch_mix=tuple(arch_mix),
+        intent=_intent(doc, faults),
     )
 
 
@@ -239,6 +283,48 @@ def _check_fault_args(action: str, args: dict[str, Any], where: str) -> None:
     if action == "clock":
         _num(args, "skew", 0.0, -1e6, 1e6, where)
         _num(args, "drift", 0.0, -0.5, 0.5, where)
+    if action in INTENT_ACTIONS:
+        _check_intent_args(action, args, where)
+
+
+def _need_str(args: dict[str, Any], key: str, where: str, action: str) -> None:
+    if not isinstance(args.get(key), str) or not args[key]:
+        raise ScenarioError(f"{where}{action} needs '{key}' (a non-empty string)")
+
+
+def _check_intent_args(action: str, args: dict[str, Any], where: str) -> None:
+    if "node" not in args and "nodes" not in args:
+        raise ScenarioError(f"{where}{action} needs 'node' or 'nodes' (where the write is made)")
+    required = {
+        "publish": ("module", "version"),
+        "deploy": ("name", "module", "version"),
+        "rollback": ("name",),
+        "kv": ("ns", "key", "value"),
+        "blob_fetch": ("module", "version"),
+        "forge": ("kind",),
+    }[action]
+    for key in required:
+        _need_str(args, key, where, action)
+    from crdt.errors import ValidationError
+    from crdt.schema import v_name, v_version, v_version_or_range
+
+    try:
+        if action in ("publish", "blob_fetch"):
+            v_name(args["module"], "module name")
+            v_version(args["version"])
+        if action == "publish":
+            _num(args, "size", 1024, 1, 50 * 1024 * 1024, where)
+        if action == "deploy":
+            v_name(args["name"], "deployment name")
+            v_name(args["module"], "module name")
+            v_version_or_range(args["version"])
+            _num(args, "replicas", 1, 0, 10_000, where)
+        if action == "rollback" and "to" in args:
+            v_version(args["to"])
+    except ValidationError as exc:
+        raise ScenarioError(f"{where}{exc}") from None
+    if action == "forge" and args["kind"] not in FORGERIES:
+        raise ScenarioError(f"{where}forge kind must be one of {', '.join(FORGERIES)}")
 
 
 def load(path: str | Path) -> Scenario:

@@ -26,6 +26,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.set_defaults(handler=run_demo)
 
 
+def _quiet_logs() -> None:
+    """Simulated nodes log like real ones; keep stdout for the report (errors only, to stderr)."""
+    import logging
+
+    import structlog
+
+    class _Stderr:  # resolves sys.stderr at each call (it may be swapped, e.g. by test capture)
+        def msg(self, message: str) -> None:
+            print(message, file=sys.stderr)
+
+        debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+    if not structlog.is_configured():
+        structlog.configure(
+            logger_factory=lambda *a: _Stderr(),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+        )
+
+
 def _simulate(path: str, seed: int, trace: str | None, duration: float | None) -> dict:
     from dataclasses import replace
 
@@ -33,6 +52,8 @@ def _simulate(path: str, seed: int, trace: str | None, duration: float | None) -
     from sim.report import build_report
 
     scenario = load(path)
+    if scenario.intent is not None:
+        _quiet_logs()
     if duration is not None:
         if duration <= 0:
             raise ScenarioError("--duration must be positive")
