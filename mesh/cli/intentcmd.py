@@ -34,22 +34,12 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 def _quiet_logs() -> None:
-    # Command output goes to stdout (tables, --json); node logs go to stderr, warnings and up.
+    # Command output goes to stdout (tables, --json, reports); logs go to stderr.
     import logging
 
-    import structlog
+    from mesh.cli.logs import logs_to_stderr
 
-    class _Stderr:  # resolves sys.stderr at each call (it may be swapped, e.g. by test capture)
-        def msg(self, message: str) -> None:
-            print(message, file=sys.stderr)
-
-        debug = info = warning = warn = error = critical = exception = fatal = log = msg
-
-    if not structlog.is_configured():
-        structlog.configure(
-            logger_factory=lambda *a: _Stderr(),
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        )
+    logs_to_stderr(logging.WARNING)
 
 
 def _open(args: argparse.Namespace) -> IntentNode:

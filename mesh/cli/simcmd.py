@@ -27,22 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _quiet_logs() -> None:
-    """Simulated nodes log like real ones; keep stdout for the report (errors only, to stderr)."""
+    # Command output goes to stdout (tables, --json, reports); logs go to stderr.
     import logging
 
-    import structlog
+    from mesh.cli.logs import logs_to_stderr
 
-    class _Stderr:  # resolves sys.stderr at each call (it may be swapped, e.g. by test capture)
-        def msg(self, message: str) -> None:
-            print(message, file=sys.stderr)
-
-        debug = info = warning = warn = error = critical = exception = fatal = log = msg
-
-    if not structlog.is_configured():
-        structlog.configure(
-            logger_factory=lambda *a: _Stderr(),
-            wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
-        )
+    logs_to_stderr(logging.ERROR)
 
 
 def _simulate(path: str, seed: int, trace: str | None, duration: float | None) -> dict:

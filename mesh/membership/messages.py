@@ -90,12 +90,10 @@ class Nack:
         return cls(v_int(p[0], 0, _U32))
 
 
-@message
 @dataclass(slots=True, frozen=True)
-class Suspect:
-    """``sender`` suspects ``node`` at ``incarnation``."""
+class _Verdict:
+    """``sender``'s verdict about ``node`` at ``incarnation`` (shared by Suspect and Dead)."""
 
-    TYPE = 5
     incarnation: int
     node: str
     sender: str
@@ -104,9 +102,17 @@ class Suspect:
         return [self.incarnation, self.node, self.sender]
 
     @classmethod
-    def from_payload(cls, p: list[Any]) -> "Suspect":
+    def from_payload(cls, p: list[Any]) -> Any:
         v_fields(p, 3)
         return cls(v_int(p[0], 0, _U64), v_str(p[1]), v_str(p[2]))
+
+
+@message
+@dataclass(slots=True, frozen=True)
+class Suspect(_Verdict):
+    """``sender`` suspects ``node`` at ``incarnation``."""
+
+    TYPE = 5
 
 
 @message
@@ -131,21 +137,10 @@ class Alive:
 
 @message
 @dataclass(slots=True, frozen=True)
-class Dead:
+class Dead(_Verdict):
     """``sender`` declares ``node`` dead; ``sender == node`` means a graceful leave."""
 
     TYPE = 7
-    incarnation: int
-    node: str
-    sender: str
-
-    def to_payload(self) -> list[Any]:
-        return [self.incarnation, self.node, self.sender]
-
-    @classmethod
-    def from_payload(cls, p: list[Any]) -> "Dead":
-        v_fields(p, 3)
-        return cls(v_int(p[0], 0, _U64), v_str(p[1]), v_str(p[2]))
 
 
 _META_CACHE: dict[bytes, NodeMeta] = {}
