@@ -111,26 +111,28 @@ def define_host_functions(linker: Linker, ctx: HostContext) -> None:
     """Define every ``wasmatrix.*`` function on ``linker``, bound to one module's grant."""
     i32 = ValType.i32()
 
-    def ns_ok(ns: str) -> bool:
-        if ns in ctx.caps.kv_namespaces:
-            return True
-        ctx.deny("kv", ns)
-        return False
+    def read_ns_and(caller: Caller, ns_p: int, ns_l: int, s_p: int, s_l: int) -> tuple[str, str] | None:
+        # Every KV call starts with a namespace and one more string (key or prefix).
+        ns = _read_str(caller, ns_p, ns_l, MAX_KEY_BYTES)
+        other = _read_str(caller, s_p, s_l, MAX_KEY_BYTES)
+        return None if ns is None or other is None else (ns, other)
 
-    def kv_store() -> KVStore | None:
-        return ctx.kv
+    def open_ns(ns: str) -> KVStore | int:
+        """The store for a granted namespace, or the error code to return to the guest."""
+        if ns not in ctx.caps.kv_namespaces:
+            ctx.deny("kv", ns)
+            return WMX_EDENIED
+        return WMX_EUNSUPPORTED if ctx.kv is None else ctx.kv
 
     @_guarded
     def kv_get(caller: Caller, ns_p: int, ns_l: int, k_p: int, k_l: int, out_p: int, out_cap: int) -> int:
-        ns = _read_str(caller, ns_p, ns_l, MAX_KEY_BYTES)
-        key = _read_str(caller, k_p, k_l, MAX_KEY_BYTES)
-        if ns is None or key is None:
+        names = read_ns_and(caller, ns_p, ns_l, k_p, k_l)
+        if names is None:
             return WMX_EINVAL
-        if not ns_ok(ns):
-            return WMX_EDENIED
-        store = kv_store()
-        if store is None:
-            return WMX_EUNSUPPORTED
+        ns, key = names
+        store = open_ns(ns)
+        if isinstance(store, int):
+            return store
         value = store.get(ns, key)
         if value is None:
             return WMX_ENOTFOUND
@@ -138,48 +140,42 @@ def define_host_functions(linker: Linker, ctx: HostContext) -> None:
 
     @_guarded
     def kv_set(caller: Caller, ns_p: int, ns_l: int, k_p: int, k_l: int, v_p: int, v_l: int) -> int:
-        ns = _read_str(caller, ns_p, ns_l, MAX_KEY_BYTES)
-        key = _read_str(caller, k_p, k_l, MAX_KEY_BYTES)
-        if ns is None or key is None:
+        names = read_ns_and(caller, ns_p, ns_l, k_p, k_l)
+        if names is None:
             return WMX_EINVAL
+        ns, key = names
         if (v_l & 0xFFFFFFFF) > MAX_VALUE_BYTES:
             return WMX_ETOOBIG
         value = _read(caller, v_p, v_l, MAX_VALUE_BYTES)
         if value is None:
             return WMX_EINVAL
-        if not ns_ok(ns):
-            return WMX_EDENIED
-        store = kv_store()
-        if store is None:
-            return WMX_EUNSUPPORTED
+        store = open_ns(ns)
+        if isinstance(store, int):
+            return store
         store.set(ns, key, value)
         return WMX_OK
 
     @_guarded
     def kv_delete(caller: Caller, ns_p: int, ns_l: int, k_p: int, k_l: int) -> int:
-        ns = _read_str(caller, ns_p, ns_l, MAX_KEY_BYTES)
-        key = _read_str(caller, k_p, k_l, MAX_KEY_BYTES)
-        if ns is None or key is None:
+        names = read_ns_and(caller, ns_p, ns_l, k_p, k_l)
+        if names is None:
             return WMX_EINVAL
-        if not ns_ok(ns):
-            return WMX_EDENIED
-        store = kv_store()
-        if store is None:
-            return WMX_EUNSUPPORTED
+        ns, key = names
+        store = open_ns(ns)
+        if isinstance(store, int):
+            return store
         store.delete(ns, key)
         return WMX_OK
 
     @_guarded
     def kv_list(caller: Caller, ns_p: int, ns_l: int, p_p: int, p_l: int, out_p: int, out_cap: int) -> int:
-        ns = _read_str(caller, ns_p, ns_l, MAX_KEY_BYTES)
-        prefix = _read_str(caller, p_p, p_l, MAX_KEY_BYTES)
-        if ns is None or prefix is None:
+        names = read_ns_and(caller, ns_p, ns_l, p_p, p_l)
+        if names is None:
             return WMX_EINVAL
-        if not ns_ok(ns):
-            return WMX_EDENIED
-        store = kv_store()
-        if store is None:
-            return WMX_EUNSUPPORTED
+        ns, prefix = names
+        store = open_ns(ns)
+        if isinstance(store, int):
+            return store
         # NUL-separated: keys are UTF-8 strings and may contain newlines.
         blob = b"".join(k.encode("utf-8") + b"\x00" for k in store.list(ns, prefix))
         return _write(caller, out_p, out_cap, blob)

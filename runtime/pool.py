@@ -99,14 +99,7 @@ class PoolManager(Generic[T]):
                 if pool is None or not pool.config.reuse or len(pool.idle) + pool.in_use >= pool.config.min_instances:
                     break
                 pool.in_use += 1  # reserve, so concurrent prewarms do not overshoot
-            try:
-                inst = pool.factory()
-            except BaseException:
-                with self._lock:
-                    pool.in_use -= 1
-                raise
-            with self._lock:
-                pool.created += 1
+            inst = self._create(pool)
             self.release(key, inst, reusable=True)
             made += 1
         return made
@@ -130,6 +123,10 @@ class PoolManager(Generic[T]):
                 entry = pool.idle.pop()
                 pool.reused += 1
                 return entry.instance
+        return self._create(pool)
+
+    def _create(self, pool: _Pool[T]) -> T:
+        # The caller has already counted the instance in use (a reservation); undo it on failure.
         try:
             inst = pool.factory()
         except BaseException:

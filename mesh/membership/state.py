@@ -475,8 +475,7 @@ class SwimCore:
         return out
 
     def _queue_alive(self, now: float) -> None:
-        self.broadcasts.queue(self.name, encode_broadcast(Alive(self.incarnation, self.name, self.addr, self.meta)))
-        self._next_gossip_at = min(self._next_gossip_at, now + self.config.gossip_interval)
+        self._queue(self.name, Alive(self.incarnation, self.name, self.addr, self.meta), now)
 
     def _queue(self, key: str, msg: Any, now: float) -> None:
         if not len(self.broadcasts):
