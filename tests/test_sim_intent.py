@@ -344,6 +344,7 @@ def plans(draw: st.DrawFn) -> Plan:
     return Plan(n, draw(st.integers(0, 2**31 - 1)), draw(st.sampled_from([0.0, 0.02, 0.1])), writes, crashes, wtc, partition, forges, joins)
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None)
 @given(plans())
 def test_live_nodes_converge_after_faults_and_keep_every_acknowledged_write(plan: Plan) -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
+
 from sim_helpers import replay_hint, run
 
 from mesh.membership import profile
 
 
+@pytest.mark.slow
 def test_mean_time_to_first_suspicion_matches_swim_analytic_value() -> None:
     n, crashes, gap, seed = 300, 150, 1.0, 2026
     doc = {
