@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "crdt"
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
-from crdt.node import IntentNode  # noqa: E402
+from crdt.intent import IntentNode  # noqa: E402
 from crdt.store import SqliteStore  # noqa: E402
 from crdt.sync import SyncConfig  # noqa: E402
 from crdt_helpers import PUBLISHER, Pump, key, make_nodes, manifest, trust_for  # noqa: E402

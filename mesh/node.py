@@ -5,7 +5,7 @@ It decodes envelopes, dispatches them to the protocol cores it composes
 the bytes to send. Drivers feed it three things only — received bytes, the time,
 and timer ticks — and it never reads a clock, a socket or the global random.
 
-The intent cores (``crdt.node.IntentNode``, ``crdt.blob.BlobTransfer``) speak in
+The intent cores (``crdt.intent.IntentNode``, ``crdt.blob.BlobTransfer``) speak in
 node *names*; membership knows each name's address, so the node core translates
 on the way out and encodes every sync or blob message as a stream (reliable)
 frame: sync updates and blob chunks are far larger than a datagram.
@@ -25,7 +25,7 @@ from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Outgoing, decode, encode
 
 if TYPE_CHECKING:
     from crdt.blob import BlobTransfer
-    from crdt.node import IntentNode
+    from crdt.intent import IntentNode
 
 _MEMBERSHIP_TYPES = frozenset(range(1, 16))
 _GONE = frozenset({"dead", "left"})

@@ -1,7 +1,7 @@
 """Replicated intent in the simulator: keys, durable stores, intent actions, convergence.
 
 The simulator stays the driver: every node's ``NodeCore`` gets a real
-``crdt.node.IntentNode`` and ``crdt.blob.BlobTransfer``; this module only plays
+``crdt.intent.IntentNode`` and ``crdt.blob.BlobTransfer``; this module only plays
 the parts a real deployment keeps outside the core:
 
 * **identities** — every node has an Ed25519 key derived from the run's seed
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from crdt.blob import BlobTransfer, MemoryBlobStore
 from crdt.errors import CrdtError
 from crdt.keys import SigningKey
-from crdt.node import IntentNode
+from crdt.intent import IntentNode
 from crdt.records import SignedRecord
 from crdt.schema import DeploymentSpec, Manifest, deployment_payload, kv_record_key
 from crdt.store import MemoryStore

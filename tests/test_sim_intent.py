@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from crdt.blob import BlobTransfer, MemoryBlobStore
 from crdt.messages import BlobMissing, BlobRequest, SyncAck, SyncStep1
-from crdt.node import IntentNode
+from crdt.intent import IntentNode
 from crdt.schema import Manifest
 from crdt.trust import Role, TrustConfig
 from mesh.membership.config import profile

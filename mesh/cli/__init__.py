@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import entry_points
 
 # Modules that contribute subcommands. A module that fails to import (e.g. an
 # optional native dependency missing) only loses its own commands.
 _COMMAND_MODULES = (
-    "mesh.cli.simcmd",
     "mesh.cli.runcmd",
     "mesh.cli.intentcmd",
 )
+# Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh
+# must not import it) contribute their subcommands through this entry-point
+# group: each entry point names a ``register(subparsers)`` function.
+ENTRY_POINT_GROUP = "wasmatrix.commands"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -41,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        ep.load()(sub)
     return parser
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from crdt.blob import DirBlobStore
 from crdt.errors import CrdtError, SemverError, ValidationError
 from crdt.keys import SigningKey, load_signing_key
-from crdt.node import IntentNode
+from crdt.intent import IntentNode
 from crdt.schema import Constraints, DeploymentSpec, Manifest, Preferences
 from crdt.semver import Version
 from crdt.store import SqliteStore

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 from crdt.keys import SigningKey
-from crdt.node import IntentNode
+from crdt.intent import IntentNode
 from crdt.schema import Manifest
 from crdt.sync import SyncConfig
 from crdt.trust import Role, TrustConfig

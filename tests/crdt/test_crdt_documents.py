@@ -5,7 +5,7 @@ import pytest
 
 from crdt.documents import IntentDoc
 from crdt.errors import Conflict, KvLimitError, NotFound, PermissionDenied, ValidationError
-from crdt.node import IntentNode
+from crdt.intent import IntentNode
 from crdt.records import SignedRecord
 from crdt.schema import DeploymentSpec, KvLimits, ReplicaClaim, RouteSpec
 from crdt_helpers import ADMIN, OPERATOR, PUBLISHER, STRANGER, VIEWER, key, make_nodes, manifest, trust_for

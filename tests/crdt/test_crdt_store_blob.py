@@ -8,7 +8,7 @@ import pytest
 from crdt.blob import BlobTransfer, MemoryBlobStore
 from crdt.errors import StoreCorruptError
 from crdt.messages import BlobChunk, BlobMissing, BlobRequest
-from crdt.node import IntentNode
+from crdt.intent import IntentNode
 from crdt.store import DB_NAME, SqliteStore
 from crdt_helpers import PUBLISHER, key, manifest, trust_for
 

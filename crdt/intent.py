@@ -80,7 +80,7 @@ class IntentNode:
         if prior is not None and prior is not self.counters:  # one set of counters per node
             self.counters.store_corrupt_rows += prior.store_corrupt_rows
             self.store.counters = self.counters  # type: ignore[attr-defined]
-        self.log = structlog.get_logger("crdt.node").bind(node_id=node_id)
+        self.log = structlog.get_logger("crdt.intent").bind(node_id=node_id)
         # A fresh Yjs client id per start: a dropped corrupt row must never let us reuse clocks.
         self.doc = IntentDoc(
             trust, client_id=rng.getrandbits(52), kv_limits=kv_limits, counters=self.counters,
