@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import io
 import random
-import statistics
 
 import pytest
-from sim_helpers import replay_hint
 
 from mesh.membership import MemberState, NodeMeta, profile
 from mesh.membership.broadcast import BroadcastQueue
-from mesh.membership.messages import Alive, Dead, Gossip, PushPull, PushPullState, Suspect
+from mesh.membership.messages import Alive, Dead, PushPull, PushPullState, Suspect
 from mesh.membership.state import MemberEvent, SwimCore
 from mesh.wire import decode, decode_broadcast, encode
 from sim.engine import Simulation
-from sim.report import build_report, render_text
-from sim.scenario import Fault, builtin, load, parse
+from sim.report import build_report
+from sim.scenario import Fault, parse
 
 LAN = profile("lan")
 BIG = 1 << 22

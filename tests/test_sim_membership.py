@@ -220,12 +220,11 @@ def test_mute_node_heard_again_does_not_kill_healthy_third_parties() -> None:
             {"at": 50.0, "action": "clear_loss"},
         ],
     }
-    for seed in (2, 3):
-        sim, report = run(doc, seed)
-        hint = replay_hint(doc, seed)
-        third = [f for f in sim.false_positives if f["node"] != "n007"]
-        assert third == [], hint
-        assert report["converged"], hint
+    sim, report = run(doc, 3)  # seed 3 declared 22 healthy nodes dead before the fix
+    hint = replay_hint(doc, 3)
+    third = [f for f in sim.false_positives if f["node"] != "n007"]
+    assert third == [], hint
+    assert report["converged"], hint
 
 
 def test_one_way_loss_node_is_suspected_but_refutes() -> None:

@@ -34,8 +34,9 @@ class BroadcastQueue:
         # transmits -> {key: data}; dict insertion order = age (newest last).
         self._levels: dict[int, dict[str, bytes]] = {}
         self._where: dict[str, int] = {}
-        # Urgent updates: key -> [data, transmits], sent before any bucket.
-        self._urgent: dict[str, list] = {}
+        # Urgent updates (key -> data, key -> transmits so far), sent before any bucket.
+        self._urgent: dict[str, bytes] = {}
+        self._urgent_sent: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._where) + len(self._urgent)
@@ -48,9 +49,11 @@ class BroadcastQueue:
         old = self._where.pop(key, None)
         if old is not None:
             del self._levels[old][key]
-        self._urgent.pop(key, None)
+        if self._urgent.pop(key, None) is not None:
+            del self._urgent_sent[key]
         if urgent:
-            self._urgent[key] = [data, 0]
+            self._urgent[key] = data
+            self._urgent_sent[key] = 0
             return
         self._levels.setdefault(0, {})[key] = data
         self._where[key] = 0
@@ -62,16 +65,17 @@ class BroadcastQueue:
         limit = self._limit()
         out: list[bytes] = []
         if self._urgent:
-            for key in list(self._urgent):
-                entry = self._urgent[key]
-                cost = piggyback_cost(entry[0])
+            for key, data in list(self._urgent.items()):
+                cost = piggyback_cost(data)
                 if cost > budget:
                     continue
                 budget -= cost
-                out.append(entry[0])
-                entry[1] += 1
-                if entry[1] >= limit:
-                    del self._urgent[key]
+                out.append(data)
+                sent = self._urgent_sent[key] + 1
+                if sent >= limit:
+                    del self._urgent[key], self._urgent_sent[key]
+                else:
+                    self._urgent_sent[key] = sent
             if not self._where or budget < 8:
                 return out
         moved: list[tuple[str, bytes, int]] = []
