@@ -280,7 +280,8 @@ def module_load(rounds: int) -> tuple[Figure, Figure]:
                 disk_r.append(time.perf_counter() - t)
             finally:
                 eng.close()
-    disk = Figure("load, disk cache hit", "module load from the compiled disk cache (Runtime.load_unsigned, fresh runtime)",
+    disk = Figure("load, disk cache hit",
+                  "module load from the compiled disk cache (Runtime.load_unsigned, fresh runtime)",
                   BASELINE_LOAD_DISK, (pct(disk_p, 0.5), max(disk_p)), (pct(disk_r, 0.5), max(disk_r)))
     comp = Figure("load, compile (miss)", "module load with compile (cache miss)", BASELINE_LOAD_COMPILE,
                   (pct(comp_p, 0.5), max(comp_p)), (pct(comp_r, 0.5), max(comp_r)))
@@ -405,7 +406,10 @@ def main() -> None:
         else:
             print(f"  {label:<22} p50 {spread(p50)}  p99 {spread(p99)}{goal}")
         vals = [(r[i].project[0], r[i].raw[0], r[i].project[1], r[i].raw[1]) for r in runs]
-        unit, scale = ("KiB", 1 / 1024) if label == "density" else (("ms", 1e3) if label.startswith("load") else ("us", 1e6))
+        if label == "density":
+            unit, scale = "KiB", 1 / 1024
+        else:
+            unit, scale = ("ms", 1e3) if label.startswith("load") else ("us", 1e6)
         pj = [v[0] * scale for v in vals]
         rw = [v[1] * scale for v in vals]
         what = "per instance" if label == "density" else "p50"

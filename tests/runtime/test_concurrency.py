@@ -73,9 +73,11 @@ class GatedKV(MemoryKVStore):
 def test_concurrency_cap_rejects_immediately(wasm: dict[str, bytes]) -> None:
     kv = GatedKV()
     with Runtime(RuntimeConfig(allow_unsigned=True), kv=kv) as rt:
-        lm = rt.load_unsigned(wasm["kvcounter"], name="kv", capabilities=Capabilities.build(kv_namespaces=["counter"], log=True),
-                              limits=Limits(max_concurrency=2))
-        threads, results, errors = [], [], []
+        caps = Capabilities.build(kv_namespaces=["counter"], log=True)
+        lm = rt.load_unsigned(wasm["kvcounter"], name="kv", capabilities=caps, limits=Limits(max_concurrency=2))
+        threads: list[threading.Thread] = []
+        results: list[bytes] = []
+        errors: list[BaseException] = []
 
         def run() -> None:
             try:
@@ -169,6 +171,6 @@ async def test_async_invoke_keeps_event_loop_responsive(wasm: dict[str, bytes]) 
             # A blocked loop cannot run the ticker at all while the call is in flight; a responsive one
             # runs it many times in 400 ms (a count, not a timing threshold: load only lowers it a little).
             assert blocked_ticks == 0, f"negative control: the loop was blocked yet ticked {blocked_ticks} times"
-            assert ticks >= 3, f"event loop starved while the guest ran on a worker: {ticks} ticks, worst lag {lag:.3f} s"
+            assert ticks >= 3, f"loop starved while the guest ran on a worker: {ticks} ticks, worst lag {lag:.3f} s"
             assert sorted(r.split(b":")[1] for r in results) == sorted(f"X{i}".encode() for i in range(50))
             assert rt.pools.stats(lm.key).in_use == 0 and lm.inflight == 0 and loop.inflight == 0
