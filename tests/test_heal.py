@@ -240,3 +240,15 @@ def test_dead_verdicts_are_partition_effects_only_when_the_decider_was_cut_off_d
         ("n001", "n002"): False,
     }
     assert build_report(sim)["false_positives_other"] == 2
+
+
+def test_urgent_update_is_taken_first_until_its_transmissions_are_used_up() -> None:
+    q = BroadcastQueue(lambda: 3)
+    q.queue("me", b"M" * 20, urgent=True)
+    for i in range(50):
+        q.queue(f"k{i:02d}", bytes([i]) * 20)  # newer than "me", same transmit count
+    rounds = [q.take(100) for _ in range(4)]
+    assert [r[0] for r in rounds[:3]] == [b"M" * 20] * 3
+    assert b"M" * 20 not in rounds[3] and "me" not in q
+    # Beside it, the ordinary order: fewest transmissions, newest first.
+    assert rounds[0][1:] == [bytes([i]) * 20 for i in (49, 48, 47)]
