@@ -63,7 +63,8 @@ T_FINAL = 3
 T_DATA = 4
 DATA_HEADER_LEN = 1 + 4 + 8
 DATAGRAM_OVERHEAD = DATA_HEADER_LEN + TAG_LEN  # 29 bytes
-MAX_COUNTER = 2**64 - 2  # 2**64-1 is reserved by Noise (nonce exhaustion / rekey)
+MAX_COUNTER = 2**64 - 2
+FINAL_RESENDS = 3  # sends of one message 3 before the initiator restarts from message 1  # 2**64-1 is reserved by Noise (nonce exhaustion / rekey)
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,7 +78,7 @@ class TransportConfig:
     reject_after_seconds: float = 180.0  # WireGuard REJECT_AFTER_TIME: a session older than this is dead
     grace_seconds: float = 10.0  # previous session still decrypts this long after a rekey
     handshake_retry_seconds: float = 1.0  # resend interval of an unanswered handshake message
-    handshake_max_attempts: int = 5  # sends per dial before giving up (counted handshake_timeouts)
+    handshake_max_attempts: int = 10  # handshake sends per dial before giving up (handshake_timeouts)
     responder_timeout: float = 5.0  # a responder forgets a handshake whose message 3 never came
     max_pending_per_addr: int = 4  # half-open responder handshakes per source address
     max_pending_total: int = 1024  # half-open responder handshakes in all
@@ -148,7 +149,7 @@ class _Dial:
 
     __slots__ = (
         "addr", "expected_node_id", "expected_ed25519", "attempts", "deadline",
-        "conn", "hs", "local_index", "final", "session",
+        "conn", "hs", "local_index", "final", "final_sends", "session",
     )
 
     def __init__(self, addr: Addr, expected_node_id: str | None, expected_ed25519: bytes | None) -> None:
@@ -161,6 +162,7 @@ class _Dial:
         self.hs: HandshakeState | None = None
         self.local_index = 0
         self.final = b""  # message 3, resent until the responder confirms
+        self.final_sends = 0
         self.session: _Session | None = None  # set once message 2 checked out
 
 
@@ -224,6 +226,25 @@ class SecureTransport:
         """The address of the current session with ``peer``, if any."""
         s = self._current.get(peer)
         return s.addr if s is not None else None
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Half-open handshakes this node holds as responder (bounded; see TransportConfig)."""
+        return len(self._accepts)
+
+    def session_count(self) -> int:
+        """Live sessions of every kind (current, unconfirmed, in grace)."""
+        return len(self._sessions)
+
+    def revoke(self, peer: str) -> None:
+        """Forget every session, dial and queued plaintext of ``peer`` (call when its key is revoked)."""
+        for s in [s for s in self._sessions.values() if s.peer.node_id == peer]:
+            self._drop_session(s)
+            self.counters["sessions_revoked"] += 1
+        for dial in [d for d in self._dials.values() if d.expected_node_id == peer]:
+            self._end_dial(dial, failed=True)
+        self.counters["queue_dropped"] += len(self._queue.pop(peer, []))
+        self._last_addr.pop(peer, None)
 
     def connect(
         self, addr: Addr, now: float, expected_node_id: str | None = None, expected_ed25519: bytes | None = None
@@ -302,9 +323,16 @@ class SecureTransport:
                 self.counters["handshake_timeouts"] += 1
                 self._end_dial(dial, failed=True)
                 continue
+            if dial.session is not None and dial.final_sends >= FINAL_RESENDS:
+                # Message 3 keeps getting lost (or the responder forgot us): start over, so the
+                # responder replaces whatever half-confirmed session it holds with a fresh one.
+                self._sessions.pop(dial.session.local_index, None)
+                self._dial_index.pop(dial.local_index, None)
+                dial.session = None
             if dial.session is None:
                 out += self._send_init(dial, now)
             else:  # message 3 or the confirmation was lost: resend the same message 3
+                dial.final_sends += 1
                 dial.attempts += 1
                 dial.deadline = now + self.config.handshake_retry_seconds
                 self.counters["handshake_retransmits"] += 1
@@ -409,6 +437,7 @@ class SecureTransport:
         self._sessions[idx] = s
         self._dial_index[idx] = dial
         dial.session = s
+        dial.final_sends = 1
         dial.final = bytes([T_FINAL]) + remote_index.to_bytes(4, "big") + msg3
         dial.deadline = now + self.config.handshake_retry_seconds
         return [], [Datagram(addr, dial.final)]

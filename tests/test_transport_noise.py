@@ -1,0 +1,348 @@
+"""SecureTransport (datagrams): handshake, admission, tampering, replay window, rekey, size limits, fuzz."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.errors import ConfigError
+from mesh.transport import Datagram, FrameTooLarge, SecureTransport, TransportConfig
+from transport_helpers import OTHER_PSK, PSK, Net, ident, transport
+
+# Every counter that means "this datagram was dropped".
+DROPS = (
+    "datagram_malformed",
+    "datagram_unknown_session",
+    "datagram_replayed",
+    "datagram_too_old",
+    "datagram_decrypt_failures",
+    "handshake_psk_failures",
+    "handshake_invalid",
+    "handshake_unexpected",
+    "handshake_refused_bad_payload",
+    "handshake_refused_version_mismatch",
+    "handshake_refused_bad_binding",
+    "handshake_refused_unexpected_peer",
+    "handshake_refused_not_admitted",
+)
+
+
+def drops(t: SecureTransport) -> int:
+    return sum(t.counters[k] for k in DROPS)
+
+
+def handshake(a: SecureTransport, b: SecureTransport, now: float = 0.0) -> None:
+    """Run a clean handshake a -> b by hand (addresses "a" and "b")."""
+    (m1,) = a.connect("b", now, expected_node_id=b.identity.node_id)
+    _, (m2,) = b.receive_datagram("a", m1.data, now)
+    _, (m3,) = a.receive_datagram("b", m2.data, now)
+    _, (confirm,) = b.receive_datagram("a", m3.data, now)
+    got, out = a.receive_datagram("b", confirm.data, now)
+    assert got == [] and out == []
+    assert a.peers() == [b.identity.node_id] and b.peers() == [a.identity.node_id]
+
+
+def test_wire_sizes_follow_the_documented_layout() -> None:
+    a, b = transport("a"), transport("b", 1)
+    (m1,) = a.connect("b", 0.0)
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+    _, (m3,) = a.receive_datagram("b", m2.data, 0.0)
+    _, (confirm,) = b.receive_datagram("a", m3.data, 0.0)
+    # type + e(32) + hello(5) + tag; type + idx + e + s(32+16) + identity(101) + tag; type + idx + s + identity + tag
+    assert [len(m1.data), len(m2.data), len(m3.data)] == [1 + 32 + 5 + 16, 1 + 4 + 32 + 48 + 101 + 16, 1 + 4 + 48 + 101 + 16]
+    assert [m1.data[0], m2.data[0], m3.data[0], confirm.data[0]] == [1, 2, 3, 4]
+    assert len(confirm.data) == 13 + 16  # empty keepalive: header + tag
+    assert confirm.data[5:13] == (0).to_bytes(8, "big")  # first counter of the session
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_handshake_over_lossy_reordering_channel(seed: int) -> None:
+    a, b = transport("a", seed), transport("b", seed + 1000)
+    drop = random.Random(seed)
+    # 30% of handshake datagrams are lost, every datagram is delayed 1-50 ms (so reordered).
+    net = Net({"a": a, "b": b}, seed=seed, lose=lambda d: d.data[0] != 4 and drop.random() < 0.3)
+    msgs = [f"early-{i}".encode() for i in range(5)]
+    for m in msgs:
+        net.send("a", a.seal_datagram(b.identity.node_id, m, 0.0, addr="b"))
+    net.run(30.0)
+    assert a.peers() == [b.identity.node_id] and b.peers() == [a.identity.node_id]
+    assert sorted(d.plaintext for d in net.delivered["b"]) == sorted(msgs)
+    assert {d.peer for d in net.delivered["b"]} == {a.identity.node_id}
+    later = [f"later-{i}".encode() for i in range(50)]
+    for m in later:
+        net.send("b", b.seal_datagram(a.identity.node_id, m, net.now))
+    net.run(net.now + 5.0)
+    assert sorted(d.plaintext for d in net.delivered["a"]) == sorted(later)
+
+
+def test_lost_message3_is_resent_and_lost_confirmation_is_answered_again() -> None:
+    a, b = transport("a"), transport("b", 1)
+    (m1,) = a.seal_datagram(b.identity.node_id, b"hi", 0.0, addr="b")
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+    _, (m3,) = a.receive_datagram("b", m2.data, 0.0)  # lost in transit
+    assert a.next_deadline() == pytest.approx(1.0)
+    (m3_again,) = a.tick(1.0)
+    assert m3_again.data == m3.data
+    _, (confirm,) = b.receive_datagram("a", m3_again.data, 1.0)  # confirmation lost too
+    (m3_third,) = a.tick(2.0)
+    _, (confirm2,) = b.receive_datagram("a", m3_third.data, 2.0)
+    assert b.counters["handshake_confirm_resent"] == 1
+    got, (data,) = a.receive_datagram("b", confirm2.data, 2.0)
+    assert got == []
+    delivered, _ = b.receive_datagram("a", data.data, 2.0)
+    assert [d.plaintext for d in delivered] == [b"hi"]
+
+
+def test_wrong_psk_responder_is_silent_counts_and_keeps_no_state() -> None:
+    a, b = transport("a"), transport("b", 1, psk=OTHER_PSK)
+    out = a.seal_datagram(b.identity.node_id, b"x", 0.0, addr="b")
+    got, reply = b.receive_datagram("a", out[0].data, 0.0)
+    assert (got, reply) == ([], [])
+    assert b.counters["handshake_psk_failures"] == 1
+    assert b.pending_handshakes == 0 and b.session_count() == 0 and b.next_deadline() is None
+    # The initiator retries, then gives up and drops what it queued.
+    net = Net({"a": a, "b": b})
+    net.run(60.0)
+    assert b.counters["handshake_psk_failures"] == TransportConfig().handshake_max_attempts
+    assert a.counters["handshake_timeouts"] == 1 and a.counters["queue_dropped"] == 1
+    assert a.peers() == [] and b.peers() == [] and b.pending_handshakes == 0
+
+
+@pytest.mark.parametrize("pin", ["node_id", "ed25519"])
+def test_initiator_expecting_a_refuses_b_before_message3(pin: str) -> None:
+    a, b = transport("a"), transport("b", 1)
+    c = ident("c")
+    kw = {"expected_node_id": c.node_id} if pin == "node_id" else {"expected_ed25519": c.public.ed25519_public}
+    (m1,) = a.connect("b", 0.0, **kw)
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+    got, out = a.receive_datagram("b", m2.data, 0.0)
+    assert (got, out) == ([], [])  # no message 3: B never learns who A is
+    assert a.counters["handshake_refused_unexpected_peer"] == 1
+    assert a.next_deadline() is None and a.session_count() == 0  # refusal is final, no retry
+    b.tick(10.0)
+    assert b.counters["handshake_responder_timeouts"] == 1 and b.peers() == []
+
+
+def test_unadmitted_responder_refused_by_initiator() -> None:
+    a = transport("a", admit=lambda node_id, key: False)
+    b = transport("b", 1)
+    (m1,) = a.connect("b", 0.0)
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+    assert a.receive_datagram("b", m2.data, 0.0) == ([], [])
+    assert a.counters["handshake_refused_not_admitted"] == 1 and a.peers() == []
+
+
+def test_revoked_initiator_refused_by_responder_on_message3() -> None:
+    revoked = {ident("a").node_id}
+    a = transport("a")
+    b = transport("b", 1, admit=lambda node_id, key: node_id not in revoked)
+    (m1,) = a.connect("b", 0.0)
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+    _, (m3,) = a.receive_datagram("b", m2.data, 0.0)
+    assert b.receive_datagram("a", m3.data, 0.0) == ([], [])
+    assert b.counters["handshake_refused_not_admitted"] == 1
+    assert b.peers() == [] and b.session_count() == 0 and b.pending_handshakes == 0
+    # A never gets a confirmation: its unconfirmed session carries nothing and it finally gives up.
+    Net({"a": a, "b": b}).run(60.0)
+    assert a.peers() == [] and a.counters["handshake_timeouts"] == 1
+    assert b.counters["handshake_refused_not_admitted"] > 1
+
+
+def test_revoke_drops_live_sessions() -> None:
+    a, b = transport("a"), transport("b", 1)
+    handshake(a, b)
+    (d,) = a.seal_datagram(b.identity.node_id, b"before", 0.0)
+    b.revoke(a.identity.node_id)
+    assert b.peers() == [] and b.counters["sessions_revoked"] == 1
+    assert b.receive_datagram("a", d.data, 0.0) == ([], [])
+    assert b.counters["datagram_unknown_session"] == 1
+
+
+def _capture_handshake() -> list[tuple[str, bytes]]:
+    a, b = transport("a"), transport("b", 1)
+    (m1,) = a.connect("b", 0.0)
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+    _, (m3,) = a.receive_datagram("b", m2.data, 0.0)
+    return [("m1", m1.data), ("m2", m2.data), ("m3", m3.data)]
+
+
+@pytest.mark.parametrize("which", ["m1", "m2", "m3", "data"])
+def test_tampering_any_byte_is_dropped_and_counted(which: str) -> None:
+    length = {"m1": 54, "m2": 202, "m3": 170, "data": 29 + 5}[which]
+    for pos in range(length):
+        a, b = transport("a"), transport("b", 1)
+        (m1,) = a.connect("b", 0.0)
+        if which == "m1":
+            bad = bytearray(m1.data)
+            bad[pos] ^= 0x5A
+            receiver, src = b, "a"
+        else:
+            _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+            if which == "m2":
+                bad = bytearray(m2.data)
+                bad[pos] ^= 0x5A
+                receiver, src = a, "b"
+            else:
+                _, (m3,) = a.receive_datagram("b", m2.data, 0.0)
+                if which == "m3":
+                    bad = bytearray(m3.data)
+                    bad[pos] ^= 0x5A
+                    receiver, src = b, "a"
+                else:
+                    _, (confirm,) = b.receive_datagram("a", m3.data, 0.0)
+                    a.receive_datagram("b", confirm.data, 0.0)
+                    (d,) = a.seal_datagram(b.identity.node_id, b"hello", 0.0)
+                    bad = bytearray(d.data)
+                    bad[pos] ^= 0x5A
+                    receiver, src = b, "a"
+        before = drops(receiver)
+        got, out = receiver.receive_datagram(src, bytes(bad), 0.0)
+        assert got == [] and out == [], f"byte {pos} of {which}"
+        assert drops(receiver) == before + 1, f"byte {pos} of {which}: {receiver.counters}"
+
+
+def test_replayed_datagram_dropped() -> None:
+    a, b = transport("a"), transport("b", 1)
+    handshake(a, b)
+    (d,) = a.seal_datagram(b.identity.node_id, b"once", 0.0)
+    got, _ = b.receive_datagram("a", d.data, 0.0)
+    assert [g.plaintext for g in got] == [b"once"]
+    assert b.receive_datagram("a", d.data, 0.0) == ([], [])
+    assert b.counters["datagram_replayed"] == 1
+
+
+def test_reordering_within_window_accepted_and_older_dropped() -> None:
+    a, b = transport("a"), transport("b", 1)
+    handshake(a, b)
+    sealed = [a.seal_datagram(b.identity.node_id, str(i).encode(), 0.0)[0].data for i in range(2100)]
+    counters = [int.from_bytes(d[5:13], "big") for d in sealed]
+    assert counters == list(range(2100))  # A's first datagram on this session is counter 0
+    top = 2099
+    got, _ = b.receive_datagram("a", sealed[top], 0.0)
+    assert [g.plaintext for g in got] == [b"2099"]
+    # The window is 2048 counters: top-2047 is the oldest accepted, top-2048 is too old.
+    got, _ = b.receive_datagram("a", sealed[top - 2047], 0.0)
+    assert [g.plaintext for g in got] == [str(top - 2047).encode()]
+    assert b.receive_datagram("a", sealed[top - 2048], 0.0) == ([], [])
+    assert b.counters["datagram_too_old"] == 1
+    # Everything else inside the window, shuffled, arrives exactly once.
+    rest = list(range(top - 2046, top))
+    random.Random(7).shuffle(rest)
+    seen = []
+    for i in rest:
+        g, _ = b.receive_datagram("a", sealed[i], 0.0)
+        seen += [x.plaintext for x in g]
+    assert sorted(seen) == sorted(str(i).encode() for i in rest)
+
+
+def test_rekey_after_message_count_keeps_old_session_during_grace() -> None:
+    cfg = TransportConfig(rekey_after_messages=10, grace_seconds=5.0)
+    a, b = transport("a", config=cfg), transport("b", 1, config=cfg)
+    handshake(a, b)
+    old = [a.seal_datagram(b.identity.node_id, f"old-{i}".encode(), 0.0) for i in range(10)]
+    assert all(len(o) == 1 for o in old) and a.counters["rekeys_started"] == 0
+    # The 11th send finds 10 datagrams on the session: it starts a handshake and still sends.
+    out = a.seal_datagram(b.identity.node_id, b"old-10", 1.0)
+    assert [d.data[0] for d in out] == [1, 4] and a.counters["rekeys_started"] == 1
+    old_index = out[1].data[1:5]
+    m1 = out[0]
+    _, (m2,) = b.receive_datagram("a", m1.data, 1.0)
+    _, (m3,) = a.receive_datagram("b", m2.data, 1.0)
+    _, (confirm,) = b.receive_datagram("a", m3.data, 1.0)
+    a.receive_datagram("b", confirm.data, 1.0)
+    (new,) = a.seal_datagram(b.identity.node_id, b"new", 1.0)
+    assert new.data[1:5] != old_index and new.data[5:13] == (0).to_bytes(8, "big")
+    # In-flight datagrams of the old session still open during the grace period...
+    got, _ = b.receive_datagram("a", old[3][0].data, 2.0)
+    assert [g.plaintext for g in got] == [b"old-3"]
+    got, _ = b.receive_datagram("a", new.data, 2.0)
+    assert [g.plaintext for g in got] == [b"new"]
+    # ...and not after it.
+    b.tick(1.0 + 5.0)
+    assert b.receive_datagram("a", old[4][0].data, 6.0) == ([], [])
+    assert b.counters["datagram_unknown_session"] == 1
+
+
+def test_rekey_after_age() -> None:
+    cfg = TransportConfig(rekey_after_seconds=30.0, reject_after_seconds=60.0)
+    a, b = transport("a", config=cfg), transport("b", 1, config=cfg)
+    handshake(a, b)
+    assert [d.data[0] for d in a.seal_datagram(b.identity.node_id, b"x", 29.9)] == [4]
+    assert [d.data[0] for d in a.seal_datagram(b.identity.node_id, b"x", 30.0)] == [1, 4]
+    # Past reject_after the old session is dead: nothing is sent on it, the plaintext waits.
+    a.tick(60.0)
+    assert a.peers() == [] and a.counters["sessions_expired"] == 1
+
+
+def test_max_plaintext_fills_exactly_1200_bytes() -> None:
+    a, b = transport("a"), transport("b", 1)
+    handshake(a, b)
+    assert a.max_plaintext == 1200 - (1 + 4 + 8 + 16)
+    (d,) = a.seal_datagram(b.identity.node_id, b"\xff" * a.max_plaintext, 0.0)
+    assert len(d.data) == 1200
+    got, _ = b.receive_datagram("a", d.data, 0.0)
+    assert got[0].plaintext == b"\xff" * 1171
+    with pytest.raises(FrameTooLarge):
+        a.seal_datagram(b.identity.node_id, b"\xff" * (a.max_plaintext + 1), 0.0)
+
+
+def test_pending_handshakes_bounded_per_address() -> None:
+    a, b = transport("a"), transport("b", 1)
+    (m1,) = a.connect("b", 0.0)
+    for _ in range(10):  # a replayed (or retried) message 1 from one address
+        b.receive_datagram("a", m1.data, 0.0)
+    assert b.pending_handshakes == TransportConfig().max_pending_per_addr
+    assert b.counters["handshake_pending_evicted"] == 10 - TransportConfig().max_pending_per_addr
+
+
+def test_send_without_route_is_counted() -> None:
+    a = transport("a")
+    assert a.seal_datagram(ident("b").node_id, b"x", 0.0) == []
+    assert a.counters["datagram_no_route"] == 1
+
+
+def test_queue_is_bounded() -> None:
+    cfg = TransportConfig(max_queue_per_peer=3)
+    a = transport("a", config=cfg)
+    for i in range(5):
+        a.seal_datagram(ident("b").node_id, b"x", 0.0, addr="b")
+    assert a.counters["queue_dropped"] == 2 and a.counters["handshake_inits_sent"] == 1
+
+
+def test_config_rejects_nonsense() -> None:
+    with pytest.raises(ConfigError):
+        TransportConfig(max_datagram=100)
+    with pytest.raises(ConfigError):
+        TransportConfig(rekey_after_seconds=200.0, reject_after_seconds=100.0)
+    with pytest.raises(ConfigError):
+        SecureTransport(ident("a"), b"short", lambda n, k: True, random.Random(0))
+
+
+def _established() -> tuple[SecureTransport, SecureTransport, bytes]:
+    a, b = transport("a"), transport("b", 1)
+    handshake(a, b)
+    (d,) = a.seal_datagram(b.identity.node_id, b"hello", 0.0)
+    return a, b, d.data
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=1300))
+def test_fuzz_random_bytes_never_raise(data: bytes) -> None:
+    a, b, _ = _established()
+    got, out = b.receive_datagram("a", data, 0.0)
+    assert got == []
+    assert all(isinstance(o, Datagram) for o in out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from([1, 2, 3, 4]), tail=st.binary(max_size=300), keep=st.integers(0, 13))
+def test_fuzz_structured_bytes_never_raise(kind: int, tail: bytes, keep: int) -> None:
+    # Keep a real header prefix (index, counter), never the real ciphertext, so the fuzz reaches the decrypt and handshake paths.
+    a, b, real = _established()
+    data = bytes([kind]) + real[1:keep] + tail
+    for t, src in ((b, "a"), (a, "b")):
+        got, _ = t.receive_datagram(src, data, 0.0)
+        assert got == []
