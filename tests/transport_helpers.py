@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 from collections.abc import Callable
@@ -15,7 +16,10 @@ OTHER_PSK = bytes(range(1, 33))
 
 def ident(name: str) -> LocalIdentity:
     """A deterministic identity for ``name``."""
-    return LocalIdentity.from_seeds(name.encode().ljust(32, b"e")[:32], name.encode().ljust(32, b"x")[:32])
+    # Hashed seeds: X25519 clamping ignores the low 3 bits of byte 0, so padded names could collide.
+    return LocalIdentity.from_seeds(
+        hashlib.sha256(b"ed25519:" + name.encode()).digest(), hashlib.sha256(b"x25519:" + name.encode()).digest()
+    )
 
 
 def admit_all(node_id: str, ed25519: bytes) -> bool:
