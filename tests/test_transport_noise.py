@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.errors import ConfigError
-from mesh.transport import Datagram, FrameTooLarge, SecureTransport, TransportConfig
+from mesh.transport import Datagram, Delivered, FrameTooLarge, SecureTransport, TransportConfig
 from transport_helpers import OTHER_PSK, PSK, Net, ident, transport
 
 # Every counter that means "this datagram was dropped".
@@ -346,3 +346,28 @@ def test_fuzz_structured_bytes_never_raise(kind: int, tail: bytes, keep: int) ->
     for t, src in ((b, "a"), (a, "b")):
         got, _ = t.receive_datagram(src, data, 0.0)
         assert got == []
+
+
+def test_wire_interoperates_with_plain_noiseprotocol_cipherstate() -> None:
+    """A peer written directly against noiseprotocol (set_nonce + *_with_ad) talks to SecureTransport."""
+    from mesh.transport.handshake import PROLOGUE_UDP, encode_hello, encode_identity, new_handshake
+
+    me = ident("a")
+    b = transport("b", 1)
+    conn = new_handshake(me, PSK, True, PROLOGUE_UDP)
+    _, (m2,) = b.receive_datagram("a", bytes([1]) + bytes(conn.write_message(encode_hello(77))), 0.0)
+    assert m2.data[1:5] == (77).to_bytes(4, "big")
+    payload = bytes(conn.read_message(m2.data[5:]))
+    b_index = payload[1:5]
+    m3 = bytes([3]) + b_index + bytes(conn.write_message(encode_identity(me, 77)))
+    _, (confirm,) = b.receive_datagram("a", m3, 0.0)
+    recv, send = conn.noise_protocol.cipher_state_decrypt, conn.noise_protocol.cipher_state_encrypt
+    (d,) = b.seal_datagram(me.node_id, b"from core", 0.0)
+    for dgram, want in ((confirm.data, b""), (d.data, b"from core")):
+        assert dgram[1:5] == (77).to_bytes(4, "big")
+        recv.set_nonce(int.from_bytes(dgram[5:13], "big"))
+        assert recv.decrypt_with_ad(dgram[:13], dgram[13:]) == want
+    header = bytes([4]) + b_index + (5).to_bytes(8, "big")
+    send.set_nonce(5)
+    got, _ = b.receive_datagram("a", header + send.encrypt_with_ad(header, b"from noise"), 0.0)
+    assert got == [Delivered(me.node_id, b"from noise")]

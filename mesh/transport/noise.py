@@ -64,6 +64,7 @@ T_DATA = 4
 DATA_HEADER_LEN = 1 + 4 + 8
 DATAGRAM_OVERHEAD = DATA_HEADER_LEN + TAG_LEN  # 29 bytes
 MAX_COUNTER = 2**64 - 2
+_NONCE_PAD = bytes(4)
 FINAL_RESENDS = 3  # sends of one message 3 before the initiator restarts from message 1  # 2**64-1 is reserved by Noise (nonce exhaustion / rekey)
 
 
@@ -133,8 +134,11 @@ class _Session:
         self.remote_index = remote_index
         self.peer = peer
         self.addr = addr
-        self.send = send
-        self.recv = recv
+        # The ChaCha20-Poly1305 objects inside Noise's transport CipherStates. Datagrams use them with
+        # an explicit nonce, exactly what CipherState.set_nonce(counter) + encrypt_with_ad would do
+        # (Noise spec 12.3: 4 zero bytes + little-endian 64-bit counter), minus two Python layers.
+        self.send = send.cipher.cipher
+        self.recv = recv.cipher.cipher
         self.window = ReplayWindow(window)
         self.created_at = now
         self.sent = 0  # next counter to use
@@ -517,10 +521,10 @@ class SecureTransport:
 
     def _seal(self, s: _Session, plaintext: bytes) -> bytes:
         header = bytes([T_DATA]) + s.remote_index.to_bytes(4, "big") + s.sent.to_bytes(8, "big")
-        s.send.set_nonce(s.sent)
+        nonce = _NONCE_PAD + s.sent.to_bytes(8, "little")
         s.sent += 1
         self.counters["datagrams_sealed"] += 1
-        return header + s.send.encrypt_with_ad(header, plaintext)
+        return header + s.send.encrypt(nonce, plaintext, header)
 
     def _on_data(self, addr: Addr, data: bytes, now: float) -> tuple[list[Delivered], list[Datagram]]:
         if len(data) < DATAGRAM_OVERHEAD:
@@ -543,9 +547,8 @@ class SecureTransport:
             self.counters["datagram_too_old"] += 1
             return [], []
         header = data[:DATA_HEADER_LEN]
-        s.recv.set_nonce(counter)
         try:
-            plaintext = s.recv.decrypt_with_ad(header, data[DATA_HEADER_LEN:])
+            plaintext = s.recv.decrypt(_NONCE_PAD + data[5:13][::-1], data[DATA_HEADER_LEN:], header)
         except NOISE_ERRORS:
             self.counters["datagram_decrypt_failures"] += 1
             return [], []
