@@ -260,9 +260,9 @@ def test_rekey_after_message_count_keeps_old_session_during_grace() -> None:
     assert [g.plaintext for g in got] == [b"old-3"]
     got, _ = b.receive_datagram("a", new.data, 2.0)
     assert [g.plaintext for g in got] == [b"new"]
-    # ...and not after it.
-    b.tick(1.0 + 5.0)
-    assert b.receive_datagram("a", old[4][0].data, 6.0) == ([], [])
+    # ...and not once grace_seconds passed since the last packet on it (old-3 at t=2).
+    b.tick(2.0 + 5.0)
+    assert b.receive_datagram("a", old[4][0].data, 7.0) == ([], [])
     assert b.counters["datagram_unknown_session"] == 1
 
 
@@ -371,3 +371,54 @@ def test_wire_interoperates_with_plain_noiseprotocol_cipherstate() -> None:
     send.set_nonce(5)
     got, _ = b.receive_datagram("a", header + send.encrypt_with_ad(header, b"from noise"), 0.0)
     assert got == [Delivered(me.node_id, b"from noise")]
+
+
+@pytest.mark.parametrize("first", ["a", "b"])
+def test_simultaneous_dials_converge_on_one_session(first: str) -> None:
+    cfg = TransportConfig(grace_seconds=2.0)
+    t = {"a": transport("a", 1, config=cfg), "b": transport("b", 2, config=cfg)}
+    other = {"a": "b", "b": "a"}
+    # Both dial at once and every message crosses in flight: each side completes one handshake as
+    # initiator and one as responder, installing them in opposite orders.
+    inflight = {n: t[n].connect(other[n], 0.0, expected_node_id=t[other[n]].identity.node_id) for n in "ab"}
+    for _ in range(3):  # msg1 -> msg2 -> msg3 -> confirmation
+        nxt: dict[str, list[Datagram]] = {"a": [], "b": []}
+        for src in (first, other[first]):
+            for d in inflight[src]:
+                _, out = t[d.addr].receive_datagram(src, d.data, 0.1)
+                nxt[d.addr] += out
+        inflight = nxt
+    for src in (first, other[first]):
+        for d in inflight[src]:
+            t[d.addr].receive_datagram(src, d.data, 0.1)
+    assert t["a"].counters["handshakes_completed"] == 2 and t["b"].counters["handshakes_completed"] == 2
+    # Long after the grace period both directions still work: both chose the same session.
+    t["a"].tick(10.0)
+    t["b"].tick(10.0)
+    for src in "ab":
+        dst = other[src]
+        (d,) = t[src].seal_datagram(t[dst].identity.node_id, f"from {src}".encode(), 10.0)
+        got, _ = t[dst].receive_datagram(src, d.data, 10.0)
+        assert got == [Delivered(t[src].identity.node_id, f"from {src}".encode())]
+    assert t["a"].session_count() == 1 and t["b"].session_count() == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_simultaneous_dials_both_directions_keep_working(seed: int) -> None:
+    cfg = TransportConfig(grace_seconds=2.0)
+    a, b = transport("a", seed, config=cfg), transport("b", seed + 50, config=cfg)
+    net = Net({"a": a, "b": b}, seed=seed)
+    net.send("a", a.connect("b", 0.0, expected_node_id=b.identity.node_id))
+    net.send("b", b.connect("a", 0.0, expected_node_id=a.identity.node_id))
+    net.run(1.0)
+    assert a.counters["handshakes_completed"] == 2 and b.counters["handshakes_completed"] == 2
+    # Each side may prefer a different one of the two sessions; long after the grace period
+    # both directions still deliver, because a superseded session lives while it is used.
+    for step in range(10):
+        t = 1.0 + 3.0 * step
+        net.run(t)
+        net.send("a", a.seal_datagram(b.identity.node_id, f"a{step}".encode(), t))
+        net.send("b", b.seal_datagram(a.identity.node_id, f"b{step}".encode(), t))
+    net.run(40.0)
+    assert sorted(d.plaintext for d in net.delivered["b"]) == sorted(f"a{i}".encode() for i in range(10))
+    assert sorted(d.plaintext for d in net.delivered["a"]) == sorted(f"b{i}".encode() for i in range(10))

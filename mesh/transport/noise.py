@@ -77,7 +77,7 @@ class TransportConfig:
     rekey_after_messages: int = 2**48  # WireGuard uses 2**60; lower keeps the blast radius of a key small
     rekey_after_seconds: float = 120.0  # WireGuard REKEY_AFTER_TIME
     reject_after_seconds: float = 180.0  # WireGuard REJECT_AFTER_TIME: a session older than this is dead
-    grace_seconds: float = 10.0  # previous session still decrypts this long after a rekey
+    grace_seconds: float = 10.0  # previous session decrypts until this long after its last packet
     handshake_retry_seconds: float = 1.0  # resend interval of an unanswered handshake message
     handshake_max_attempts: int = 10  # handshake sends per dial before giving up (handshake_timeouts)
     responder_timeout: float = 5.0  # a responder forgets a handshake whose message 3 never came
@@ -346,7 +346,7 @@ class SecureTransport:
             self.counters["handshake_responder_timeouts"] += 1
         for peer in sorted(self._previous):
             s = self._previous[peer]
-            if s.expires_at is not None and s.expires_at <= now:
+            if (s.expires_at is not None and s.expires_at <= now) or now - s.created_at >= self.config.reject_after_seconds:
                 self._drop_session(s)
         for peer in sorted(self._current):
             s = self._current[peer]
@@ -489,6 +489,21 @@ class SecureTransport:
         """Make ``s`` the sending session for its peer and flush what was queued for it."""
         peer = s.peer.node_id
         old = self._current.get(peer)
+        if (
+            old is not None
+            and now - old.created_at < self.config.handshake_retry_seconds
+            and self._initiator_id(old) < self._initiator_id(s)
+        ):
+            # Both nodes dialled each other at once and both handshakes completed. Each side must
+            # end up sending on the same session, whatever order the messages arrived in: the one
+            # started by the smaller node id wins; the other only decrypts during its grace period.
+            s.expires_at = now + self.config.grace_seconds
+            prev = self._previous.pop(peer, None)
+            if prev is not None:
+                self._sessions.pop(prev.local_index, None)
+            self._previous[peer] = s
+            self._last_addr[peer] = s.addr
+            return [Datagram(old.addr, self._seal(old, p)) for p in self._queue.pop(peer, [])]
         if old is not None and old is not s:
             prev = self._previous.pop(peer, None)
             if prev is not None:
@@ -498,6 +513,9 @@ class SecureTransport:
         self._current[peer] = s
         self._last_addr[peer] = s.addr
         return [Datagram(s.addr, self._seal(s, p)) for p in self._queue.pop(peer, [])]
+
+    def _initiator_id(self, s: _Session) -> str:
+        return self.identity.node_id if s.initiator else s.peer.node_id
 
     def _end_dial(self, dial: _Dial, failed: bool) -> None:
         self._dials.pop(dial.addr, None)
@@ -535,6 +553,11 @@ class SecureTransport:
         if s is None:
             self.counters["datagram_unknown_session"] += 1
             return [], []
+        if now - s.created_at >= self.config.reject_after_seconds:
+            self._drop_session(s)
+            self.counters["sessions_expired"] += 1
+            self.counters["datagram_unknown_session"] += 1
+            return [], []
         counter = int.from_bytes(data[5:13], "big")
         if counter > MAX_COUNTER:
             self.counters["datagram_malformed"] += 1
@@ -554,6 +577,10 @@ class SecureTransport:
             return [], []
         s.window.accept(counter)
         self.counters["datagrams_opened"] += 1
+        if s.expires_at is not None:
+            # The peer still sends on the superseded session (it raced us with its own handshake and
+            # prefers the other one): keep it while it is used, never beyond reject_after_seconds.
+            s.expires_at = max(s.expires_at, now + self.config.grace_seconds)
         out: list[Datagram] = []
         if s.addr != addr and (self._current.get(s.peer.node_id) is s or not s.confirmed):
             s.addr = addr  # authenticated roaming, as WireGuard does
