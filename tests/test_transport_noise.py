@@ -422,3 +422,23 @@ def test_simultaneous_dials_both_directions_keep_working(seed: int) -> None:
     net.run(40.0)
     assert sorted(d.plaintext for d in net.delivered["b"]) == sorted(f"a{i}".encode() for i in range(10))
     assert sorted(d.plaintext for d in net.delivered["a"]) == sorted(f"b{i}".encode() for i in range(10))
+
+
+def test_failed_rekey_is_not_restarted_on_every_send() -> None:
+    cfg = TransportConfig(rekey_after_seconds=30.0, reject_after_seconds=100.0)
+    refused: set[str] = set()
+    a = transport("a", config=cfg, admit=lambda node_id, key: node_id not in refused)
+    b = transport("b", 1, config=cfg)
+    handshake(a, b)
+    refused.add(b.identity.node_id)  # A's admission changed, but nobody called revoke()
+    m1, d = a.seal_datagram(b.identity.node_id, b"x", 30.0)
+    assert [m1.data[0], d.data[0]] == [1, 4]
+    _, (m2,) = b.receive_datagram("a", m1.data, 30.0)
+    assert a.receive_datagram("b", m2.data, 30.0) == ([], [])
+    assert a.counters["handshake_refused_not_admitted"] == 1
+    # The refused rekey ended its dial at once; sends keep using the current session and wait
+    # one dial lifetime (retry interval x max attempts = 10 s) before dialling again.
+    assert [x.data[0] for x in a.seal_datagram(b.identity.node_id, b"x", 31.0)] == [4]
+    assert [x.data[0] for x in a.seal_datagram(b.identity.node_id, b"x", 39.9)] == [4]
+    assert [x.data[0] for x in a.seal_datagram(b.identity.node_id, b"x", 40.0)] == [1, 4]
+    assert a.counters["rekeys_started"] == 2

@@ -214,6 +214,7 @@ class SecureTransport:
         self._accepts: dict[int, _Accept] = {}  # local index -> half-open responder handshake
         self._queue: dict[str, list[bytes]] = {}  # peer node id -> plaintexts waiting for a session
         self._last_addr: dict[str, Addr] = {}  # peer node id -> last authenticated address
+        self._rekey_backoff: dict[str, float] = {}  # peer node id -> earliest time of the next rekey dial
 
     # ------------------------------------------------------------------ public API
 
@@ -249,6 +250,7 @@ class SecureTransport:
             self._end_dial(dial, failed=True)
         self.counters["queue_dropped"] += len(self._queue.pop(peer, []))
         self._last_addr.pop(peer, None)
+        self._rekey_backoff.pop(peer, None)
 
     def connect(
         self, addr: Addr, now: float, expected_node_id: str | None = None, expected_ed25519: bytes | None = None
@@ -283,7 +285,10 @@ class SecureTransport:
             out += self.connect(target, now, expected_node_id=peer)
             return out
         if s.sent >= self.config.rekey_after_messages or now - s.created_at >= self.config.rekey_after_seconds:
-            if s.addr not in self._dials:
+            if s.addr not in self._dials and now >= self._rekey_backoff.get(peer, 0.0):
+                # A failed rekey (peer down, refused) is not retried on every send: one attempt per
+                # full dial lifetime, while the current session keeps working until reject_after.
+                self._rekey_backoff[peer] = now + self.config.handshake_retry_seconds * self.config.handshake_max_attempts
                 self.counters["rekeys_started"] += 1
                 out += self.connect(s.addr, now, expected_node_id=peer, expected_ed25519=s.peer.ed25519_public)
         if s.sent > MAX_COUNTER:
