@@ -245,16 +245,16 @@ def test_rekey_after_message_count_keeps_old_session_during_grace() -> None:
     old = [a.seal_datagram(b.identity.node_id, f"old-{i}".encode(), 0.0) for i in range(10)]
     assert all(len(o) == 1 for o in old) and a.counters["rekeys_started"] == 0
     # The 11th send finds 10 datagrams on the session: it starts a handshake and still sends.
+    # The peer's static key is known by now, so the rekey is an IKpsk2 handshake (type 5).
     out = a.seal_datagram(b.identity.node_id, b"old-10", 1.0)
-    assert [d.data[0] for d in out] == [1, 4] and a.counters["rekeys_started"] == 1
+    assert [d.data[0] for d in out] == [5, 4] and a.counters["rekeys_started"] == 1
     old_index = out[1].data[1:5]
     m1 = out[0]
     _, (m2,) = b.receive_datagram("a", m1.data, 1.0)
-    _, (m3,) = a.receive_datagram("b", m2.data, 1.0)
-    _, (confirm,) = b.receive_datagram("a", m3.data, 1.0)
-    a.receive_datagram("b", confirm.data, 1.0)
+    _, (keepalive,) = a.receive_datagram("b", m2.data, 1.0)
+    assert b.receive_datagram("a", keepalive.data, 1.0) == ([], [])
     (new,) = a.seal_datagram(b.identity.node_id, b"new", 1.0)
-    assert new.data[1:5] != old_index and new.data[5:13] == (0).to_bytes(8, "big")
+    assert new.data[1:5] != old_index and new.data[5:13] == (1).to_bytes(8, "big")  # 0 was the keepalive
     # In-flight datagrams of the old session still open during the grace period...
     got, _ = b.receive_datagram("a", old[3][0].data, 2.0)
     assert [g.plaintext for g in got] == [b"old-3"]
@@ -271,7 +271,7 @@ def test_rekey_after_age() -> None:
     a, b = transport("a", config=cfg), transport("b", 1, config=cfg)
     handshake(a, b)
     assert [d.data[0] for d in a.seal_datagram(b.identity.node_id, b"x", 29.9)] == [4]
-    assert [d.data[0] for d in a.seal_datagram(b.identity.node_id, b"x", 30.0)] == [1, 4]
+    assert [d.data[0] for d in a.seal_datagram(b.identity.node_id, b"x", 30.0)] == [5, 4]
     # Past reject_after the old session is dead: nothing is sent on it, the plaintext waits.
     a.tick(60.0)
     assert a.peers() == [] and a.counters["sessions_expired"] == 1
@@ -338,7 +338,7 @@ def test_fuzz_random_bytes_never_raise(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(kind=st.sampled_from([1, 2, 3, 4]), tail=st.binary(max_size=300), keep=st.integers(0, 13))
+@given(kind=st.sampled_from([1, 2, 3, 4, 5, 6]), tail=st.binary(max_size=300), keep=st.integers(0, 13))
 def test_fuzz_structured_bytes_never_raise(kind: int, tail: bytes, keep: int) -> None:
     # Keep a real header prefix (index, counter), never the real ciphertext, so the fuzz reaches the decrypt and handshake paths.
     a, b, real = _established()
@@ -432,7 +432,7 @@ def test_failed_rekey_is_not_restarted_on_every_send() -> None:
     handshake(a, b)
     refused.add(b.identity.node_id)  # A's admission changed, but nobody called revoke()
     m1, d = a.seal_datagram(b.identity.node_id, b"x", 30.0)
-    assert [m1.data[0], d.data[0]] == [1, 4]
+    assert [m1.data[0], d.data[0]] == [5, 4]
     _, (m2,) = b.receive_datagram("a", m1.data, 30.0)
     assert a.receive_datagram("b", m2.data, 30.0) == ([], [])
     assert a.counters["handshake_refused_not_admitted"] == 1
@@ -440,7 +440,7 @@ def test_failed_rekey_is_not_restarted_on_every_send() -> None:
     # one dial lifetime (retry interval x max attempts = 10 s) before dialling again.
     assert [x.data[0] for x in a.seal_datagram(b.identity.node_id, b"x", 31.0)] == [4]
     assert [x.data[0] for x in a.seal_datagram(b.identity.node_id, b"x", 39.9)] == [4]
-    assert [x.data[0] for x in a.seal_datagram(b.identity.node_id, b"x", 40.0)] == [1, 4]
+    assert [x.data[0] for x in a.seal_datagram(b.identity.node_id, b"x", 40.0)] == [5, 4]
     assert a.counters["rekeys_started"] == 2
 
 
@@ -482,3 +482,101 @@ def _trace(seed: int) -> list[tuple[str, int, int, bytes]]:
 def test_same_seed_same_trace() -> None:
     assert _trace(5) == _trace(5)
     assert _trace(5) != _trace(6)
+
+
+# ---------------------------------------------------------------- IKpsk2 (responder's static key known)
+
+
+def ik_dial(a: SecureTransport, b: SecureTransport, now: float = 0.0) -> list[Datagram]:
+    pub = b.identity.public
+    return a.connect("b", now, expected_node_id=pub.node_id, expected_x25519=pub.x25519_public)
+
+
+def test_ik_handshake_one_round_trip() -> None:
+    a, b = transport("a"), transport("b", 1)
+    (m1,) = ik_dial(a, b)
+    assert m1.data[0] == 5 and len(m1.data) == 1 + 32 + 48 + 101 + 16
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+    assert m2.data[0] == 6 and len(m2.data) == 1 + 4 + 32 + 101 + 16
+    # B does not use the session before A proves it holds the keys (and the PSK).
+    assert b.peers() == [] and b.seal_datagram(a.identity.node_id, b"x", 0.0) == []
+    _, (keepalive,) = a.receive_datagram("b", m2.data, 0.0)
+    assert a.peers() == [b.identity.node_id] and keepalive.data[0] == 4
+    assert b.receive_datagram("a", keepalive.data, 0.0) == ([], [])
+    assert b.peers() == [a.identity.node_id] and b.pending_handshakes == 0
+    (d,) = b.seal_datagram(a.identity.node_id, b"pong", 0.0)
+    assert a.receive_datagram("b", d.data, 0.0)[0] == [Delivered(b.identity.node_id, b"pong")]
+
+
+def test_ik_stale_static_key_falls_back_to_xx() -> None:
+    a, b = transport("a"), transport("b", 1)
+    stale = ident("b-old").public.x25519_public
+    net = Net({"a": a, "b": b})
+    net.send("a", a.connect("b", 0.0, expected_node_id=b.identity.node_id, expected_x25519=stale))
+    net.send("a", a.seal_datagram(b.identity.node_id, b"hi", 0.0, addr="b"))
+    net.run(10.0)
+    assert b.counters["handshake_invalid"] == 2  # both IK attempts unreadable: silence
+    assert a.counters["handshake_ik_inits_sent"] == 2 and a.counters["handshake_inits_sent"] == 1
+    assert a.peers() == [b.identity.node_id] and [d.plaintext for d in net.delivered["b"]] == [b"hi"]
+
+
+def test_ik_unadmitted_initiator_gets_silence() -> None:
+    a = transport("a")
+    b = transport("b", 1, admit=lambda node_id, key: node_id != ident("a").node_id)
+    (m1,) = ik_dial(a, b)
+    assert b.receive_datagram("a", m1.data, 0.0) == ([], [])
+    assert b.counters["handshake_refused_not_admitted"] == 1
+    assert b.pending_handshakes == 0 and b.session_count() == 0
+
+
+def test_ik_wrong_psk_fails_at_initiator() -> None:
+    a, b = transport("a"), transport("b", 1, psk=OTHER_PSK)
+    (m1,) = ik_dial(a, b)
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)  # psk2: the responder cannot tell yet
+    assert a.receive_datagram("b", m2.data, 0.0) == ([], [])
+    assert a.counters["handshake_invalid"] == 1 and a.peers() == []
+    # B never sees a valid first datagram: its session is never used and expires.
+    b.tick(TransportConfig().reject_after_seconds)
+    assert b.peers() == [] and b.session_count() == 0
+
+
+def test_ik_unexpected_responder_refused() -> None:
+    a, b = transport("a"), transport("b", 1)
+    pub = b.identity.public
+    (m1,) = a.connect("b", 0.0, expected_node_id=ident("c").node_id, expected_x25519=pub.x25519_public)
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+    assert a.receive_datagram("b", m2.data, 0.0) == ([], [])
+    assert a.counters["handshake_refused_unexpected_peer"] == 1 and a.peers() == []
+
+
+@pytest.mark.parametrize("which", ["ik1", "ik2"])
+def test_ik_tampering_any_byte_is_dropped_and_counted(which: str) -> None:
+    length = {"ik1": 198, "ik2": 154}[which]
+    for pos in range(length):
+        a, b = transport("a"), transport("b", 1)
+        (m1,) = ik_dial(a, b)
+        if which == "ik1":
+            receiver, src, msg = b, "a", m1.data
+        else:
+            _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+            receiver, src, msg = a, "b", m2.data
+        bad = bytearray(msg)
+        bad[pos] ^= 0x5A
+        before = drops(receiver)
+        assert receiver.receive_datagram(src, bytes(bad), 0.0) == ([], []), f"byte {pos} of {which}"
+        assert drops(receiver) == before + 1, f"byte {pos} of {which}: {receiver.counters}"
+        assert receiver.peers() == []
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_ik_over_lossy_reordering_channel(seed: int) -> None:
+    a, b = transport("a", seed), transport("b", seed + 1000)
+    drop = random.Random(seed)
+    net = Net({"a": a, "b": b}, seed=seed, lose=lambda d: d.data[0] != 4 and drop.random() < 0.3)
+    net.send("a", ik_dial(a, b))
+    msgs = [f"m{i}".encode() for i in range(5)]
+    for m in msgs:
+        net.send("a", a.seal_datagram(b.identity.node_id, m, 0.0))
+    net.run(30.0)
+    assert a.peers() == [b.identity.node_id] and b.peers() == [a.identity.node_id]
+    assert sorted(d.plaintext for d in net.delivered["b"]) == sorted(msgs)

@@ -24,6 +24,7 @@ from noise.state import HandshakeState
 from mesh.transport.identity import LocalIdentity, NodeIdentity, node_id_of
 
 PROTOCOL_NAME = b"Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"
+IK_PROTOCOL_NAME = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 VERSION = 1
 PROLOGUE_UDP = b"wasmatrix/udp/1"
 PROLOGUE_TCP = b"wasmatrix/tcp/1"
@@ -34,6 +35,8 @@ IDENTITY_LEN = 1 + 4 + 32 + 64  # version, sender index, Ed25519 public key, bin
 MSG1_LEN = DH_LEN + HELLO_LEN + TAG_LEN  # e, payload
 MSG2_LEN = DH_LEN + DH_LEN + TAG_LEN + IDENTITY_LEN + TAG_LEN  # e, s, payload
 MSG3_LEN = DH_LEN + TAG_LEN + IDENTITY_LEN + TAG_LEN  # s, payload
+IK1_LEN = DH_LEN + DH_LEN + TAG_LEN + IDENTITY_LEN + TAG_LEN  # IKpsk2 message 1: e, s, payload
+IK2_LEN = DH_LEN + IDENTITY_LEN + TAG_LEN  # IKpsk2 message 2: e, payload
 
 # What the noise library (and cryptography under it) raises on bytes that do not authenticate or parse.
 NOISE_ERRORS: tuple[type[Exception], ...] = (
@@ -48,9 +51,12 @@ NOISE_ERRORS: tuple[type[Exception], ...] = (
 Admit = Callable[[str, bytes], bool]
 
 
-def new_handshake(identity: LocalIdentity, psk: bytes, initiator: bool, prologue: bytes) -> NoiseConnection:
-    """A started XXpsk0 handshake; the ephemeral key comes from the library's own generator."""
-    conn = NoiseConnection.from_name(PROTOCOL_NAME)
+def new_handshake(
+    identity: LocalIdentity, psk: bytes, initiator: bool, prologue: bytes, responder_static: bytes | None = None
+) -> NoiseConnection:
+    """A started handshake: XXpsk0, or IKpsk2 when the initiator passes the responder's static key
+    (the responder passes ``b""`` to ask for IKpsk2). The ephemeral key comes from the library."""
+    conn = NoiseConnection.from_name(IK_PROTOCOL_NAME if responder_static is not None else PROTOCOL_NAME)
     conn.set_psks(psk=psk)
     conn.set_prologue(prologue)
     if initiator:
@@ -58,6 +64,8 @@ def new_handshake(identity: LocalIdentity, psk: bytes, initiator: bool, prologue
     else:
         conn.set_as_responder()
     conn.set_keypair_from_private_bytes(Keypair.STATIC, identity.x25519_private_raw)
+    if initiator and responder_static is not None:
+        conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, responder_static)
     conn.start_handshake()
     return conn
 

@@ -37,6 +37,8 @@ from noise.state import CipherState, HandshakeState
 from mesh.errors import ConfigError
 from mesh.transport.errors import FrameTooLarge, TransportError
 from mesh.transport.handshake import (
+    IK1_LEN,
+    IK2_LEN,
     MSG1_LEN,
     MSG2_LEN,
     MSG3_LEN,
@@ -61,6 +63,9 @@ T_INIT = 1
 T_RESP = 2
 T_FINAL = 3
 T_DATA = 4
+T_IK_INIT = 5
+T_IK_RESP = 6
+IK_ATTEMPTS = 2  # IKpsk2 sends before a dial falls back to XXpsk0 (the known static key may be stale)
 DATA_HEADER_LEN = 1 + 4 + 8
 DATAGRAM_OVERHEAD = DATA_HEADER_LEN + TAG_LEN  # 29 bytes
 MAX_COUNTER = 2**64 - 2
@@ -152,14 +157,18 @@ class _Dial:
     """An initiator's attempt to reach ``addr`` (first contact or rekey)."""
 
     __slots__ = (
-        "addr", "expected_node_id", "expected_ed25519", "attempts", "deadline",
-        "conn", "hs", "local_index", "final", "final_sends", "session",
+        "addr", "expected_node_id", "expected_ed25519", "expected_x25519", "attempts", "deadline",
+        "conn", "hs", "local_index", "final", "final_sends", "session", "ik",
     )
 
-    def __init__(self, addr: Addr, expected_node_id: str | None, expected_ed25519: bytes | None) -> None:
+    def __init__(
+        self, addr: Addr, expected_node_id: str | None, expected_ed25519: bytes | None, expected_x25519: bytes | None
+    ) -> None:
         self.addr = addr
         self.expected_node_id = expected_node_id
         self.expected_ed25519 = expected_ed25519
+        self.expected_x25519 = expected_x25519
+        self.ik = False  # the attempt in flight is IKpsk2
         self.attempts = 0
         self.deadline = 0.0
         self.conn: NoiseConnection | None = None  # waiting for message 2
@@ -171,17 +180,18 @@ class _Dial:
 
 
 class _Accept:
-    """A responder's half-open handshake waiting for message 3."""
+    """A responder's half-open handshake: XX waiting for message 3, or IK waiting for first data."""
 
-    __slots__ = ("addr", "conn", "hs", "local_index", "remote_index", "deadline")
+    __slots__ = ("addr", "conn", "hs", "local_index", "remote_index", "deadline", "session")
 
     def __init__(
-        self, addr: Addr, conn: NoiseConnection, hs: HandshakeState, local_index: int, remote_index: int,
-        deadline: float,
+        self, addr: Addr, conn: NoiseConnection | None, hs: HandshakeState | None, local_index: int,
+        remote_index: int, deadline: float, session: _Session | None = None,
     ) -> None:
         self.addr = addr
-        self.conn = conn
+        self.conn = conn  # XX: waiting for message 3
         self.hs = hs
+        self.session = session  # IK: keys ready, waiting for the initiator's first datagram
         self.local_index = local_index
         self.remote_index = remote_index
         self.deadline = deadline
@@ -253,12 +263,23 @@ class SecureTransport:
         self._rekey_backoff.pop(peer, None)
 
     def connect(
-        self, addr: Addr, now: float, expected_node_id: str | None = None, expected_ed25519: bytes | None = None
+        self,
+        addr: Addr,
+        now: float,
+        expected_node_id: str | None = None,
+        expected_ed25519: bytes | None = None,
+        expected_x25519: bytes | None = None,
     ) -> list[Datagram]:
-        """Start a handshake to ``addr``; ``expected_*`` pin the peer (None for a seed address)."""
+        """Start a handshake to ``addr``; ``expected_*`` pin the peer (None for a seed address).
+
+        With the peer's X25519 static key (from membership) the first attempts use IKpsk2 (one round
+        trip); without it, or when those go unanswered, XXpsk0.
+        """
         if addr in self._dials:
             return []
-        dial = _Dial(addr, expected_node_id, expected_ed25519)
+        if expected_x25519 is not None and len(expected_x25519) != 32:
+            raise TransportError("an X25519 public key is exactly 32 bytes")
+        dial = _Dial(addr, expected_node_id, expected_ed25519, expected_x25519)
         self._dials[addr] = dial
         return self._send_init(dial, now)
 
@@ -274,6 +295,8 @@ class SecureTransport:
             s = None
         if s is None:
             target = addr if addr is not None else self._last_addr.get(peer)
+            if target is None:  # a dial already on its way to that node (connect with its id)
+                target = next((d.addr for d in self._dials.values() if d.expected_node_id == peer), None)
             if target is None:
                 self.counters["datagram_no_route"] += 1
                 return out
@@ -290,7 +313,9 @@ class SecureTransport:
                 # full dial lifetime, while the current session keeps working until reject_after.
                 self._rekey_backoff[peer] = now + self.config.handshake_retry_seconds * self.config.handshake_max_attempts
                 self.counters["rekeys_started"] += 1
-                out += self.connect(s.addr, now, expected_node_id=peer, expected_ed25519=s.peer.ed25519_public)
+                out += self.connect(
+                    s.addr, now, peer, expected_ed25519=s.peer.ed25519_public, expected_x25519=s.peer.x25519_public
+                )
         if s.sent > MAX_COUNTER:
             self.counters["datagram_counter_exhausted"] += 1
             return out
@@ -311,6 +336,10 @@ class SecureTransport:
             return self._on_resp(addr, data, now)
         if kind == T_FINAL:
             return [], self._on_final(addr, data, now)
+        if kind == T_IK_INIT:
+            return [], self._on_ik_init(addr, data, now)
+        if kind == T_IK_RESP:
+            return self._on_ik_resp(addr, data, now)
         self.counters["datagram_malformed"] += 1
         return [], []
 
@@ -347,7 +376,7 @@ class SecureTransport:
                 self.counters["handshake_retransmits"] += 1
                 out.append(Datagram(dial.addr, dial.final))
         for idx in [i for i, a in self._accepts.items() if a.deadline <= now]:
-            del self._accepts[idx]
+            self._forget_accept(idx)
             self.counters["handshake_responder_timeouts"] += 1
         for peer in sorted(self._previous):
             s = self._previous[peer]
@@ -374,13 +403,20 @@ class SecureTransport:
         if dial.conn is not None:
             self._dial_index.pop(dial.local_index, None)
         dial.local_index = self._new_index()
-        dial.conn = new_handshake(self.identity, self.psk, True, PROLOGUE_UDP)
+        dial.ik = dial.expected_x25519 is not None and dial.attempts < IK_ATTEMPTS
+        dial.conn = new_handshake(
+            self.identity, self.psk, True, PROLOGUE_UDP, dial.expected_x25519 if dial.ik else None
+        )
         dial.hs = handshake_state(dial.conn)
-        msg1 = bytes(dial.conn.write_message(encode_hello(dial.local_index)))
         self._dial_index[dial.local_index] = dial
         dial.attempts += 1
         dial.deadline = now + self.config.handshake_retry_seconds
+        if dial.ik:
+            self.counters["handshake_ik_inits_sent"] += 1
+            msg = bytes(dial.conn.write_message(encode_identity(self.identity, dial.local_index)))
+            return [Datagram(dial.addr, bytes([T_IK_INIT]) + msg)]
         self.counters["handshake_inits_sent"] += 1
+        msg1 = bytes(dial.conn.write_message(encode_hello(dial.local_index)))
         return [Datagram(dial.addr, bytes([T_INIT]) + msg1)]
 
     def _on_init(self, addr: Addr, data: bytes, now: float) -> list[Datagram]:
@@ -399,18 +435,96 @@ class SecureTransport:
         if remote_index is None:
             self.counters["handshake_refused_version_mismatch"] += 1
             return []
-        mine = [i for i, a in self._accepts.items() if a.addr == addr]
-        if len(mine) >= self.config.max_pending_per_addr:
-            del self._accepts[mine[0]]  # dict order = arrival order: drop the oldest from this address
-            self.counters["handshake_pending_evicted"] += 1
-        elif len(self._accepts) >= self.config.max_pending_total:
-            del self._accepts[next(iter(self._accepts))]
-            self.counters["handshake_pending_evicted"] += 1
+        self._make_room(addr)
         idx = self._new_index()
         msg2 = bytes(conn.write_message(encode_identity(self.identity, idx)))
         self._accepts[idx] = _Accept(addr, conn, hs, idx, remote_index, now + self.config.responder_timeout)
         self.counters["handshake_responses_sent"] += 1
         return [Datagram(addr, bytes([T_RESP]) + remote_index.to_bytes(4, "big") + msg2)]
+
+    def _make_room(self, addr: Addr) -> None:
+        """Enforce the half-open bounds before adding one from ``addr``."""
+        mine = [i for i, a in self._accepts.items() if a.addr == addr]
+        if len(mine) >= self.config.max_pending_per_addr:
+            self._forget_accept(mine[0])  # dict order = arrival order: drop the oldest from this address
+            self.counters["handshake_pending_evicted"] += 1
+        elif len(self._accepts) >= self.config.max_pending_total:
+            self._forget_accept(next(iter(self._accepts)))
+            self.counters["handshake_pending_evicted"] += 1
+
+    def _forget_accept(self, idx: int) -> None:
+        acc = self._accepts.pop(idx)
+        if acc.session is not None and not acc.session.confirmed:
+            self._sessions.pop(acc.session.local_index, None)
+
+    def _on_ik_init(self, addr: Addr, data: bytes, now: float) -> list[Datagram]:
+        if len(data) != 1 + IK1_LEN:
+            self.counters["datagram_malformed"] += 1
+            return []
+        conn = new_handshake(self.identity, self.psk, False, PROLOGUE_UDP, b"")
+        hs = handshake_state(conn)
+        try:
+            payload = conn.read_message(data[1:])
+        except NOISE_ERRORS:
+            # Not for our static key (stale key at the initiator) or forged: silence.
+            self.counters["handshake_invalid"] += 1
+            return []
+        # The initiator's identity is checked before we answer: an unadmitted key gets silence.
+        peer, remote_index, reason = check_peer(bytes(payload), remote_static(hs), self.admit)
+        if peer is None:
+            self.counters[f"handshake_refused_{reason}"] += 1
+            return []
+        self._make_room(addr)
+        idx = self._new_index()
+        msg2 = bytes(conn.write_message(encode_identity(self.identity, idx)))
+        np = conn.noise_protocol
+        s = _Session(idx, remote_index, peer, addr, np.cipher_state_encrypt, np.cipher_state_decrypt,
+                     self.config.replay_window, now, initiator=False)
+        # Nothing proves the initiator holds the PSK (or that message 1 is not a replay) until its
+        # first datagram on this session arrives: only then is the session used for sending.
+        s.confirmed = False
+        self._sessions[idx] = s
+        self._accepts[idx] = _Accept(addr, None, None, idx, remote_index, now + self.config.reject_after_seconds, s)
+        self.counters["handshake_responses_sent"] += 1
+        return [Datagram(addr, bytes([T_IK_RESP]) + remote_index.to_bytes(4, "big") + msg2)]
+
+    def _on_ik_resp(self, addr: Addr, data: bytes, now: float) -> tuple[list[Delivered], list[Datagram]]:
+        if len(data) != 5 + IK2_LEN:
+            self.counters["datagram_malformed"] += 1
+            return [], []
+        idx = int.from_bytes(data[1:5], "big")
+        dial = self._dial_index.get(idx)
+        if dial is None or dial.conn is None or not dial.ik or dial.expected_x25519 is None:
+            self.counters["handshake_unexpected"] += 1
+            return [], []
+        conn = dial.conn
+        dial.conn = None
+        dial.hs = None
+        del self._dial_index[idx]
+        try:
+            payload = conn.read_message(data[5:])
+        except NOISE_ERRORS:
+            # Tampered, or the responder holds another mesh secret (psk2 is proven here).
+            self.counters["handshake_invalid"] += 1
+            return [], []
+        peer, remote_index, reason = check_peer(
+            bytes(payload), dial.expected_x25519, self.admit, dial.expected_node_id, dial.expected_ed25519
+        )
+        if peer is None:
+            self.counters[f"handshake_refused_{reason}"] += 1
+            self._end_dial(dial, failed=True)
+            return [], []
+        np = conn.noise_protocol
+        s = _Session(idx, remote_index, peer, addr, np.cipher_state_encrypt, np.cipher_state_decrypt,
+                     self.config.replay_window, now, initiator=True)
+        s.confirmed = True  # message 2 proved the responder's static key, ephemeral and the PSK
+        self._sessions[idx] = s
+        self._end_dial(dial, failed=False)
+        self.counters["handshakes_completed"] += 1
+        out = self._install(s, now)
+        if not out:  # the responder waits for our first datagram before it uses the session
+            out.append(Datagram(s.addr, self._seal(s, b"")))
+        return [], out
 
     def _on_resp(self, addr: Addr, data: bytes, now: float) -> tuple[list[Delivered], list[Datagram]]:
         if len(data) != 5 + MSG2_LEN:
@@ -418,7 +532,7 @@ class SecureTransport:
             return [], []
         idx = int.from_bytes(data[1:5], "big")
         dial = self._dial_index.get(idx)
-        if dial is None or dial.conn is None or dial.hs is None or dial.session is not None:
+        if dial is None or dial.conn is None or dial.hs is None or dial.session is not None or dial.ik:
             self.counters["handshake_unexpected"] += 1
             return [], []
         conn, hs = dial.conn, dial.hs
@@ -457,7 +571,7 @@ class SecureTransport:
             return []
         idx = int.from_bytes(data[1:5], "big")
         acc = self._accepts.get(idx)
-        if acc is None:
+        if acc is None or acc.conn is None or acc.hs is None:
             s = self._sessions.get(idx)
             if s is not None and not s.initiator and s.final_digest == hashlib.blake2s(data).digest():
                 # Our confirmation was lost and the initiator resent message 3: confirm again.
@@ -592,6 +706,7 @@ class SecureTransport:
             self._last_addr[s.peer.node_id] = addr
         if not s.confirmed:
             s.confirmed = True
+            self._accepts.pop(idx, None)  # an IK responder session waiting for this first datagram
             self.counters["handshakes_completed"] += 1
             dial = self._dial_index.get(idx)
             if dial is not None and dial.session is s:
