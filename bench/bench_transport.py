@@ -7,6 +7,7 @@ in the same run, repeated ``RUNS`` times (median, min-max):
   replay window, session lookup) vs raw ``ChaCha20Poly1305.encrypt``+``decrypt`` of the same payload
   with the same 13-byte header as associated data and a fresh 12-byte counter nonce.
 * stream send+feed of 16 KiB frames: ``StreamSession.send`` + ``feed`` vs raw encrypt+decrypt.
+* IKpsk2 handshake vs XXpsk0 handshake, both through the cores (CPU per handshake, not latency).
 * handshake: a full XXpsk0 handshake between two ``SecureTransport`` cores (4 datagrams, including the
   confirmation) vs the same public-key work done raw: 2 X25519 keygens + 6 X25519 exchanges (ee, es, se
   on both sides) + 2 Ed25519 verifications (identity bindings) + 6 ChaCha20Poly1305 seal/open pairs
@@ -134,12 +135,38 @@ def handshakes(n: int = 300) -> None:
     print(f"handshake (XXpsk0, 4 datagrams): ours {_summary(ours)}; raw X25519/Ed25519/ChaCha baseline {_summary(base)}; {_ratio(ours, base)}")
 
 
+def ik_handshakes(n: int = 300) -> None:
+    """IKpsk2 (2 datagrams + the initiator's keepalive) against XXpsk0 through the same core."""
+    ik, xx = [], []
+    for run in range(RUNS):
+        for rates, use_ik in ((ik, True), (xx, False)):
+            t = time.perf_counter()
+            for i in range(n):
+                a, b = transport("a", run * n + i), transport("b", 10**6 + i)
+                pub = b.identity.public
+                if use_ik:
+                    (m1,) = a.connect("b", 0.0, pub.node_id, expected_x25519=pub.x25519_public)
+                    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+                    _, (k,) = a.receive_datagram("b", m2.data, 0.0)
+                    b.receive_datagram("a", k.data, 0.0)
+                else:
+                    (m1,) = a.connect("b", 0.0, pub.node_id)
+                    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+                    _, (m3,) = a.receive_datagram("b", m2.data, 0.0)
+                    _, (c,) = b.receive_datagram("a", m3.data, 0.0)
+                    a.receive_datagram("b", c.data, 0.0)
+            rates.append(n / (time.perf_counter() - t))
+            assert a.peers() == [pub.node_id] and b.peers() == [a.identity.node_id]
+    print(f"handshake IKpsk2 (1 RTT): {_summary(ik)}; baseline XXpsk0 (1.5 RTT + confirmation) {_summary(xx)}; {_ratio(ik, xx)}")
+
+
 def main() -> None:
     print(f"{RUNS} runs each; rates are operations per second on this machine (shared CPU)")
     for size in (64, 512, 1171):
         datagrams(size)
     stream()
     handshakes()
+    ik_handshakes()
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ Wire layout (all integers big-endian, byte offsets)::
     type 2 HANDSHAKE_RESP : [1:5]  receiver index (the initiator's), [5:] Noise msg 2   = 202 bytes
     type 3 HANDSHAKE_FINAL: [1:5]  receiver index (the responder's), [5:] Noise msg 3   = 170 bytes
     type 4 DATA           : [1:5]  receiver index, [5:13] counter, [13:] ciphertext+tag (16)
+    type 5 IK_INIT        : [1:]   IKpsk2 message 1 (e 32, s 32+16, payload 101+16)      = 198 bytes
+    type 6 IK_RESP        : [1:5]  receiver index (the initiator's), [5:] IKpsk2 msg 2  = 154 bytes
 
 A DATA header (13 bytes) is the AEAD associated data, and the counter is the ChaCha20-Poly1305 nonce
 (``CipherState.set_nonce``), so reordering is harmless and the receiver checks a sliding replay window
 before and after authentication. Sender indices travel inside the encrypted handshake payloads.
 
-Sessions are rekeyed the WireGuard way: a fresh handshake (new ephemeral keys, forward secrecy) once a
+Handshakes are XXpsk0, or IKpsk2 when the peer's X25519 key is already known. Sessions are
+rekeyed the WireGuard way: a fresh handshake (new ephemeral keys, forward secrecy) once a
 session has sent ``rekey_after_messages`` datagrams or is ``rekey_after_seconds`` old; the previous
 session keeps decrypting for ``grace_seconds`` so in-flight packets are not lost.
 """
