@@ -137,7 +137,8 @@ def handshakes(n: int = 300) -> None:
 
 def ik_handshakes(n: int = 300) -> None:
     """IKpsk2 (2 datagrams + the initiator's keepalive) against XXpsk0 through the same core."""
-    ik, xx = [], []
+    ik: list[float] = []
+    xx: list[float] = []
     for run in range(RUNS):
         for rates, use_ik in ((ik, True), (xx, False)):
             t = time.perf_counter()

@@ -385,12 +385,12 @@ def test_simultaneous_dials_converge_on_one_session(first: str) -> None:
         nxt: dict[str, list[Datagram]] = {"a": [], "b": []}
         for src in (first, other[first]):
             for d in inflight[src]:
-                _, out = t[d.addr].receive_datagram(src, d.data, 0.1)
-                nxt[d.addr] += out
+                _, out = t[str(d.addr)].receive_datagram(src, d.data, 0.1)
+                nxt[str(d.addr)] += out
         inflight = nxt
     for src in (first, other[first]):
         for d in inflight[src]:
-            t[d.addr].receive_datagram(src, d.data, 0.1)
+            t[str(d.addr)].receive_datagram(src, d.data, 0.1)
     assert t["a"].counters["handshakes_completed"] == 2 and t["b"].counters["handshakes_completed"] == 2
     # Long after the grace period both directions still work: both chose the same session.
     t["a"].tick(10.0)

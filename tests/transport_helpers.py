@@ -70,10 +70,14 @@ class Net:
         """Deliver datagrams and fire timers in time order until ``until``."""
         while True:
             t_net = self._q[0][0] if self._q else None
-            deadlines = [(t.next_deadline(), n) for n, t in sorted(self.nodes.items())]
-            deadlines = [(d, n) for d, n in deadlines if d is not None]
+            deadlines: list[tuple[float, str]] = []
+            for n, t in sorted(self.nodes.items()):
+                d = t.next_deadline()
+                if d is not None:
+                    deadlines.append((d, n))
             t_tick = min(deadlines)[0] if deadlines else None
-            nxt = min(t for t in (t_net, t_tick) if t is not None) if (t_net or t_tick) else None
+            times = [x for x in (t_net, t_tick) if x is not None]
+            nxt = min(times) if times else None
             if nxt is None or nxt > until:
                 self.now = until
                 return

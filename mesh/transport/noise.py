@@ -34,6 +34,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Hashable
 
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.connection import NoiseConnection
 from noise.state import CipherState, HandshakeState
 
@@ -145,8 +146,8 @@ class _Session:
         # The ChaCha20-Poly1305 objects inside Noise's transport CipherStates. Datagrams use them with
         # an explicit nonce, exactly what CipherState.set_nonce(counter) + encrypt_with_ad would do
         # (Noise spec 12.3: 4 zero bytes + little-endian 64-bit counter), minus two Python layers.
-        self.send = send.cipher.cipher
-        self.recv = recv.cipher.cipher
+        self.send: ChaCha20Poly1305 = send.cipher.cipher
+        self.recv: ChaCha20Poly1305 = recv.cipher.cipher
         self.window = ReplayWindow(window)
         self.created_at = now
         self.sent = 0  # next counter to use
