@@ -580,3 +580,30 @@ def test_ik_over_lossy_reordering_channel(seed: int) -> None:
     net.run(30.0)
     assert a.peers() == [b.identity.node_id] and b.peers() == [a.identity.node_id]
     assert sorted(d.plaintext for d in net.delivered["b"]) == sorted(msgs)
+
+
+class _LowOrderKey:
+    """Stands in for an ephemeral key pair whose public half is the all-zero (low-order) point."""
+
+    public_bytes = bytes(32)
+
+
+def test_member_sending_low_order_ephemeral_is_dropped_not_raised() -> None:
+    from mesh.transport.handshake import PROLOGUE_UDP, encode_hello, handshake_state, new_handshake
+
+    b = transport("b", 1)
+    conn = new_handshake(ident("a"), PSK, True, PROLOGUE_UDP)  # holds the PSK: message 1 authenticates
+    handshake_state(conn).e = _LowOrderKey()
+    m1 = bytes([1]) + bytes(conn.write_message(encode_hello(5)))
+    assert b.receive_datagram("a", m1, 0.0) == ([], [])  # X25519 with the zero point fails: no answer
+    assert b.counters["handshake_invalid"] == 1 and b.pending_handshakes == 0
+
+
+def test_low_order_static_key_from_membership_falls_back_to_xx() -> None:
+    a, b = transport("a"), transport("b", 1)
+    out = a.connect("b", 0.0, expected_node_id=b.identity.node_id, expected_x25519=bytes(32))
+    assert [d.data[0] for d in out] == [1] and a.counters["handshake_bad_static_key"] == 1
+    net = Net({"a": a, "b": b})
+    net.send("a", out)
+    net.run(5.0)
+    assert a.peers() == [b.identity.node_id]

@@ -168,3 +168,15 @@ def test_fuzz_feed_never_raises(chunks: list[bytes]) -> None:
         for c in chunks:
             for e in s.feed(c):
                 assert not isinstance(e, (Message, Established))
+
+
+def test_low_order_ephemeral_from_psk_holder_closes_responder() -> None:
+    from mesh.transport.handshake import PROLOGUE_TCP, encode_hello, handshake_state, new_handshake
+
+    class LowOrder:
+        public_bytes = bytes(32)
+
+    conn = new_handshake(ident("a"), PSK, True, PROLOGUE_TCP)
+    handshake_state(conn).e = LowOrder()
+    b = StreamSession(ident("b"), PSK, admit_all, False)
+    assert b.feed(frame(bytes(conn.write_message(encode_hello(0))))) == [Closed("handshake_invalid")]

@@ -201,6 +201,14 @@ class _Accept:
         self.deadline = deadline
 
 
+def _write(conn: NoiseConnection, payload: bytes) -> bytes | None:
+    """The next handshake message, or None when a DH with the peer's key fails (low-order point)."""
+    try:
+        return bytes(conn.write_message(payload))
+    except NOISE_ERRORS:
+        return None
+
+
 class SecureTransport:
     """Datagram (UDP) side of the security boundary: every byte encrypted, authenticated, replay-checked."""
 
@@ -416,9 +424,16 @@ class SecureTransport:
         dial.attempts += 1
         dial.deadline = now + self.config.handshake_retry_seconds
         if dial.ik:
-            self.counters["handshake_ik_inits_sent"] += 1
-            msg = bytes(dial.conn.write_message(encode_identity(self.identity, dial.local_index)))
-            return [Datagram(dial.addr, bytes([T_IK_INIT]) + msg)]
+            msg = _write(dial.conn, encode_identity(self.identity, dial.local_index))
+            if msg is not None:
+                self.counters["handshake_ik_inits_sent"] += 1
+                return [Datagram(dial.addr, bytes([T_IK_INIT]) + msg)]
+            # The X25519 key we were given is unusable (a low-order point): forget it, dial with XX.
+            self.counters["handshake_bad_static_key"] += 1
+            dial.expected_x25519 = None
+            dial.ik = False
+            dial.conn = new_handshake(self.identity, self.psk, True, PROLOGUE_UDP)
+            dial.hs = handshake_state(dial.conn)
         self.counters["handshake_inits_sent"] += 1
         msg1 = bytes(dial.conn.write_message(encode_hello(dial.local_index)))
         return [Datagram(dial.addr, bytes([T_INIT]) + msg1)]
@@ -439,9 +454,12 @@ class SecureTransport:
         if remote_index is None:
             self.counters["handshake_refused_version_mismatch"] += 1
             return []
-        self._make_room(addr)
         idx = self._new_index()
-        msg2 = bytes(conn.write_message(encode_identity(self.identity, idx)))
+        msg2 = _write(conn, encode_identity(self.identity, idx))
+        if msg2 is None:  # a PSK holder sent a low-order ephemeral key: the DH fails
+            self.counters["handshake_invalid"] += 1
+            return []
+        self._make_room(addr)
         self._accepts[idx] = _Accept(addr, conn, hs, idx, remote_index, now + self.config.responder_timeout)
         self.counters["handshake_responses_sent"] += 1
         return [Datagram(addr, bytes([T_RESP]) + remote_index.to_bytes(4, "big") + msg2)]
@@ -478,9 +496,12 @@ class SecureTransport:
         if peer is None:
             self.counters[f"handshake_refused_{reason}"] += 1
             return []
-        self._make_room(addr)
         idx = self._new_index()
-        msg2 = bytes(conn.write_message(encode_identity(self.identity, idx)))
+        msg2 = _write(conn, encode_identity(self.identity, idx))
+        if msg2 is None:
+            self.counters["handshake_invalid"] += 1
+            return []
+        self._make_room(addr)
         np = conn.noise_protocol
         s = _Session(idx, remote_index, peer, addr, np.cipher_state_encrypt, np.cipher_state_decrypt,
                      self.config.replay_window, now, initiator=False)
@@ -557,7 +578,10 @@ class SecureTransport:
             self.counters[f"handshake_refused_{reason}"] += 1
             self._end_dial(dial, failed=True)
             return [], []
-        msg3 = bytes(conn.write_message(encode_identity(self.identity, idx)))
+        msg3 = _write(conn, encode_identity(self.identity, idx))
+        if msg3 is None:
+            self.counters["handshake_invalid"] += 1
+            return [], []
         np = conn.noise_protocol
         s = _Session(idx, remote_index, peer, addr, np.cipher_state_encrypt, np.cipher_state_decrypt,
                      self.config.replay_window, now, initiator=True)

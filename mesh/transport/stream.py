@@ -171,7 +171,12 @@ class StreamSession:
             if peer is None:
                 self._close(f"handshake_refused_{reason}", events)
                 return
-            events.append(Outgoing(frame(bytes(conn.write_message(encode_identity(self.identity, 0))))))
+            try:
+                msg3 = bytes(conn.write_message(encode_identity(self.identity, 0)))
+            except NOISE_ERRORS:
+                self._close("handshake_invalid", events)
+                return
+            events.append(Outgoing(frame(msg3)))
             self._finish(conn, peer, events)
             return
         if self._step == 0:
@@ -186,8 +191,13 @@ class StreamSession:
             if decode_hello(bytes(payload)) is None:
                 self._close("handshake_refused_version_mismatch", events)
                 return
+            try:
+                msg2 = bytes(conn.write_message(encode_identity(self.identity, 0)))
+            except NOISE_ERRORS:  # a PSK holder sent a low-order ephemeral key: the DH fails
+                self._close("handshake_invalid", events)
+                return
             self._step = 1
-            events.append(Outgoing(frame(bytes(conn.write_message(encode_identity(self.identity, 0))))))
+            events.append(Outgoing(frame(msg2)))
             return
         if len(body) != MSG3_LEN:
             self._close("handshake_malformed", events)
