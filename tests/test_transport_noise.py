@@ -607,3 +607,23 @@ def test_low_order_static_key_from_membership_falls_back_to_xx() -> None:
     net.send("a", out)
     net.run(5.0)
     assert a.peers() == [b.identity.node_id]
+
+
+_EXACT = {1: 54, 2: 202, 3: 170, 5: 198, 6: 154}  # handshake datagram sizes from the wire layout
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(sorted(_EXACT)), seed=st.integers(0, 2**32 - 1), real_index=st.booleans())
+def test_fuzz_exact_length_handshake_datagrams_never_raise(kind: int, seed: int, real_index: bool) -> None:
+    # Exact lengths get past the size checks into the Noise reads; a real receiver index (one that
+    # a dial or half-open handshake holds) gets past the lookup too.
+    a, b = transport("a"), transport("b", 1)
+    (m1,) = a.connect("b", 0.0)
+    _, (m2,) = b.receive_datagram("a", m1.data, 0.0)
+    body = random.Random(seed).randbytes(_EXACT[kind] - 1)
+    if real_index and kind in (2, 6):
+        body = m2.data[1:5] + body[4:]
+    for t, src in ((a, "b"), (b, "a")):
+        before = drops(t)
+        assert t.receive_datagram(src, bytes([kind]) + body, 0.0) == ([], [])
+        assert drops(t) == before + 1
