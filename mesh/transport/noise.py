@@ -72,9 +72,9 @@ T_IK_RESP = 6
 IK_ATTEMPTS = 2  # IKpsk2 sends before a dial falls back to XXpsk0 (the known static key may be stale)
 DATA_HEADER_LEN = 1 + 4 + 8
 DATAGRAM_OVERHEAD = DATA_HEADER_LEN + TAG_LEN  # 29 bytes
-MAX_COUNTER = 2**64 - 2
-_NONCE_PAD = bytes(4)
-FINAL_RESENDS = 3  # sends of one message 3 before the initiator restarts from message 1  # 2**64-1 is reserved by Noise (nonce exhaustion / rekey)
+MAX_COUNTER = 2**64 - 2  # 2**64-1 is reserved by Noise (nonce exhaustion / REKEY)
+_NONCE_PAD = bytes(4)  # ChaChaPoly nonce: 4 zero bytes, then the 64-bit counter little-endian
+FINAL_RESENDS = 3  # sends of one message 3 before the initiator restarts from message 1
 
 
 @dataclass(slots=True, frozen=True)
