@@ -14,6 +14,7 @@ from transport_helpers import OTHER_PSK, PSK, Net, ident, transport
 
 # Every counter that means "this datagram was dropped".
 DROPS = (
+    "handshake_replayed",
     "datagram_malformed",
     "datagram_unknown_session",
     "datagram_replayed",
@@ -290,12 +291,30 @@ def test_max_plaintext_fills_exactly_1200_bytes() -> None:
 
 
 def test_pending_handshakes_bounded_per_address() -> None:
-    a, b = transport("a"), transport("b", 1)
-    (m1,) = a.connect("b", 0.0)
-    for _ in range(10):  # a replayed (or retried) message 1 from one address
+    b = transport("b", 1)
+    for i in range(10):  # ten handshakes (retries, or a busy member) from one address
+        (m1,) = transport("a", i).connect("b", 0.0)
         b.receive_datagram("a", m1.data, 0.0)
     assert b.pending_handshakes == TransportConfig().max_pending_per_addr
     assert b.counters["handshake_pending_evicted"] == 10 - TransportConfig().max_pending_per_addr
+
+
+@pytest.mark.parametrize("ik", [False, True])
+def test_replayed_message1_gets_no_answer(ik: bool) -> None:
+    cfg = TransportConfig(replay_cache_seconds=60.0)
+    a, b = transport("a"), transport("b", 1, config=cfg)
+    (m1,) = ik_dial(a, b) if ik else a.connect("b", 0.0)
+    assert len(b.receive_datagram("a", m1.data, 0.0)[1]) == 1
+    for src in ("a", "elsewhere"):  # captured and replayed, from any address
+        assert b.receive_datagram(src, m1.data, 1.0) == ([], [])
+    assert b.counters["handshake_replayed"] == 2 and b.pending_handshakes == 1
+    # A forged copy (same ephemeral key, bad payload) is not remembered, so it cannot block anything.
+    (fresh,) = transport("a", 9).connect("b", 2.0)
+    forged = fresh.data[:40] + bytes(len(fresh.data) - 40)
+    assert b.receive_datagram("a", forged, 2.0) == ([], [])
+    assert len(b.receive_datagram("a", fresh.data, 2.0)[1]) == 1
+    # After replay_cache_seconds the key is forgotten (the half-open slot bounds still apply).
+    assert len(b.receive_datagram("a", m1.data, 61.0)[1]) == 1
 
 
 def test_send_without_route_is_counted() -> None:

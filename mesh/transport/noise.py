@@ -93,6 +93,8 @@ class TransportConfig:
     max_pending_per_addr: int = 4  # half-open responder handshakes per source address
     max_pending_total: int = 1024  # half-open responder handshakes in all
     max_queue_per_peer: int = 64  # plaintexts held while a session is being set up
+    replay_cache_seconds: float = 180.0  # how long an authenticated message-1 ephemeral key is remembered
+    replay_cache_size: int = 8192  # and how many (oldest forgotten first)
 
     def __post_init__(self) -> None:
         if self.max_datagram < max(MSG2_LEN + 5, DATAGRAM_OVERHEAD + 1):
@@ -107,6 +109,8 @@ class TransportConfig:
             raise ConfigError("grace, retry and responder timeouts must be positive")
         if self.handshake_max_attempts < 1 or self.max_pending_per_addr < 1 or self.max_pending_total < 1:
             raise ConfigError("attempt and pending bounds must be at least 1")
+        if self.replay_cache_seconds < 0 or self.replay_cache_size < 0:
+            raise ConfigError("replay cache bounds must be >= 0")
         if self.max_queue_per_peer < 0:
             raise ConfigError("max_queue_per_peer must be >= 0")
 
@@ -237,6 +241,7 @@ class SecureTransport:
         self._queue: dict[str, list[bytes]] = {}  # peer node id -> plaintexts waiting for a session
         self._last_addr: dict[str, Addr] = {}  # peer node id -> last authenticated address
         self._rekey_backoff: dict[str, float] = {}  # peer node id -> earliest time of the next rekey dial
+        self._seen_ephemeral: dict[bytes, float] = {}  # message-1 ephemeral key -> forget-after time
 
     # ------------------------------------------------------------------ public API
 
@@ -442,6 +447,8 @@ class SecureTransport:
         if len(data) != 1 + MSG1_LEN:
             self.counters["datagram_malformed"] += 1
             return []
+        if self._replayed_ephemeral(data[1:33], now):
+            return []
         conn = new_handshake(self.identity, self.psk, False, PROLOGUE_UDP)
         hs = handshake_state(conn)
         try:
@@ -450,6 +457,7 @@ class SecureTransport:
             # Wrong mesh secret (or a forged message 1): silence, no state, just a count.
             self.counters["handshake_psk_failures"] += 1
             return []
+        self._remember_ephemeral(data[1:33], now)
         remote_index = decode_hello(bytes(payload))
         if remote_index is None:
             self.counters["handshake_refused_version_mismatch"] += 1
@@ -463,6 +471,27 @@ class SecureTransport:
         self._accepts[idx] = _Accept(addr, conn, hs, idx, remote_index, now + self.config.responder_timeout)
         self.counters["handshake_responses_sent"] += 1
         return [Datagram(addr, bytes([T_RESP]) + remote_index.to_bytes(4, "big") + msg2)]
+
+    def _replayed_ephemeral(self, e: bytes, now: float) -> bool:
+        """True (and counted) if an authenticated message 1 with this ephemeral key came recently.
+
+        Our initiators never reuse an ephemeral key (every retry is a fresh handshake), so a repeat is
+        a replay or a network duplicate: it gets no answer and costs no DH. Only message 1s that
+        authenticated are remembered, so a forged copy cannot get the genuine one refused.
+        """
+        until = self._seen_ephemeral.get(e)
+        if until is not None and until > now:
+            self.counters["handshake_replayed"] += 1
+            return True
+        return False
+
+    def _remember_ephemeral(self, e: bytes, now: float) -> None:
+        seen = self._seen_ephemeral
+        seen.pop(e, None)
+        seen[e] = now + self.config.replay_cache_seconds
+        # Insertion order is expiry order (now only grows), so the oldest entries are in front.
+        while seen and (len(seen) > self.config.replay_cache_size or next(iter(seen.values())) <= now):
+            del seen[next(iter(seen))]
 
     def _make_room(self, addr: Addr) -> None:
         """Enforce the half-open bounds before adding one from ``addr``."""
@@ -483,6 +512,8 @@ class SecureTransport:
         if len(data) != 1 + IK1_LEN:
             self.counters["datagram_malformed"] += 1
             return []
+        if self._replayed_ephemeral(data[1:33], now):
+            return []
         conn = new_handshake(self.identity, self.psk, False, PROLOGUE_UDP, b"")
         hs = handshake_state(conn)
         try:
@@ -491,6 +522,7 @@ class SecureTransport:
             # Not for our static key (stale key at the initiator) or forged: silence.
             self.counters["handshake_invalid"] += 1
             return []
+        self._remember_ephemeral(data[1:33], now)
         # The initiator's identity is checked before we answer: an unadmitted key gets silence.
         peer, remote_index, reason = check_peer(bytes(payload), remote_static(hs), self.admit)
         if peer is None:
