@@ -1,11 +1,16 @@
 """SyncCore: sans-IO replication of one node's IntentDoc.
 
-* **Eager push**: each local update goes to ``fanout`` random live peers; a peer that learns
-  something new relays it (``ttl`` hops) to ``fanout`` others — rumour mongering.
-* **Anti-entropy**: every ``anti_entropy_interval`` (jittered) one random live peer gets our
-  state vector (Yjs sync step 1) and answers with exactly what we lack plus its own state
-  vector (step 2); we then send what *it* lacks. When nothing changed both messages carry
-  only state vectors.
+* **Eager push with forwarding**: each local update goes to ``fanout`` random live peers and
+  to this node's ring successor (the next live node id after its own). Every receiver that
+  learns something new (its state vector grew) forwards *what it newly learned* the same way,
+  with one hop less (``relay_ttl`` hops at most); a receiver that learned nothing stays quiet,
+  which ends the wave. Random targets give log-depth spread; the ring edge reaches the few
+  nodes no random choice picked (about ``e^-fanout`` of them) one hop after their predecessor.
+* **Anti-entropy**: every ``anti_entropy_interval`` (jittered) one random live peer gets a
+  16-byte digest of our state vector (SyncDigest). Equal digests end the round: idle cost per
+  node is one small message per interval, whatever the number of nodes or writers. A peer
+  whose digest differs answers with its state vector (Yjs sync step 1); we answer with what it
+  lacks plus our state vector (step 2); it sends back what *we* lack.
 * **Chunking**: a message whose encoding exceeds ``chunk_size`` travels as SyncChunk pieces,
   reassembled into bounded buffers that expire.
 * **Backpressure**: eager pushes count against a per-peer budget of unacknowledged bytes; when
@@ -16,7 +21,9 @@ The core is fed ``(now, message)`` and returns ``[(dst, message)]``; it never re
 
 from __future__ import annotations
 
+import hashlib
 import random
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +32,7 @@ import structlog
 
 from crdt.documents import IntentDoc
 from crdt.errors import ValidationError
-from crdt.messages import MAX_CHUNKS, MAX_UPDATE, SyncAck, SyncChunk, SyncStep1, SyncStep2, SyncUpdate
+from crdt.messages import MAX_CHUNKS, MAX_UPDATE, SyncAck, SyncChunk, SyncDigest, SyncStep1, SyncStep2, SyncUpdate
 from crdt.metrics import Counters
 from crdt.store import UpdateStore
 
@@ -36,8 +43,17 @@ Outgoing = tuple[str, Any]
 class SyncConfig:
     """Timers and bounds; defaults suit a LAN of up to a few thousand nodes."""
 
-    fanout: int = 3
-    relay_ttl: int = 4  # 3^4 = 81 first-wave receivers; anti-entropy covers the rest
+    # Random targets of each push and forward: with forwarding by every node that learns
+    # something new, about e^-4 ≈ 2 % of nodes are never picked at random; the ring edge
+    # reaches them one hop later.
+    fanout: int = 4
+    # Bound on forwarding hops. A push-and-forward wave covers N nodes in about
+    # log_(fanout+1) N + ln N / fanout rounds (≈ 6 at N = 1000); the margin absorbs ring hops.
+    relay_ttl: int = 10
+    ring: bool = True  # also push to the ring successor (next live node id after our own)
+    # Open anti-entropy with a 16-byte state digest (SyncDigest) instead of the full state
+    # vector (SyncStep1), which grows with every Yjs client that ever wrote.
+    digest_anti_entropy: bool = True
     anti_entropy_interval: float = 2.0
     anti_entropy_jitter: float = 0.25  # ± fraction of the interval
     chunk_size: int = 60_000  # payload bytes per frame (Noise frames carry <= 65535)
@@ -82,6 +98,14 @@ def lacks(remote: dict[int, int], local: dict[int, int]) -> bool:
     return any(clock > remote.get(client, 0) for client, clock in local.items())
 
 
+def state_digest(sv: dict[int, int]) -> bytes:
+    """BLAKE2b-128 of a decoded state vector in client order (encodings may order clients differently)."""
+    h = hashlib.blake2b(digest_size=16)
+    for client in sorted(sv):
+        h.update(client.to_bytes(8, "big") + sv[client].to_bytes(8, "big"))
+    return h.digest()
+
+
 @dataclass(slots=True)
 class _Reassembly:
     count: int
@@ -119,18 +143,27 @@ class SyncCore:
         self.counters = counters if counters is not None else doc.counters
         self.log = structlog.get_logger("crdt.sync").bind(node_id=node_id)
         self._live: list[str] = []
+        self._given: list[str] = []
         self._queue: list[_Queued] = []
         self._next_ae = 0.0  # first tick syncs at once: a (re)started node catches up fast
         self._push_id = 0
         self._transfer_id = 0
         self._outstanding: dict[str, dict[int, tuple[int, float]]] = {}
         self._reasm: dict[tuple[str, int], _Reassembly] = {}
+        self._digest_of: tuple[bytes, bytes] = (b"", b"")  # (state vector, its digest), memoised
 
     # --- the node-facing surface -------------------------------------------------------
 
     def local_update(self, update: bytes, now: float) -> None:
         """Queue a durably stored local update for eager push at the next tick."""
         self._queue.append(_Queued(update, self.config.relay_ttl, None, now))
+
+    def state_digest(self) -> bytes:
+        """Digest of this replica's current state vector (see :func:`state_digest`)."""
+        sv = self.doc.state_vector()
+        if self._digest_of[0] != sv:
+            self._digest_of = (sv, state_digest(decode_state_vector(sv)))
+        return self._digest_of[1]
 
     def outstanding_bytes(self, peer: str) -> int:
         return sum(n for n, _ in self._outstanding.get(peer, {}).values())
@@ -147,7 +180,9 @@ class SyncCore:
 
     def tick(self, now: float, live_peers: list[str]) -> list[Outgoing]:
         """Timers: flush eager pushes, run anti-entropy, expire acks and reassemblies."""
-        self._live = sorted(p for p in live_peers if p != self.node_id)
+        if live_peers != self._given:  # re-sort only when membership changed
+            self._given = list(live_peers)
+            self._live = sorted(p for p in live_peers if p != self.node_id)
         out: list[Outgoing] = []
         for peer in sorted(self._outstanding):
             pushes = self._outstanding[peer]
@@ -169,7 +204,10 @@ class SyncCore:
             if self._live:
                 peer = self.rng.choice(self._live)
                 self.counters.anti_entropy_rounds += 1
-                out += self._send(peer, SyncStep1(self.doc.state_vector()))
+                if cfg.digest_anti_entropy:
+                    out += self._send(peer, SyncDigest(self.state_digest()))
+                else:
+                    out += self._send(peer, SyncStep1(self.doc.state_vector()))
         return out
 
     def receive(self, src: str, msg: Any, now: float) -> list[Outgoing]:
@@ -177,6 +215,12 @@ class SyncCore:
         self.counters.messages_received += 1
         if isinstance(msg, SyncChunk):
             return self._on_chunk(src, msg, now)
+        if isinstance(msg, SyncDigest):
+            self.counters.bytes_received += len(msg.digest)
+            if msg.digest == self.state_digest():
+                self.counters.anti_entropy_in_sync += 1
+                return []
+            return self._send(src, SyncStep1(self.doc.state_vector()))
         if isinstance(msg, SyncStep1):
             self.counters.bytes_received += len(msg.state_vector)
             try:
@@ -204,9 +248,12 @@ class SyncCore:
             out: list[Outgoing] = []
             if msg.push_id:
                 out += self._send(src, SyncAck(msg.push_id))
-            if self._apply(src, msg.update, now) and msg.ttl > 0:
+            new = self._apply(src, msg.update, now)
+            if new is not None and msg.push_id and msg.ttl > 0:
+                # Forwarded from the next tick (due at once): tick brings the current live
+                # peers, which this node may not have been handed since membership changed.
                 self.counters.relays += 1
-                out += self._push(msg.update, msg.ttl - 1, src, now)
+                self._queue.append(_Queued(new, msg.ttl - 1, src, now))
             return out
         if isinstance(msg, SyncAck):
             pushes = self._outstanding.get(src)
@@ -219,21 +266,37 @@ class SyncCore:
 
     # --- internals -------------------------------------------------------------------
 
-    def _apply(self, src: str, update: bytes, now: float) -> bool:
+    def _apply(self, src: str, update: bytes, now: float) -> bytes | None:
+        """Merge ``update``; persist and return what was new to this replica (None if nothing)."""
         try:
-            changed = self.doc.apply_update(update, now)
+            new = self.doc.learn(update, now)
         except ValidationError:
             self.log.warning("crdt_update_rejected", src=src, size=len(update))
-            return False
-        if changed and self.store is not None:
+            return None
+        if new is not None and self.store is not None:
             self.store.append(update)
-        return changed
+        return new
+
+    def targets(self, exclude: str | None) -> list[str]:
+        """Peers of one push: ``fanout`` random live peers plus the ring successor, never ``exclude``."""
+        live = self._live
+        n = len(live)
+        if n == 0:
+            return []
+        # Sample indices, not names: O(fanout) per push instead of copying the member list.
+        k = min(self.config.fanout + 1, n)
+        chosen = [live[i] for i in self.rng.sample(range(n), k)]
+        chosen = [p for p in chosen if p != exclude][: self.config.fanout]
+        if self.config.ring:
+            succ = live[bisect_right(live, self.node_id) % n]
+            if succ != exclude and succ not in chosen:
+                chosen.append(succ)
+        return sorted(chosen)
 
     def _push(self, update: bytes, ttl: int, exclude: str | None, now: float) -> list[Outgoing]:
-        peers = [p for p in self._live if p != exclude]
-        if not peers:
+        chosen = self.targets(exclude)
+        if not chosen:
             return []
-        chosen = sorted(self.rng.sample(peers, min(self.config.fanout, len(peers))))
         out: list[Outgoing] = []
         size = len(update)
         for peer in chosen:
