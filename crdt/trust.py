@@ -9,13 +9,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from crdt.errors import TrustError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from crdt.keys import key_id_of
+
+if TYPE_CHECKING:
+    from crdt.records import SignedRecord
 
 
 class Role(str, Enum):
@@ -58,14 +61,15 @@ class VerifiedRecords:
     Keyed by BLAKE2b-256 of the record's exact encoding, which covers kind, key, payload, signer,
     seq *and* signature: a record that differs in any byte (a forgery reusing a valid signature,
     a replayed signature on another payload) misses the cache and is verified. Only successes are
-    remembered, so invalid input can never evict or poison an entry. Each node owns one: a cache
-    shared by a whole simulated mesh would hide the per-node verification cost.
+    remembered, so invalid input can never evict or poison an entry. The value is the decoded
+    record, so a hit skips decoding too. Each node owns one: a cache shared by a whole simulated
+    mesh would hide the per-node verification cost.
     """
 
     __slots__ = ("_seen", "capacity", "hits", "misses")
 
     def __init__(self, capacity: int = 65536) -> None:
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen: OrderedDict[bytes, SignedRecord] = OrderedDict()
         self.capacity = capacity
         self.hits = 0
         self.misses = 0
@@ -78,18 +82,19 @@ class VerifiedRecords:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def check(self, digest: bytes) -> bool:
-        """True (and counted as a hit) if ``digest`` names a record verified before."""
-        if digest in self._seen:
-            self._seen.move_to_end(digest)
-            self.hits += 1
-            return True
-        self.misses += 1
-        return False
+    def get(self, digest: bytes) -> SignedRecord | None:
+        """The record ``digest`` names if its signature verified before (counted as a hit), else None."""
+        rec = self._seen.get(digest)
+        if rec is None:
+            self.misses += 1
+            return None
+        self._seen.move_to_end(digest)
+        self.hits += 1
+        return rec
 
-    def add(self, digest: bytes) -> None:
+    def add(self, digest: bytes, rec: SignedRecord) -> None:
         """Remember a record whose signature verified."""
-        self._seen[digest] = None
+        self._seen[digest] = rec
         if len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
 
