@@ -30,6 +30,7 @@ class Counters:
     messages_received: int = 0
     eager_pushes: int = 0
     eager_dropped_backpressure: int = 0
+    eager_retries: int = 0
     relays: int = 0
     anti_entropy_rounds: int = 0
     anti_entropy_in_sync: int = 0

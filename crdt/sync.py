@@ -22,6 +22,7 @@ The core is fed ``(now, message)`` and returns ``[(dst, message)]``; it never re
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ class SyncConfig:
     chunk_size: int = 60_000  # payload bytes per frame (Noise frames carry <= 65535)
     max_outstanding_bytes: int = 1024 * 1024  # unacknowledged eager-push bytes per peer
     ack_timeout: float = 10.0
+    # An eager push not acknowledged after this long is sent once more to the same peer
+    # (0: never). A lost push would otherwise wait for anti-entropy; a duplicate costs the
+    # receiver one redundant merge and a second ack.
+    push_retry: float = 0.25
     reassembly_timeout: float = 30.0
     max_reassembly_bytes_per_peer: int = 16 * 1024 * 1024
     max_reassemblies: int = 64
@@ -116,6 +121,18 @@ class _Reassembly:
 
 
 @dataclass(slots=True)
+class _Push:
+    """An eager push awaiting its ack: each copy sent holds budget until then or ``expires``."""
+
+    size: int
+    expires: float
+    retry_at: float
+    update: bytes
+    ttl: int
+    copies: int = 1
+
+
+@dataclass(slots=True)
 class _Queued:
     update: bytes
     ttl: int
@@ -148,7 +165,7 @@ class SyncCore:
         self._next_ae = 0.0  # first tick syncs at once: a (re)started node catches up fast
         self._push_id = 0
         self._transfer_id = 0
-        self._outstanding: dict[str, dict[int, tuple[int, float]]] = {}
+        self._outstanding: dict[str, dict[int, _Push]] = {}
         self._reasm: dict[tuple[str, int], _Reassembly] = {}
         self._digest_of: tuple[bytes, bytes] = (b"", b"")  # (state vector, its digest), memoised
 
@@ -166,7 +183,7 @@ class SyncCore:
         return self._digest_of[1]
 
     def outstanding_bytes(self, peer: str) -> int:
-        return sum(n for n, _ in self._outstanding.get(peer, {}).values())
+        return sum(p.size * p.copies for p in self._outstanding.get(peer, {}).values())
 
     def next_deadline(self) -> float | None:
         """When ``tick`` next has work: queued pushes, anti-entropy, expiries."""
@@ -174,7 +191,7 @@ class SyncCore:
         if self._queue:
             times.append(min(q.since for q in self._queue))
         for pushes in self._outstanding.values():
-            times.extend(d for _, d in pushes.values())
+            times.extend(min(p.expires, p.retry_at) for p in pushes.values())
         times.extend(r.deadline for r in self._reasm.values())
         return min(times)
 
@@ -187,8 +204,16 @@ class SyncCore:
         for peer in sorted(self._outstanding):
             pushes = self._outstanding[peer]
             for pid in sorted(pushes):
-                if pushes[pid][1] <= now:
+                p = pushes[pid]
+                if p.expires <= now:
                     del pushes[pid]  # lost or slow: release the budget, anti-entropy repairs
+                elif p.retry_at <= now:
+                    p.retry_at = math.inf  # once: a second loss is left to anti-entropy
+                    # A retry is bytes in flight too: a slow peer's full budget gets none.
+                    if self._is_live(peer) and self.outstanding_bytes(peer) + p.size <= self.config.max_outstanding_bytes:
+                        p.copies += 1
+                        self.counters.eager_retries += 1
+                        out += self._send(peer, SyncUpdate(p.update, pid, p.ttl))
             if not pushes:
                 del self._outstanding[peer]
         for key in sorted(self._reasm):
@@ -277,6 +302,10 @@ class SyncCore:
             self.store.append(update)
         return new
 
+    def _is_live(self, peer: str) -> bool:
+        i = bisect_right(self._live, peer)
+        return i > 0 and self._live[i - 1] == peer
+
     def targets(self, exclude: str | None) -> list[str]:
         """Peers of one push: ``fanout`` random live peers plus the ring successor, never ``exclude``."""
         live = self._live
@@ -305,7 +334,8 @@ class SyncCore:
                 self.log.debug("crdt_push_dropped_backpressure", peer=peer, size=size)
                 continue
             self._push_id += 1
-            self._outstanding.setdefault(peer, {})[self._push_id] = (size, now + self.config.ack_timeout)
+            retry = now + self.config.push_retry if self.config.push_retry > 0 else math.inf
+            self._outstanding.setdefault(peer, {})[self._push_id] = _Push(size, now + self.config.ack_timeout, retry, update, ttl)
             self.counters.eager_pushes += 1
             out += self._send(peer, SyncUpdate(update, self._push_id, ttl))
         return out

@@ -299,3 +299,22 @@ def test_differing_digest_opens_a_state_vector_exchange_that_repairs_both_sides(
     assert isinstance(repair, SyncUpdate) and repair.push_id == 0
     a.receive("n001", repair, 1.0)
     assert converged(nodes) and a.get("app", "from-b") == b"2" and b.get("app", "from-a") == b"1"
+
+
+def test_an_unacknowledged_push_is_sent_once_more_after_push_retry() -> None:
+    cfg = SyncConfig(fanout=1, ring=False, anti_entropy_interval=1e9, push_retry=0.25)
+    nodes = make_nodes(2, config=cfg)
+    a, b = nodes["n000"], nodes["n001"]
+    a.tick(0.0, ["n001"])
+    a.publish(manifest(), PUBLISHER, 0.0)
+    [(dst, first)] = a.tick(0.0, ["n001"])  # lost on the way
+    assert dst == "n001" and isinstance(first, SyncUpdate) and first.push_id > 0
+    assert a.tick(0.2, ["n001"]) == []
+    assert a.sync.next_deadline() == pytest.approx(0.25)
+    [(_, again)] = a.tick(0.25, ["n001"])
+    assert again == first and a.counters.eager_retries == 1
+    assert a.sync.outstanding_bytes("n001") == 2 * len(first.update)  # both copies in flight
+    assert a.tick(0.6, ["n001"]) == []  # once only: a second loss is left to anti-entropy
+    [(_, ack)] = b.receive("n000", again, 0.3)
+    a.receive("n001", ack, 0.3)
+    assert a.sync.outstanding_bytes("n001") == 0 and b.doc.manifest("hello", "1.0.0")
