@@ -57,6 +57,27 @@ def anti_entropy_idle() -> None:
     print(f"idle anti-entropy: {b / max(r, 1):.1f} payload bytes per round (state vectors only), doc {len(a.doc.diff())} B")
 
 
+def idle_round_vs_writers(counts: tuple[int, ...] = (2, 100, 1000)) -> None:
+    """Payload bytes of one idle anti-entropy round as the number of Yjs clients that wrote grows."""
+    from crdt.messages import SyncDigest, SyncStep1, SyncStep2
+
+    for w in counts:
+        nodes = make_nodes(w)
+        hub = nodes["n000"]
+        for name, node in sorted(nodes.items()):
+            node.set_placement([], 1.0)
+            if node is not hub:
+                hub.doc.apply_update(node.doc.diff(), 1.0)
+        peer = make_nodes(1, seed=9)["n000"]
+        peer.doc.apply_update(hub.doc.diff(), 1.0)
+        sv = hub.doc.state_vector()
+        today = len(SyncStep1(sv).state_vector) + len(SyncStep2(b"", peer.doc.state_vector()).state_vector)
+        new = len(SyncDigest(hub.sync.state_digest()).digest)
+        same = hub.sync.state_digest() == peer.sync.state_digest()
+        print(f"idle anti-entropy round, {w} writers: {today} B (SyncStep1 + SyncStep2 state vectors, before) "
+              f"vs {new} B (one SyncDigest, now; digests equal: {same})")
+
+
 def durable_append() -> None:
     with tempfile.TemporaryDirectory() as d:
         n = IntentNode("n000", key("node:n000"), trust_for(["n000"]), random.Random(0), store=SqliteStore(d), compact_after_rows=10**9)
@@ -186,6 +207,7 @@ if __name__ == "__main__":
         print(f"total {time.perf_counter() - t0:.1f} s")
         sys.exit(0)
     write_and_apply_cost()
+    idle_round_vs_writers()
     bytes_per_registry_update()
     anti_entropy_idle()
     durable_append()
