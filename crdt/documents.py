@@ -163,9 +163,13 @@ class IntentDoc:
         return m
 
     def _root_names(self) -> list[str]:
-        # Doc.keys() wraps every root in a Python object (tens of µs); the names are enough.
+        # Doc.keys() wraps every root in a Python object (tens of µs per update); the names
+        # are enough. pycrdt 0.14 keeps them on its native doc; elsewhere use the public call.
+        native = getattr(self.doc, "_doc", None)
+        if native is None or not hasattr(native, "roots"):
+            return list(self.doc.keys())
         with self.doc.transaction() as txn:
-            return list(self.doc._doc.roots(txn._txn))
+            return list(native.roots(txn._txn))
 
     def _attach_new_roots(self) -> None:
         for root in sorted(self._root_names()):
