@@ -17,7 +17,7 @@ Each figure is printed for two protocols run in the same invocation, on the same
 
 * ``today`` — the protocol before this change: fanout 3, 4 relay hops, no ring edge,
   anti-entropy opening with the full state vector (SyncStep1);
-* ``new``   — ``SyncConfig()`` defaults: fanout 4, forwarding by every node that learned
+* ``new``   — ``SyncConfig()`` defaults: fanout 3, forwarding by every node that learned
   something new for up to 10 hops, a ring-successor edge, anti-entropy opening with a
   16-byte state digest (SyncDigest).
 
