@@ -320,3 +320,17 @@ def test_an_unacknowledged_push_is_sent_once_more_after_push_retry() -> None:
     [(_, ack)] = b.receive("n000", again, 0.3)
     a.receive("n001", ack, 0.3)
     assert a.sync.outstanding_bytes("n001") == 0 and b.doc.manifest("hello", "1.0.0")
+
+
+def test_a_node_forwards_to_the_live_peers_of_its_next_tick_not_a_stale_list() -> None:
+    nodes = make_nodes(4, config=SyncConfig(anti_entropy_interval=1e9))
+    a, b = nodes["n000"], nodes["n001"]
+    b.tick(0.0, [])  # b ticked before it knew any member
+    a.tick(0.0, ["n001"])
+    a.publish(manifest(), PUBLISHER, 1.0)
+    [(_, push)] = [o for o in a.tick(1.0, ["n001"]) if isinstance(o[1], SyncUpdate)]
+    replies = b.receive("n000", push, 1.0)
+    assert [type(m).__name__ for _, m in replies] == ["SyncAck"]
+    assert b.sync.next_deadline() == 1.0  # the forward is due at once
+    out = b.tick(1.0, ["n000", "n001", "n002", "n003"])
+    assert sorted(dst for dst, m in out if isinstance(m, SyncUpdate)) == ["n002", "n003"]
