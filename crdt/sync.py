@@ -344,7 +344,7 @@ class SyncCore:
         big = getattr(msg, "update", b"")
         if len(big) <= self.config.chunk_size:
             self.counters.messages_sent += 1
-            self.counters.bytes_sent += len(big) + len(getattr(msg, "state_vector", b""))
+            self.counters.bytes_sent += len(big) + len(getattr(msg, "state_vector", b"")) + len(getattr(msg, "digest", b""))
             return [(dst, msg)]
         blob = msgpack.packb([msg.TYPE, msg.to_payload()], use_bin_type=True)
         n = self.config.chunk_size
