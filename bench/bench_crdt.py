@@ -109,7 +109,7 @@ def spread(nn: int = 100) -> None:
     p.step(0.05)  # everyone learns the live peers
     sent0 = sum(x.counters.messages_sent for x in nodes.values())
     ack = nodes["n000"].publish(manifest(), PUBLISHER, p.now)
-    reached = []
+    reached: list[int] = []
     while not all(x.has_write(ack.signer, ack.seq) for x in nodes.values()) and len(reached) < 3 * cfg.relay_ttl:
         p.step(0.05)  # one Pump step = one hop: a node forwards from its next tick
         reached.append(sum(x.has_write(ack.signer, ack.seq) for x in nodes.values()))
@@ -118,7 +118,7 @@ def spread(nn: int = 100) -> None:
           f"{msgs} messages (pushes + acks), {msgs / nn:.1f} per node")
 
 
-def best_us(run: Callable[[], None], count: int, repeats: int = 3) -> float:
+def best_us(run: Callable[[], object], count: int, repeats: int = 3) -> float:
     """Best of ``repeats`` timings of ``run`` (``count`` operations), in CPU µs per operation.
 
     CPU time of this process, not wall time: on a shared machine wall time mostly measures the
@@ -143,8 +143,9 @@ def write_and_apply_cost(sizes: tuple[int, ...] = (100, 10_000), m: int = 1000) 
             a.set("app", f"k{i:05d}", value)
         prefill = a.doc.diff()
         # Raw baseline: a map of `size` keys, overwritten with values of a record's size.
-        rec_len = len(a.doc._maps["kv/app"].get(next(iter(a.doc._maps["kv/app"].keys()))))
-        raw = Doc()
+        slot = next(iter(a.doc._maps["kv/app"].keys()))
+        rec_len = len(bytes(a.doc._maps["kv/app"][slot]))
+        raw: Doc = Doc()
         rm = raw.get("m", type=Map)
         for i in range(size):
             rm[f"k{i:05d}"] = b"r" * rec_len
@@ -177,7 +178,7 @@ def write_and_apply_cost(sizes: tuple[int, ...] = (100, 10_000), m: int = 1000) 
             r.doc.apply_update(prefill, 0.0)
             return r
 
-        rdoc = Doc()
+        rdoc: Doc = Doc()
         rdoc.apply_update(prefill)
 
         def raw_apply() -> None:

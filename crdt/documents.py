@@ -248,6 +248,7 @@ class IntentDoc:
                         if not byk:
                             del self._valid[kind][old.key]
                 fresh = self._fresh.get((root, slot))
+                raw: Any
                 if fresh is not None:
                     raw = fresh[0]  # a local set always wins its slot
                 else:

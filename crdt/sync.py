@@ -393,8 +393,13 @@ class SyncCore:
             obj = msgpack.unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0)
             if not isinstance(obj, list) or len(obj) != 2:
                 raise ValueError("not a [type, payload] pair")
-            cls = {SyncStep2.TYPE: SyncStep2, SyncUpdate.TYPE: SyncUpdate}[obj[0]]
-            inner = cls.from_payload(obj[1])
+            inner: SyncStep2 | SyncUpdate
+            if obj[0] == SyncStep2.TYPE:
+                inner = SyncStep2.from_payload(obj[1])
+            elif obj[0] == SyncUpdate.TYPE:
+                inner = SyncUpdate.from_payload(obj[1])
+            else:
+                raise ValueError(f"type {obj[0]!r} is never chunked")
         except Exception:
             self.counters.updates_malformed += 1
             self.log.warning("crdt_chunked_message_rejected", src=src, size=len(blob))

@@ -167,7 +167,7 @@ def test_forged_record_is_rejected_when_the_cache_holds_a_valid_record_with_the_
     assert real is not None and len(b.doc.verified) == 1
     # same kind, key, signer, seq and signature; only the payload differs (another binary)
     forged = SignedRecord(real.kind, real.key, {**real.payload, "sha256": "e" * 64}, real.signer, real.seq, real.signature)
-    attacker = Doc(client_id=7)
+    attacker: Doc = Doc(client_id=7)
     attacker.apply_update(a.doc.diff())
     with attacker.transaction():  # overwrite the very slot of the valid record
         attacker.get("registry", type=Map)[f"m@1.0.0\x1f{real.signer}\x1f{real.seq}"] = forged.encode()
