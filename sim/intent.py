@@ -35,7 +35,7 @@ from crdt.errors import CrdtError
 from crdt.keys import SigningKey
 from crdt.intent import IntentNode
 from crdt.records import SignedRecord
-from crdt.schema import DeploymentSpec, Manifest, deployment_payload, kv_record_key
+from crdt.schema import DeploymentSpec, Manifest, deployment_payload
 from crdt.store import MemoryStore
 from crdt.sync import SyncConfig, decode_state_vector
 from crdt.trust import Role, TrustConfig
