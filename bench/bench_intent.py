@@ -59,7 +59,7 @@ from sim.engine import Simulation  # noqa: E402
 from sim.intent import IntentHarness, percentile  # noqa: E402
 from sim.scenario import parse  # noqa: E402
 
-TODAY = SyncConfig(fanout=3, relay_ttl=4, ring=False, digest_anti_entropy=False)
+TODAY = SyncConfig(fanout=3, relay_ttl=4, ring=False, digest_anti_entropy=False, push_retry=0.0)
 NEW = SyncConfig()
 RTO = 0.2
 
