@@ -42,9 +42,9 @@ def test_every_simulated_node_verifies_each_record_itself_once() -> None:
         assert len(i.doc.verified) == 2 - signed_here
 
 
-def test_a_registry_update_reaches_every_node_by_the_eager_wave_before_any_anti_entropy() -> None:
+def test_a_registry_update_reaches_all_100_simulated_nodes_by_the_eager_wave_alone() -> None:
     # Anti-entropy every 1000 s: after the first round at boot, only push + forwarding runs.
-    doc = scenario(60, [{"at": 6.0, "action": "publish", "node": "n017", "module": "hello", "version": "1.0.0"}], 8.0)
+    doc = scenario(100, [{"at": 6.0, "action": "publish", "node": "n017", "module": "hello", "version": "1.0.0"}], 8.0)
     doc["intent"] = {"anti_entropy_interval": 1000.0}
     sim = Simulation(parse(doc), 7)
     sim.run()
