@@ -278,7 +278,8 @@ class SyncCore:
                 # Forwarded from the next tick (due at once): tick brings the current live
                 # peers, which this node may not have been handed since membership changed.
                 self.counters.relays += 1
-                self._queue.append(_Queued(new, msg.ttl - 1, src, now))
+                # A peer cannot stretch a wave beyond our own hop bound.
+                self._queue.append(_Queued(new, min(msg.ttl, self.config.relay_ttl) - 1, src, now))
             return out
         if isinstance(msg, SyncAck):
             pushes = self._outstanding.get(src)

@@ -334,3 +334,14 @@ def test_a_node_forwards_to_the_live_peers_of_its_next_tick_not_a_stale_list() -
     assert b.sync.next_deadline() == 1.0  # the forward is due at once
     out = b.tick(1.0, ["n000", "n001", "n002", "n003"])
     assert sorted(dst for dst, m in out if isinstance(m, SyncUpdate)) == ["n002", "n003"]
+
+
+def test_a_peer_cannot_stretch_a_wave_beyond_the_local_hop_bound() -> None:
+    nodes = make_nodes(3, config=SyncConfig(anti_entropy_interval=1e9, relay_ttl=5))
+    a, b = nodes["n000"], nodes["n001"]
+    a.publish(manifest(), PUBLISHER, 1.0)
+    u = a.sync._queue[-1].update
+    b.tick(1.0, ["n000", "n002"])
+    b.receive("n000", SyncUpdate(u, 1, 32), 1.0)
+    forwarded = [m for _, m in b.tick(1.0, ["n000", "n002"]) if isinstance(m, SyncUpdate)]
+    assert forwarded and {m.ttl for m in forwarded} == {4}
