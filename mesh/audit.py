@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import structlog
 
-from mesh.datadir import fsync_dir
+from mesh.datadir import atomic_write, fsync_dir
 from mesh.errors import MeshError
 
 GENESIS = "0" * 64
@@ -60,9 +60,8 @@ class AuditLogBroken(AuditError):
 
 
 def canonical(obj: dict[str, Any]) -> str:
-    """The canonical encoding hashed and stored: sorted keys, compact, ASCII, DEL escaped too."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return text.replace("\x7f", "\\u007f")  # JSON leaves DEL raw; a terminal should never see it
+    """The canonical encoding hashed and stored: sorted keys, compact, ASCII (controls and DEL escaped)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def entry_hash(entry_without_hash: dict[str, Any]) -> str:
@@ -72,7 +71,7 @@ def entry_hash(entry_without_hash: dict[str, Any]) -> str:
 
 def safe_text(text: str, limit: int = 120) -> str:
     """``text`` with every control or non-ASCII character escaped, cut to ``limit``, for printing."""
-    escaped = json.dumps(text[: limit * 2], ensure_ascii=True)[1:-1].replace("\x7f", "\\u007f")
+    escaped = json.dumps(text[: limit * 2], ensure_ascii=True)[1:-1]
     return escaped if len(escaped) <= limit else escaped[:limit] + "..."
 
 
@@ -278,8 +277,7 @@ class AuditLog:
         if torn:
             # Keep the fragment as evidence, cut it from the log, and say so in the chain.
             side = self.path.with_name(f"{self.path.name}.torn.{self._seq + 1}")
-            side.write_bytes(torn)
-            os.chmod(side, 0o600)
+            atomic_write(side, torn)
             os.ftruncate(self._fd, size - len(torn))
             self.counters.torn_tails_recovered_total += 1
             log.warning("audit_torn_tail", path=str(self.path), bytes=len(torn), saved_to=str(side))

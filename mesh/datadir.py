@@ -158,6 +158,17 @@ def read_api_info(path: Path) -> ApiInfo:
     return ApiInfo(_validate_addr(doc["addr"]), _validate_token(doc["token"]))
 
 
+def resolve_api(data_dir: str | os.PathLike[str] | None, api: str | None, token: str | None) -> ApiInfo:
+    """Where a CLI command finds its node: ``--api`` with ``--token``, else ``DATA_DIR/api.json``."""
+    if api is not None or token is not None:
+        if api is None or token is None:
+            raise ApiInfoError("--api and --token go together: pass both, or neither and --data-dir")
+        return ApiInfo(_validate_addr(api), _validate_token(token))
+    if data_dir is None:
+        raise ApiInfoError("no node given: pass --data-dir DIR (reads DIR/api.json) or --api HOST:PORT with --token")
+    return read_api_info(Path(data_dir) / API_FILE)
+
+
 def _read_pid(path: Path) -> int | None:
     try:
         text = path.read_text().strip()
@@ -336,10 +347,13 @@ class DataDir:
             try:
                 key = load_signing_key(key_path)
             except KeyFileError as exc:
-                raise DataDirError(f"node key {key_path} is malformed: {exc}") from None
+                raise DataDirError(f"node key {key_path} is malformed or unreadable: {exc}") from None
         else:
             key = SigningKey.generate()
-            atomic_write(key_path, key.private_pem())
+            try:
+                atomic_write(key_path, key.private_pem())
+            except OSError as exc:
+                raise DataDirError(f"cannot write node key {key_path}: {exc.strerror}") from None
         x_path = self.x25519_path
         if x_path.exists():
             check_private_mode(x_path, "node X25519 key")
@@ -347,6 +361,8 @@ class DataDir:
             x_raw = load_or_create_x25519(x_path)
         except TransportError as exc:
             raise DataDirError(f"node X25519 key is malformed: {exc}") from None
+        except OSError as exc:
+            raise DataDirError(f"cannot read or create node X25519 key {x_path}: {exc.strerror}") from None
         self._signing_key = key
         self._identity = LocalIdentity.from_keys(key.private, x_raw)
 
@@ -354,5 +370,5 @@ class DataDir:
 __all__ = [
     "API_FILE", "AUDIT_FILE", "ApiInfo", "ApiInfoError", "DataDir", "DataDirError", "DataDirLocked",
     "FORMAT_VERSION", "LOCK_FILE", "MEMBERS_FILE", "NODE_KEY_FILE", "NODE_X25519_FILE", "STORE_FILE",
-    "atomic_write", "check_private_mode", "read_api_info", "write_api_info",
+    "atomic_write", "check_private_mode", "fsync_dir", "read_api_info", "resolve_api", "write_api_info",
 ]

@@ -227,6 +227,17 @@ def test_reopen_recovers_a_torn_tail_and_keeps_it(tmp_path: Path) -> None:
                              "saved_to": "audit.log.torn.4"}
 
 
+def test_reopen_recovers_a_log_that_is_only_a_torn_first_write(tmp_path: Path) -> None:
+    p = tmp_path / "audit.log"
+    p.write_bytes(b'{"event":"adm')
+    log = AuditLog(p, NODE, _clock)
+    assert log.head[0] == 1  # the recovery entry itself
+    log.close()
+    assert (tmp_path / "audit.log.torn.1").read_bytes() == b'{"event":"adm'
+    r = verify(p)
+    assert (r.ok, r.entries) == (True, 1)
+
+
 def test_reopen_refuses_a_damaged_last_entry(tmp_path: Path) -> None:
     p = tmp_path / "audit.log"
     _log(p, 3)

@@ -25,6 +25,7 @@ from mesh.datadir import (
     DataDirError,
     DataDirLocked,
     read_api_info,
+    resolve_api,
     write_api_info,
 )
 
@@ -247,3 +248,27 @@ def test_api_info_read_refuses_readable_or_malformed(tmp_path: Path) -> None:
     api.write_text("nope")
     with pytest.raises(ApiInfoError, match="not valid JSON"):
         read_api_info(api)
+
+
+def test_resolve_api_prefers_flags_then_data_dir(tmp_path: Path) -> None:
+    assert resolve_api(None, "127.0.0.1:9", TOKEN) == ApiInfo("127.0.0.1:9", TOKEN)
+    with pytest.raises(ApiInfoError, match="go together"):
+        resolve_api(tmp_path, "127.0.0.1:9", None)
+    with pytest.raises(ApiInfoError, match="go together"):
+        resolve_api(tmp_path, None, TOKEN)
+    with pytest.raises(ApiInfoError, match="no node given"):
+        resolve_api(None, None, None)
+    with pytest.raises(ApiInfoError, match="is the node running"):
+        resolve_api(tmp_path, None, None)
+    write_api_info(tmp_path / API_FILE, ApiInfo("127.0.0.1:7474", TOKEN))
+    assert resolve_api(tmp_path, None, None) == ApiInfo("127.0.0.1:7474", TOKEN)
+    assert resolve_api(tmp_path, "[::1]:1", TOKEN).addr == "[::1]:1"
+
+
+def test_atomic_write_does_not_inherit_a_leftover_temp_files_mode(tmp_path: Path) -> None:
+    leftover = tmp_path / f".{API_FILE}.tmp.{os.getpid()}"  # a crash between create and rename
+    leftover.write_text("old")
+    leftover.chmod(0o644)
+    write_api_info(tmp_path / API_FILE, ApiInfo("127.0.0.1:7474", TOKEN))
+    assert _mode(tmp_path / API_FILE) == 0o600
+    assert not leftover.exists()
