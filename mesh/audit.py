@@ -43,6 +43,15 @@ from mesh.datadir import atomic_write, fsync_dir
 from mesh.errors import MeshError
 
 GENESIS = "0" * 64
+
+# Event names for the daemon's sinks (seed R8); the runtime already emits the last two.
+ADMISSION_REFUSED = "admission_refused"  # a peer's key is not admitted (or revoked) at handshake
+KEY_REVOKED = "key_revoked"  # a revocation record was accepted
+SIGNATURE_INVALID = "signature_invalid"  # a record, module or binding signature failed
+KEY_CHANGED = "key_changed"  # a node key was created or a role grant changed
+DEPLOYMENT_CHANGED = "deployment_changed"  # a deployment was created, updated or rolled back
+CAPABILITY_DENIED = "capability_denied"  # runtime/runner.py
+MODULE_REJECTED = "module_rejected"  # runtime/runner.py
 _ENTRY_KEYS = frozenset({"seq", "time", "node_id", "event", "fields", "prev", "hash"})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _EVENT_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

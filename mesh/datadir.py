@@ -185,6 +185,7 @@ class DataDir:
         self._lock_fd: int | None = None
         self._identity: LocalIdentity | None = None
         self._signing_key: SigningKey | None = None
+        self.identity_created = False  # True when open() made a new node key (the daemon audits it)
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -350,6 +351,7 @@ class DataDir:
                 raise DataDirError(f"node key {key_path} is malformed or unreadable: {exc}") from None
         else:
             key = SigningKey.generate()
+            self.identity_created = True
             try:
                 atomic_write(key_path, key.private_pem())
             except OSError as exc:

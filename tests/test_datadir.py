@@ -83,6 +83,7 @@ def test_node_id_is_sha256_prefix_of_the_ed25519_public_key_and_persists(tmp_pat
     with DataDir(tmp_path) as d:
         first = d.node_id
         x_pub = d.identity.public.x25519_public
+        assert d.identity_created
     key = serialization.load_pem_private_key((tmp_path / "node.key").read_bytes(), password=None)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     # Spec (crdt/keys.py, DESIGN): key id = first 16 hex chars of SHA-256 over the raw public key.
@@ -93,6 +94,7 @@ def test_node_id_is_sha256_prefix_of_the_ed25519_public_key_and_persists(tmp_pat
     )
     with DataDir(tmp_path) as d2:
         assert d2.node_id == first
+        assert not d2.identity_created
         assert d2.identity.public.verify()
 
 
