@@ -18,7 +18,7 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -71,7 +71,7 @@ class ApiInfo:
     """How CLI commands reach a running node: ``host:port`` of its HTTP API and the bearer token."""
 
     addr: str
-    token: str
+    token: str = field(repr=False)  # a bearer token: keep it out of tracebacks and logs
 
 
 def check_private_mode(path: Path, what: str) -> None:

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from crdt.keys import SigningKey
@@ -57,8 +57,8 @@ class AdminKey:
 class PreviousSecret:
     """The secret a rotation replaced, still accepted until ``accept_until`` (epoch seconds, exclusive)."""
 
-    secret: bytes
-    accept_until: int
+    secret: bytes = field(repr=False)  # never in a traceback or a log line
+    accept_until: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,8 +67,8 @@ class MeshFile:
 
     mesh_id: str
     created: int
-    secret: bytes
-    admins: tuple[AdminKey, ...]
+    secret: bytes = field(repr=False)  # never in a traceback or a log line
+    admins: tuple[AdminKey, ...] = ()
     previous: PreviousSecret | None = None
 
     def accepted_secrets(self, now_wall: float) -> tuple[bytes, ...]:

@@ -208,6 +208,10 @@ def test_api_info_roundtrip_mode_and_atomic_replace(tmp_path: Path) -> None:
     assert read_api_info(api).addr == "[::1]:8080"
 
 
+def test_api_info_repr_hides_the_token() -> None:
+    assert repr(ApiInfo("127.0.0.1:1", TOKEN)) == "ApiInfo(addr='127.0.0.1:1')"
+
+
 def test_api_info_via_datadir_and_clear(tmp_path: Path) -> None:
     with DataDir(tmp_path) as d:
         d.write_api_info("localhost:9000", TOKEN)

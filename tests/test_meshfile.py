@@ -145,6 +145,17 @@ def test_rotate_rejects_bad_grace(tmp_path: Path, grace: int) -> None:
     assert meshfile.load(out) == mesh
 
 
+def test_repr_never_shows_a_secret(tmp_path: Path) -> None:
+    out = tmp_path / "mesh.json"
+    meshfile.init_mesh(out, now_wall=NOW)
+    mesh = meshfile.rotate(out, now_wall=NOW, grace_s=10)
+    text = repr(mesh)
+    assert mesh.mesh_id in text and "accept_until=1800000010" in text
+    assert "secret=" not in text
+    for secret in (mesh.secret, mesh.previous.secret):
+        assert repr(secret) not in text
+
+
 def test_secret_fingerprint_is_domain_separated_sha256() -> None:
     import hashlib
 
