@@ -349,3 +349,27 @@ def test_cli_verify_missing_dir_and_empty_dir(tmp_path: Path, capsys: pytest.Cap
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert main(["audit", "verify", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("OK 0 entries")
+
+
+def test_every_single_byte_edit_is_reported_at_its_line(tmp_path: Path) -> None:
+    p = tmp_path / "audit.log"
+    _log(p, 3)
+    data = p.read_bytes()
+    line_of = [data.count(b"\n", 0, i) + 1 for i in range(len(data))]
+    for i in range(len(data) - 1):  # the final newline is the torn-write case, tested above
+        for new in {data[i] ^ 0x01, ord("x") if data[i] != ord("x") else ord("y")}:
+            r = audit.verify_bytes(data[:i] + bytes([new]) + data[i + 1:])
+            assert not r.ok, f"byte {i} -> {new:#x} undetected"
+            assert r.first_bad_line == line_of[i], f"byte {i} -> {new:#x}: line {r.first_bad_line}, expected {line_of[i]}"
+
+
+def test_cutting_whole_entries_off_the_end_leaves_a_valid_chain_with_an_earlier_head(tmp_path: Path) -> None:
+    # The documented limit: only a head recorded elsewhere shows a cut tail.
+    p = tmp_path / "audit.log"
+    _log(p, 4)
+    full = verify(p)
+    lines = _lines(p)
+    _put(p, lines[:3])
+    cut = verify(p)
+    assert (cut.ok, cut.entries, cut.head_seq) == (True, 3, 3)
+    assert cut.head_hash == json.loads(lines[2])["hash"] != full.head_hash
