@@ -41,6 +41,15 @@ AUDIT_FILE = "audit.log"
 MEMBERS_FILE = "members.json"  # membership snapshot, written by the daemon (later)
 API_FILE = "api.json"
 
+# What a pre-marker (pre-daemon CLI) data dir may hold; a dir without format.json holding anything
+# else is someone's other directory, and we refuse to put keys into it.
+_KNOWN_NAMES = frozenset({
+    LOCK_FILE, NODE_KEY_FILE, NODE_KEY_FILE + ".pub", NODE_X25519_FILE, AUDIT_FILE, MEMBERS_FILE, API_FILE,
+    "trust.json", "blobs", STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", STORE_FILE + "-journal",
+})
+_KNOWN_PREFIXES = (STORE_FILE + ".corrupt-", STORE_FILE + "-wal.corrupt-", STORE_FILE + "-shm.corrupt-",
+                   AUDIT_FILE + ".torn.", ".")
+
 API_INFO_VERSION = 1
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,256}$")  # secrets.token_urlsafe alphabet
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)$")
@@ -322,6 +331,15 @@ class DataDir:
                 f"data dir {self.path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
                 f"run `chmod 700 {self.path}`"
             )
+        if not (self.path / FORMAT_FILE).exists():
+            foreign = sorted(
+                n for n in os.listdir(self.path) if n not in _KNOWN_NAMES and not n.startswith(_KNOWN_PREFIXES)
+            )
+            if foreign:
+                raise DataDirError(
+                    f"{self.path} is not a wasmatrix data dir (no {FORMAT_FILE}, and it holds {', '.join(foreign[:3])}"
+                    f"{', ...' if len(foreign) > 3 else ''}); pick an empty or new --data-dir"
+                )
 
     def _check_format(self) -> None:
         p = self.path / FORMAT_FILE

@@ -141,6 +141,26 @@ def test_malformed_keys_are_refused(tmp_path: Path) -> None:
         DataDir(tmp_path).open()
 
 
+def test_a_foreign_directory_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    (tmp_path / "thesis.tex").write_text("x")
+    with pytest.raises(DataDirError, match=r"not a wasmatrix data dir .*thesis\.tex.*pick an empty"):
+        DataDir(tmp_path).open()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]  # no lock, no keys left behind
+
+
+def test_a_pre_daemon_cli_dir_is_adopted(tmp_path: Path) -> None:
+    d = tmp_path / "dd"
+    d.mkdir(mode=0o755)  # what the pre-daemon CLI creates
+    d.chmod(0o755)
+    for name in ("trust.json", "intent.sqlite3", "intent.sqlite3-wal", "intent.sqlite3.corrupt-1"):
+        (d / name).write_text("")
+    (d / "blobs").mkdir()
+    with DataDir(d) as dd:
+        assert (d / "format.json").exists()
+        assert dd.locked
+
+
 def test_group_writable_dir_is_refused(tmp_path: Path) -> None:
     d = tmp_path / "d"
     d.mkdir()
