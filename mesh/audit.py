@@ -350,7 +350,7 @@ class AuditLog:
         now = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts) else self._wall_clock()
         try:
             self.append(name, fields, now_wall=now)
-        except AuditError as exc:
+        except (AuditError, ValueError, TypeError, RecursionError) as exc:  # e.g. a self-referencing field
             self.counters.dropped_total += 1
             log.error("audit_write_failed", error=str(exc), audit_event=name)
 

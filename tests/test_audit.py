@@ -275,9 +275,13 @@ def test_record_adapter_maps_runtime_events(tmp_path: Path) -> None:
     log.record({"event": "module_rejected", "module": "m", "reason": "hash", "error": "bad", "ts": 1234.5})
     log.record({"event": "Not Snake", "x": 1})
     log.record({"event": "capability_denied", "weird": object(), "nan": float("nan"), "ts": float("inf")})
+    loop: dict = {}
+    loop["self"] = loop
+    log.record({"event": "capability_denied", "loop": loop})  # cannot be encoded: dropped, counted
+    assert log.counters.dropped_total == 1
     log.close()
     log.record({"event": "capability_denied"})  # closed: dropped and counted, never raised
-    assert log.counters.dropped_total == 1
+    assert log.counters.dropped_total == 2
     assert log.counters.invalid_events_total == 1
     e1, e2, e3 = map(json.loads, _lines(p))
     assert (e1["event"], e1["time"], e1["fields"]) == ("module_rejected", 1234.5, {"module": "m", "reason": "hash", "error": "bad"})
