@@ -17,7 +17,7 @@ sync, and may leave a torn last line. ``fsync_each=True`` syncs per entry instea
 not the default because capability denials are driven by module behaviour, so a hostile module
 could otherwise turn its denials into a disk-sync storm.
 
-On reopen a torn last line (no newline, does not parse) is moved to ``audit.log.torn.<seq>`` and an
+On reopen a last entry cut only before its newline is completed; any other torn last line is moved to ``audit.log.torn.<seq>`` and an
 ``audit_torn_tail`` entry recording its size and SHA-256 is appended, so the chain continues and the
 evidence is kept. Any other damage refuses to open (AuditLogBroken): run ``wasmatrix audit verify``.
 
@@ -284,6 +284,15 @@ class AuditLog:
                 )
             self._seq, self._prev = p["seq"], p["hash"]
         if torn:
+            p = _parse(torn)
+            if (not isinstance(p, str) and p["seq"] == self._seq + 1 and p["prev"] == self._prev
+                    and entry_hash({k: v for k, v in p.items() if k != "hash"}) == p["hash"]
+                    and canonical(p).encode("ascii") == torn):
+                # The write was cut only before its newline: the entry is whole, finish it.
+                os.write(self._fd, b"\n")
+                os.fsync(self._fd)
+                self._seq, self._prev = p["seq"], p["hash"]
+                return
             # Keep the fragment as evidence, cut it from the log, and say so in the chain.
             side = self.path.with_name(f"{self.path.name}.torn.{self._seq + 1}")
             atomic_write(side, torn)

@@ -238,6 +238,19 @@ def test_reopen_recovers_a_log_that_is_only_a_torn_first_write(tmp_path: Path) -
     assert (r.ok, r.entries) == (True, 1)
 
 
+def test_reopen_finishes_an_entry_cut_just_before_its_newline(tmp_path: Path) -> None:
+    p = tmp_path / "audit.log"
+    _log(p, 3)
+    p.write_bytes(p.read_bytes()[:-1])
+    log = AuditLog(p, NODE, _clock)
+    assert log.head == (3, json.loads(_lines(p)[2])["hash"])
+    assert log.counters.torn_tails_recovered_total == 0
+    log.append("revoked", {}, now_wall=1.0)
+    log.close()
+    assert not list(tmp_path.glob("audit.log.torn.*"))
+    assert (verify(p).ok, verify(p).entries) == (True, 4)
+
+
 def test_reopen_refuses_a_damaged_last_entry(tmp_path: Path) -> None:
     p = tmp_path / "audit.log"
     _log(p, 3)
