@@ -390,3 +390,22 @@ def test_cutting_whole_entries_off_the_end_leaves_a_valid_chain_with_an_earlier_
     cut = verify(p)
     assert (cut.ok, cut.entries, cut.head_seq) == (True, 3, 3)
     assert cut.head_hash == json.loads(lines[2])["hash"] != full.head_hash
+
+
+def test_runtime_denials_land_in_the_chained_log(tmp_path: Path) -> None:
+    # AuditLog as the runtime's AuditSink: what the daemon will wire.
+    from runtime import CapabilityDenied, Runtime, RuntimeConfig, example_bytes
+
+    p = tmp_path / "audit.log"
+    log = AuditLog(p, NODE, _clock)
+    with Runtime(RuntimeConfig(allow_unsigned=True), audit=log) as rt:
+        with pytest.raises(CapabilityDenied):
+            rt.load_unsigned(example_bytes("escape"), name="escape")
+    log.close()
+    r = verify(p)
+    assert r.ok
+    entries = [json.loads(line) for line in _lines(p)]
+    # Two ungranted imports (http_fetch, path_open), then the admission rejection.
+    assert [e["event"] for e in entries] == ["capability_denied", "capability_denied", "module_rejected"]
+    assert {e["fields"]["capability"] for e in entries[:2]} == {"import"}
+    assert entries[2]["fields"]["reason"] == "capability"
