@@ -212,7 +212,7 @@ def _float_label(x: float) -> str:
     return repr(float(x))
 
 
-def _get(counters: Any, key: str) -> int:
+def _get(counters: Any, key: str) -> float:
     """One counter from a dict, Counter or dataclass; 0 when the core does not keep it."""
     if isinstance(counters, Mapping):
         v = counters.get(key, 0)
@@ -275,7 +275,7 @@ class NodeCollector(Collector):
         """Yield every family; all reads are of plain attributes, so a scrape never changes a core."""
         node = self.node
         swim = node.swim
-        unmapped: list[tuple[str, str, int]] = []
+        unmapped: list[tuple[str, str, float]] = []
         drops = CounterMetricFamily(
             PREFIX + "dropped", "Messages, updates and datagrams dropped, by layer and reason", labels=["layer", "reason"]
         )
@@ -289,7 +289,8 @@ class NodeCollector(Collector):
             PREFIX + "members", "Members in this node's view by status (itself included)", labels=["status"]
         )
         by_state = {s: 0 for _, s in _STATUSES}
-        for m in swim.members.values():
+        # list(): one C-level copy, so a scrape racing the driving thread never sees the dict resize.
+        for m in list(swim.members.values()):
             by_state[m.state] = by_state.get(m.state, 0) + 1
         for label, s in _STATUSES:
             members.add_metric([label], by_state[s])
@@ -386,12 +387,12 @@ class NodeCollector(Collector):
             drops.add_metric([layer, reason], _get(counters, key))
 
     @staticmethod
-    def _unmapped(out: list[tuple[str, str, int]], layer: str, counters: Any, known: set[str]) -> None:
+    def _unmapped(out: list[tuple[str, str, float]], layer: str, counters: Any, known: set[str]) -> None:
         for key in _keys(counters):
             if key not in known:
                 out.append((layer, key, _get(counters, key)))
 
-    def _intent(self, drops: CounterMetricFamily, unmapped: list[tuple[str, str, int]]) -> Iterator[Metric]:
+    def _intent(self, drops: CounterMetricFamily, unmapped: list[tuple[str, str, float]]) -> Iterator[Metric]:
         node = self.node
         sub = node.intent if node.intent is not None else node.blobs
         c = getattr(sub, "counters", None)
@@ -433,9 +434,9 @@ class NodeCollector(Collector):
         if store is not None:
             yield GaugeMetricFamily(PREFIX + "store_rows", "Rows in the durable update log", value=store.row_count())
 
-    def _transport(self, drops: CounterMetricFamily, unmapped: list[tuple[str, str, int]]) -> Iterator[Metric]:
-        merged: dict[str, int] = {}
-        sources: list[Mapping[str, int]] = []
+    def _transport(self, drops: CounterMetricFamily, unmapped: list[tuple[str, str, float]]) -> Iterator[Metric]:
+        merged: dict[str, float] = {}
+        sources: list[Mapping[str, float]] = []
         if self.transport is not None:
             sources.append(self.transport.counters)
         if self.stream_counters is not None and (self.transport is None or self.stream_counters is not self.transport.counters):
@@ -453,7 +454,7 @@ class NodeCollector(Collector):
         fail = CounterMetricFamily(
             PREFIX + "transport_handshake_failures", "Handshakes that failed or were refused, by reason", labels=["reason"]
         )
-        reasons: dict[str, int] = {label: merged.get(key, 0) for key, label in _TRANSPORT_HS_FAILURES.items()}
+        reasons: dict[str, float] = {label: merged.get(key, 0) for key, label in _TRANSPORT_HS_FAILURES.items()}
         refused = set(_REFUSED_REASONS) | {k[len(_REFUSED):] for k in merged if k.startswith(_REFUSED)}
         for r in refused:
             reasons["refused_" + r] = merged.get(_REFUSED + r, 0)

@@ -7,6 +7,7 @@ import random
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -309,8 +310,9 @@ def test_intent_sync_bytes_and_document_sizes_are_exported() -> None:
     cl.start()
     a, b = nodes["n000"], nodes["n001"]
     assert a.intent is not None and b.intent is not None
-    a.intent.publish(manifest("hello", "1.0.0"), PUBLISHER, 0.0)
-    cl.run_until(lambda: b.intent is not None and b.intent.doc.keys("registry") == a.intent.doc.keys("registry"))
+    ia, ib = a.intent, b.intent
+    ia.publish(manifest("hello", "1.0.0"), PUBLISHER, 0.0)
+    cl.run_until(lambda: ib.doc.keys("registry") == ia.doc.keys("registry"))
     sa, sb = cl.scrape("n000"), cl.scrape("n001")
     assert value(sa, "wasmatrix_crdt_local_writes_total") == 1
     assert value(sa, "wasmatrix_intent_keys", kind="registry") == 1 == value(sb, "wasmatrix_intent_keys", kind="registry")
@@ -360,3 +362,27 @@ def test_promtool_rejects_a_bad_exposition() -> None:
     res = subprocess.run([exe, "check", "metrics"], input=bad, capture_output=True, timeout=60)
     assert res.returncode != 0
     assert 'counter metrics should have "_total" suffix' in (res.stdout + res.stderr).decode()
+
+
+def test_every_exported_name_label_and_reason_is_documented() -> None:
+    """docs/METRICS.md lists every family, label name and label value a fully attached node exports."""
+    from crdt.intent import IntentNode
+
+    doc = (Path(__file__).parent.parent / "docs" / "METRICS.md").read_text()
+    intent = IntentNode("n000", key("node:n000"), trust_for(["n000"]), random.Random(3))
+    reg, col = node_registry(mknode("n000", intent=intent), transport=transport("a"), stream_counters=Counter())
+    col.observe_fsync(0.001)
+    families = list(text_string_to_metric_families(render(reg).decode()))
+    # 13 membership + 7 node + 1 drops + 25 intent + 11 transport + 2 fsync rows in the tables.
+    assert len(families) == 59
+    for fam in families:
+        shown = fam.name + "_total" if fam.type == "counter" else fam.name
+        assert f"`{shown}`" in doc, shown
+        assert fam.documentation, fam.name
+        for s in fam.samples:
+            for label, v in s.labels.items():
+                if label in ("le", "node"):
+                    continue
+                assert f"`{label}`" in doc, (fam.name, label)
+                if fam.name != "wasmatrix_crdt_invalid_records" or v == "other":
+                    assert v in doc, (fam.name, label, v)
