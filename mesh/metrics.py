@@ -148,17 +148,24 @@ _CRDT_COUNTERS: dict[str, tuple[str, str]] = {
     "relays": ("sync_relays", "Updates relayed onward"),
     "anti_entropy_rounds": ("sync_anti_entropy_rounds", "Anti-entropy rounds started"),
     "anti_entropy_in_sync": ("sync_anti_entropy_in_sync", "Anti-entropy rounds that found the peer in sync"),
+    "sync_backpressure_events": ("sync_backpressure_events", "Stream backpressure reports that paused eager pushes to a peer"),
+    "sync_stream_failures": ("sync_stream_failures", "Sync streams that failed to connect or timed out"),
+    "anti_entropy_retries": ("sync_anti_entropy_retries", "Anti-entropy rounds retried with another peer after a stream failure"),
+    "sync_answers_held": ("sync_held_answers", "Sync answers held until the newest local write is durable"),
+    "writes_acked_after_persist": ("crdt_writes_acked_after_persist", "Local writes acknowledged once persisted"),
     "store_appends": ("store_appends", "Updates appended to the durable store"),
     "store_compactions": ("store_compactions", "Store compactions into one snapshot"),
     "store_corrupt_rows": ("store_corrupt_rows", "Store rows dropped as corrupt or undecodable"),
     "blob_bytes_fetched": ("blob_fetched_bytes", "Blob bytes received from peers"),
     "blob_hash_mismatch": ("blob_hash_mismatches", "Fetched blobs whose hash did not match"),
     "blob_fetch_failed": ("blob_fetch_failures", "Blob fetches that failed on every peer"),
+    "blob_stream_failovers": ("blob_stream_failovers", "Blob fetches moved to another peer after their stream failed"),
 }
 _CRDT_DROPS = {
     "updates_malformed": "malformed_update",
     "eager_dropped_backpressure": "backpressure",
     "reassembly_dropped": "reassembly",
+    "sync_answers_dropped": "held_answers_full",
 }
 _CRDT_SPECIAL = frozenset({"records_invalid", "invalid_by_reason"})
 _INTENT_KINDS = ("deployments", "kv", "placement", "registry", "routes")

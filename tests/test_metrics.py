@@ -373,8 +373,8 @@ def test_every_exported_name_label_and_reason_is_documented() -> None:
     reg, col = node_registry(mknode("n000", intent=intent), transport=transport("a"), stream_counters=Counter())
     col.observe_fsync(0.001)
     families = list(text_string_to_metric_families(render(reg).decode()))
-    # 13 membership + 7 node + 1 drops + 25 intent + 11 transport + 2 fsync rows in the tables.
-    assert len(families) == 59
+    # 13 membership + 7 node + 1 drops + 31 intent + 11 transport + 2 fsync rows in the tables.
+    assert len(families) == 65
     for fam in families:
         shown = fam.name + "_total" if fam.type == "counter" else fam.name
         assert f"`{shown}`" in doc, shown
@@ -386,3 +386,42 @@ def test_every_exported_name_label_and_reason_is_documented() -> None:
                 assert f"`{label}`" in doc, (fam.name, label)
                 if fam.name != "wasmatrix_crdt_invalid_records" or v == "other":
                     assert v in doc, (fam.name, label, v)
+
+
+def test_a_counter_the_core_lacks_reads_zero_and_keeps_the_series_set() -> None:
+    full = mknode("a")
+    reg_full, _ = node_registry(full)
+    lacking = mknode("a")
+    del lacking.swim.counters["probes"], lacking.counters["wire_errors"]
+    reg_lacking, _ = node_registry(lacking)
+    s_full, s_lacking = parse(render(reg_full)), parse(render(reg_lacking))
+    assert {f: sorted(v[1]) for f, v in s_full.items()} == {f: sorted(v[1]) for f, v in s_lacking.items()}
+    assert value(s_lacking, "wasmatrix_probes_total") == 0
+    assert value(s_lacking, "wasmatrix_dropped_total", layer="node", reason="wire_error") == 0
+
+
+def test_stream_session_counters_are_exported_once_even_when_shared_with_the_transport() -> None:
+    from mesh.transport import Established, StreamSession
+    from transport_helpers import PSK, admit_all, ident
+
+    def exchange(counters_a: Counter[str], frames: int) -> None:
+        """A real stream handshake a -> b, then ``frames`` frames b -> a, all counted in ``counters_a``."""
+        a = StreamSession(ident("a"), PSK, admit_all, True, counters=counters_a)
+        b = StreamSession(ident("b"), PSK, admit_all, False)
+        (out_b,) = b.feed(a.start())
+        out_a, established = a.feed(out_b.data)
+        assert isinstance(established, Established)
+        b.feed(out_a.data)
+        for i in range(frames):
+            a.feed(b.send(b"frame %d" % i))
+
+    t = transport("a")
+    exchange(t.counters, 2)  # sessions sharing the transport's Counter
+    shared = parse(render(node_registry(mknode("a"), transport=t, stream_counters=t.counters)[0]))
+    assert value(shared, "wasmatrix_transport_opened_stream_frames_total") == 2
+    assert value(shared, "wasmatrix_transport_handshakes_total") == 1
+    own: Counter[str] = Counter()
+    exchange(own, 3)  # sessions with their own Counter: added to the transport's
+    separate = parse(render(node_registry(mknode("a"), transport=t, stream_counters=own)[0]))
+    assert value(separate, "wasmatrix_transport_opened_stream_frames_total") == 5
+    assert value(separate, "wasmatrix_transport_handshakes_total") == 2
