@@ -186,7 +186,7 @@ class FsyncHistogram:
         if not b or any(not math.isfinite(x) or x <= 0 for x in b):
             raise ValueError("fsync buckets must be finite and > 0")
         self.buckets = b
-        self.counts = [0] * len(b)  # per bucket, not cumulative: observe stays O(log n)-free and simple
+        self.counts = [0] * len(b)  # per bucket; made cumulative only at scrape time
         self.count = 0
         self.sum = 0.0
         self.invalid = 0
@@ -275,6 +275,11 @@ class NodeCollector(Collector):
         for ev in events:
             kind = ev.kind if ev.kind in self.events else "other"
             self.events[kind] = self.events.get(kind, 0) + 1
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Register on ``registry`` (the node's own); remembered so a runtime sharing it is not exported twice."""
+        registry.register(self)
+        self._registry = registry
 
     # -- collection --------------------------------------------------------------------------------
 
@@ -483,8 +488,7 @@ def node_registry(node: NodeCore, **kwargs: Any) -> tuple[CollectorRegistry, Nod
     """A fresh per-node registry with one :class:`NodeCollector` registered on it."""
     registry = CollectorRegistry(auto_describe=False)
     collector = NodeCollector(node, **kwargs)
-    collector._registry = registry
-    registry.register(collector)
+    collector.register(registry)
     return registry, collector
 
 

@@ -339,9 +339,12 @@ def test_runtime_metrics_on_their_own_registry_are_re_exported() -> None:
 
     rm = RuntimeMetrics()
     rm.admission_rejections.labels(reason="too_large").inc()
+    rm.invoke_seconds.labels(module="m").observe(0.001)
     reg, _ = node_registry(mknode("a"), runtime_metrics=rm)
     s = parse(render(reg))
     assert value(s, "wasmatrix_runtime_admission_rejections_total", reason="too_large") == 1
+    assert value(s, "wasmatrix_runtime_invoke_seconds_count", module="m") == 1
+    promtool_check(render(reg))
     # Sharing the node's registry instead: registered once, not exported twice.
     reg2, col2 = node_registry(mknode("b"))
     rm2 = RuntimeMetrics(reg2)
