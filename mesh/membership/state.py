@@ -45,10 +45,12 @@ from mesh.membership.messages import (
     PushPull,
     PushPullState,
     Suspect,
+    decode_coord,
+    meta_wire,
 )
 from mesh.membership.meta import NodeMeta
 from mesh.membership.suspicion import Suspicion
-from mesh.wire import MAX_DATAGRAM, Envelope, Outgoing, encode, encode_broadcast, envelope_overhead
+from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Envelope, Outgoing, encode, encode_broadcast, envelope_overhead
 
 
 class MemberState(IntEnum):
@@ -106,6 +108,8 @@ class _Relay:
 
 
 _SEQ_MASK = 2**32 - 1
+# Entries per push-pull frame are sized to this many bytes, leaving MAX_FRAME headroom.
+_PP_FRAME_BUDGET = 60_000
 
 
 class SwimCore:
@@ -131,7 +135,10 @@ class SwimCore:
         self.incarnation = incarnation
         self.meta = meta
         self.vivaldi = VivaldiClient(rng)
-        self.coords: dict[str, Coordinate] = {}
+        # Peers' coordinates as packed float32s (their push-pull encoding): a node holds
+        # one per member, so they are kept compact and re-sent without re-encoding.
+        self.coords: dict[str, bytes] = {}
+        self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
         self.members: dict[str, Member] = {
             name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now)
         }
@@ -195,7 +202,8 @@ class SwimCore:
         """The Vivaldi coordinate we know for ``node`` (our own for ourselves)."""
         if node == self.name:
             return self.vivaldi.coord
-        return self.coords.get(node)
+        raw = self.coords.get(node)
+        return None if raw is None else decode_coord(raw, node)
 
     # ------------------------------------------------------------------ local actions
 
@@ -219,7 +227,7 @@ class SwimCore:
         seed = self._seed_order[self._seed_index % len(self._seed_order)]
         self._seed_index += 1
         self._next_join_at = now + self.join_retry_interval
-        return [self._push_pull_to(seed, join=True, reply=False)]
+        return self._push_pull_to(seed, join=True, reply=False)
 
     def leave(self, now: float) -> list[Outgoing]:
         """Announce a graceful leave; the driver should keep running briefly to spread it."""
@@ -303,7 +311,7 @@ class SwimCore:
                 if peers:
                     target = self.members[peers[self.rng.randrange(len(peers))]]
                     self.counters["push_pulls"] += 1
-                    out.append(self._push_pull_to(target.addr, join=False, reply=False))
+                    out.extend(self._push_pull_to(target.addr, join=False, reply=False))
             if now >= self._next_reconnect_at:
                 self._next_reconnect_at = now + self.config.reconnect_interval
                 self._reconnect(out)
@@ -423,8 +431,10 @@ class SwimCore:
         p.acked = True
         if ack.coord is not None and sender == p.target:
             rtt = now - p.sent_at
-            self.coords[sender] = ack.coord
-            self.vivaldi.update(sender, ack.coord, rtt)
+            coord = ack.coord
+            if len(coord.vec) == self.vivaldi.config.dimensionality and coord.is_valid():
+                self.coords[sender] = PushPullState.pack_coord(coord)  # type: ignore[assignment]
+            self.vivaldi.update(sender, coord, rtt)
             self.awareness.apply_delta(-1)
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
@@ -437,14 +447,21 @@ class SwimCore:
 
     def _reconnect(self, out: list[Outgoing]) -> None:
         # Serf's reconnect: with probability failed/alive, try one random failed member.
-        failed = sorted(n for n, m in self.members.items() if m.state == MemberState.DEAD)
-        if not failed:
+        # Members not alive/suspect (dead or left) bound the failed count from above, so
+        # the draw usually settles it without walking every member.
+        gone = len(self.members) - 1 - len(self._alive_names)
+        if gone <= 0:
             return
-        if self.rng.random() > len(failed) / max(1, self._num_live):
+        live = max(1, self._num_live)
+        r = self.rng.random()
+        if r > gone / live:
+            return
+        failed = sorted(n for n, m in self.members.items() if m.state == MemberState.DEAD)
+        if not failed or r > len(failed) / live:
             return
         target = self.members[failed[self.rng.randrange(len(failed))]]
         self.counters["reconnects"] += 1
-        out.append(self._push_pull_to(target.addr, join=False, reply=False))
+        out.extend(self._push_pull_to(target.addr, join=False, reply=False))
 
     # ------------------------------------------------------------------ dissemination
 
@@ -625,24 +642,44 @@ class SwimCore:
 
     def local_states(self) -> tuple[PushPullState, ...]:
         """Our full membership state, for a push-pull exchange."""
-        coords = self.coords
-        out = []
-        for name in sorted(self.members):
-            m = self.members[name]
-            if m.meta_wire is None:
-                m.meta_wire = PushPullState.pack_meta(m.meta)
-            c = self.vivaldi.coord if name == self.name else coords.get(name)
-            out.append(PushPullState(name, m.addr, m.incarnation, int(m.state), m.meta_wire, PushPullState.pack_coord(c)))
-        return tuple(out)
+        return tuple(PushPullState(*row) for row in self._state_rows())
 
-    def _push_pull_to(self, addr: str, join: bool, reply: bool) -> Outgoing:
-        return Outgoing(addr, encode(self.name, PushPull(join, reply, self.local_states())), True)
+    def _state_rows(self) -> list[list[Any]]:
+        get = self.coords.get
+        rows = [
+            [name, m.addr, m.incarnation, m.state, m.meta_wire or self._meta_wire(m), get(name)]
+            for name, m in self.members.items()
+        ]
+        # Our own row carries our own coordinate (we keep none for ourselves in ``coords``).
+        for row in rows:
+            if row[0] == self.name:
+                row[5] = PushPullState.pack_coord(self.vivaldi.coord)
+                break
+        return rows
+
+    @staticmethod
+    def _meta_wire(m: Member) -> bytes:
+        m.meta_wire = meta_wire(m.meta)
+        return m.meta_wire
+
+    def _push_pull_to(self, addr: str, join: bool, reply: bool) -> list[Outgoing]:
+        """Our full state for ``addr``: one stream frame per chunk, each within MAX_FRAME."""
+        rows = self._state_rows()
+        while True:
+            per = max(1, int(_PP_FRAME_BUDGET / self._pp_row_bytes))
+            chunks = [rows[i : i + per] for i in range(0, len(rows), per)]
+            frames = [encode(self.name, PushPull(join, reply, c, i, len(chunks))) for i, c in enumerate(chunks)]
+            big = max(frames, key=len)
+            if len(big) <= MAX_FRAME:
+                return [Outgoing(addr, f, True) for f in frames]
+            # Entries larger than estimated (long names, rich metadata): re-split.
+            self._pp_row_bytes = max(self._pp_row_bytes * 1.25, len(big) / per)
 
     def _on_push_pull(self, src: str, msg: PushPull, now: float, out: list[Outgoing]) -> None:
-        if not msg.reply:
-            out.append(self._push_pull_to(src, join=False, reply=True))
+        if not msg.reply and msg.part == 0:
+            out.extend(self._push_pull_to(src, join=False, reply=True))
         joined = self._num_live <= 1
-        self.merge_states(msg.states, now)
+        self._merge_rows(msg.rows, now)
         if joined and self._num_live > 1:
             # Just joined: the join was a full sync, so stagger the first periodic
             # push-pull over the period scaled for the size we now know.
@@ -650,19 +687,40 @@ class SwimCore:
 
     def merge_states(self, states: Iterable[PushPullState], now: float) -> None:
         """Merge a remote full state (memberlist's mergeState)."""
+        self._merge_rows([st.to_wire() for st in states], now)
+
+    def _merge_rows(self, rows: list[Any], now: float) -> None:
+        """Merge push-pull entries as received (``PushPullState.to_wire`` rows)."""
         dims = self.vivaldi.config.dimensionality
-        for st in states:
-            if st.node == self.name:
-                m = None
-            else:
-                m = self.members.get(st.node)
-                if m is not None and st.incarnation < m.incarnation:
-                    continue  # stale: the common case in a steady mesh, skipped without decoding
+        members = self.members
+        get = members.get
+        coords = self.coords
+        me = self.name
+        dead = MemberState.DEAD
+        for row in rows:
+            # Fast path: an entry equal to what we hold (most of a steady mesh's state) is
+            # skipped after a dict lookup, before it is validated or decoded; anything
+            # else goes through PushPullState.from_wire's full validation below.
             try:
-                if st.coord_raw is not None and m is not None and st.node not in self.coords:
-                    coord = st.decoded_coord()
-                    if coord is not None and len(coord.vec) == dims and coord.is_valid():
-                        self.coords[st.node] = coord
+                node, _, inc, state, _, coord = row
+                m = get(node)
+            except (TypeError, ValueError):
+                self.counters["bad_states"] += 1
+                continue
+            if m is not None:
+                if node == me:
+                    m = None
+                elif type(inc) is int:
+                    if inc < m.incarnation:
+                        continue  # stale
+                    if state == 0 and inc == m.incarnation and m.state != dead and (coord is None or node in coords):
+                        continue  # alive at the incarnation we know: nothing to learn
+            try:
+                st = PushPullState.from_wire(row)
+                if st.coord_raw is not None and m is not None and st.node not in coords:
+                    coord = decode_coord(st.coord_raw, st.node)
+                    if len(coord.vec) == dims and coord.is_valid():
+                        coords[st.node] = st.coord_raw
                 state = MemberState(st.state)
                 if state == MemberState.ALIVE:
                     if m is not None and st.incarnation == m.incarnation and m.state != MemberState.DEAD:
@@ -682,11 +740,21 @@ class SwimCore:
         Entries are taken as alive at their incarnation; the protocol then
         verifies them by probing like any member.
         """
+        added = []
         for st in states:
             if st.node == self.name or st.node in self.members:
                 continue
-            self.members[st.node] = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now)
-            self._set_live(st.node, True)
+            m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now)
+            m.meta_wire = st.meta_raw
+            self.members[st.node] = m
+            self._recent_dead.pop(st.node, None)
+            added.append(st.node)
+        if added:
+            # One sort and one shuffle rather than an ordered insert per member: O(N log N).
+            self._alive_names = sorted({*self._alive_names, *added})
+            self.rng.shuffle(added)
+            self._probe_order[self._probe_index :] = [*self._probe_order[self._probe_index :], *added]
+            self._num_live = len(self._alive_names) + (0 if self.leaving else 1)
         self._next_join_at = None
         self._next_push_pull_at = now + self.rng.random() * self.config.push_pull_period(self._num_live)
 
