@@ -10,7 +10,8 @@
    number of events, where every delivery msgpack-decodes a real payload of that
    run (datagrams and push-pull frames sampled from it, in the run's proportions)
    and msgpack-encodes the result again — the floor any msgpack simulator pays.
-   The ratio is sim wall / bare wall.
+   The ratio is sim CPU time / bare CPU time (CPU time, so that other load on a
+   shared machine does not skew it; wall time is printed too).
 2. Memory: RSS growth of that process over the run divided by the node count
    (KiB per simulated node at steady state; goal <= 150 KiB).
 3. 10,000 nodes pre-joined in steady state for 60 virtual s: virtual seconds per
@@ -84,7 +85,7 @@ def _samples(sim: Simulation, seconds: float) -> tuple[list[bytes], list[bytes]]
 
 
 def bare_loop(events: int, n_dgram: int, n_frame: int, dgrams: list[bytes], frames: list[bytes], heap_size: int) -> float:
-    """Wall seconds for a heapq loop of ``events`` pops whose deliveries decode and re-encode real payloads."""
+    """CPU seconds for a heapq loop of ``events`` pops whose deliveries decode and re-encode real payloads."""
     rng = random.Random(0)
     heap = [(rng.random(), i) for i in range(heap_size)]
     heapq.heapify(heap)
@@ -93,7 +94,7 @@ def bare_loop(events: int, n_dgram: int, n_frame: int, dgrams: list[bytes], fram
     nd, nf = len(dgrams), len(frames)
     acc_d = acc_f = 0
     di = fi = 0
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(events):
         t, _ = heapq.heappop(heap)
         acc_f += n_frame
@@ -108,22 +109,23 @@ def bare_loop(events: int, n_dgram: int, n_frame: int, dgrams: list[bytes], fram
             di += 1
         seq += 1
         heapq.heappush(heap, (t + rng.random(), seq))
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
 def child_speed(n: int, duration: float, crash: bool, bare: bool) -> dict[str, Any]:
     gc.collect()
     rss0 = _rss_kib()
     sim = Simulation(parse(_speed_doc(n, duration, crash)), 1)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sim.run()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     gc.collect()
     rss1 = _rss_kib()
     out: dict[str, Any] = {
         "nodes": n,
         "virtual": duration,
         "wall": wall,
+        "cpu": cpu,
         "events": sim.events_processed,
         "datagrams": sim.datagrams_delivered,
         "frames": sim.frames_delivered,
@@ -208,14 +210,15 @@ def main() -> None:
         r = _child([str(n_speed), str(dur), "1", "1"])
         rs.append(r)
         print(
-            f"run {i + 1}: wall {r['wall']:.1f} s  events {r['events']} ({r['datagrams']} datagrams, {r['frames']} frames)  "
-            f"{r['events'] / r['wall']:.0f} events/s  bare loop {r['bare']:.1f} s  sim/bare {r['wall'] / r['bare']:.2f}x  "
+            f"run {i + 1}: wall {r['wall']:.1f} s  cpu {r['cpu']:.1f} s  events {r['events']} ({r['datagrams']} datagrams, "
+            f"{r['frames']} frames)  {r['events'] / r['cpu']:.0f} events/cpu-s  bare loop {r['bare']:.1f} cpu-s  "
+            f"sim/bare {r['cpu'] / r['bare']:.2f}x  "
             f"{r['kib_per_node']:.0f} KiB/node  converged {r['converged']}  trace {r['trace'][:12]}"
         )
     print(
-        f"wall {_spread([r['wall'] for r in rs])} s (goal {goal:.0f} s)  "
-        f"sim/bare {_spread([r['wall'] / r['bare'] for r in rs], '.2f')}x  "
-        f"events/s {_spread([r['events'] / r['wall'] for r in rs], '.0f')}  "
+        f"wall {_spread([r['wall'] for r in rs])} s  cpu {_spread([r['cpu'] for r in rs])} s (goal {goal:.0f} s)  "
+        f"sim/bare {_spread([r['cpu'] / r['bare'] for r in rs], '.2f')}x  "
+        f"events/cpu-s {_spread([r['events'] / r['cpu'] for r in rs], '.0f')}  "
         f"KiB/node {_spread([r['kib_per_node'] for r in rs], '.0f')} (goal 150)  "
         f"mean push-pull frame {rs[0]['frame_bytes']:.0f} B"
     )
@@ -225,7 +228,8 @@ def main() -> None:
         print(f"\n== {n_big} nodes pre-joined, steady state, {dur_big:.0f} virtual s ==")
         r = _child([str(n_big), str(dur_big), "0", "0"])
         print(
-            f"wall {r['wall']:.1f} s  virtual/wall {dur_big / r['wall']:.2f}  {r['events'] / r['wall']:.0f} events/s  "
+            f"wall {r['wall']:.1f} s  cpu {r['cpu']:.1f} s  virtual s per wall s {dur_big / r['wall']:.2f} "
+            f"(per cpu s {dur_big / r['cpu']:.2f})  {r['events'] / r['cpu']:.0f} events/cpu-s  "
             f"{r['kib_per_node']:.0f} KiB/node  RSS {r['rss_mib']:.0f} MiB  converged {r['converged']}"
         )
 

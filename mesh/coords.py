@@ -25,6 +25,7 @@ from typing import Any
 from mesh.wire import v_float, v_list
 
 ZERO_THRESHOLD = 1.0e-6
+_FLOAT = {float}
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,7 +84,7 @@ class Coordinate:
         if len(f) < 4:
             raise ValueError("coordinate too short")
         # Fast path (every ack carries one): all floats, finite (their sum is), in bounds.
-        if all(type(v) is float for v in f) and math.isfinite(sum(f)) and -1e6 <= min(f) and max(f) <= 1e6:
+        if set(map(type, f)) == _FLOAT and math.isfinite(sum(f)) and -1e6 <= min(f) and max(f) <= 1e6:
             vals = f
         else:
             vals = [v_float(v, -1e6, 1e6) for v in f]

@@ -54,6 +54,7 @@ class SimNode:
     pos: tuple[float, float] = (0.0, 0.0)
     sec: int = -1
     sec_count: int = 0
+    plain: bool = True  # no skew or drift: local time is virtual time
 
     def local(self, t: float) -> float:
         """This node's (possibly skewed, drifting) clock reading at virtual time t."""
@@ -236,7 +237,7 @@ class Simulation:
         d = node.core.next_deadline()
         if d is None or d == math.inf:
             return
-        if node.drift == 0.0 and node.skew == 0.0:
+        if node.plain:
             t = d
         else:
             t = node.to_global(d)
@@ -291,6 +292,7 @@ class Simulation:
         # The common case (no overrides, no partition, plain topology) skips the per-link lookups.
         simple = not self.link_overrides and self.partition is None and not (net.topology == "plane" and net.plane_ms > 0)
         default = net.default
+        rnd = self.net_rng.random
         for o in outs:
             self.messages_sent += 1
             self.bytes_sent += len(o.data)
@@ -303,7 +305,9 @@ class Simulation:
                 model = default
                 j = model.jitter_ms
                 if j > 0 and model.distribution == "uniform":
-                    delay = max(model.latency_ms + self.net_rng.uniform(-j, j), 0.01) / 1000.0
+                    # random.uniform(-j, j), inlined: this runs for every message
+                    delay = model.latency_ms + (-j + 2.0 * j * rnd())
+                    delay = (delay if delay > 0.01 else 0.01) / 1000.0
                 else:
                     delay = self._latency(name, dst, model)
             else:
@@ -359,7 +363,7 @@ class Simulation:
                     self.frames_delivered += 1
                 else:
                     self.datagrams_delivered += 1
-                outs = node.core.receive(src, payload, node.local(t), reliable)
+                outs = node.core.receive(src, payload, t if node.plain else node.local(t), reliable)
                 self._after(node, outs)
             elif kind == _TIMER:
                 name, gen = data
@@ -367,7 +371,7 @@ class Simulation:
                 if not node.up or gen != node.generation or t != node.timer_at:
                     continue
                 node.timer_at = math.inf
-                outs = node.core.tick(node.local(t))
+                outs = node.core.tick(t if node.plain else node.local(t))
                 self._after(node, outs)
             elif kind == _FAULT:
                 self._apply_fault(self.scenario.faults[data])
@@ -377,12 +381,25 @@ class Simulation:
         self.wall_seconds += time.perf_counter() - wall0
 
     def _after(self, node: SimNode, outs: list[Any]) -> None:
-        self._send(node, outs)
-        events = node.core.swim.events
-        if events:
-            node.core.swim.events = []
+        if outs:
+            self._send(node, outs)
+        core = node.core
+        swim = core.swim
+        if swim.events:
+            events, swim.events = swim.events, []
             self._observe(node, events)
-        self._schedule_timer(node)
+        # _schedule_timer, inlined: it runs after every event.
+        d = core.next_deadline()
+        if d is None or d == math.inf:
+            return
+        t = d if node.plain else node.to_global(d)
+        if t < self.now:
+            t = self.now
+        t += node.slow
+        if t < node.timer_at:
+            node.timer_at = t
+            self._seq += 1
+            heapq.heappush(self._heap, (t, self._seq, _TIMER, (node.name, node.generation)))
 
     # ------------------------------------------------------------------ observation
 
@@ -523,6 +540,7 @@ class Simulation:
                 node = self.nodes[n]
                 node.skew = float(a.get("skew", 0.0))
                 node.drift = float(a.get("drift", 0.0))
+                node.plain = node.skew == 0.0 and node.drift == 0.0
                 node.timer_at = math.inf
                 self._schedule_timer(node)
         elif f.action in INTENT_ACTIONS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -249,6 +250,16 @@ def decode_meta(raw: bytes, node: str = "") -> NodeMeta:
     # Its received encoding decodes to the same value: re-sending it needs no re-encode.
     _META_WIRE[id(meta)] = (meta, raw)
     return meta
+
+
+def coord_ok(raw: bytes, dims: int) -> bool:
+    """True when ``raw`` is a packed coordinate of ``dims`` dimensions with finite, bounded values."""
+    n = len(raw) // 4
+    if n != dims + 3 or n * 4 != len(raw):
+        return False
+    vals = struct.unpack(f"<{n}f", raw)
+    # A sum of finite floats is finite (float32 values cannot overflow a float64 sum).
+    return math.isfinite(sum(vals)) and -1e6 <= min(vals) and max(vals) <= 1e6
 
 
 def decode_coord(raw: bytes, node: str = "") -> Coordinate:

@@ -45,6 +45,7 @@ from mesh.membership.messages import (
     PushPull,
     PushPullState,
     Suspect,
+    coord_ok,
     decode_coord,
     meta_wire,
 )
@@ -108,6 +109,7 @@ class _Relay:
 
 
 _SEQ_MASK = 2**32 - 1
+_INF = float("inf")
 # Entries per push-pull frame are sized to this many bytes, leaving MAX_FRAME headroom.
 _PP_FRAME_BUDGET = 60_000
 
@@ -323,16 +325,23 @@ class SwimCore:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`tick` has work to do."""
-        d = self._next_gossip_at if len(self.broadcasts) else float("inf")
+        # Runs after every event a node handles: plain comparisons, no min() calls.
+        d = self._next_gossip_at if len(self.broadcasts) else _INF
         if not self.leaving:
             p = self._probe
             if p is None:
-                d = min(d, self._next_probe_at)
+                x = self._next_probe_at
             else:
-                d = min(d, p.end_at if p.indirect_sent or p.acked else p.indirect_at)
-            d = min(d, self._next_push_pull_at, self._next_reconnect_at)
-        if self._next_join_at is not None:
-            d = min(d, self._next_join_at)
+                x = p.end_at if p.indirect_sent or p.acked else p.indirect_at
+            if x < d:
+                d = x
+            if self._next_push_pull_at < d:
+                d = self._next_push_pull_at
+            if self._next_reconnect_at < d:
+                d = self._next_reconnect_at
+        j = self._next_join_at
+        if j is not None and j < d:
+            d = j
         for s in self._suspicions.values():
             if s.deadline < d:
                 d = s.deadline
@@ -718,9 +727,10 @@ class SwimCore:
             try:
                 st = PushPullState.from_wire(row)
                 if st.coord_raw is not None and m is not None and st.node not in coords:
-                    coord = decode_coord(st.coord_raw, st.node)
-                    if len(coord.vec) == dims and coord.is_valid():
+                    if coord_ok(st.coord_raw, dims):
                         coords[st.node] = st.coord_raw
+                    else:
+                        decode_coord(st.coord_raw, st.node)  # malformed: WireError, as ever; other dimensions: ignored
                 state = MemberState(st.state)
                 if state == MemberState.ALIVE:
                     if m is not None and st.incarnation == m.incarnation and m.state != MemberState.DEAD:
