@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,15 @@ from mesh.wire import v_float, v_list
 
 ZERO_THRESHOLD = 1.0e-6
 _FLOAT = {float}
+
+
+class _F64Structs(dict[int, struct.Struct]):
+    def __missing__(self, n: int) -> struct.Struct:
+        self[n] = st = struct.Struct(f"<{n}d")
+        return st
+
+
+_F64 = _F64Structs()  # n -> packer of n float64s (latency filters)
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,9 +116,9 @@ class VivaldiClient:
         self._origin = Coordinate.origin(self.config)
         self._adjustment_samples = [0.0] * self.config.adjustment_window
         self._adjustment_index = 0
-        # node -> the last few RTT samples; a tuple, not a deque: a thousand peers'
-        # filters per node must stay small (a deque costs ~600 bytes, a 3-tuple ~64).
-        self._latency_filter: dict[str, tuple[float, ...]] = {}
+        # node -> the last few RTT samples, packed float64s: a node keeps one filter per
+        # peer it probes, so it must be small (a deque costs ~600 bytes, these ~60).
+        self._latency_filter: dict[str, bytes] = {}
         self.updates = 0
         self.resets = 0
 
@@ -169,11 +179,14 @@ class VivaldiClient:
         return coord
 
     def _filtered(self, node: str, rtt: float) -> float:
-        samples = self._latency_filter.get(node, ())
-        samples = (*samples[len(samples) - self.config.latency_filter_size + 1 :], rtt)
-        if self.config.latency_filter_size <= 0:
-            samples = (rtt,)
-        self._latency_filter[node] = samples
+        raw = self._latency_filter.get(node)
+        size = self.config.latency_filter_size
+        if raw is None or size <= 1:
+            self._latency_filter[node] = _F64[1].pack(rtt)
+            return rtt
+        old = _F64[len(raw) >> 3].unpack(raw)
+        samples = (*old[len(old) - size + 1 :], rtt)
+        self._latency_filter[node] = _F64[len(samples)].pack(*samples)
         ordered = sorted(samples)
         return ordered[len(ordered) // 2]
 

@@ -129,6 +129,7 @@ class Simulation:
         self._seed_names: list[str] = []
         self.wall_seconds = 0.0
         self._initial: list[Any] | None = None
+        self._shared_members: dict[float, list[Any]] = {}
         # Replicated intent only when the scenario asks for it: membership-only runs pay nothing.
         self.intent: IntentHarness | None = None
         if scenario.intent is not None:
@@ -244,7 +245,7 @@ class Simulation:
         if t < self.now:
             t = self.now
         t += node.slow
-        if t < node.timer_at:
+        if t != node.timer_at:
             node.timer_at = t
             self._push(t, _TIMER, (node.name, node.generation))
 
@@ -396,7 +397,10 @@ class Simulation:
         if t < self.now:
             t = self.now
         t += node.slow
-        if t < node.timer_at:
+        # A deadline that moved later (a probe acked before its indirect-probe time)
+        # replaces the queued one too: the stale entry is skipped when popped, instead
+        # of ticking a core that has nothing due.
+        if t != node.timer_at:
             node.timer_at = t
             self._seq += 1
             heapq.heappush(self._heap, (t, self._seq, _TIMER, (node.name, node.generation)))
@@ -464,7 +468,9 @@ class Simulation:
             node.up = True
             node.core = self._new_core(name, node.index, node.generation, node.local(self.now))
             if self.scenario.bootstrap == "full" and node.generation == 0 and node.index < self.scenario.nodes:
-                node.core.swim.bootstrap(self._initial_states(), node.local(self.now))
+                # Nodes booting at the same instant share their initial member records (copy on access).
+                at = node.local(self.now)
+                self._shared_members[at] = node.core.swim.bootstrap(self._initial_states(), at, self._shared_members.get(at))
             self._record(_STOP, name, "boot", b"")
             self._after(node, node.core.start(node.local(self.now)))
         elif what == "stop" and gen == node.generation:

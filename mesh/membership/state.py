@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any, Iterable
 
@@ -74,6 +74,60 @@ class Member:
     state: MemberState
     state_change: float
     meta_wire: bytes | None = None  # encoded meta, cached for push-pull
+
+
+_MEMBER_FIELDS = tuple(f.name for f in fields(Member))
+
+
+class _SharedMember(Member):
+    """A member record that several tables hold at once (simulated nodes bootstrapped alike).
+
+    Read-only: a :class:`MemberTable` hands out a private copy on ``get``/``[]``
+    before anyone can change it, and a write that bypasses the table fails loudly.
+    """
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError(f"member {self.name} is shared: take it from its MemberTable (get or []) to change it")
+
+
+def shared_member(m: Member) -> Member:
+    """A read-only copy of ``m`` that many tables may hold (copy-on-access, see MemberTable)."""
+    s = object.__new__(_SharedMember)
+    for f in _MEMBER_FIELDS:
+        object.__setattr__(s, f, getattr(m, f))
+    return s
+
+
+class MemberTable(dict[str, Member]):
+    """A node's members by name; members shared with other nodes are copied on access.
+
+    A simulation of N nodes that all start knowing all N would hold N² member
+    records; bootstrapped alike, they share one record per member until a node
+    touches it (``get``/``[]``), which swaps in the node's own copy. Bulk reads
+    (iteration, ``peek``) do not copy.
+    """
+
+    __slots__ = ()
+    peek = dict.get  # read-only lookup that never copies
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        m = dict.get(self, key, default)
+        if type(m) is _SharedMember:
+            m = self._own(key, m)
+        return m
+
+    def __getitem__(self, key: str) -> Member:
+        m = dict.__getitem__(self, key)
+        if type(m) is _SharedMember:
+            m = self._own(key, m)
+        return m
+
+    def _own(self, key: str, m: Member) -> Member:
+        c = Member(*[getattr(m, f) for f in _MEMBER_FIELDS])
+        dict.__setitem__(self, key, c)
+        return c
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,9 +195,7 @@ class SwimCore:
         # one per member, so they are kept compact and re-sent without re-encoding.
         self.coords: dict[str, bytes] = {}
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
-        self.members: dict[str, Member] = {
-            name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now)
-        }
+        self.members: MemberTable = MemberTable({name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now)})
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.broadcasts = BroadcastQueue(lambda: config.retransmit_limit(self.num_members()))
         self.events: list[MemberEvent] = []
@@ -702,7 +754,7 @@ class SwimCore:
         """Merge push-pull entries as received (``PushPullState.to_wire`` rows)."""
         dims = self.vivaldi.config.dimensionality
         members = self.members
-        get = members.get
+        get = members.peek  # no copy of a shared member just to compare it
         coords = self.coords
         me = self.name
         dead = MemberState.DEAD
@@ -744,29 +796,41 @@ class SwimCore:
             except WireError:
                 self.counters["bad_states"] += 1
 
-    def bootstrap(self, states: Iterable[PushPullState], now: float) -> None:
+    def bootstrap(self, states: Iterable[PushPullState], now: float, shared: list[Member] | None = None) -> list[Member]:
         """Start with a known member list (e.g. persisted from a previous run) without gossiping it.
 
         Entries are taken as alive at their incarnation; the protocol then
-        verifies them by probing like any member.
+        verifies them by probing like any member. ``shared`` is what an earlier
+        call with the same ``states`` and ``now`` returned: a simulator that
+        bootstraps many nodes alike passes it so they share the records until
+        each touches one (copy on access, see :class:`MemberTable`). Returns the
+        records to share.
         """
+        states = list(states)
+        if shared is None or len(shared) != len(states):
+            shared = []
+            for st in states:
+                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now)
+                m.meta_wire = st.meta_raw
+                shared.append(shared_member(m))
         added = []
-        for st in states:
-            if st.node == self.name or st.node in self.members:
+        members = self.members
+        for st, m in zip(states, shared):
+            if st.node == self.name or st.node in members or m.name != st.node:
                 continue
-            m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now)
-            m.meta_wire = st.meta_raw
-            self.members[st.node] = m
+            dict.__setitem__(members, st.node, m)
             self._recent_dead.pop(st.node, None)
             added.append(st.node)
         if added:
             # One sort and one shuffle rather than an ordered insert per member: O(N log N).
-            self._alive_names = sorted({*self._alive_names, *added})
+            # (sorted() of already-sorted names, the usual case, is linear)
+            self._alive_names = sorted([*self._alive_names, *added]) if self._alive_names else sorted(added)
             self.rng.shuffle(added)
             self._probe_order[self._probe_index :] = [*self._probe_order[self._probe_index :], *added]
             self._num_live = len(self._alive_names) + (0 if self.leaving else 1)
         self._next_join_at = None
         self._next_push_pull_at = now + self.rng.random() * self.config.push_pull_period(self._num_live)
+        return shared
 
     def reap(self, now: float) -> None:
         """Forget dead/left members whose tombstone has expired."""
