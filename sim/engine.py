@@ -329,12 +329,13 @@ class Simulation:
             ow = self.one_way.get((name, dst)) if self.one_way else None
             if ow is not None:
                 loss = 1.0 - (1.0 - loss) * (1.0 - ow)
-            if loss > 0 and self.net_rng.random() < loss:
+            if loss > 0 and rnd() < loss:
                 self.messages_dropped += 1
                 continue
-            if model.reorder > 0 and self.net_rng.random() < model.reorder:
-                delay += self.net_rng.random() * model.reorder_ms / 1000.0
-            self._push(self.now + delay, _DELIVER, (dst, node.name, o.data, False, False))
+            if model.reorder > 0 and rnd() < model.reorder:
+                delay += rnd() * model.reorder_ms / 1000.0
+            self._seq += 1
+            heapq.heappush(self._heap, (now + delay, self._seq, _DELIVER, (dst, name, o.data, False, False)))
             if model.duplicate > 0 and self.net_rng.random() < model.duplicate:
                 self._push(self.now + delay + self._latency(node.name, dst, model), _DELIVER, (dst, node.name, o.data, False, False))
         if node.sec_count > self.max_msgs_per_node_sec:
