@@ -116,3 +116,20 @@ def test_ack_with_a_coordinate_of_the_wrong_dimensionality_is_not_kept() -> None
     a.receive("b", encode("b", Ack(ping.seq, bad)), 5.01)
     assert "b" not in a.swim.coords
     assert a.estimate_rtt("a", "b") is None
+
+
+def test_malformed_entries_are_counted_and_the_rest_merged() -> None:
+    peer = NodeCore("peer", "p", NodeMeta(), LAN, random.Random(5))
+    good = PushPullState.of("n1", "a1", 0, 0, _meta(1), None).to_wire()
+    rows = [
+        ["n2", "a2", 0, 0],  # too short
+        [7, "a3", 0, 0, PushPullState.pack_meta(_meta(3)), None],  # name not a string
+        ["n4", "a4", 0, 0, b"\xc1", None],  # metadata that is not msgpack
+        ["n5", "a5", -1, 0, PushPullState.pack_meta(_meta(5)), None],  # negative incarnation
+        "not a row",
+        good,
+    ]
+    data = encode("x", PushPull(False, True, rows))
+    assert peer.receive("x", data, 0.0, reliable=True) == []
+    assert peer.swim.counters["bad_states"] == 5
+    assert set(peer.swim.view()) == {"peer", "n1"}

@@ -810,19 +810,20 @@ class SwimCore:
             # Fast path: an entry equal to what we hold (most of a steady mesh's state) is
             # skipped after a dict lookup, before it is validated or decoded; anything
             # else goes through PushPullState.from_wire's full validation below.
-            try:
-                node, _, inc, state, _, coord = row
-                m = peek(node)
-            except (TypeError, ValueError):
+            # (fields by position: node, addr, incarnation, state, meta, coordinate, ...)
+            if type(row) is not list or len(row) < 6 or type(row[0]) is not str:
                 self.counters["bad_states"] += 1
                 continue
+            node = row[0]
+            m = peek(node)
             if m is not None:
+                inc = row[2]
                 if node == me:
                     m = None
                 elif type(inc) is int:
                     if inc < m.incarnation:
                         continue  # stale
-                    if state == 0 and inc == m.incarnation and m.state != dead and (coord is None or node in coords):
+                    if row[3] == 0 and inc == m.incarnation and m.state != dead and (row[5] is None or node in coords):
                         continue  # alive at the incarnation we know: nothing to learn
             if m is not None:
                 m = members.get(node)  # our own copy from here on: the merge may change it
