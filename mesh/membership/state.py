@@ -435,7 +435,7 @@ class SwimCore:
             while self._probe_index < len(self._probe_order):
                 name = self._probe_order[self._probe_index]
                 self._probe_index += 1
-                m = self.members.get(name)
+                m = self.members.peek(name)  # read-only: a probe changes no record
                 if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
                     return m
             # Wrapped around: reshuffle the current membership (memberlist's resetNodes).
