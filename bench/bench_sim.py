@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import heapq
+import io
 import json
 import math
 import pathlib
@@ -75,9 +76,10 @@ def _samples(sim: Simulation, seconds: float) -> tuple[list[bytes], list[bytes]]
             dgrams.append(data)
         orig(kind, a, b, data)
 
-    sim._record = record  # type: ignore[method-assign]
+    # The run loop calls _record for deliveries only when a trace file is set.
+    sim._record, sim._trace_file = record, io.StringIO()  # type: ignore[method-assign]
     sim.run(sim.now + seconds)
-    sim._record = orig  # type: ignore[method-assign]
+    sim._record, sim._trace_file = orig, None  # type: ignore[method-assign]
     frames: list[bytes] = []
     for name in sim.live_names()[:5]:
         frames += [o.data for o in sim.nodes[name].core.swim._push_pull_to("x", False, False)]
@@ -142,7 +144,9 @@ def child_speed(n: int, duration: float, crash: bool, bare: bool) -> dict[str, A
 
 
 def _child(args: list[str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark child {args} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
