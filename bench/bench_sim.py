@@ -228,7 +228,7 @@ def main() -> None:
     )
 
     if not args.skip_10k:
-        n_big, dur_big = (2000, 20.0) if args.quick else (10_000, 60.0)
+        n_big, dur_big = (1000, 10.0) if args.quick else (10_000, 60.0)
         print(f"\n== {n_big} nodes pre-joined, steady state, {dur_big:.0f} virtual s ==")
         r = _child([str(n_big), str(dur_big), "0", "0"])
         print(
