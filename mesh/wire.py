@@ -39,10 +39,10 @@ PROTOCOL_VERSION = 1
 # minus headers and the Noise tag/counter).
 MAX_DATAGRAM = 1200
 # Stream frames (push-pull, sync, blob chunks) are length-prefixed and each is one Noise
-# transport message, which carries at most 65,535 bytes: every stream message a core
-# produces fits one frame, and larger state is chunked by the core that sends it
-# (push-pull parts, SyncChunk, blob chunks).
-MAX_FRAME = 65_535
+# transport message, which is at most 65,535 bytes including its 16-byte tag: every
+# stream message a core produces fits one frame (its plaintext, this limit), and larger
+# state is chunked by the core that sends it (push-pull parts, SyncChunk, blob chunks).
+MAX_FRAME = 65_535 - 16  # = mesh.transport.stream.MAX_STREAM_PLAINTEXT
 
 _MAX_STR = 64 * 1024
 _MAX_ARRAY = 100_000

@@ -8,10 +8,12 @@ from mesh.coords import Coordinate
 from mesh.membership import MemberState, NodeMeta, profile
 from mesh.membership.messages import Ack, PushPull, PushPullState
 from mesh.node import NodeCore
+from mesh.transport.stream import MAX_STREAM_PLAINTEXT
 from mesh.wire import MAX_FRAME, decode, encode
 
 LAN = profile("lan")
 NOISE_MAX = 65_535  # the largest Noise transport message: the seam's frame limit
+NOISE_TAG = 16  # a transport message is the plaintext plus this authentication tag
 
 
 def _meta(i: int) -> NodeMeta:
@@ -43,7 +45,8 @@ def decode_coord_of(core: NodeCore, name: str) -> Coordinate | None:
 
 
 def test_frame_limit_is_one_noise_message() -> None:
-    assert MAX_FRAME == NOISE_MAX
+    assert MAX_FRAME + NOISE_TAG == NOISE_MAX
+    assert MAX_FRAME == MAX_STREAM_PLAINTEXT  # what the stream transport accepts in one message
 
 
 def test_ten_thousand_member_state_fits_frames_and_a_peer_merges_the_full_view() -> None:
@@ -51,7 +54,7 @@ def test_ten_thousand_member_state_fits_frames_and_a_peer_merges_the_full_view()
     seed = _big_node(n)
     frames = seed.swim._push_pull_to("10.9.9.9:7946", join=False, reply=False)
     assert len(frames) > 1  # ~0.9 MB of state cannot be one frame
-    assert all(f.reliable and len(f.data) <= NOISE_MAX for f in frames)
+    assert all(f.reliable and len(f.data) + NOISE_TAG <= NOISE_MAX for f in frames)
     parts = [decode(f.data, MAX_FRAME).msg for f in frames]
     assert [p.part for p in parts] == list(range(len(frames)))
     assert {p.parts for p in parts} == {len(frames)}
@@ -75,7 +78,7 @@ def test_ten_thousand_member_state_fits_frames_and_a_peer_merges_the_full_view()
     # The peer answered the first exchange once (when part 0 came, here last), with its own
     # state, by then the full view: one set of parts, each within the limit.
     answers = [decode(r.data, MAX_FRAME).msg for r in replies]
-    assert all(r.reliable and len(r.data) <= NOISE_MAX for r in replies)
+    assert all(r.reliable and len(r.data) + NOISE_TAG <= NOISE_MAX for r in replies)
     assert [a.part for a in answers] == list(range(len(replies)))
     assert all(isinstance(a, PushPull) and a.reply and a.parts == len(replies) for a in answers)
     # (it answers before merging part 0: itself plus what parts 1.. taught it)
@@ -89,7 +92,7 @@ def test_joiner_gets_the_full_state_of_a_big_mesh_in_frames() -> None:
     out = joiner.start(0.0)
     assert len(out) == 1
     answer = seed.receive("10.8.8.8:7946", out[0].data, 0.1, reliable=True)
-    assert len(answer) > 1 and all(len(o.data) <= NOISE_MAX for o in answer)
+    assert len(answer) > 1 and all(len(o.data) + NOISE_TAG <= NOISE_MAX for o in answer)
     for o in answer:
         assert not joiner.receive("10.0.0.1:7946", o.data, 0.2, reliable=True)  # a reply asks for none back
     assert joiner.swim.num_members() == n + 2
