@@ -136,3 +136,20 @@ def test_malformed_entries_are_counted_and_the_rest_merged() -> None:
     assert peer.receive("x", data, 0.0, reliable=True) == []
     assert peer.swim.counters["bad_states"] == 5
     assert set(peer.swim.view()) == {"peer", "n1"}
+
+
+def test_blob_server_answers_a_huge_request_within_one_frame() -> None:
+    import hashlib
+
+    from crdt.blob import CHUNK, BlobTransfer, MemoryBlobStore
+    from crdt.messages import BlobChunk, BlobRequest
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+    sha = hashlib.sha256(data).hexdigest()
+    store = MemoryBlobStore()
+    store.put(sha, data)
+    srv = BlobTransfer(store)
+    [(dst, msg)] = srv.receive("peer", BlobRequest(sha, 0, 1024 * 1024), 0.0)  # the most a request may ask
+    assert dst == "peer" and isinstance(msg, BlobChunk)
+    assert msg.data == data[:CHUNK]
+    assert len(encode("server", msg)) <= MAX_FRAME
