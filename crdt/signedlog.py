@@ -509,8 +509,12 @@ class SignedLog:
         out: dict[str, tuple[int, bytes]] = {}
         for s in sorted(self._signers):
             st = self._signers[s]
-            if st.fork:
+            if st.fork and st.contig >= st.fork - 1:
                 out[s] = (st.fork, FROZEN_ID)
+            elif st.fork and st.contig:
+                # Frozen but the prefix is incomplete: advertise the prefix we have, so the digest
+                # differs from a complete replica's and a round fetches the rest.
+                out[s] = (st.contig, st.recs[st.contig].id)
             elif st.contig:
                 out[s] = (st.contig, st.recs[st.contig].id)
         return out
@@ -532,24 +536,36 @@ class SignedLog:
                 continue
             st = self._signers.get(signer)
             if hid == FROZEN_ID:
-                if st is None or not st.fork or seq < st.fork:
-                    out.append((signer, seq, seq + 1))  # the evidence
+                fork = st.fork if st is not None else 0
+                if fork and fork < seq:
+                    continue  # our fork is lower: the peer learns it from our heads
+                out += self._gap_ranges(signer, st, (st.contig if st is not None else 0) + 1, seq - 1)
+                if fork != seq:
+                    out.append((signer, seq, seq + 1))  # the evidence of the peer's fork
             elif st is None:
                 out.append((signer, 1, seq))
-            elif st.fork:
-                continue
+            elif st.fork:  # only the prefix below our fork can still enter the view
+                out += self._gap_ranges(signer, st, st.contig + 1, min(seq, st.fork - 1))
             elif seq > st.contig:
-                expect = st.contig + 1
-                for s in sorted(x for x in st.recs if st.contig < x <= seq):
-                    if s > expect:
-                        out.append((signer, expect, s - 1))
-                    expect = s + 1
-                if expect <= seq:
-                    out.append((signer, expect, seq))
+                out += self._gap_ranges(signer, st, st.contig + 1, seq)
             elif st.recs[seq].id != hid:
                 out.append((signer, seq, seq))  # a different record at a position we hold: evidence
             if len(out) >= MAX_RANGES:
                 return out[:MAX_RANGES]
+        return out
+
+    @staticmethod
+    def _gap_ranges(signer: str, st: _Signer | None, lo: int, hi: int) -> list[Range]:
+        """The runs of seqs in ``[lo, hi]`` we hold no record at."""
+        out: list[Range] = []
+        expect = lo
+        held = sorted(x for x in st.recs if lo <= x <= hi) if st is not None else []
+        for s in held:
+            if s > expect:
+                out.append((signer, expect, s - 1))
+            expect = s + 1
+        if expect <= hi:
+            out.append((signer, expect, hi))
         return out
 
     def records_for(self, ranges: Iterable[Range], byte_budget: int = 1 << 20) -> list[RecordBatch]:
