@@ -284,11 +284,10 @@ class SignedLog:
     def _store(self, st: _Signer, rec: LogRecord) -> AddResult:
         cur = st.recs.get(rec.seq)
         if cur is not None and rec.seq in st.extra:
-            below = {r.id for r in st.at(rec.seq - 1)}
-            if not below or rec.prev in below or {cur.prev, st.extra[rec.seq].prev} - below:
+            if not (cur.prev == st.extra[rec.seq].prev != rec.prev):
                 return self._reject("equivocation_known", f"a third record at {rec.signer}:{rec.seq}", rec)
-            # It alone proves a fork one seq lower: keep it as that evidence, so the lowest fork
-            # is reached whatever the arrival order (a replica frozen lower asks for these seqs).
+            # Two records at one seq naming different predecessors prove a fork one seq lower
+            # without holding it: keep that evidence, so the lowest fork is found in any order.
             del st.extra[rec.seq]
         if cur is None and rec.seq > st.contig + 1 and st.pending() >= self.max_pending_per_signer:
             if not self._evict_pending(st, rec.seq):
@@ -302,7 +301,6 @@ class SignedLog:
             st.recs[rec.seq] = rec
         else:
             st.extra[rec.seq] = rec
-        st.heads_cache = None
         audit = self._detect_fork(st, rec)
         while (nxt := st.recs.get(st.contig + 1)) is not None and nxt.prev == (st.recs[st.contig].id if st.contig else b""):
             st.contig += 1
@@ -316,11 +314,13 @@ class SignedLog:
     def _detect_fork(self, st: _Signer, rec: LogRecord) -> tuple[LogAudit, ...]:
         fork = st.fork or 0
         for s in (rec.seq - 1, rec.seq):
-            here = st.at(s)
-            if not here:
+            if s < 1:
                 continue
-            ids = {r.id for r in here}
-            if len(here) > 1 or any(r.prev not in ids for r in st.at(s + 1)):
+            here, nxt = st.at(s), st.at(s + 1)
+            ids, prevs = {r.id for r in here}, {r.prev for r in nxt}
+            # Signed proof of two different records at s: two held there, two successors naming
+            # different predecessors, or a successor naming another predecessor than ours.
+            if len(here) > 1 or len(prevs) > 1 or (here and nxt and not prevs <= ids):
                 fork = s if not fork else min(fork, s)
         if fork == st.fork:
             return ()
@@ -341,7 +341,6 @@ class SignedLog:
         if top <= incoming_seq:
             return False
         del st.recs[top]
-        st.heads_cache = None
         self._pending_total -= 1
         self._bump("pending_evicted")
         return True
@@ -390,7 +389,7 @@ class SignedLog:
         self.stats[name] = self.stats.get(name, 0) + 1
 
     def _gaps(self, signer: str, st: _Signer) -> tuple[Range, ...]:
-        if st.fork:
+        if st.fork or not st.pending():  # the common case costs O(1), not a scan of the chain
             return ()
         out: list[Range] = []
         expect = st.contig + 1
@@ -407,8 +406,9 @@ class SignedLog:
     def next_seq_for(self, signer: str) -> int:
         """1 + the highest seq held of ``signer`` (pending and held included): never reuse a position."""
         st = self._signers.get(signer)
-        top = max(st.recs, default=0) if st is not None else 0
-        top = max([top] + [r.seq for r in self._held.values() if r.signer == signer])
+        top = 0 if st is None else (max(st.recs, default=0) if st.pending() else st.contig)
+        if self._held_per_signer.get(signer):
+            top = max([top] + [r.seq for r in self._held.values() if r.signer == signer])
         return top + 1
 
     def append(self, key: SigningKey, kind: str, slot: str, payload: Any, now_wall: float, *, tombstone: bool = False) -> tuple[LogRecord, AddResult]:
@@ -445,10 +445,15 @@ class SignedLog:
 
     def _slot_heads(self, signer: str, st: _Signer) -> dict[tuple[str, str], LogRecord]:
         lim = self._limit(signer, st)
-        if st.heads_cache is not None and st.heads_cache[0] == lim:
-            return st.heads_cache[1]
-        heads: dict[tuple[str, str], LogRecord] = {}
-        for s in range(1, lim + 1):
+        # Records 1..contig never change once connected (a second record at a seq goes to
+        # `extra`; eviction and pruning only touch seqs above the limit), so a cached prefix is
+        # extended, and rebuilt only when the limit drops (fork, revocation).
+        start, heads = 1, {}
+        if st.heads_cache is not None and st.heads_cache[0] <= lim:
+            start, heads = st.heads_cache[0] + 1, st.heads_cache[1]
+            if start > lim:
+                return heads
+        for s in range(start, lim + 1):
             r = st.recs[s]
             heads[(r.kind, r.key)] = r  # a signer's later record supersedes its earlier one
         st.heads_cache = (lim, heads)
@@ -466,8 +471,13 @@ class SignedLog:
         return best
 
     def winner(self, kind: str, key: str) -> LogRecord | None:
-        """The winning record of one slot (a tombstone included), or None."""
-        return self._candidates(kind).get(key)
+        """The winning record of one slot (a tombstone included), or None; O(signers)."""
+        best: LogRecord | None = None
+        for signer in sorted(self._signers):
+            r = self._slot_heads(signer, self._signers[signer]).get((kind, key))
+            if r is not None and self.trust.check(signer, kind, key) is None and (best is None or _order(r) > _order(best)):
+                best = r
+        return best
 
     def view(self, kind: str) -> dict[str, Any]:
         """``{slot: payload}`` of every slot of ``kind`` whose winner is not a tombstone."""

@@ -351,3 +351,53 @@ def test_export_load_round_trip_and_next_seq_never_reuses_a_position() -> None:
     sync(lost, a)
     rec, res = lost.append(N0, "kv", "ns/a", {"v": b"x"}, NOW + 10)
     assert (rec.seq, res.status) == (6, ACCEPTED)
+
+
+def test_a_third_record_proving_a_lower_fork_is_kept_in_any_order() -> None:
+    f = Chain(F0)
+    r1, r2 = f.next("kv", "ns/a", {"v": b"1"}, NOW_MS), f.next("kv", "ns/a", {"v": b"2"}, NOW_MS + 1)
+    r3a = f.next("kv", "ns/a", {"v": b"3a"}, NOW_MS + 2)
+    r3b = f.next("kv", "ns/a", {"v": b"3b"}, NOW_MS + 2, seq=3, prev=r2.id)
+    r3c = f.next("kv", "ns/a", {"v": b"3c"}, NOW_MS + 2, seq=3, prev=b"\5" * 32)  # claims another seq 2
+    seen = set()
+    for order in itertools.permutations([r1, r2, r3a, r3b, r3c]):
+        log = new_log()
+        for r in order:
+            log.add(r.encode(), NOW)
+        seen.add((repr(log.view("kv")), tuple(log.equivocators().items())))
+    assert seen == {(repr({"ns/a": {"v": b"1"}}), ((F0.key_id, 2),))}
+
+
+def test_frozen_replica_missing_the_prefix_fetches_it_and_then_spreads_the_evidence() -> None:
+    # Found by the sync property (seed=7758): a replica frozen by link evidence alone held no
+    # prefix, advertised no head, and never asked for the prefix, so the two never converged.
+    f = Chain(F0)
+    r1, r2, r3 = (f.next("kv", "ns/a", {"v": b"%d" % i}, NOW_MS + i) for i in range(3))
+    r3b = f.next("kv", "ns/a", {"v": b"3b"}, NOW_MS + 2, seq=3, prev=b"\5" * 32)
+    a, b = new_log(), new_log()
+    for r in (r2, r3b):
+        a.add(r.encode(), NOW)
+    for r in (r1, r3):
+        b.add(r.encode(), NOW)
+    assert a.equivocators() == {F0.key_id: 2} and a.heads() == {}
+    assert a.missing_from(b.heads()) == [(F0.key_id, 1, 1)]
+    converge(a, b)
+    assert b.equivocators() == a.equivocators() and b.view("kv") == a.view("kv") == {"ns/a": {"v": b"0"}}
+
+
+def test_role_removed_takes_records_out_of_the_view_at_once() -> None:
+    tr = trust()
+    log = SignedLog(tr)
+    log.add(Chain(OPERATOR).next("routes", "GET */api/*", route() | {"method": "GET"}, NOW_MS).encode(), NOW)
+    assert list(log.view("routes")) == ["GET */api/*"]
+    tr.trust._keys[OPERATOR.key_id] = tr.trust._keys[OPERATOR.key_id].__class__(OPERATOR.public_raw, frozenset(), tr.trust._keys[OPERATOR.key_id].public)
+    assert log.view("routes") == {} and log.winner("routes", "GET */api/*") is None
+
+
+def test_held_records_are_bounded_per_signer() -> None:
+    log = new_log(max_held_per_signer=3)
+    c = Chain(F0)
+    res = [log.add(c.next("kv", f"ns/k{i}", {"v": b"x"}, NOW_MS + 60_000 + i).encode(), NOW).status for i in range(5)]
+    assert res == [HELD] * 3 + [REJECTED] * 2 and log.held_count() == 3
+    assert log.counters.invalid_by_reason == {"held_full": 2}
+    assert log.add(Chain(N0).next("kv", "ns/z", {"v": b"y"}, NOW_MS + 60_000).encode(), NOW).status == HELD

@@ -43,6 +43,9 @@ def _universe(rng: random.Random) -> tuple[list[bytes], list[LogRecord], dict[tu
             msgs.append(alt.encode())
             if rng.random() < 0.5:
                 msgs.append(c.next("kv", "ns/a", {"v": b"alt2"}, NOW_MS, seq=fork + 1, prev=alt.id).encode())
+            if fork > 1 and rng.random() < 0.4:  # a third record at `fork` naming another predecessor
+                msgs.append(c.next("kv", "ns/c", {"v": b"alt3"}, NOW_MS, seq=fork, prev=rng.randbytes(32)).encode())
+                fork -= 1
             in_view += c.records[: fork - 1]
         else:
             in_view += c.records
