@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crdt.heads import RecordBatch
 from crdt.logrecord import LogRecord
 from crdt.signedlog import SignedLog
 from log_helpers import NOW, NOW_MS, Chain, new_log, node_key
@@ -111,3 +112,34 @@ def test_heads_sync_converges_two_logs_with_arbitrary_subsets(seed: int, pa: flo
     converge(a, b)
     assert a.heads() == b.heads() and a.view("kv") == b.view("kv")
     assert all(a.contains(r.id, r.signer, r.seq) and b.contains(r.id, r.signer, r.seq) for r in honest), f"seed={seed}"
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats(allow_nan=True) | st.text(max_size=8) | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["registry", "deployments", "routes", "placement", "kv"]),
+    st.sampled_from(["n0", "ns/a", "hello@1.0.0", "web", "GET */api/*"]),
+    _values,
+    st.booleans(),
+    st.integers(0, 2**53 - 1),
+)
+def test_validly_signed_records_with_arbitrary_payloads_never_raise(kind: str, slot: str, payload: object, tomb: bool, wall: int) -> None:
+    """A trusted key signing nonsense gets a rejection (or a stored record), never an exception."""
+    from crdt.errors import ValidationError
+
+    try:
+        rec = Chain(node_key("n0")).next(kind, slot, payload, wall, tombstone=tomb)
+    except ValidationError:
+        return  # not even encodable as a record: nothing to send
+    log = new_log()
+    res = log.add(rec.encode(), NOW)
+    assert res.status in {"accepted", "held", "rejected"}
+    assert log.missing_from({"x": "y", node_key("n0").key_id: (True, b"")}) == []  # type: ignore[dict-item]
+    want = [RecordBatch((rec.encode(),))] if res.status == "accepted" else []
+    assert log.records_for([("a", "b", None), (node_key("n0").key_id, 1, 1)]) == want  # type: ignore[list-item]
