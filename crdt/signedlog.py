@@ -544,6 +544,11 @@ class SignedLog:
             seq, hid = entry
             if not self.trust.knows(signer):
                 continue
+            rev = self.trust.revocation(signer)
+            if rev is not None and seq > rev.through_seq:
+                if hid == FROZEN_ID or rev.through_seq < 1:
+                    continue
+                seq, hid = rev.through_seq, b""  # nothing past the cut can enter the view: ask up to it
             st = self._signers.get(signer)
             if hid == FROZEN_ID:
                 fork = st.fork if st is not None else 0
@@ -553,24 +558,25 @@ class SignedLog:
                 if fork != seq:
                     out.append((signer, seq, seq + 1))  # the evidence of the peer's fork
             elif st is None:
-                out.append((signer, 1, seq))
+                out += self._gap_ranges(signer, None, 1, seq)
             elif st.fork:  # only the prefix below our fork can still enter the view
                 out += self._gap_ranges(signer, st, st.contig + 1, min(seq, st.fork - 1))
             elif seq > st.contig:
                 out += self._gap_ranges(signer, st, st.contig + 1, seq)
-            elif st.recs[seq].id != hid:
+            elif hid and st.recs[seq].id != hid:
                 out.append((signer, seq, seq))  # a different record at a position we hold: evidence
             if len(out) >= MAX_RANGES:
                 return out[:MAX_RANGES]
         return out
 
-    @staticmethod
-    def _gap_ranges(signer: str, st: _Signer | None, lo: int, hi: int) -> list[Range]:
-        """The runs of seqs in ``[lo, hi]`` we hold no record at."""
+    def _gap_ranges(self, signer: str, st: _Signer | None, lo: int, hi: int) -> list[Range]:
+        """The runs of seqs in ``[lo, hi]`` we hold no record at (held future records count as held)."""
         out: list[Range] = []
         expect = lo
-        held = sorted(x for x in st.recs if lo <= x <= hi) if st is not None else []
-        for s in held:
+        have = {x for x in st.recs if lo <= x <= hi} if st is not None else set()
+        if self._held_per_signer.get(signer):
+            have |= {r.seq for r in self._held.values() if r.signer == signer and lo <= r.seq <= hi}
+        for s in sorted(have):
             if s > expect:
                 out.append((signer, expect, s - 1))
             expect = s + 1

@@ -401,3 +401,21 @@ def test_held_records_are_bounded_per_signer() -> None:
     assert res == [HELD] * 3 + [REJECTED] * 2 and log.held_count() == 3
     assert log.counters.invalid_by_reason == {"held_full": 2}
     assert log.add(Chain(N0).next("kv", "ns/z", {"v": b"y"}, NOW_MS + 60_000).encode(), NOW).status == HELD
+
+
+def test_sync_does_not_ask_for_what_it_would_refuse_or_already_holds() -> None:
+    src, tr = new_log(), trust()
+    dst = SignedLog(tr)
+    for i in range(4):
+        src.append(OPERATOR, "routes", f"GET */r{i}/*", route(f"/r{i}/*") | {"method": "GET"}, NOW + i)
+    tr.revoke(OPERATOR.key_id, at_ms=NOW_MS + 10**6, through_seq=2)
+    assert dst.missing_from(src.heads()) == [(OPERATOR.key_id, 1, 2)]  # not 3..4: past the cut
+    sync(dst, src)
+    assert dst.missing_from(src.heads()) == [] and sorted(dst.view("routes")) == ["GET */r0/*", "GET */r1/*"]
+    # A record held back for its future wall time is not requested again every round.
+    c, a, b = Chain(N0), new_log(), new_log()
+    r1, r2 = c.next("kv", "ns/a", {"v": b"1"}, NOW_MS), c.next("kv", "ns/a", {"v": b"2"}, NOW_MS + 60_000)
+    a.add(r1.encode(), NOW + 60)
+    a.add(r2.encode(), NOW + 60)
+    b.add(r2.encode(), NOW)
+    assert b.held_count() == 1 and b.missing_from(a.heads()) == [(N0.key_id, 1, 1)]
