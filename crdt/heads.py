@@ -59,28 +59,47 @@ class HeadsDigest:
 
     digest: bytes
 
+    def encode(self) -> bytes:
+        return msgpack.packb([T_HEADS_DIGEST, self.digest], use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "HeadsDigest":
+        """Parse strictly; raise ValidationError on anything malformed."""
+        obj = _unpack(data, T_HEADS_DIGEST)
+        if not isinstance(obj, bytes) or len(obj) != 16:
+            raise ValidationError("heads digest is not 16 bytes")
+        return cls(obj)
+
 
 @dataclass(slots=True, frozen=True)
 class HeadsMessage:
     """Some or all of the sender's heads ``[(signer, seq, id)]`` (at most one frame's worth)."""
 
     heads: tuple[tuple[str, int, bytes], ...]
+    reply: bool = False  # an answer to our heads: do not answer with heads again
 
     def encode(self) -> bytes:
-        return msgpack.packb([T_HEADS, [list(h) for h in self.heads]], use_bin_type=True)
+        return msgpack.packb([T_HEADS, [self.reply, [list(h) for h in self.heads]]], use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes) -> "HeadsMessage":
         """Parse strictly; raise ValidationError on anything malformed."""
         obj = _unpack(data, T_HEADS)
-        if not isinstance(obj, list) or len(obj) > MAX_HEADS_PER_MESSAGE:
+        if not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[0], bool):
+            raise ValidationError("heads message is not [reply, heads]")
+        reply, heads = obj
+        if not isinstance(heads, list) or len(heads) > MAX_HEADS_PER_MESSAGE:
             raise ValidationError("heads message is not a bounded list")
         out = []
-        for h in obj:
+        for h in heads:
             if not isinstance(h, list) or len(h) != 3 or not valid_head(*h):
                 raise ValidationError("heads message entry is not (signer, seq, id)")
             out.append((h[0], h[1], h[2]))
-        return cls(tuple(out))
+        return cls(tuple(out), reply)
+
+    def as_heads(self) -> dict[str, tuple[int, bytes]]:
+        """The entries as the mapping :meth:`SignedLog.missing_from` takes."""
+        return {s: (q, h) for s, q, h in self.heads}
 
 
 @dataclass(slots=True, frozen=True)
