@@ -16,7 +16,7 @@ delays that page's signers to a later round. Every record received goes through
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from crdt.heads import MAX_HEADS_PER_MESSAGE, MAX_RANGES, HeadsDigest, HeadsMessage, RecordBatch, RecordsRequest
 from crdt.signedlog import AddResult, SignedLog
@@ -62,7 +62,12 @@ class LogSync:
         return []
 
 
-_DECODERS = {30: HeadsDigest.decode, 31: HeadsMessage.decode, 32: RecordsRequest.decode, 33: RecordBatch.decode}
+_DECODERS: dict[int, Callable[[bytes], LogMessage]] = {
+    30: HeadsDigest.decode,
+    31: HeadsMessage.decode,
+    32: RecordsRequest.decode,
+    33: RecordBatch.decode,
+}
 
 
 def decode_log_message(data: bytes) -> LogMessage:

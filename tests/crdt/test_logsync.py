@@ -11,8 +11,6 @@ from crdt.logrecord import LogRecord
 from crdt.logsync import LogSync, decode_log_message
 from log_helpers import NOW, NOW_MS, Chain, new_log, node_key
 
-NAMES = ["n0", "n1", "f0", "f1"]
-
 
 def _round(nodes: list[LogSync], rng: random.Random, loss: float) -> int:
     """Every node opens one round with a random peer; messages travel encoded and may be lost."""
@@ -54,7 +52,7 @@ def test_five_nodes_converge_by_heads_with_loss_squatting_and_an_equivocator(see
         nodes[2].log.add(r.encode(), NOW)
     for r in (r1, r2b):
         nodes[4].log.add(r.encode(), NOW)
-    for rnd in range(30):
+    for _ in range(30):
         _round(nodes, rng, loss=0.2)
         if len({n.log.heads_digest() for n in nodes}) == 1:
             break
