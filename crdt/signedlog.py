@@ -167,6 +167,10 @@ class AddResult:
     reason: str = ""
     missing: tuple[Range, ...] = ()
     audit: tuple[LogAudit, ...] = ()
+    # Records that entered the view with this add (this one and any pending ones it connected),
+    # oldest first: what an on-visible hook, a usage counter or a route cache must look at. An
+    # equivocation audit event means the signer's records from the fork on left the view.
+    visible: tuple[LogRecord, ...] = ()
 
     @property
     def stored(self) -> bool:
@@ -296,7 +300,7 @@ class SignedLog:
             victim = max(self._signers, key=lambda s: (self._signers[s].pending(), s))
             if not self._evict_pending(self._signers[victim], rec.seq if victim == rec.signer else 0):
                 return self._reject("pending_full", f"{self.max_pending} records already wait for gaps", rec)
-        before = st.pending()
+        before, lim_before = st.pending(), self._limit(rec.signer, st)
         if cur is None:
             st.recs[rec.seq] = rec
         else:
@@ -309,7 +313,9 @@ class SignedLog:
         missing = self._gaps(rec.signer, st)
         status = PENDING if rec.seq > st.contig and not st.fork else ACCEPTED
         self._bump(status)
-        return AddResult(status, rec.id, "", missing, audit)
+        lim = self._limit(rec.signer, st)
+        visible = tuple(st.recs[s] for s in range(lim_before + 1, lim + 1))
+        return AddResult(status, rec.id, "", missing, audit, visible)
 
     def _detect_fork(self, st: _Signer, rec: LogRecord) -> tuple[LogAudit, ...]:
         fork = st.fork or 0
@@ -511,6 +517,12 @@ class SignedLog:
 
     def held_count(self) -> int:
         return len(self._held)
+
+    def next_release(self) -> float | None:
+        """When (seconds, the caller's clock) the earliest held record becomes due, or None."""
+        if not self._held:
+            return None
+        return (min(r.wall_ms for r in self._held.values()) - self.tolerance_ms) / 1000
 
     # --- heads-based sync ---------------------------------------------------------------
 

@@ -242,8 +242,10 @@ def test_manifest_from_year_5000_is_refused_and_near_future_is_held_then_release
     assert log.add(lying.encode(), NOW).reason == "schema"
     soon = pub.next("registry", "hello@1.0.0", manifest(now=NOW + 600).to_payload(), NOW_MS + 600_000)
     assert log.add(soon.encode(), NOW).status == HELD and log.view("registry") == {}
+    assert log.next_release() == NOW + 570
     assert log.release_due(NOW + 569) == [] and log.held_count() == 1  # 600 s - 30 s tolerance
-    assert [r.status for r in log.release_due(NOW + 570)] == [ACCEPTED]
+    assert [(r.status, r.visible) for r in log.release_due(NOW + 570)] == [(ACCEPTED, (soon,))]
+    assert log.next_release() is None
     assert list(log.view("registry")) == ["hello@1.0.0"] and log.held_count() == 0
 
 
@@ -342,6 +344,10 @@ def test_export_load_round_trip_and_next_seq_never_reuses_a_position() -> None:
         a.append(N0, "kv", "ns/a", {"v": b"%d" % i}, NOW + i)
     b = new_log()
     assert b.load(reversed(a.export()), NOW + 9) == {PENDING: 4, ACCEPTED: 1}
+    c = new_log()
+    recs = [LogRecord.decode(x) for x in a.export()]
+    assert [c.add(x, NOW).visible for x in (a.export()[2], a.export()[0])] == [(), (recs[0],)]
+    assert c.add(a.export()[1], NOW).visible == (recs[1], recs[2])  # closing the gap shows both
     assert b.export() == a.export() and b.view("kv") == a.view("kv") and b.next_seq_for(N0.key_id) == 6
     lost = new_log()  # a store that lost its middle rows: no reuse of seq 2..5
     lost.load([a.export()[0], a.export()[4]], NOW)
