@@ -425,3 +425,16 @@ def test_sync_does_not_ask_for_what_it_would_refuse_or_already_holds() -> None:
     a.add(r2.encode(), NOW + 60)
     b.add(r2.encode(), NOW)
     assert b.held_count() == 1 and b.missing_from(a.heads()) == [(N0.key_id, 1, 1)]
+
+
+def test_a_damaged_store_row_is_refused_on_load_and_fetched_back_by_heads() -> None:
+    a = new_log()
+    for i in range(4):
+        a.append(N0, "kv", f"ns/k{i}", {"v": b"%d" % i}, NOW + i)
+    rows = a.export()
+    damaged = bytearray(rows[1])
+    damaged[-30] ^= 0x40  # a flipped bit inside the signature
+    b = new_log()
+    assert b.load([rows[0], bytes(damaged), rows[2], rows[3]], NOW + 9) == {ACCEPTED: 1, REJECTED: 1, PENDING: 2}
+    assert b.missing() == [(N0.key_id, 2, 2)] and sorted(b.view("kv")) == ["ns/k0"]
+    assert sync(b, a) == 1 and b.export() == rows and b.view("kv") == a.view("kv")
