@@ -438,3 +438,11 @@ def test_a_damaged_store_row_is_refused_on_load_and_fetched_back_by_heads() -> N
     assert b.load([rows[0], bytes(damaged), rows[2], rows[3]], NOW + 9) == {ACCEPTED: 1, REJECTED: 1, PENDING: 2}
     assert b.missing() == [(N0.key_id, 2, 2)] and sorted(b.view("kv")) == ["ns/k0"]
     assert sync(b, a) == 1 and b.export() == rows and b.view("kv") == a.view("kv")
+
+
+def test_a_local_write_the_log_refuses_consumes_no_sequence_number() -> None:
+    log = new_log()
+    rec, res = log.append(N0, "placement", "n1", placement("n1", "1.0.0"), NOW)  # not n0's slot
+    assert (rec.seq, res.status, res.reason) == (1, REJECTED, "not_owner") and log.export() == []
+    rec, res = log.append(N0, "placement", "n0", placement("n0", "1.0.0"), NOW)
+    assert (rec.seq, res.status) == (1, ACCEPTED)
