@@ -446,3 +446,16 @@ def test_a_local_write_the_log_refuses_consumes_no_sequence_number() -> None:
     assert (rec.seq, res.status, res.reason) == (1, REJECTED, "not_owner") and log.export() == []
     rec, res = log.append(N0, "placement", "n0", placement("n0", "1.0.0"), NOW)
     assert (rec.seq, res.status) == (1, ACCEPTED)
+
+
+def test_history_lists_every_in_view_revision_of_a_slot_in_winning_order() -> None:
+    log = new_log()
+    op, ad = Chain(OPERATOR), Chain(ADMIN)
+    r1 = op.next("deployments", "web", deployment(active="1.0.0"), NOW_MS)
+    r2 = ad.next("deployments", "web", deployment(active="1.1.0"), NOW_MS + 5)
+    r3 = op.next("deployments", "web", deployment(active="1.2.0"), NOW_MS + 9)
+    other = op.next("routes", "GET */api/*", route() | {"method": "GET"}, NOW_MS + 10)
+    for r in (r3, other, r2, r1):
+        log.add(r.encode(), NOW)
+    assert log.history("deployments", "web") == [r1, r2, r3]
+    assert log.winner("deployments", "web") == r3
