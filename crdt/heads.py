@@ -18,10 +18,6 @@ from crdt.errors import ValidationError
 from crdt.keys import KEY_ID_LEN
 from crdt.logrecord import ID_LEN, MAX_LOG_SEQ
 
-# A signer whose log is frozen by equivocation advertises its fork seq with this id: any two
-# frozen replicas agree on it whatever evidence each holds, and an unfrozen replica that sees it
-# asks for the records at the fork (the evidence).
-FROZEN_ID = b"\xff" * ID_LEN
 FRAME_BYTES = 65_535  # one Noise transport frame
 FRAME_OVERHEAD = 64  # message type, array headers and the AEAD tag, with margin
 MAX_HEADS_PER_MESSAGE = 1000  # ~60 bytes per entry: one frame
@@ -34,10 +30,11 @@ Heads = Mapping[str, tuple[int, bytes]]
 Range = tuple[str, int, int]
 
 
-def heads_digest(heads: Heads) -> bytes:
-    """BLAKE2b-128 over the heads in signer order: equal digests mean equal heads."""
+def heads_digest(heads: Heads, forks: Mapping[str, int]) -> bytes:
+    """BLAKE2b-128 over the heads and the forks in signer order: equal digests mean equal both."""
     items = [[s, heads[s][0], heads[s][1]] for s in sorted(heads)]
-    return hashlib.blake2b(msgpack.packb(items, use_bin_type=True), digest_size=16).digest()
+    frozen = [[s, forks[s]] for s in sorted(forks)]
+    return hashlib.blake2b(msgpack.packb([items, frozen], use_bin_type=True), digest_size=16).digest()
 
 
 def valid_head(signer: object, seq: object, hid: object) -> bool:
@@ -77,29 +74,39 @@ class HeadsMessage:
 
     heads: tuple[tuple[str, int, bytes], ...]
     reply: bool = False  # an answer to our heads: do not answer with heads again
+    forks: tuple[tuple[str, int], ...] = ()  # signers proven to equivocate, with their fork seq
 
     def encode(self) -> bytes:
-        return msgpack.packb([T_HEADS, [self.reply, [list(h) for h in self.heads]]], use_bin_type=True)
+        return msgpack.packb([T_HEADS, [self.reply, [list(h) for h in self.heads], [list(f) for f in self.forks]]], use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes) -> "HeadsMessage":
         """Parse strictly; raise ValidationError on anything malformed."""
         obj = _unpack(data, T_HEADS)
-        if not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[0], bool):
-            raise ValidationError("heads message is not [reply, heads]")
-        reply, heads = obj
-        if not isinstance(heads, list) or len(heads) > MAX_HEADS_PER_MESSAGE:
-            raise ValidationError("heads message is not a bounded list")
+        if not isinstance(obj, list) or len(obj) != 3 or not isinstance(obj[0], bool):
+            raise ValidationError("heads message is not [reply, heads, forks]")
+        reply, heads, forks = obj
+        if not isinstance(heads, list) or not isinstance(forks, list) or len(heads) + len(forks) > MAX_HEADS_PER_MESSAGE:
+            raise ValidationError("heads message is not bounded lists")
         out = []
         for h in heads:
             if not isinstance(h, list) or len(h) != 3 or not valid_head(*h):
                 raise ValidationError("heads message entry is not (signer, seq, id)")
             out.append((h[0], h[1], h[2]))
-        return cls(tuple(out), reply)
+        fk = []
+        for f in forks:
+            if not isinstance(f, list) or len(f) != 2 or not valid_head(f[0], f[1], bytes(ID_LEN)):
+                raise ValidationError("heads message fork is not (signer, seq)")
+            fk.append((f[0], f[1]))
+        return cls(tuple(out), reply, tuple(fk))
 
     def as_heads(self) -> dict[str, tuple[int, bytes]]:
-        """The entries as the mapping :meth:`SignedLog.missing_from` takes."""
+        """The heads as the mapping :meth:`SignedLog.missing_from` takes."""
         return {s: (q, h) for s, q, h in self.heads}
+
+    def as_forks(self) -> dict[str, int]:
+        """The forks as the mapping :meth:`SignedLog.missing_from` takes."""
+        return dict(self.forks)
 
 
 @dataclass(slots=True, frozen=True)

@@ -37,8 +37,14 @@ class LogSync:
         return HeadsDigest(self.log.heads_digest())
 
     def _heads_pages(self, reply: bool) -> list[HeadsMessage]:
-        items = [(s, q, h) for s, (q, h) in self.log.heads().items()]
-        pages = [HeadsMessage(tuple(items[i : i + MAX_HEADS_PER_MESSAGE]), reply) for i in range(0, len(items), MAX_HEADS_PER_MESSAGE)]
+        items: list[tuple[str, int, bytes] | tuple[str, int]] = [(s, q, h) for s, (q, h) in self.log.heads().items()]
+        items += list(self.log.forks().items())
+        pages = []
+        for i in range(0, len(items), MAX_HEADS_PER_MESSAGE):
+            page = items[i : i + MAX_HEADS_PER_MESSAGE]
+            heads = tuple(x for x in page if len(x) == 3)
+            forks = tuple(x for x in page if len(x) == 2)
+            pages.append(HeadsMessage(heads, reply, forks))  # type: ignore[arg-type]
         return pages or [HeadsMessage((), reply)]
 
     def receive(self, msg: Any, now_wall: float) -> list[LogMessage]:
@@ -47,7 +53,7 @@ class LogSync:
             return [] if msg.digest == self.log.heads_digest() else list(self._heads_pages(False))
         if isinstance(msg, HeadsMessage):
             out: list[LogMessage] = []
-            ranges = self.log.missing_from(msg.as_heads())
+            ranges = self.log.missing_from(msg.as_heads(), msg.as_forks())
             for i in range(0, len(ranges), MAX_RANGES):
                 out.append(RecordsRequest(tuple(ranges[i : i + MAX_RANGES])))
             if not msg.reply:

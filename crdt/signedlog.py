@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from crdt.errors import CrdtError, ValidationError
-from crdt.heads import FRAME_BYTES, FRAME_OVERHEAD, FROZEN_ID, MAX_RANGES, Heads, Range, RecordBatch, heads_digest, valid_head
+from crdt.heads import FRAME_BYTES, FRAME_OVERHEAD, MAX_RANGES, Heads, Range, RecordBatch, heads_digest, valid_head
 from crdt.keys import SigningKey
 from crdt.logrecord import MAX_LOG_RECORD_BYTES, LogRecord
 from crdt.metrics import Counters
@@ -181,7 +181,7 @@ class AddResult:
 class _Signer:
     """One signer's records: the first record seen at each seq, evidence, chain state."""
 
-    __slots__ = ("recs", "extra", "contig", "fork", "heads_cache")
+    __slots__ = ("recs", "extra", "contig", "fork", "heads_cache", "refused")
 
     def __init__(self) -> None:
         self.recs: dict[int, LogRecord] = {}
@@ -189,6 +189,7 @@ class _Signer:
         self.contig = 0  # records 1..contig are present and hash-linked
         self.fork = 0  # lowest seq with proof of two different records (0: none)
         self.heads_cache: tuple[int, dict[tuple[str, str], LogRecord]] | None = None
+        self.refused: list[LogRecord] = []  # last records refused for the pending bounds (fork proof)
 
     def pending(self) -> int:
         return len(self.recs) - self.contig
@@ -293,19 +294,28 @@ class SignedLog:
             # Two records at one seq naming different predecessors prove a fork one seq lower
             # without holding it: keep that evidence, so the lowest fork is found in any order.
             del st.extra[rec.seq]
+        partner: LogRecord | None = None
         if cur is None and rec.seq > st.contig + 1 and st.pending() >= self.max_pending_per_signer:
-            if not self._evict_pending(st, rec.seq):
-                return self._reject("pending_full", f"{self.max_pending_per_signer} records of {rec.signer} already wait for a gap", rec)
-        if cur is None and rec.seq > st.contig + 1 and self._pending_total >= self.max_pending:
-            victim = max(self._signers, key=lambda s: (self._signers[s].pending(), s))
-            if not self._evict_pending(self._signers[victim], rec.seq if victim == rec.signer else 0):
-                return self._reject("pending_full", f"{self.max_pending} records already wait for gaps", rec)
+            partner = self._fork_partner(st, rec)
+            if partner is None and not self._evict_pending(st, rec.seq):
+                return self._refuse_pending(st, rec, f"{self.max_pending_per_signer} records of {rec.signer} already wait for a gap")
+        if partner is None and cur is None and rec.seq > st.contig + 1 and self._pending_total >= self.max_pending:
+            partner = self._fork_partner(st, rec)
+            victim = max((s for s in self._signers if not self._signers[s].fork), key=lambda s: (self._signers[s].pending(), s), default=rec.signer)
+            if partner is None and not self._evict_pending(self._signers[victim], rec.seq if victim == rec.signer else 0):
+                return self._refuse_pending(st, rec, f"{self.max_pending} records already wait for gaps")
         before, lim_before = st.pending(), self._limit(rec.signer, st)
-        if cur is None:
-            st.recs[rec.seq] = rec
-        else:
-            st.extra[rec.seq] = rec
-        audit = self._detect_fork(st, rec)
+        audit: tuple[LogAudit, ...] = ()
+        # Evidence of equivocation is stored past the pending bounds: it freezes the signer,
+        # which drops its records above the fork, so what it costs is bounded by what it frees.
+        for r in (partner, rec) if partner is not None else (rec,):
+            if r is partner and any(x.id == r.id for x in st.at(r.seq)):
+                continue  # the partner is a record we already hold
+            if r.seq not in st.recs:
+                st.recs[r.seq] = r
+            elif r.seq not in st.extra:
+                st.extra[r.seq] = r
+            audit += self._detect_fork(st, r)
         while (nxt := st.recs.get(st.contig + 1)) is not None and nxt.prev == (st.recs[st.contig].id if st.contig else b""):
             st.contig += 1
         self._pending_total += st.pending() - before
@@ -316,6 +326,22 @@ class SignedLog:
         lim = self._limit(rec.signer, st)
         visible = tuple(st.recs[s] for s in range(lim_before + 1, lim + 1))
         return AddResult(status, rec.id, "", missing, audit, visible)
+
+    def _fork_partner(self, st: _Signer, rec: LogRecord) -> LogRecord | None:
+        """A record (held, or recently refused for the pending bounds) that with ``rec`` proves a fork."""
+        for c in st.at(rec.seq - 1) + st.at(rec.seq + 1) + st.refused:
+            if c.seq == rec.seq and c.id != rec.id:
+                return c
+            lo, hi = (c, rec) if c.seq < rec.seq else (rec, c)
+            if hi.seq == lo.seq + 1 and hi.prev != lo.id:
+                return c
+        return None
+
+    def _refuse_pending(self, st: _Signer, rec: LogRecord, detail: str) -> AddResult:
+        # Remember the last two refused records of the signer: the next record may prove a fork
+        # with one of them (two records at one seq arrive one after the other).
+        st.refused = (st.refused + [rec])[-2:]
+        return self._reject("pending_full", detail, rec)
 
     def _detect_fork(self, st: _Signer, rec: LogRecord) -> tuple[LogAudit, ...]:
         fork = st.fork or 0
@@ -343,6 +369,8 @@ class SignedLog:
 
     def _evict_pending(self, st: _Signer, incoming_seq: int) -> bool:
         """Drop the signer's highest pending record if it is above ``incoming_seq`` (it is the farthest from connecting)."""
+        if st.fork:
+            return False  # a frozen signer keeps at most its evidence (seqs fork and fork+1)
         top = max((s for s in st.recs if s > st.contig + 1 and s not in st.extra), default=0)
         if top <= incoming_seq:
             return False
@@ -527,27 +555,34 @@ class SignedLog:
     # --- heads-based sync ---------------------------------------------------------------
 
     def heads(self) -> dict[str, tuple[int, bytes]]:
-        """``{signer: (seq, id)}`` of each chain's connected head; a frozen signer reports ``(fork, FROZEN_ID)``."""
+        """``{signer: (seq, id)}``: the head of each chain's in-sync prefix (below the fork if frozen)."""
         out: dict[str, tuple[int, bytes]] = {}
         for s in sorted(self._signers):
             st = self._signers[s]
-            if st.fork and st.contig >= st.fork - 1:
-                out[s] = (st.fork, FROZEN_ID)
-            elif st.fork and st.contig:
-                # Frozen but the prefix is incomplete: advertise the prefix we have, so the digest
-                # differs from a complete replica's and a round fetches the rest.
-                out[s] = (st.contig, st.recs[st.contig].id)
-            elif st.contig:
-                out[s] = (st.contig, st.recs[st.contig].id)
+            top = min(st.contig, st.fork - 1) if st.fork else st.contig
+            if top:
+                out[s] = (top, st.recs[top].id)
         return out
 
-    def heads_digest(self) -> bytes:
-        """16-byte digest of :meth:`heads`: equal digests end a sync round."""
-        return heads_digest(self.heads())
+    def forks(self) -> dict[str, int]:
+        """``{signer: fork seq}`` of every signer proven to equivocate (advertised with the heads)."""
+        return self.equivocators()
 
-    def missing_from(self, remote: Heads) -> list[Range]:
-        """The ``(signer, from_seq, to_seq)`` ranges a peer with heads ``remote`` has and we lack."""
+    def heads_digest(self) -> bytes:
+        """16-byte digest of :meth:`heads` and :meth:`forks`: equal digests end a sync round."""
+        return heads_digest(self.heads(), self.forks())
+
+    def missing_from(self, remote: Heads, forks: Mapping[str, int] | None = None) -> list[Range]:
+        """The ``(signer, from_seq, to_seq)`` ranges a peer with ``remote`` heads and ``forks`` has and we lack."""
         out: list[Range] = []
+        for signer in sorted(forks or {}):
+            f = (forks or {})[signer]
+            if not valid_head(signer, f, bytes(32)) or not self.trust.knows(signer):
+                self._bump("bad_heads")
+                continue
+            st = self._signers.get(signer)
+            if st is None or not st.fork or f < st.fork:
+                out.append((signer, f, f + 1))  # the evidence of the peer's (lower) fork
         for signer in sorted(remote):
             entry = remote[signer]
             if not (isinstance(entry, tuple) and len(entry) == 2 and valid_head(signer, *entry)):
@@ -558,18 +593,11 @@ class SignedLog:
                 continue
             rev = self.trust.revocation(signer)
             if rev is not None and seq > rev.through_seq:
-                if hid == FROZEN_ID or rev.through_seq < 1:
+                if rev.through_seq < 1:
                     continue
                 seq, hid = rev.through_seq, b""  # nothing past the cut can enter the view: ask up to it
             st = self._signers.get(signer)
-            if hid == FROZEN_ID:
-                fork = st.fork if st is not None else 0
-                if fork and fork < seq:
-                    continue  # our fork is lower: the peer learns it from our heads
-                out += self._gap_ranges(signer, st, (st.contig if st is not None else 0) + 1, seq - 1)
-                if fork != seq:
-                    out.append((signer, seq, seq + 1))  # the evidence of the peer's fork
-            elif st is None:
+            if st is None:
                 out += self._gap_ranges(signer, None, 1, seq)
             elif st.fork:  # only the prefix below our fork can still enter the view
                 out += self._gap_ranges(signer, st, st.contig + 1, min(seq, st.fork - 1))

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from crdt.errors import ValidationError
-from crdt.heads import FRAME_BYTES, FROZEN_ID, HeadsMessage, RecordBatch, RecordsRequest
+from crdt.heads import FRAME_BYTES, HeadsMessage, RecordBatch, RecordsRequest
 from crdt.logrecord import MAX_LOG_RECORD_BYTES, LogRecord
 from crdt.signedlog import ACCEPTED, DUPLICATE, HELD, PENDING, REJECTED, LogError, SignedLog
 from log_helpers import ADMIN, NOW, NOW_MS, OPERATOR, PUBLISHER, STRANGER, Chain, NaiveSlots, deployment, manifest, new_log, node_key, placement, route, trust
@@ -20,8 +20,9 @@ YEAR_5000_MS = 95_617_584_000_000  # 5000-01-01T00:00:00Z
 
 def sync(dst: SignedLog, src: SignedLog, now: float = NOW) -> int:
     """One heads round dst <- src over encoded messages; return records added."""
-    heads = HeadsMessage.decode(HeadsMessage(tuple((s, q, h) for s, (q, h) in src.heads().items())).encode())
-    want = RecordsRequest.decode(RecordsRequest(tuple(dst.missing_from({s: (q, h) for s, q, h in heads.heads}))).encode())
+    msg = HeadsMessage(tuple((s, q, h) for s, (q, h) in src.heads().items()), False, tuple(src.forks().items()))
+    heads = HeadsMessage.decode(msg.encode())
+    want = RecordsRequest.decode(RecordsRequest(tuple(dst.missing_from(heads.as_heads(), heads.as_forks()))).encode())
     n = 0
     for batch in src.records_for(want.ranges):
         for data in RecordBatch.decode(batch.encode()).records:
@@ -270,7 +271,7 @@ def test_equivocation_freezes_the_signer_identically_for_every_arrival_order() -
         audits = [a for r in order for a in log.add(r.encode(), NOW).audit if a.event == "equivocation"]
         assert audits and audits[-1].seq == 2 and audits[-1].signer == F0.key_id
         outcomes.add((repr(log.view("kv")), tuple(log.heads().items()), tuple(log.equivocators().items())))
-    assert outcomes == {(repr({"ns/a": {"v": b"1"}}), ((F0.key_id, (2, FROZEN_ID)),), ((F0.key_id, 2),))}
+    assert outcomes == {(repr({"ns/a": {"v": b"1"}}), ((F0.key_id, (1, recs[0].id)),), ((F0.key_id, 2),))}
 
 
 def test_equivocation_evidence_spreads_by_heads() -> None:
@@ -281,7 +282,7 @@ def test_equivocation_evidence_spreads_by_heads() -> None:
     for r in (r1, r2b, r3b, r2a):
         a.add(r.encode(), NOW)
     assert a.equivocators() == {F0.key_id: 2} and b.equivocators() == {}
-    assert b.missing_from(a.heads()) == [(F0.key_id, 2, 3)]
+    assert b.missing_from(a.heads(), a.forks()) == [(F0.key_id, 2, 3)]
     converge(a, b)
     assert b.equivocators() == {F0.key_id: 2} and b.view("kv") == a.view("kv") == {"ns/a": {"v": b"1"}}
     assert b.add(f_next(r3a).encode(), NOW).reason == "frozen"
@@ -386,7 +387,7 @@ def test_frozen_replica_missing_the_prefix_fetches_it_and_then_spreads_the_evide
     for r in (r1, r3):
         b.add(r.encode(), NOW)
     assert a.equivocators() == {F0.key_id: 2} and a.heads() == {}
-    assert a.missing_from(b.heads()) == [(F0.key_id, 1, 1)]
+    assert a.missing_from(b.heads(), b.forks()) == [(F0.key_id, 1, 1)]
     converge(a, b)
     assert b.equivocators() == a.equivocators() and b.view("kv") == a.view("kv") == {"ns/a": {"v": b"0"}}
 
@@ -459,3 +460,19 @@ def test_history_lists_every_in_view_revision_of_a_slot_in_winning_order() -> No
         log.add(r.encode(), NOW)
     assert log.history("deployments", "web") == [r1, r2, r3]
     assert log.winner("deployments", "web") == r3
+
+
+def test_equivocation_evidence_is_kept_past_full_pending_bounds() -> None:
+    # Found by the tiny-bounds sync property: with the pending set full, the two records of a
+    # fork were refused one after the other, so the fork a peer advertised could never be proven.
+    f = Chain(F0)
+    r = [f.next("kv", "ns/a", {"v": b"%d" % i}, NOW_MS + i) for i in range(5)]
+    r5b = f.next("kv", "ns/b", {"v": b"5b"}, NOW_MS + 4, seq=5, prev=b"\6" * 32)
+    log = new_log(max_pending_per_signer=1)
+    assert log.add(r[2].encode(), NOW).status == PENDING  # fills f0's one pending slot
+    first = log.add(r[4].encode(), NOW)
+    assert first.reason == "pending_full"  # seq 5 > seq 3: not worth evicting for
+    second = log.add(r5b.encode(), NOW)  # with the refused first one: two records at seq 5
+    assert second.stored and [a.event for a in second.audit] == ["equivocation"]
+    assert log.equivocators() == {F0.key_id: 4}
+    assert {x for b in log.records_for([(F0.key_id, 4, 5)]) for x in b.records} == {r[4].encode(), r5b.encode()}
