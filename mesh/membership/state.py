@@ -19,6 +19,28 @@ Protocol summary (what memberlist does, and so do we):
 * a periodic push-pull exchanges the full state with one random peer over a
   stream, and joining is a push-pull with a seed;
 * a graceful leave is a ``Dead`` about oneself (state *left*, not *dead*).
+
+Hostile or buggy input (every rule counted in ``counters``):
+
+* **Names**: a member is only ever created under a valid name and address
+  (``mesh.wire.NAME_PATTERN``; see ``mesh.membership.config``), including from
+  push-pull entries and bootstrap lists (``bad_names``, ``bad_states``).
+* **Incarnation window**: an update more than ``config.incarnation_window``
+  above the incarnation we hold for its subject — ourselves included — is
+  refused (``incarnation_jumps``). We refute only within the window, so our own
+  incarnation stays far below what every decoder accepts.
+* **Public keys**: ``Alive`` and push-pull entries carry the member's raw
+  Ed25519 public key (or nothing). An empty key stored is learnt from the first
+  keyed ``Alive`` accepted. Once a key is known for a name, an update with a
+  *different* key (empty included) is refused at any incarnation
+  (``key_conflicts``), unless the member has been dead or left for longer than
+  ``dead_node_reclaim_time`` (> 0) — the same rule that lets a new address
+  reclaim a name. With reclaim disabled (0) a name with a new key comes back only
+  after its tombstone is reaped. An ``Alive`` about ourselves with another key is
+  refuted like any false claim. :meth:`SwimCore.member_key` gives a driver the
+  key to expect at a member's address.
+* **Piggyback**: undecodable or unknown items are skipped by the decoder and
+  counted here (``piggyback_bad``, ``piggyback_unknown``).
 """
 
 from __future__ import annotations
@@ -30,7 +52,7 @@ from enum import IntEnum
 from typing import Any, Iterable
 
 from mesh.coords import Coordinate, VivaldiClient
-from mesh.errors import WireError
+from mesh.errors import ConfigError, WireError
 from mesh.membership.awareness import Awareness
 from mesh.membership.broadcast import BroadcastQueue
 from mesh.membership.config import MembershipConfig
@@ -48,7 +70,16 @@ from mesh.membership.messages import (
 )
 from mesh.membership.meta import NodeMeta
 from mesh.membership.suspicion import Suspicion
-from mesh.wire import MAX_DATAGRAM, Envelope, Outgoing, encode, encode_broadcast, envelope_overhead
+from mesh.wire import (
+    MAX_DATAGRAM,
+    Envelope,
+    Outgoing,
+    encode,
+    encode_broadcast,
+    envelope_overhead,
+    is_valid_addr,
+    is_valid_name,
+)
 
 
 class MemberState(IntEnum):
@@ -71,6 +102,7 @@ class Member:
     state: MemberState
     state_change: float
     meta_wire: bytes | None = None  # encoded meta, cached for push-pull
+    key: bytes = b""  # raw 32-byte Ed25519 public key, or empty when unknown
 
 
 @dataclass(slots=True, frozen=True)
@@ -102,10 +134,13 @@ class _Relay:
     origin_addr: str
     origin_seq: int
     nack_at: float
-    want_nack: bool
+    expires_at: float
+    nacked: bool
 
 
 _SEQ_MASK = 2**32 - 1
+_MAX_INCARNATION = 2**63 - 1  # what every decoder accepts
+_MAX_RELAYS = 512  # indirect probes in flight for others; more is a flood
 
 
 class SwimCore:
@@ -122,9 +157,17 @@ class SwimCore:
         incarnation: int = 0,
         seeds: Iterable[str] = (),
         join_retry_interval: float = 5.0,
+        key: bytes = b"",
     ) -> None:
         config.validate()
+        if not is_valid_name(name):
+            raise ConfigError(f"invalid node name {name!r:.60}: use 1-128 characters of A-Z a-z 0-9 . _ - : @ +")
+        if not is_valid_addr(addr):
+            raise ConfigError(f"invalid node address {addr!r:.60}: use 1-256 printable ASCII characters, no spaces")
+        if type(key) is not bytes or len(key) not in (0, 32):
+            raise ConfigError("node key must be a raw 32-byte Ed25519 public key (or empty)")
         self.name = name
+        self.key = key
         self.addr = addr
         self.config = config
         self.rng = rng
@@ -133,7 +176,7 @@ class SwimCore:
         self.vivaldi = VivaldiClient(rng)
         self.coords: dict[str, Coordinate] = {}
         self.members: dict[str, Member] = {
-            name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now)
+            name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now, key=key)
         }
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.broadcasts = BroadcastQueue(lambda: config.retransmit_limit(self.num_members()))
@@ -147,6 +190,12 @@ class SwimCore:
             "misdirected_pings": 0,
             "reconnects": 0,
             "bad_states": 0,
+            "bad_names": 0,
+            "incarnation_jumps": 0,
+            "key_conflicts": 0,
+            "piggyback_bad": 0,
+            "piggyback_unknown": 0,
+            "relays_dropped": 0,
         }
         self.leaving = False
         self.seeds = tuple(seeds)
@@ -183,6 +232,11 @@ class SwimCore:
     def view(self) -> dict[str, MemberState]:
         """This node's membership view: name → state."""
         return {n: m.state for n, m in self.members.items()}
+
+    def member_key(self, name: str) -> bytes | None:
+        """The public key announced for member ``name``: None if unknown, b"" if it announced none."""
+        m = self.members.get(name)
+        return None if m is None else m.key
 
     def estimate_rtt(self, a: str, b: str) -> float | None:
         """Estimated RTT in seconds between two nodes from their Vivaldi coordinates."""
@@ -245,6 +299,10 @@ class SwimCore:
     def handle(self, src: str, env: Envelope, now: float) -> list[Outgoing]:
         """Process one decoded envelope from ``src`` (an address)."""
         out: list[Outgoing] = []
+        if env.bad_items:
+            self.counters["piggyback_bad"] += env.bad_items
+        if env.unknown_items:
+            self.counters["piggyback_unknown"] += env.unknown_items
         for update in env.piggyback:
             self._apply_update(update, now)
         msg = env.msg
@@ -283,10 +341,11 @@ class SwimCore:
         if self._relays:
             for seq in sorted(self._relays):
                 r = self._relays[seq]
-                if now >= r.nack_at:
+                if not r.nacked and now >= r.nack_at:
+                    r.nacked = True
+                    out.append(self._datagram(r.origin_addr, Nack(r.origin_seq)))
+                if now >= r.expires_at:
                     del self._relays[seq]
-                    if r.want_nack:
-                        out.append(self._datagram(r.origin_addr, Nack(r.origin_seq)))
         if self._next_join_at is not None and now >= self._next_join_at:
             if self._num_live <= 1 and self.seeds and not self.leaving:
                 out.extend(self._join_next(now))
@@ -329,8 +388,9 @@ class SwimCore:
             if s.deadline < d:
                 d = s.deadline
         for r in self._relays.values():
-            if r.nack_at < d:
-                d = r.nack_at
+            t = r.expires_at if r.nacked else r.nack_at
+            if t < d:
+                d = t
         return d
 
     # ------------------------------------------------------------------ probing
@@ -376,9 +436,10 @@ class SwimCore:
             return
         seq = self._next_seq()
         self.counters["probes"] += 1
-        self._probe = _Probe(
-            target.name, seq, now, now + self.awareness.scale(self.config.probe_timeout), now + interval
-        )
+        # Only the interval is scaled by local health, as in memberlist: waiting longer
+        # for a UDP ack does not make it arrive, while a longer interval gives the
+        # indirect probes and their nacks more time.
+        self._probe = _Probe(target.name, seq, now, now + self.config.probe_timeout, now + interval)
         extra: list[bytes] = []
         if target.state == MemberState.SUSPECT:
             # Tell a suspect it is suspected so it can refute right away.
@@ -388,7 +449,7 @@ class SwimCore:
     def _send_indirect(self, p: _Probe, now: float, out: list[Outgoing]) -> None:
         p.indirect_sent = True
         # Leave the helpers a full probe timeout (their nacks come at 80% of it).
-        p.end_at = max(p.end_at, now + self.awareness.scale(self.config.probe_timeout))
+        p.end_at = max(p.end_at, now + self.config.probe_timeout)
         target = self.members.get(p.target)
         if target is None:
             return
@@ -421,18 +482,25 @@ class SwimCore:
         if p is None or p.seq != ack.seq or p.acked:
             return
         p.acked = True
-        if ack.coord is not None and sender == p.target:
-            rtt = now - p.sent_at
-            self.coords[sender] = ack.coord
-            self.vivaldi.update(sender, ack.coord, rtt)
-            self.awareness.apply_delta(-1)
+        # Any successful probe, direct or relayed, is evidence our own link works
+        # (memberlist applies -1 whenever probeNode returns on an ack).
+        self.awareness.apply_delta(-1)
+        coord = ack.coord
+        if coord is not None and sender == p.target:
+            if len(coord.vec) == self.vivaldi.config.dimensionality and coord.is_valid():
+                self.coords[sender] = coord
+                self.vivaldi.update(sender, coord, now - p.sent_at)
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
+        if len(self._relays) >= _MAX_RELAYS:
+            self.counters["relays_dropped"] += 1
+            return
         seq = self._next_seq()
         # Lifeguard: nack at 80% of the probe timeout, so it reaches the origin before
-        # the origin's own wait ends and it can tell "target silent" from "my link is bad".
-        timeout = 0.8 * self.config.probe_timeout
-        self._relays[seq] = _Relay(src, msg.seq, now + timeout, msg.nack)
+        # the origin's own wait ends and it can tell "target silent" from "my link is bad";
+        # but keep relaying a late ack until the full timeout (memberlist's ack handler lives that long).
+        timeout = self.config.probe_timeout
+        self._relays[seq] = _Relay(src, msg.seq, now + 0.8 * timeout, now + timeout, not msg.nack)
         out.append(self._datagram(msg.addr, Ping(seq, msg.target)))
 
     def _reconnect(self, out: list[Outgoing]) -> None:
@@ -475,7 +543,7 @@ class SwimCore:
         return out
 
     def _queue_alive(self, now: float) -> None:
-        self._queue(self.name, Alive(self.incarnation, self.name, self.addr, self.meta), now)
+        self._queue(self.name, Alive(self.incarnation, self.name, self.addr, self.meta, self.key), now)
 
     def _queue(self, key: str, msg: Any, now: float) -> None:
         if not len(self.broadcasts):
@@ -485,6 +553,21 @@ class SwimCore:
     def _emit(self, kind: str, node: str, now: float, source: str = "") -> None:
         m = self.members.get(node)
         self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now, source))
+
+    def _jump_refused(self, incarnation: int, held: int) -> bool:
+        """True (and counted) if ``incarnation`` leaps beyond the window over ``held``."""
+        if incarnation - held > self.config.incarnation_window or incarnation >= _MAX_INCARNATION:
+            self.counters["incarnation_jumps"] += 1
+            return True
+        return False
+
+    def _reclaimable(self, m: Member, now: float) -> bool:
+        """Dead or left for longer than the reclaim time: its name may take a new address or key."""
+        return (
+            self.config.dead_node_reclaim_time > 0
+            and m.state in (MemberState.DEAD, MemberState.LEFT)
+            and now - m.state_change > self.config.dead_node_reclaim_time
+        )
 
     def _refute(self, accused_incarnation: int, now: float) -> None:
         self.incarnation = max(self.incarnation, accused_incarnation) + 1
@@ -523,25 +606,34 @@ class SwimCore:
         if a.node == self.name:
             if self.leaving:
                 return
-            if a.incarnation > self.incarnation or (
-                a.incarnation == self.incarnation and (a.addr != self.addr or a.meta != self.meta)
-            ):
+            if a.incarnation > self.incarnation:
+                if not self._jump_refused(a.incarnation, self.incarnation):
+                    self._refute(a.incarnation, now)
+            elif a.incarnation == self.incarnation and (a.addr != self.addr or a.meta != self.meta or a.key != self.key):
                 self._refute(a.incarnation, now)
             return
         m = self.members.get(a.node)
         if m is None:
-            self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now)
+            # Every path that creates a member comes through here (gossip, push-pull).
+            if not is_valid_name(a.node) or not is_valid_addr(a.addr) or len(a.key) not in (0, 32):
+                self.counters["bad_names"] += 1
+                return
+            self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now, key=a.key)
             self._set_live(a.node, True)
             self._emit("join", a.node, now)
             self._queue(a.node, a, now)
             return
+        if a.key != m.key and m.key and not self._reclaimable(m, now):
+            self.counters["key_conflicts"] += 1
+            return
+        if a.incarnation > m.incarnation and self._jump_refused(a.incarnation, m.incarnation):
+            return
         reclaim = False
         if a.addr != m.addr:
-            can_reclaim = (
-                self.config.dead_node_reclaim_time > 0
-                and m.state in (MemberState.DEAD, MemberState.LEFT)
-                and now - m.state_change > self.config.dead_node_reclaim_time
-            )
+            if not is_valid_addr(a.addr):
+                self.counters["bad_names"] += 1
+                return
+            can_reclaim = self._reclaimable(m, now)
             if not can_reclaim:
                 if a.incarnation <= m.incarnation:
                     return
@@ -553,7 +645,7 @@ class SwimCore:
         was = m.state
         self._suspicions.pop(a.node, None)
         changed_meta = a.meta != m.meta
-        m.addr, m.meta, m.incarnation = a.addr, a.meta, a.incarnation
+        m.addr, m.meta, m.incarnation, m.key = a.addr, a.meta, a.incarnation, a.key
         if changed_meta:
             m.meta_wire = None
         if was != MemberState.ALIVE:
@@ -569,7 +661,8 @@ class SwimCore:
         if s.node == self.name:
             if not self.leaving:
                 if s.incarnation >= self.incarnation:
-                    self._refute(s.incarnation, now)
+                    if not self._jump_refused(s.incarnation, self.incarnation):
+                        self._refute(s.incarnation, now)
                 elif self.name not in self.broadcasts:
                     # Someone still holds an older incarnation of us and suspects it: our
                     # newer Alive evidently did not reach everyone, so announce it again.
@@ -577,6 +670,8 @@ class SwimCore:
             return
         m = self.members.get(s.node)
         if m is None or s.incarnation < m.incarnation:
+            return
+        if s.incarnation > m.incarnation and self._jump_refused(s.incarnation, m.incarnation):
             return
         if m.state == MemberState.SUSPECT:
             timer = self._suspicions.get(s.node)
@@ -602,7 +697,8 @@ class SwimCore:
         if d.node == self.name:
             if not self.leaving:
                 if d.incarnation >= self.incarnation:
-                    self._refute(d.incarnation, now)
+                    if not self._jump_refused(d.incarnation, self.incarnation):
+                        self._refute(d.incarnation, now)
                 elif self.name not in self.broadcasts:
                     self._queue_alive(now)
             return
@@ -610,6 +706,8 @@ class SwimCore:
         if m is None or d.incarnation < m.incarnation:
             return
         if m.state in (MemberState.DEAD, MemberState.LEFT):
+            return
+        if d.incarnation > m.incarnation and self._jump_refused(d.incarnation, m.incarnation):
             return
         self._suspicions.pop(d.node, None)
         m.incarnation = d.incarnation
@@ -632,7 +730,7 @@ class SwimCore:
             if m.meta_wire is None:
                 m.meta_wire = PushPullState.pack_meta(m.meta)
             c = self.vivaldi.coord if name == self.name else coords.get(name)
-            out.append(PushPullState(name, m.addr, m.incarnation, int(m.state), m.meta_wire, PushPullState.pack_coord(c)))
+            out.append(PushPullState(name, m.addr, m.incarnation, int(m.state), m.meta_wire, PushPullState.pack_coord(c), m.key))
         return tuple(out)
 
     def _push_pull_to(self, addr: str, join: bool, reply: bool) -> Outgoing:
@@ -667,7 +765,7 @@ class SwimCore:
                 if state == MemberState.ALIVE:
                     if m is not None and st.incarnation == m.incarnation and m.state != MemberState.DEAD:
                         continue
-                    self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.decoded_meta()), now)
+                    self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.decoded_meta(), st.key), now)
                 elif state == MemberState.LEFT:
                     self._apply_dead(Dead(st.incarnation, st.node, st.node), now)
                 elif m is not None or st.node == self.name:
@@ -685,16 +783,28 @@ class SwimCore:
         for st in states:
             if st.node == self.name or st.node in self.members:
                 continue
-            self.members[st.node] = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now)
+            if not is_valid_name(st.node) or not is_valid_addr(st.addr) or len(st.key) not in (0, 32):
+                self.counters["bad_names"] += 1
+                continue
+            try:
+                meta = st.decoded_meta()
+            except WireError:
+                self.counters["bad_states"] += 1
+                continue
+            self.members[st.node] = Member(st.node, st.addr, meta, st.incarnation, MemberState.ALIVE, now, key=st.key)
             self._set_live(st.node, True)
         self._next_join_at = None
         self._next_push_pull_at = now + self.rng.random() * self.config.push_pull_period(self._num_live)
 
     def reap(self, now: float) -> None:
-        """Forget dead/left members whose tombstone has expired."""
+        """Forget dead/left members whose tombstone has expired, everywhere they are referenced."""
         cutoff = now - self.config.tombstone_time
-        for name in [n for n, m in self.members.items() if n != self.name and m.state >= MemberState.DEAD]:
+        for name in sorted(n for n, m in self.members.items() if n != self.name and m.state >= MemberState.DEAD):
             if self.members[name].state_change < cutoff:
                 del self.members[name]
+                # A reaped member must not stay a gossip-to-the-dead target (that raised KeyError).
+                self._recent_dead.pop(name, None)
+                self._suspicions.pop(name, None)
                 self.coords.pop(name, None)
+                self.vivaldi.forget(name)
                 self._emit("reap", name, now)
