@@ -526,3 +526,22 @@ def test_any_meta_a_node_can_be_built_with_round_trips(meta: NodeMeta) -> None:
 def test_wire_error_is_the_only_decoder_failure_for_a_bad_meta() -> None:
     with pytest.raises(WireError, match="non-printable"):
         NodeMeta.from_wire(["x86_64", 1, 1, [], "a\x07b", None, 0.0, []])
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"load": float("nan")}, "load"),
+        ({"load": -1.0}, "load"),
+        ({"cores": True}, "cores"),
+        ({"labels": (("a\x1b[31m", "x"),)}, "label key"),
+        ({"labels": (("k", "1"), ("k", "2"))}, "duplicate"),
+        ({"labels": tuple((f"k{i}", "v") for i in range(17))}, "labels"),
+        ({"fault_domain": "eu\nsite"}, "fault_domain"),
+        ({"geo": (91.0, 0.0)}, "latitude"),
+        ({"arch": ""}, "arch"),
+    ],
+)
+def test_metadata_a_peer_could_not_decode_cannot_be_built(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        NodeMeta(**kwargs)

@@ -59,8 +59,8 @@ defaults and the reasons for them:
     member we have never heard of is taken at any incarnation the wire allows (a
     long-lived mesh has large ones).
 
-Relations :meth:`MembershipConfig.validate` enforces (each one was a real failure
-or a timer that could never fire):
+Relations :meth:`MembershipConfig.validate` enforces (each guards against a
+crash, a timer loop that never advances, or a setting that silently does nothing):
 
 * every duration is a finite number; intervals and timeouts are > 0, and
   ``gossip_to_the_dead_time`` and ``dead_node_reclaim_time`` are >= 0;
@@ -72,9 +72,9 @@ or a timer that could never fire):
   before a new address may reclaim it, and the setting means nothing;
 * ``tombstone_time >= reconnect_interval``: dead members must live long enough
   for the reconnect timer to try them, or healed partitions never re-merge;
-* ``gossip_nodes``, ``retransmit_mult``,
-  ``suspicion_mult``, ``suspicion_max_timeout_mult``, ``awareness_max_multiplier``
-  and ``incarnation_window`` are integers >= 1 (``indirect_checks`` >= 0).
+* ``gossip_nodes``, ``retransmit_mult``, ``suspicion_mult``,
+  ``suspicion_max_timeout_mult``, ``awareness_max_multiplier`` and
+  ``incarnation_window`` (<= 2**62) are integers >= 1; ``indirect_checks`` >= 0.
 
 Member names (checked wherever a member can appear: decoding, push-pull entries,
 bootstrap lists, the local node's own name) are 1 to 128 characters from
