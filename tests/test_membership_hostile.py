@@ -140,7 +140,7 @@ def test_unknown_message_type_is_counted_and_its_piggyback_used() -> None:
     data = msgpack.packb([PROTOCOL_VERSION, 13, "c", [1, 2, 3], [alive]], use_bin_type=True)
     assert a.receive("c", data, 1.0) == []
     assert a.swim.view()["c"] == MemberState.ALIVE and a.swim.members["c"].incarnation == 3
-    assert a.counters["wire_errors"] == 0
+    assert a.swim.counters["unknown_messages"] == 1 and a.counters["wire_errors"] == 0
     # A type outside every known range is counted by the node core as unknown, not as garbage.
     a.receive("c", msgpack.packb([PROTOCOL_VERSION, 200, "c", [], []]), 1.0)
     assert a.counters["unknown_type"] == 1 and a.counters["wire_errors"] == 0

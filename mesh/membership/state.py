@@ -74,6 +74,7 @@ from mesh.wire import (
     MAX_DATAGRAM,
     Envelope,
     Outgoing,
+    Unknown,
     encode,
     encode_broadcast,
     envelope_overhead,
@@ -195,6 +196,7 @@ class SwimCore:
             "key_conflicts": 0,
             "piggyback_bad": 0,
             "piggyback_unknown": 0,
+            "unknown_messages": 0,
             "relays_dropped": 0,
         }
         self.leaving = False
@@ -325,6 +327,9 @@ class SwimCore:
             self._apply_update(msg, now)
         elif isinstance(msg, Gossip):
             pass
+        elif isinstance(msg, Unknown):
+            # A newer peer's message type: skipped, counted; its piggyback was used above.
+            self.counters["unknown_messages"] += 1
         return out
 
     def tick(self, now: float) -> list[Outgoing]:
