@@ -71,7 +71,8 @@ def test_probe_ack_updates_vivaldi_and_finishes_probe() -> None:
     assert isinstance(env.msg, Ack) and env.msg.coord is not None
     a.receive("b", ack.data, t + 0.020)
     assert a.swim.vivaldi.updates == 1
-    assert a.swim._probe is None or a.swim._probe.acked
+    assert a.swim._probe is not None and a.swim._probe.acked
+    assert a.swim.coordinate_of("b") == env.msg.coord
     # no suspicion after the interval
     a.tick(t + 1.5)
     assert a.swim.view()["b"] == MemberState.ALIVE
@@ -214,14 +215,15 @@ def test_graceful_leave_is_left_not_dead() -> None:
 def test_push_pull_merge_learns_members_and_treats_remote_dead_as_suspect() -> None:
     a = node("a")
     b = cluster(["b", "c", "d"])["b"]
-    b.swim._apply_dead(Dead(0, "d", "b"), 1.0)
+    b.receive("c", encode("c", Dead(0, "d", "c")), 1.0)
     pp = PushPull(False, False, b.swim.local_states())
     outs = a.receive("b", encode("b", pp), 2.0, reliable=True)
     assert any(decode(o.data, 1 << 22).msg.reply for o in outs)
     view = a.swim.view()
     assert view["b"] == MemberState.ALIVE and view["c"] == MemberState.ALIVE
     assert "d" not in view  # a remote death of an unknown node is not news worth adopting
-    a.swim._apply_alive(Alive(0, "d", "d", NodeMeta()), 2.0)
+    a.receive("d", encode("d", Alive(0, "d", "d", NodeMeta())), 2.0)
+    assert a.swim.view()["d"] == MemberState.ALIVE
     a.receive("b", encode("b", pp), 3.0, reliable=True)
     assert a.swim.view()["d"] == MemberState.SUSPECT  # suspect, so d can still refute
 
@@ -229,7 +231,7 @@ def test_push_pull_merge_learns_members_and_treats_remote_dead_as_suspect() -> N
 def test_restarted_node_reclaims_its_name_by_refuting_its_tombstone() -> None:
     nodes = cluster(["a", "b"])
     a = nodes["a"]
-    a.swim._apply_dead(Dead(3, "b", "a"), 1.0)
+    a.receive("x", encode("x", Dead(3, "b", "x")), 1.0)  # b was at 3 in an earlier life
     fresh = node("b", seeds=("a",))  # restarted: state lost, incarnation 0
     nodes["b"] = fresh
     deliver(nodes, "b", fresh.start(2.0), 2.0)
