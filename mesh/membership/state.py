@@ -490,11 +490,10 @@ class SwimCore:
         # Any successful probe, direct or relayed, is evidence our own link works
         # (memberlist applies -1 whenever probeNode returns on an ack).
         self.awareness.apply_delta(-1)
-        coord = ack.coord
-        if coord is not None and sender == p.target:
-            if len(coord.vec) == self.vivaldi.config.dimensionality and coord.is_valid():
-                self.coords[sender] = coord
-                self.vivaldi.update(sender, coord, now - p.sent_at)
+        if ack.coord is not None and sender == p.target:
+            rtt = now - p.sent_at
+            self.coords[sender] = ack.coord
+            self.vivaldi.update(sender, ack.coord, rtt)
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
         if len(self._relays) >= _MAX_RELAYS:
