@@ -545,3 +545,20 @@ def test_wire_error_is_the_only_decoder_failure_for_a_bad_meta() -> None:
 def test_metadata_a_peer_could_not_decode_cannot_be_built(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         NodeMeta(**kwargs)
+
+
+def test_overlapping_relays_each_nack_once_at_80_percent_and_expire_at_the_timeout() -> None:
+    c = core("c")
+    T = LAN.probe_timeout
+    c.receive("a", encode("a", IndirectPing(1, "b", "b", True)), 10.0)
+    c.receive("a", encode("a", IndirectPing(2, "b", "b", False)), 10.1)  # an origin that wants no nack
+    c.receive("a", encode("a", IndirectPing(3, "b", "b", True)), 10.2)
+
+    def nacks(t: float) -> list[int]:
+        return [decode(o.data).msg.seq for o in c.tick(t) if isinstance(decode(o.data).msg, Nack)]
+
+    assert nacks(10.0 + 0.8 * T) == [1]
+    assert nacks(10.2 + 0.8 * T - 0.001) == []
+    assert nacks(10.2 + 0.8 * T) == [3]
+    assert nacks(10.2 + T) == []
+    assert c.swim._relays == {}

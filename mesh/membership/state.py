@@ -215,6 +215,7 @@ class SwimCore:
         self._next_reconnect_at = now + config.reconnect_interval * (0.5 + rng.random())
         self._suspicions: dict[str, Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
+        self._relay_next = float("inf")  # earliest nack or expiry among the relays
         self._num_live = 1
         self._next_reap_at = now + config.tombstone_time / 10
         self._alive_names: list[str] = []  # sorted, excluding self; ALIVE or SUSPECT
@@ -343,14 +344,8 @@ class SwimCore:
                     m = self.members.get(name)
                     if m is not None and m.state == MemberState.SUSPECT and m.incarnation == s.incarnation:
                         self._apply_dead(Dead(s.incarnation, name, self.name), now)
-        if self._relays:
-            for seq in sorted(self._relays):
-                r = self._relays[seq]
-                if not r.nacked and now >= r.nack_at:
-                    r.nacked = True
-                    out.append(self._datagram(r.origin_addr, Nack(r.origin_seq)))
-                if now >= r.expires_at:
-                    del self._relays[seq]
+        if self._relays and now >= self._relay_next:
+            self._tick_relays(now, out)
         if self._next_join_at is not None and now >= self._next_join_at:
             if self._num_live <= 1 and self.seeds and not self.leaving:
                 out.extend(self._join_next(now))
@@ -392,10 +387,8 @@ class SwimCore:
         for s in self._suspicions.values():
             if s.deadline < d:
                 d = s.deadline
-        for r in self._relays.values():
-            t = r.expires_at if r.nacked else r.nack_at
-            if t < d:
-                d = t
+        if self._relays and self._relay_next < d:
+            d = self._relay_next
         return d
 
     # ------------------------------------------------------------------ probing
@@ -504,8 +497,30 @@ class SwimCore:
         # the origin's own wait ends and it can tell "target silent" from "my link is bad";
         # but keep relaying a late ack until the full timeout (memberlist's ack handler lives that long).
         timeout = self.config.probe_timeout
-        self._relays[seq] = _Relay(src, msg.seq, now + 0.8 * timeout, now + timeout, not msg.nack)
+        r = _Relay(src, msg.seq, now + 0.8 * timeout, now + timeout, not msg.nack)
+        self._relays[seq] = r
+        self._relay_next = min(self._relay_next, r.expires_at if r.nacked else r.nack_at)
         out.append(self._datagram(msg.addr, Ping(seq, msg.target)))
+
+    def _tick_relays(self, now: float, out: list[Outgoing]) -> None:
+        # Every relay has the same timeout, so insertion order (a deterministic dict
+        # order) is deadline order: stop at the first relay with nothing due.
+        nxt = float("inf")
+        done: list[int] = []
+        for seq, r in self._relays.items():
+            if not r.nacked:
+                if now < r.nack_at:
+                    nxt = min(nxt, r.nack_at)
+                    break
+                r.nacked = True
+                out.append(self._datagram(r.origin_addr, Nack(r.origin_seq)))
+            if now >= r.expires_at:
+                done.append(seq)
+            else:
+                nxt = min(nxt, r.expires_at)
+        for seq in done:
+            del self._relays[seq]
+        self._relay_next = nxt
 
     def _reconnect(self, out: list[Outgoing]) -> None:
         # Serf's reconnect: with probability failed/alive, try one random failed member.
