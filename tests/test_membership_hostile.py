@@ -562,3 +562,13 @@ def test_overlapping_relays_each_nack_once_at_80_percent_and_expire_at_the_timeo
     assert nacks(10.2 + 0.8 * T) == [3]
     assert nacks(10.2 + T) == []
     assert c.swim._relays == {}
+
+
+def test_push_pull_dead_entry_beyond_the_window_does_not_pin_a_member() -> None:
+    net = pair(LAN)
+    net.run_until(3.0)
+    a = net.nodes["a"]
+    entry = PushPullState.of("b", "b", 2**63 - 1, int(MemberState.DEAD), NodeMeta(), None)
+    a.receive("x", encode("x", PushPull(False, True, (entry,))), net.now, True)
+    assert a.swim.view()["b"] == MemberState.ALIVE and a.swim.members["b"].incarnation == 0
+    assert a.swim.counters["incarnation_jumps"] == 1
