@@ -120,7 +120,7 @@ def test_invalid_names_are_wire_errors(name: str) -> None:
         decode(msgpack.packb([PROTOCOL_VERSION, 9, name, [], []]))  # envelope sender
     entry = [name, "addr", 0, 0, PushPullState.pack_meta(NodeMeta()), None, b""]
     with pytest.raises(WireError, match="name"):
-        decode(msgpack.packb([PROTOCOL_VERSION, 8, "a", [False, False, [entry]], []], use_bin_type=True), 1 << 20)
+        PushPullState.from_wire(entry)  # how every received push-pull entry is validated
 
 
 @pytest.mark.parametrize("key", [b"k" * 31, b"k" * 33, "k" * 32])
@@ -130,7 +130,7 @@ def test_public_key_must_be_empty_or_32_bytes(key: object) -> None:
     assert env.piggyback == () and env.bad_items == 1
     entry = ["n", "addr", 0, 0, PushPullState.pack_meta(NodeMeta()), None, key]
     with pytest.raises(WireError, match="key"):
-        decode(msgpack.packb([PROTOCOL_VERSION, 8, "a", [False, False, [entry]], []], use_bin_type=True), 1 << 20)
+        PushPullState.from_wire(entry)
 
 
 @settings(max_examples=400, deadline=None)
