@@ -33,7 +33,14 @@ def base_datagrams() -> list[bytes]:
     coord = Coordinate((0.001,) * 8, 0.4, 0.0001, 0.00002)
     return [
         encode("b", Ping(3, "a"), [encode_broadcast(Suspect(1, "n1", "b"))]),
-        encode("b", Gossip(), [encode_broadcast(Alive(4, "n4", "n4", NodeMeta(labels=(("k", "v"),)))), encode_broadcast(Dead(2, "n2", "b"))]),
+        encode(
+            "b",
+            Gossip(),
+            [
+                encode_broadcast(Alive(4, "n4", "n4", NodeMeta(labels=(("k", "v"),)))),
+                encode_broadcast(Dead(2, "n2", "b")),
+            ],
+        ),
         encode("b", Ack(9, coord), [encode_broadcast(Suspect(5, "a", "b"))]),
         encode("b", IndirectPing(5, "n3", "n3", True), [encode_broadcast(Alive(1, "n3", "n3", NodeMeta()))]),
     ]
@@ -88,7 +95,9 @@ def main() -> None:
     print(f"mutated:  {summary(times)}  ({ratio:.2f}x baseline mean)")
     swim = node.swim
     bad = [n for n in swim.members if not is_valid_name(n)]
-    print(f"left behind: {len(swim.members) - 1} other members, {len(bad)} with an invalid name, incarnation {swim.incarnation}")
+    print(
+        f"left behind: {len(swim.members) - 1} other members, {len(bad)} with an invalid name, incarnation {swim.incarnation}"
+    )
     print("node counters:", {k: v for k, v in node.counters.items() if v})
     print("membership counters:", {k: v for k, v in swim.counters.items() if v})
 

@@ -13,7 +13,18 @@ from hypothesis import strategies as st
 from mesh.coords import Coordinate
 from mesh.errors import ConfigError, WireError
 from mesh.membership import MembershipConfig, MemberState, NodeMeta, SwimCore, profile
-from mesh.membership.messages import Ack, Alive, Dead, Gossip, IndirectPing, Nack, Ping, PushPull, PushPullState, Suspect
+from mesh.membership.messages import (
+    Ack,
+    Alive,
+    Dead,
+    Gossip,
+    IndirectPing,
+    Nack,
+    Ping,
+    PushPull,
+    PushPullState,
+    Suspect,
+)
 from mesh.node import NodeCore
 from mesh.wire import MAX_DATAGRAM, PROTOCOL_VERSION, decode, encode, encode_broadcast, is_valid_name, pack
 from tests.membership_driver import MiniNet
@@ -24,7 +35,9 @@ KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
 
 
-def core(name: str, cfg: MembershipConfig = LAN, meta: NodeMeta | None = None, seeds: tuple[str, ...] = (), key: bytes = b"") -> NodeCore:
+def core(
+    name: str, cfg: MembershipConfig = LAN, meta: NodeMeta | None = None, seeds: tuple[str, ...] = (), key: bytes = b""
+) -> NodeCore:
     return NodeCore(name, name, meta or NodeMeta(), cfg, random.Random(f"7:{name}"), now=0.0, seeds=seeds, key=key)
 
 
@@ -126,7 +139,9 @@ def test_one_bad_piggybacked_item_no_longer_drops_the_ack() -> None:
     poisoned = pack([6, [2**63, "b", "b", NodeMeta().to_wire(), b""]])
     future = pack([15, ["a", "broadcast", "from", "a", "newer", "version"]])
     good = encode_broadcast(Suspect(0, "c", "b"))
-    data = msgpack.packb([PROTOCOL_VERSION, Ack.TYPE, "b", Ack(seq, None).to_payload(), [poisoned, future, good]], use_bin_type=True)
+    data = msgpack.packb(
+        [PROTOCOL_VERSION, Ack.TYPE, "b", Ack(seq, None).to_payload(), [poisoned, future, good]], use_bin_type=True
+    )
     a.receive("b", data, t0 + 0.01)
     assert a.swim._probe is not None and a.swim._probe.acked
     assert a.swim.counters["piggyback_bad"] == 1 and a.swim.counters["piggyback_unknown"] == 1
@@ -270,7 +285,12 @@ def test_invalid_names_never_become_members(name: str) -> None:
     pig = pack([Alive.TYPE, [1, name, "addr", NodeMeta().to_wire(), b""]])
     a.receive("b", msgpack.packb([PROTOCOL_VERSION, Gossip.TYPE, "b", [], [pig]], use_bin_type=True), 1.0)
     entry = [name, "addr", 0, 0, meta_raw, None, b""]
-    a.receive("b", msgpack.packb([PROTOCOL_VERSION, PushPull.TYPE, "b", [False, True, [entry]], []], use_bin_type=True), 1.0, True)
+    a.receive(
+        "b",
+        msgpack.packb([PROTOCOL_VERSION, PushPull.TYPE, "b", [False, True, [entry]], []], use_bin_type=True),
+        1.0,
+        True,
+    )
     # Paths that bypass the decoder: a persisted member list and a hand-built Alive.
     a.swim.bootstrap([PushPullState(name, "addr", 0, 0, meta_raw, None)], 1.0)
     a.swim._apply_alive(Alive(1, name, "addr", NodeMeta()), 1.0)
@@ -289,7 +309,14 @@ def _mutated_datagrams(n: int, seed: int) -> list[bytes]:
     rng = random.Random(seed)
     base = [
         encode("b", Ping(3, "a"), [encode_broadcast(Suspect(1, "n1", "b"))]),
-        encode("b", Gossip(), [encode_broadcast(Alive(4, "n4", "n4", NodeMeta(labels=(("k", "v"),)))), encode_broadcast(Dead(2, "n2", "b"))]),
+        encode(
+            "b",
+            Gossip(),
+            [
+                encode_broadcast(Alive(4, "n4", "n4", NodeMeta(labels=(("k", "v"),)))),
+                encode_broadcast(Dead(2, "n2", "b")),
+            ],
+        ),
         encode("b", Ack(9, Coordinate((0.001,) * 8, 0.4, 0.0001, 0.00002)), [encode_broadcast(Suspect(5, "a", "b"))]),
         encode("b", IndirectPing(5, "n3", "n3", True), [encode_broadcast(Alive(1, "n3", "n3", NodeMeta()))]),
     ]
@@ -404,7 +431,11 @@ def _metas(draw: st.DrawFn) -> NodeMeta:
         return NodeMeta(
             arch=draw(st.sampled_from(["x86_64", "aarch64", "r" * 32])),
             cores=draw(st.integers(0, 1 << 16)),
-            labels=tuple(draw(st.dictionaries(st.text("kz", min_size=1, max_size=5), st.text("v", max_size=8), max_size=4)).items()),
+            labels=tuple(
+                draw(
+                    st.dictionaries(st.text("kz", min_size=1, max_size=5), st.text("v", max_size=8), max_size=4)
+                ).items()
+            ),
             load=draw(st.floats(0, 1e6)),
         )
     except ConfigError:
@@ -415,7 +446,9 @@ def _metas(draw: st.DrawFn) -> NodeMeta:
 def _messages(draw: st.DrawFn) -> object:
     kind = draw(st.sampled_from(["alive", "suspect", "dead", "ping", "ack", "nack", "ind", "pp"]))
     if kind == "alive":
-        return Alive(draw(_incarnations), draw(_names), draw(_names), draw(_metas()), draw(st.sampled_from([b"", KEY_A, KEY_B])))
+        return Alive(
+            draw(_incarnations), draw(_names), draw(_names), draw(_metas()), draw(st.sampled_from([b"", KEY_A, KEY_B]))
+        )
     if kind == "suspect":
         return Suspect(draw(_incarnations), draw(_names), draw(_names))
     if kind == "dead":
@@ -430,7 +463,9 @@ def _messages(draw: st.DrawFn) -> object:
     if kind == "ind":
         return IndirectPing(draw(st.integers(0, 2**32 - 1)), draw(_names), draw(_names), draw(st.booleans()))
     states = draw(st.lists(st.tuples(_names, _incarnations, st.integers(0, 3)), max_size=30))
-    return PushPull(False, draw(st.booleans()), tuple(PushPullState.of(n, n, i, s, NodeMeta(), None) for n, i, s in states))
+    return PushPull(
+        False, draw(st.booleans()), tuple(PushPullState.of(n, n, i, s, NodeMeta(), None) for n, i, s in states)
+    )
 
 
 def _encode_hostile(sender: str, msg: object, pig: list[bytes]) -> tuple[bytes, bool]:
@@ -519,8 +554,17 @@ def test_any_meta_a_node_can_be_built_with_round_trips(meta: NodeMeta) -> None:
     assert PushPullState.of("n", "n", 0, 0, meta, None).decoded_meta() == meta
     env = decode(encode("n", Gossip(), [encode_broadcast(Alive(1, "n", "n", meta))]))
     assert env.piggyback == (Alive(1, "n", "n", meta),)
-    assert NodeMeta(meta.arch, meta.cores, meta.memory_mb, meta.labels, meta.fault_domain, meta.geo, meta.load, meta.hardware) == meta
-    assert math.isfinite(meta.load) and len(encode("n" * 128, Gossip(), [encode_broadcast(Alive(2**63 - 1, "n" * 128, "x" * 256, meta, KEY_A))])) <= MAX_DATAGRAM
+    assert (
+        NodeMeta(
+            meta.arch, meta.cores, meta.memory_mb, meta.labels, meta.fault_domain, meta.geo, meta.load, meta.hardware
+        )
+        == meta
+    )
+    assert (
+        math.isfinite(meta.load)
+        and len(encode("n" * 128, Gossip(), [encode_broadcast(Alive(2**63 - 1, "n" * 128, "x" * 256, meta, KEY_A))]))
+        <= MAX_DATAGRAM
+    )
 
 
 def test_wire_error_is_the_only_decoder_failure_for_a_bad_meta() -> None:

@@ -13,7 +13,19 @@ from mesh.membership.messages import Ack, Alive, Dead, Gossip, IndirectPing, Nac
 from mesh.membership.meta import NodeMeta
 from mesh.errors import ConfigError
 from mesh.membership.meta import MAX_META_BYTES
-from mesh.wire import MAX_ADDR, MAX_DATAGRAM, MAX_NAME, PROTOCOL_VERSION, Unknown, decode, encode, encode_broadcast, envelope_overhead, pack, piggyback_cost
+from mesh.wire import (
+    MAX_ADDR,
+    MAX_DATAGRAM,
+    MAX_NAME,
+    PROTOCOL_VERSION,
+    Unknown,
+    decode,
+    encode,
+    encode_broadcast,
+    envelope_overhead,
+    pack,
+    piggyback_cost,
+)
 
 META = NodeMeta(
     arch="aarch64",
@@ -69,7 +81,8 @@ def test_rejects_wrong_version_and_oversize() -> None:
 def _largest_meta() -> NodeMeta:
     """Metadata padded to exactly MAX_META_BYTES encoded."""
     labels = tuple((f"k{i:02d}", "v" * 12) for i in range(16))
-    base = NodeMeta("x" * 32, 1 << 16, 1 << 40, labels, "", (89.5, -179.5), 999999.999, tuple(f"hw{i:02d}" for i in range(16)))
+    hardware = tuple(f"hw{i:02d}" for i in range(16))
+    base = NodeMeta("x" * 32, 1 << 16, 1 << 40, labels, "", (89.5, -179.5), 999999.999, hardware)
     pad = MAX_META_BYTES - len(pack(base.to_wire()))
     domain = "r" * min(pad - 1, 200) if pad > 32 else "r" * pad
     return NodeMeta(base.arch, base.cores, base.memory_mb, base.labels, domain, base.geo, base.load, base.hardware)

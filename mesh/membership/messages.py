@@ -238,7 +238,7 @@ class PushPullState:
         node, addr, inc, state, meta, coord, key = x
         if type(node) is not str or NAME_RE.fullmatch(node) is None:
             raise WireError("push-pull entry has an invalid name")
-        if type(addr) is not str or not 0 < len(addr) <= MAX_ADDR or not addr.isascii() or not addr.isprintable() or " " in addr:
+        if type(addr) is not str or not 0 < len(addr) <= MAX_ADDR or not (addr.isascii() and addr.isprintable()) or " " in addr:
             raise WireError("push-pull entry has an invalid address")
         if type(key) is not bytes or len(key) not in (0, KEY_BYTES):
             raise WireError("push-pull entry has an invalid public key")

@@ -31,7 +31,8 @@ def _text(what: str, x: Any, max_len: int, allow_empty: bool = False) -> str:
     if type(x) is not str:
         raise ConfigError(f"node metadata {what} must be a string, got {type(x).__name__}")
     if len(x) > max_len or (not allow_empty and not x):
-        raise ConfigError(f"node metadata {what} must have 1 to {max_len} characters" if not allow_empty else f"node metadata {what} must have at most {max_len} characters")
+        bound = f"at most {max_len}" if allow_empty else f"1 to {max_len}"
+        raise ConfigError(f"node metadata {what} must have {bound} characters")
     if not x.isprintable():
         # Metadata is shown in tables and logs: no control, format or separator characters.
         raise ConfigError(f"node metadata {what} {x!r:.40} contains non-printable characters")

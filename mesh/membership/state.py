@@ -655,7 +655,8 @@ class SwimCore:
             if a.incarnation > self.incarnation:
                 if not self._jump_refused(a.incarnation, self.incarnation):
                     self._refute(a.incarnation, now)
-            elif a.incarnation == self.incarnation and (a.addr != self.addr or a.meta != self.meta or a.key != self.key):
+            elif a.incarnation == self.incarnation and (a.addr, a.meta, a.key) != (self.addr, self.meta, self.key):
+                # Someone claims our name at our incarnation with other data: assert ours.
                 self._refute(a.incarnation, now)
             return
         m = self.members.get(a.node)
@@ -783,7 +784,8 @@ class SwimCore:
             if m.meta_wire is None:
                 m.meta_wire = PushPullState.pack_meta(m.meta)
             c = self.vivaldi.coord if name == self.name else coords.get(name)
-            out.append(PushPullState(name, m.addr, m.incarnation, int(m.state), m.meta_wire, PushPullState.pack_coord(c), m.key))
+            coord = PushPullState.pack_coord(c)
+            out.append(PushPullState(name, m.addr, m.incarnation, int(m.state), m.meta_wire, coord, m.key))
         return tuple(out)
 
     def _push_pull_to(self, addr: str, join: bool, reply: bool) -> Outgoing:
