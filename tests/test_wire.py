@@ -189,3 +189,12 @@ def test_well_formed_msgpack_with_wrong_shapes_only_raise_wire_error(payload: ob
         decode(data)
     except WireError:
         pass
+
+
+def test_piggyback_beyond_what_a_datagram_can_hold_is_skipped_and_counted() -> None:
+    from mesh.wire import MAX_PIGGYBACK
+
+    items = [encode_broadcast(Suspect(i, "n", "m")) for i in range(MAX_PIGGYBACK + 100)]
+    env = decode(encode("a", Gossip(), items), limit=1 << 20)  # only a stream frame can carry this many
+    assert len(env.piggyback) == MAX_PIGGYBACK == MAX_DATAGRAM // 2
+    assert env.bad_items == 100 and env.piggyback[-1] == Suspect(MAX_PIGGYBACK - 1, "n", "m")
