@@ -47,3 +47,25 @@ def test_private_file_problem(tmp_path: Path) -> None:
         f"it holds a secret: run `chmod 600 {p}` if it was not exposed, otherwise replace it"
     )
     assert private_file_problem(tmp_path, "key") == f"key {tmp_path} is not a regular file"
+
+
+def test_trust_config_save_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crdt.keys import SigningKey
+    from crdt.trust import TrustConfig
+
+    tc = TrustConfig()
+    tc.add_key(SigningKey.from_seed(b"a" * 32).public_raw, ["admin"])
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        st_mode = os.fstat(fd).st_mode
+        synced.append("dir" if stat.S_ISDIR(st_mode) else f"file:{stat.S_IMODE(st_mode):04o}")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    p = tmp_path / "trust.json"
+    tc.save(p)
+    assert synced == ["file:0644", "dir"]  # content before the name, then the name
+    assert TrustConfig.load(p).to_json() == tc.to_json()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["trust.json"]
