@@ -52,9 +52,11 @@ PROTOCOL_VERSION = 1
 # UDP payload budget: stays under typical cellular / VPN path MTUs (1280 IPv6 minimum
 # minus headers and the Noise tag/counter).
 MAX_DATAGRAM = 1200
-# Stream frames (push-pull, sync, blob chunks) are length-prefixed; one Noise message
-# carries at most 65535 bytes, larger logical messages are split by the stream layer.
-MAX_FRAME = 4 * 1024 * 1024
+# Stream frames (push-pull, sync, blob chunks) are length-prefixed and each is one Noise
+# transport message, which is at most 65,535 bytes including its 16-byte tag: every
+# stream message a core produces fits one frame (its plaintext, this limit), and larger
+# state is chunked by the core that sends it (push-pull parts, SyncChunk, blob chunks).
+MAX_FRAME = 65_535 - 16  # = mesh.transport.stream.MAX_STREAM_PLAINTEXT
 
 _MAX_STR = 64 * 1024
 _MAX_ARRAY = 100_000
@@ -112,7 +114,7 @@ def _unpack(data: bytes, limit: int) -> Any:
         raise WireError(f"message of {len(data)} bytes exceeds limit {limit}")
     try:
         return msgpack.unpackb(
-            bytes(data),
+            data if type(data) is bytes else bytes(data),
             raw=False,
             strict_map_key=True,
             max_str_len=min(limit, _MAX_STR),
@@ -304,13 +306,6 @@ def v_addr(x: Any) -> str:
 def is_valid_addr(x: Any) -> bool:
     """True if ``x`` is a valid address (see :func:`v_addr`)."""
     return type(x) is str and _ADDR_RE.fullmatch(x) is not None
-
-
-def v_bytes(x: Any, max_len: int = MAX_FRAME) -> bytes:
-    """Validate a bin value of bounded length."""
-    if not isinstance(x, bytes) or len(x) > max_len:
-        raise WireError(f"expected bin of length <= {max_len}")
-    return x
 
 
 def v_bool(x: Any) -> bool:

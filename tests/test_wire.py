@@ -49,7 +49,11 @@ SAMPLES = [
     Alive(4, "n4", "127.0.0.1:7004", META),
     Alive(4, "n4", "127.0.0.1:7004", META, b"k" * 32),
     Dead(5, "n4", "n4"),
-    PushPull(True, False, (PushPullState.of("n4", "a", 2, 1, META, COORD, b"p" * 32), PushPullState.of("n5", "b", 0, 0, NodeMeta(), None))),
+    PushPull.of(
+        True,
+        False,
+        (PushPullState.of("n4", "a", 2, 1, META, COORD, b"p" * 32), PushPullState.of("n5", "b", 0, 0, NodeMeta(), None)),
+    ),
     Gossip(),
 ]
 
