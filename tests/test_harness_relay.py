@@ -400,3 +400,47 @@ def test_free_port_is_bindable_on_loopback() -> None:
         with socket.socket(socket.AF_INET, stype) as s:
             s.bind(("127.0.0.1", port))
             assert s.getsockname()[1] == port
+
+
+def test_procs_kill_reaches_grandchildren(tmp_path: Path) -> None:
+    # A daemon that forks helpers: they share its process group, so they go with it.
+    code = ("import subprocess, sys, time;"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+            "print('child', c.pid, flush=True); time.sleep(60)")
+    with ProcessGroup(tmp_path, term_timeout=2.0) as group:
+        p = group.python(code)
+        child = int(p.wait_for_line(r"^child (\d+)$", timeout=5.0).group(1))
+        assert pid_alive(child)
+    # The grandchild is reparented to init and reaped there; poll briefly for that.
+    deadline = time.monotonic() + 2.0
+    while pid_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not pid_alive(child)
+
+
+def test_relay_thread_ends_by_itself_after_max_lifetime() -> None:
+    relay = UdpRelay(("127.0.0.1", free_port("udp")), max_lifetime=0.1)
+    relay.start()
+    try:
+        assert relay._thread is not None
+        relay._thread.join(1.0)
+        assert not relay._thread.is_alive()
+    finally:
+        relay.stop()
+
+
+def test_udp_relay_on_ipv6_loopback() -> None:
+    try:
+        srv = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        srv.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no ::1 on this host: {exc}")
+    with srv, UdpRelay(srv.getsockname()[:2], listen_host="::1") as relay, \
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as c:
+        c.sendto(b"hi", relay.address)
+        srv.settimeout(2.0)
+        data, src = srv.recvfrom(64)
+        assert data == b"hi"
+        srv.sendto(b"back", src)
+        c.settimeout(2.0)
+        assert c.recv(64) == b"back"
