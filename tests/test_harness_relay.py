@@ -444,3 +444,11 @@ def test_udp_relay_on_ipv6_loopback() -> None:
         srv.sendto(b"back", src)
         c.settimeout(2.0)
         assert c.recv(64) == b"back"
+
+
+def test_tcp_target_down_closes_client_and_counts() -> None:
+    with TcpRelay(("127.0.0.1", free_port("tcp"))) as relay:
+        with socket.create_connection(relay.address, timeout=2.0) as c:
+            c.settimeout(2.0)
+            assert c.recv(16) == b""  # the relay could not reach the target and closed us
+        assert relay.wait_until(lambda r: r.stats()["relay"].get("connect_errors") == 1)
