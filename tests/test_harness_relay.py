@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.procs import ProcessGroup, ProcError, free_port, pid_alive, procs  # noqa: F401
-from tests.harness.relay import RelayError, TcpRelay, UdpRelay
+from tests.harness.relay import Relays, RelayError, TcpRelay, UdpRelay, relays  # noqa: F401
 
 SEQ = struct.Struct("!I")
 
@@ -452,3 +452,38 @@ def test_tcp_target_down_closes_client_and_counts() -> None:
             c.settimeout(2.0)
             assert c.recv(16) == b""  # the relay could not reach the target and closed us
         assert relay.wait_until(lambda r: r.stats()["relay"].get("connect_errors") == 1)
+
+
+def test_tcp_relay_refuses_datagram_faults() -> None:
+    with pytest.raises(RelayError, match="byte stream"):
+        TcpRelay(("127.0.0.1", 9), loss=0.1)
+
+
+def test_tcp_partition_holds_new_connections_until_heal() -> None:
+    with tcp_echo() as echo, TcpRelay(echo) as relay:
+        relay.partition()
+        # The kernel completes the handshake from the backlog; the relay does not accept yet.
+        with socket.create_connection(relay.address, timeout=2.0) as c:
+            c.sendall(b"late")
+            c.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                c.recv(16)
+            assert relay.stats()["relay"].get("accepted", 0) == 0
+            relay.heal()
+            c.settimeout(2.0)
+            assert recv_exactly(c, 4) == b"late"
+        assert relay.stats()["relay"]["accepted"] == 1
+
+
+def test_relays_fixture_stops_everything(relays: Relays) -> None:
+    with udp_echo() as (echo, _), client() as c:
+        a = relays.udp(echo, delay=0.01)
+        b = relays.udp(a.address, loss=1.0)  # relays chain: b drops everything before a
+        c.sendto(b"x", a.address)
+        c.settimeout(2.0)
+        assert c.recv(16) == b"x"
+        c.sendto(b"y", b.address)
+        assert drain(c) == []
+        threads = [a._thread, b._thread]
+        relays.stop_all()
+    assert all(t is not None and not t.is_alive() for t in threads)

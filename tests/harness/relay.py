@@ -23,8 +23,11 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
+
+import pytest
 
 Direction = Literal["up", "down"]
 DIRECTIONS: tuple[Direction, Direction] = ("up", "down")
@@ -452,6 +455,16 @@ class TcpRelay(_Relay):
         self._registered = False
         self._cut_requested = threading.Event()
 
+    def set(self, direction: Which = "both", **changes: Any) -> None:
+        """Change delay, jitter, bandwidth or blackhole at run time (datagram faults are refused)."""
+        stream_faults = {k for k in ("loss", "duplicate", "reorder") if changes.get(k)}
+        if stream_faults:
+            raise RelayError(
+                f"TCP relay cannot apply {sorted(stream_faults)} to a byte stream; "
+                "use delay/jitter/bandwidth, partition() or cut()"
+            )
+        super().set(direction, **changes)
+
     def cut(self) -> None:
         """Close every existing connection now (peers see EOF); new connections still work."""
         self._cut_requested.set()
@@ -606,3 +619,49 @@ class TcpRelay(_Relay):
             c.close()
         self._conns.clear()
         super()._close_all()
+
+
+class Relays:
+    """Starts relays and stops every one of them on exit, also when the test fails."""
+
+    def __init__(self) -> None:
+        self._started: list[_Relay] = []
+
+    def udp(self, target: tuple[str, int], **kwargs: Any) -> UdpRelay:
+        """Start a UdpRelay to ``target`` (see UdpRelay for faults)."""
+        relay = UdpRelay(target, **kwargs)
+        relay.start()
+        self._started.append(relay)
+        return relay
+
+    def tcp(self, target: tuple[str, int], **kwargs: Any) -> TcpRelay:
+        """Start a TcpRelay to ``target`` (see TcpRelay for faults)."""
+        relay = TcpRelay(target, **kwargs)
+        relay.start()
+        self._started.append(relay)
+        return relay
+
+    def stop_all(self) -> None:
+        """Stop every started relay, newest first; raise the first failure after trying all."""
+        errors: list[RelayError] = []
+        for relay in reversed(self._started):
+            try:
+                relay.stop()
+            except RelayError as exc:
+                errors.append(exc)
+        self._started.clear()
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Relays:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+@pytest.fixture
+def relays() -> Iterator[Relays]:
+    """Pytest fixture: ``relays.udp(target, loss=0.1)``; all are stopped at teardown."""
+    with Relays() as group:
+        yield group
