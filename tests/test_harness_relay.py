@@ -487,3 +487,13 @@ def test_relays_fixture_stops_everything(relays: Relays) -> None:
         threads = [a._thread, b._thread]
         relays.stop_all()
     assert all(t is not None and not t.is_alive() for t in threads)
+
+
+def test_relay_start_on_taken_port_raises_and_leaks_nothing() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        relay = UdpRelay(("127.0.0.1", 9), listen_port=taken.getsockname()[1])
+        with pytest.raises(OSError, match="[Aa]ddress already in use"):
+            relay.start()
+        assert relay._thread is None
+        assert relay._wake_w is not None and relay._wake_w.fileno() == -1  # closed

@@ -126,13 +126,14 @@ class _Relay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
         self._seq = itertools.count()
         self._listen: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         if faults:
-            self.set(**faults)
+            self.set(**faults)  # validated before any socket exists, so a bad value leaks nothing
+        # Made by start(): an unstarted (or refused) relay holds no file descriptors.
+        self._sel: selectors.BaseSelector
+        self._wake_r: socket.socket
 
     # ---- configuration (any thread) ----
     def set(self, direction: Which = "both", **changes: Any) -> None:
@@ -196,7 +197,15 @@ class _Relay:
         """Bind the listening socket and start the relay thread."""
         if self._thread is not None:
             raise RelayError(f"{self._kind} relay already started")
-        self._listen = self._make_listener()
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        try:
+            self._listen = self._make_listener()
+        except OSError:
+            self._close_all()
+            raise
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._thread = threading.Thread(
             target=self._main, name=f"{self._kind}-relay-{self.address[1]}", daemon=True
@@ -226,6 +235,8 @@ class _Relay:
 
     # ---- relay thread ----
     def _wake(self) -> None:
+        if self._wake_w is None:
+            return  # not started: the loop reads the faults when it starts
         try:
             self._wake_w.send(b"\0")
         except (BlockingIOError, OSError):
@@ -264,10 +275,12 @@ class _Relay:
         raise NotImplementedError
 
     def _close_all(self) -> None:
-        for s in (self._listen, self._wake_r, self._wake_w):
+        for s in (self._listen, getattr(self, "_wake_r", None), self._wake_w):
             if s is not None:
                 s.close()
-        self._sel.close()
+        sel = getattr(self, "_sel", None)
+        if sel is not None:
+            sel.close()
 
 
 @dataclass(slots=True)
@@ -306,7 +319,11 @@ class UdpRelay(_Relay):
     def _make_listener(self) -> socket.socket:
         s = socket.socket(_family(self._listen_host), socket.SOCK_DGRAM)
         s.setblocking(False)
-        s.bind((self._listen_host, self._listen_port))
+        try:
+            s.bind((self._listen_host, self._listen_port))
+        except OSError:
+            s.close()
+            raise
         self._sel.register(s, selectors.EVENT_READ, ("listen", None))
         return s
 
@@ -479,8 +496,12 @@ class TcpRelay(_Relay):
     def _make_listener(self) -> socket.socket:
         s = socket.socket(_family(self._listen_host), socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((self._listen_host, self._listen_port))
-        s.listen(64)
+        try:
+            s.bind((self._listen_host, self._listen_port))
+            s.listen(64)
+        except OSError:
+            s.close()
+            raise
         s.setblocking(False)
         return s
 
