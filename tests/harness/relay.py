@@ -548,6 +548,8 @@ class TcpRelay(_Relay):
             kind, conn = key.data
             if kind == "wake":
                 self._drain_wake()
+            elif self._stalled():
+                continue  # a partition set while select() waited: accept and read nothing
             elif kind == "listen":
                 self._accept()
             else:
