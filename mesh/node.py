@@ -46,11 +46,12 @@ class NodeCore:
         incarnation: int = 0,
         intent: IntentNode | None = None,
         blobs: BlobTransfer | None = None,
+        key: bytes = b"",
     ) -> None:
         self.name = name
         self.addr = addr
         self.rng = rng
-        self.swim = SwimCore(name, addr, meta, config, rng, now, incarnation=incarnation, seeds=seeds)
+        self.swim = SwimCore(name, addr, meta, config, rng, now, incarnation=incarnation, seeds=seeds, key=key)
         # Optional sub-cores: None keeps a pure-membership node (tests, large membership sims).
         self.intent = intent
         self.blobs = blobs
