@@ -8,7 +8,7 @@ from mesh.cli import main
 def test_cli_publish_deploy_rollback(tmp_path, capsys):
     d = str(tmp_path / "data")
     (tmp_path / "a.wasm").write_bytes(b"\0asm\1\0\0\0")
-    (tmp_path / "b.wasm").write_bytes(b"\0asm\1\0\0\0\0")
+    (tmp_path / "b.wasm").write_bytes(b"\0asm\1\0\0\0\0\2\1x")  # + an empty custom section "x": valid, other bytes
     pub, op = str(tmp_path / "pub.key"), str(tmp_path / "op.key")
     assert main(["keygen", "--role", "publisher", "--out", pub, "--data-dir", d]) == 0
     assert main(["keygen", "--role", "operator", "--out", op, "--data-dir", d]) == 0
@@ -30,7 +30,7 @@ def test_cli_publish_deploy_rollback(tmp_path, capsys):
     "argv,code,msg",
     [
         (["module", "publish", "A", "--name", "x", "--version", "1.0", "--key", "K"], 2, "not a semver"),
-        (["deploy", "w", "--module", "m", "--version", "^1.0.0", "--key", "nokey"], 1, "does not exist"),
+        (["deploy", "w", "--module", "m", "--version", "^1.0.0", "--key", "nokey"], 2, "does not exist"),
         (["module", "show", "nope"], 1, "no module"),
         (["rollback", "nope", "--key", "K"], 1, "no deployment"),
     ],
