@@ -174,7 +174,25 @@ class BlobTransfer:
                 out += self._next_peer(st, now, "peer died")
         return out
 
+    def stream_event(self, peer: str, kind: str, now: float) -> list[Outgoing]:
+        """Driver input about the stream to ``peer``: a failed connect or a timed-out stream fails
+        over at once (resuming from the contiguous prefix), without waiting for ``request_timeout``;
+        a closed stream does so only when requests on it are still unanswered."""
+        if kind not in ("connect_failed", "timed_out", "closed"):
+            return []
+        out: list[Outgoing] = []
+        for sha in sorted(self.fetches):
+            st = self.fetches[sha]
+            if st.status != "fetching" or st.peer != peer:
+                continue
+            if kind == "closed" and not st.inflight:
+                continue
+            self.counters.blob_stream_failovers += 1
+            out += self._next_peer(st, now, f"stream {kind.replace('_', ' ')}")
+        return out
+
     def next_deadline(self) -> float | None:
+        """The earliest in-flight request deadline."""
         ds = [d for st in self.fetches.values() if st.status == "fetching" for d in st.inflight.values()]
         return min(ds) if ds else None
 

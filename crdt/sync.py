@@ -10,6 +10,11 @@
   reassembled into bounded buffers that expire.
 * **Backpressure**: eager pushes count against a per-peer budget of unacknowledged bytes; when
   it is full, the push to that peer is dropped (counted) and anti-entropy repairs later.
+* **Stream lifecycle** (driver input, :meth:`SyncCore.stream_event`): a peer whose stream
+  failed to connect, timed out or closed releases its push budget (those acks will never
+  come) and, if it was the anti-entropy partner, another peer is tried at once; a peer the
+  driver reports backpressured gets no eager pushes (the fanout picks others) and is not
+  chosen for anti-entropy until it drains or ``ack_timeout`` passes.
 
 The core is fed ``(now, message)`` and returns ``[(dst, message)]``; it never reads a clock.
 """
@@ -125,6 +130,36 @@ class SyncCore:
         self._transfer_id = 0
         self._outstanding: dict[str, dict[int, tuple[int, float]]] = {}
         self._reasm: dict[tuple[str, int], _Reassembly] = {}
+        self._congested: dict[str, float] = {}  # peer -> until when the driver said it is backpressured
+        self._ae_peer: str | None = None  # anti-entropy partner whose answer is still due
+        self._ae_avoid: set[str] = set()  # peers whose stream just failed: skipped by the retry
+
+    def stream_event(self, peer: str, kind: str, now: float) -> None:
+        """Driver input: ``kind`` is connect_failed, timed_out, closed, backpressure or drained."""
+        if kind == "backpressure":
+            self._congested[peer] = now + self.config.ack_timeout
+            self.counters.sync_backpressure_events += 1
+            return
+        if kind == "drained":
+            self._congested.pop(peer, None)
+            return
+        # The stream is gone: acks for pushes on it cannot arrive, release the budget now.
+        self._outstanding.pop(peer, None)
+        if kind in ("connect_failed", "timed_out"):
+            self.counters.sync_stream_failures += 1
+            if self._ae_peer == peer:
+                self._ae_peer = None
+                self._ae_avoid.add(peer)
+                self._next_ae = now  # retry anti-entropy with another peer on the next tick
+                self.counters.anti_entropy_retries += 1
+
+    def _usable(self, peers: list[str], now: float) -> list[str]:
+        """``peers`` minus the backpressured ones (expired entries are dropped)."""
+        if not self._congested:
+            return peers
+        for p in [p for p, until in self._congested.items() if until <= now]:
+            del self._congested[p]
+        return [p for p in peers if p not in self._congested]
 
     # --- the node-facing surface -------------------------------------------------------
 
@@ -166,8 +201,13 @@ class SyncCore:
         if now >= self._next_ae:
             cfg = self.config
             self._next_ae = now + cfg.anti_entropy_interval * (1 + cfg.anti_entropy_jitter * (2 * self.rng.random() - 1))
-            if self._live:
-                peer = self.rng.choice(self._live)
+            candidates = self._usable(self._live, now)
+            if self._ae_avoid:
+                candidates = [p for p in candidates if p not in self._ae_avoid]
+                self._ae_avoid.clear()
+            if candidates:
+                peer = self.rng.choice(candidates)
+                self._ae_peer = peer
                 self.counters.anti_entropy_rounds += 1
                 out += self._send(peer, SyncStep1(self.doc.state_vector()))
         return out
@@ -188,6 +228,8 @@ class SyncCore:
             diff = self.doc.diff(msg.state_vector) if lacks(remote, decode_state_vector(mine)) else b""
             return self._send(src, SyncStep2(diff, mine))
         if isinstance(msg, SyncStep2):
+            if src == self._ae_peer:
+                self._ae_peer = None
             self.counters.bytes_received += len(msg.update) + len(msg.state_vector)
             if msg.update:
                 self._apply(src, msg.update, now)
@@ -230,7 +272,7 @@ class SyncCore:
         return changed
 
     def _push(self, update: bytes, ttl: int, exclude: str | None, now: float) -> list[Outgoing]:
-        peers = [p for p in self._live if p != exclude]
+        peers = [p for p in self._usable(self._live, now) if p != exclude]
         if not peers:
             return []
         chosen = sorted(self.rng.sample(peers, min(self.config.fanout, len(peers))))
