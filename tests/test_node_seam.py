@@ -163,6 +163,33 @@ def test_blob_fetch_fails_over_when_the_stream_times_out_and_fails_when_none_is_
     assert st is not None and st.status == "failed" and "stream timed out" in st.reason
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_simulated_connect_failure_moves_a_blob_fetch_on_long_before_its_timeout(seed: int) -> None:
+    from sim.engine import Simulation
+    from sim.scenario import parse
+
+    doc = {
+        "name": "blob-connect-failed", "nodes": 6, "seeds": 1, "duration": 30.0, "bootstrap": "full",
+        # n003 is far from the publisher n001 and near n002, so it asks n002 first.
+        "network": {"latency_ms": 2.0, "links": [{"from": "n003", "to": "n001", "latency_ms": 60.0}]},
+        "intent": {"blob_timeout": 5.0},
+        "faults": [
+            {"at": 1.0, "action": "publish", "node": "n001", "module": "hello", "version": "1.0.0", "size": 100000},
+            {"at": 8.0, "action": "blob_fetch", "node": "n002", "module": "hello", "version": "1.0.0"},
+            {"at": 19.9, "action": "crash", "node": "n002"},  # not yet detected when n003 asks it
+            {"at": 20.0, "action": "blob_fetch", "node": "n003", "module": "hello", "version": "1.0.0", "from": ["n001", "n002"]},
+        ],
+    }
+    sim = Simulation(parse(doc), seed)
+    sim.run()
+    assert sim.intent is not None
+    (res,) = [r for r in sim.intent.blob_results if r["node"] == "n003"]
+    core = sim.nodes["n003"].core
+    assert core.intent is not None and core.intent.counters.blob_stream_failovers == 1
+    # Without the connect_failed input the fetch would sit out the 5 s request timeout.
+    assert res["ok"] and 20.0 < res["at"] < 21.0, res
+
+
 def test_sync_stops_pushing_to_a_backpressured_peer_and_retries_anti_entropy_elsewhere() -> None:
     trust = _trust(["a", "b", "c", "d"])
     node = _intent("a", trust)
