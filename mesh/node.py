@@ -37,7 +37,8 @@ open the right encrypted session. A message that answers a stream frame carries 
 frame's ``stream`` handle: the driver writes it back on the same stream and ignores
 ``dst``.
 
-Effects — ``take_effects()`` returns the :class:`crdt.store.PersistEffect` list the intent
+Effects — ``take_blob_puts()`` returns verified blobs to write (``blob_stored`` reports
+them done); ``take_effects()`` returns the :class:`crdt.store.PersistEffect` list the intent
 core produced (only when it runs on an :class:`crdt.store.EffectStore`). The driver
 performs them in order off its event loop (a worker thread; ``SqliteStore.run`` commits a
 batch with one fsync) and then calls ``persisted(last_token, now)``, which returns the
@@ -63,7 +64,7 @@ from mesh.protocol import BLOB_TYPES, SYNC_TYPES
 from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Outgoing, StreamHandle, decode, encode
 
 if TYPE_CHECKING:
-    from crdt.blob import BlobTransfer
+    from crdt.blob import BlobPut, BlobTransfer
     from crdt.intent import IntentNode, WriteAck
     from crdt.store import PersistEffect
 
@@ -225,6 +226,17 @@ class NodeCore:
         if self.intent is None:
             return []
         return self.intent.persisted(token, now)
+
+    def take_blob_puts(self) -> list[BlobPut]:
+        """Verified blobs the driver must store durably off its loop (then call :meth:`blob_stored`)."""
+        return self.blobs.take_puts() if self.blobs is not None else []
+
+    def blob_stored(self, sha256: str, now: float, error: str | None = None) -> list[Outgoing]:
+        """The driver stored a blob (or failed to, with ``error``): its fetch completes."""
+        blobs = self.blobs
+        if blobs is None:
+            return []
+        return self._translate(self._guard(lambda: blobs.stored(sha256, now, error)), None, None)
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has work."""

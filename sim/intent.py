@@ -188,6 +188,7 @@ class IntentHarness:
             counters=node.counters,
             on_done=partial(self._blob_done, name),
             node_id=name,
+            deferred_puts=True,
         )
         return node, blobs
 
@@ -218,7 +219,10 @@ class IntentHarness:
             return
         store = core.intent.store
         key = (node.name, node.generation)
-        if isinstance(store, EffectStore) and store.has_effects() and key not in self._persist_due:
+        pending = isinstance(store, EffectStore) and store.has_effects()
+        if not pending and core.blobs is not None:
+            pending = core.blobs.has_puts()
+        if pending and key not in self._persist_due:
             from sim.engine import _STOP
 
             self._persist_due.add(key)
@@ -248,18 +252,25 @@ class IntentHarness:
         local = node.local(sim.now)
         if what[0] == "persist":
             self._persist_due.discard((node.name, node.generation))
+            outs = []
+            for put in core.take_blob_puts():
+                try:
+                    self.blob_stores[node.name].put(put.sha256, put.data)
+                except CrdtError as exc:  # the store's own hash check: report, the fetch fails
+                    outs += core.blob_stored(put.sha256, local, str(exc))
+                    continue
+                outs += core.blob_stored(put.sha256, local)
             effects = core.take_effects()
-            if not effects:
-                return
-            disk = self.stores[node.name]
-            for e in effects:
-                e.apply(disk)
-            for ack in core.persisted(effects[-1].token, local):
-                w = self.unacked.pop((ack.signer, ack.seq), None)
-                if w is not None:
-                    w.acked_at = sim.now
-                    self.writes[(ack.signer, ack.seq)] = w
-            sim._after(node, [])
+            if effects:
+                disk = self.stores[node.name]
+                for e in effects:
+                    e.apply(disk)
+                for ack in core.persisted(effects[-1].token, local):
+                    w = self.unacked.pop((ack.signer, ack.seq), None)
+                    if w is not None:
+                        w.acked_at = sim.now
+                        self.writes[(ack.signer, ack.seq)] = w
+            sim._after(node, outs)
         elif what[0] == "stream":
             _, kind, peer = what
             self._stream_due.discard((node.name, node.generation, peer, kind))

@@ -429,3 +429,31 @@ def test_two_restarts_with_the_same_rng_seed_get_different_yjs_client_ids(tmp_pa
         s.close()
     assert disk_ids[0] != disk_ids[1]
     assert sqlite3.connect(tmp_path / "intent.sqlite3").execute("SELECT v FROM meta WHERE k='epoch'").fetchone() == (2,)
+
+
+def test_a_fetched_blob_is_done_only_after_the_driver_stored_it() -> None:
+    import hashlib
+
+    from crdt.messages import BlobChunk
+
+    data = bytes(range(256)) * 40
+    sha = hashlib.sha256(data).hexdigest()
+    done: list[tuple[str, bool, str]] = []
+    sink = MemoryBlobStore()
+    me = BlobTransfer(sink, chunk_size=4096, window=4, deferred_puts=True, on_done=lambda *a: done.append(a))
+    (req,) = me.fetch(sha, [("b", 0.01)], 0.0, expected_size=len(data))
+    outs = [req]
+    while outs:
+        replies = []
+        for _, r in outs:
+            chunk = data[r.offset : r.offset + r.length]
+            replies += me.receive("b", BlobChunk(sha, r.offset, chunk, len(data)), 0.1)
+        outs = replies
+    st = me.status(sha)
+    assert st is not None and st.status == "storing" and done == [] and not sink.has(sha)
+    (put,) = me.take_puts()
+    assert put.sha256 == sha and put.data == data
+    assert me.fetch(sha, [("b", 0.01)], 0.2) == []  # no second fetch while it is being stored
+    sink.put(put.sha256, put.data)  # the driver's worker thread
+    me.stored(sha, 0.3)
+    assert st.status == "done" and done == [(sha, True, "")]
