@@ -194,10 +194,11 @@ class IntentNode:
         self.maybe_compact()
         return out
 
-    def stream_event(self, peer: str, kind: str, now: float) -> None:
-        """A stream to ``peer`` failed, closed, timed out or is backpressured: tell sync."""
+    def stream_event(self, peer: str, kind: str, now: float) -> list[Outgoing]:
+        """A stream to ``peer`` failed, closed, timed out or is backpressured: tell sync (its reaction runs on the next tick)."""
         self.now = max(self.now, now)
         self.sync.stream_event(peer, kind, now)
+        return []
 
     # --- durability (effect stores) -----------------------------------------------------
 

@@ -104,9 +104,11 @@ class EffectStore:
         return cls(store.load(), store.epoch(), getattr(store, "counters", None))
 
     def load(self) -> list[bytes]:
+        """The rows the driver loaded at start-up."""
         return list(self._rows)
 
     def epoch(self) -> int:
+        """The boot epoch (as loaded, or as last set)."""
         return self._epoch
 
     def _effect(self, op: str, data: bytes = b"", epoch: int = 0) -> int:
@@ -121,19 +123,22 @@ class EffectStore:
         return self._effect("append", bytes(update))
 
     def compact(self, snapshot: bytes) -> None:
+        """Queue replacing every row by ``snapshot``."""
         self._count = 1
         self.counters.store_compactions += 1
         self._effect("compact", bytes(snapshot))
 
     def set_epoch(self, epoch: int) -> None:
+        """Queue storing the boot epoch."""
         self._epoch = epoch
         self._effect("epoch", epoch=epoch)
 
     def row_count(self) -> int:
+        """Rows the disk will hold once every queued effect is done."""
         return self._count
 
     def close(self) -> None:
-        pass
+        """Nothing to close: the driver owns the disk store."""
 
     @property
     def last_token(self) -> int:
@@ -191,7 +196,12 @@ class MemoryStore:
 
 
 class SqliteStore:
-    """Append-only update log with snapshots in one sqlite file under ``data_dir``."""
+    """Append-only update log with snapshots in one sqlite file under ``data_dir``.
+
+    One thread at a time owns it: the node's thread for the offline CLI, the driver's
+    persist worker (a limiter of one, so effects stay in order) under an event loop.
+    ``check_same_thread=False`` only lets it be opened before that worker takes over.
+    """
 
     def __init__(self, data_dir: str | os.PathLike[str], counters: Counters | None = None, on_corrupt: str = "quarantine") -> None:
         self.dir = Path(data_dir)

@@ -115,13 +115,14 @@ class NodeCore:
             }
         self.last_error: str | None = None
         self.wall: float | None = None  # the driver's latest wall-clock reading
+        self._by_addr: dict[str, str] = {}
 
     # -- driver interface ---------------------------------------------------------
 
     def start(self, now: float) -> list[Outgoing]:
         """First call after construction: contact seeds."""
         if self.swim.seeds and self.swim.num_members() <= 1:
-            return self.swim.join(self.swim.seeds, now)
+            return self._name_streams(self.swim.join(self.swim.seeds, now))
         return []
 
     def receive(
@@ -185,9 +186,9 @@ class NodeCore:
             if self.intent is not None:
                 self.intent.wall = wall
         if self.intent is None and self.blobs is None:
-            return self.swim.tick(now)
+            return self._name_streams(self.swim.tick(now))
         mark = len(self.swim.events)
-        out = self.swim.tick(now)
+        out = self._name_streams(self.swim.tick(now))
         if self.blobs is not None:
             out += self._membership_changed(mark, now)
             d = self.blobs.next_deadline()
@@ -211,7 +212,7 @@ class NodeCore:
         out: list[Outgoing] = []
         intent = self.intent
         if intent is not None:
-            self._guard(lambda: intent.stream_event(peer, kind, now) or [])
+            self._guard(lambda: intent.stream_event(peer, kind, now))
         blobs = self.blobs
         if blobs is not None:
             out += self._translate(self._guard(lambda: blobs.stream_event(peer, kind, now)), None, None)
@@ -261,6 +262,30 @@ class NodeCore:
 
     def _run_intent(self, handler: Any, msg: Any, sender: str, src: str, stream: StreamHandle | None, now: float) -> list[Outgoing]:
         return self._translate(self._guard(lambda: handler(sender, msg, now)), sender, src, stream)
+
+    def _name_streams(self, out: list[Outgoing]) -> list[Outgoing]:
+        """Name the member a stream SwimCore starts (push-pull) is for, so the driver opens the right session.
+
+        Datagrams stay addressed by address: a driver keys its datagram sessions by the
+        peer's (stable) UDP address and checks the session's node id against membership.
+        A join push-pull to a seed address names no node: the handshake tells who it is.
+        """
+        for i, o in enumerate(out):
+            if o.reliable and o.node is None:
+                name = self._name_at(o.dst)
+                if name is not None:
+                    out[i] = replace(o, node=name, key=self._key_of(name))
+        return out
+
+    def _name_at(self, addr: str) -> str | None:
+        """The member at ``addr`` (push-pulls are rare, so a miss rebuilds the index)."""
+        members = self.swim.members
+        name = self._by_addr.get(addr)
+        m = members.get(name) if name is not None else None
+        if m is None or m.addr != addr:
+            self._by_addr = {mm.addr: n for n, mm in members.items()}
+            name = self._by_addr.get(addr)
+        return name
 
     def _key_of(self, name: str) -> bytes | None:
         """The public key membership holds for ``name``, if any."""
