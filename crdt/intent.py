@@ -31,7 +31,7 @@ import structlog
 from crdt.documents import AuditSink, Deployment, IntentDoc, VisibleHook
 from crdt.errors import Conflict, KvLimitError, NotFound, PermissionDenied, ValidationError
 from crdt.keys import SigningKey
-from crdt.messages import SyncChunk, SyncStep1, SyncStep2
+from crdt.messages import SyncChunk, SyncStep2, SyncUpdate
 from crdt.metrics import Counters
 from crdt.records import SignedRecord, check_key
 from crdt.schema import (
@@ -73,9 +73,12 @@ class PendingWrite:
     token: int
 
 
-_DIFF_REQUESTS = (SyncStep1, SyncStep2, SyncChunk)  # messages whose answer is a diff of our document
-_MAX_HELD = 256
-_CLIENT_ID_MASK = 2**52 - 1  # Yjs client ids are 53-bit safe integers
+_CLIENT_ID_MASK = 2**52 - 1
+
+
+def _carries_diff(msg: Any) -> bool:
+    """True for sync messages that carry (part of) a diff of our own document."""
+    return isinstance(msg, (SyncStep2, SyncChunk)) or (isinstance(msg, SyncUpdate) and msg.push_id == 0)  # Yjs client ids are 53-bit safe integers
 
 
 def derive_client_id(node_id: str, epoch: int, salt: int, taken: set[int] | frozenset[int] = frozenset()) -> int:
@@ -143,7 +146,8 @@ class IntentNode:
         self._seq: dict[str, int] = {}
         self._deferred = bool(getattr(self.store, "deferred", False))
         self._unacked: list[tuple[int, WriteAck, bytes]] = []
-        self._held: list[tuple[str, Any]] = []
+        # Answers computed while local writes were not durable yet: (token to wait for, reply_to, messages).
+        self._held: list[tuple[int, Any, list[Outgoing]]] = []
         taken: set[int] = set()
         corrupt = 0
         while True:
@@ -168,29 +172,26 @@ class IntentNode:
 
     # --- driving (NodeCore / simulator) -------------------------------------------------
 
-    def receive(self, src: str, msg: Any, now: float) -> list[Outgoing]:
-        """Handle one sync message from the authenticated node ``src``."""
+    def receive(self, src: str, msg: Any, now: float, reply_to: Any = None) -> list[Outgoing]:
+        """Handle one sync message from the authenticated node ``src``.
+
+        An answer that carries a diff of our document while some local write is not durable
+        yet is computed now but held until that write is (see :meth:`take_released`, which
+        hands ``reply_to`` back with it): a write must never leave the node before it is
+        durable, or a crash could let the restarted node reissue its ``(signer, seq)``.
+        """
         self.now = max(self.now, now)
-        if self._unacked and isinstance(msg, _DIFF_REQUESTS):
-            # Answering would compute a diff of our document, which holds writes that are not
-            # durable yet; one of them leaking to a peer and then dying with us in a crash
-            # would let the restarted node reuse its (signer, seq). Answer once they are durable.
-            if len(self._held) >= _MAX_HELD:
-                self.counters.sync_held_dropped += 1
-                return []
-            self._held.append((src, msg))
+        out = self.sync.receive(src, msg, now)
+        if self._unacked and any(_carries_diff(m) for _, m in out):
+            self._held.append((self._unacked[-1][0], reply_to, out))
+            self.counters.sync_answers_held += 1
             return []
-        return self.sync.receive(src, msg, now)
+        return out
 
     def tick(self, now: float, live_peers: list[str]) -> list[Outgoing]:
         """Run the sync timers (eager push, anti-entropy) and compaction."""
         self.now = max(self.now, now)
-        out: list[Outgoing] = []
-        if self._held and not self._unacked:
-            held, self._held = self._held, []
-            for src, msg in held:
-                out += self.sync.receive(src, msg, now)
-        out += self.sync.tick(now, live_peers)
+        out = self.sync.tick(now, live_peers)
         self.maybe_compact()
         return out
 
@@ -220,6 +221,14 @@ class IntentNode:
         self.counters.writes_acked_after_persist += len(acks)
         return acks
 
+    def take_released(self) -> list[tuple[Any, list[Outgoing]]]:
+        """Held answers whose writes are now durable, with the ``reply_to`` given to :meth:`receive`."""
+        durable = int(getattr(self.store, "durable_token", 0))
+        ready = [(r, out) for t, r, out in self._held if t <= durable]
+        if ready:
+            self._held = [h for h in self._held if h[0] > durable]
+        return ready
+
     def durable(self, token: int) -> bool:
         """True once the persist effect ``token`` (and every earlier one) is durable."""
         return not self._deferred or int(getattr(self.store, "durable_token", 0)) >= token
@@ -236,10 +245,7 @@ class IntentNode:
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has work (held sync requests are due as soon as writes are durable)."""
-        d = self.sync.next_deadline()
-        if self._held and not self._unacked:
-            return self.now if d is None else min(d, self.now)
-        return d
+        return self.sync.next_deadline()
 
     def maybe_compact(self) -> bool:
         """Fold the update log into one snapshot once it has ``compact_after_rows`` rows."""

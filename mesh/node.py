@@ -29,7 +29,7 @@ Inputs — every call takes ``now``, the driver's **monotonic** clock in seconds
   next peer; sync releases the peer's push budget, retries anti-entropy elsewhere and
   pushes to other peers while one is backpressured.
 * ``persisted(token, now)`` after the driver made every persist effect up to ``token``
-  durable (see below).
+  durable (see below); it returns what to send, and ``take_acks()`` the writes now acknowledged.
 
 Outputs — :class:`mesh.wire.Outgoing`. ``node``/``key`` say which node a message is for
 (its id and expected public key, when membership knows them), so the driver can pick or
@@ -41,9 +41,9 @@ Effects — ``take_blob_puts()`` returns verified blobs to write (``blob_stored`
 them done); ``take_effects()`` returns the :class:`crdt.store.PersistEffect` list the intent
 core produced (only when it runs on an :class:`crdt.store.EffectStore`). The driver
 performs them in order off its event loop (a worker thread; ``SqliteStore.run`` commits a
-batch with one fsync) and then calls ``persisted(last_token, now)``, which returns the
-:class:`crdt.intent.WriteAck` of every write that is now durable. No write is acknowledged
-and none is pushed to a peer before that call: acknowledged means durable.
+batch with one fsync) and then calls ``persisted(last_token, now)``; ``take_acks()`` then returns the
+:class:`crdt.intent.WriteAck` of every write that is now durable. No write is acknowledged,
+none is pushed and no answer carrying it leaves before that call: acknowledged means durable.
 
 Threads — the core belongs to one thread (the driver's loop). Worker threads (wasm host
 functions) reach the replicated KV through ``runtime.kv.LoopKV``, which marshals each call
@@ -116,6 +116,7 @@ class NodeCore:
         self.last_error: str | None = None
         self.wall: float | None = None  # the driver's latest wall-clock reading
         self._by_addr: dict[str, str] = {}
+        self._acks: list[WriteAck] = []
 
     # -- driver interface ---------------------------------------------------------
 
@@ -173,7 +174,8 @@ class NodeCore:
                 out = [replace(o, node=sender, key=key, stream=stream) if o.reliable and o.dst == src else o for o in out]
             return out
         if t in SYNC_TYPES and self.intent is not None:
-            return self._run_intent(self.intent.receive, env.msg, sender, src, stream, now)
+            intent, msg, reply_to = self.intent, env.msg, (sender, src, stream)
+            return self._translate(self._guard(lambda: intent.receive(sender, msg, now, reply_to)), sender, src, stream)
         if t in BLOB_TYPES and self.blobs is not None:
             return self._run_intent(self.blobs.receive, env.msg, sender, src, stream, now)
         self.counters["unknown_type"] += 1
@@ -222,11 +224,22 @@ class NodeCore:
         """Persist effects the driver must perform off its loop, in order (then call :meth:`persisted`)."""
         return self.intent.take_effects() if self.intent is not None else []
 
-    def persisted(self, token: int, now: float) -> list[WriteAck]:
-        """Every persist effect up to ``token`` is durable: the writes they carried are acknowledged."""
-        if self.intent is None:
+    def persisted(self, token: int, now: float) -> list[Outgoing]:
+        """Every persist effect up to ``token`` is durable: acknowledge the writes (see :meth:`take_acks`)
+        and send the answers that waited for them, on the streams their requests came on."""
+        intent = self.intent
+        if intent is None:
             return []
-        return self.intent.persisted(token, now)
+        self._acks += intent.persisted(token, now)
+        out: list[Outgoing] = []
+        for (sender, src, stream), msgs in intent.take_released():
+            out += self._translate(msgs, sender, src, stream)
+        return out
+
+    def take_acks(self) -> list[WriteAck]:
+        """Writes acknowledged (durable) since the last call, oldest first."""
+        acks, self._acks = self._acks, []
+        return acks
 
     def take_blob_puts(self) -> list[BlobPut]:
         """Verified blobs the driver must store durably off its loop (then call :meth:`blob_stored`)."""

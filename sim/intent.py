@@ -265,7 +265,8 @@ class IntentHarness:
                 disk = self.stores[node.name]
                 for e in effects:
                     e.apply(disk)
-                for ack in core.persisted(effects[-1].token, local):
+                outs += core.persisted(effects[-1].token, local)
+                for ack in core.take_acks():
                     w = self.unacked.pop((ack.signer, ack.seq), None)
                     if w is not None:
                         w.acked_at = sim.now

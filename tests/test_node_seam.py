@@ -298,8 +298,9 @@ def test_no_acknowledgement_and_no_push_before_the_persist_effect_completes() ->
     assert node.has_write(pending.signer, pending.seq)  # applied locally...
     assert disk.row_count() == 0  # ...but not on disk
     assert node.tick(1.0, ["b"]) == []  # nothing pushed yet
-    # A peer's anti-entropy request is held, so the undurable write cannot leak in a diff.
-    assert node.receive("b", SyncStep1(b"\x00"), 1.0) == []
+    # The answer to a peer's anti-entropy request would carry the write: it waits.
+    assert node.receive("b", SyncStep1(b"\x00"), 1.0, reply_to="stream-7") == []
+    assert node.take_released() == []
     effects = node.take_effects()
     assert [(e.op, e.token) for e in effects] == [("append", pending.token)]
     for e in effects:
@@ -307,10 +308,13 @@ def test_no_acknowledgement_and_no_push_before_the_persist_effect_completes() ->
     assert disk.row_count() == 1
     acks = node.persisted(effects[-1].token, 1.002)
     assert acks == [WriteAck("registry", "hello@1.0.0", pending.signer, pending.seq)]
+    ((reply_to, (answer,)),) = node.take_released()
+    assert reply_to == "stream-7" and answer[0] == "b" and isinstance(answer[1], SyncStep2) and answer[1].update
     outs = node.tick(1.002, ["b"])
-    kinds = sorted(type(m).__name__ for _, m in outs)
-    assert kinds == ["SyncStep2", "SyncUpdate"]  # the held answer and the eager push
+    assert [(d, type(m).__name__) for d, m in outs] == [("b", "SyncUpdate")]  # the eager push, only now
     assert node.counters.writes_acked_after_persist == 1
+    # Without an undurable write, answers go out at once.
+    assert [type(m).__name__ for _, m in node.receive("b", SyncStep1(b"\x00"), 1.1)] == ["SyncStep2"]
 
 
 def test_node_core_hands_effects_to_the_driver_and_releases_acks() -> None:
@@ -320,9 +324,27 @@ def test_node_core_hands_effects_to_the_driver_and_releases_acks() -> None:
     w = core.intent.set_placement([], 1.0)
     assert isinstance(w, PendingWrite)
     effects = core.take_effects()
-    assert core.persisted(effects[-1].token - 1, 1.0) == []  # an earlier token does not cover it
-    (ack,) = core.persisted(effects[-1].token, 1.0)
+    core.persisted(effects[-1].token - 1, 1.0)
+    assert core.take_acks() == []  # an earlier token does not cover it
+    core.persisted(effects[-1].token, 1.0)
+    (ack,) = core.take_acks()
     assert (ack.kind, ack.seq) == ("placement", 1)
+
+
+def test_an_answer_held_for_durability_still_goes_back_on_its_stream() -> None:
+    trust = _trust(["a", "b"])
+    a = _core("a", trust, store=EffectStore())
+    b = _core("b", trust)
+    a.receive("10.0.0.98:7946", encode("b", PushPull(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
+    for e in a.take_effects():
+        a.persisted(e.token, 0.0)
+    assert a.intent is not None
+    a.intent.publish(_manifest(), PUB, 1.0)
+    assert a.receive("10.0.0.98:40000", encode("b", SyncStep1(b"\x00")), 1.0, True, peer="b", stream="ae") == []
+    (token,) = [e.token for e in a.take_effects()]
+    (answer,) = a.persisted(token, 1.01)
+    assert answer.stream == "ae" and answer.node == "b" and _types([answer]) == [SyncStep2.TYPE]
+    assert len(a.take_acks()) == 1
 
 
 def test_sqlite_runs_a_batch_of_effects_in_one_transaction(tmp_path: Path) -> None:
