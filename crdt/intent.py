@@ -103,8 +103,9 @@ class RetentionPolicy:
 class IntentNode:
     """One node's replicated intent: documents + durable store + SyncCore.
 
-    ``now`` is always passed in; ``rng`` is the node's seeded random source (Yjs client id,
-    peer choice).
+    ``now`` is always passed in; ``rng`` is the node's seeded random source (peer choice, a
+    salt of the Yjs client id, which derives from the store's boot epoch so that it differs
+    on every start however ``rng`` is seeded).
     """
 
     def __init__(
