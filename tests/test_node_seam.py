@@ -19,7 +19,7 @@ import pytest
 
 from crdt.blob import BlobTransfer, MemoryBlobStore
 from crdt.intent import IntentNode, PendingWrite, WriteAck
-from crdt.messages import BlobRequest, SyncStep1, SyncStep2, SyncUpdate
+from crdt.messages import SyncStep1, SyncStep2, SyncUpdate
 from crdt.schema import DeploymentSpec, ReplicaClaim
 from crdt.errors import StoreError
 from crdt.store import EffectStore, MemoryStore, PersistEffect, SqliteStore
