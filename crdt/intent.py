@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -146,7 +147,7 @@ class IntentNode:
         self.wall: float | None = None
         self._seq: dict[str, int] = {}
         self._deferred = bool(getattr(self.store, "deferred", False))
-        self._unacked: list[tuple[int, WriteAck, bytes]] = []
+        self._unacked: deque[tuple[int, WriteAck, bytes]] = deque()  # token order
         # Answers computed while local writes were not durable yet: (token to wait for, reply_to, messages).
         self._held: list[tuple[int, Any, list[Outgoing]]] = []
         taken: set[int] = set()
@@ -215,7 +216,7 @@ class IntentNode:
         self.store.persisted(token)  # type: ignore[attr-defined]
         acks: list[WriteAck] = []
         while self._unacked and self._unacked[0][0] <= token:
-            _, ack, update = self._unacked.pop(0)
+            _, ack, update = self._unacked.popleft()
             # Pushed only once durable: a crash before this point loses a write nobody was told about.
             self.sync.local_update(update, now)
             acks.append(ack)
