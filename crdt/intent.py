@@ -75,6 +75,7 @@ class PendingWrite:
 
 
 _CLIENT_ID_MASK = 2**52 - 1
+_MAX_HELD = 1024  # answers waiting for durability (one fsync each, normally a handful)
 
 
 def _carries_diff(msg: Any) -> bool:
@@ -185,6 +186,11 @@ class IntentNode:
         self.now = max(self.now, now)
         out = self.sync.receive(src, msg, now)
         if self._unacked and any(_carries_diff(m) for _, m in out):
+            if len(self._held) >= _MAX_HELD:
+                # The disk is not keeping up (or the driver stopped persisting): drop, the
+                # peer's next anti-entropy round asks again.
+                self.counters.sync_answers_dropped += 1
+                return []
             self._held.append((self._unacked[-1][0], reply_to, out))
             self.counters.sync_answers_held += 1
             return []

@@ -48,6 +48,7 @@ class Counters:
     blob_stream_failovers: int = 0
     writes_acked_after_persist: int = 0
     sync_answers_held: int = 0
+    sync_answers_dropped: int = 0
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
 
     def invalid(self, reason: str) -> None:

@@ -347,6 +347,17 @@ def test_an_answer_held_for_durability_still_goes_back_on_its_stream() -> None:
     assert len(a.take_acks()) == 1
 
 
+def test_answers_held_while_the_disk_is_stuck_are_bounded() -> None:
+    from crdt import intent as intent_mod
+
+    node = _intent("a", _trust(["a", "b"]), EffectStore())
+    node.set_placement([], 1.0)  # never persisted: the disk is stuck
+    for _ in range(intent_mod._MAX_HELD + 5):
+        assert node.receive("b", SyncStep1(b"\x00"), 2.0) == []
+    assert node.counters.sync_answers_held == intent_mod._MAX_HELD
+    assert node.counters.sync_answers_dropped == 5
+
+
 def test_sqlite_runs_a_batch_of_effects_in_one_transaction(tmp_path: Path) -> None:
     disk = SqliteStore(tmp_path)
     store = EffectStore.over(disk)
