@@ -202,6 +202,40 @@ def test_simulated_connect_failure_moves_a_blob_fetch_on_long_before_its_timeout
     assert res["ok"] and 20.0 < res["at"] < 21.0, res
 
 
+def test_simulated_streams_into_a_partition_time_out_after_the_profiles_stream_timeout() -> None:
+    from sim.engine import Simulation
+    from sim.scenario import parse
+
+    doc = {
+        "name": "stream-timeout", "nodes": 6, "seeds": 1, "duration": 40.0, "bootstrap": "full",
+        "network": {"latency_ms": 2.0}, "intent": {},
+        "faults": [
+            {"at": 10.0, "action": "partition", "groups": [["n003"], ["n000-n002", "n004-n005"]]},
+            {"at": 35.0, "action": "heal"},
+        ],
+    }
+    sim = Simulation(parse(doc), 2)
+    harness = sim.intent
+    assert harness is not None
+    seen: list[tuple[float, str, str, str]] = []
+    run_event = harness.driver_event
+
+    def record(node: Any, what: tuple[Any, ...]) -> None:
+        if what[0] == "stream":
+            seen.append((sim.now, node.name, what[1], what[2]))
+        run_event(node, what)
+
+    harness.driver_event = record  # type: ignore[method-assign]
+    sim.run()
+    timeout = sim.scenario.profile.stream_timeout
+    assert timeout == 10.0  # the lan profile's
+    assert seen, "no stream into the partition was reported"
+    for at, node, kind, peer in seen:
+        assert kind == "timed_out" and at >= 10.0 + timeout and "n003" in (node, peer) and node != peer
+    core = sim.nodes["n003"].core
+    assert core.intent is not None and core.intent.counters.sync_stream_failures >= 1
+
+
 def test_sync_stops_pushing_to_a_backpressured_peer_and_retries_anti_entropy_elsewhere() -> None:
     trust = _trust(["a", "b", "c", "d"])
     node = _intent("a", trust)
