@@ -282,7 +282,7 @@ class IntentNode:
         seq = 1 + max(self._seq.get(signer.key_id, 0), self.doc.max_seq_of_signer(signer.key_id), self.doc.max_seq_for_key(kind, key))
         rec = SignedRecord.create(signer, kind, key, payload, seq)
         self._seq[signer.key_id] = seq
-        update = self.doc.write(rec, now)
+        update = self.doc.write(rec, now, signed_here=True)
         token = self.store.append(update)  # disk store: committed here; effect store: queued
         ack = WriteAck(kind, key, signer.key_id, seq)
         self.log.info("crdt_local_write", kind=kind, key=key[:120], signer=signer.key_id, seq=seq)
