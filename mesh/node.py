@@ -32,8 +32,8 @@ Inputs — every call takes ``now``, the driver's **monotonic** clock in seconds
   durable (see below); it returns what to send, and ``take_acks()`` the writes now acknowledged.
 
 Outputs — :class:`mesh.wire.Outgoing`. ``node``/``key`` say which node a message is for
-(its id and expected public key, when membership knows them), so the driver can pick or
-open the right encrypted session. A message that answers a stream frame carries that
+(its id and expected public key, when membership knows them; every message to a member,
+datagram or stream), so the driver can pick or open the right encrypted session. A message that answers a stream frame carries that
 frame's ``stream`` handle: the driver writes it back on the same stream and ignores
 ``dst``.
 
@@ -116,6 +116,7 @@ class NodeCore:
         self.last_error: str | None = None
         self.wall: float | None = None  # the driver's latest wall-clock reading
         self._by_addr: dict[str, str] = {}
+        self._by_addr_size = -1
         self._acks: list[WriteAck] = []
 
     # -- driver interface ---------------------------------------------------------
@@ -123,7 +124,7 @@ class NodeCore:
     def start(self, now: float) -> list[Outgoing]:
         """First call after construction: contact seeds."""
         if self.swim.seeds and self.swim.num_members() <= 1:
-            return self._name_streams(self.swim.join(self.swim.seeds, now))
+            return self._name_nodes(self.swim.join(self.swim.seeds, now))
         return []
 
     def receive(
@@ -172,7 +173,7 @@ class NodeCore:
                 # back on the request's stream instead.
                 key = self._key_of(sender)
                 out = [replace(o, node=sender, key=key, stream=stream) if o.reliable and o.dst == src else o for o in out]
-            return out
+            return self._name_nodes(out, src, sender) if out else out
         if t in SYNC_TYPES and self.intent is not None:
             intent, msg, reply_to = self.intent, env.msg, (sender, src, stream)
             return self._translate(self._guard(lambda: intent.receive(sender, msg, now, reply_to)), sender, src, stream)
@@ -188,9 +189,9 @@ class NodeCore:
             if self.intent is not None:
                 self.intent.wall = wall
         if self.intent is None and self.blobs is None:
-            return self._name_streams(self.swim.tick(now))
+            return self._name_nodes(self.swim.tick(now))
         mark = len(self.swim.events)
-        out = self._name_streams(self.swim.tick(now))
+        out = self._name_nodes(self.swim.tick(now))
         if self.blobs is not None:
             out += self._membership_changed(mark, now)
             d = self.blobs.next_deadline()
@@ -276,29 +277,37 @@ class NodeCore:
     def _run_intent(self, handler: Any, msg: Any, sender: str, src: str, stream: StreamHandle | None, now: float) -> list[Outgoing]:
         return self._translate(self._guard(lambda: handler(sender, msg, now)), sender, src, stream)
 
-    def _name_streams(self, out: list[Outgoing]) -> list[Outgoing]:
-        """Name the member a stream SwimCore starts (push-pull) is for, so the driver opens the right session.
+    def _name_nodes(self, out: list[Outgoing], reply_addr: str | None = None, reply_name: str | None = None) -> list[Outgoing]:
+        """Name the member each SwimCore message is for, so the driver can seal it for that node.
 
-        Datagrams stay addressed by address: a driver keys its datagram sessions by the
-        peer's (stable) UDP address and checks the session's node id against membership.
-        A join push-pull to a seed address names no node: the handshake tells who it is.
+        SwimCore addresses members by address; an answer to ``reply_addr`` is for the
+        (authenticated) ``reply_name``, anything else is looked up by address. A join
+        push-pull to a seed address names no node: the handshake tells who answered.
         """
+        members = self.swim.members
         for i, o in enumerate(out):
-            if o.reliable and o.node is None:
-                name = self._name_at(o.dst)
-                if name is not None:
-                    out[i] = replace(o, node=name, key=self._key_of(name))
+            if o.node is not None:
+                continue
+            name = reply_name if reply_name is not None and o.dst == reply_addr else self._name_at(o.dst)
+            if name is not None:
+                m = members.get(name)
+                key = (getattr(m, "key", b"") or None) if m is not None else None
+                out[i] = Outgoing(o.dst, o.data, o.reliable, name, key, o.stream)
         return out
 
     def _name_at(self, addr: str) -> str | None:
-        """The member at ``addr`` (push-pulls are rare, so a miss rebuilds the index)."""
+        """The member at ``addr``; the index is rebuilt when membership grew or an address moved."""
         members = self.swim.members
         name = self._by_addr.get(addr)
-        m = members.get(name) if name is not None else None
-        if m is None or m.addr != addr:
-            self._by_addr = {mm.addr: n for n, mm in members.items()}
-            name = self._by_addr.get(addr)
-        return name
+        if name is not None:
+            m = members.get(name)
+            if m is not None and m.addr == addr:
+                return name
+        elif len(members) == self._by_addr_size:
+            return None  # an address no member has (a seed, a node still joining)
+        self._by_addr = {m.addr: n for n, m in members.items()}
+        self._by_addr_size = len(members)
+        return self._by_addr.get(addr)
 
     def _key_of(self, name: str) -> bytes | None:
         """The public key membership holds for ``name``, if any."""

@@ -120,13 +120,18 @@ def test_sync_reply_rides_the_stream_and_started_messages_name_their_node() -> N
     assert b.intent.has_write(ack.signer, ack.seq)
 
 
-def test_a_push_pull_the_core_starts_names_its_member_and_a_join_to_a_seed_does_not() -> None:
+def test_messages_the_core_starts_name_their_member_and_a_join_to_a_seed_does_not() -> None:
     trust = _trust(["a", "b"])
     a, b = _core("a", trust, blobs=False), _core("b", trust, blobs=False)
     a.receive("10.0.0.98:53412", encode("b", PushPull(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
     outs = a.tick(10_000.0)  # long after the first push-pull is due
     periodic = [o for o in outs if o.reliable and _types([o]) == [PushPull.TYPE]]
     assert [(o.dst, o.node, o.stream) for o in periodic] == [(b.addr, "b", None)]
+    # Datagrams name their member too: a probe names its target, an ack the authenticated sender.
+    probes = [o for o in outs if not o.reliable and _types([o]) == [Ping.TYPE]]
+    assert [(o.dst, o.node) for o in probes] == [(b.addr, "b")]
+    (ack,) = a.receive("10.9.9.9:7946", encode("b", Ping(99, "a")), 10_001.5, peer="b")
+    assert (ack.dst, ack.node, ack.reliable) == ("10.9.9.9:7946", "b", False)
     c = NodeCore("c", "10.0.0.3:7946", NodeMeta(), profile("lan"), random.Random(1), seeds=["10.0.0.1:7946"])
     (join,) = c.start(0.0)
     assert (join.dst, join.node, join.reliable) == ("10.0.0.1:7946", None, True)
