@@ -290,7 +290,7 @@ class NodeCore:
                 continue
             name = reply_name if reply_name is not None and o.dst == reply_addr else self._name_at(o.dst)
             if name is not None:
-                m = members.get(name)
+                m = members.peek(name)
                 key = (getattr(m, "key", b"") or None) if m is not None else None
                 out[i] = Outgoing(o.dst, o.data, o.reliable, name, key, o.stream)
         return out
@@ -300,7 +300,7 @@ class NodeCore:
         members = self.swim.members
         name = self._by_addr.get(addr)
         if name is not None:
-            m = members.get(name)
+            m = members.peek(name)
             if m is not None and m.addr == addr:
                 return name
         elif len(members) == self._by_addr_size:
@@ -311,7 +311,7 @@ class NodeCore:
 
     def _key_of(self, name: str) -> bytes | None:
         """The public key membership holds for ``name``, if any."""
-        m = self.swim.members.get(name)
+        m = self.swim.members.peek(name)
         key = getattr(m, "key", b"") if m is not None else b""
         return key or None
 
@@ -330,7 +330,7 @@ class NodeCore:
         result: list[Outgoing] = []
         members = self.swim.members
         for dst, msg in outs:
-            m = members.get(dst)
+            m = members.peek(dst)
             reply = dst == reply_name
             if m is not None:
                 addr = m.addr

@@ -92,20 +92,20 @@ def test_spoofed_sender_on_a_membership_datagram_is_dropped_too() -> None:
 def test_push_pull_reply_goes_back_on_the_request_stream_not_to_the_source_port() -> None:
     trust = _trust(["a", "b"])
     a, b = _core("a", trust, blobs=False), _core("b", trust, blobs=False)
-    req = encode("b", PushPull(True, False, b.swim.local_states()))
+    req = encode("b", PushPull.of(True, False, b.swim.local_states()))
     outs = a.receive("10.0.0.98:53412", req, 1.0, True, peer="b", stream=("tcp", 17))
     (reply,) = [o for o in outs if o.reliable]
     assert reply.stream == ("tcp", 17) and reply.node == "b"
     msg = decode(reply.data, 1 << 20).msg
     # (memberlist order: the answer carries our state as it was before merging theirs)
-    assert isinstance(msg, PushPull) and msg.reply and [s.node for s in msg.states] == ["a"]
+    assert isinstance(msg, PushPull) and msg.reply and [s.node for s in msg.states()] == ["a"]
     assert "b" in a.swim.members
 
 
 def test_sync_reply_rides_the_stream_and_started_messages_name_their_node() -> None:
     trust = _trust(["a", "b"])
     a, b = _core("a", trust), _core("b", trust)
-    a.receive("10.0.0.98:7946", encode("b", PushPull(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
+    a.receive("10.0.0.98:7946", encode("b", PushPull.of(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
     assert a.intent is not None and b.intent is not None
     ack = a.intent.publish(_manifest(), PUB, 0.4)
     # Messages a core starts (the anti-entropy opening here) name the member they are for.
@@ -123,7 +123,7 @@ def test_sync_reply_rides_the_stream_and_started_messages_name_their_node() -> N
 def test_messages_the_core_starts_name_their_member_and_a_join_to_a_seed_does_not() -> None:
     trust = _trust(["a", "b"])
     a, b = _core("a", trust, blobs=False), _core("b", trust, blobs=False)
-    a.receive("10.0.0.98:53412", encode("b", PushPull(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
+    a.receive("10.0.0.98:53412", encode("b", PushPull.of(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
     outs = a.tick(10_000.0)  # long after the first push-pull is due
     periodic = [o for o in outs if o.reliable and _types([o]) == [PushPull.TYPE]]
     assert [(o.dst, o.node, o.stream) for o in periodic] == [(b.addr, "b", None)]
@@ -375,7 +375,7 @@ def test_an_answer_held_for_durability_still_goes_back_on_its_stream() -> None:
     trust = _trust(["a", "b"])
     a = _core("a", trust, store=EffectStore())
     b = _core("b", trust)
-    a.receive("10.0.0.98:7946", encode("b", PushPull(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
+    a.receive("10.0.0.98:7946", encode("b", PushPull.of(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
     for e in a.take_effects():
         a.persisted(e.token, 0.0)
     assert a.intent is not None
