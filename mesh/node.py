@@ -284,15 +284,26 @@ class NodeCore:
         (authenticated) ``reply_name``, anything else is looked up by address. A join
         push-pull to a seed address names no node: the handshake tells who answered.
         """
-        members = self.swim.members
+        peek = self.swim.members.peek  # read-only: never copies a shared record
+        by_addr = self._by_addr
         for i, o in enumerate(out):
             if o.node is not None:
                 continue
-            name = reply_name if reply_name is not None and o.dst == reply_addr else self._name_at(o.dst)
-            if name is not None:
-                m = members.peek(name)
-                key = (getattr(m, "key", b"") or None) if m is not None else None
-                out[i] = Outgoing(o.dst, o.data, o.reliable, name, key, o.stream)
+            dst = o.dst
+            if reply_name is not None and dst == reply_addr:
+                name: str | None = reply_name
+                m = peek(reply_name)
+            else:
+                name = by_addr.get(dst)
+                m = peek(name) if name is not None else None
+                if m is None or m.addr != dst:  # not indexed yet, or the member moved
+                    name = self._name_at(dst)
+                    if name is None:
+                        continue
+                    by_addr = self._by_addr
+                    m = peek(name)
+            key = (getattr(m, "key", b"") or None) if m is not None else None
+            out[i] = Outgoing(dst, o.data, o.reliable, name, key, o.stream)
         return out
 
     def _name_at(self, addr: str) -> str | None:
