@@ -88,11 +88,12 @@ class NodeCore:
         incarnation: int = 0,
         intent: IntentNode | None = None,
         blobs: BlobTransfer | None = None,
+        key: bytes = b"",
     ) -> None:
         self.name = name
         self.addr = addr
         self.rng = rng
-        self.swim = SwimCore(name, addr, meta, config, rng, now, incarnation=incarnation, seeds=seeds)
+        self.swim = SwimCore(name, addr, meta, config, rng, now, incarnation=incarnation, seeds=seeds, key=key)
         # Optional sub-cores: None keeps a pure-membership node (tests, large membership sims).
         self.intent = intent
         self.blobs = blobs
@@ -302,8 +303,7 @@ class NodeCore:
                         continue
                     by_addr = self._by_addr
                     m = peek(name)
-            key = (getattr(m, "key", b"") or None) if m is not None else None
-            out[i] = Outgoing(dst, o.data, o.reliable, name, key, o.stream)
+            out[i] = Outgoing(dst, o.data, o.reliable, name, (m.key or None) if m is not None else None, o.stream)
         return out
 
     def _name_at(self, addr: str) -> str | None:
@@ -323,8 +323,7 @@ class NodeCore:
     def _key_of(self, name: str) -> bytes | None:
         """The public key membership holds for ``name``, if any."""
         m = self.swim.members.peek(name)
-        key = getattr(m, "key", b"") if m is not None else b""
-        return key or None
+        return (m.key or None) if m is not None else None
 
     def _translate(
         self,
@@ -358,7 +357,7 @@ class NodeCore:
                 continue
             self.counters["intent_messages_sent"] += 1
             self.counters["intent_bytes_sent"] += len(data)
-            key = (getattr(m, "key", b"") or None) if m is not None else None
+            key = (m.key or None) if m is not None else None
             result.append(Outgoing(addr, data, True, dst, key, stream if reply else None))
         return result
 

@@ -137,6 +137,20 @@ def test_messages_the_core_starts_name_their_member_and_a_join_to_a_seed_does_no
     assert (join.dst, join.node, join.reliable) == ("10.0.0.1:7946", None, True)
 
 
+def test_outgoing_carries_the_key_membership_holds_for_its_node() -> None:
+    trust = _trust(["a", "b"])
+    b_key = derive_key("seam:b").public_raw
+    a = _core("a", trust)
+    b = NodeCore("b", "10.0.0.98:7946", NodeMeta(), profile("lan"), random.Random(2), key=b_key)
+    a.receive("10.0.0.98:53412", encode("b", PushPull.of(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
+    outs = a.tick(10_000.0)
+    assert outs and {(o.node, o.key) for o in outs} == {("b", b_key)}
+    assert a.intent is not None
+    a.intent.publish(_manifest(), PUB, 10_000.0)
+    pushes = [o for o in a.tick(10_000.1) if _types([o]) == [SyncUpdate.TYPE]]
+    assert [(o.node, o.key) for o in pushes] == [("b", b_key)]
+
+
 def _manifest(version: str = "1.0.0") -> Any:
     import hashlib
 
