@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, Hashable, Protocol, TypeVar
 
 import msgpack
 
@@ -329,10 +329,26 @@ def v_fields(payload: list[Any], n: int) -> list[Any]:
     return payload
 
 
+# A driver's opaque token for one stream (a TCP/Noise session, a simulated stream): the core
+# never looks inside it, only hands it back on the replies that must travel on that stream.
+StreamHandle = Hashable
+
+
 @dataclass(slots=True, frozen=True)
 class Outgoing:
-    """What a core asks its driver to send: bytes to an address, on a datagram or a stream."""
+    """What a core asks its driver to send: bytes to an address, on a datagram or a stream.
+
+    ``node`` and ``key`` name the node the message is for (its id and its expected Ed25519
+    public key, when membership knows them) so a driver can pick or open the right
+    authenticated session and refuse one whose handshake shows another key. ``stream``,
+    when set, is the reply handle of the stream the request came on: the driver writes the
+    frame back on that stream and ignores ``dst`` (on TCP the request's source address is
+    an ephemeral port nobody listens on).
+    """
 
     dst: str
     data: bytes
     reliable: bool = False
+    node: str | None = None
+    key: bytes | None = None
+    stream: StreamHandle | None = None

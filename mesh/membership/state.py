@@ -858,7 +858,9 @@ class SwimCore:
 
     def local_states(self) -> tuple[PushPullState, ...]:
         """Our full membership state, for a push-pull exchange."""
-        return tuple(PushPullState(*row) for row in self._state_rows())
+        # Rows hold the MemberState enum (msgpack encodes it as its int); a state handed
+        # over in-process must carry the plain int that every decoder checks for.
+        return tuple(PushPullState(*row[:3], int(row[3]), *row[4:]) for row in self._state_rows())
 
     def _state_rows(self) -> list[list[Any]]:
         get = self.coords.get
