@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from crdt.errors import TrustError
-from crdt.keys import key_id_of, verify_signature
+from crdt.keys import key_id, verify_signature
 
 
 class Role(str, Enum):
@@ -43,7 +43,7 @@ class TrustedKey:
 
     @property
     def key_id(self) -> str:
-        return key_id_of(self.public_raw)
+        return key_id(self.public_raw)
 
 
 class TrustConfig:
@@ -74,7 +74,7 @@ class TrustConfig:
             rs = frozenset(Role(r) for r in roles)
         except ValueError as exc:
             raise TrustError(f"unknown role: {exc} (roles: {', '.join(r.value for r in Role)})") from None
-        kid = key_id_of(public_raw)
+        kid = key_id(public_raw)
         old = self._keys.get(kid)
         self._keys[kid] = TrustedKey(bytes(public_raw), rs | (old.roles if old else frozenset()))
         return kid
