@@ -77,3 +77,17 @@ def test_readme_tour_without_the_simulations(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_readme_tour_in_full(tmp_path: Path) -> None:
     assert len(_run_tour(tmp_path, include_slow=True)) == len(tour_lines())
+
+
+@pytest.mark.parametrize("doc", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))])
+def test_doc_links_point_inside_the_repository(doc: str) -> None:
+    path = ROOT / doc
+    targets = re.findall(r"\]\(([^)\s]+)\)", path.read_text())
+    for target in targets:
+        if re.match(r"[a-z]+://", target) or target.startswith("#"):
+            continue
+        resolved = (path.parent / target.split("#", 1)[0]).resolve()
+        assert resolved.is_relative_to(ROOT), f"{doc} links outside the repository: {target}"
+        assert resolved.exists(), f"{doc} links to a missing file: {target}"
+    if doc == "README.md":
+        assert "docs/ARCHITECTURE.md" in targets
