@@ -10,7 +10,7 @@ from typing import Any
 from crdt.errors import SemverError, ValidationError
 from model.errors import SemverError as ModelSemverError
 from model.errors import SpecError
-from model.manifest import NAME_RE, Manifest
+from model.manifest import NAME_RE, CapabilityRequest, Limits, Manifest
 from model.semver import Range, Version, best_match
 
 __all__ = [  # Manifest is the shared model's, re-exported for the registry's readers
@@ -57,12 +57,6 @@ def v_strlist(x: Any, what: str, max_items: int = 64, max_len: int = 128) -> tup
     if not isinstance(x, (list, tuple)) or len(x) > max_items:
         raise ValidationError(f"{what} must be a list of at most {max_items} strings")
     return tuple(v_text(s, f"{what} item", max_len, allow_empty=False) for s in x)
-
-
-def v_limits(x: Any, what: str = "limits") -> dict[str, int]:
-    if not isinstance(x, dict) or len(x) > 32:
-        raise ValidationError(f"{what} must be a map of at most 32 names to non-negative integers")
-    return {v_text(k, f"{what} key", 64, False): v_int(v, f"{what}[{k}]") for k, v in sorted(x.items())}
 
 
 def v_labels(x: Any, what: str = "labels") -> dict[str, str]:
@@ -238,14 +232,20 @@ class DeploymentSpec:
     replicas: int = 1  # 0 = on demand
     constraints: Constraints = field(default_factory=Constraints)
     preferences: Preferences = field(default_factory=Preferences)
-    capabilities: tuple[str, ...] = ()
-    limits: dict[str, int] = field(default_factory=dict)
+    # What the operator lets this deployment use, in the manifest's own terms: a node grants a
+    # module the intersection of its manifest's request, this, and the node's policy.
+    capabilities: CapabilityRequest = field(default_factory=CapabilityRequest)
+    limits: Limits | None = None  # a ceiling below the manifest's limits; None: the manifest's
 
     def __post_init__(self) -> None:
         v_name(self.name, "deployment name")
         v_name(self.module, "module name")
         v_version_or_range(self.version)
         v_int(self.replicas, "replicas", 0, MAX_REPLICAS)
+        if not isinstance(self.capabilities, CapabilityRequest):
+            raise ValidationError("deployment capabilities must be a CapabilityRequest")
+        if self.limits is not None and not isinstance(self.limits, Limits):
+            raise ValidationError("deployment limits must be a Limits or None")
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -255,8 +255,8 @@ class DeploymentSpec:
             "replicas": self.replicas,
             "constraints": self.constraints.to_payload(),
             "preferences": self.preferences.to_payload(),
-            "capabilities": list(self.capabilities),
-            "limits": dict(self.limits),
+            "capabilities": self.capabilities.to_payload(),
+            "limits": self.limits.to_payload() if self.limits is not None else None,
         }
 
     @classmethod
@@ -269,8 +269,8 @@ class DeploymentSpec:
             replicas=p["replicas"],
             constraints=Constraints.from_payload(p["constraints"]),
             preferences=Preferences.from_payload(p["preferences"]),
-            capabilities=v_strlist(p["capabilities"], "capabilities"),
-            limits=v_limits(p["limits"]),
+            capabilities=_model(CapabilityRequest.from_payload, p["capabilities"]),
+            limits=None if p["limits"] is None else _model(Limits.from_payload, p["limits"]),
         )
 
 

@@ -91,3 +91,15 @@ def test_semver_is_shared() -> None:
     assert Version.parse("1.0.0-rc.1") < Version.parse("1.0.0")
     with pytest.raises(crdt.errors.SemverError):
         crdt.schema.v_version("1.0")
+
+
+def test_deployment_grants_use_the_manifest_types() -> None:
+    spec = crdt.schema.DeploymentSpec(
+        "web", "hello", "^1.0.0", capabilities=CapabilityRequest.from_strings(["kv:app", "log"]), limits=Limits(timeout_ms=100),
+    )
+    assert crdt.schema.DeploymentSpec.from_payload(spec.to_payload()) == spec
+    assert crdt.schema.DeploymentSpec.from_payload(crdt.schema.DeploymentSpec("web", "hello", "1.0.0").to_payload()).limits is None
+    payload = crdt.schema.deployment_payload(spec, "1.0.0", "set", 1.0)
+    payload["spec"]["capabilities"] = ["kv"]  # the old free-form list is not a capability request
+    with pytest.raises(crdt.errors.ValidationError, match="capabilities must be a map"):
+        crdt.schema.validate_deployment_payload("web", payload)

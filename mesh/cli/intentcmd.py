@@ -184,7 +184,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         args.name, args.module, args.version, args.replicas,
         Constraints(tuple(args.arch or ()), args.min_memory_mb, _kv_pairs(args.label, "--label"), tuple(args.hardware or ())),
         Preferences(near, args.near_label, args.near_node, args.spread),
-        tuple(args.capability or ()),
+        CapabilityRequest.from_strings(args.capability or ()),
+        Limits.from_strings(args.limit) if args.limit else None,
     )
     node = _open(args)
     ack = node.set_deployment(spec, key, time.time())
@@ -260,7 +261,10 @@ def register(subparsers: Any) -> None:
     d.add_argument("--near-label")
     d.add_argument("--near-node")
     d.add_argument("--spread", help="fault-domain level to spread across, e.g. site")
-    d.add_argument("--capability", action="append")
+    d.add_argument("--capability", action="append", metavar="CAP",
+                   help="capability the deployment may use (repeatable; spelled as for module publish)")
+    d.add_argument("--limit", action="append", metavar="NAME=N",
+                   help="resource ceiling below the manifest's limits (repeatable; as for module publish)")
     common(d)
     d.set_defaults(handler=cmd_deploy)
 

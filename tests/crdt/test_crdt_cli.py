@@ -50,6 +50,7 @@ def test_cli_rollback_with_no_earlier_version_is_a_clear_error(tmp_path, capsys)
         (["module", "publish", "A", "--name", "x", "--version", "1.0.0", "--key", "K"], 2, "module size 4 is outside 8.."),
         (["deploy", "w", "--module", "m", "--version", "^1.0.0", "--key", "nokey"], 1, "does not exist"),
         (["module", "show", "nope"], 1, "no module"),
+        (["deploy", "w", "--module", "m", "--version", "^1.0.0", "--key", "K", "--capability", "net"], 2, "is not one of env:NAME"),
         (["rollback", "nope", "--key", "K"], 1, "no deployment"),
     ],
 )
