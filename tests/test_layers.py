@@ -58,3 +58,13 @@ def test_every_top_level_package_has_a_rule() -> None:
 def test_the_scanner_sees_imports_inside_functions_and_import_module() -> None:
     src = "import os\ndef f():\n    from mesh.node import NodeCore\n    import sim.engine as e\n    importlib.import_module('crdt.sync')\n"
     assert imported_packages(src) == {(1, "os"), (3, "mesh"), (4, "sim"), (5, "crdt")}
+
+
+def test_model_is_pure_values() -> None:
+    """``model`` needs the standard library and msgpack only: no I/O stack, no wasmtime, no pycrdt."""
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"msgpack", "model"}
+    used = {top for path in (ROOT / "model").rglob("*.py") for _, top in imported_packages(path.read_text(), str(path))}
+    assert used - allowed == set()
+    assert {"os", "socket", "threading", "time", "random"} & used == set()
