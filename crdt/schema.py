@@ -10,7 +10,7 @@ from typing import Any
 from crdt.errors import SemverError, ValidationError
 from model.errors import SemverError as ModelSemverError
 from model.errors import SpecError
-from model.manifest import NAME_RE, CapabilityRequest, Limits, Manifest
+from model.manifest import KV_NAMESPACE_RE, NAME_RE, CapabilityRequest, Limits, Manifest
 from model.semver import Range, Version, best_match
 
 __all__ = [  # Manifest is the shared model's, re-exported for the registry's readers
@@ -422,7 +422,7 @@ def validate_placement_payload(key: str, p: Any) -> None:
 
 # --- KV --------------------------------------------------------------------------------
 
-NS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NS_RE = KV_NAMESPACE_RE  # one namespace spelling: what a manifest requests is what KV stores
 
 
 @dataclass(slots=True, frozen=True)

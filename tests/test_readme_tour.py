@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mesh.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
 SLOW_COMMANDS = ("wasmatrix demo", "wasmatrix sim ")  # hundreds of simulated nodes: only in the slow run
+PLAIN = re.compile(r"wasmatrix [^|;&$<>`]*")  # no shell syntax: the same argv in this process
 # What some lines must print besides exiting 0 (the README's comments say the same).
 EXPECT = {
     "wasmatrix run runtime/examples/hello.wasm": r"env: GREETING=hi",
@@ -50,18 +55,27 @@ def _sandbox(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return cwd, env
 
 
-def _run_tour(tmp_path: Path, include_slow: bool) -> list[str]:
+def _check(line: str, code: int, out: str, err: str) -> None:
+    assert code == 0, f"README tour line failed ({code}): {line}\n{out}\n{err}"
+    assert "Traceback" not in err, line
+    for prefix, pattern in EXPECT.items():
+        if line.startswith(prefix):
+            assert re.search(pattern, out), f"{line!r} printed {out!r}, expected /{pattern}/"
+
+
+def _run_tour(tmp_path: Path, include_slow: bool, in_process: Any = None) -> list[str]:
+    """Run the tour in order; ``in_process(argv)`` (if given) runs plain ``wasmatrix`` lines without a shell."""
     cwd, env = _sandbox(tmp_path)
     ran = []
     for line in tour_lines():
         if not include_slow and line.startswith(SLOW_COMMANDS):
             continue
-        proc = subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"README tour line failed ({proc.returncode}): {line}\n{proc.stdout}\n{proc.stderr}"
-        assert "Traceback" not in proc.stderr, line
-        for prefix, pattern in EXPECT.items():
-            if line.startswith(prefix):
-                assert re.search(pattern, proc.stdout), f"{line!r} printed {proc.stdout!r}, expected /{pattern}/"
+        if in_process is not None and PLAIN.fullmatch(line):
+            code, out, err = in_process(cwd, shlex.split(line, comments=True)[1:])
+        else:
+            proc = subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+            code, out, err = proc.returncode, proc.stdout, proc.stderr
+        _check(line, code, out, err)
         ran.append(line)
     for prefix in EXPECT:  # every check above found its line: the tour still shows these steps
         assert any(line.startswith(prefix) for line in ran), f"README tour no longer has {prefix!r}"
@@ -69,13 +83,23 @@ def _run_tour(tmp_path: Path, include_slow: bool) -> list[str]:
     return ran
 
 
-def test_readme_tour_without_the_simulations(tmp_path: Path) -> None:
-    ran = _run_tour(tmp_path, include_slow=False)
+def test_readme_tour_without_the_simulations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every tour line but the simulations, in order; plain `wasmatrix ...` lines run in this process (fast)."""
+    monkeypatch.delenv("WASMATRIX_DATA_DIR", raising=False)
+
+    def in_process(cwd: Path, argv: list[str]) -> tuple[int, str, str]:
+        monkeypatch.chdir(cwd)
+        code = main(argv)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    ran = _run_tour(tmp_path, include_slow=False, in_process=in_process)
     assert ran[-1].startswith("wasmatrix rollback web")
 
 
 @pytest.mark.slow
 def test_readme_tour_in_full(tmp_path: Path) -> None:
+    """The whole block through bash, as a user pastes it (the simulations take about a minute)."""
     assert len(_run_tour(tmp_path, include_slow=True)) == len(tour_lines())
 
 
