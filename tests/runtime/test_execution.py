@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -22,6 +25,9 @@ from runtime import (
 )
 from runtime.limits import MIB
 from tests.runtime.conftest import counter
+
+# A bound on "it returned" (did not hang), never a performance figure: benchmarks live in bench/.
+GENEROUS_S = 10.0
 
 
 def test_wasi_command_wagi_style(rt: Runtime, wasm: dict[str, bytes]) -> None:
@@ -52,16 +58,55 @@ def test_direct_abi_reuses_pooled_instance(rt: Runtime, wasm: dict[str, bytes]) 
     assert stats.created == 1 and stats.reused == 3
 
 
-def test_loop_is_interrupted_near_its_timeout(rt: Runtime, wasm: dict[str, bytes]) -> None:
+def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``fn`` on a daemon thread (a guest that never stops must not keep the test process alive)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the test, which asserts on its type
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_loop_is_interrupted_by_its_timeout(rt: Runtime, wasm: dict[str, bytes]) -> None:
     lm = rt.load_unsigned(wasm["loop"], name="loop", limits=Limits(timeout_ms=150))
-    started = time.monotonic()
-    with pytest.raises(WasmTimeout, match="150 ms timeout") as info:
-        rt.run_command(lm.key)
-    elapsed = time.monotonic() - started
-    assert info.value.http_status == 504
-    assert elapsed >= 0.15  # the deadline never fires early
-    assert elapsed < 5.0  # and it does fire: the loop never ends on its own
+    thread, errors = _in_thread(lambda: rt.run_command(lm.key))
+    thread.join(GENEROUS_S)  # the loop never ends on its own: only the epoch deadline can end it
+    assert not thread.is_alive(), f"an endless guest with a 150 ms timeout still ran after {GENEROUS_S} s"
+    assert len(errors) == 1 and isinstance(errors[0], WasmTimeout)
+    assert "exceeded its 150 ms timeout" in str(errors[0])
+    assert errors[0].http_status == 504 and errors[0].code == "timeout"
     assert counter(rt, "wasmatrix_runtime_invoke_errors_total", module=lm.key, code="timeout") == 1
+    assert counter(rt, "wasmatrix_runtime_invocations_total", module=lm.key, outcome="error") == 1
+
+
+def test_epoch_deadline_fires_exactly_at_its_tick(rt: Runtime, wasm: dict[str, bytes]) -> None:
+    """The timeout is an epoch deadline: with the ticker stopped, only epoch increments end the guest."""
+    lm = rt.load_unsigned(wasm["loop"], name="loop", limits=Limits(timeout_ms=150))
+    # docs/RUNTIME.md: deadline = ceil(timeout / tick) + 1 ticks, 5 ms tick.
+    assert lm.deadline_ticks == math.ceil(150 / 5) + 1 == 31
+    lm.engine.ticker.stop()  # from here on the epoch moves only when the test says so
+    thread, errors = _in_thread(lambda: rt.run_command(lm.key))
+    # The store's deadline is set before the instance is created, so once it is counted the
+    # deadline is fixed relative to the epoch we are about to advance.
+    deadline = time.monotonic() + GENEROUS_S
+    while counter(rt, "wasmatrix_runtime_instantiations_total", module=lm.key) < 1:
+        assert time.monotonic() < deadline, "the guest was never instantiated"
+        time.sleep(0.001)
+    for _ in range(lm.deadline_ticks - 1):
+        lm.engine.engine.increment_epoch()
+    thread.join(0.3)
+    # One-sided: a slow machine only makes the guest look more alive, so this cannot fail spuriously.
+    assert thread.is_alive() and errors == [], "interrupted before its deadline tick"
+    lm.engine.engine.increment_epoch()
+    thread.join(GENEROUS_S)
+    assert not thread.is_alive(), "the deadline tick passed but the guest kept running"
+    assert len(errors) == 1 and isinstance(errors[0], WasmTimeout)
 
 
 def test_direct_handler_timeout_discards_instance(rt: Runtime, wasm: dict[str, bytes]) -> None:
