@@ -233,13 +233,14 @@ class Limits:
 
 
 def _exact(data: Any, what: str, expected: set[str]) -> None:
+    """Strictness: a payload has exactly the expected fields, so no two encodings mean one manifest."""
     if not isinstance(data, dict):
         raise SpecError(f"{what} must be a map")
-    if set(data) != expected:
-        missing, extra = sorted(expected - set(data)), sorted(set(data) - expected)
-        detail = "; ".join(x for x in (f"missing {', '.join(missing)}" if missing else "",
-                                       f"unknown {', '.join(map(str, extra))}" if extra else "") if x)
-        raise SpecError(f"{what} fields must be exactly {', '.join(sorted(expected))} ({detail})")
+    missing = sorted(expected - set(data))
+    unknown = sorted(map(str, set(data) - expected))
+    if missing or unknown:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown else [])
+        raise SpecError(f"{what} fields must be exactly {', '.join(sorted(expected))} ({'; '.join(problems)})")
 
 
 @dataclass(slots=True, frozen=True)
