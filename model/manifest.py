@@ -132,24 +132,27 @@ class CapabilityRequest:
         out += [f"kv:{n}" for n in self.kv_namespaces] + [f"http:{h}" for h in self.http_hosts]
         return out + [f for f in ("log", "clocks", "random") if getattr(self, f)]
 
-    def to_payload(self) -> dict[str, Any]:
-        """Plain-data form (inside the signed manifest)."""
-        return {
-            "env": list(self.env), "dirs": list(self.dirs), "kv_namespaces": list(self.kv_namespaces),
-            "http_hosts": list(self.http_hosts), "log": self.log, "clocks": self.clocks, "random": self.random,
-        }
+    def to_payload(self) -> list[str]:
+        """Plain-data form (inside the signed manifest): the CLI spelling, in canonical order.
+
+        A list of strings rather than a map of seven fields: a manifest rides in every registry
+        record every node receives, and most request nothing (an empty list is one byte).
+        """
+        return self.to_strings()
 
     @classmethod
     def from_payload(cls, data: Any) -> CapabilityRequest:
-        """Parse the plain-data form strictly: exactly the known fields, right types."""
-        _exact(data, "capabilities", {f.name for f in fields(cls)})
-        kwargs: dict[str, Any] = {}
-        for key in ("env", "dirs", "kv_namespaces", "http_hosts"):
-            value = data[key]
-            if not isinstance(value, (list, tuple)):
-                raise SpecError(f"capability {key} must be a list of strings")
-            kwargs[key] = tuple(value)
-        return cls(**kwargs, log=data["log"], clocks=data["clocks"], random=data["random"])
+        """Parse the plain-data form strictly: canonical order, each item once (one encoding per request)."""
+        if not isinstance(data, (list, tuple)) or not all(isinstance(x, str) for x in data):
+            raise SpecError("capabilities must be a list of strings such as env:NAME, kv:NAMESPACE, log")
+        if len(data) > 4 * MAX_ITEMS + 3:
+            raise SpecError(f"capabilities lists {len(data)} items; at most {MAX_ITEMS} of each kind")
+        request = cls.from_strings(data)
+        if request.to_strings() != list(data):
+            raise SpecError(
+                "capabilities must list each item once, env first, then dir, kv, http, log, clocks, random"
+            )
+        return request
 
 
 @dataclass(slots=True, frozen=True)

@@ -39,7 +39,8 @@ def test_manifest_payload_round_trip_is_exact() -> None:
         Limits(timeout_ms=500, fuel=10), Abi.DIRECT, created_at=12.5, description="d",
     )
     assert Manifest.from_payload(m.to_payload()) == m
-    assert m.capabilities.to_strings() == ["env:A", "dir:/data:rw", "kv:counter", "http:*.example.com", "log"]
+    assert m.to_payload()["capabilities"] == ["env:A", "dir:/data:rw", "kv:counter", "http:*.example.com", "log"]
+    assert Manifest("hello", "1.0.0", SHA, 100).to_payload()["capabilities"] == []
     assert m.key == "hello@1.2.3-rc.1"
 
 
@@ -54,7 +55,9 @@ def test_manifest_payload_round_trip_is_exact() -> None:
         ("abi", "wagi", "abi must be one of"),
         ("v", 2, "unsupported manifest format version"),
         ("limits", {"memory_bytes": 1 << 20}, "missing"),
-        ("capabilities", {"env": ["A"]}, "missing"),
+        ("capabilities", {"env": ["A"]}, "must be a list of strings"),
+        ("capabilities", ["log", "env:A"], "env first"),
+        ("capabilities", ["log", "log"], "each item once"),
         ("description", "x" * 1025, "description"),
         ("created_at", float("nan"), "created_at"),
     ],
@@ -101,5 +104,5 @@ def test_deployment_grants_use_the_manifest_types() -> None:
     assert crdt.schema.DeploymentSpec.from_payload(crdt.schema.DeploymentSpec("web", "hello", "1.0.0").to_payload()).limits is None
     payload = crdt.schema.deployment_payload(spec, "1.0.0", "set", 1.0)
     payload["spec"]["capabilities"] = ["kv"]  # the old free-form list is not a capability request
-    with pytest.raises(crdt.errors.ValidationError, match="capabilities must be a map"):
+    with pytest.raises(crdt.errors.ValidationError, match="is not one of env:NAME"):
         crdt.schema.validate_deployment_payload("web", payload)
