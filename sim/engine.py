@@ -112,12 +112,14 @@ class Simulation:
         self.crashes: list[CrashRecord] = []
         self._open_crash: dict[str, CrashRecord] = {}
         self.false_positives: list[dict[str, Any]] = []
+        self.verdicts: dict[str, int] = {}
         self.partition: dict[str, int] | None = None
-        self._last_partition: dict[str, int] | None = None
-        self._healed_at = -math.inf
-        # A suspicion raised just before a heal may still complete after it.
-        _, hi = scenario.profile.suspicion_timeouts(max(2, scenario.nodes))
-        self._heal_grace = hi + scenario.profile.probe_interval * 2
+        # Every partition as (start, end, groups); end is inf while it is in force.
+        self._partitions: list[tuple[float, float, dict[str, int]]] = []
+        # (observer, subject) -> when the observer's current suspicion began, minus one probe round.
+        self._suspect_since: dict[tuple[str, str], float] = {}
+        # (decider, subject, incarnation) -> True if that dead verdict is a partition effect.
+        self._decisions: dict[tuple[str, str, int], bool] = {}
         self.one_way: dict[tuple[str, str], float] = {}
         self.link_overrides: dict[tuple[str, str], LinkModel] = {}
         self.meta_updates: list[tuple[str, NodeMeta, float]] = []
@@ -367,9 +369,25 @@ class Simulation:
         for ev in events:
             for cb in self.observers:
                 cb(self, observer.name, ev)
+            verdicts = self.verdicts
+            verdicts[ev.kind] = verdicts.get(ev.kind, 0) + 1
             if ev.kind not in ("suspect", "dead"):
+                if self._trace_file is not None:
+                    self._trace_verdict(observer.name, ev, "-")
                 continue
             subject = self.nodes.get(ev.node)
+            cause = "-"
+            if ev.kind == "suspect":
+                # The evidence window opens one (health-scaled) probe round before the suspicion.
+                swim = observer.core.swim
+                window = swim.config.probe_interval * (swim.awareness.score + 1)
+                self._suspect_since[(observer.name, ev.node)] = self.now - window
+            else:
+                partition = self._dead_is_partition_effect(observer.name, ev)
+                if subject is not None and subject.up and not subject.left and ev.node not in self._open_crash:
+                    cause = "partition" if partition else "other"
+            if self._trace_file is not None:
+                self._trace_verdict(observer.name, ev, cause)
             rec = self._open_crash.get(ev.node)
             if rec is not None:
                 if ev.kind == "suspect" and rec.first_suspect_at is None:
@@ -379,26 +397,54 @@ class Simulation:
                         rec.first_dead_at = self.now - rec.crashed_at
                     rec.dead_observers.add(observer.name)
                     self._check_all_dead(rec)
-            elif ev.kind == "dead" and subject is not None and subject.up and not subject.left:
+            elif cause != "-":
                 self.false_positives.append(
                     {
                         "observer": observer.name,
                         "node": ev.node,
+                        "incarnation": ev.incarnation,
                         "at": round(self.now, 6),
-                        # Across a partition (in force, or healed while the suspicion ran) a
-                        # death is expected: the other side really was unreachable.
                         "source": ev.source,
-                        "across_partition": self._separated(ev.source or observer.name, ev.node),
+                        "across_partition": cause == "partition",
                     }
                 )
 
-    def _separated(self, a: str, b: str) -> bool:
-        p = self.partition or self._last_partition
-        if p is None:
-            return False
-        if self.partition is None and self.now - self._healed_at > self._heal_grace:
-            return False
-        return p.get(a, -1) != p.get(b, -1)
+    def _dead_is_partition_effect(self, observer: str, ev: Any) -> bool:
+        """Whether a dead verdict goes back to a suspicion that a partition explains.
+
+        A dead verdict is *decided* by one node (``source``) when its suspicion
+        timer runs out; every other node that says "dead" relays that decision. The
+        decision is a partition effect iff a partition separated the decider from
+        the subject at some moment of the decider's suspicion (from one probe round
+        before it began to its end): then the subject really could not answer or
+        refute. A suspicion that began after the heal, on the subject's own side —
+        e.g. one merged from the other side's stale state — is not explained by the
+        partition and counts as a real false positive.
+        """
+        decider = ev.source or observer
+        key = (decider, ev.node, ev.incarnation)
+        if decider == observer:
+            since = self._suspect_since.pop((observer, ev.node), self.now)
+            verdict = self._separated_during(decider, ev.node, since, self.now)
+            self._decisions[key] = verdict
+            return verdict
+        verdict = self._decisions.get(key)
+        if verdict is None:  # decided before we could see it (e.g. by a node since restarted)
+            verdict = self._separated_during(decider, ev.node, self.now, self.now)
+        return verdict
+
+    def _separated_during(self, a: str, b: str, start: float, end: float) -> bool:
+        for p_start, p_end, groups in self._partitions:
+            if p_start <= end and p_end >= start and groups.get(a, -1) != groups.get(b, -1):
+                return True
+        return False
+
+    def _trace_verdict(self, observer: str, ev: Any, cause: str) -> None:
+        assert self._trace_file is not None
+        self._trace_file.write(
+            f"{self.now:.6f} V {observer} {ev.kind} {ev.node} {ev.incarnation} {ev.source or '-'} "
+            f"{ev.origin or '-'} {cause}\n"
+        )
 
     def _check_all_dead(self, rec: CrashRecord) -> None:
         if rec.all_dead_at is not None:
@@ -463,13 +509,14 @@ class Simulation:
             for _ in range(int(a.get("count", 1))):
                 self._add_node(self.now)
         elif f.action == "partition":
+            self._end_partition()
             self.partition = {}
             for gi, group in enumerate(a["groups"]):
                 for n in self.select(group):
                     self.partition[n] = gi
+            self._partitions.append((self.now, math.inf, self.partition))
         elif f.action == "heal":
-            self._last_partition, self._healed_at = self.partition, self.now
-            self.partition = None
+            self._end_partition()
             self.one_way.clear()
         elif f.action == "one_way_loss":
             loss = float(a.get("loss", 1.0))
@@ -522,6 +569,12 @@ class Simulation:
                 node.core.update_meta(meta, node.local(self.now))
                 self.meta_updates.append((n, meta, self.now))
                 self._schedule_timer(node)
+
+    def _end_partition(self) -> None:
+        if self.partition is not None:
+            start, _, groups = self._partitions[-1]
+            self._partitions[-1] = (start, self.now, groups)
+        self.partition = None
 
     # ------------------------------------------------------------------ results
 

@@ -41,7 +41,10 @@ def build_report(sim: Simulation) -> dict[str, Any]:
         "false_positives": len(sim.false_positives),
         "false_positives_across_partition": sum(1 for f in sim.false_positives if f["across_partition"]),
         "false_positives_other": sum(1 for f in sim.false_positives if not f["across_partition"]),
-        "false_positive_events": sim.false_positives[:20],
+        # Every unexplained death is listed (there should be none); partition effects are many and expected.
+        "false_positive_events": [f for f in sim.false_positives if not f["across_partition"]],
+        "false_positive_partition_sample": [f for f in sim.false_positives if f["across_partition"]][:20],
+        "verdicts": dict(sorted(sim.verdicts.items())),
         "converged": sim.converged(),
         "meta_updates_reached_all": sim.meta_reached_all(),
         "crashes": [c.to_json() for c in sim.crashes],
@@ -69,6 +72,13 @@ def render_text(report: dict[str, Any]) -> str:
         f"  converged: {'yes' if r['converged'] else 'NO'}   live nodes declared dead: {r['false_positives']}"
         f" ({r['false_positives_across_partition']} across a partition, {r['false_positives_other']} other)",
     ]
+    for f in r["false_positive_events"][:10]:
+        lines.append(
+            f"    unexplained: {f['observer']} declared {f['node']} (incarnation {f['incarnation']}) dead at "
+            f"{f['at']:.2f}s, decided by {f['source'] or f['observer']}"
+        )
+    if len(r["false_positive_events"]) > 10:
+        lines.append(f"    ... {len(r['false_positive_events']) - 10} more (--json lists them all, --trace has every verdict)")
     if r["crashes"]:
         lines.append("  crashes:            crashed   1st suspect   1st dead    all dead")
         for c in r["crashes"]:

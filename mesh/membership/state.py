@@ -19,6 +19,12 @@ Protocol summary (what memberlist does, and so do we):
 * a periodic push-pull exchanges the full state with one random peer over a
   stream, and joining is a push-pull with a seed;
 * a graceful leave is a ``Dead`` about oneself (state *left*, not *dead*).
+
+Where we differ from memberlist, after a partition heals (issue 8): a remote
+"dead" merged from a push-pull stays a local suspicion that is neither gossiped
+nor counted as a confirmation (the subject is told directly); our own ``Alive``
+goes ahead of the gossip backlog; and a dead member coming back makes the next
+Serf-style reconnect prompt (see ``merge_states`` and ``_reconnect_soon``).
 """
 
 from __future__ import annotations
@@ -81,7 +87,8 @@ class MemberEvent:
     node: str
     incarnation: int
     time: float
-    source: str = ""  # for suspect/dead: the node whose verdict this is
+    source: str = ""  # for suspect/dead: the node whose verdict this is (for a merge: the push-pull peer)
+    origin: str = ""  # for suspect: "merge" when it comes from a push-pull's state, else ""
 
 
 @dataclass(slots=True)
@@ -147,6 +154,7 @@ class SwimCore:
             "misdirected_pings": 0,
             "reconnects": 0,
             "bad_states": 0,
+            "merge_suspicions": 0,
         }
         self.leaving = False
         self.seeds = tuple(seeds)
@@ -162,6 +170,7 @@ class SwimCore:
         self._seed_order: list[str] = list(self.seeds)
         self._seed_index = 0
         self._next_reconnect_at = now + config.reconnect_interval * (0.5 + rng.random())
+        self._reconnect_boost = False  # next reconnect skips Serf's failed/alive coin (see _reconnect_soon)
         self._suspicions: dict[str, Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
         self._num_live = 1
@@ -227,7 +236,7 @@ class SwimCore:
         me = self.members[self.name]
         me.state = MemberState.LEFT
         me.state_change = now
-        self.broadcasts.queue(self.name, encode_broadcast(Dead(self.incarnation, self.name, self.name)))
+        self.broadcasts.queue(self.name, encode_broadcast(Dead(self.incarnation, self.name, self.name)), urgent=True)
         self._next_gossip_at = min(self._next_gossip_at, now)
         return self._gossip(now)
 
@@ -262,7 +271,7 @@ class SwimCore:
         elif isinstance(msg, IndirectPing):
             self._on_indirect_ping(src, msg, now, out)
         elif isinstance(msg, PushPull):
-            self._on_push_pull(src, msg, now, out)
+            self._on_push_pull(src, env.sender, msg, now, out)
         elif isinstance(msg, (Alive, Suspect, Dead)):
             self._apply_update(msg, now)
         elif isinstance(msg, Gossip):
@@ -438,13 +447,30 @@ class SwimCore:
     def _reconnect(self, out: list[Outgoing]) -> None:
         # Serf's reconnect: with probability failed/alive, try one random failed member.
         failed = sorted(n for n, m in self.members.items() if m.state == MemberState.DEAD)
+        boosted, self._reconnect_boost = self._reconnect_boost, False
         if not failed:
             return
-        if self.rng.random() > len(failed) / max(1, self._num_live):
+        if not boosted and self.rng.random() > len(failed) / max(1, self._num_live):
             return
         target = self.members[failed[self.rng.randrange(len(failed))]]
         self.counters["reconnects"] += 1
         out.append(self._push_pull_to(target.addr, join=False, reply=False))
+
+    def _reconnect_soon(self, now: float) -> None:
+        """Evidence that members we hold dead are alive: reconnect within about a probe interval.
+
+        Called when a member we had declared dead comes back (a healed partition:
+        the other side refuted) or when we learn others declared *us* dead. Then
+        the rest of our dead list is probably alive too, and Serf's reconnect
+        (every ``reconnect_interval``, with probability failed/alive — 1/N once
+        only one missed refutation is left) would leave it dead for minutes at
+        large N. A boosted reconnect skips the coin; each further comeback it
+        reveals boosts the next one, so the chain stops when the dead list holds
+        only the really dead.
+        """
+        self._reconnect_boost = True
+        if self._next_reconnect_at > now + 1.5 * self.config.probe_interval:
+            self._next_reconnect_at = now + (0.5 + self.rng.random()) * self.config.probe_interval
 
     # ------------------------------------------------------------------ dissemination
 
@@ -480,11 +506,12 @@ class SwimCore:
     def _queue(self, key: str, msg: Any, now: float) -> None:
         if not len(self.broadcasts):
             self._next_gossip_at = max(min(self._next_gossip_at, now + self.config.gossip_interval), now)
-        self.broadcasts.queue(key, encode_broadcast(msg))
+        # Our own Alive (a refutation above all) goes ahead of the backlog of others' updates.
+        self.broadcasts.queue(key, encode_broadcast(msg), urgent=key == self.name)
 
-    def _emit(self, kind: str, node: str, now: float, source: str = "") -> None:
+    def _emit(self, kind: str, node: str, now: float, source: str = "", origin: str = "") -> None:
         m = self.members.get(node)
-        self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now, source))
+        self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now, source, origin))
 
     def _refute(self, accused_incarnation: int, now: float) -> None:
         self.incarnation = max(self.incarnation, accused_incarnation) + 1
@@ -560,6 +587,8 @@ class SwimCore:
             m.state = MemberState.ALIVE
             m.state_change = now
             self._set_live(a.node, True)
+            if was == MemberState.DEAD and not self.leaving:
+                self._reconnect_soon(now)
             self._emit("alive" if was == MemberState.SUSPECT else "join", a.node, now)
         elif changed_meta:
             self._emit("update", a.node, now)
@@ -585,7 +614,11 @@ class SwimCore:
             return
         if m.state != MemberState.ALIVE:
             return
-        m.incarnation = s.incarnation
+        self._start_suspicion(m, s.incarnation, s.sender, now)
+        self._queue(s.node, s, now)
+
+    def _start_suspicion(self, m: Member, incarnation: int, suspector: str, now: float, origin: str = "") -> None:
+        m.incarnation = incarnation
         m.state = MemberState.SUSPECT
         m.state_change = now
         n = self._num_live
@@ -594,15 +627,16 @@ class SwimCore:
         k = self.config.suspicion_mult - 2
         if n - 2 < k:
             k = 0
-        self._suspicions[s.node] = Suspicion(s.incarnation, s.sender, now, k, lo, hi)
-        self._emit("suspect", s.node, now, s.sender)
-        self._queue(s.node, s, now)
+        self._suspicions[m.name] = Suspicion(incarnation, suspector, now, k, lo, hi)
+        self._emit("suspect", m.name, now, suspector, origin)
 
     def _apply_dead(self, d: Dead, now: float) -> None:
         if d.node == self.name:
             if not self.leaving:
                 if d.incarnation >= self.incarnation:
                     self._refute(d.incarnation, now)
+                    # Declared dead: whoever did so is likely in our dead list too (a healed partition).
+                    self._reconnect_soon(now)
                 elif self.name not in self.broadcasts:
                     self._queue_alive(now)
             return
@@ -638,19 +672,33 @@ class SwimCore:
     def _push_pull_to(self, addr: str, join: bool, reply: bool) -> Outgoing:
         return Outgoing(addr, encode(self.name, PushPull(join, reply, self.local_states())), True)
 
-    def _on_push_pull(self, src: str, msg: PushPull, now: float, out: list[Outgoing]) -> None:
+    def _on_push_pull(self, src: str, sender: str, msg: PushPull, now: float, out: list[Outgoing]) -> None:
         if not msg.reply:
             out.append(self._push_pull_to(src, join=False, reply=True))
         joined = self._num_live <= 1
-        self.merge_states(msg.states, now)
+        out.extend(self.merge_states(msg.states, now, sender))
         if joined and self._num_live > 1:
             # Just joined: the join was a full sync, so stagger the first periodic
             # push-pull over the period scaled for the size we now know.
             self._next_push_pull_at = now + self.rng.random() * self.config.push_pull_period(self._num_live)
 
-    def merge_states(self, states: Iterable[PushPullState], now: float) -> None:
-        """Merge a remote full state (memberlist's mergeState)."""
+    def merge_states(self, states: Iterable[PushPullState], now: float, peer: str = "") -> list[Outgoing]:
+        """Merge a remote full state from ``peer`` (memberlist's mergeState); return notices to send.
+
+        A remote "dead" or "suspect" about a member we hold alive is hearsay, not
+        a failed probe of ours. memberlist turns it into a suspicion *from the
+        merging node* and gossips it; after a partition heals every node of one
+        side merges the other side's state, so each one's copy of the same stale
+        belief arrives as an independent confirmation, the Lifeguard timeout
+        collapses to its minimum and live nodes die at the hands of their own
+        side. Here a merge-derived suspicion stays local: it is not gossiped, it
+        never confirms a running suspicion, and its timer starts at the maximum
+        (only real suspicions from other probers shorten it). The subject is told
+        directly (a ``Suspect`` datagram to at most ``retransmit_limit`` of the
+        new suspects, a random choice), so it refutes right away.
+        """
         dims = self.vivaldi.config.dimensionality
+        hearsay: list[Member] = []
         for st in states:
             if st.node == self.name:
                 m = None
@@ -670,11 +718,25 @@ class SwimCore:
                     self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.decoded_meta()), now)
                 elif state == MemberState.LEFT:
                     self._apply_dead(Dead(st.incarnation, st.node, st.node), now)
-                elif m is not None or st.node == self.name:
+                elif st.node == self.name:
+                    # Others hold us suspect or dead: refute (and, if dead, reconnect soon).
+                    if state == MemberState.DEAD:
+                        self._apply_dead(Dead(st.incarnation, st.node, peer or self.name), now)
+                    else:
+                        self._apply_suspect(Suspect(st.incarnation, st.node, peer or self.name), now)
+                elif m is not None and m.state == MemberState.ALIVE and st.incarnation >= m.incarnation:
                     # A remote "dead" is only a suspicion here: we give the node a chance to refute.
-                    self._apply_suspect(Suspect(st.incarnation, st.node, self.name), now)
+                    self._start_suspicion(m, st.incarnation, peer or self.name, now, "merge")
+                    self.counters["merge_suspicions"] += 1
+                    hearsay.append(m)
             except WireError:
                 self.counters["bad_states"] += 1
+        if not hearsay:
+            return []
+        limit = self.config.retransmit_limit(self._num_live)
+        if len(hearsay) > limit:
+            hearsay = sorted(self.rng.sample(hearsay, limit), key=lambda m: m.name)
+        return [self._datagram(m.addr, Suspect(m.incarnation, m.name, self.name)) for m in hearsay]
 
     def bootstrap(self, states: Iterable[PushPullState], now: float) -> None:
         """Start with a known member list (e.g. persisted from a previous run) without gossiping it.
