@@ -15,10 +15,13 @@ import msgpack
 
 from crdt.errors import ValidationError
 from crdt.keys import KEY_ID_LEN, SigningKey
+from model.canonical import RECORD_DOMAIN as DOMAIN  # the record format's domain tag
 from model.canonical import canonical as _canonical
 from model.canonical import pack
 from model.canonical import record_signing_bytes
 from model.errors import SpecError
+
+__all__ = ["DOMAIN", "KINDS", "MAX_RECORD_BYTES", "SEP", "SignedRecord", "canonical", "check_key", "pack", "signing_bytes"]
 
 KINDS = ("registry", "deployments", "routes", "placement", "kv")
 MAX_RECORD_BYTES = 256 * 1024
