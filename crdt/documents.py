@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import structlog
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, get_update
 
 from crdt.errors import NotFound, ValidationError
 from crdt.metrics import Counters
@@ -50,7 +50,7 @@ from crdt.schema import (
     validate_registry_payload,
     validate_route_payload,
 )
-from crdt.trust import TrustConfig
+from crdt.trust import TrustConfig, VerifiedRecords
 
 FIXED_ROOTS = ("registry", "deployments", "routes", "placement")
 APPEND_KINDS = frozenset({"registry", "deployments", "routes"})
@@ -107,8 +107,10 @@ class IntentDoc:
         audit_sink: AuditSink | None = None,
         on_visible: VisibleHook | None = None,
         node_id: str = "",
+        verified: VerifiedRecords | None = None,
     ) -> None:
         self.trust = trust
+        self.verified = verified if verified is not None else VerifiedRecords()
         self.kv_limits = kv_limits
         self.counters = counters if counters is not None else Counters()
         self.audit_sink = audit_sink
@@ -117,13 +119,20 @@ class IntentDoc:
         self.doc: Doc = Doc(client_id=client_id)
         self._maps: dict[str, Map] = {}
         self._subs: list[Any] = []
-        self._dirty: dict[str, set[str]] = {}
+        # Changed slots per root map, with the value the map event reported (_READ: read the map).
+        self._dirty: dict[str, dict[str, Any]] = {}
         self._slots: dict[str, dict[str, SignedRecord | None]] = {}
         self._valid: dict[str, dict[str, dict[str, SignedRecord]]] = {k: {} for k in ("registry", "deployments", "routes", "placement", "kv")}
         self._seen: set[tuple[str, int]] = set()
         self._signer_seq: dict[str, int] = {}
         self._routes: RouteTable | None = None
         self._capture: list[bytes] | None = None
+        # The record this node is writing right now, signed by it: (root, slot) -> (bytes, record).
+        self._fresh: dict[tuple[str, str], tuple[bytes, SignedRecord]] = {}
+        # Running KV usage: namespace -> [live keys, bytes of keys + values], and what each
+        # document key currently contributes, so a write never rescans its namespace.
+        self._kv_usage: dict[str, list[int]] = {}
+        self._kv_counted: dict[str, int] = {}
         self._txn_sub = self.doc.observe(self._on_txn)
         for root in FIXED_ROOTS:
             self._attach(root)
@@ -141,17 +150,30 @@ class IntentDoc:
         m = self.doc.get(root, type=Map)
         self._maps[root] = m
         self._slots[root] = {}
-        dirty = self._dirty.setdefault(root, set())
+        dirty = self._dirty.setdefault(root, {})
 
         def on_change(event: Any) -> None:
-            dirty.update(event.keys)
+            # The event already carries each slot's value after the transaction: reading it back
+            # from the map would cost two more transactions per slot.
+            for slot, change in event.keys.items():
+                dirty[slot] = change.get("newValue")  # absent: deleted
 
         self._subs.append(m.observe(on_change))
-        dirty.update(m.keys())
+        for slot in m.keys():
+            dirty.setdefault(slot, _READ)
         return m
 
+    def _root_names(self) -> list[str]:
+        # Doc.keys() wraps every root in a Python object (tens of µs per update); the names
+        # are enough. pycrdt 0.14 keeps them on its native doc; elsewhere use the public call.
+        native = getattr(self.doc, "_doc", None)
+        if native is None or not hasattr(native, "roots"):
+            return list(self.doc.keys())
+        with self.doc.transaction() as txn:
+            return list(native.roots(txn._txn))
+
     def _attach_new_roots(self) -> None:
-        for root in sorted(self.doc.keys()):
+        for root in sorted(self._root_names()):
             if root.startswith(KV_PREFIX) and root not in self._maps:
                 try:
                     v_namespace(root[len(KV_PREFIX):])
@@ -163,10 +185,25 @@ class IntentDoc:
         kind = "kv" if root.startswith(KV_PREFIX) else root
         if not isinstance(raw, (bytes, bytearray)):
             raise _Invalid("malformed", "slot value is not bytes", None)
-        try:
-            rec = SignedRecord.decode(bytes(raw))
-        except ValidationError as exc:
-            raise _Invalid("malformed", str(exc), None) from None
+        raw = bytes(raw)
+        fresh = self._fresh.get((root, slot))
+        signed_here = fresh is not None and fresh[0] == raw
+        digest = b""
+        known: SignedRecord | None = None
+        if signed_here:
+            assert fresh is not None
+            rec = fresh[1]
+        else:
+            # Once per record per node: the digest covers every byte, signature included.
+            digest = VerifiedRecords.digest(raw)
+            known = self.verified.get(digest)
+            if known is not None:
+                rec = known
+            else:
+                try:
+                    rec = SignedRecord.decode(raw)
+                except ValidationError as exc:
+                    raise _Invalid("malformed", str(exc), None) from None
         if rec.kind != kind or slot_for(rec) != (root, slot):
             raise _Invalid("misplaced", f"record {rec.kind}:{rec.key!r:.60} stored at {root}:{slot!r:.60}", rec)
         if self.trust.get(rec.signer) is None:
@@ -177,8 +214,10 @@ class IntentDoc:
         elif not self.trust.may_write(rec.signer, kind):
             roles = ",".join(sorted(r.value for r in self.trust.roles_of(rec.signer))) or "none"
             raise _Invalid("role", f"signer {rec.signer} (roles {roles}) may not write {kind}", rec)
-        if not self.trust.verify(rec.signer, rec.signature, rec.message()):
-            raise _Invalid("bad_signature", f"signature by {rec.signer} does not verify", rec)
+        if not signed_here and known is None:
+            if not self.trust.verify(rec.signer, rec.signature, rec.message()):
+                raise _Invalid("bad_signature", f"signature by {rec.signer} does not verify", rec)
+            self.verified.add(digest, rec)
         try:
             _VALIDATORS[kind](self, rec.key, rec.payload)
         except ValidationError as exc:
@@ -193,19 +232,30 @@ class IntentDoc:
             if not dirty:
                 continue
             slots = sorted(dirty)
+            values = dict(dirty)
             dirty.clear()
             m = self._maps[root]
             table = self._slots[root]
             kind = "kv" if root.startswith(KV_PREFIX) else root
+            kv_keys: set[str] = set()
             for slot in slots:
                 old = table.pop(slot, None)
                 if old is not None:
+                    if kind == "kv":
+                        kv_keys.add(old.key)
                     byk = self._valid[kind].get(old.key)
                     if byk is not None:
                         byk.pop(slot, None)
                         if not byk:
                             del self._valid[kind][old.key]
-                raw = m.get(slot)
+                fresh = self._fresh.get((root, slot))
+                raw: Any
+                if fresh is not None:
+                    raw = fresh[0]  # a local set always wins its slot
+                else:
+                    raw = values[slot]
+                    if raw is _READ:
+                        raw = m.get(slot)
                 changed += 1
                 if raw is None:
                     continue
@@ -221,6 +271,8 @@ class IntentDoc:
                     continue
                 table[slot] = rec
                 self._valid[kind].setdefault(rec.key, {})[slot] = rec
+                if kind == "kv":
+                    kv_keys.add(rec.key)
                 self.counters.records_valid += 1
                 if rec.seq > self._signer_seq.get(rec.signer, 0):
                     self._signer_seq[rec.signer] = rec.seq
@@ -230,7 +282,28 @@ class IntentDoc:
                     self._seen.add(rec.write_id)
                     if self.on_visible is not None:
                         self.on_visible(rec, now)
+            for key in sorted(kv_keys):
+                self._recount_kv(key)
         return changed
+
+    def _recount_kv(self, key: str) -> None:
+        """Move one KV document key's contribution to its namespace's running usage."""
+        rec = self.effective("kv", key)
+        ns, _, k = key.partition("/")
+        v = rec.payload["v"] if rec is not None else None
+        new = -1 if v is None else len(v) + len(k)  # -1: no live value
+        old = self._kv_counted.pop(key, -1)
+        if new >= 0:
+            self._kv_counted[key] = new
+        if new == old:
+            return
+        usage = self._kv_usage.setdefault(ns, [0, 0])
+        if old >= 0:
+            usage[0] -= 1
+            usage[1] -= old
+        if new >= 0:
+            usage[0] += 1
+            usage[1] += new
 
     # --- replication surface ---------------------------------------------------------
 
@@ -243,34 +316,56 @@ class IntentDoc:
 
     def apply_update(self, update: bytes, now: float = 0.0) -> bool:
         """Merge a remote update; True if the document changed. Raise ValidationError if undecodable."""
+        return self.learn(update, now) is not None
+
+    def learn(self, update: bytes, now: float = 0.0) -> bytes | None:
+        """Merge a remote update; return the part of it this replica did not have (None if nothing).
+
+        What a node relays is what it newly learned, never its whole document: the update is
+        trimmed against the state vector from before the merge. Raise ValidationError if the
+        update does not decode.
+        """
+        data = bytes(update)
         before = self.doc.get_state()
         try:
-            self.doc.apply_update(bytes(update))
+            self.doc.apply_update(data)
         except Exception as exc:  # yrs raises ValueError on undecodable input
             self.counters.updates_malformed += 1
             self.log.warning("crdt_malformed_update", size=len(update), error=str(exc)[:200])
             raise ValidationError(f"undecodable CRDT update ({len(update)} bytes): {exc}") from None
-        self._attach_new_roots()
-        changed = self._process_dirty(now)
         grew = self.doc.get_state() != before
-        if grew or changed:
-            self.counters.updates_applied += 1
-        else:
+        if grew:  # a new root (KV namespace) only ever arrives with new items
+            self._attach_new_roots()
+        changed = self._process_dirty(now)
+        if not grew and not changed:
             self.counters.updates_redundant += 1
-        return grew or changed > 0
+            return None
+        self.counters.updates_applied += 1
+        if not grew:
+            return data
+        return get_update(data, before)
 
-    def write(self, rec: SignedRecord, now: float = 0.0) -> bytes:
-        """Store a signed record locally; return the Yjs update to persist and push."""
+    def write(self, rec: SignedRecord, now: float = 0.0, *, signed_here: bool = False) -> bytes:
+        """Store a signed record locally; return the Yjs update to persist and push.
+
+        ``signed_here`` says the caller made ``rec`` with :meth:`SignedRecord.create` just now,
+        so its signature is not verified again; any other record (a raw or replayed one) is
+        checked exactly like a remote record.
+        """
         root, slot = slot_for(rec)
         m = self._attach(root)
+        raw = rec.encode()
+        if signed_here:
+            self._fresh[(root, slot)] = (raw, rec)
         self._capture = []
         try:
             with self.doc.transaction(origin="local"):
-                m[slot] = rec.encode()
+                m[slot] = raw
             updates = self._capture
+            self._process_dirty(now)
         finally:
             self._capture = None
-        self._process_dirty(now)
+            self._fresh.clear()
         self.counters.local_writes += 1
         if len(updates) == 1:
             return updates[0]
@@ -285,6 +380,9 @@ class IntentDoc:
         recs = self._valid[kind].get(key)
         if not recs:
             return None
+        if len(recs) == 1:  # the common case: one writer per key
+            for only in recs.values():
+                return only
         return max(recs.values(), key=lambda r: r.order)
 
     def history(self, kind: str, key: str) -> list[SignedRecord]:
@@ -427,17 +525,16 @@ class IntentDoc:
         return out
 
     def kv_usage(self, ns: str) -> tuple[int, int]:
-        """``(live keys, bytes of keys + values)`` of a namespace in the effective view."""
-        head = v_namespace(ns) + "/"
-        n = size = 0
-        for k, recs in self._valid["kv"].items():
-            if k.startswith(head):
-                rec = max(recs.values(), key=lambda r: r.order)
-                v = rec.payload["v"]
-                if v is not None:
-                    n += 1
-                    size += len(v) + len(k) - len(head)
+        """``(live keys, bytes of keys + values)`` of a namespace in the effective view.
+
+        A running total kept by every change of the view (local and remote, overwrites and
+        deletions included), so the limit check of a write costs O(1), not O(namespace).
+        """
+        n, size = self._kv_usage.get(v_namespace(ns), (0, 0))
         return n, size
+
+
+_READ = object()  # a dirty slot whose value must be read from the map
 
 
 class _Invalid(Exception):

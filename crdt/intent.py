@@ -140,7 +140,7 @@ class IntentNode:
         seq = 1 + max(self._seq.get(signer.key_id, 0), self.doc.max_seq_of_signer(signer.key_id), self.doc.max_seq_for_key(kind, key))
         rec = SignedRecord.create(signer, kind, key, payload, seq)
         self._seq[signer.key_id] = seq
-        update = self.doc.write(rec, now)
+        update = self.doc.write(rec, now, signed_here=True)
         self.store.append(update)  # durable before we acknowledge
         self.sync.local_update(update, now)
         self.log.info("crdt_local_write", kind=kind, key=key[:120], signer=signer.key_id, seq=seq)

@@ -110,6 +110,25 @@ class SyncAck:
 
 
 @dataclass(slots=True, frozen=True)
+class SyncDigest:
+    """Anti-entropy probe: a digest of the sender's state vector; a peer whose digest differs answers SyncStep1."""
+
+    TYPE: ClassVar[int] = 25
+    digest: bytes
+
+    def to_payload(self) -> list[Any]:
+        return [self.digest]
+
+    @classmethod
+    def from_payload(cls, payload: list[Any]) -> "SyncDigest":
+        (d,) = _arity(payload, 1, "SyncDigest")
+        d = _bin(d, 64, "state digest")
+        if len(d) < 8:
+            raise ValueError("state digest must be 8-64 bytes")
+        return cls(d)
+
+
+@dataclass(slots=True, frozen=True)
 class SyncChunk:
     """One piece of a message too large for a frame; the pieces concatenate to msgpack ``[TYPE, payload]``."""
 
@@ -183,6 +202,6 @@ class BlobMissing:
         return cls(_sha(sha))
 
 
-SYNC_MESSAGES = (SyncStep1, SyncStep2, SyncUpdate, SyncAck, SyncChunk)
+SYNC_MESSAGES = (SyncStep1, SyncStep2, SyncUpdate, SyncAck, SyncChunk, SyncDigest)
 BLOB_MESSAGES = (BlobRequest, BlobChunk, BlobMissing)
 ALL_MESSAGES = SYNC_MESSAGES + BLOB_MESSAGES

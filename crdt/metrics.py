@@ -30,8 +30,10 @@ class Counters:
     messages_received: int = 0
     eager_pushes: int = 0
     eager_dropped_backpressure: int = 0
+    eager_retries: int = 0
     relays: int = 0
     anti_entropy_rounds: int = 0
+    anti_entropy_in_sync: int = 0
     chunks_sent: int = 0
     chunks_received: int = 0
     reassembly_dropped: int = 0

@@ -8,6 +8,7 @@ do not depend on dict insertion order.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ KINDS = ("registry", "deployments", "routes", "placement", "kv")
 MAX_RECORD_BYTES = 256 * 1024
 MAX_SEQ = 2**62
 SEP = "\x1f"  # separates parts of a slot key; forbidden in keys
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def canonical(obj: Any) -> Any:
@@ -49,7 +51,7 @@ def check_key(key: str, what: str = "key", max_len: int = 512) -> str:
     """Validate a document key: non-empty printable text without the slot separator."""
     if not isinstance(key, str) or not key or len(key) > max_len:
         raise ValidationError(f"{what} must be a non-empty string of at most {max_len} characters")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+    if _CONTROL.search(key):
         raise ValidationError(f"{what} {key!r:.60} contains control characters")
     return key
 
@@ -74,7 +76,7 @@ class SignedRecord:
         if not 0 < seq < MAX_SEQ:
             raise ValidationError("sequence number out of range")
         payload = canonical(payload)
-        sig = signer.sign(signing_bytes(kind, key, payload, seq))
+        sig = signer.sign(pack([DOMAIN, kind, key, payload, seq]))  # = signing_bytes: payload is canonical
         rec = cls(kind, key, payload, signer.key_id, seq, sig)
         if len(rec.encode()) > MAX_RECORD_BYTES:
             raise ValidationError(f"record for {key!r:.60} exceeds {MAX_RECORD_BYTES} bytes")

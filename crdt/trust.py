@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from crdt.errors import TrustError
-from crdt.keys import key_id, verify_signature
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from crdt.keys import key_id
+
+if TYPE_CHECKING:
+    from crdt.records import SignedRecord
 
 
 class Role(str, Enum):
@@ -40,31 +47,74 @@ WRITE_ROLES: dict[str, frozenset[Role]] = {
 class TrustedKey:
     public_raw: bytes
     roles: frozenset[Role]
+    # Parsed once: loading the public key costs about a quarter of a verification.
+    public: Ed25519PublicKey | None = field(default=None, compare=False, repr=False)
 
     @property
     def key_id(self) -> str:
         return key_id(self.public_raw)
 
 
-class TrustConfig:
-    """Trusted keys with roles, admitted node identities, and a bounded signature-verification cache.
+class VerifiedRecords:
+    """One node's memo of encoded records whose signature verified (bounded, least recently used out).
 
-    One instance may be shared by every node of a simulation: verification is a pure function,
-    so sharing the cache only saves CPU and never changes a result.
+    Keyed by BLAKE2b-256 of the record's exact encoding, which covers kind, key, payload, signer,
+    seq *and* signature: a record that differs in any byte (a forgery reusing a valid signature,
+    a replayed signature on another payload) misses the cache and is verified. Only successes are
+    remembered, so invalid input can never evict or poison an entry. The value is the decoded
+    record, so a hit skips decoding too. Each node owns one: a cache shared by a whole simulated
+    mesh would hide the per-node verification cost.
+    """
+
+    __slots__ = ("_seen", "capacity", "hits", "misses")
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self._seen: OrderedDict[bytes, SignedRecord] = OrderedDict()
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def digest(encoded: bytes) -> bytes:
+        """The cache key of one encoded record."""
+        return hashlib.blake2b(encoded, digest_size=32).digest()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def get(self, digest: bytes) -> SignedRecord | None:
+        """The record ``digest`` names if its signature verified before (counted as a hit), else None."""
+        rec = self._seen.get(digest)
+        if rec is None:
+            self.misses += 1
+            return None
+        self._seen.move_to_end(digest)
+        self.hits += 1
+        return rec
+
+    def add(self, digest: bytes, rec: SignedRecord) -> None:
+        """Remember a record whose signature verified."""
+        self._seen[digest] = rec
+        if len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+
+
+class TrustConfig:
+    """Trusted keys with roles and admitted node identities.
+
+    Configuration only: it holds no per-record state, so one instance may be shared by every
+    node of a simulation. Verification results are memoised per node (:class:`VerifiedRecords`).
     """
 
     def __init__(
         self,
         keys: Iterable[TrustedKey] = (),
         nodes: Mapping[str, str] | None = None,
-        cache_size: int = 65536,
     ) -> None:
         self._keys: dict[str, TrustedKey] = {}
         for k in keys:
             self.add_key(k.public_raw, k.roles)
         self._nodes: dict[str, str] = dict(nodes or {})
-        self._cache: OrderedDict[tuple[str, bytes, bytes], bool] = OrderedDict()
-        self._cache_size = cache_size
 
     def add_key(self, public_raw: bytes, roles: Iterable[Role | str]) -> str:
         """Trust ``public_raw`` with ``roles`` (merged with roles it already has); return its key id."""
@@ -76,7 +126,11 @@ class TrustConfig:
             raise TrustError(f"unknown role: {exc} (roles: {', '.join(r.value for r in Role)})") from None
         kid = key_id(public_raw)
         old = self._keys.get(kid)
-        self._keys[kid] = TrustedKey(bytes(public_raw), rs | (old.roles if old else frozenset()))
+        try:
+            public = old.public if old is not None and old.public is not None else Ed25519PublicKey.from_public_bytes(bytes(public_raw))
+        except ValueError as exc:
+            raise TrustError(f"not an Ed25519 public key: {exc}") from None
+        self._keys[kid] = TrustedKey(bytes(public_raw), rs | (old.roles if old else frozenset()), public)
         return kid
 
     def admit_node(self, node_id: str, public_raw: bytes) -> str:
@@ -103,20 +157,15 @@ class TrustConfig:
         return [self._keys[k] for k in sorted(self._keys)]
 
     def verify(self, key_id: str, signature: bytes, message: bytes) -> bool:
-        """Verify a signature by a trusted key (False for unknown keys), memoised."""
+        """Verify a signature by a trusted key (False for unknown keys); not memoised here."""
         k = self._keys.get(key_id)
-        if k is None:
+        if k is None or k.public is None:
             return False
-        ck = (key_id, bytes(signature), message)
-        hit = self._cache.get(ck)
-        if hit is not None:
-            self._cache.move_to_end(ck)
-            return hit
-        ok = verify_signature(k.public_raw, signature, message)
-        self._cache[ck] = ok
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return ok
+        try:
+            k.public.verify(bytes(signature), message)
+        except InvalidSignature:
+            return False
+        return True
 
     # --- persistence (JSON) -------------------------------------------------------
 

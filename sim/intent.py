@@ -7,7 +7,9 @@ the parts a real deployment keeps outside the core:
 * **identities** — every node has an Ed25519 key derived from the run's seed
   (``sha256(f"{seed}:{name}")``), and one trust configuration, shared by all
   nodes, admits them all and trusts a publisher and an operator key (also
-  derived from the seed). Sharing it only shares the signature cache.
+  derived from the seed). The configuration holds no per-record state: each
+  node verifies each record itself, once, in its own ``VerifiedRecords`` cache,
+  so the simulated CPU cost per node is the real one.
 * **durable state** — each node's ``MemoryStore`` (CRDT update log) and blob
   store belong to the simulator and survive a crash; a restarted node builds
   a fresh core on top of them, exactly like a daemon reopening its data dir.
@@ -33,7 +35,7 @@ from crdt.errors import CrdtError
 from crdt.keys import SigningKey
 from crdt.intent import IntentNode
 from crdt.records import SignedRecord
-from crdt.schema import DeploymentSpec, Manifest, deployment_payload, kv_record_key
+from crdt.schema import DeploymentSpec, Manifest, deployment_payload
 from crdt.store import MemoryStore
 from crdt.sync import SyncConfig, decode_state_vector
 from crdt.trust import Role, TrustConfig

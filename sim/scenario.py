@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crdt.sync import SyncConfig
 from mesh.errors import ConfigError
 from mesh.membership.config import MembershipConfig, profile
 
@@ -78,13 +79,16 @@ class NetworkSpec:
     links: tuple[LinkOverride, ...] = ()
 
 
+_SYNC = SyncConfig()  # the intent table's defaults are the sync core's
+
+
 @dataclass(slots=True, frozen=True)
 class IntentSpec:
     """The ``[intent]`` table: replicated intent on every node (see docs/SIMULATOR_INTENT.md)."""
 
-    fanout: int = 3
-    relay_ttl: int = 4
-    anti_entropy_interval: float = 2.0
+    fanout: int = _SYNC.fanout
+    relay_ttl: int = _SYNC.relay_ttl
+    anti_entropy_interval: float = _SYNC.anti_entropy_interval
     blob_chunk_size: int = 32 * 1024
     blob_window: int = 4
     blob_timeout: float = 5.0
@@ -180,9 +184,9 @@ def _intent(doc: dict[str, Any], faults: list[Fault]) -> IntentSpec | None:
         raise ScenarioError(f"unknown intent key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     w = "intent."
     return IntentSpec(
-        fanout=int(_num(t, "fanout", 3, 1, 64, w)),
-        relay_ttl=int(_num(t, "relay_ttl", 4, 0, 32, w)),
-        anti_entropy_interval=_num(t, "anti_entropy_interval", 2.0, 0.01, 3600, w),
+        fanout=int(_num(t, "fanout", _SYNC.fanout, 1, 64, w)),
+        relay_ttl=int(_num(t, "relay_ttl", _SYNC.relay_ttl, 0, 32, w)),
+        anti_entropy_interval=_num(t, "anti_entropy_interval", _SYNC.anti_entropy_interval, 0.01, 3600, w),
         blob_chunk_size=int(_num(t, "blob_chunk_size", 32 * 1024, 1024, 1024 * 1024, w)),
         blob_window=int(_num(t, "blob_window", 4, 1, 64, w)),
         blob_timeout=_num(t, "blob_timeout", 5.0, 0.01, 3600, w),
