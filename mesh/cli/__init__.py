@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 _COMMAND_MODULES = (
     "mesh.cli.runcmd",
     "mesh.cli.intentcmd",
+    "mesh.cli.meshcmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh
 # must not import it) contribute their subcommands through this entry-point
