@@ -301,5 +301,7 @@ class BlobTransfer:
         size = self.store.size(req.sha256) if self.store.has(req.sha256) else None
         if size is None or (req.offset >= size and size > 0):
             return [(src, BlobMissing(req.sha256))]
-        length = min(req.length, size - req.offset)
+        # Never more than our chunk size, whatever was asked: an answer must fit one stream
+        # frame (a Noise message), and a large ask must not make us read megabytes.
+        length = min(req.length, self.chunk_size, size - req.offset)
         return [(src, BlobChunk(req.sha256, req.offset, self.store.read(req.sha256, req.offset, length), size))]

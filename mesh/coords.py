@@ -19,13 +19,23 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 from mesh.wire import v_float, v_list
 
 ZERO_THRESHOLD = 1.0e-6
+_FLOAT = {float}
+
+
+class _F64Structs(dict[int, struct.Struct]):
+    def __missing__(self, n: int) -> struct.Struct:
+        self[n] = st = struct.Struct(f"<{n}d")
+        return st
+
+
+_F64 = _F64Structs()  # n -> packer of n float64s (latency filters)
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,7 +68,7 @@ class Coordinate:
 
     def raw_distance(self, other: "Coordinate") -> float:
         """Euclidean distance plus both heights, without adjustments."""
-        return _magnitude(_diff(self.vec, other.vec)) + self.height + other.height
+        return math.dist(self.vec, other.vec) + self.height + other.height
 
     def distance(self, other: "Coordinate") -> float:
         """Estimated RTT in seconds between the two coordinates."""
@@ -68,6 +78,9 @@ class Coordinate:
 
     def is_valid(self) -> bool:
         """True when every component is a finite number."""
+        # A sum of finite floats is finite unless it overflows; inf/nan anywhere makes it non-finite.
+        if math.isfinite(sum(self.vec) + self.error + self.adjustment + self.height):
+            return True
         return all(math.isfinite(x) for x in (*self.vec, self.error, self.adjustment, self.height))
 
     def to_wire(self) -> list[Any]:
@@ -80,20 +93,21 @@ class Coordinate:
         f = v_list(x, 35)
         if len(f) < 4:
             raise ValueError("coordinate too short")
-        vals = [v_float(v, -1e6, 1e6) for v in f]
+        # Fast path (every ack carries one): all floats, finite (their sum is), in bounds.
+        if set(map(type, f)) == _FLOAT and math.isfinite(sum(f)) and -1e6 <= min(f) and max(f) <= 1e6:
+            vals = f
+        else:
+            vals = [v_float(v, -1e6, 1e6) for v in f]
         return cls(tuple(vals[:-3]), vals[-3], vals[-2], vals[-1])
 
 
-def _diff(a: tuple[float, ...], b: tuple[float, ...]) -> list[float]:
-    return [x - y for x, y in zip(a, b)]
-
-
-def _magnitude(v: list[float]) -> float:
-    return math.sqrt(sum(x * x for x in v))
-
-
 class VivaldiClient:
-    """Maintains one node's coordinate from observed RTTs (Serf's coordinate.Client)."""
+    """Maintains one node's coordinate from observed RTTs (Serf's coordinate.Client).
+
+    The update runs once per acked probe on every node, so it works on plain
+    floats and allocates one ``Coordinate`` per update (the maths is Serf's:
+    spring force, adjustment window, gravity).
+    """
 
     def __init__(self, rng: random.Random, config: VivaldiConfig | None = None) -> None:
         self.config = config or VivaldiConfig()
@@ -102,7 +116,9 @@ class VivaldiClient:
         self._origin = Coordinate.origin(self.config)
         self._adjustment_samples = [0.0] * self.config.adjustment_window
         self._adjustment_index = 0
-        self._latency_filter: dict[str, deque[float]] = {}
+        # node -> the last few RTT samples, packed float64s: a node keeps one filter per
+        # peer it probes, so it must be small (a deque costs ~600 bytes, these ~60).
+        self._latency_filter: dict[str, bytes] = {}
         self.updates = 0
         self.resets = 0
 
@@ -112,81 +128,83 @@ class VivaldiClient:
 
     def update(self, node: str, other: Coordinate, rtt: float) -> Coordinate:
         """Feed one RTT sample (seconds) towards ``node`` at ``other``; return the new coordinate."""
+        cfg = self.config
+        ovec = other.vec
         if (
             rtt < 0
             or not math.isfinite(rtt)
             or rtt > 10.0
+            or len(ovec) != cfg.dimensionality
             or not other.is_valid()
-            or len(other.vec) != self.config.dimensionality
         ):
             return self.coord
         rtt = self._filtered(node, rtt)
-        self._update_vivaldi(other, rtt)
-        self._update_adjustment(other, rtt)
-        self._update_gravity()
-        if not self.coord.is_valid():
-            # Serf resets on NaN/Inf rather than poisoning every peer's estimate.
-            self.coord = Coordinate.origin(self.config)
-            self.resets += 1
-        self.updates += 1
-        return self.coord
-
-    def _filtered(self, node: str, rtt: float) -> float:
-        samples = self._latency_filter.get(node)
-        if samples is None:
-            samples = deque(maxlen=self.config.latency_filter_size)
-            self._latency_filter[node] = samples
-        samples.append(rtt)
-        ordered = sorted(samples)
-        return ordered[len(ordered) // 2]
-
-    def _update_vivaldi(self, other: Coordinate, rtt: float) -> None:
-        cfg = self.config
         c = self.coord
+        vec = c.vec
+        # Serf's updateVivaldi: a spring between us and the peer, weighted by relative error.
         rtt = max(rtt, ZERO_THRESHOLD)
-        dist = c.distance(other)
+        mag = math.dist(vec, ovec)
+        raw = mag + c.height + other.height
+        adjusted = raw + c.adjustment + other.adjustment
+        dist = adjusted if adjusted > 0.0 else raw
         wrongness = abs(dist - rtt) / rtt
         total_error = max(c.error + other.error, ZERO_THRESHOLD)
         weight = c.error / total_error
         error = min(cfg.ce * weight * wrongness + c.error * (1.0 - cfg.ce * weight), cfg.error_max)
         force = cfg.cc * weight * (rtt - dist)
-        moved = self._apply_force(c, force, other)
-        self.coord = Coordinate(moved.vec, error, c.adjustment, moved.height)
+        vec, height = self._apply_force(vec, c.height, force, ovec, other.height, mag)
+        # updateAdjustment: a running mean of the residual over the window.
+        adjustment = c.adjustment
+        window = cfg.adjustment_window
+        if window:
+            samples = self._adjustment_samples
+            samples[self._adjustment_index] = rtt - (math.dist(vec, ovec) + height + other.height)
+            self._adjustment_index = (self._adjustment_index + 1) % window
+            adjustment = sum(samples) / (2.0 * window)
+        # updateGravity: a weak pull towards the origin keeps the system from drifting.
+        origin = self._origin
+        mag = math.hypot(*vec)
+        raw = mag + origin.height + height
+        adjusted = raw + adjustment
+        dist = adjusted if adjusted > 0.0 else raw
+        force = -1.0 * (dist / cfg.gravity_rho) ** 2
+        vec, height = self._apply_force(vec, height, force, origin.vec, origin.height, mag)
+        coord = Coordinate(vec, error, adjustment, height)
+        if not coord.is_valid():
+            # Serf resets on NaN/Inf rather than poisoning every peer's estimate.
+            coord = Coordinate.origin(cfg)
+            self.resets += 1
+        self.coord = coord
+        self.updates += 1
+        return coord
 
-    def _update_adjustment(self, other: Coordinate, rtt: float) -> None:
-        window = self.config.adjustment_window
-        if window == 0:
-            return
-        c = self.coord
-        self._adjustment_samples[self._adjustment_index] = rtt - c.raw_distance(other)
-        self._adjustment_index = (self._adjustment_index + 1) % window
-        adjustment = sum(self._adjustment_samples) / (2.0 * window)
-        self.coord = Coordinate(c.vec, c.error, adjustment, c.height)
+    def _filtered(self, node: str, rtt: float) -> float:
+        raw = self._latency_filter.get(node)
+        size = self.config.latency_filter_size
+        if raw is None or size <= 1:
+            self._latency_filter[node] = _F64[1].pack(rtt)
+            return rtt
+        old = _F64[len(raw) >> 3].unpack(raw)
+        samples = (*old[len(old) - size + 1 :], rtt)
+        self._latency_filter[node] = _F64[len(samples)].pack(*samples)
+        ordered = sorted(samples)
+        return ordered[len(ordered) // 2]
 
-    def _update_gravity(self) -> None:
-        c = self.coord
-        dist = self._origin.distance(c)
-        force = -1.0 * (dist / self.config.gravity_rho) ** 2
-        moved = self._apply_force(c, force, self._origin)
-        self.coord = Coordinate(moved.vec, c.error, c.adjustment, moved.height)
-
-    def _apply_force(self, c: Coordinate, force: float, other: Coordinate) -> Coordinate:
-        unit, mag = self._unit_vector_at(c.vec, other.vec)
-        vec = tuple(x + u * force for x, u in zip(c.vec, unit))
-        height = c.height
+    def _apply_force(
+        self, vec: tuple[float, ...], height: float, force: float, other: tuple[float, ...], other_height: float, mag: float
+    ) -> tuple[tuple[float, ...], float]:
+        """Move ``vec`` by ``force`` along the unit vector from ``other`` (``mag`` = their distance)."""
         if mag > ZERO_THRESHOLD:
-            height = max((c.height + other.height) * force / mag + c.height, self.config.height_min)
-        return Coordinate(vec, c.error, c.adjustment, height)
-
-    def _unit_vector_at(self, a: tuple[float, ...], b: tuple[float, ...]) -> tuple[list[float], float]:
-        d = _diff(a, b)
-        mag = _magnitude(d)
-        if mag > ZERO_THRESHOLD:
-            return [x / mag for x in d], mag
+            f = force / mag
+            moved = tuple([x + (x - y) * f for x, y in zip(vec, other)])
+            return moved, max((height + other_height) * force / mag + height, self.config.height_min)
         # Coincident points: push in a random direction (seeded for determinism).
+        unit = [0.0] * len(vec)
         for _ in range(5):
-            d = [self._rng.random() - 0.5 for _ in a]
-            mag = _magnitude(d)
-            if mag > ZERO_THRESHOLD:
-                return [x / mag for x in d], 0.0
-        return [0.0] * len(a), 0.0
+            d = [self._rng.random() - 0.5 for _ in vec]
+            m = math.hypot(*d)
+            if m > ZERO_THRESHOLD:
+                unit = [x / m for x in d]
+                break
+        return tuple([x + u * force for x, u in zip(vec, unit)]), height
+

@@ -38,9 +38,11 @@ PROTOCOL_VERSION = 1
 # UDP payload budget: stays under typical cellular / VPN path MTUs (1280 IPv6 minimum
 # minus headers and the Noise tag/counter).
 MAX_DATAGRAM = 1200
-# Stream frames (push-pull, sync, blob chunks) are length-prefixed; one Noise message
-# carries at most 65535 bytes, larger logical messages are split by the stream layer.
-MAX_FRAME = 4 * 1024 * 1024
+# Stream frames (push-pull, sync, blob chunks) are length-prefixed and each is one Noise
+# transport message, which is at most 65,535 bytes including its 16-byte tag: every
+# stream message a core produces fits one frame (its plaintext, this limit), and larger
+# state is chunked by the core that sends it (push-pull parts, SyncChunk, blob chunks).
+MAX_FRAME = 65_535 - 16  # = mesh.transport.stream.MAX_STREAM_PLAINTEXT
 
 _MAX_STR = 64 * 1024
 _MAX_ARRAY = 100_000
@@ -85,7 +87,7 @@ def _unpack(data: bytes, limit: int) -> Any:
         raise WireError(f"message of {len(data)} bytes exceeds limit {limit}")
     try:
         return msgpack.unpackb(
-            bytes(data),
+            data if type(data) is bytes else bytes(data),
             raw=False,
             strict_map_key=True,
             max_str_len=min(limit, _MAX_STR),
@@ -215,13 +217,6 @@ def v_str(x: Any, max_len: int = 256, allow_empty: bool = False) -> str:
     """Validate a string of bounded length."""
     if not isinstance(x, str) or len(x) > max_len or (not allow_empty and not x):
         raise WireError(f"expected string of length <= {max_len}")
-    return x
-
-
-def v_bytes(x: Any, max_len: int = MAX_FRAME) -> bytes:
-    """Validate a bin value of bounded length."""
-    if not isinstance(x, bytes) or len(x) > max_len:
-        raise WireError(f"expected bin of length <= {max_len}")
     return x
 
 

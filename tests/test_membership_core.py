@@ -41,7 +41,7 @@ def cluster(names: list[str]) -> dict[str, NodeCore]:
         core = nodes[n]
         for peer in names:
             if peer != n:
-                deliver(nodes, n, [core.swim._push_pull_to(peer, join=False, reply=False)], 0.0)
+                deliver(nodes, n, core.swim._push_pull_to(peer, join=False, reply=False), 0.0)
     return nodes
 
 
@@ -196,7 +196,7 @@ def test_push_pull_merge_learns_members_and_treats_remote_dead_as_suspect() -> N
     a = node("a")
     b = cluster(["b", "c", "d"])["b"]
     b.swim._apply_dead(Dead(0, "d", "b"), 1.0)
-    pp = PushPull(False, False, b.swim.local_states())
+    pp = PushPull.of(False, False, b.swim.local_states())
     outs = a.receive("b", encode("b", pp), 2.0, reliable=True)
     assert any(decode(o.data, 1 << 22).msg.reply for o in outs)
     view = a.swim.view()

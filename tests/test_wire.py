@@ -34,7 +34,7 @@ SAMPLES = [
     Suspect(3, "n4", "n5"),
     Alive(4, "n4", "127.0.0.1:7004", META),
     Dead(5, "n4", "n4"),
-    PushPull(True, False, (PushPullState.of("n4", "a", 2, 1, META, COORD), PushPullState.of("n5", "b", 0, 0, NodeMeta(), None))),
+    PushPull.of(True, False, (PushPullState.of("n4", "a", 2, 1, META, COORD), PushPullState.of("n5", "b", 0, 0, NodeMeta(), None))),
     Gossip(),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -143,7 +144,26 @@ class Dead(_Verdict):
     TYPE = 7
 
 
+# Every node of a mesh (and, in the simulator, every simulated node) holds the same few
+# metadata values: decode each distinct encoding once and share the object, and keep
+# each object's encoding once for push-pull. Both caches are bounded.
 _META_CACHE: dict[bytes, NodeMeta] = {}
+_META_WIRE: dict[int, tuple[NodeMeta, bytes]] = {}
+_META_CACHE_MAX = 8192
+_MAX_PARTS = 4096
+
+
+def meta_wire(meta: NodeMeta) -> bytes:
+    """The push-pull encoding of ``meta``, shared by every holder of the same object."""
+    hit = _META_WIRE.get(id(meta))
+    # The cache holds the object itself, so its id cannot be reused while the entry lives.
+    if hit is not None and hit[0] is meta:
+        return hit[1]
+    raw = pack(meta.to_wire())
+    if len(_META_WIRE) >= _META_CACHE_MAX:
+        _META_WIRE.clear()
+    _META_WIRE[id(meta)] = (meta, raw)
+    return raw
 
 
 @dataclass(slots=True, frozen=True)
@@ -168,7 +188,7 @@ class PushPullState:
     @staticmethod
     def pack_meta(meta: NodeMeta) -> bytes:
         """Encode metadata for an entry."""
-        return pack(meta.to_wire())
+        return meta_wire(meta)
 
     @staticmethod
     def pack_coord(coord: Coordinate | None) -> bytes | None:
@@ -185,28 +205,11 @@ class PushPullState:
 
     def decoded_meta(self) -> NodeMeta:
         """The validated metadata (raises WireError)."""
-        hit = _META_CACHE.get(self.meta_raw)
-        if hit is not None:
-            return hit
-        try:
-            meta = NodeMeta.from_wire(msgpack.unpackb(self.meta_raw, raw=False, max_str_len=512, max_bin_len=0, max_array_len=64, max_map_len=0, max_ext_len=0))
-        except WireError:
-            raise
-        except Exception as exc:
-            raise WireError(f"invalid metadata for {self.node}: {exc.__class__.__name__}") from None
-        if len(_META_CACHE) > 8192:
-            _META_CACHE.clear()
-        _META_CACHE[self.meta_raw] = meta
-        return meta
+        return decode_meta(self.meta_raw, self.node)
 
     def decoded_coord(self) -> Coordinate | None:
         """The validated coordinate, if any (raises WireError)."""
-        if self.coord_raw is None:
-            return None
-        n = len(self.coord_raw) // 4
-        if n < 4 or n * 4 != len(self.coord_raw):
-            raise WireError(f"invalid coordinate for {self.node}")
-        return Coordinate.from_wire(list(struct.unpack(f"<{n}f", self.coord_raw)))
+        return None if self.coord_raw is None else decode_coord(self.coord_raw, self.node)
 
     def to_wire(self) -> list[Any]:
         return [self.node, self.addr, self.incarnation, self.state, self.meta_raw, self.coord_raw]
@@ -228,23 +231,82 @@ class PushPullState:
         return cls(node, addr, inc, state, meta, coord)
 
 
+def decode_meta(raw: bytes, node: str = "") -> NodeMeta:
+    """Decode and validate a push-pull metadata blob, sharing equal results (raises WireError)."""
+    hit = _META_CACHE.get(raw)
+    if hit is not None:
+        return hit
+    try:
+        meta = NodeMeta.from_wire(msgpack.unpackb(raw, raw=False, max_str_len=512, max_bin_len=0, max_array_len=64, max_map_len=0, max_ext_len=0))
+    except WireError:
+        raise
+    except Exception as exc:
+        raise WireError(f"invalid metadata for {node}: {exc.__class__.__name__}") from None
+    if len(_META_CACHE) >= _META_CACHE_MAX:
+        _META_CACHE.clear()
+    _META_CACHE[raw] = meta
+    if len(_META_WIRE) >= _META_CACHE_MAX:
+        _META_WIRE.clear()
+    # Its received encoding decodes to the same value: re-sending it needs no re-encode.
+    _META_WIRE[id(meta)] = (meta, raw)
+    return meta
+
+
+def coord_ok(raw: bytes, dims: int) -> bool:
+    """True when ``raw`` is a packed coordinate of ``dims`` dimensions with finite, bounded values."""
+    n = len(raw) // 4
+    if n != dims + 3 or n * 4 != len(raw):
+        return False
+    vals = struct.unpack(f"<{n}f", raw)
+    # A sum of finite floats is finite (float32 values cannot overflow a float64 sum).
+    return math.isfinite(sum(vals)) and -1e6 <= min(vals) and max(vals) <= 1e6
+
+
+def decode_coord(raw: bytes, node: str = "") -> Coordinate:
+    """Decode and validate a packed float32 coordinate (raises WireError)."""
+    n = len(raw) // 4
+    if n < 4 or n * 4 != len(raw):
+        raise WireError(f"invalid coordinate for {node}")
+    return Coordinate.from_wire(list(struct.unpack(f"<{n}f", raw)))
+
+
 @message
 @dataclass(slots=True, frozen=True)
 class PushPull:
-    """Full membership state exchange over a stream (join or periodic anti-entropy)."""
+    """One frame of a membership state exchange over a stream (join or periodic anti-entropy).
+
+    A big mesh's state does not fit one 65,535-byte stream frame, so an exchange
+    is ``parts`` frames, each a self-contained chunk of entries that the receiver
+    merges on arrival (part 0 is the one that asks for the reply). Entries are
+    ``PushPullState.to_wire()`` rows, kept undecoded here: the receiver validates
+    an entry only when it acts on it, and a steady mesh's entries mostly equal
+    what the receiver holds (see ``SwimCore._merge_rows``).
+    """
 
     TYPE = 8
     join: bool
     reply: bool
-    states: tuple[PushPullState, ...]
+    rows: list[list[Any]]
+    part: int = 0
+    parts: int = 1
+
+    @classmethod
+    def of(cls, join: bool, reply: bool, states: Any, part: int = 0, parts: int = 1) -> "PushPull":
+        """Build a frame from typed entries."""
+        return cls(join, reply, [s.to_wire() for s in states], part, parts)
+
+    def states(self) -> tuple[PushPullState, ...]:
+        """The entries, validated (raises WireError)."""
+        return tuple(PushPullState.from_wire(r) for r in self.rows)
 
     def to_payload(self) -> list[Any]:
-        return [self.join, self.reply, [s.to_wire() for s in self.states]]
+        return [self.join, self.reply, self.rows, self.part, self.parts]
 
     @classmethod
     def from_payload(cls, p: list[Any]) -> "PushPull":
-        v_fields(p, 3)
-        return cls(v_bool(p[0]), v_bool(p[1]), tuple(PushPullState.from_wire(s) for s in v_list(p[2])))
+        v_fields(p, 5)
+        parts = v_int(p[4], 1, _MAX_PARTS)
+        return cls(v_bool(p[0]), v_bool(p[1]), v_list(p[2]), v_int(p[3], 0, parts - 1), parts)
 
 
 @message

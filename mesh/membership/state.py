@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any, Iterable
 
@@ -51,10 +51,13 @@ from mesh.membership.messages import (
     PushPull,
     PushPullState,
     Suspect,
+    coord_ok,
+    decode_coord,
+    meta_wire,
 )
 from mesh.membership.meta import NodeMeta
 from mesh.membership.suspicion import Suspicion
-from mesh.wire import MAX_DATAGRAM, Envelope, Outgoing, encode, encode_broadcast, envelope_overhead
+from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Envelope, Outgoing, encode, encode_broadcast, envelope_overhead
 
 
 class MemberState(IntEnum):
@@ -77,6 +80,60 @@ class Member:
     state: MemberState
     state_change: float
     meta_wire: bytes | None = None  # encoded meta, cached for push-pull
+
+
+_MEMBER_FIELDS = tuple(f.name for f in fields(Member))
+
+
+class _SharedMember(Member):
+    """A member record that several tables hold at once (simulated nodes bootstrapped alike).
+
+    Read-only: a :class:`MemberTable` hands out a private copy on ``get``/``[]``
+    before anyone can change it, and a write that bypasses the table fails loudly.
+    """
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError(f"member {self.name} is shared: take it from its MemberTable (get or []) to change it")
+
+
+def shared_member(m: Member) -> Member:
+    """A read-only copy of ``m`` that many tables may hold (copy-on-access, see MemberTable)."""
+    s = object.__new__(_SharedMember)
+    for f in _MEMBER_FIELDS:
+        object.__setattr__(s, f, getattr(m, f))
+    return s
+
+
+class MemberTable(dict[str, Member]):
+    """A node's members by name; members shared with other nodes are copied on access.
+
+    A simulation of N nodes that all start knowing all N would hold N² member
+    records; bootstrapped alike, they share one record per member until a node
+    touches it (``get``/``[]``), which swaps in the node's own copy. Bulk reads
+    (iteration, ``peek``) do not copy.
+    """
+
+    __slots__ = ()
+    peek = dict.get  # read-only lookup that never copies
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        m = dict.get(self, key, default)
+        if type(m) is _SharedMember:
+            m = self._own(key, m)
+        return m
+
+    def __getitem__(self, key: str) -> Member:
+        m = dict.__getitem__(self, key)
+        if type(m) is _SharedMember:
+            m = self._own(key, m)
+        return m
+
+    def _own(self, key: str, m: Member) -> Member:
+        c = Member(*[getattr(m, f) for f in _MEMBER_FIELDS])
+        dict.__setitem__(self, key, c)
+        return c
 
 
 @dataclass(slots=True, frozen=True)
@@ -113,6 +170,9 @@ class _Relay:
 
 
 _SEQ_MASK = 2**32 - 1
+_INF = float("inf")
+# Entries per push-pull frame are sized to this many bytes, leaving MAX_FRAME headroom.
+_PP_FRAME_BUDGET = 60_000
 
 
 class SwimCore:
@@ -138,10 +198,11 @@ class SwimCore:
         self.incarnation = incarnation
         self.meta = meta
         self.vivaldi = VivaldiClient(rng)
-        self.coords: dict[str, Coordinate] = {}
-        self.members: dict[str, Member] = {
-            name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now)
-        }
+        # Peers' coordinates as packed float32s (their push-pull encoding): a node holds
+        # one per member, so they are kept compact and re-sent without re-encoding.
+        self.coords: dict[str, bytes] = {}
+        self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
+        self.members: MemberTable = MemberTable({name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now)})
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.broadcasts = BroadcastQueue(lambda: config.retransmit_limit(self.num_members()))
         self.events: list[MemberEvent] = []
@@ -204,7 +265,8 @@ class SwimCore:
         """The Vivaldi coordinate we know for ``node`` (our own for ourselves)."""
         if node == self.name:
             return self.vivaldi.coord
-        return self.coords.get(node)
+        raw = self.coords.get(node)
+        return None if raw is None else decode_coord(raw, node)
 
     # ------------------------------------------------------------------ local actions
 
@@ -228,7 +290,7 @@ class SwimCore:
         seed = self._seed_order[self._seed_index % len(self._seed_order)]
         self._seed_index += 1
         self._next_join_at = now + self.join_retry_interval
-        return [self._push_pull_to(seed, join=True, reply=False)]
+        return self._push_pull_to(seed, join=True, reply=False)
 
     def leave(self, now: float) -> list[Outgoing]:
         """Announce a graceful leave; the driver should keep running briefly to spread it."""
@@ -310,9 +372,9 @@ class SwimCore:
                 self._next_push_pull_at = now + self.config.push_pull_period(self._num_live)
                 peers = self._alive_names
                 if peers:
-                    target = self.members[peers[self.rng.randrange(len(peers))]]
+                    target = self.members.peek(peers[self.rng.randrange(len(peers))])
                     self.counters["push_pulls"] += 1
-                    out.append(self._push_pull_to(target.addr, join=False, reply=False))
+                    out.extend(self._push_pull_to(target.addr, join=False, reply=False))
             if now >= self._next_reconnect_at:
                 self._next_reconnect_at = now + self.config.reconnect_interval
                 self._reconnect(out)
@@ -324,16 +386,23 @@ class SwimCore:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`tick` has work to do."""
-        d = self._next_gossip_at if len(self.broadcasts) else float("inf")
+        # Runs after every event a node handles: plain comparisons, no min() calls.
+        d = self._next_gossip_at if len(self.broadcasts) else _INF
         if not self.leaving:
             p = self._probe
             if p is None:
-                d = min(d, self._next_probe_at)
+                x = self._next_probe_at
             else:
-                d = min(d, p.end_at if p.indirect_sent or p.acked else p.indirect_at)
-            d = min(d, self._next_push_pull_at, self._next_reconnect_at)
-        if self._next_join_at is not None:
-            d = min(d, self._next_join_at)
+                x = p.end_at if p.indirect_sent or p.acked else p.indirect_at
+            if x < d:
+                d = x
+            if self._next_push_pull_at < d:
+                d = self._next_push_pull_at
+            if self._next_reconnect_at < d:
+                d = self._next_reconnect_at
+        j = self._next_join_at
+        if j is not None and j < d:
+            d = j
         for s in self._suspicions.values():
             if s.deadline < d:
                 d = s.deadline
@@ -366,7 +435,7 @@ class SwimCore:
             while self._probe_index < len(self._probe_order):
                 name = self._probe_order[self._probe_index]
                 self._probe_index += 1
-                m = self.members.get(name)
+                m = self.members.peek(name)  # read-only: a probe changes no record
                 if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
                     return m
             # Wrapped around: reshuffle the current membership (memberlist's resetNodes).
@@ -402,14 +471,14 @@ class SwimCore:
         if target is None:
             return
         candidates = [
-            n for n in self._alive_names if n != p.target and self.members[n].state == MemberState.ALIVE
+            n for n in self._alive_names if n != p.target and self.members.peek(n).state == MemberState.ALIVE
         ]
         k = min(self.config.indirect_checks, len(candidates))
         helpers = self.rng.sample(candidates, k) if k else []
         p.expected_nacks = len(helpers)
         for h in helpers:
             self.counters["indirect_probes"] += 1
-            out.append(self._datagram(self.members[h].addr, IndirectPing(p.seq, p.target, target.addr, True)))
+            out.append(self._datagram(self.members.peek(h).addr, IndirectPing(p.seq, p.target, target.addr, True)))
 
     def _probe_failed(self, p: _Probe, now: float) -> None:
         # Lifeguard: missing nacks mean *our* network may be the problem.
@@ -432,8 +501,10 @@ class SwimCore:
         p.acked = True
         if ack.coord is not None and sender == p.target:
             rtt = now - p.sent_at
-            self.coords[sender] = ack.coord
-            self.vivaldi.update(sender, ack.coord, rtt)
+            coord = ack.coord
+            if len(coord.vec) == self.vivaldi.config.dimensionality and coord.is_valid():
+                self.coords[sender] = PushPullState.pack_coord(coord)  # type: ignore[assignment]
+            self.vivaldi.update(sender, coord, rtt)
             self.awareness.apply_delta(-1)
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
@@ -446,15 +517,22 @@ class SwimCore:
 
     def _reconnect(self, out: list[Outgoing]) -> None:
         # Serf's reconnect: with probability failed/alive, try one random failed member.
-        failed = sorted(n for n, m in self.members.items() if m.state == MemberState.DEAD)
         boosted, self._reconnect_boost = self._reconnect_boost, False
-        if not failed:
+        # Members not alive/suspect (dead or left) bound the failed count from above, so
+        # the coin usually settles it without walking every member.
+        gone = len(self.members) - 1 - len(self._alive_names)
+        if gone <= 0:
             return
-        if not boosted and self.rng.random() > len(failed) / max(1, self._num_live):
+        live = max(1, self._num_live)
+        r = 0.0 if boosted else self.rng.random()
+        if r > gone / live:
             return
-        target = self.members[failed[self.rng.randrange(len(failed))]]
+        failed = sorted(n for n, m in self.members.items() if m.state == MemberState.DEAD)
+        if not failed or r > len(failed) / live:
+            return
+        target = self.members.peek(failed[self.rng.randrange(len(failed))])
         self.counters["reconnects"] += 1
-        out.append(self._push_pull_to(target.addr, join=False, reply=False))
+        out.extend(self._push_pull_to(target.addr, join=False, reply=False))
 
     def _reconnect_soon(self, now: float) -> None:
         """Evidence that members we hold dead are alive: reconnect within about a probe interval.
@@ -497,7 +575,7 @@ class SwimCore:
             pig = self.broadcasts.take(budget)
             if not pig:
                 break
-            out.append(Outgoing(self.members[name].addr, encode(self.name, Gossip(), pig), False))
+            out.append(Outgoing(self.members.peek(name).addr, encode(self.name, Gossip(), pig), False))
         return out
 
     def _queue_alive(self, now: float) -> None:
@@ -659,24 +737,44 @@ class SwimCore:
 
     def local_states(self) -> tuple[PushPullState, ...]:
         """Our full membership state, for a push-pull exchange."""
-        coords = self.coords
-        out = []
-        for name in sorted(self.members):
-            m = self.members[name]
-            if m.meta_wire is None:
-                m.meta_wire = PushPullState.pack_meta(m.meta)
-            c = self.vivaldi.coord if name == self.name else coords.get(name)
-            out.append(PushPullState(name, m.addr, m.incarnation, int(m.state), m.meta_wire, PushPullState.pack_coord(c)))
-        return tuple(out)
+        return tuple(PushPullState(*row) for row in self._state_rows())
 
-    def _push_pull_to(self, addr: str, join: bool, reply: bool) -> Outgoing:
-        return Outgoing(addr, encode(self.name, PushPull(join, reply, self.local_states())), True)
+    def _state_rows(self) -> list[list[Any]]:
+        get = self.coords.get
+        rows = [
+            [name, m.addr, m.incarnation, m.state, m.meta_wire or self._meta_wire(m), get(name)]
+            for name, m in self.members.items()
+        ]
+        # Our own row carries our own coordinate (we keep none for ourselves in ``coords``).
+        for row in rows:
+            if row[0] == self.name:
+                row[5] = PushPullState.pack_coord(self.vivaldi.coord)
+                break
+        return rows
+
+    @staticmethod
+    def _meta_wire(m: Member) -> bytes:
+        m.meta_wire = meta_wire(m.meta)
+        return m.meta_wire
+
+    def _push_pull_to(self, addr: str, join: bool, reply: bool) -> list[Outgoing]:
+        """Our full state for ``addr``: one stream frame per chunk, each within MAX_FRAME."""
+        rows = self._state_rows()
+        while True:
+            per = max(1, int(_PP_FRAME_BUDGET / self._pp_row_bytes))
+            chunks = [rows[i : i + per] for i in range(0, len(rows), per)]
+            frames = [encode(self.name, PushPull(join, reply, c, i, len(chunks))) for i, c in enumerate(chunks)]
+            big = max(frames, key=len)
+            if len(big) <= MAX_FRAME:
+                return [Outgoing(addr, f, True) for f in frames]
+            # Entries larger than estimated (long names, rich metadata): re-split.
+            self._pp_row_bytes = max(self._pp_row_bytes * 1.25, len(big) / per)
 
     def _on_push_pull(self, src: str, sender: str, msg: PushPull, now: float, out: list[Outgoing]) -> None:
-        if not msg.reply:
-            out.append(self._push_pull_to(src, join=False, reply=True))
+        if not msg.reply and msg.part == 0:
+            out.extend(self._push_pull_to(src, join=False, reply=True))
         joined = self._num_live <= 1
-        out.extend(self.merge_states(msg.states, now, sender))
+        out.extend(self._merge_rows(msg.rows, now, sender))
         if joined and self._num_live > 1:
             # Just joined: the join was a full sync, so stagger the first periodic
             # push-pull over the period scaled for the size we now know.
@@ -697,20 +795,45 @@ class SwimCore:
         directly (a ``Suspect`` datagram to at most ``retransmit_limit`` of the
         new suspects, a random choice), so it refutes right away.
         """
+        return self._merge_rows([st.to_wire() for st in states], now, peer)
+
+    def _merge_rows(self, rows: list[Any], now: float, peer: str = "") -> list[Outgoing]:
+        """:meth:`merge_states` on entries as received (``PushPullState.to_wire`` rows)."""
         dims = self.vivaldi.config.dimensionality
+        members = self.members
+        peek = members.peek  # no copy of a shared member just to compare it
+        coords = self.coords
+        me = self.name
+        dead = MemberState.DEAD
         hearsay: list[Member] = []
-        for st in states:
-            if st.node == self.name:
-                m = None
-            else:
-                m = self.members.get(st.node)
-                if m is not None and st.incarnation < m.incarnation:
-                    continue  # stale: the common case in a steady mesh, skipped without decoding
+        for row in rows:
+            # Fast path: an entry equal to what we hold (most of a steady mesh's state) is
+            # skipped after a dict lookup, before it is validated or decoded; anything
+            # else goes through PushPullState.from_wire's full validation below.
+            # (fields by position: node, addr, incarnation, state, meta, coordinate, ...)
+            if type(row) is not list or len(row) < 6 or type(row[0]) is not str:
+                self.counters["bad_states"] += 1
+                continue
+            node = row[0]
+            m = peek(node)
+            if m is not None:
+                inc = row[2]
+                if node == me:
+                    m = None
+                elif type(inc) is int:
+                    if inc < m.incarnation:
+                        continue  # stale
+                    if row[3] == 0 and inc == m.incarnation and m.state != dead and (row[5] is None or node in coords):
+                        continue  # alive at the incarnation we know: nothing to learn
+            if m is not None:
+                m = members.get(node)  # our own copy from here on: the merge may change it
             try:
-                if st.coord_raw is not None and m is not None and st.node not in self.coords:
-                    coord = st.decoded_coord()
-                    if coord is not None and len(coord.vec) == dims and coord.is_valid():
-                        self.coords[st.node] = coord
+                st = PushPullState.from_wire(row)
+                if st.coord_raw is not None and m is not None and st.node not in coords:
+                    if coord_ok(st.coord_raw, dims):
+                        coords[st.node] = st.coord_raw
+                    else:
+                        decode_coord(st.coord_raw, st.node)  # malformed: WireError, as ever; other dimensions: ignored
                 state = MemberState(st.state)
                 if state == MemberState.ALIVE:
                     if m is not None and st.incarnation == m.incarnation and m.state != MemberState.DEAD:
@@ -738,19 +861,41 @@ class SwimCore:
             hearsay = sorted(self.rng.sample(hearsay, limit), key=lambda m: m.name)
         return [self._datagram(m.addr, Suspect(m.incarnation, m.name, self.name)) for m in hearsay]
 
-    def bootstrap(self, states: Iterable[PushPullState], now: float) -> None:
+    def bootstrap(self, states: Iterable[PushPullState], now: float, shared: list[Member] | None = None) -> list[Member]:
         """Start with a known member list (e.g. persisted from a previous run) without gossiping it.
 
         Entries are taken as alive at their incarnation; the protocol then
-        verifies them by probing like any member.
+        verifies them by probing like any member. ``shared`` is what an earlier
+        call with the same ``states`` and ``now`` returned: a simulator that
+        bootstraps many nodes alike passes it so they share the records until
+        each touches one (copy on access, see :class:`MemberTable`). Returns the
+        records to share.
         """
-        for st in states:
-            if st.node == self.name or st.node in self.members:
+        states = list(states)
+        if shared is None or len(shared) != len(states):
+            shared = []
+            for st in states:
+                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now)
+                m.meta_wire = st.meta_raw
+                shared.append(shared_member(m))
+        added = []
+        members = self.members
+        for st, m in zip(states, shared):
+            if st.node == self.name or st.node in members or m.name != st.node:
                 continue
-            self.members[st.node] = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now)
-            self._set_live(st.node, True)
+            dict.__setitem__(members, st.node, m)
+            self._recent_dead.pop(st.node, None)
+            added.append(st.node)
+        if added:
+            # One sort and one shuffle rather than an ordered insert per member: O(N log N).
+            # (sorted() of already-sorted names, the usual case, is linear)
+            self._alive_names = sorted([*self._alive_names, *added]) if self._alive_names else sorted(added)
+            self.rng.shuffle(added)
+            self._probe_order[self._probe_index :] = [*self._probe_order[self._probe_index :], *added]
+            self._num_live = len(self._alive_names) + (0 if self.leaving else 1)
         self._next_join_at = None
         self._next_push_pull_at = now + self.rng.random() * self.config.push_pull_period(self._num_live)
+        return shared
 
     def reap(self, now: float) -> None:
         """Forget dead/left members whose tombstone has expired."""

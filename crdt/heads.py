@@ -1,0 +1,162 @@
+"""Heads-based sync messages for the signed log (sans-IO, not yet registered on the wire).
+
+Like Corrosion's per-actor version vectors, two nodes compare, per signer key id, the head of
+the signer's hash chain ``(seq, id)``: a position is ``(signer, seq, id)`` where the signer is a
+key id, so nobody but the key holder can occupy it and a record can neither hide nor be
+squatted. The idle cost is one :class:`HeadsDigest` (16 bytes of BLAKE2b over the sorted heads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Mapping
+
+import msgpack
+
+from crdt.errors import ValidationError
+from crdt.keys import KEY_ID_LEN
+from crdt.logrecord import ID_LEN, MAX_LOG_SEQ
+
+FRAME_BYTES = 65_535  # one Noise transport frame
+FRAME_OVERHEAD = 64  # message type, array headers and the AEAD tag, with margin
+MAX_HEADS_PER_MESSAGE = 1000  # ~60 bytes per entry: one frame
+MAX_RANGES = 256
+
+# Message type numbers: 20-25 are SyncCore, 40-42 blobs. Not yet in messages.ALL_MESSAGES.
+T_HEADS_DIGEST, T_HEADS, T_RECORDS_REQUEST, T_RECORD_BATCH = 30, 31, 32, 33
+
+Heads = Mapping[str, tuple[int, bytes]]
+Range = tuple[str, int, int]
+
+
+def heads_digest(heads: Heads, forks: Mapping[str, int]) -> bytes:
+    """BLAKE2b-128 over the heads and the forks in signer order: equal digests mean equal both."""
+    items = [[s, heads[s][0], heads[s][1]] for s in sorted(heads)]
+    frozen = [[s, forks[s]] for s in sorted(forks)]
+    return hashlib.blake2b(msgpack.packb([items, frozen], use_bin_type=True), digest_size=16).digest()
+
+
+def valid_head(signer: object, seq: object, hid: object) -> bool:
+    """True if a remote head entry is well-formed (bad entries are skipped and counted)."""
+    return (
+        isinstance(signer, str)
+        and len(signer) == KEY_ID_LEN
+        and isinstance(seq, int)
+        and not isinstance(seq, bool)
+        and 0 < seq < MAX_LOG_SEQ
+        and isinstance(hid, bytes)
+        and len(hid) == ID_LEN
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class HeadsDigest:
+    """Opening of a sync round: the digest of the sender's heads."""
+
+    digest: bytes
+
+    def encode(self) -> bytes:
+        return msgpack.packb([T_HEADS_DIGEST, self.digest], use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "HeadsDigest":
+        """Parse strictly; raise ValidationError on anything malformed."""
+        obj = _unpack(data, T_HEADS_DIGEST)
+        if not isinstance(obj, bytes) or len(obj) != 16:
+            raise ValidationError("heads digest is not 16 bytes")
+        return cls(obj)
+
+
+@dataclass(slots=True, frozen=True)
+class HeadsMessage:
+    """Some or all of the sender's heads ``[(signer, seq, id)]`` (at most one frame's worth)."""
+
+    heads: tuple[tuple[str, int, bytes], ...]
+    reply: bool = False  # an answer to our heads: do not answer with heads again
+    forks: tuple[tuple[str, int], ...] = ()  # signers proven to equivocate, with their fork seq
+
+    def encode(self) -> bytes:
+        return msgpack.packb([T_HEADS, [self.reply, [list(h) for h in self.heads], [list(f) for f in self.forks]]], use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "HeadsMessage":
+        """Parse strictly; raise ValidationError on anything malformed."""
+        obj = _unpack(data, T_HEADS)
+        if not isinstance(obj, list) or len(obj) != 3 or not isinstance(obj[0], bool):
+            raise ValidationError("heads message is not [reply, heads, forks]")
+        reply, heads, forks = obj
+        if not isinstance(heads, list) or not isinstance(forks, list) or len(heads) + len(forks) > MAX_HEADS_PER_MESSAGE:
+            raise ValidationError("heads message is not bounded lists")
+        out = []
+        for h in heads:
+            if not isinstance(h, list) or len(h) != 3 or not valid_head(*h):
+                raise ValidationError("heads message entry is not (signer, seq, id)")
+            out.append((h[0], h[1], h[2]))
+        fk = []
+        for f in forks:
+            if not isinstance(f, list) or len(f) != 2 or not valid_head(f[0], f[1], bytes(ID_LEN)):
+                raise ValidationError("heads message fork is not (signer, seq)")
+            fk.append((f[0], f[1]))
+        return cls(tuple(out), reply, tuple(fk))
+
+    def as_heads(self) -> dict[str, tuple[int, bytes]]:
+        """The heads as the mapping :meth:`SignedLog.missing_from` takes."""
+        return {s: (q, h) for s, q, h in self.heads}
+
+    def as_forks(self) -> dict[str, int]:
+        """The forks as the mapping :meth:`SignedLog.missing_from` takes."""
+        return dict(self.forks)
+
+
+@dataclass(slots=True, frozen=True)
+class RecordsRequest:
+    """Ask for the records of ``(signer, from_seq, to_seq)`` ranges."""
+
+    ranges: tuple[Range, ...]
+
+    def encode(self) -> bytes:
+        return msgpack.packb([T_RECORDS_REQUEST, [list(r) for r in self.ranges]], use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "RecordsRequest":
+        """Parse strictly; raise ValidationError on anything malformed."""
+        obj = _unpack(data, T_RECORDS_REQUEST)
+        if not isinstance(obj, list) or len(obj) > MAX_RANGES:
+            raise ValidationError("records request is not a bounded list")
+        out = []
+        for r in obj:
+            if not (isinstance(r, list) and len(r) == 3 and valid_head(r[0], r[1], b"\0" * ID_LEN) and valid_head(r[0], r[2], b"\0" * ID_LEN) and r[1] <= r[2]):
+                raise ValidationError("records request range is not (signer, from, to)")
+            out.append((r[0], r[1], r[2]))
+        return cls(tuple(out))
+
+
+@dataclass(slots=True, frozen=True)
+class RecordBatch:
+    """Encoded log records; :meth:`encode` always fits one transport frame."""
+
+    records: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        return msgpack.packb([T_RECORD_BATCH, list(self.records)], use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "RecordBatch":
+        """Parse strictly; raise ValidationError on anything malformed (records are checked by the log)."""
+        obj = _unpack(data, T_RECORD_BATCH)
+        if not isinstance(obj, list) or not all(isinstance(r, bytes) for r in obj):
+            raise ValidationError("record batch is not a list of byte strings")
+        return cls(tuple(obj))
+
+
+def _unpack(data: bytes, want: int) -> object:
+    if not isinstance(data, (bytes, bytearray)) or len(data) > FRAME_BYTES:
+        raise ValidationError("sync message is not bytes of at most one frame")
+    try:
+        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ValidationError(f"sync message is not msgpack: {exc.__class__.__name__}") from None
+    if not isinstance(obj, list) or len(obj) != 2 or obj[0] != want:
+        raise ValidationError(f"not a type-{want} sync message")
+    return obj[1]

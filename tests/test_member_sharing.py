@@ -1,0 +1,44 @@
+"""Nodes bootstrapped alike share member records until one touches them (copy on access)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mesh.membership import MemberState, NodeMeta, profile
+from mesh.membership.messages import Dead, PushPullState, Suspect
+from mesh.node import NodeCore
+
+LAN = profile("lan")
+
+
+def _pair() -> tuple[NodeCore, NodeCore]:
+    states = [PushPullState.of(n, n, 0, 0, NodeMeta(cores=i + 1), None) for i, n in enumerate(["a", "b", "c", "d"])]
+    a = NodeCore("a", "a", NodeMeta(cores=1), LAN, random.Random(1))
+    b = NodeCore("b", "b", NodeMeta(cores=2), LAN, random.Random(2))
+    shared = a.swim.bootstrap(states, 0.0)
+    assert b.swim.bootstrap(states, 0.0, shared) is shared
+    return a, b
+
+
+def test_bootstrapped_nodes_share_records_and_a_change_stays_private() -> None:
+    a, b = _pair()
+    # the same record object sits in both tables until one node touches it
+    assert a.swim.members.peek("c") is b.swim.members.peek("c")
+    a.swim._apply_suspect(Suspect(0, "c", "a"), 1.0)
+    a.swim._apply_dead(Dead(0, "d", "a"), 1.0)
+    assert a.swim.members["c"].state == MemberState.SUSPECT
+    assert a.swim.members["d"].state == MemberState.DEAD
+    assert b.swim.members["c"].state == MemberState.ALIVE
+    assert b.swim.members["d"].state == MemberState.ALIVE
+    assert b.swim.members["c"].meta == NodeMeta(cores=3)
+    assert a.swim.members.peek("c") is not b.swim.members.peek("c")
+
+
+def test_a_write_that_bypasses_the_table_fails_loudly() -> None:
+    a, b = _pair()
+    shared = dict(b.swim.members.items())["c"]  # a bulk read hands out the shared record
+    with pytest.raises(TypeError, match="shared"):
+        shared.state = MemberState.DEAD
+    assert a.swim.members["c"].state == MemberState.ALIVE
