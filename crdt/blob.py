@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 import structlog
 
 from crdt.errors import BlobError
-from crdt.messages import BlobChunk, BlobMissing, BlobRequest
+from crdt.messages import MAX_BLOB_CHUNK, BlobChunk, BlobMissing, BlobRequest
 from crdt.metrics import Counters
 
 Outgoing = tuple[str, Any]
@@ -130,6 +130,8 @@ class BlobTransfer:
         on_done: Callable[[str, bool, str], None] | None = None,
         node_id: str = "",
     ) -> None:
+        if not 1 <= chunk_size <= MAX_BLOB_CHUNK:  # a BlobChunk must fit one stream frame
+            raise ValueError(f"chunk_size must be in [1, {MAX_BLOB_CHUNK}] (one stream frame), got {chunk_size}")
         self.store = store
         self.chunk_size = chunk_size
         self.window = window

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from crdt.errors import KeyFileError
+from crdt.files import atomic_write
 
 from model.keys import KEY_ID_LEN, key_id  # the one key id, shared with the runtime
 
@@ -57,13 +58,13 @@ class SigningKey:
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the private key (PKCS8 PEM, mode 0600) and ``<path>.pub`` (public PEM)."""
+        """Write the private key (PKCS8 PEM, mode 0600, atomically) and ``<path>.pub`` (public PEM)."""
         p = Path(path)
         try:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.private_pem())
-            Path(str(p) + ".pub").write_bytes(self.public_pem())
+            # A new inode via temp + rename: the key ends 0600 even over an older 0644 file, and a
+            # crash leaves the old key or the new one, never a truncated one.
+            atomic_write(p, self.private_pem(), 0o600)
+            atomic_write(Path(str(p) + ".pub"), self.public_pem(), 0o644)
         except OSError as exc:
             raise KeyFileError(f"cannot write key file {p}: {exc.strerror}") from None
 

@@ -12,9 +12,18 @@ from typing import Any, ClassVar
 
 MAX_UPDATE = 64 * 1024 * 1024  # a reassembled update; single frames are far smaller
 MAX_SV = 1024 * 1024
-MAX_CHUNK = 128 * 1024
+# Every message here travels as one stream frame: the plaintext of one Noise transport message
+# (65,535 bytes less its 16-byte tag). This is mesh.wire.MAX_FRAME, restated because crdt must
+# not import mesh; tests/test_crdt_frame_bounds.py checks the two agree.
+FRAME_PLAINTEXT = 65_535 - 16
+# Room for the envelope around a chunk's bytes, worst case: a 256-character sender (the most
+# mesh.wire.decode accepts) at 4 UTF-8 bytes each is 1,027 bytes with its header, and the
+# envelope and chunk fields (version, type, arrays, ids, offsets, sizes, sha256, bin header)
+# add under 100 more.
+ENVELOPE_ROOM = 1536
+MAX_CHUNK = FRAME_PLAINTEXT - ENVELOPE_ROOM  # SyncChunk data: 63,983 bytes
 MAX_CHUNKS = 4096
-MAX_BLOB_CHUNK = 1024 * 1024
+MAX_BLOB_CHUNK = FRAME_PLAINTEXT - ENVELOPE_ROOM  # BlobChunk data and BlobRequest length: 63,983 bytes
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 

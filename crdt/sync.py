@@ -11,8 +11,8 @@
   node is one small message per interval, whatever the number of nodes or writers. A peer
   whose digest differs answers with its state vector (Yjs sync step 1); we answer with what it
   lacks plus our state vector (step 2); it sends back what *we* lack.
-* **Chunking**: a message whose encoding exceeds ``chunk_size`` travels as SyncChunk pieces,
-  reassembled into bounded buffers that expire.
+* **Chunking**: a message whose update and state vector exceed ``chunk_size`` travels as
+  SyncChunk pieces (each within one stream frame), reassembled into bounded buffers that expire.
 * **Backpressure**: eager pushes count against a per-peer budget of unacknowledged bytes; when
   it is full, the push to that peer is dropped (counted) and anti-entropy repairs later.
 
@@ -33,7 +33,7 @@ import structlog
 
 from crdt.documents import IntentDoc
 from crdt.errors import ValidationError
-from crdt.messages import MAX_CHUNKS, MAX_UPDATE, SyncAck, SyncChunk, SyncDigest, SyncStep1, SyncStep2, SyncUpdate
+from crdt.messages import MAX_CHUNK, MAX_CHUNKS, MAX_UPDATE, SyncAck, SyncChunk, SyncDigest, SyncStep1, SyncStep2, SyncUpdate
 from crdt.metrics import Counters
 from crdt.store import UpdateStore
 
@@ -57,7 +57,9 @@ class SyncConfig:
     digest_anti_entropy: bool = True
     anti_entropy_interval: float = 2.0
     anti_entropy_jitter: float = 0.25  # ± fraction of the interval
-    chunk_size: int = 60_000  # payload bytes per frame (Noise frames carry <= 65535)
+    # Bytes of update + state vector above which a message travels as SyncChunks, and the data
+    # bytes of each chunk; at most MAX_CHUNK, so every frame fits one Noise message (65,535 B).
+    chunk_size: int = 60_000
     max_outstanding_bytes: int = 1024 * 1024  # unacknowledged eager-push bytes per peer
     ack_timeout: float = 10.0
     # An eager push not acknowledged after this long is sent once more to the same peer
@@ -67,6 +69,10 @@ class SyncConfig:
     reassembly_timeout: float = 30.0
     max_reassembly_bytes_per_peer: int = 16 * 1024 * 1024
     max_reassemblies: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.chunk_size <= MAX_CHUNK:
+            raise ValueError(f"chunk_size must be in [1, {MAX_CHUNK}] (one stream frame), got {self.chunk_size}")
 
 
 def decode_state_vector(sv: bytes) -> dict[int, int]:
@@ -342,10 +348,12 @@ class SyncCore:
         return out
 
     def _send(self, dst: str, msg: Any) -> list[Outgoing]:
-        big = getattr(msg, "update", b"")
-        if len(big) <= self.config.chunk_size:
+        # The state vector counts too: it grows with every Yjs client that ever wrote, so a
+        # SyncStep1 or a SyncStep2 with a small diff can still outgrow one frame.
+        size = len(getattr(msg, "update", b"")) + len(getattr(msg, "state_vector", b""))
+        if size <= self.config.chunk_size:
             self.counters.messages_sent += 1
-            self.counters.bytes_sent += len(big) + len(getattr(msg, "state_vector", b"")) + len(getattr(msg, "digest", b""))
+            self.counters.bytes_sent += size + len(getattr(msg, "digest", b""))
             return [(dst, msg)]
         blob = msgpack.packb([msg.TYPE, msg.to_payload()], use_bin_type=True)
         n = self.config.chunk_size
@@ -394,8 +402,10 @@ class SyncCore:
             obj = msgpack.unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0)
             if not isinstance(obj, list) or len(obj) != 2:
                 raise ValueError("not a [type, payload] pair")
-            inner: SyncStep2 | SyncUpdate
-            if obj[0] == SyncStep2.TYPE:
+            inner: SyncStep1 | SyncStep2 | SyncUpdate
+            if obj[0] == SyncStep1.TYPE:
+                inner = SyncStep1.from_payload(obj[1])
+            elif obj[0] == SyncStep2.TYPE:
                 inner = SyncStep2.from_payload(obj[1])
             elif obj[0] == SyncUpdate.TYPE:
                 inner = SyncUpdate.from_payload(obj[1])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from crdt.errors import TrustError
+from crdt.files import atomic_write
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -209,7 +210,11 @@ class TrustConfig:
             raise TrustError(f"cannot read trust config {p}: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the trust config atomically and durably (mode 0644: it holds public keys only)."""
         p = Path(path)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True))
-        os.replace(tmp, p)
+        try:
+            # fsync before the rename and of the dir after it: a crash must not leave an empty
+            # trust file, which would load as "trust nobody" (or a half file that does not load).
+            atomic_write(p, json.dumps(self.to_json(), indent=2, sort_keys=True).encode(), 0o644)
+        except OSError as exc:
+            raise TrustError(f"cannot write trust config {p}: {exc.strerror}") from None

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from crdt.errors import KeyFileError
+from crdt.files import atomic_write, fsync_dir, private_file_problem
 from crdt.keys import SigningKey, load_signing_key
 from crdt.store import DB_NAME
 from mesh.errors import MeshError
@@ -85,42 +86,9 @@ class ApiInfo:
 
 def check_private_mode(path: Path, what: str) -> None:
     """Raise DataDirError when ``path`` grants any permission to group or others (secrets are 0600)."""
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise DataDirError(f"{what} {path} is not a regular file")
-    if st.st_mode & 0o077:
-        raise DataDirError(
-            f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"it holds a secret: run `chmod 600 {path}` if it was not exposed, otherwise replace it"
-        )
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically: temp file (``mode``) in the same dir, fsync, rename, fsync dir."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode does not apply to a leftover temp file
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or create in ``directory`` durable."""
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    problem = private_file_problem(path, what)
+    if problem is not None:
+        raise DataDirError(problem)
 
 
 def _validate_addr(addr: object) -> str:

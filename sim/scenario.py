@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crdt.messages import MAX_BLOB_CHUNK
 from crdt.sync import SyncConfig
 from mesh.errors import ConfigError
 from mesh.membership.config import MembershipConfig, profile
@@ -187,7 +188,7 @@ def _intent(doc: dict[str, Any], faults: list[Fault]) -> IntentSpec | None:
         fanout=int(_num(t, "fanout", _SYNC.fanout, 1, 64, w)),
         relay_ttl=int(_num(t, "relay_ttl", _SYNC.relay_ttl, 0, 32, w)),
         anti_entropy_interval=_num(t, "anti_entropy_interval", _SYNC.anti_entropy_interval, 0.01, 3600, w),
-        blob_chunk_size=int(_num(t, "blob_chunk_size", 32 * 1024, 1024, 1024 * 1024, w)),
+        blob_chunk_size=int(_num(t, "blob_chunk_size", 32 * 1024, 1024, MAX_BLOB_CHUNK, w)),
         blob_window=int(_num(t, "blob_window", 4, 1, 64, w)),
         blob_timeout=_num(t, "blob_timeout", 5.0, 0.01, 3600, w),
         compact_after_rows=int(_num(t, "compact_after_rows", 1000, 1, 10**9, w)),

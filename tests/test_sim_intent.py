@@ -490,6 +490,14 @@ def test_unknown_intent_keys_are_refused() -> None:
         parse(doc)
 
 
+def test_blob_chunk_size_beyond_one_stream_frame_is_refused() -> None:
+    # A BlobChunk travels in one stream frame (65,519 bytes of Noise plaintext): 1 MiB chunks cannot.
+    doc = base_doc(5, 10.0)
+    doc["intent"] = {"blob_chunk_size": 1024 * 1024}
+    with pytest.raises(ScenarioError, match=r"intent\.blob_chunk_size must be a number in \[1024, 63983\]"):
+        parse(doc)
+
+
 def test_shipped_intent_example_loads() -> None:
     from sim.scenario import load
 

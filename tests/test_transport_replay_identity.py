@@ -7,10 +7,11 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.transport import LocalIdentity, NodeIdentity, ReplayVerdict, ReplayWindow, load_or_create_x25519
+from mesh.transport import LocalIdentity, TransportError, NodeIdentity, ReplayVerdict, ReplayWindow, load_or_create_x25519
 from transport_helpers import ident
 
 
@@ -71,3 +72,59 @@ def test_x25519_key_file_created_private_and_reloaded(tmp_path: Path) -> None:
     assert load_or_create_x25519(p) == raw
     me = LocalIdentity.from_seeds(b"s" * 32, raw)
     assert me.public.verify()
+
+
+def test_local_identity_repr_holds_no_private_key() -> None:
+    x_raw = bytes(range(32))
+    ed_seed = bytes(range(100, 132))
+    me = LocalIdentity.from_seeds(ed_seed, x_raw)
+    for text in (repr(me), str(me)):
+        assert repr(x_raw) not in text and x_raw.hex() not in text and ed_seed.hex() not in text
+        assert "x25519_private_raw" not in text and "ed25519_private" not in text
+        assert me.node_id in text  # the public half still identifies it in logs
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_x25519_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    p = tmp_path / "node.x25519"
+    load_or_create_x25519(p)
+    p.chmod(mode)
+    with pytest.raises(TransportError, match=rf"accessible by group or others \(mode {mode:04o}\).*chmod 600"):
+        load_or_create_x25519(p)
+    p.chmod(0o600)
+    assert len(load_or_create_x25519(p)) == 32
+
+
+def test_x25519_key_file_is_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        st_mode = os.fstat(fd).st_mode
+        synced.append("dir" if stat.S_ISDIR(st_mode) else f"file:{stat.S_IMODE(st_mode):04o}")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    p = tmp_path / "node.x25519"
+    raw = load_or_create_x25519(p)
+    # the key's bytes reach the disk (in a 0600 file) before its name does, and the name is made durable
+    assert synced == ["file:0600", "dir"]
+    assert p.read_bytes() == raw and sorted(x.name for x in tmp_path.iterdir()) == ["node.x25519"]
+
+
+def test_x25519_key_created_concurrently_is_not_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another process creates the key between our existence check and our write: we adopt its key.
+    p = tmp_path / "node.x25519"
+    theirs = bytes(range(1, 33))
+    real_exists = Path.exists
+
+    def exists_then_race(self: Path) -> bool:
+        found = real_exists(self)
+        if self == p and not found:
+            p.write_bytes(theirs)
+            p.chmod(0o600)
+        return found
+
+    monkeypatch.setattr(Path, "exists", exists_then_race)
+    assert load_or_create_x25519(p) == theirs
+    assert p.read_bytes() == theirs

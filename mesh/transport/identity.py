@@ -10,8 +10,7 @@ algorithm and lets the Noise key rotate without changing the node id.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from crdt.files import atomic_write, private_file_problem
 from mesh.transport.errors import TransportError
 from model.keys import key_id
 
@@ -59,8 +59,10 @@ class NodeIdentity:
 class LocalIdentity:
     """This node's private keys and the public identity derived from them."""
 
-    ed25519_private: Ed25519PrivateKey
-    x25519_private_raw: bytes
+    # Private material stays out of repr: an identity printed in a traceback or a log line
+    # must not leak the Noise static key (raw bytes) or the signing key.
+    ed25519_private: Ed25519PrivateKey = field(repr=False)
+    x25519_private_raw: bytes = field(repr=False)
     public: NodeIdentity
 
     @classmethod
@@ -87,17 +89,23 @@ class LocalIdentity:
 
 
 def load_or_create_x25519(path: Path) -> bytes:
-    """Read the 32-byte X25519 private key at ``path``, creating it (mode 0600) from the OS random source."""
-    if path.exists():
-        raw = path.read_bytes()
-        if len(raw) != 32:
-            raise TransportError(f"{path} must hold exactly 32 raw bytes (an X25519 private key), has {len(raw)}")
-        return raw
-    raw = X25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
+    """Read the 32-byte X25519 private key at ``path``, creating it (mode 0600, atomically) if absent."""
+    if not path.exists():
+        raw = X25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            # Temp file + fsync + link + dir fsync: a crash never leaves a short key file, and a
+            # concurrent creator's key is never overwritten (we then use theirs, read below).
+            atomic_write(path, raw, 0o600, replace=False)
+            return raw
+        except FileExistsError:
+            pass
+    problem = private_file_problem(path, "X25519 key")
+    if problem is not None:
+        raise TransportError(problem)
+    raw = path.read_bytes()
+    if len(raw) != 32:
+        raise TransportError(f"{path} must hold exactly 32 raw bytes (an X25519 private key), has {len(raw)}")
     return raw
