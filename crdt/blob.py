@@ -6,6 +6,11 @@ contiguous offset with the next candidate. The whole blob is checked against its
 (and an optional hook, e.g. the manifest's publisher signature and size) before it is
 stored. A hash mismatch discards the bytes; if one peer supplied them all it is marked bad,
 otherwise the fetch restarts single-source so the liar is identified.
+
+With ``deferred_puts=True`` (an event-loop driver) the verified blob is not written by the
+core: it becomes a :class:`BlobPut` the driver takes (``take_puts``), writes and fsyncs on
+a worker thread, and reports back (``stored``); the fetch is ``storing`` meanwhile and only
+``done`` once the blob is durable.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ from crdt.metrics import Counters
 
 Outgoing = tuple[str, Any]
 CHUNK = 32 * 1024
+
+
+@dataclass(slots=True, frozen=True)
+class BlobPut:
+    """A verified blob the driver must store durably (``sink.put``) off the event loop."""
+
+    sha256: str
+    data: bytes
 
 
 class BlobSource(Protocol):
@@ -101,7 +114,7 @@ class FetchState:
     candidates: list[str]
     expected_size: int | None
     verify: Callable[[bytes], None] | None
-    status: str = "fetching"  # fetching | done | failed
+    status: str = "fetching"  # fetching | storing | done | failed
     reason: str = ""
     peer_index: int = 0
     total: int | None = None
@@ -129,6 +142,7 @@ class BlobTransfer:
         counters: Counters | None = None,
         on_done: Callable[[str, bool, str], None] | None = None,
         node_id: str = "",
+        deferred_puts: bool = False,
     ) -> None:
         if not 1 <= chunk_size <= MAX_BLOB_CHUNK:  # a BlobChunk must fit one stream frame
             raise ValueError(f"chunk_size must be in [1, {MAX_BLOB_CHUNK}] (one stream frame), got {chunk_size}")
@@ -140,6 +154,8 @@ class BlobTransfer:
         self.on_done = on_done
         self.bad_peers: set[str] = set()
         self.fetches: dict[str, FetchState] = {}
+        self.deferred_puts = deferred_puts
+        self._puts: list[BlobPut] = []
         self.log = structlog.get_logger("crdt.blob").bind(node_id=node_id)
 
     # --- fetching -------------------------------------------------------------------
@@ -156,7 +172,7 @@ class BlobTransfer:
         if self.store.has(sha256):
             return []
         cur = self.fetches.get(sha256)
-        if cur is not None and cur.status == "fetching":
+        if cur is not None and cur.status in ("fetching", "storing"):
             return []
         order = [p for p, _ in sorted(candidates, key=lambda c: (c[1], c[0])) if p not in self.bad_peers]
         st = self.fetches[sha256] = FetchState(sha256, order, expected_size, verify)
@@ -176,7 +192,25 @@ class BlobTransfer:
                 out += self._next_peer(st, now, "peer died")
         return out
 
+    def stream_event(self, peer: str, kind: str, now: float) -> list[Outgoing]:
+        """Driver input about the stream to ``peer``: a failed connect or a timed-out stream fails
+        over at once (resuming from the contiguous prefix), without waiting for ``request_timeout``;
+        a closed stream does so only when requests on it are still unanswered."""
+        if kind not in ("connect_failed", "timed_out", "closed"):
+            return []
+        out: list[Outgoing] = []
+        for sha in sorted(self.fetches):
+            st = self.fetches[sha]
+            if st.status != "fetching" or st.peer != peer:
+                continue
+            if kind == "closed" and not st.inflight:
+                continue
+            self.counters.blob_stream_failovers += 1
+            out += self._next_peer(st, now, f"stream {kind.replace('_', ' ')}")
+        return out
+
     def next_deadline(self) -> float | None:
+        """The earliest in-flight request deadline."""
         ds = [d for st in self.fetches.values() if st.status == "fetching" for d in st.inflight.values()]
         return min(ds) if ds else None
 
@@ -253,16 +287,41 @@ class BlobTransfer:
                 st.verify(data)
             except Exception as exc:
                 return self._fail(st, f"verification hook refused the blob: {exc}")
+        st.contiguous = bytearray()
+        if self.deferred_puts:
+            st.status = "storing"
+            self._puts.append(BlobPut(st.sha256, data))
+            return []
         try:
             self.store.put(st.sha256, data)
         except Exception as exc:
             return self._fail(st, f"cannot store blob: {exc}")
+        return self._done(st, len(data))
+
+    def _done(self, st: FetchState, size: int) -> list[Outgoing]:
         st.status = "done"
-        st.contiguous = bytearray()
-        self.log.info("crdt_blob_fetched", sha256=st.sha256, size=len(data), peers=sorted(st.contributors))
+        self.log.info("crdt_blob_fetched", sha256=st.sha256, size=size, peers=sorted(st.contributors))
         if self.on_done:
             self.on_done(st.sha256, True, "")
         return []
+
+    def has_puts(self) -> bool:
+        """True when verified blobs wait for the driver to store them."""
+        return bool(self._puts)
+
+    def take_puts(self) -> list[BlobPut]:
+        """Verified blobs for the driver to store off the loop (``deferred_puts`` only)."""
+        out, self._puts = self._puts, []
+        return out
+
+    def stored(self, sha256: str, now: float, error: str | None = None) -> list[Outgoing]:
+        """The driver finished a :class:`BlobPut`: the fetch is done, or failed with ``error``."""
+        st = self.fetches.get(sha256)
+        if st is None or st.status != "storing":
+            return []
+        if error is not None:
+            return self._fail(st, f"cannot store blob: {error}")
+        return self._done(st, st.total or 0)
 
     def _bad(self, st: FetchState, peer: str, now: float, why: str) -> list[Outgoing]:
         self.bad_peers.add(peer)

@@ -1,8 +1,29 @@
-"""IntentNode: the node-facing facade (typed writes, durable ack, sync) that NodeCore embeds."""
+"""IntentNode: the node-facing facade (typed writes, durable ack, sync) that NodeCore embeds.
+
+Clocks: every method takes ``now``, the node's *monotonic* clock, which drives timers and
+nothing else. Values stored inside replicated records (a deployment's ``written_at``, a
+tombstone's ``removed_at``, a placement's timestamp) come from the *wall* clock the driver
+passes separately (``wall=`` on a write, or the latest reading the node core handed over in
+:attr:`IntentNode.wall`). A driver with a single clock (the offline CLI writer) may omit it;
+then ``now`` is used for both.
+
+Durability: with a disk store (``SqliteStore``, ``MemoryStore``) a write is appended and
+committed before the method returns its :class:`WriteAck`. With an
+:class:`~crdt.store.EffectStore` (an event-loop driver) the write returns a
+:class:`PendingWrite`; its :class:`WriteAck` only comes out of :meth:`IntentNode.persisted`,
+once the driver reports the persist effect done, and only then is the update pushed to peers.
+Either way: acknowledged means durable.
+
+Threads: an IntentNode is owned by one thread, the node's loop. Host functions running on
+worker threads reach the KV methods through ``runtime.kv.LoopKV``, which marshals each call
+onto that loop.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,6 +32,7 @@ import structlog
 from crdt.documents import AuditSink, Deployment, IntentDoc, VisibleHook
 from crdt.errors import Conflict, KvLimitError, NotFound, PermissionDenied, ValidationError
 from crdt.keys import SigningKey
+from crdt.messages import SyncChunk, SyncStep2, SyncUpdate
 from crdt.metrics import Counters
 from crdt.records import SignedRecord, check_key
 from crdt.schema import (
@@ -27,8 +49,8 @@ from crdt.schema import (
     route_key,
     v_namespace,
 )
-from crdt.store import MemoryStore, UpdateStore
-from crdt.sync import Outgoing, SyncConfig, SyncCore
+from crdt.store import MemoryStore, PersistEffect, UpdateStore
+from crdt.sync import Outgoing, SyncConfig, SyncCore, decode_state_vector
 from crdt.trust import TrustConfig
 
 
@@ -43,6 +65,37 @@ class WriteAck:
 
 
 @dataclass(slots=True, frozen=True)
+class PendingWrite:
+    """A write applied locally whose persist effect ``token`` is not yet durable: not an acknowledgement."""
+
+    kind: str
+    key: str
+    signer: str
+    seq: int
+    token: int
+
+
+_CLIENT_ID_MASK = 2**52 - 1
+_MAX_HELD = 1024  # answers waiting for durability (one fsync each, normally a handful)
+
+
+def _carries_diff(msg: Any) -> bool:
+    """True for sync messages that carry (part of) a diff of our own document."""
+    return isinstance(msg, (SyncStep2, SyncChunk)) or (isinstance(msg, SyncUpdate) and msg.push_id == 0)  # Yjs client ids are 53-bit safe integers
+
+
+def derive_client_id(node_id: str, epoch: int, salt: int, taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """A Yjs client id unique to ``(node_id, boot epoch)``, avoiding ids already in the document."""
+    n = 0
+    while True:
+        h = hashlib.blake2b(f"{node_id}\0{epoch}\0{salt}\0{n}".encode(), digest_size=8, person=b"wm-yjs-client")
+        cid = int.from_bytes(h.digest(), "big") & _CLIENT_ID_MASK
+        if cid and cid not in taken:
+            return cid
+        n += 1
+
+
+@dataclass(slots=True, frozen=True)
 class RetentionPolicy:
     """Removal rules: tombstones stay listed forever; their blobs become collectable after a grace period."""
 
@@ -53,8 +106,9 @@ class RetentionPolicy:
 class IntentNode:
     """One node's replicated intent: documents + durable store + SyncCore.
 
-    ``now`` is always passed in; ``rng`` is the node's seeded random source (Yjs client id,
-    peer choice).
+    ``now`` is always passed in; ``rng`` is the node's seeded random source (peer choice, a
+    salt of the Yjs client id, which derives from the store's boot epoch so that it differs
+    on every start however ``rng`` is seeded).
     """
 
     def __init__(
@@ -82,35 +136,124 @@ class IntentNode:
             self.counters.store_corrupt_rows += prior.store_corrupt_rows
             self.store.counters = self.counters  # type: ignore[attr-defined]
         self.log = structlog.get_logger("crdt.intent").bind(node_id=node_id)
-        # A fresh Yjs client id per start: a dropped corrupt row must never let us reuse clocks.
-        self.doc = IntentDoc(
-            trust, client_id=rng.getrandbits(52), kv_limits=kv_limits, counters=self.counters,
-            audit_sink=audit_sink, on_visible=on_visible, node_id=node_id,
-        )
-        self.sync = SyncCore(node_id, self.doc, rng, sync_config, self.store, self.counters)
+        rows = self.store.load()
+        # Every start is a new boot epoch, stored before any update of this run: the Yjs
+        # client id derives from it, so a restart never reuses an earlier run's client id
+        # (and so its clocks), even when the driver seeds ``rng`` identically every time.
+        # Ids already present in the stored state are avoided too (belt and braces).
+        self.epoch = self.store.epoch() + 1
+        self.store.set_epoch(self.epoch)
+        salt = rng.getrandbits(52)
         self.compact_after_rows = compact_after_rows
         self.now = 0.0
+        self.wall: float | None = None
         self._seq: dict[str, int] = {}
-        for row in self.store.load():
-            try:
-                self.doc.apply_update(row, 0.0)
-            except ValidationError:
-                self.counters.store_corrupt_rows += 1
-                self.log.error("crdt_store_row_undecodable", size=len(row))
+        self._deferred = bool(getattr(self.store, "deferred", False))
+        self._unacked: deque[tuple[int, WriteAck, bytes]] = deque()  # token order
+        # Answers computed while local writes were not durable yet: (token to wait for, reply_to, messages).
+        self._held: list[tuple[int, Any, list[Outgoing]]] = []
+        taken: set[int] = set()
+        corrupt = 0
+        while True:
+            self.doc = IntentDoc(
+                trust, client_id=derive_client_id(node_id, self.epoch, salt, taken), kv_limits=kv_limits,
+                counters=self.counters, audit_sink=audit_sink, on_visible=on_visible, node_id=node_id,
+            )
+            corrupt = 0
+            for row in rows:
+                try:
+                    self.doc.apply_update(row, 0.0)
+                except ValidationError:
+                    corrupt += 1
+            seen = set(decode_state_vector(self.doc.state_vector()))
+            if self.doc.doc.client_id not in seen:
+                break
+            taken |= seen  # a hash collision with a stored client: draw again, rebuild
+        if corrupt:
+            self.counters.store_corrupt_rows += corrupt
+            self.log.error("crdt_store_rows_undecodable", count=corrupt)
+        self.sync = SyncCore(node_id, self.doc, rng, sync_config, self.store, self.counters)
 
     # --- driving (NodeCore / simulator) -------------------------------------------------
 
-    def receive(self, src: str, msg: Any, now: float) -> list[Outgoing]:
+    def receive(self, src: str, msg: Any, now: float, reply_to: Any = None) -> list[Outgoing]:
+        """Handle one sync message from the authenticated node ``src``.
+
+        An answer that carries a diff of our document while some local write is not durable
+        yet is computed now but held until that write is (see :meth:`take_released`, which
+        hands ``reply_to`` back with it): a write must never leave the node before it is
+        durable, or a crash could let the restarted node reissue its ``(signer, seq)``.
+        """
         self.now = max(self.now, now)
-        return self.sync.receive(src, msg, now)
+        out = self.sync.receive(src, msg, now)
+        if self._unacked and any(_carries_diff(m) for _, m in out):
+            if len(self._held) >= _MAX_HELD:
+                # The disk is not keeping up (or the driver stopped persisting): drop, the
+                # peer's next anti-entropy round asks again.
+                self.counters.sync_answers_dropped += 1
+                return []
+            self._held.append((self._unacked[-1][0], reply_to, out))
+            self.counters.sync_answers_held += 1
+            return []
+        return out
 
     def tick(self, now: float, live_peers: list[str]) -> list[Outgoing]:
+        """Run the sync timers (eager push, anti-entropy) and compaction."""
         self.now = max(self.now, now)
         out = self.sync.tick(now, live_peers)
         self.maybe_compact()
         return out
 
+    def stream_event(self, peer: str, kind: str, now: float) -> list[Outgoing]:
+        """A stream to ``peer`` failed, closed, timed out or is backpressured: tell sync (its reaction runs on the next tick)."""
+        self.now = max(self.now, now)
+        self.sync.stream_event(peer, kind, now)
+        return []
+
+    # --- durability (effect stores) -----------------------------------------------------
+
+    def take_effects(self) -> list[PersistEffect]:
+        """Persist effects for the driver to perform off the loop, oldest first (empty for disk stores)."""
+        take = getattr(self.store, "take", None)
+        return take() if self._deferred and take is not None else []
+
+    def persisted(self, token: int, now: float) -> list[WriteAck]:
+        """The driver made every effect up to ``token`` durable: acknowledge and push those writes."""
+        self.now = max(self.now, now)
+        self.store.persisted(token)  # type: ignore[attr-defined]
+        acks: list[WriteAck] = []
+        while self._unacked and self._unacked[0][0] <= token:
+            _, ack, update = self._unacked.popleft()
+            # Pushed only once durable: a crash before this point loses a write nobody was told about.
+            self.sync.local_update(update, now)
+            acks.append(ack)
+        self.counters.writes_acked_after_persist += len(acks)
+        return acks
+
+    def take_released(self) -> list[tuple[Any, list[Outgoing]]]:
+        """Held answers whose writes are now durable, with the ``reply_to`` given to :meth:`receive`."""
+        durable = int(getattr(self.store, "durable_token", 0))
+        ready = [(r, out) for t, r, out in self._held if t <= durable]
+        if ready:
+            self._held = [h for h in self._held if h[0] > durable]
+        return ready
+
+    def durable(self, token: int) -> bool:
+        """True once the persist effect ``token`` (and every earlier one) is durable."""
+        return not self._deferred or int(getattr(self.store, "durable_token", 0)) >= token
+
+    def unacked(self) -> int:
+        """Writes applied locally that wait for their persist effect."""
+        return len(self._unacked)
+
+    def _stamp(self, now: float, wall: float | None) -> float:
+        """The wall-clock time to store in a record (falls back to ``now`` for single-clock drivers)."""
+        if wall is not None:
+            return wall
+        return self.wall if self.wall is not None else now
+
     def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has work (held sync requests are due as soon as writes are durable)."""
         return self.sync.next_deadline()
 
     def maybe_compact(self) -> bool:
@@ -126,7 +269,7 @@ class IntentNode:
 
     # --- writing ------------------------------------------------------------------------
 
-    def _commit(self, kind: str, key: str, payload: Any, signer: SigningKey | None, now: float) -> WriteAck:
+    def _commit(self, kind: str, key: str, payload: Any, signer: SigningKey | None, now: float) -> WriteAck | PendingWrite:
         signer = signer or self.node_key
         if kind == "placement":
             if self.trust.node_key_id(key) != signer.key_id:
@@ -141,12 +284,16 @@ class IntentNode:
         rec = SignedRecord.create(signer, kind, key, payload, seq)
         self._seq[signer.key_id] = seq
         update = self.doc.write(rec, now, signed_here=True)
-        self.store.append(update)  # durable before we acknowledge
-        self.sync.local_update(update, now)
+        token = self.store.append(update)  # disk store: committed here; effect store: queued
+        ack = WriteAck(kind, key, signer.key_id, seq)
         self.log.info("crdt_local_write", kind=kind, key=key[:120], signer=signer.key_id, seq=seq)
-        return WriteAck(kind, key, signer.key_id, seq)
+        if self._deferred:
+            self._unacked.append((token, ack, update))
+            return PendingWrite(kind, key, signer.key_id, seq, token)
+        self.sync.local_update(update, now)
+        return ack
 
-    def publish(self, manifest: Manifest, signer: SigningKey, now: float) -> WriteAck:
+    def publish(self, manifest: Manifest, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
         """Add a module version to the registry; versions are immutable and never republished."""
         manifest_from_payload(manifest.to_payload())
         key = registry_key(manifest.name, manifest.version)
@@ -154,7 +301,10 @@ class IntentNode:
             raise Conflict(f"{manifest.name} {manifest.version} is already published; versions are immutable, publish a new version")
         return self._commit("registry", key, manifest.to_payload(), signer, now)
 
-    def remove_version(self, name: str, version: str, signer: SigningKey, now: float, reason: str = "", policy: RetentionPolicy = RetentionPolicy()) -> WriteAck:
+    def remove_version(
+        self, name: str, version: str, signer: SigningKey, now: float, reason: str = "",
+        policy: RetentionPolicy = RetentionPolicy(), *, wall: float | None = None,
+    ) -> WriteAck | PendingWrite:
         """Tombstone a version (it stays listed as removed)."""
         m = self.doc.manifest(name, version)
         if m.removed:
@@ -163,21 +313,23 @@ class IntentNode:
             users = [d.name for d in self.doc.deployments() if d.spec.module == name and d.active_version == version]
             if users:
                 raise Conflict(f"{name} {version} is active in deployment(s) {', '.join(users)}; roll them forward first")
-        payload = {"removed": True, "removed_at": now, "reason": reason, "name": name, "version": version}
+        payload = {"removed": True, "removed_at": self._stamp(now, wall), "reason": reason, "name": name, "version": version}
         return self._commit("registry", registry_key(name, version), payload, signer, now)
 
-    def collectable_blobs(self, now: float, policy: RetentionPolicy = RetentionPolicy()) -> list[str]:
-        """sha256 of removed versions whose grace period has passed and that no live version shares."""
+    def collectable_blobs(self, wall: float, policy: RetentionPolicy = RetentionPolicy()) -> list[str]:
+        """sha256 of removed versions whose grace period (measured on the wall clock ``wall``) has passed and that no live version shares."""
         live, dead = set(), set()
         for name in self.doc.modules():
             for m in self.doc.versions(name):
                 if not m.removed:
                     live.add(m.sha256)
-                elif m.removed_at is not None and now - m.removed_at >= policy.blob_grace_seconds:
+                elif m.removed_at is not None and wall - m.removed_at >= policy.blob_grace_seconds:
                     dead.add(m.sha256)
         return sorted(dead - live)
 
-    def set_deployment(self, spec: DeploymentSpec, signer: SigningKey, now: float, active_version: str | None = None) -> WriteAck:
+    def set_deployment(
+        self, spec: DeploymentSpec, signer: SigningKey, now: float, active_version: str | None = None, *, wall: float | None = None,
+    ) -> WriteAck | PendingWrite:
         """Create or update a deployment; the active version is the best published match unless given."""
         if active_version is None:
             active_version = self.doc.resolve(spec.module, spec.version).version
@@ -185,13 +337,15 @@ class IntentNode:
             m = self.doc.manifest(spec.module, active_version)
             if m.removed:
                 raise Conflict(f"{spec.module} {active_version} was removed")
-        payload = deployment_payload(spec, active_version, "set", now)
+        payload = deployment_payload(spec, active_version, "set", self._stamp(now, wall))
         from crdt.schema import validate_deployment_payload
 
         validate_deployment_payload(spec.name, payload)
         return self._commit("deployments", spec.name, payload, signer, now)
 
-    def rollback(self, name: str, signer: SigningKey, now: float, to_version: str | None = None) -> WriteAck:
+    def rollback(
+        self, name: str, signer: SigningKey, now: float, to_version: str | None = None, *, wall: float | None = None,
+    ) -> WriteAck | PendingWrite:
         """Point a deployment back at an earlier version (default: the previous distinct active version)."""
         dep = self.doc.deployment(name)
         hist = [h for h in dep.history if h.spec is not None]
@@ -207,26 +361,29 @@ class IntentNode:
             same = [h for h in hist if h.active_version == to_version]
             target = same[-1] if same else replace(hist[-1], spec=replace(dep.spec, version=to_version), active_version=to_version)
         assert target.spec is not None
-        payload = deployment_payload(target.spec, target.active_version, "rollback", now)
+        payload = deployment_payload(target.spec, target.active_version, "rollback", self._stamp(now, wall))
         return self._commit("deployments", name, payload, signer, now)
 
-    def delete_deployment(self, name: str, signer: SigningKey, now: float) -> WriteAck:
+    def delete_deployment(self, name: str, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Delete a deployment (a signed record with no spec)."""
         self.doc.deployment(name)
-        return self._commit("deployments", name, deployment_payload(None, None, "delete", now), signer, now)
+        return self._commit("deployments", name, deployment_payload(None, None, "delete", self._stamp(now, wall)), signer, now)
 
-    def set_route(self, route: RouteSpec, signer: SigningKey, now: float) -> WriteAck:
+    def set_route(self, route: RouteSpec, signer: SigningKey, now: float) -> WriteAck | PendingWrite:
+        """Create or replace a route."""
         return self._commit("routes", route.key, route.to_payload(), signer, now)
 
-    def delete_route(self, host: str, path: str, method: str, signer: SigningKey, now: float) -> WriteAck:
+    def delete_route(self, host: str, path: str, method: str, signer: SigningKey, now: float) -> WriteAck | PendingWrite:
+        """Delete a route (a signed tombstone)."""
         key = route_key(host, path, method)
         rec = self.doc.effective("routes", key)
         if rec is None or rec.payload.get("deleted") is True:
             raise NotFound(f"no route {key}")
         return self._commit("routes", key, {"deleted": True, "key": key}, signer, now)
 
-    def set_placement(self, replicas: list[ReplicaClaim], now: float) -> WriteAck:
+    def set_placement(self, replicas: list[ReplicaClaim], now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
         """Replace this node's own placement entry."""
-        entry = PlacementEntry(self.node_id, tuple(replicas), now)
+        entry = PlacementEntry(self.node_id, tuple(replicas), self._stamp(now, wall))
         return self._commit("placement", self.node_id, entry.to_payload(), self.node_key, now)
 
     # --- KV (structurally satisfies runtime's KVStore protocol) --------------------------
@@ -235,20 +392,27 @@ class IntentNode:
         """Value of ``key`` in namespace ``ns`` or None."""
         return self.doc.kv_get(ns, key)
 
-    def set(self, ns: str, key: str, value: bytes) -> None:
-        """Write a value, signed by this node's key, within the namespace limits."""
-        self._kv_write(ns, key, bytes(value))
+    def set(self, ns: str, key: str, value: bytes) -> PendingWrite | None:
+        """Write a value, signed by this node's key, within the namespace limits.
 
-    def delete(self, ns: str, key: str) -> None:
+        With an effect store the write is not durable yet: the returned :class:`PendingWrite`
+        is what ``runtime.kv.LoopKV`` waits on before the guest's call returns.
+        """
+        r = self._kv_write(ns, key, bytes(value))
+        return r if isinstance(r, PendingWrite) else None
+
+    def delete(self, ns: str, key: str) -> PendingWrite | None:
         """Delete a key (a signed tombstone in this node's slot)."""
         if self.doc.kv_get(ns, key) is not None:
-            self._kv_write(ns, key, None)
+            r = self._kv_write(ns, key, None)
+            return r if isinstance(r, PendingWrite) else None
+        return None
 
     def list(self, ns: str, prefix: str = "") -> list[str]:
         """Live keys of ``ns`` starting with ``prefix``, sorted."""
         return self.doc.kv_list(ns, prefix)
 
-    def _kv_write(self, ns: str, key: str, value: bytes | None) -> WriteAck:
+    def _kv_write(self, ns: str, key: str, value: bytes | None) -> WriteAck | PendingWrite:
         lim = self.doc.kv_limits
         v_namespace(ns)
         check_key(key, "KV key", lim.max_key_len)

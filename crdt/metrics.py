@@ -43,6 +43,14 @@ class Counters:
     blob_bytes_fetched: int = 0
     blob_hash_mismatch: int = 0
     blob_fetch_failed: int = 0
+    # driver seam: stream lifecycle and persist effects
+    sync_backpressure_events: int = 0
+    sync_stream_failures: int = 0
+    anti_entropy_retries: int = 0
+    blob_stream_failovers: int = 0
+    writes_acked_after_persist: int = 0
+    sync_answers_held: int = 0
+    sync_answers_dropped: int = 0
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
 
     def invalid(self, reason: str) -> None:

@@ -8,6 +8,19 @@ row held is repaired by anti-entropy from peers). A torn WAL tail is discarded b
 itself (frame checksums), which only ever loses the unacknowledged last transaction.
 A file that is not a database at all is moved aside (``*.corrupt-N``) and a fresh store
 is started, with a clear log line and counter.
+
+Each store also keeps a *boot epoch*, a counter the node bumps durably every time it
+starts: the Yjs client id of a run is derived from it, so a restarted node never reuses
+the client id (and so the clocks) of an earlier run, however its driver seeds the rng.
+
+**Disk as an effect.** A node driven by an event loop must never block on fsync, so the
+node core does not hold the disk store: it holds an :class:`EffectStore`, which turns
+every ``append``/``compact``/``set_epoch`` into a numbered :class:`PersistEffect`. The
+driver takes them (``take()``), performs them in order off the loop (a worker thread;
+:meth:`SqliteStore.run` commits a whole batch with one fsync) and then reports the highest
+token done (``persisted(token)``). Only then does the node acknowledge the writes those
+effects carried. Effects are totally ordered by token and a driver confirms a prefix, so
+"acknowledged" always implies "every earlier effect is on disk too".
 """
 
 from __future__ import annotations
@@ -16,8 +29,9 @@ import hashlib
 import os
 import sqlite3
 import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import structlog
 
@@ -40,7 +54,111 @@ class UpdateStore(Protocol):
     def append(self, update: bytes) -> int: ...
     def compact(self, snapshot: bytes) -> None: ...
     def row_count(self) -> int: ...
+    def epoch(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
     def close(self) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class PersistEffect:
+    """One durable write the driver must perform: ``op`` is append, compact or epoch."""
+
+    token: int
+    op: str
+    data: bytes = b""
+    epoch: int = 0
+
+    def apply(self, store: UpdateStore) -> None:
+        """Perform this effect on a disk (or memory) store; blocking, so never on the event loop."""
+        if self.op == "append":
+            store.append(self.data)
+        elif self.op == "compact":
+            store.compact(self.data)
+        elif self.op == "epoch":
+            store.set_epoch(self.epoch)
+        else:
+            raise StoreError(f"unknown persist effect {self.op!r}")
+
+
+class EffectStore:
+    """The node core's view of its disk: reads what the driver loaded, turns writes into effects.
+
+    Owned by the node's event loop (the core is single-threaded); the driver's worker thread
+    only ever sees the :class:`PersistEffect` values it was handed, never this object.
+    """
+
+    deferred = True  # IntentNode holds acknowledgements until persisted() covers them
+
+    def __init__(self, rows: Iterable[bytes] = (), epoch: int = 0, counters: Counters | None = None) -> None:
+        self._rows = [bytes(r) for r in rows]
+        self._epoch = epoch
+        self._count = len(self._rows)
+        self.counters = counters if counters is not None else Counters()
+        self._pending: list[PersistEffect] = []
+        self._token = 0
+        self.durable_token = 0
+
+    @classmethod
+    def over(cls, store: UpdateStore) -> "EffectStore":
+        """Load a disk store once (at startup, before the loop runs) and defer every later write."""
+        return cls(store.load(), store.epoch(), getattr(store, "counters", None))
+
+    def load(self) -> list[bytes]:
+        """The rows the driver loaded at start-up."""
+        return list(self._rows)
+
+    def epoch(self) -> int:
+        """The boot epoch (as loaded, or as last set)."""
+        return self._epoch
+
+    def _effect(self, op: str, data: bytes = b"", epoch: int = 0) -> int:
+        self._token += 1
+        self._pending.append(PersistEffect(self._token, op, data, epoch))
+        return self._token
+
+    def append(self, update: bytes) -> int:
+        """Queue an append; returns its token (durable once ``persisted`` reaches it)."""
+        self._count += 1
+        self.counters.store_appends += 1
+        return self._effect("append", bytes(update))
+
+    def compact(self, snapshot: bytes) -> None:
+        """Queue replacing every row by ``snapshot``."""
+        self._count = 1
+        self.counters.store_compactions += 1
+        self._effect("compact", bytes(snapshot))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Queue storing the boot epoch."""
+        self._epoch = epoch
+        self._effect("epoch", epoch=epoch)
+
+    def row_count(self) -> int:
+        """Rows the disk will hold once every queued effect is done."""
+        return self._count
+
+    def close(self) -> None:
+        """Nothing to close: the driver owns the disk store."""
+
+    @property
+    def last_token(self) -> int:
+        """Token of the newest effect handed out (or queued)."""
+        return self._token
+
+    def has_effects(self) -> bool:
+        """True when effects wait for the driver."""
+        return bool(self._pending)
+
+    def take(self) -> list[PersistEffect]:
+        """Hand the queued effects to the driver, oldest first."""
+        out, self._pending = self._pending, []
+        return out
+
+    def persisted(self, token: int) -> None:
+        """The driver reports every effect up to ``token`` durable."""
+        if token > self._token:
+            raise StoreError(f"persisted({token}) confirms an effect that was never issued (last is {self._token})")
+        self.durable_token = max(self.durable_token, token)
 
 
 class MemoryStore:
@@ -49,6 +167,7 @@ class MemoryStore:
 
     def __init__(self, counters: Counters | None = None) -> None:
         self._rows: list[bytes] = []
+        self._epoch = 0
         self.counters = counters if counters is not None else Counters()
 
     def load(self) -> list[bytes]:
@@ -66,12 +185,23 @@ class MemoryStore:
     def row_count(self) -> int:
         return len(self._rows)
 
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+
     def close(self) -> None:
         pass
 
 
 class SqliteStore:
-    """Append-only update log with snapshots in one sqlite file under ``data_dir``."""
+    """Append-only update log with snapshots in one sqlite file under ``data_dir``.
+
+    One thread at a time owns it: the node's thread for the offline CLI, the driver's
+    persist worker (a limiter of one, so effects stay in order) under an event loop.
+    ``check_same_thread=False`` only lets it be opened before that worker takes over.
+    """
 
     def __init__(self, data_dir: str | os.PathLike[str], counters: Counters | None = None, on_corrupt: str = "quarantine") -> None:
         self.dir = Path(data_dir)
@@ -97,6 +227,7 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, data BLOB NOT NULL, crc BLOB NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             db.execute("SELECT count(*) FROM log").fetchone()
         except sqlite3.DatabaseError:
             db.close()
@@ -143,35 +274,77 @@ class SqliteStore:
                 self.log.error("crdt_store_corrupt_rows_not_removed", error=str(exc))
         return out
 
+    def _insert(self, kind: int, data: bytes) -> int:
+        rid = (self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM log").fetchone())[0]
+        self._db.execute("INSERT INTO log (id, kind, data, crc) VALUES (?, ?, ?, ?)", (rid, kind, data, row_checksum(rid, kind, data)))
+        return int(rid)
+
     def append(self, update: bytes) -> int:
         """Append and commit (fsync'd by synchronous=FULL) before returning the row id."""
         data = bytes(update)
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            rid = (self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM log").fetchone())[0]
-            self._db.execute("INSERT INTO log (id, kind, data, crc) VALUES (?, ?, ?, ?)", (rid, KIND_UPDATE, data, row_checksum(rid, KIND_UPDATE, data)))
+            rid = self._insert(KIND_UPDATE, data)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise StoreError(f"cannot append to {self.path}: {exc} (is the disk full or read-only?)") from None
         self.counters.store_appends += 1
-        return int(rid)
+        return rid
 
     def compact(self, snapshot: bytes) -> None:
         """Replace every row with one snapshot of the merged state, atomically."""
-        data = bytes(snapshot)
+        self.run([PersistEffect(0, "compact", bytes(snapshot))])
+
+    def epoch(self) -> int:
+        """The boot epoch last stored (0 for a new store)."""
+        row = self._db.execute("SELECT v FROM meta WHERE k='epoch'").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Store the boot epoch durably."""
+        self.run([PersistEffect(0, "epoch", epoch=epoch)])
+
+    def run(self, effects: list[PersistEffect]) -> None:
+        """Perform a batch of effects in one transaction: one fsync for all of them.
+
+        The driver's worker thread calls this; the batch is all-or-nothing, so on
+        :class:`StoreError` none of it is durable and none of it may be acknowledged.
+        """
+        if not effects:
+            return
+        compacted = False
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            rid = (self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM log").fetchone())[0]
-            self._db.execute("DELETE FROM log")
-            self._db.execute("INSERT INTO log (id, kind, data, crc) VALUES (?, ?, ?, ?)", (rid, KIND_SNAPSHOT, data, row_checksum(rid, KIND_SNAPSHOT, data)))
+            for e in effects:
+                if e.op == "append":
+                    self._insert(KIND_UPDATE, e.data)
+                elif e.op == "compact":
+                    self._db.execute("DELETE FROM log")
+                    self._insert(KIND_SNAPSHOT, e.data)
+                    compacted = True
+                elif e.op == "epoch":
+                    self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('epoch', ?)", (e.epoch,))
+                else:
+                    raise StoreError(f"unknown persist effect {e.op!r}")
             self._db.execute("COMMIT")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             self._rollback()
-            raise StoreError(f"cannot compact {self.path}: {exc}") from None
-        self.counters.store_compactions += 1
-        self.log.info("crdt_store_compacted", bytes=len(data))
+            raise StoreError(f"cannot write to {self.path}: {exc} (is the disk full or read-only?)") from None
+        except StoreError:
+            self._rollback()
+            raise
+        if compacted:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # the commit is durable; a failed checkpoint only delays WAL truncation
+                self.log.warning("crdt_store_checkpoint_failed", error=str(exc))
+        for e in effects:
+            if e.op == "append":
+                self.counters.store_appends += 1
+            elif e.op == "compact":
+                self.counters.store_compactions += 1
+                self.log.info("crdt_store_compacted", bytes=len(e.data))
 
     def row_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM log").fetchone()[0])

@@ -15,6 +15,11 @@
   SyncChunk pieces (each within one stream frame), reassembled into bounded buffers that expire.
 * **Backpressure**: eager pushes count against a per-peer budget of unacknowledged bytes; when
   it is full, the push to that peer is dropped (counted) and anti-entropy repairs later.
+* **Stream lifecycle** (driver input, :meth:`SyncCore.stream_event`): a peer whose stream
+  failed to connect, timed out or closed releases its push budget (those acks will never
+  come) and, if it was the anti-entropy partner, another peer is tried at once; a peer the
+  driver reports backpressured gets no eager pushes (the fanout picks others) and is not
+  chosen for anti-entropy until it drains or ``ack_timeout`` passes.
 
 The core is fed ``(now, message)`` and returns ``[(dst, message)]``; it never reads a clock.
 """
@@ -174,6 +179,34 @@ class SyncCore:
         self._outstanding: dict[str, dict[int, _Push]] = {}
         self._reasm: dict[tuple[str, int], _Reassembly] = {}
         self._digest_of: tuple[bytes, bytes] = (b"", b"")  # (state vector, its digest), memoised
+        self._congested: dict[str, float] = {}  # peer -> until when the driver said it is backpressured
+        self._ae_peer: str | None = None  # anti-entropy partner whose answer is still due
+        self._ae_avoid: set[str] = set()  # peers whose stream just failed: skipped by the retry
+
+    def stream_event(self, peer: str, kind: str, now: float) -> None:
+        """Driver input: ``kind`` is connect_failed, timed_out, closed, backpressure or drained."""
+        if kind == "backpressure":
+            self._congested[peer] = now + self.config.ack_timeout
+            self.counters.sync_backpressure_events += 1
+            return
+        if kind == "drained":
+            self._congested.pop(peer, None)
+            return
+        # The stream is gone: acks for pushes on it cannot arrive, release the budget now.
+        self._outstanding.pop(peer, None)
+        if kind in ("connect_failed", "timed_out"):
+            self.counters.sync_stream_failures += 1
+            if self._ae_peer == peer:
+                self._ae_peer = None
+                self._ae_avoid.add(peer)
+                self._next_ae = now  # retry anti-entropy with another peer on the next tick
+                self.counters.anti_entropy_retries += 1
+
+    def _usable(self, peers: list[str]) -> list[str]:
+        """``peers`` minus the backpressured ones."""
+        if not self._congested:
+            return peers
+        return [p for p in peers if p not in self._congested]
 
     # --- the node-facing surface -------------------------------------------------------
 
@@ -207,6 +240,9 @@ class SyncCore:
             self._given = list(live_peers)
             self._live = sorted(p for p in live_peers if p != self.node_id)
         out: list[Outgoing] = []
+        if self._congested:
+            for peer in [p for p, until in self._congested.items() if until <= now]:
+                del self._congested[peer]  # a driver that never says "drained" must not starve a peer
         for peer in sorted(self._outstanding):
             pushes = self._outstanding[peer]
             for pid in sorted(pushes):
@@ -216,7 +252,7 @@ class SyncCore:
                 elif p.retry_at <= now:
                     p.retry_at = math.inf  # once: a second loss is left to anti-entropy
                     # A retry is bytes in flight too: a slow peer's full budget gets none.
-                    if self._is_live(peer) and self.outstanding_bytes(peer) + p.size <= self.config.max_outstanding_bytes:
+                    if self._is_live(peer) and peer not in self._congested and self.outstanding_bytes(peer) + p.size <= self.config.max_outstanding_bytes:
                         p.copies += 1
                         self.counters.eager_retries += 1
                         out += self._send(peer, SyncUpdate(p.update, pid, p.ttl))
@@ -232,8 +268,13 @@ class SyncCore:
         if now >= self._next_ae:
             cfg = self.config
             self._next_ae = now + cfg.anti_entropy_interval * (1 + cfg.anti_entropy_jitter * (2 * self.rng.random() - 1))
-            if self._live:
-                peer = self.rng.choice(self._live)
+            candidates = self._usable(self._live)
+            if self._ae_avoid:
+                candidates = [p for p in candidates if p not in self._ae_avoid]
+                self._ae_avoid.clear()
+            if candidates:
+                peer = self.rng.choice(candidates)
+                self._ae_peer = peer
                 self.counters.anti_entropy_rounds += 1
                 if cfg.digest_anti_entropy:
                     out += self._send(peer, SyncDigest(self.state_digest()))
@@ -253,6 +294,8 @@ class SyncCore:
                 return []
             return self._send(src, SyncStep1(self.doc.state_vector()))
         if isinstance(msg, SyncStep1):
+            if src == self._ae_peer:
+                self._ae_peer = None  # digest anti-entropy: the partner answered with its state vector
             self.counters.bytes_received += len(msg.state_vector)
             try:
                 remote = decode_state_vector(msg.state_vector)
@@ -263,6 +306,8 @@ class SyncCore:
             diff = self.doc.diff(msg.state_vector) if lacks(remote, decode_state_vector(mine)) else b""
             return self._send(src, SyncStep2(diff, mine))
         if isinstance(msg, SyncStep2):
+            if src == self._ae_peer:
+                self._ae_peer = None
             self.counters.bytes_received += len(msg.update) + len(msg.state_vector)
             if msg.update:
                 self._apply(src, msg.update, now)
@@ -314,8 +359,9 @@ class SyncCore:
         return i > 0 and self._live[i - 1] == peer
 
     def targets(self, exclude: str | None) -> list[str]:
-        """Peers of one push: ``fanout`` random live peers plus the ring successor, never ``exclude``."""
-        live = self._live
+        """Peers of one push: ``fanout`` random live peers plus the ring successor, never ``exclude``
+        nor a peer the driver reported backpressured."""
+        live = self._usable(self._live)
         n = len(live)
         if n == 0:
             return []

@@ -2,18 +2,58 @@
 
 It decodes envelopes, dispatches them to the protocol cores it composes
 (membership always; replicated intent and blob transfer when given) and returns
-the bytes to send. Drivers feed it three things only — received bytes, the time,
-and timer ticks — and it never reads a clock, a socket or the global random.
+the bytes to send. It never reads a clock, a socket or the global random.
 
 The intent cores (``crdt.intent.IntentNode``, ``crdt.blob.BlobTransfer``) speak in
 node *names*; membership knows each name's address, so the node core translates
 on the way out and encodes every sync or blob message as a stream (reliable)
 frame: sync updates and blob chunks are far larger than a datagram.
+
+The driver seam (the whole contract; ``docs/DRIVER.md`` explains it for driver authors)
+----------------------------------------------------------------------------------------
+
+Inputs — every call takes ``now``, the driver's **monotonic** clock in seconds:
+
+* ``start(now)`` once, then ``tick(now, wall=...)`` whenever ``next_deadline()`` comes due.
+  ``wall`` is the driver's **wall** clock (seconds since the epoch); it is only ever stored
+  inside replicated records (deployment and placement times), never used for a timer.
+* ``receive(src, data, now, reliable, peer=..., stream=...)`` for every datagram or stream
+  frame. ``peer`` is the node id the driver's *authenticated session* proved (Noise
+  handshake, key checked against membership); it overrides the envelope's self-declared
+  sender, and an envelope whose sender disagrees with it is dropped and counted
+  (``sender_mismatch``). ``stream`` is the driver's opaque handle of the stream the frame
+  came on; ``src`` is only the source address (on TCP an ephemeral port).
+* ``stream_event(peer, kind, now)``: ``connect_failed``, ``timed_out`` (the driver's
+  ``stream_timeout`` expired without progress), ``closed``, ``backpressure`` (the peer's
+  send buffer is full) and ``drained`` (it emptied again). Blob transfer fails over to the
+  next peer; sync releases the peer's push budget, retries anti-entropy elsewhere and
+  pushes to other peers while one is backpressured.
+* ``persisted(token, now)`` after the driver made every persist effect up to ``token``
+  durable (see below); it returns what to send, and ``take_acks()`` the writes now acknowledged.
+
+Outputs — :class:`mesh.wire.Outgoing`. ``node``/``key`` say which node a message is for
+(its id and expected public key, when membership knows them; every message to a member,
+datagram or stream), so the driver can pick or open the right encrypted session. A message that answers a stream frame carries that
+frame's ``stream`` handle: the driver writes it back on the same stream and ignores
+``dst``.
+
+Effects — ``take_blob_puts()`` returns verified blobs to write (``blob_stored`` reports
+them done); ``take_effects()`` returns the :class:`crdt.store.PersistEffect` list the intent
+core produced (only when it runs on an :class:`crdt.store.EffectStore`). The driver
+performs them in order off its event loop (a worker thread; ``SqliteStore.run`` commits a
+batch with one fsync) and then calls ``persisted(last_token, now)``; ``take_acks()`` then returns the
+:class:`crdt.intent.WriteAck` of every write that is now durable. No write is acknowledged,
+none is pushed and no answer carrying it leaves before that call: acknowledged means durable.
+
+Threads — the core belongs to one thread (the driver's loop). Worker threads (wasm host
+functions) reach the replicated KV through ``runtime.kv.LoopKV``, which marshals each call
+onto that loop and waits for durability there.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterable
 
 from mesh.errors import WireError
@@ -21,14 +61,16 @@ from mesh.membership import MembershipConfig, NodeMeta, SwimCore
 from mesh.membership.messages import Alive, Dead, Suspect
 from mesh.membership.state import MemberEvent
 from mesh.protocol import BLOB_TYPES, SYNC_TYPES
-from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Outgoing, decode, encode
+from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Outgoing, StreamHandle, decode, encode
 
 if TYPE_CHECKING:
-    from crdt.blob import BlobTransfer
-    from crdt.intent import IntentNode
+    from crdt.blob import BlobPut, BlobTransfer
+    from crdt.intent import IntentNode, WriteAck
+    from crdt.store import PersistEffect
 
 _MEMBERSHIP_TYPES = frozenset(range(1, 16))
 _GONE = frozenset({"dead", "left"})
+STREAM_EVENTS = frozenset({"connect_failed", "timed_out", "closed", "backpressure", "drained"})
 
 
 class NodeCore:
@@ -46,11 +88,12 @@ class NodeCore:
         incarnation: int = 0,
         intent: IntentNode | None = None,
         blobs: BlobTransfer | None = None,
+        key: bytes = b"",
     ) -> None:
         self.name = name
         self.addr = addr
         self.rng = rng
-        self.swim = SwimCore(name, addr, meta, config, rng, now, incarnation=incarnation, seeds=seeds)
+        self.swim = SwimCore(name, addr, meta, config, rng, now, incarnation=incarnation, seeds=seeds, key=key)
         # Optional sub-cores: None keeps a pure-membership node (tests, large membership sims).
         self.intent = intent
         self.blobs = blobs
@@ -60,6 +103,9 @@ class NodeCore:
             "bytes_received": 0,
             "wire_errors": 0,
             "unknown_type": 0,
+            "sender_mismatch": 0,
+            "stream_events": 0,
+            "stream_events_unknown": 0,
         }
         if intent is not None or blobs is not None:
             self.counters |= {
@@ -69,17 +115,36 @@ class NodeCore:
                 "intent_errors": 0,
             }
         self.last_error: str | None = None
+        self.wall: float | None = None  # the driver's latest wall-clock reading
+        self._by_addr: dict[str, str] = {}
+        self._by_addr_size = -1
+        self._acks: list[WriteAck] = []
 
     # -- driver interface ---------------------------------------------------------
 
     def start(self, now: float) -> list[Outgoing]:
         """First call after construction: contact seeds."""
         if self.swim.seeds and self.swim.num_members() <= 1:
-            return self.swim.join(self.swim.seeds, now)
+            return self._name_nodes(self.swim.join(self.swim.seeds, now))
         return []
 
-    def receive(self, src: str, data: bytes, now: float, reliable: bool = False) -> list[Outgoing]:
-        """Feed bytes received from address ``src``; return what to send."""
+    def receive(
+        self,
+        src: str,
+        data: bytes,
+        now: float,
+        reliable: bool = False,
+        *,
+        peer: str | None = None,
+        stream: StreamHandle | None = None,
+    ) -> list[Outgoing]:
+        """Feed bytes received from address ``src``; return what to send.
+
+        ``peer`` is the authenticated node id of the driver's session (it wins over the
+        envelope's sender); ``stream`` is the handle replies to this frame travel back on.
+        """
+        if stream is not None:
+            reliable = True
         self.counters["frames_received" if reliable else "datagrams_received"] += 1
         self.counters["bytes_received"] += len(data)
         try:
@@ -89,26 +154,45 @@ class NodeCore:
             self.counters["wire_errors"] += 1
             self.last_error = str(exc)
             return []
+        sender = env.sender
+        if peer is not None and sender != peer:
+            # A session authenticated as `peer` speaking for someone else: a forgery or a bug.
+            self.counters["sender_mismatch"] += 1
+            self.last_error = f"envelope claims sender {sender[:64]!r} on a session authenticated as {peer[:64]!r}"
+            return []
         t = env.msg.TYPE
         if t in _MEMBERSHIP_TYPES:
             if self.blobs is None:
-                return self.swim.handle(src, env, now)
-            mark = len(self.swim.events)
-            out = self.swim.handle(src, env, now)
-            return out + self._membership_changed(mark, now)
+                out = self.swim.handle(src, env, now)
+            else:
+                mark = len(self.swim.events)
+                out = self.swim.handle(src, env, now)
+                out += self._membership_changed(mark, now)
+            if stream is not None and out:
+                # SwimCore answers a stream message (push-pull) to its source address; on
+                # a real transport that is the peer's ephemeral port, so the answer goes
+                # back on the request's stream instead.
+                key = self._key_of(sender)
+                out = [replace(o, node=sender, key=key, stream=stream) if o.reliable and o.dst == src else o for o in out]
+            return self._name_nodes(out, src, sender) if out else out
         if t in SYNC_TYPES and self.intent is not None:
-            return self._run_intent(self.intent.receive, env.msg, env.sender, src, now)
+            intent, msg, reply_to = self.intent, env.msg, (sender, src, stream)
+            return self._translate(self._guard(lambda: intent.receive(sender, msg, now, reply_to)), sender, src, stream)
         if t in BLOB_TYPES and self.blobs is not None:
-            return self._run_intent(self.blobs.receive, env.msg, env.sender, src, now)
+            return self._run_intent(self.blobs.receive, env.msg, sender, src, stream, now)
         self.counters["unknown_type"] += 1
         return []
 
-    def tick(self, now: float) -> list[Outgoing]:
-        """Run the timers due at ``now``."""
+    def tick(self, now: float, wall: float | None = None) -> list[Outgoing]:
+        """Run the timers due at ``now`` (monotonic); ``wall`` updates the record clock."""
+        if wall is not None:
+            self.wall = wall
+            if self.intent is not None:
+                self.intent.wall = wall
         if self.intent is None and self.blobs is None:
-            return self.swim.tick(now)
+            return self._name_nodes(self.swim.tick(now))
         mark = len(self.swim.events)
-        out = self.swim.tick(now)
+        out = self._name_nodes(self.swim.tick(now))
         if self.blobs is not None:
             out += self._membership_changed(mark, now)
             d = self.blobs.next_deadline()
@@ -121,6 +205,54 @@ class NodeCore:
             if d is not None and d <= now:
                 out += self._translate(self._guard(lambda: intent.tick(now, self.swim.live_peers())), None, None)
         return out
+
+    def stream_event(self, peer: str, kind: str, now: float) -> list[Outgoing]:
+        """Driver input about the stream to ``peer``: connect_failed, timed_out, closed, backpressure, drained."""
+        if kind not in STREAM_EVENTS:
+            self.counters["stream_events_unknown"] += 1
+            self.last_error = f"unknown stream event {kind[:40]!r}"
+            return []
+        self.counters["stream_events"] += 1
+        out: list[Outgoing] = []
+        intent = self.intent
+        if intent is not None:
+            self._guard(lambda: intent.stream_event(peer, kind, now))
+        blobs = self.blobs
+        if blobs is not None:
+            out += self._translate(self._guard(lambda: blobs.stream_event(peer, kind, now)), None, None)
+        return out
+
+    def take_effects(self) -> list[PersistEffect]:
+        """Persist effects the driver must perform off its loop, in order (then call :meth:`persisted`)."""
+        return self.intent.take_effects() if self.intent is not None else []
+
+    def persisted(self, token: int, now: float) -> list[Outgoing]:
+        """Every persist effect up to ``token`` is durable: acknowledge the writes (see :meth:`take_acks`)
+        and send the answers that waited for them, on the streams their requests came on."""
+        intent = self.intent
+        if intent is None:
+            return []
+        self._acks += intent.persisted(token, now)
+        out: list[Outgoing] = []
+        for (sender, src, stream), msgs in intent.take_released():
+            out += self._translate(msgs, sender, src, stream)
+        return out
+
+    def take_acks(self) -> list[WriteAck]:
+        """Writes acknowledged (durable) since the last call, oldest first."""
+        acks, self._acks = self._acks, []
+        return acks
+
+    def take_blob_puts(self) -> list[BlobPut]:
+        """Verified blobs the driver must store durably off its loop (then call :meth:`blob_stored`)."""
+        return self.blobs.take_puts() if self.blobs is not None else []
+
+    def blob_stored(self, sha256: str, now: float, error: str | None = None) -> list[Outgoing]:
+        """The driver stored a blob (or failed to, with ``error``): its fetch completes."""
+        blobs = self.blobs
+        if blobs is None:
+            return []
+        return self._translate(self._guard(lambda: blobs.stored(sha256, now, error)), None, None)
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has work."""
@@ -143,19 +275,77 @@ class NodeCore:
             self.last_error = f"{exc.__class__.__name__}: {exc}"
             return []
 
-    def _run_intent(self, handler: Any, msg: Any, sender: str, src: str, now: float) -> list[Outgoing]:
-        return self._translate(self._guard(lambda: handler(sender, msg, now)), sender, src)
+    def _run_intent(self, handler: Any, msg: Any, sender: str, src: str, stream: StreamHandle | None, now: float) -> list[Outgoing]:
+        return self._translate(self._guard(lambda: handler(sender, msg, now)), sender, src, stream)
 
-    def _translate(self, outs: list[tuple[str, Any]], reply_name: str | None, reply_addr: str | None) -> list[Outgoing]:
-        """Turn ``[(node name, message)]`` into stream frames to the members' addresses."""
+    def _name_nodes(self, out: list[Outgoing], reply_addr: str | None = None, reply_name: str | None = None) -> list[Outgoing]:
+        """Name the member each SwimCore message is for, so the driver can seal it for that node.
+
+        SwimCore addresses members by address; an answer to ``reply_addr`` is for the
+        (authenticated) ``reply_name``, anything else is looked up by address. A join
+        push-pull to a seed address names no node: the handshake tells who answered.
+        """
+        peek = self.swim.members.peek  # read-only: never copies a shared record
+        by_addr = self._by_addr
+        for i, o in enumerate(out):
+            if o.node is not None:
+                continue
+            dst = o.dst
+            if reply_name is not None and dst == reply_addr:
+                name: str | None = reply_name
+                m = peek(reply_name)
+            else:
+                name = by_addr.get(dst)
+                m = peek(name) if name is not None else None
+                if m is None or m.addr != dst:  # not indexed yet, or the member moved
+                    name = self._name_at(dst)
+                    if name is None:
+                        continue
+                    by_addr = self._by_addr
+                    m = peek(name)
+            out[i] = Outgoing(dst, o.data, o.reliable, name, (m.key or None) if m is not None else None, o.stream)
+        return out
+
+    def _name_at(self, addr: str) -> str | None:
+        """The member at ``addr``; the index is rebuilt when membership grew or an address moved."""
+        members = self.swim.members
+        name = self._by_addr.get(addr)
+        if name is not None:
+            m = members.peek(name)
+            if m is not None and m.addr == addr:
+                return name
+        elif len(members) == self._by_addr_size:
+            return None  # an address no member has (a seed, a node still joining)
+        self._by_addr = {m.addr: n for n, m in members.items()}
+        self._by_addr_size = len(members)
+        return self._by_addr.get(addr)
+
+    def _key_of(self, name: str) -> bytes | None:
+        """The public key membership holds for ``name``, if any."""
+        m = self.swim.members.peek(name)
+        return (m.key or None) if m is not None else None
+
+    def _translate(
+        self,
+        outs: list[tuple[str, Any]],
+        reply_name: str | None,
+        reply_addr: str | None,
+        stream: StreamHandle | None = None,
+    ) -> list[Outgoing]:
+        """Turn ``[(node name, message)]`` into stream frames for those nodes.
+
+        A message to the node whose stream frame we are handling goes back on that stream;
+        anything else is addressed by the member's address, name and key.
+        """
         result: list[Outgoing] = []
         members = self.swim.members
         for dst, msg in outs:
-            m = members.get(dst)
+            m = members.peek(dst)
+            reply = dst == reply_name
             if m is not None:
                 addr = m.addr
-            elif dst == reply_name and reply_addr is not None:
-                addr = reply_addr  # a peer we do not know yet (still joining): answer where it wrote from
+            elif reply and (stream is not None or reply_addr is not None):
+                addr = reply_addr or dst  # a peer we do not know yet (still joining)
             else:
                 self.counters["intent_no_route"] += 1
                 continue
@@ -167,7 +357,8 @@ class NodeCore:
                 continue
             self.counters["intent_messages_sent"] += 1
             self.counters["intent_bytes_sent"] += len(data)
-            result.append(Outgoing(addr, data, True))
+            key = (m.key or None) if m is not None else None
+            result.append(Outgoing(addr, data, True, dst, key, stream if reply else None))
         return result
 
     def _membership_changed(self, mark: int, now: float) -> list[Outgoing]:

@@ -11,6 +11,19 @@ Envelope (a msgpack array)::
 * ``piggyback`` is a list of pre-encoded broadcasts (``bytes``), each itself a
   msgpack ``[type, payload]`` pair: gossip updates riding on probes and acks.
 
+Piggybacked items are decoded one by one: an item that does not decode, or whose
+type this version does not know, is skipped and counted in the envelope
+(``bad_items``, ``unknown_items``) and the rest of the datagram is used. An
+envelope whose *message* type is unknown decodes to :class:`Unknown` (its
+piggyback still usable). Together that is the rolling-upgrade story: a newer node
+may add message and broadcast types, and older nodes skip what they do not know.
+
+Names and addresses (:func:`v_name`, :func:`v_addr`): a member name is 1 to
+:data:`MAX_NAME` characters from ``A-Z a-z 0-9`` and ``. _ - : @ +``; an address
+is 1 to :data:`MAX_ADDR` printable ASCII characters without spaces. Both are
+checked at decode time, so a control character never reaches a member table, a
+log line or a document.
+
 Every message class follows one small protocol, so packages that must not
 import ``mesh`` (``crdt``) can still define messages that travel in the envelope:
 
@@ -27,8 +40,9 @@ anything but :class:`WireError`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, Hashable, Protocol, TypeVar
 
 import msgpack
 
@@ -46,6 +60,19 @@ MAX_FRAME = 65_535 - 16  # = mesh.transport.stream.MAX_STREAM_PLAINTEXT
 
 _MAX_STR = 64 * 1024
 _MAX_ARRAY = 100_000
+# A datagram of MAX_DATAGRAM bytes cannot hold more than this many (2-byte) items;
+# anything beyond is hostile and skipped without being decoded.
+MAX_PIGGYBACK = MAX_DATAGRAM // 2
+
+MAX_NAME = 128
+MAX_ADDR = 256
+NAME_PATTERN = r"[A-Za-z0-9._:@+-]{1,128}"
+NAME_RE = re.compile(NAME_PATTERN)
+_ADDR_RE = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+class UnknownTypeError(WireError):
+    """A well-formed message or broadcast whose type this version does not know."""
 
 
 class WireMessage(Protocol):
@@ -129,7 +156,9 @@ def _build(type_id: Any, payload: Any) -> Any:
         raise WireError("message type is not an integer")
     cls = _REGISTRY.get(type_id)
     if cls is None:
-        raise WireError(f"unknown message type {type_id}")
+        if 0 < type_id < 256:
+            raise UnknownTypeError(f"unknown message type {type_id}")
+        raise WireError(f"message type {type_id} out of range")
     if not isinstance(payload, list):
         raise WireError(f"payload of type {type_id} is not an array")
     try:
@@ -167,33 +196,68 @@ def decode_broadcast(data: bytes) -> Any:
 
 
 @dataclass(slots=True, frozen=True)
+class Unknown:
+    """An envelope message of a type this version does not know (sent by a newer peer)."""
+
+    type_id: int
+
+    @property
+    def TYPE(self) -> int:  # noqa: N802 - the message protocol's attribute name
+        """The unknown type id, so dispatchers can route and count it."""
+        return self.type_id
+
+
+@dataclass(slots=True, frozen=True)
 class Envelope:
-    """A decoded envelope: who sent it, the message, and its piggybacked updates."""
+    """A decoded envelope: who sent it, the message, and its usable piggybacked updates.
+
+    ``bad_items`` and ``unknown_items`` count piggybacked items that were skipped
+    (undecodable, or of a type this version does not know).
+    """
 
     sender: str
     msg: Any
     piggyback: tuple[Any, ...]
+    bad_items: int = 0
+    unknown_items: int = 0
 
 
 def decode(data: bytes, limit: int = MAX_DATAGRAM) -> Envelope:
-    """Decode and validate an envelope; raise only :class:`WireError`."""
+    """Decode and validate an envelope; raise only :class:`WireError`.
+
+    A bad or unknown piggybacked item does not fail the envelope: it is skipped
+    and counted. An unknown message type decodes to :class:`Unknown`.
+    """
     obj = _unpack(data, limit)
     if not isinstance(obj, list) or len(obj) != 5:
         raise WireError("envelope is not a 5-element array")
     version, type_id, sender, payload, piggyback = obj
     if version != PROTOCOL_VERSION:
         raise WireError(f"unsupported protocol version {version!r}")
-    if not isinstance(sender, str) or not sender or len(sender) > 256:
-        raise WireError("invalid sender")
+    if type(sender) is not str or NAME_RE.fullmatch(sender) is None:
+        raise WireError("invalid sender name")
     if not isinstance(piggyback, list):
         raise WireError("piggyback is not an array")
-    msg = _build(type_id, payload)
+    try:
+        msg = _build(type_id, payload)
+    except UnknownTypeError:
+        msg = Unknown(type_id)
     pig: list[Any] = []
+    bad = unknown = 0
+    if len(piggyback) > MAX_PIGGYBACK:
+        bad = len(piggyback) - MAX_PIGGYBACK
+        piggyback = piggyback[:MAX_PIGGYBACK]
     for item in piggyback:
-        if not isinstance(item, bytes):
-            raise WireError("piggyback item is not bin")
-        pig.append(decode_broadcast(item))
-    return Envelope(sender, msg, tuple(pig))
+        if type(item) is not bytes:
+            bad += 1
+            continue
+        try:
+            pig.append(decode_broadcast(item))
+        except UnknownTypeError:
+            unknown += 1
+        except WireError:
+            bad += 1
+    return Envelope(sender, msg, tuple(pig), bad, unknown)
 
 
 # --- payload validators (used by from_payload implementations) -----------------------
@@ -220,6 +284,30 @@ def v_str(x: Any, max_len: int = 256, allow_empty: bool = False) -> str:
     return x
 
 
+def v_name(x: Any) -> str:
+    """Validate a member name: 1-128 characters of ``A-Z a-z 0-9 . _ - : @ +``."""
+    if type(x) is not str or NAME_RE.fullmatch(x) is None:
+        raise WireError(f"invalid member name {x!r:.40}")
+    return x
+
+
+def is_valid_name(x: Any) -> bool:
+    """True if ``x`` is a valid member name (see :func:`v_name`)."""
+    return type(x) is str and NAME_RE.fullmatch(x) is not None
+
+
+def v_addr(x: Any) -> str:
+    """Validate an address: 1-256 printable ASCII characters, no spaces."""
+    if type(x) is not str or _ADDR_RE.fullmatch(x) is None:
+        raise WireError(f"invalid address {x!r:.40}")
+    return x
+
+
+def is_valid_addr(x: Any) -> bool:
+    """True if ``x`` is a valid address (see :func:`v_addr`)."""
+    return type(x) is str and _ADDR_RE.fullmatch(x) is not None
+
+
 def v_bool(x: Any) -> bool:
     """Validate a boolean."""
     if not isinstance(x, bool):
@@ -241,10 +329,26 @@ def v_fields(payload: list[Any], n: int) -> list[Any]:
     return payload
 
 
+# A driver's opaque token for one stream (a TCP/Noise session, a simulated stream): the core
+# never looks inside it, only hands it back on the replies that must travel on that stream.
+StreamHandle = Hashable
+
+
 @dataclass(slots=True, frozen=True)
 class Outgoing:
-    """What a core asks its driver to send: bytes to an address, on a datagram or a stream."""
+    """What a core asks its driver to send: bytes to an address, on a datagram or a stream.
+
+    ``node`` and ``key`` name the node the message is for (its id and its expected Ed25519
+    public key, when membership knows them) so a driver can pick or open the right
+    authenticated session and refuse one whose handshake shows another key. ``stream``,
+    when set, is the reply handle of the stream the request came on: the driver writes the
+    frame back on that stream and ignores ``dst`` (on TCP the request's source address is
+    an ephemeral port nobody listens on).
+    """
 
     dst: str
     data: bytes
     reliable: bool = False
+    node: str | None = None
+    key: bytes | None = None
+    stream: StreamHandle | None = None

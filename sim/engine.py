@@ -35,6 +35,23 @@ _FAULT = 2
 _STOP = 3
 
 _T = struct.Struct("<dB")
+# Wall clocks read like real time (seconds since 1970) so records look like a daemon's;
+# each node's wall clock is off by a seeded skew in [-WALL_SKEW, WALL_SKEW] (NTP-grade).
+WALL_EPOCH = 1_700_000_000.0
+WALL_SKEW = 0.05
+
+
+@dataclass(slots=True, frozen=True)
+class SimStream:
+    """The simulator's stream handle: opened by ``opener`` to ``acceptor``; replies ride it back."""
+
+    opener: str
+    acceptor: str
+    sid: int
+
+    def other(self, name: str) -> str:
+        """The far end of this stream as seen from ``name``."""
+        return self.acceptor if name == self.opener else self.opener
 
 
 @dataclass(slots=True)
@@ -54,11 +71,16 @@ class SimNode:
     pos: tuple[float, float] = (0.0, 0.0)
     sec: int = -1
     sec_count: int = 0
+    wall_skew: float = 0.0
     plain: bool = True  # no skew or drift: local time is virtual time
 
     def local(self, t: float) -> float:
         """This node's (possibly skewed, drifting) clock reading at virtual time t."""
         return t * (1.0 + self.drift) + self.skew
+
+    def wall(self, t: float) -> float:
+        """This node's wall-clock reading at virtual time t (for record timestamps, never timers)."""
+        return WALL_EPOCH + t * (1.0 + self.drift) + self.wall_skew
 
     def to_global(self, local: float) -> float:
         """Virtual time at which this node's clock reads ``local``."""
@@ -103,6 +125,7 @@ class Simulation:
         self.order: list[str] = []
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
+        self._stream_seq = 0
         self._trace = hashlib.blake2b(digest_size=16)
         self._trace_file = trace
         self.events_processed = 0
@@ -176,6 +199,7 @@ class Simulation:
         name = self.scenario.node_name(index)
         pos_rng = random.Random(f"{self.seed}:pos:{index}")
         node = SimNode(name, index, pos=(pos_rng.random(), pos_rng.random()))
+        node.wall_skew = random.Random(f"{self.seed}:wall:{index}").uniform(-WALL_SKEW, WALL_SKEW)
         node.up = False  # boots at `start`
         self.nodes[name] = node
         self.order.append(name)
@@ -300,10 +324,14 @@ class Simulation:
             self.messages_sent += 1
             self.bytes_sent += len(o.data)
             node.sec_count += 1
-            dst = o.dst
+            # A reply rides the request's stream back to its other end, whatever dst says.
+            stream = o.stream
+            dst = stream.other(name) if stream is not None else o.dst
             if simple:
                 if dst not in nodes:
                     self.messages_dropped += 1
+                    if o.reliable and self.intent is not None:
+                        self.intent.stream_failed(node, dst)
                     continue
                 model = default
                 j = model.jitter_ms
@@ -316,14 +344,19 @@ class Simulation:
             else:
                 if dst not in nodes or self._blocked(name, dst):
                     self.messages_dropped += 1
+                    if o.reliable and self.intent is not None:
+                        self.intent.stream_failed(node, dst)
                     continue
                 model = self._link(name, dst)
                 delay = self._latency(name, dst, model)
             if o.reliable:
+                if stream is None:
+                    self._stream_seq += 1
+                    stream = SimStream(node.name, dst, self._stream_seq)
                 bw = self.scenario.network.bandwidth_kbps
                 if bw > 0:
                     delay += len(o.data) * 8 / (bw * 1000.0)
-                self._push(self.now + delay, _DELIVER, (dst, node.name, o.data, True, False))
+                self._push(self.now + delay, _DELIVER, (dst, node.name, o.data, stream, False))
                 continue
             loss = model.loss
             ow = self.one_way.get((name, dst)) if self.one_way else None
@@ -335,9 +368,9 @@ class Simulation:
             if model.reorder > 0 and rnd() < model.reorder:
                 delay += rnd() * model.reorder_ms / 1000.0
             self._seq += 1
-            heapq.heappush(self._heap, (now + delay, self._seq, _DELIVER, (dst, name, o.data, False, False)))
+            heapq.heappush(self._heap, (now + delay, self._seq, _DELIVER, (dst, name, o.data, None, False)))
             if model.duplicate > 0 and self.net_rng.random() < model.duplicate:
-                self._push(self.now + delay + self._latency(node.name, dst, model), _DELIVER, (dst, node.name, o.data, False, False))
+                self._push(self.now + delay + self._latency(node.name, dst, model), _DELIVER, (dst, node.name, o.data, None, False))
         if node.sec_count > self.max_msgs_per_node_sec:
             self.max_msgs_per_node_sec = node.sec_count
 
@@ -357,24 +390,27 @@ class Simulation:
             self.now = t
             self.events_processed += 1
             if kind == _DELIVER:
-                dst, src, payload, reliable, delayed = data
+                dst, src, payload, stream, delayed = data
                 node = nodes[dst]
                 if not node.up:
+                    if stream is not None and self.intent is not None:
+                        self.intent.stream_failed(nodes[src], dst)
                     continue
                 if node.slow > 0 and not delayed:
                     # A slow node processes each message late.
-                    self._push(t + node.slow, _DELIVER, (dst, src, payload, reliable, True))
+                    self._push(t + node.slow, _DELIVER, (dst, src, payload, stream, True))
                     continue
                 if trace_file is None:
                     # _record, inlined for the hottest event (same bytes hashed)
                     update(b"".join((pack_t(t, kind), src.encode(), b"\0", dst.encode(), payload)))
                 else:
                     self._record(kind, src, dst, payload)
-                if reliable:
+                if stream is not None:
                     self.frames_delivered += 1
                 else:
                     self.datagrams_delivered += 1
-                outs = node.core.receive(src, payload, t if node.plain else node.local(t), reliable)
+                # The simulated network is the authenticator: `src` is who really sent it.
+                outs = node.core.receive(src, payload, t if node.plain else node.local(t), stream is not None, peer=src, stream=stream)
                 self._after(node, outs)
             elif kind == _TIMER:
                 name, gen = data
@@ -382,7 +418,7 @@ class Simulation:
                 if not node.up or gen != node.generation or t != node.timer_at:
                     continue
                 node.timer_at = math.inf
-                outs = node.core.tick(t if node.plain else node.local(t))
+                outs = node.core.tick(t if node.plain else node.local(t), node.wall(t))
                 self._after(node, outs)
             elif kind == _FAULT:
                 self._apply_fault(self.scenario.faults[data])
@@ -394,6 +430,8 @@ class Simulation:
     def _after(self, node: SimNode, outs: list[Any]) -> None:
         if outs:
             self._send(node, outs)
+        if self.intent is not None:
+            self.intent.after(node)
         core = node.core
         swim = core.swim
         if swim.events:
@@ -530,6 +568,8 @@ class Simulation:
         elif what == "stop" and gen == node.generation:
             node.up = False
             self._record(_STOP, name, "stop", b"")
+        elif isinstance(what, tuple) and gen == node.generation and node.up and self.intent is not None:
+            self.intent.driver_event(node, what)  # persist effects done, stream failures
 
     def _apply_fault(self, f: Fault) -> None:
         self._record(_FAULT, f.action, repr(sorted(f.args.items())), b"")
@@ -601,6 +641,7 @@ class Simulation:
                 node = self.nodes[n]
                 node.skew = float(a.get("skew", 0.0))
                 node.drift = float(a.get("drift", 0.0))
+                node.wall_skew = float(a.get("wall_skew", node.wall_skew))
                 node.plain = node.skew == 0.0 and node.drift == 0.0
                 node.timer_at = math.inf
                 self._schedule_timer(node)

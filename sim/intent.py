@@ -13,6 +13,15 @@ the parts a real deployment keeps outside the core:
 * **durable state** — each node's ``MemoryStore`` (CRDT update log) and blob
   store belong to the simulator and survive a crash; a restarted node builds
   a fresh core on top of them, exactly like a daemon reopening its data dir.
+  The core only sees an ``EffectStore``: the simulator performs its persist
+  effects ``PERSIST_DELAY`` later (a worker thread's fsync) and then reports
+  them done, which is when writes are acknowledged; a crash in between loses
+  the unacknowledged writes (``intent_unacked_lost``), never an acknowledged one.
+* **stream lifecycle** — a stream frame sent to a crashed node comes back as
+  ``connect_failed`` one round trip later, one into a partition as ``timed_out``
+  after the profile's ``stream_timeout``.
+* **clocks** — timers run on each node's (skewed, drifting) monotonic clock;
+  record timestamps come from its separately skewed wall clock.
 * **operators** — the scenario actions ``publish``, ``deploy``, ``rollback``,
   ``kv``, ``blob_fetch`` and ``forge`` call the node's public write API at the
   scheduled virtual time.
@@ -36,7 +45,7 @@ from crdt.keys import SigningKey
 from crdt.intent import IntentNode
 from crdt.records import SignedRecord
 from crdt.schema import DeploymentSpec, Manifest, deployment_payload
-from crdt.store import MemoryStore
+from crdt.store import EffectStore, MemoryStore
 from crdt.sync import SyncConfig, decode_state_vector
 from crdt.trust import Role, TrustConfig
 from model import CapabilityRequest, SpecError
@@ -49,6 +58,8 @@ if TYPE_CHECKING:
 # Forged writes use sequence numbers no honest writer reaches, so their write ids never
 # collide with a real write of the same signer.
 FORGED_SEQ_BASE = 10**12
+# How long a simulated worker thread takes to make a batch of persist effects durable (one fsync).
+PERSIST_DELAY = 0.002
 
 
 def derive_key(label: str) -> SigningKey:
@@ -147,6 +158,11 @@ class IntentHarness:
         self.retired: dict[str, int] = {}  # counters of cores replaced by a restart
         self._capture: list[SignedRecord] | None = None
         self._capture_node = ""
+        self._wall = 0.0  # the acting node's wall clock during an action
+        self.unacked: dict[tuple[str, int], WriteRecord] = {}  # written, persist effect not yet done
+        self.unacked_lost = 0  # writes that died unacknowledged in a crash (allowed, never "lost")
+        self._persist_due: set[tuple[str, int]] = set()  # (node, generation) with a persist event queued
+        self._stream_due: set[tuple[str, int, str, str]] = set()
 
     # ------------------------------------------------------------------ cores
 
@@ -162,7 +178,7 @@ class IntentHarness:
             self.node_keys[name],
             self.trust,
             rng,
-            store=self.stores.setdefault(name, MemoryStore()),
+            store=EffectStore.over(self.stores.setdefault(name, MemoryStore())),
             sync_config=self.sync_config,
             on_visible=partial(self._visible, name),
             compact_after_rows=spec.compact_after_rows,
@@ -175,6 +191,7 @@ class IntentHarness:
             counters=node.counters,
             on_done=partial(self._blob_done, name),
             node_id=name,
+            deferred_puts=True,
         )
         return node, blobs
 
@@ -191,13 +208,84 @@ class IntentHarness:
         """In-memory state is gone: visibility restarts with the next incarnation."""
         for w in self.writes.values():
             w.visible.pop(name, None)
+        # Persist effects not yet done die with the process: their writes were never acknowledged.
+        for wid in [wid for wid, w in self.unacked.items() if w.node == name]:
+            del self.unacked[wid]
+            self.unacked_lost += 1
+
+    # ------------------------------------------------------------------ driver duties
+
+    def after(self, node: SimNode) -> None:
+        """After every core call: queue the persist worker if the core produced effects."""
+        core = node.core
+        if core is None or core.intent is None:
+            return
+        store = core.intent.store
+        key = (node.name, node.generation)
+        pending = isinstance(store, EffectStore) and store.has_effects()
+        if not pending and core.blobs is not None:
+            pending = core.blobs.has_puts()
+        if pending and key not in self._persist_due:
+            from sim.engine import _STOP
+
+            self._persist_due.add(key)
+            self.sim._push(self.sim.now + PERSIST_DELAY, _STOP, (node.name, ("persist",), node.generation))
+
+    def stream_failed(self, node: SimNode, peer: str) -> None:
+        """A stream frame from ``node`` cannot reach ``peer``: report it the way a socket would."""
+        if not node.up or node.core is None:
+            return
+        sim = self.sim
+        if peer in sim.nodes and sim._blocked(node.name, peer):
+            kind, delay = "timed_out", sim.scenario.profile.stream_timeout
+        else:
+            kind, delay = "connect_failed", 2 * sim.scenario.network.default.latency_ms / 1000.0
+        key = (node.name, node.generation, peer, kind)
+        if key in self._stream_due:
+            return  # one report per failed stream burst
+        from sim.engine import _STOP
+
+        self._stream_due.add(key)
+        sim._push(sim.now + delay, _STOP, (node.name, ("stream", kind, peer), node.generation))
+
+    def driver_event(self, node: SimNode, what: tuple[Any, ...]) -> None:
+        """Run a driver event for an up node of the current generation."""
+        sim = self.sim
+        core = node.core
+        local = node.local(sim.now)
+        if what[0] == "persist":
+            self._persist_due.discard((node.name, node.generation))
+            outs = []
+            for put in core.take_blob_puts():
+                try:
+                    self.blob_stores[node.name].put(put.sha256, put.data)
+                except CrdtError as exc:  # the store's own hash check: report, the fetch fails
+                    outs += core.blob_stored(put.sha256, local, str(exc))
+                    continue
+                outs += core.blob_stored(put.sha256, local)
+            effects = core.take_effects()
+            if effects:
+                disk = self.stores[node.name]
+                for e in effects:
+                    e.apply(disk)
+                outs += core.persisted(effects[-1].token, local)
+                for ack in core.take_acks():
+                    w = self.unacked.pop((ack.signer, ack.seq), None)
+                    if w is not None:
+                        w.acked_at = sim.now
+                        self.writes[(ack.signer, ack.seq)] = w
+            sim._after(node, outs)
+        elif what[0] == "stream":
+            _, kind, peer = what
+            self._stream_due.discard((node.name, node.generation, peer, kind))
+            sim._after(node, core.stream_event(peer, kind, local))
 
     # ------------------------------------------------------------------ hooks
 
     def _visible(self, name: str, rec: SignedRecord, _local_now: float) -> None:
         if self._capture is not None and name == self._capture_node:
             self._capture.append(rec)
-        w = self.writes.get(rec.write_id)
+        w = self.writes.get(rec.write_id) or self.unacked.get(rec.write_id)
         if w is not None:
             w.visible.setdefault(name, self.sim.now)
         elif rec.write_id in self.forged:
@@ -219,6 +307,7 @@ class IntentHarness:
                 continue
             local = max(0.0, node.local(sim.now))
             self._capture, self._capture_node = [], n
+            self._wall = node.wall(sim.now)
             try:
                 outs = getattr(self, "_do_" + f.action)(node, core, core.intent, local, f.args)
             except (CrdtError, SpecError) as exc:  # SpecError: a bad manifest field in the scenario
@@ -227,11 +316,11 @@ class IntentHarness:
             finally:
                 captured, self._capture = self._capture, None
             if f.action in ("publish", "deploy", "rollback", "kv"):
-                for rec in captured:  # the write just made, visible locally at once
-                    if rec.write_id not in self.writes:
+                for rec in captured:  # the write just made, visible locally at once, acknowledged once durable
+                    if rec.write_id not in self.writes and rec.write_id not in self.unacked:
                         w = WriteRecord(f.action, rec.kind, rec.key, n, rec.signer, rec.seq, sim.now)
                         w.visible[n] = sim.now
-                        self.writes[rec.write_id] = w
+                        self.unacked[rec.write_id] = w
             sim._after(node, outs)
 
     def _fail(self, f: Fault, node: str, why: str) -> None:
@@ -243,21 +332,21 @@ class IntentHarness:
         sha = hashlib.sha256(data).hexdigest()
         manifest = Manifest(
             module, version, sha, size, CapabilityRequest.from_strings(a.get("capabilities", ())),
-            created_at=now, description=str(a.get("description", "")),
+            created_at=self._wall, description=str(a.get("description", "")),
         )
         # The publishing node holds the binary first, then announces it in the registry.
         self.blob_stores[node.name].put(sha, data)
-        intent.publish(manifest, self.publisher, now)
+        intent.publish(manifest, self.publisher, now, wall=self._wall)
         return []
 
     def _do_deploy(self, node: SimNode, core: NodeCore, intent: IntentNode, now: float, a: dict[str, Any]) -> list[Any]:
         spec = DeploymentSpec(str(a["name"]), str(a["module"]), str(a["version"]), int(a.get("replicas", 1)))
-        intent.set_deployment(spec, self.operator, now)
+        intent.set_deployment(spec, self.operator, now, wall=self._wall)
         return []
 
     def _do_rollback(self, node: SimNode, core: NodeCore, intent: IntentNode, now: float, a: dict[str, Any]) -> list[Any]:
         to = a.get("to")
-        intent.rollback(str(a["name"]), self.operator, now, to_version=str(to) if to is not None else None)
+        intent.rollback(str(a["name"]), self.operator, now, to_version=str(to) if to is not None else None, wall=self._wall)
         return []
 
     def _do_kv(self, node: SimNode, core: NodeCore, intent: IntentNode, now: float, a: dict[str, Any]) -> list[Any]:
@@ -287,7 +376,7 @@ class IntentHarness:
         name = str(a.get("name", "web"))
         seq = FORGED_SEQ_BASE + len(self.forged) + 1
         spec = DeploymentSpec(name, "forged", "6.6.6", 999)
-        payload = deployment_payload(spec, "6.6.6", "set", now)
+        payload = deployment_payload(spec, "6.6.6", "set", self._wall)
         if kind == "unknown_signer":
             rec = SignedRecord.create(self.stranger, "deployments", name, payload, seq)
         elif kind == "role":
@@ -379,6 +468,7 @@ class IntentHarness:
             "sync_messages_sent": totals.get("intent_messages_sent", 0),
             "intent_lost_writes": [w.to_json() for w in lost[:20]],
             "intent_lost_write_count": len(lost),
+            "intent_unacked_lost": self.unacked_lost,
             "intent_failed_writes": self.failed[:50],
             "intent_failed_write_count": len(self.failed),
             "intent_forged_writes": len(self.forged),

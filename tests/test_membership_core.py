@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -70,7 +71,9 @@ def test_probe_ack_updates_vivaldi_and_finishes_probe() -> None:
     assert isinstance(env.msg, Ack) and env.msg.coord is not None
     a.receive("b", ack.data, t + 0.020)
     assert a.swim.vivaldi.updates == 1
-    assert a.swim._probe is None or a.swim._probe.acked
+    assert a.swim._probe is not None and a.swim._probe.acked
+    # b's coordinate as received (stored at float32 precision is fine).
+    assert a.swim.coordinate_of("b").to_wire() == pytest.approx(env.msg.coord.to_wire(), rel=1e-6)
     # no suspicion after the interval
     a.tick(t + 1.5)
     assert a.swim.view()["b"] == MemberState.ALIVE
@@ -121,24 +124,46 @@ def test_indirect_ack_is_relayed_back_to_origin() -> None:
     assert a.swim.view()["b"] == MemberState.ALIVE
 
 
+# memberlist, lan profile, N = 8 < 10 so log10 is floored at 1:
+# min = suspicionMult (4) * 1 * probeInterval (1 s) = 4 s; max = SuspicionMaxTimeoutMult (6) * min = 24 s.
+LAN_SMALL_MIN, LAN_SMALL_MAX = 4.0, 24.0
+
+
+def test_suspicion_timeouts_match_memberlist() -> None:
+    assert LAN.suspicion_timeouts(8) == pytest.approx((LAN_SMALL_MIN, LAN_SMALL_MAX))
+    assert LAN.suspicion_timeouts(1) == pytest.approx((4.0, 24.0))
+    assert LAN.suspicion_timeouts(100) == pytest.approx((8.0, 48.0))  # log10(100) = 2
+    assert profile("wan").suspicion_timeouts(1000) == pytest.approx((90.0, 540.0))  # 6 * 3 * 5 s
+
+
 def test_suspect_times_out_to_dead_and_confirmations_shorten_it() -> None:
     nodes = cluster([f"n{i}" for i in range(8)])
     a = nodes["n0"]
     inc = a.swim.members["n7"].incarnation
     a.receive("n1", encode("n1", Suspect(inc, "n7", "n1")), 10.0)
     timer = a.swim._suspicions["n7"]
-    lo, hi = LAN.suspicion_timeouts(8)
-    assert timer.deadline == pytest.approx(10.0 + hi)
-    before = timer.deadline
+    assert timer.deadline == pytest.approx(10.0 + LAN_SMALL_MAX)
+    # Lifeguard with k = suspicion_mult - 2 = 2 expected confirmations:
+    # timeout = max - (max - min) * log(c + 1) / log(k + 1), measured from the first suspicion.
     a.receive("n2", encode("n2", Suspect(inc, "n7", "n2")), 11.0)
     a.receive("n2", encode("n2", Suspect(inc, "n7", "n2")), 11.0)  # duplicate: no effect
-    after_one = timer.deadline
+    one = LAN_SMALL_MAX - (LAN_SMALL_MAX - LAN_SMALL_MIN) * math.log(2) / math.log(3)
+    assert timer.deadline == pytest.approx(10.0 + one)  # 10 + 11.381 s
     a.receive("n3", encode("n3", Suspect(inc, "n7", "n3")), 12.0)
-    assert before > after_one > timer.deadline >= 10.0 + lo
-    a.tick(timer.deadline - 0.01)
+    assert timer.deadline == pytest.approx(10.0 + LAN_SMALL_MIN)
+    a.tick(10.0 + LAN_SMALL_MIN - 0.01)
     assert a.swim.view()["n7"] == MemberState.SUSPECT
-    a.tick(timer.deadline)
+    a.tick(10.0 + LAN_SMALL_MIN)
     assert a.swim.view()["n7"] == MemberState.DEAD
+
+
+def run(nodes: dict[str, NodeCore], start: float, end: float, step: float = 0.05) -> None:
+    """Tick every node every ``step`` seconds and deliver everything instantly."""
+    now = start
+    while now < end:
+        now += step
+        for n in sorted(nodes):
+            deliver(nodes, n, nodes[n].tick(now), now)
 
 
 def test_refutation_raises_incarnation_and_clears_suspicion() -> None:
@@ -150,12 +175,9 @@ def test_refutation_raises_incarnation_and_clears_suspicion() -> None:
     b.receive("c", encode("c", Suspect(0, "b", "c")), 5.1)
     assert b.swim.incarnation == 1 and b.swim.counters["refutes"] == 1
     assert b.swim.awareness.score == 1  # having to refute counts against local health
-    outs = b.tick(b.next_deadline())
-    gossip = [o for o in outs if o.dst == "a"] or [o for o in outs]
-    for o in gossip:
-        a.receive("b", o.data, 5.3)
-    if a.swim.view()["b"] != MemberState.ALIVE:  # not gossiped to a this round: feed the alive directly
-        a.receive("b", encode("b", Alive(1, "b", "b", NodeMeta())), 5.3)
+    # The protocol carries b's refutation to a (gossip, or piggyback on probes) well
+    # before a's suspicion could expire (4 s at the earliest here).
+    run(nodes, 5.1, 6.0)
     assert a.swim.view()["b"] == MemberState.ALIVE
     assert a.swim.members["b"].incarnation == 1
     assert "b" not in a.swim._suspicions
@@ -183,8 +205,7 @@ def test_graceful_leave_is_left_not_dead() -> None:
     assert outs, "leave gossips immediately"
     deliver(nodes, "c", outs, 3.0)
     for n in ("a", "b"):
-        if nodes[n].swim.view()["c"] != MemberState.LEFT:
-            nodes[n].receive("c", encode("c", Dead(0, "c", "c")), 3.0)
+        # gossip_nodes (3) >= the 2 peers: the leave reaches both in its first round.
         assert nodes[n].swim.view()["c"] == MemberState.LEFT
         assert [e.kind for e in nodes[n].drain_events() if e.node == "c"][-1] == "left"
     # a leaving node does not refute its own departure
@@ -195,14 +216,15 @@ def test_graceful_leave_is_left_not_dead() -> None:
 def test_push_pull_merge_learns_members_and_treats_remote_dead_as_suspect() -> None:
     a = node("a")
     b = cluster(["b", "c", "d"])["b"]
-    b.swim._apply_dead(Dead(0, "d", "b"), 1.0)
+    b.receive("c", encode("c", Dead(0, "d", "c")), 1.0)
     pp = PushPull.of(False, False, b.swim.local_states())
     outs = a.receive("b", encode("b", pp), 2.0, reliable=True)
     assert any(decode(o.data, 1 << 22).msg.reply for o in outs)
     view = a.swim.view()
     assert view["b"] == MemberState.ALIVE and view["c"] == MemberState.ALIVE
     assert "d" not in view  # a remote death of an unknown node is not news worth adopting
-    a.swim._apply_alive(Alive(0, "d", "d", NodeMeta()), 2.0)
+    a.receive("d", encode("d", Alive(0, "d", "d", NodeMeta())), 2.0)
+    assert a.swim.view()["d"] == MemberState.ALIVE
     a.receive("b", encode("b", pp), 3.0, reliable=True)
     assert a.swim.view()["d"] == MemberState.SUSPECT  # suspect, so d can still refute
 
@@ -210,15 +232,12 @@ def test_push_pull_merge_learns_members_and_treats_remote_dead_as_suspect() -> N
 def test_restarted_node_reclaims_its_name_by_refuting_its_tombstone() -> None:
     nodes = cluster(["a", "b"])
     a = nodes["a"]
-    a.swim._apply_dead(Dead(3, "b", "a"), 1.0)
+    a.receive("x", encode("x", Dead(3, "b", "x")), 1.0)  # b was at 3 in an earlier life
     fresh = node("b", seeds=("a",))  # restarted: state lost, incarnation 0
     nodes["b"] = fresh
     deliver(nodes, "b", fresh.start(2.0), 2.0)
     assert fresh.swim.incarnation == 4  # refuted dead@3
-    outs = fresh.tick(fresh.next_deadline())
-    deliver(nodes, "b", outs, 2.5)
-    if a.swim.view()["b"] != MemberState.ALIVE:
-        a.receive("b", encode("b", Alive(4, "b", "b", NodeMeta())), 2.5)
+    run(nodes, 2.0, 3.0)
     assert a.swim.view()["b"] == MemberState.ALIVE and a.swim.members["b"].incarnation == 4
 
 

@@ -153,3 +153,15 @@ def test_blob_server_answers_a_huge_request_within_one_frame() -> None:
     assert dst == "peer" and isinstance(msg, BlobChunk)
     assert msg.data == data[:CHUNK]
     assert len(encode("server", msg)) <= MAX_FRAME
+
+
+def test_local_states_merge_in_process_into_a_peer_view() -> None:
+    # A persisted or in-process member list (bench pre-join, a restart's snapshot) goes
+    # through merge_states without the wire: every entry must pass the decoder's checks.
+    big = _big_node(50)
+    states = big.swim.local_states()
+    assert all(type(st.state) is int for st in states)
+    fresh = NodeCore("fresh", "fresh", _meta(0), profile("lan"), random.Random(3))
+    fresh.swim.merge_states(states, 0.0)
+    assert fresh.swim.counters["bad_states"] == 0
+    assert len(fresh.swim.live_peers()) == len(states)

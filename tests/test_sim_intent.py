@@ -354,9 +354,12 @@ def test_live_nodes_converge_after_faults_and_keep_every_acknowledged_write(plan
 
 def test_write_acknowledged_just_before_a_crash_survives_the_restart() -> None:
     doc = base_doc(12, 70.0)
+    # n007 is cut off, so its acknowledged write cannot leave it before the crash.
     doc["faults"] = [
+        {"at": 4.0, "action": "partition", "groups": [["n007"], ["n000-n006", "n008-n011"]]},
         {"at": 5.0, "action": "kv", "node": "n007", "ns": "app", "key": "k", "value": "only-on-disk"},
-        {"at": 5.0, "action": "crash", "node": "n007"},
+        {"at": 6.0, "action": "crash", "node": "n007"},
+        {"at": 7.0, "action": "heal"},
         {"at": 20.0, "action": "restart", "node": "n007"},
     ]
     seed = 11
@@ -371,6 +374,23 @@ def test_write_acknowledged_just_before_a_crash_survives_the_restart() -> None:
     assert_intent_healthy(sim, report, hint)
     for n, i in harness.live_intents():
         check(i.get("app", "k") == b"only-on-disk", f"{n} lacks the value", hint, report)
+
+
+def test_write_not_yet_persisted_when_the_node_crashes_is_never_acknowledged() -> None:
+    doc = base_doc(12, 40.0)
+    # The crash comes before the simulated worker thread finished the persist effect.
+    doc["faults"] = [
+        {"at": 5.0, "action": "kv", "node": "n007", "ns": "app", "key": "k", "value": "never-durable"},
+        {"at": 5.0, "action": "crash", "node": "n007"},
+        {"at": 10.0, "action": "restart", "node": "n007"},
+    ]
+    sim, report, hint = run_doc(doc, 11)
+    harness = sim.intent
+    assert isinstance(harness, IntentHarness)
+    check(harness.writes == {} and harness.unacked_lost == 1, f"acked {harness.writes}, unacked lost {harness.unacked_lost}", hint, report)
+    assert_intent_healthy(sim, report, hint)
+    for n, i in harness.live_intents():
+        check(i.get("app", "k") is None, f"{n} holds a write that was never durable anywhere", hint, report)
 
 
 def test_forged_writes_reach_every_node_and_are_rejected_everywhere() -> None:

@@ -11,7 +11,21 @@ from mesh.coords import Coordinate
 from mesh.errors import WireError
 from mesh.membership.messages import Ack, Alive, Dead, Gossip, IndirectPing, Nack, Ping, PushPull, PushPullState, Suspect
 from mesh.membership.meta import NodeMeta
-from mesh.wire import MAX_DATAGRAM, PROTOCOL_VERSION, decode, encode, encode_broadcast
+from mesh.errors import ConfigError
+from mesh.membership.meta import MAX_META_BYTES
+from mesh.wire import (
+    MAX_ADDR,
+    MAX_DATAGRAM,
+    MAX_NAME,
+    PROTOCOL_VERSION,
+    Unknown,
+    decode,
+    encode,
+    encode_broadcast,
+    envelope_overhead,
+    pack,
+    piggyback_cost,
+)
 
 META = NodeMeta(
     arch="aarch64",
@@ -33,8 +47,13 @@ SAMPLES = [
     Nack(9),
     Suspect(3, "n4", "n5"),
     Alive(4, "n4", "127.0.0.1:7004", META),
+    Alive(4, "n4", "127.0.0.1:7004", META, b"k" * 32),
     Dead(5, "n4", "n4"),
-    PushPull.of(True, False, (PushPullState.of("n4", "a", 2, 1, META, COORD), PushPullState.of("n5", "b", 0, 0, NodeMeta(), None))),
+    PushPull.of(
+        True,
+        False,
+        (PushPullState.of("n4", "a", 2, 1, META, COORD, b"p" * 32), PushPullState.of("n5", "b", 0, 0, NodeMeta(), None)),
+    ),
     Gossip(),
 ]
 
@@ -48,13 +67,13 @@ def test_round_trip(msg: object) -> None:
     assert env.piggyback == (Alive(1, "x", "y", META), Suspect(2, "z", "x"))
 
 
-def test_rejects_wrong_version_unknown_type_and_oversize() -> None:
+def test_rejects_wrong_version_and_oversize() -> None:
     good = msgpack.packb([PROTOCOL_VERSION, 1, "a", [1, "b"], []])
     assert decode(good).msg == Ping(1, "b")
     with pytest.raises(WireError, match="version"):
         decode(msgpack.packb([PROTOCOL_VERSION + 1, 1, "a", [1, "b"], []]))
-    with pytest.raises(WireError, match="unknown message type"):
-        decode(msgpack.packb([PROTOCOL_VERSION, 250, "a", [], []]))
+    with pytest.raises(WireError, match="out of range"):
+        decode(msgpack.packb([PROTOCOL_VERSION, 1000, "a", [], []]))
     with pytest.raises(WireError, match="exceeds"):
         decode(b"\x90" * (MAX_DATAGRAM + 1))
     with pytest.raises(WireError):
@@ -63,11 +82,72 @@ def test_rejects_wrong_version_unknown_type_and_oversize() -> None:
         decode(msgpack.packb([PROTOCOL_VERSION, 3, "a", [1, [float("nan")] * 11], []]))  # NaN coordinate
 
 
-def test_meta_bounds_keep_alive_inside_a_datagram() -> None:
-    labels = tuple((f"k{i:02d}", "v" * 20) for i in range(16))
-    big = NodeMeta("x86_64", 64, 1 << 20, labels, "r/" * 60, (1.0, 2.0), 1.0, tuple(f"hw{i}" for i in range(16)))
-    data = encode("n" * 64, Gossip(), [encode_broadcast(Alive(2**40, "n" * 64, "1.2.3.4:5", big))])
+def _largest_meta() -> NodeMeta:
+    """Metadata padded to exactly MAX_META_BYTES encoded."""
+    labels = tuple((f"k{i:02d}", "v" * 12) for i in range(16))
+    hardware = tuple(f"hw{i:02d}" for i in range(16))
+    base = NodeMeta("x" * 32, 1 << 16, 1 << 40, labels, "", (89.5, -179.5), 999999.999, hardware)
+    pad = MAX_META_BYTES - len(pack(base.to_wire()))
+    domain = "r" * min(pad - 1, 200) if pad > 32 else "r" * pad
+    return NodeMeta(base.arch, base.cores, base.memory_mb, base.labels, domain, base.geo, base.load, base.hardware)
+
+
+def test_largest_alive_fits_one_gossip_datagram() -> None:
+    big = _largest_meta()
+    assert MAX_META_BYTES - 2 <= len(pack(big.to_wire())) <= MAX_META_BYTES
+    name, addr = "n" * MAX_NAME, "a" * MAX_ADDR
+    item = encode_broadcast(Alive(2**63 - 1, name, addr, big, b"k" * 32))
+    # SwimCore._gossip's budget for piggyback in a Gossip datagram from the longest name.
+    assert piggyback_cost(item) <= MAX_DATAGRAM - envelope_overhead(name) - 8
+    data = encode(name, Gossip(), [item])
     assert len(data) <= MAX_DATAGRAM
+    assert decode(data).piggyback == (Alive(2**63 - 1, name, addr, big, b"k" * 32),)
+
+
+def test_metadata_over_the_size_bound_is_refused_when_built() -> None:
+    labels = tuple((f"k{i:02d}", "v" * 20) for i in range(16))
+    with pytest.raises(ConfigError, match="encodes to"):
+        NodeMeta("x86_64", 64, 1 << 20, labels, "r/" * 60, (1.0, 2.0), 1.0, tuple(f"hw{i}" for i in range(16)))
+
+
+def test_unknown_message_type_decodes_to_unknown_with_usable_piggyback() -> None:
+    pig = [encode_broadcast(Suspect(2, "z", "x"))]
+    env = decode(msgpack.packb([PROTOCOL_VERSION, 14, "a", ["from", "the", "future"], pig], use_bin_type=True))
+    assert env.msg == Unknown(14) and env.msg.TYPE == 14
+    assert env.piggyback == (Suspect(2, "z", "x"),)
+
+
+def test_bad_and_unknown_piggyback_items_are_skipped_and_counted() -> None:
+    good = encode_broadcast(Alive(1, "x", "y", META))
+    unknown = pack([15, ["new", "broadcast"]])
+    bad_payload = pack([5, [2**63, "n", "m"]])  # Suspect with an incarnation beyond the wire bound
+    bad_name = pack([5, [1, "n\x13", "m"]])
+    not_bin = "text"
+    data = msgpack.packb([PROTOCOL_VERSION, 9, "a", [], [bad_payload, good, unknown, bad_name, not_bin]], use_bin_type=True)
+    env = decode(data)
+    assert env.piggyback == (Alive(1, "x", "y", META),)
+    assert (env.bad_items, env.unknown_items) == (3, 1)
+
+
+@pytest.mark.parametrize("name", ["\x084", "n\x13", "", "a b", "é", "n" * (MAX_NAME + 1), "x\n"])
+def test_invalid_names_are_wire_errors(name: str) -> None:
+    with pytest.raises(WireError, match="name"):
+        decode(msgpack.packb([PROTOCOL_VERSION, 1, "a", [1, name], []]))  # Ping target
+    with pytest.raises(WireError, match="name"):
+        decode(msgpack.packb([PROTOCOL_VERSION, 9, name, [], []]))  # envelope sender
+    entry = [name, "addr", 0, 0, PushPullState.pack_meta(NodeMeta()), None, b""]
+    with pytest.raises(WireError, match="name"):
+        PushPullState.from_wire(entry)  # how every received push-pull entry is validated
+
+
+@pytest.mark.parametrize("key", [b"k" * 31, b"k" * 33, "k" * 32])
+def test_public_key_must_be_empty_or_32_bytes(key: object) -> None:
+    alive = pack([6, [1, "n", "addr", NodeMeta().to_wire(), key]])
+    env = decode(encode("a", Gossip(), [alive]))
+    assert env.piggyback == () and env.bad_items == 1
+    entry = ["n", "addr", 0, 0, PushPullState.pack_meta(NodeMeta()), None, key]
+    with pytest.raises(WireError, match="key"):
+        PushPullState.from_wire(entry)
 
 
 @settings(max_examples=400, deadline=None)
@@ -113,3 +193,12 @@ def test_well_formed_msgpack_with_wrong_shapes_only_raise_wire_error(payload: ob
         decode(data)
     except WireError:
         pass
+
+
+def test_piggyback_beyond_what_a_datagram_can_hold_is_skipped_and_counted() -> None:
+    from mesh.wire import MAX_PIGGYBACK
+
+    items = [encode_broadcast(Suspect(i, "n", "m")) for i in range(MAX_PIGGYBACK + 100)]
+    env = decode(encode("a", Gossip(), items), limit=1 << 20)  # only a stream frame can carry this many
+    assert len(env.piggyback) == MAX_PIGGYBACK == MAX_DATAGRAM // 2
+    assert env.bad_items == 100 and env.piggyback[-1] == Suspect(MAX_PIGGYBACK - 1, "n", "m")

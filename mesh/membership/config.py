@@ -46,7 +46,41 @@ defaults and the reasons for them:
     having declared the other dead, find each other again.
 ``tombstone_time``
     Dead and left members are remembered this long (their incarnation protects
-    against resurrection by stale gossip), then forgotten.
+    against resurrection by stale gossip), then forgotten: removed from the
+    member table, the gossip-to-the-dead set, the coordinates, everything.
+``incarnation_window``
+    The largest jump an update may make over the incarnation we hold for its
+    subject (our own included). An update beyond it is refused and counted
+    (``incarnation_jumps``) instead of acted on, so one crafted ``Suspect`` at
+    2**63-1 cannot push a node to an incarnation no decoder accepts, and reaching
+    the wire limit takes 2**31 accepted accusations. The default, 2**32, is more
+    refutes and metadata updates than a node makes in a century at one a second,
+    so a restarted node that lost its incarnation still refutes its tombstone. A
+    member we have never heard of is taken at any incarnation the wire allows (a
+    long-lived mesh has large ones).
+
+Relations :meth:`MembershipConfig.validate` enforces (each guards against a
+crash, a timer loop that never advances, or a setting that silently does nothing):
+
+* every duration is a finite number; intervals and timeouts are > 0, and
+  ``gossip_to_the_dead_time`` and ``dead_node_reclaim_time`` are >= 0;
+* ``probe_timeout < probe_interval``: the indirect probes and their nacks need
+  the rest of the interval;
+* ``tombstone_time >= gossip_to_the_dead_time``: a reaped member must not still
+  be a gossip target (that crashed ``tick`` with a ``KeyError``);
+* ``tombstone_time >= dead_node_reclaim_time``: otherwise a tombstone is gone
+  before a new address may reclaim it, and the setting means nothing;
+* ``tombstone_time >= reconnect_interval``: dead members must live long enough
+  for the reconnect timer to try them, or healed partitions never re-merge;
+* ``gossip_nodes``, ``retransmit_mult``, ``suspicion_mult``,
+  ``suspicion_max_timeout_mult``, ``awareness_max_multiplier`` and
+  ``incarnation_window`` (<= 2**62) are integers >= 1; ``indirect_checks`` >= 0.
+
+Member names (checked wherever a member can appear: decoding, push-pull entries,
+bootstrap lists, the local node's own name) are 1 to 128 characters from
+``A-Z a-z 0-9`` and ``. _ - : @ +`` (``mesh.wire.NAME_PATTERN``); addresses are 1
+to 256 printable ASCII characters without spaces. Nothing else is ever stored,
+so a name never carries a control character into a log line, a table or a document.
 """
 
 from __future__ import annotations
@@ -77,6 +111,7 @@ class MembershipConfig:
     reconnect_interval: float = 10.0
     tombstone_time: float = 3600.0
     stream_timeout: float = 10.0
+    incarnation_window: int = 2**32
 
     def with_overrides(self, **kwargs: float | int) -> "MembershipConfig":
         """Return a copy with the given fields replaced (validated)."""
@@ -88,9 +123,23 @@ class MembershipConfig:
         return cfg
 
     def validate(self) -> None:
-        """Raise ConfigError if the settings cannot work together."""
-        if self.probe_interval <= 0 or self.probe_timeout <= 0:
-            raise ConfigError("probe_interval and probe_timeout must be positive")
+        """Raise ConfigError if the settings cannot work together (relations in the module docstring)."""
+        for f in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval", "reconnect_interval",
+                  "tombstone_time", "stream_timeout", "gossip_to_the_dead_time", "dead_node_reclaim_time"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{f} must be a finite number of seconds, got {v!r}")
+        for f in ("indirect_checks", "retransmit_mult", "suspicion_mult", "suspicion_max_timeout_mult",
+                  "gossip_nodes", "awareness_max_multiplier", "incarnation_window"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{f} must be an integer, got {v!r}")
+        for f in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval", "reconnect_interval",
+                  "tombstone_time", "stream_timeout"):
+            if getattr(self, f) <= 0:
+                raise ConfigError(f"{f} must be positive")
+        if self.gossip_to_the_dead_time < 0 or self.dead_node_reclaim_time < 0:
+            raise ConfigError("gossip_to_the_dead_time and dead_node_reclaim_time must be >= 0")
         if self.probe_timeout >= self.probe_interval:
             raise ConfigError("probe_timeout must be shorter than probe_interval (indirect probes need time)")
         if self.indirect_checks < 0 or self.gossip_nodes < 1 or self.retransmit_mult < 1:
@@ -99,6 +148,23 @@ class MembershipConfig:
             raise ConfigError("suspicion multipliers must be >= 1")
         if self.awareness_max_multiplier < 1:
             raise ConfigError("awareness_max_multiplier must be >= 1")
+        if not 1 <= self.incarnation_window <= 2**62:
+            raise ConfigError("incarnation_window must be in [1, 2**62]")
+        if self.tombstone_time < self.gossip_to_the_dead_time:
+            raise ConfigError(
+                f"tombstone_time ({self.tombstone_time}) must be >= gossip_to_the_dead_time "
+                f"({self.gossip_to_the_dead_time}): a forgotten member cannot still receive gossip"
+            )
+        if self.tombstone_time < self.dead_node_reclaim_time:
+            raise ConfigError(
+                f"tombstone_time ({self.tombstone_time}) must be >= dead_node_reclaim_time "
+                f"({self.dead_node_reclaim_time}): a tombstone must outlive the reclaim wait"
+            )
+        if self.tombstone_time < self.reconnect_interval:
+            raise ConfigError(
+                f"tombstone_time ({self.tombstone_time}) must be >= reconnect_interval "
+                f"({self.reconnect_interval}): dead members must live until a reconnect can try them"
+            )
 
     def retransmit_limit(self, n: int) -> int:
         """How many times one update is transmitted in a cluster of n nodes."""

@@ -1,4 +1,11 @@
-"""Membership wire messages (types 1–15)."""
+"""Membership wire messages (types 1–15).
+
+Names are validated with :func:`mesh.wire.v_name` and addresses with
+:func:`mesh.wire.v_addr` in every decoder, so no message can introduce a member
+whose name holds control characters. Public keys (``Alive.key``,
+``PushPullState.key``) are raw 32-byte Ed25519 keys or empty (unknown); any other
+length is a decode error.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +19,18 @@ import msgpack
 from mesh.coords import Coordinate
 from mesh.membership.meta import NodeMeta
 from mesh.errors import WireError
-from mesh.wire import message, pack, v_bool, v_fields, v_int, v_list, v_str
+from mesh.wire import MAX_ADDR, NAME_RE, message, pack, v_addr, v_bool, v_fields, v_int, v_list, v_name
 
 _U32 = 2**32 - 1
 _U64 = 2**63 - 1
+KEY_BYTES = 32
+
+
+def v_key(x: Any) -> bytes:
+    """Validate a public key field: empty (unknown) or a raw 32-byte Ed25519 key."""
+    if type(x) is not bytes or len(x) not in (0, KEY_BYTES):
+        raise WireError(f"public key must be empty or {KEY_BYTES} bytes")
+    return x
 
 
 @message
@@ -33,7 +48,7 @@ class Ping:
     @classmethod
     def from_payload(cls, p: list[Any]) -> "Ping":
         v_fields(p, 2)
-        return cls(v_int(p[0], 0, _U32), v_str(p[1]))
+        return cls(v_int(p[0], 0, _U32), v_name(p[1]))
 
 
 @message
@@ -53,7 +68,7 @@ class IndirectPing:
     @classmethod
     def from_payload(cls, p: list[Any]) -> "IndirectPing":
         v_fields(p, 4)
-        return cls(v_int(p[0], 0, _U32), v_str(p[1]), v_str(p[2]), v_bool(p[3]))
+        return cls(v_int(p[0], 0, _U32), v_name(p[1]), v_addr(p[2]), v_bool(p[3]))
 
 
 @message
@@ -105,7 +120,7 @@ class _Verdict:
     @classmethod
     def from_payload(cls, p: list[Any]) -> Any:
         v_fields(p, 3)
-        return cls(v_int(p[0], 0, _U64), v_str(p[1]), v_str(p[2]))
+        return cls(v_int(p[0], 0, _U64), v_name(p[1]), v_name(p[2]))
 
 
 @message
@@ -119,21 +134,22 @@ class Suspect(_Verdict):
 @message
 @dataclass(slots=True, frozen=True)
 class Alive:
-    """``node`` is alive at ``incarnation`` with this address and metadata."""
+    """``node`` is alive at ``incarnation`` with this address, metadata and public key."""
 
     TYPE = 6
     incarnation: int
     node: str
     addr: str
     meta: NodeMeta
+    key: bytes = b""
 
     def to_payload(self) -> list[Any]:
-        return [self.incarnation, self.node, self.addr, self.meta.to_wire()]
+        return [self.incarnation, self.node, self.addr, self.meta.to_wire(), self.key]
 
     @classmethod
     def from_payload(cls, p: list[Any]) -> "Alive":
-        v_fields(p, 4)
-        return cls(v_int(p[0], 0, _U64), v_str(p[1]), v_str(p[2]), NodeMeta.from_wire(p[3]))
+        v_fields(p, 5)
+        return cls(v_int(p[0], 0, _U64), v_name(p[1]), v_addr(p[2]), NodeMeta.from_wire(p[3]), v_key(p[4]))
 
 
 @message
@@ -184,6 +200,7 @@ class PushPullState:
     state: int
     meta_raw: bytes
     coord_raw: bytes | None
+    key: bytes = b""
 
     @staticmethod
     def pack_meta(meta: NodeMeta) -> bytes:
@@ -199,9 +216,11 @@ class PushPullState:
         return struct.pack(f"<{len(vals)}f", *vals)
 
     @classmethod
-    def of(cls, node: str, addr: str, incarnation: int, state: int, meta: NodeMeta, coord: Coordinate | None) -> "PushPullState":
+    def of(
+        cls, node: str, addr: str, incarnation: int, state: int, meta: NodeMeta, coord: Coordinate | None, key: bytes = b""
+    ) -> "PushPullState":
         """Build an entry from typed values."""
-        return cls(node, addr, incarnation, state, cls.pack_meta(meta), cls.pack_coord(coord))
+        return cls(node, addr, incarnation, state, cls.pack_meta(meta), cls.pack_coord(coord), key)
 
     def decoded_meta(self) -> NodeMeta:
         """The validated metadata (raises WireError)."""
@@ -212,23 +231,27 @@ class PushPullState:
         return None if self.coord_raw is None else decode_coord(self.coord_raw, self.node)
 
     def to_wire(self) -> list[Any]:
-        return [self.node, self.addr, self.incarnation, self.state, self.meta_raw, self.coord_raw]
+        return [self.node, self.addr, self.incarnation, self.state, self.meta_raw, self.coord_raw, self.key]
 
     @classmethod
     def from_wire(cls, x: Any) -> "PushPullState":
         # Hot path (up to thousands of entries per push-pull): the checks are inlined.
-        if type(x) is not list or len(x) != 6:
-            raise WireError("push-pull entry is not a 6-element array")
-        node, addr, inc, state, meta, coord = x
-        if type(node) is not str or not 0 < len(node) <= 256 or type(addr) is not str or not 0 < len(addr) <= 256:
-            raise WireError("push-pull entry has an invalid name or address")
+        if type(x) is not list or len(x) != 7:
+            raise WireError("push-pull entry is not a 7-element array")
+        node, addr, inc, state, meta, coord, key = x
+        if type(node) is not str or NAME_RE.fullmatch(node) is None:
+            raise WireError("push-pull entry has an invalid name")
+        if type(addr) is not str or not 0 < len(addr) <= MAX_ADDR or not (addr.isascii() and addr.isprintable()) or " " in addr:
+            raise WireError("push-pull entry has an invalid address")
+        if type(key) is not bytes or len(key) not in (0, KEY_BYTES):
+            raise WireError("push-pull entry has an invalid public key")
         if type(inc) is not int or not 0 <= inc <= _U64 or type(state) is not int or not 0 <= state <= 3:
             raise WireError("push-pull entry has an invalid incarnation or state")
         if type(meta) is not bytes or len(meta) > 2048:
             raise WireError("metadata is not a bounded bin")
         if coord is not None and (type(coord) is not bytes or len(coord) > 140):
             raise WireError("invalid coordinate")
-        return cls(node, addr, inc, state, meta, coord)
+        return cls(node, addr, inc, state, meta, coord, key)
 
 
 def decode_meta(raw: bytes, node: str = "") -> NodeMeta:

@@ -1,22 +1,62 @@
-"""Node metadata carried by membership (last writer wins by incarnation)."""
+"""Node metadata carried by membership (last writer wins by incarnation).
+
+A ``NodeMeta`` is normalised and validated when it is built: labels and
+hardware tags are sorted tuples, ``load`` is rounded to the three decimals the
+wire carries, numbers have their wire types, and every bound the decoder checks
+is checked here too. So what a node holds is exactly what every peer decodes
+(``NodeMeta.from_wire(meta.to_wire()) == meta``): a node never sees its own
+``Alive`` come back "different" and refute it. Building an invalid one raises
+:class:`~mesh.errors.ConfigError` naming the field.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.wire import v_float, v_int, v_list, v_str
+from mesh.errors import ConfigError, WireError
+from mesh.wire import pack, v_float, v_int, v_list, v_str
 
 MAX_LABELS = 16
 MAX_TAGS = 16
+# Encoded size bound: an Alive (name, address, key, metadata) must fit one gossip
+# datagram of MAX_DATAGRAM bytes with the largest name and address (see test_wire).
+MAX_META_BYTES = 512
+MAX_LOAD = 1e6
+LOAD_DECIMALS = 3
+
+
+def _text(what: str, x: Any, max_len: int, allow_empty: bool = False) -> str:
+    if type(x) is not str:
+        raise ConfigError(f"node metadata {what} must be a string, got {type(x).__name__}")
+    if len(x) > max_len or (not allow_empty and not x):
+        bound = f"at most {max_len}" if allow_empty else f"1 to {max_len}"
+        raise ConfigError(f"node metadata {what} must have {bound} characters")
+    if not x.isprintable():
+        # Metadata is shown in tables and logs: no control, format or separator characters.
+        raise ConfigError(f"node metadata {what} {x!r:.40} contains non-printable characters")
+    return x
+
+
+def _integer(what: str, x: Any, hi: int) -> int:
+    if type(x) is bool or not isinstance(x, int) or not 0 <= x <= hi:
+        raise ConfigError(f"node metadata {what} must be an integer in [0, {hi}], got {x!r:.40}")
+    return int(x)
+
+
+def _number(what: str, x: Any, lo: float, hi: float) -> float:
+    if type(x) is bool or not isinstance(x, (int, float)) or not math.isfinite(x) or not lo <= x <= hi:
+        raise ConfigError(f"node metadata {what} must be a finite number in [{lo}, {hi}], got {x!r:.40}")
+    return float(x)
 
 
 @dataclass(slots=True, frozen=True)
 class NodeMeta:
     """What a node says about itself: hardware, placement hints and load.
 
-    It rides on every ``Alive`` message, so it is bounded to keep one update well
-    inside a 1200-byte datagram.
+    It rides on every ``Alive`` message, so it is bounded (at most
+    ``MAX_META_BYTES`` encoded) to keep one update well inside a datagram.
     """
 
     arch: str = "x86_64"
@@ -28,6 +68,41 @@ class NodeMeta:
     load: float = 0.0
     hardware: tuple[str, ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        # Normalise once, here, so the held value equals the decoded one.
+        put = object.__setattr__
+        put(self, "arch", _text("arch", self.arch, 32))
+        put(self, "cores", _integer("cores", self.cores, 1 << 16))
+        put(self, "memory_mb", _integer("memory_mb", self.memory_mb, 1 << 40))
+        labels = self.labels
+        if isinstance(labels, dict):
+            labels = tuple(labels.items())
+        if not isinstance(labels, (tuple, list)) or len(labels) > MAX_LABELS:
+            raise ConfigError(f"node metadata labels must be at most {MAX_LABELS} (key, value) pairs")
+        norm = []
+        for kv in labels:
+            if not isinstance(kv, (tuple, list)) or len(kv) != 2:
+                raise ConfigError("node metadata labels must be (key, value) pairs")
+            norm.append((_text("label key", kv[0], 64), _text("label value", kv[1], 128, allow_empty=True)))
+        norm.sort()
+        if len({k for k, _ in norm}) != len(norm):
+            raise ConfigError("node metadata labels have a duplicate key")
+        put(self, "labels", tuple(norm))
+        put(self, "fault_domain", _text("fault_domain", self.fault_domain, 200, allow_empty=True))
+        if self.geo is not None:
+            if not isinstance(self.geo, (tuple, list)) or len(self.geo) != 2:
+                raise ConfigError("node metadata geo must be (latitude, longitude)")
+            put(self, "geo", (_number("latitude", self.geo[0], -90, 90), _number("longitude", self.geo[1], -180, 180)))
+        load = round(_number("load", self.load, 0.0, MAX_LOAD), LOAD_DECIMALS)
+        put(self, "load", load + 0.0)  # + 0.0 turns -0.0 into 0.0
+        hardware = self.hardware
+        if not isinstance(hardware, (tuple, list)) or len(hardware) > MAX_TAGS:
+            raise ConfigError(f"node metadata hardware must be at most {MAX_TAGS} tags")
+        put(self, "hardware", tuple(sorted(_text("hardware tag", t, 64) for t in hardware)))
+        size = len(pack(self.to_wire()))
+        if size > MAX_META_BYTES:
+            raise ConfigError(f"node metadata encodes to {size} bytes, more than {MAX_META_BYTES}")
+
     def to_wire(self) -> list[Any]:
         """Encode as a msgpack-friendly list."""
         return [
@@ -37,7 +112,7 @@ class NodeMeta:
             [list(kv) for kv in self.labels],
             self.fault_domain,
             list(self.geo) if self.geo is not None else None,
-            round(self.load, 3),
+            self.load,
             list(self.hardware),
         ]
 
@@ -46,7 +121,7 @@ class NodeMeta:
         """Decode and validate (raises WireError)."""
         f = v_list(x, 8)
         if len(f) != 8:
-            raise ValueError("meta needs 8 fields")
+            raise WireError("meta needs 8 fields")
         labels = tuple(
             (v_str(kv[0], 64), v_str(kv[1], 128, allow_empty=True))
             for kv in (v_list(i, 2) for i in v_list(f[3], MAX_LABELS))
@@ -54,17 +129,22 @@ class NodeMeta:
         geo = None
         if f[5] is not None:
             g = v_list(f[5], 2)
+            if len(g) != 2:
+                raise WireError("geo needs 2 fields")
             geo = (v_float(g[0], -90, 90), v_float(g[1], -180, 180))
-        return cls(
-            arch=v_str(f[0], 32),
-            cores=v_int(f[1], 0, 1 << 16),
-            memory_mb=v_int(f[2], 0, 1 << 40),
-            labels=tuple(sorted(labels)),
-            fault_domain=v_str(f[4], 200, allow_empty=True),
-            geo=geo,
-            load=v_float(f[6], 0.0, 1e6),
-            hardware=tuple(sorted(v_str(t, 64) for t in v_list(f[7], MAX_TAGS))),
-        )
+        try:
+            return cls(
+                arch=v_str(f[0], 32),
+                cores=v_int(f[1], 0, 1 << 16),
+                memory_mb=v_int(f[2], 0, 1 << 40),
+                labels=labels,
+                fault_domain=v_str(f[4], 200, allow_empty=True),
+                geo=geo,
+                load=v_float(f[6], 0.0, MAX_LOAD),
+                hardware=tuple(v_str(t, 64) for t in v_list(f[7], MAX_TAGS)),
+            )
+        except ConfigError as exc:
+            raise WireError(str(exc)) from None
 
     def label(self, key: str) -> str | None:
         """The value of a label, or None."""

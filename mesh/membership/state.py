@@ -25,6 +25,28 @@ Where we differ from memberlist, after a partition heals (issue 8): a remote
 nor counted as a confirmation (the subject is told directly); our own ``Alive``
 goes ahead of the gossip backlog; and a dead member coming back makes the next
 Serf-style reconnect prompt (see ``merge_states`` and ``_reconnect_soon``).
+
+Hostile or buggy input (every rule counted in ``counters``):
+
+* **Names**: a member is only ever created under a valid name and address
+  (``mesh.wire.NAME_PATTERN``; see ``mesh.membership.config``), including from
+  push-pull entries and bootstrap lists (``bad_names``, ``bad_states``).
+* **Incarnation window**: an update more than ``config.incarnation_window``
+  above the incarnation we hold for its subject — ourselves included — is
+  refused (``incarnation_jumps``). We refute only within the window, so our own
+  incarnation stays far below what every decoder accepts.
+* **Public keys**: ``Alive`` and push-pull entries carry the member's raw
+  Ed25519 public key (or nothing). An empty key stored is learnt from the first
+  keyed ``Alive`` accepted. Once a key is known for a name, an update with a
+  *different* key (empty included) is refused at any incarnation
+  (``key_conflicts``), unless the member has been dead or left for longer than
+  ``dead_node_reclaim_time`` (> 0) — the same rule that lets a new address
+  reclaim a name. With reclaim disabled (0) a name with a new key comes back only
+  after its tombstone is reaped. An ``Alive`` about ourselves with another key is
+  refuted like any false claim. :meth:`SwimCore.member_key` gives a driver the
+  key to expect at a member's address.
+* **Piggyback**: undecodable or unknown items are skipped by the decoder and
+  counted here (``piggyback_bad``, ``piggyback_unknown``).
 """
 
 from __future__ import annotations
@@ -36,7 +58,7 @@ from enum import IntEnum
 from typing import Any, Iterable
 
 from mesh.coords import Coordinate, VivaldiClient
-from mesh.errors import WireError
+from mesh.errors import ConfigError, WireError
 from mesh.membership.awareness import Awareness
 from mesh.membership.broadcast import BroadcastQueue
 from mesh.membership.config import MembershipConfig
@@ -57,7 +79,18 @@ from mesh.membership.messages import (
 )
 from mesh.membership.meta import NodeMeta
 from mesh.membership.suspicion import Suspicion
-from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Envelope, Outgoing, encode, encode_broadcast, envelope_overhead
+from mesh.wire import (
+    MAX_DATAGRAM,
+    MAX_FRAME,
+    Envelope,
+    Outgoing,
+    Unknown,
+    encode,
+    encode_broadcast,
+    envelope_overhead,
+    is_valid_addr,
+    is_valid_name,
+)
 
 
 class MemberState(IntEnum):
@@ -80,6 +113,7 @@ class Member:
     state: MemberState
     state_change: float
     meta_wire: bytes | None = None  # encoded meta, cached for push-pull
+    key: bytes = b""  # raw 32-byte Ed25519 public key, or empty when unknown
 
 
 _MEMBER_FIELDS = tuple(f.name for f in fields(Member))
@@ -166,10 +200,13 @@ class _Relay:
     origin_addr: str
     origin_seq: int
     nack_at: float
-    want_nack: bool
+    expires_at: float
+    nacked: bool
 
 
 _SEQ_MASK = 2**32 - 1
+_MAX_INCARNATION = 2**63 - 1  # what every decoder accepts
+_MAX_RELAYS = 512  # indirect probes in flight for others; more is a flood
 _INF = float("inf")
 # Entries per push-pull frame are sized to this many bytes, leaving MAX_FRAME headroom.
 _PP_FRAME_BUDGET = 60_000
@@ -189,9 +226,17 @@ class SwimCore:
         incarnation: int = 0,
         seeds: Iterable[str] = (),
         join_retry_interval: float = 5.0,
+        key: bytes = b"",
     ) -> None:
         config.validate()
+        if not is_valid_name(name):
+            raise ConfigError(f"invalid node name {name!r:.60}: use 1-128 characters of A-Z a-z 0-9 . _ - : @ +")
+        if not is_valid_addr(addr):
+            raise ConfigError(f"invalid node address {addr!r:.60}: use 1-256 printable ASCII characters, no spaces")
+        if type(key) is not bytes or len(key) not in (0, 32):
+            raise ConfigError("node key must be a raw 32-byte Ed25519 public key (or empty)")
         self.name = name
+        self.key = key
         self.addr = addr
         self.config = config
         self.rng = rng
@@ -202,7 +247,9 @@ class SwimCore:
         # one per member, so they are kept compact and re-sent without re-encoding.
         self.coords: dict[str, bytes] = {}
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
-        self.members: MemberTable = MemberTable({name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now)})
+        self.members: MemberTable = MemberTable(
+            {name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now, key=key)}
+        )
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.broadcasts = BroadcastQueue(lambda: config.retransmit_limit(self.num_members()))
         self.events: list[MemberEvent] = []
@@ -215,6 +262,13 @@ class SwimCore:
             "misdirected_pings": 0,
             "reconnects": 0,
             "bad_states": 0,
+            "bad_names": 0,
+            "incarnation_jumps": 0,
+            "key_conflicts": 0,
+            "piggyback_bad": 0,
+            "piggyback_unknown": 0,
+            "unknown_messages": 0,
+            "relays_dropped": 0,
             "merge_suspicions": 0,
         }
         self.leaving = False
@@ -234,6 +288,7 @@ class SwimCore:
         self._reconnect_boost = False  # next reconnect skips Serf's failed/alive coin (see _reconnect_soon)
         self._suspicions: dict[str, Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
+        self._relay_next = float("inf")  # earliest nack or expiry among the relays
         self._num_live = 1
         self._next_reap_at = now + config.tombstone_time / 10
         self._alive_names: list[str] = []  # sorted, excluding self; ALIVE or SUSPECT
@@ -253,6 +308,11 @@ class SwimCore:
     def view(self) -> dict[str, MemberState]:
         """This node's membership view: name → state."""
         return {n: m.state for n, m in self.members.items()}
+
+    def member_key(self, name: str) -> bytes | None:
+        """The public key announced for member ``name``: None if unknown, b"" if it announced none."""
+        m = self.members.get(name)
+        return None if m is None else m.key
 
     def estimate_rtt(self, a: str, b: str) -> float | None:
         """Estimated RTT in seconds between two nodes from their Vivaldi coordinates."""
@@ -316,6 +376,10 @@ class SwimCore:
     def handle(self, src: str, env: Envelope, now: float) -> list[Outgoing]:
         """Process one decoded envelope from ``src`` (an address)."""
         out: list[Outgoing] = []
+        if env.bad_items:
+            self.counters["piggyback_bad"] += env.bad_items
+        if env.unknown_items:
+            self.counters["piggyback_unknown"] += env.unknown_items
         for update in env.piggyback:
             self._apply_update(update, now)
         msg = env.msg
@@ -338,6 +402,9 @@ class SwimCore:
             self._apply_update(msg, now)
         elif isinstance(msg, Gossip):
             pass
+        elif isinstance(msg, Unknown):
+            # A newer peer's message type: skipped, counted; its piggyback was used above.
+            self.counters["unknown_messages"] += 1
         return out
 
     def tick(self, now: float) -> list[Outgoing]:
@@ -351,13 +418,8 @@ class SwimCore:
                     m = self.members.get(name)
                     if m is not None and m.state == MemberState.SUSPECT and m.incarnation == s.incarnation:
                         self._apply_dead(Dead(s.incarnation, name, self.name), now)
-        if self._relays:
-            for seq in sorted(self._relays):
-                r = self._relays[seq]
-                if now >= r.nack_at:
-                    del self._relays[seq]
-                    if r.want_nack:
-                        out.append(self._datagram(r.origin_addr, Nack(r.origin_seq)))
+        if self._relays and now >= self._relay_next:
+            self._tick_relays(now, out)
         if self._next_join_at is not None and now >= self._next_join_at:
             if self._num_live <= 1 and self.seeds and not self.leaving:
                 out.extend(self._join_next(now))
@@ -406,9 +468,8 @@ class SwimCore:
         for s in self._suspicions.values():
             if s.deadline < d:
                 d = s.deadline
-        for r in self._relays.values():
-            if r.nack_at < d:
-                d = r.nack_at
+        if self._relays and self._relay_next < d:
+            d = self._relay_next
         return d
 
     # ------------------------------------------------------------------ probing
@@ -454,9 +515,10 @@ class SwimCore:
             return
         seq = self._next_seq()
         self.counters["probes"] += 1
-        self._probe = _Probe(
-            target.name, seq, now, now + self.awareness.scale(self.config.probe_timeout), now + interval
-        )
+        # Only the interval is scaled by local health, as in memberlist: waiting longer
+        # for a UDP ack does not make it arrive, while a longer interval gives the
+        # indirect probes and their nacks more time.
+        self._probe = _Probe(target.name, seq, now, now + self.config.probe_timeout, now + interval)
         extra: list[bytes] = []
         if target.state == MemberState.SUSPECT:
             # Tell a suspect it is suspected so it can refute right away.
@@ -466,7 +528,7 @@ class SwimCore:
     def _send_indirect(self, p: _Probe, now: float, out: list[Outgoing]) -> None:
         p.indirect_sent = True
         # Leave the helpers a full probe timeout (their nacks come at 80% of it).
-        p.end_at = max(p.end_at, now + self.awareness.scale(self.config.probe_timeout))
+        p.end_at = max(p.end_at, now + self.config.probe_timeout)
         target = self.members.get(p.target)
         if target is None:
             return
@@ -499,21 +561,49 @@ class SwimCore:
         if p is None or p.seq != ack.seq or p.acked:
             return
         p.acked = True
+        # Any successful probe, direct or relayed, is evidence our own link works
+        # (memberlist applies -1 whenever probeNode returns on an ack).
+        self.awareness.apply_delta(-1)
         if ack.coord is not None and sender == p.target:
             rtt = now - p.sent_at
             coord = ack.coord
             if len(coord.vec) == self.vivaldi.config.dimensionality and coord.is_valid():
                 self.coords[sender] = PushPullState.pack_coord(coord)  # type: ignore[assignment]
             self.vivaldi.update(sender, coord, rtt)
-            self.awareness.apply_delta(-1)
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
+        if len(self._relays) >= _MAX_RELAYS:
+            self.counters["relays_dropped"] += 1
+            return
         seq = self._next_seq()
         # Lifeguard: nack at 80% of the probe timeout, so it reaches the origin before
-        # the origin's own wait ends and it can tell "target silent" from "my link is bad".
-        timeout = 0.8 * self.config.probe_timeout
-        self._relays[seq] = _Relay(src, msg.seq, now + timeout, msg.nack)
+        # the origin's own wait ends and it can tell "target silent" from "my link is bad";
+        # but keep relaying a late ack until the full timeout (memberlist's ack handler lives that long).
+        timeout = self.config.probe_timeout
+        r = _Relay(src, msg.seq, now + 0.8 * timeout, now + timeout, not msg.nack)
+        self._relays[seq] = r
+        self._relay_next = min(self._relay_next, r.expires_at if r.nacked else r.nack_at)
         out.append(self._datagram(msg.addr, Ping(seq, msg.target)))
+
+    def _tick_relays(self, now: float, out: list[Outgoing]) -> None:
+        # Every relay has the same timeout, so insertion order (a deterministic dict
+        # order) is deadline order: stop at the first relay with nothing due.
+        nxt = float("inf")
+        done: list[int] = []
+        for seq, r in self._relays.items():
+            if not r.nacked:
+                if now < r.nack_at:
+                    nxt = min(nxt, r.nack_at)
+                    break
+                r.nacked = True
+                out.append(self._datagram(r.origin_addr, Nack(r.origin_seq)))
+            if now >= r.expires_at:
+                done.append(seq)
+            else:
+                nxt = min(nxt, r.expires_at)
+        for seq in done:
+            del self._relays[seq]
+        self._relay_next = nxt
 
     def _reconnect(self, out: list[Outgoing]) -> None:
         # Serf's reconnect: with probability failed/alive, try one random failed member.
@@ -579,7 +669,7 @@ class SwimCore:
         return out
 
     def _queue_alive(self, now: float) -> None:
-        self._queue(self.name, Alive(self.incarnation, self.name, self.addr, self.meta), now)
+        self._queue(self.name, Alive(self.incarnation, self.name, self.addr, self.meta, self.key), now)
 
     def _queue(self, key: str, msg: Any, now: float) -> None:
         if not len(self.broadcasts):
@@ -590,6 +680,21 @@ class SwimCore:
     def _emit(self, kind: str, node: str, now: float, source: str = "", origin: str = "") -> None:
         m = self.members.get(node)
         self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now, source, origin))
+
+    def _jump_refused(self, incarnation: int, held: int) -> bool:
+        """True (and counted) if ``incarnation`` leaps beyond the window over ``held``."""
+        if incarnation - held > self.config.incarnation_window or incarnation >= _MAX_INCARNATION:
+            self.counters["incarnation_jumps"] += 1
+            return True
+        return False
+
+    def _reclaimable(self, m: Member, now: float) -> bool:
+        """Dead or left for longer than the reclaim time: its name may take a new address or key."""
+        return (
+            self.config.dead_node_reclaim_time > 0
+            and m.state in (MemberState.DEAD, MemberState.LEFT)
+            and now - m.state_change > self.config.dead_node_reclaim_time
+        )
 
     def _refute(self, accused_incarnation: int, now: float) -> None:
         self.incarnation = max(self.incarnation, accused_incarnation) + 1
@@ -628,25 +733,35 @@ class SwimCore:
         if a.node == self.name:
             if self.leaving:
                 return
-            if a.incarnation > self.incarnation or (
-                a.incarnation == self.incarnation and (a.addr != self.addr or a.meta != self.meta)
-            ):
+            if a.incarnation > self.incarnation:
+                if not self._jump_refused(a.incarnation, self.incarnation):
+                    self._refute(a.incarnation, now)
+            elif a.incarnation == self.incarnation and (a.addr, a.meta, a.key) != (self.addr, self.meta, self.key):
+                # Someone claims our name at our incarnation with other data: assert ours.
                 self._refute(a.incarnation, now)
             return
         m = self.members.get(a.node)
         if m is None:
-            self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now)
+            # Every path that creates a member comes through here (gossip, push-pull).
+            if not is_valid_name(a.node) or not is_valid_addr(a.addr) or len(a.key) not in (0, 32):
+                self.counters["bad_names"] += 1
+                return
+            self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now, key=a.key)
             self._set_live(a.node, True)
             self._emit("join", a.node, now)
             self._queue(a.node, a, now)
             return
+        if a.key != m.key and m.key and not self._reclaimable(m, now):
+            self.counters["key_conflicts"] += 1
+            return
+        if a.incarnation > m.incarnation and self._jump_refused(a.incarnation, m.incarnation):
+            return
         reclaim = False
         if a.addr != m.addr:
-            can_reclaim = (
-                self.config.dead_node_reclaim_time > 0
-                and m.state in (MemberState.DEAD, MemberState.LEFT)
-                and now - m.state_change > self.config.dead_node_reclaim_time
-            )
+            if not is_valid_addr(a.addr):
+                self.counters["bad_names"] += 1
+                return
+            can_reclaim = self._reclaimable(m, now)
             if not can_reclaim:
                 if a.incarnation <= m.incarnation:
                     return
@@ -658,7 +773,7 @@ class SwimCore:
         was = m.state
         self._suspicions.pop(a.node, None)
         changed_meta = a.meta != m.meta
-        m.addr, m.meta, m.incarnation = a.addr, a.meta, a.incarnation
+        m.addr, m.meta, m.incarnation, m.key = a.addr, a.meta, a.incarnation, a.key
         if changed_meta:
             m.meta_wire = None
         if was != MemberState.ALIVE:
@@ -676,7 +791,8 @@ class SwimCore:
         if s.node == self.name:
             if not self.leaving:
                 if s.incarnation >= self.incarnation:
-                    self._refute(s.incarnation, now)
+                    if not self._jump_refused(s.incarnation, self.incarnation):
+                        self._refute(s.incarnation, now)
                 elif self.name not in self.broadcasts:
                     # Someone still holds an older incarnation of us and suspects it: our
                     # newer Alive evidently did not reach everyone, so announce it again.
@@ -684,6 +800,8 @@ class SwimCore:
             return
         m = self.members.get(s.node)
         if m is None or s.incarnation < m.incarnation:
+            return
+        if s.incarnation > m.incarnation and self._jump_refused(s.incarnation, m.incarnation):
             return
         if m.state == MemberState.SUSPECT:
             timer = self._suspicions.get(s.node)
@@ -712,9 +830,10 @@ class SwimCore:
         if d.node == self.name:
             if not self.leaving:
                 if d.incarnation >= self.incarnation:
-                    self._refute(d.incarnation, now)
-                    # Declared dead: whoever did so is likely in our dead list too (a healed partition).
-                    self._reconnect_soon(now)
+                    if not self._jump_refused(d.incarnation, self.incarnation):
+                        self._refute(d.incarnation, now)
+                        # Declared dead: whoever did so is likely in our dead list too (a healed partition).
+                        self._reconnect_soon(now)
                 elif self.name not in self.broadcasts:
                     self._queue_alive(now)
             return
@@ -722,6 +841,8 @@ class SwimCore:
         if m is None or d.incarnation < m.incarnation:
             return
         if m.state in (MemberState.DEAD, MemberState.LEFT):
+            return
+        if d.incarnation > m.incarnation and self._jump_refused(d.incarnation, m.incarnation):
             return
         self._suspicions.pop(d.node, None)
         m.incarnation = d.incarnation
@@ -737,12 +858,14 @@ class SwimCore:
 
     def local_states(self) -> tuple[PushPullState, ...]:
         """Our full membership state, for a push-pull exchange."""
-        return tuple(PushPullState(*row) for row in self._state_rows())
+        # Rows hold the MemberState enum (msgpack encodes it as its int); a state handed
+        # over in-process must carry the plain int that every decoder checks for.
+        return tuple(PushPullState(*row[:3], int(row[3]), *row[4:]) for row in self._state_rows())
 
     def _state_rows(self) -> list[list[Any]]:
         get = self.coords.get
         rows = [
-            [name, m.addr, m.incarnation, m.state, m.meta_wire or self._meta_wire(m), get(name)]
+            [name, m.addr, m.incarnation, m.state, m.meta_wire or self._meta_wire(m), get(name), m.key]
             for name, m in self.members.items()
         ]
         # Our own row carries our own coordinate (we keep none for ourselves in ``coords``).
@@ -838,7 +961,7 @@ class SwimCore:
                 if state == MemberState.ALIVE:
                     if m is not None and st.incarnation == m.incarnation and m.state != MemberState.DEAD:
                         continue
-                    self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.decoded_meta()), now)
+                    self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.decoded_meta(), st.key), now)
                 elif state == MemberState.LEFT:
                     self._apply_dead(Dead(st.incarnation, st.node, st.node), now)
                 elif st.node == self.name:
@@ -847,7 +970,12 @@ class SwimCore:
                         self._apply_dead(Dead(st.incarnation, st.node, peer or self.name), now)
                     else:
                         self._apply_suspect(Suspect(st.incarnation, st.node, peer or self.name), now)
-                elif m is not None and m.state == MemberState.ALIVE and st.incarnation >= m.incarnation:
+                elif (
+                    m is not None
+                    and m.state == MemberState.ALIVE
+                    and st.incarnation >= m.incarnation
+                    and not (st.incarnation > m.incarnation and self._jump_refused(st.incarnation, m.incarnation))
+                ):
                     # A remote "dead" is only a suspicion here: we give the node a chance to refute.
                     self._start_suspicion(m, st.incarnation, peer or self.name, now, "merge")
                     self.counters["merge_suspicions"] += 1
@@ -872,10 +1000,14 @@ class SwimCore:
         records to share.
         """
         states = list(states)
+        # Bypasses the decoder (a persisted list): names, addresses, keys and metadata are checked here.
+        valid = [st for st in states if self._bootstrap_entry_ok(st)]
+        self.counters["bad_names"] += len(states) - len(valid)
+        states = valid
         if shared is None or len(shared) != len(states):
             shared = []
             for st in states:
-                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now)
+                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now, key=st.key)
                 m.meta_wire = st.meta_raw
                 shared.append(shared_member(m))
         added = []
@@ -897,11 +1029,25 @@ class SwimCore:
         self._next_push_pull_at = now + self.rng.random() * self.config.push_pull_period(self._num_live)
         return shared
 
+    @staticmethod
+    def _bootstrap_entry_ok(st: PushPullState) -> bool:
+        if not is_valid_name(st.node) or not is_valid_addr(st.addr) or len(st.key) not in (0, 32):
+            return False
+        try:
+            st.decoded_meta()
+        except WireError:
+            return False
+        return True
+
     def reap(self, now: float) -> None:
-        """Forget dead/left members whose tombstone has expired."""
+        """Forget dead/left members whose tombstone has expired, everywhere they are referenced."""
         cutoff = now - self.config.tombstone_time
-        for name in [n for n, m in self.members.items() if n != self.name and m.state >= MemberState.DEAD]:
+        for name in sorted(n for n, m in self.members.items() if n != self.name and m.state >= MemberState.DEAD):
             if self.members[name].state_change < cutoff:
                 del self.members[name]
+                # A reaped member must not stay a gossip-to-the-dead target (that raised KeyError).
+                self._recent_dead.pop(name, None)
+                self._suspicions.pop(name, None)
                 self.coords.pop(name, None)
+                self.vivaldi.forget(name)
                 self._emit("reap", name, now)

@@ -20,10 +20,11 @@ from crdt.messages import (
 )
 from crdt.sync import SyncConfig
 from crdt_helpers import make_nodes
-from mesh.wire import MAX_FRAME, decode, encode
+from mesh.wire import MAX_FRAME, MAX_NAME, decode, encode
 
-# The longest sender mesh.wire.decode accepts (256 characters), each 4 bytes in UTF-8.
-WORST_SENDER = "\U0010ffff" * 256
+# The longest sender mesh.wire.decode accepts: a member name of MAX_NAME (128) ASCII characters
+# (crdt.messages leaves room for the older bound, 256 characters of 4 UTF-8 bytes).
+WORST_SENDER = "z" * MAX_NAME
 NOISE_MAX_MESSAGE = 65_535  # Noise spec, section 3: a transport message is at most 65,535 bytes
 NOISE_TAG = 16  # ChaChaPoly authentication tag
 
