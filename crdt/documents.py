@@ -36,10 +36,11 @@ from crdt.schema import (
     DeploymentRevision,
     DeploymentSpec,
     KvLimits,
-    Manifest,
+    ModuleVersion,
     PlacementEntry,
     RouteSpec,
     kv_record_key,
+    manifest_from_payload,
     range_best,
     revision_from,
     v_namespace,
@@ -417,42 +418,42 @@ class IntentDoc:
 
     # --- registry -----------------------------------------------------------------
 
-    def _manifest_of(self, key: str) -> Manifest | None:
+    def _manifest_of(self, key: str) -> ModuleVersion | None:
         rec = self.effective("registry", key)
         if rec is None:
             return None
         if rec.payload.get("removed") is True:
             prior = [r for r in self.history("registry", key) if r.payload.get("removed") is not True]
-            base = Manifest.validate_payload(prior[-1].payload) if prior else None
             p = rec.payload
-            if base is None:
-                return Manifest(p["name"], p["version"], "0" * 64, 0, removed=True, removed_at=float(p["removed_at"]), removed_reason=p["reason"], publisher=rec.signer)
-            return Manifest(
-                base.name, base.version, base.sha256, base.size, base.capabilities, base.limits, base.created_at,
-                base.description, prior[-1].signer, prior[-1].signature, True, float(p["removed_at"]), p["reason"],
+            if not prior:
+                return ModuleVersion(p["name"], p["version"], None, rec.signer, removed=True, removed_at=float(p["removed_at"]), removed_reason=p["reason"])
+            base = prior[-1]
+            return ModuleVersion(
+                p["name"], p["version"], manifest_from_payload(base.payload), base.signer, base.seq, base.signature,
+                True, float(p["removed_at"]), p["reason"],
             )
-        m = Manifest.validate_payload(rec.payload)
-        return Manifest(m.name, m.version, m.sha256, m.size, m.capabilities, m.limits, m.created_at, m.description, rec.signer, rec.signature)
+        m = manifest_from_payload(rec.payload)
+        return ModuleVersion(m.name, m.version, m, rec.signer, rec.seq, rec.signature)
 
     def modules(self) -> list[str]:
         """Names of every module with at least one version record (removed ones included)."""
         return sorted({k.rsplit("@", 1)[0] for k in self._valid["registry"]})
 
-    def versions(self, name: str, include_removed: bool = True) -> list[Manifest]:
+    def versions(self, name: str, include_removed: bool = True) -> list[ModuleVersion]:
         """Every version of a module, oldest semver first; removed versions stay listed as tombstones."""
-        from crdt.semver import Version
+        from model.semver import Version
 
         out = [m for k in self._valid["registry"] if k.rsplit("@", 1)[0] == name if (m := self._manifest_of(k)) is not None]
         out.sort(key=lambda m: Version.parse(m.version))
         return [m for m in out if include_removed or not m.removed]
 
-    def manifest(self, name: str, version: str) -> Manifest:
+    def manifest(self, name: str, version: str) -> ModuleVersion:
         m = self._manifest_of(f"{name}@{version}")
         if m is None:
             raise NotFound(f"module {name} has no version {version} (see `wasmatrix module show {name}`)")
         return m
 
-    def resolve(self, module: str, version_or_range: str) -> Manifest:
+    def resolve(self, module: str, version_or_range: str) -> ModuleVersion:
         """The highest non-removed version of ``module`` matching an exact version or range."""
         live = [m.version for m in self.versions(module, include_removed=False)]
         best = range_best(version_or_range, live)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from model.errors import SemverError as ModelSemverError
+from model.errors import SpecError
+
 
 class CrdtError(Exception):
     """Base class of every error raised by the crdt package."""
 
 
-class ValidationError(CrdtError, ValueError):
+class ValidationError(CrdtError, SpecError):
     """A value written to a document fails its schema (name, semver, size, type)."""
 
 
-class SemverError(ValidationError):
-    """A version or version range that is not strict semver."""
+class SemverError(ValidationError, ModelSemverError):
+    """A version or version range that is not strict semver (``crdt.schema`` translates the model's)."""
 
 
 class KeyFileError(CrdtError):

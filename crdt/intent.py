@@ -44,6 +44,7 @@ from crdt.schema import (
     RouteSpec,
     deployment_payload,
     kv_record_key,
+    manifest_from_payload,
     registry_key,
     route_key,
     v_namespace,
@@ -294,7 +295,7 @@ class IntentNode:
 
     def publish(self, manifest: Manifest, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
         """Add a module version to the registry; versions are immutable and never republished."""
-        Manifest.validate_payload(manifest.to_payload())
+        manifest_from_payload(manifest.to_payload())
         key = registry_key(manifest.name, manifest.version)
         if self.doc.effective("registry", key) is not None:
             raise Conflict(f"{manifest.name} {manifest.version} is already published; versions are immutable, publish a new version")

@@ -1,8 +1,7 @@
-"""Ed25519 signing keys: generation, PEM/raw loading, key ids (short hash of the public key)."""
+"""Ed25519 signing keys: generation, PEM/raw loading; key ids are ``model.keys.key_id``."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from crdt.errors import KeyFileError
 from crdt.files import atomic_write
 
-KEY_ID_LEN = 16  # hex characters: 64 bits of SHA-256 of the raw public key
+from model.keys import KEY_ID_LEN, key_id  # the one key id, shared with the runtime
 
-
-def key_id_of(public_raw: bytes) -> str:
-    """Key id: the first 16 hex characters of SHA-256 over the 32 raw public-key bytes."""
-    return hashlib.sha256(public_raw).hexdigest()[:KEY_ID_LEN]
+__all__ = ["KEY_ID_LEN", "SigningKey", "key_id", "load_public_key", "load_signing_key", "verify_signature"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,7 +41,7 @@ class SigningKey:
     @classmethod
     def from_private(cls, private: Ed25519PrivateKey) -> "SigningKey":
         raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return cls(private, raw, key_id_of(raw))
+        return cls(private, raw, key_id(raw))
 
     def sign(self, message: bytes) -> bytes:
         """Sign ``message``; 64-byte signature."""

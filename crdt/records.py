@@ -1,14 +1,13 @@
 """Signed records: the only thing ever stored as a value in an intent document.
 
 A record is ``(kind, key, payload, signer, seq, signature)``; the signature is Ed25519 over
-the canonical msgpack encoding of ``["wasmatrix-record/1", kind, key, payload, seq]`` where
+the canonical msgpack encoding of ``["wasmatrix-record/1", kind, key, payload, seq]`` (``model.canonical``) where
 every map in ``payload`` is encoded with its keys sorted, so the bytes (and the signature)
 do not depend on dict insertion order.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +16,14 @@ import msgpack
 
 from crdt.errors import ValidationError
 from crdt.keys import KEY_ID_LEN, SigningKey
+from model.canonical import RECORD_DOMAIN as DOMAIN  # the record format's domain tag
+from model.canonical import canonical as _canonical
+from model.canonical import pack
+from model.canonical import record_signing_bytes
+from model.errors import SpecError
 
-DOMAIN = "wasmatrix-record/1"
+__all__ = ["DOMAIN", "KINDS", "MAX_RECORD_BYTES", "SEP", "SignedRecord", "canonical", "check_key", "pack", "signing_bytes"]
+
 KINDS = ("registry", "deployments", "routes", "placement", "kv")
 MAX_RECORD_BYTES = 256 * 1024
 MAX_SEQ = 2**62
@@ -26,38 +31,20 @@ SEP = "\x1f"  # separates parts of a slot key; forbidden in keys
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
-def canonical(obj: Any, depth: int = 0) -> Any:
-    """Normalise a payload into canonical form: sorted string-keyed maps, lists, scalars."""
-    if depth > 16:
-        raise ValidationError("payload nests deeper than 16 levels")
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        if not -(2**63) <= obj < 2**64:
-            raise ValidationError("payload integer out of 64-bit range")
-        return obj
-    if isinstance(obj, float):
-        if not math.isfinite(obj):
-            raise ValidationError("payload floats must be finite")
-        return obj
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return bytes(obj)
-    if isinstance(obj, (list, tuple)):
-        return [canonical(x, depth + 1) for x in obj]
-    if isinstance(obj, dict):
-        if not all(isinstance(k, str) for k in obj):
-            raise ValidationError("payload map keys must be strings")
-        return {k: canonical(obj[k], depth + 1) for k in sorted(obj)}
-    raise ValidationError(f"payload value of type {type(obj).__name__} is not encodable")
-
-
-def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+def canonical(obj: Any) -> Any:
+    """Normalise a payload into canonical form (``model.canonical``); ValidationError if it has none."""
+    try:
+        return _canonical(obj)
+    except SpecError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def signing_bytes(kind: str, key: str, payload: Any, seq: int) -> bytes:
-    """The exact bytes a record's signature covers."""
-    return pack([DOMAIN, kind, key, canonical(payload), seq])
+    """The exact bytes a record's signature covers (the runtime computes the same for manifests)."""
+    try:
+        return record_signing_bytes(kind, key, payload, seq)
+    except SpecError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def check_key(key: str, what: str = "key", max_len: int = 512) -> str:

@@ -7,13 +7,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdt.errors import ValidationError
-from crdt.semver import Range, Version, is_exact
+from crdt.errors import SemverError, ValidationError
+from model.errors import SemverError as ModelSemverError
+from model.errors import SpecError
+from model.manifest import KV_NAMESPACE_RE, NAME_RE, CapabilityRequest, Limits, Manifest
+from model.semver import Range, Version, best_match
 
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+__all__ = [  # Manifest is the shared model's, re-exported for the registry's readers
+    "Constraints", "DeploymentRevision", "DeploymentSpec", "KvLimits", "Manifest", "ModuleVersion", "PlacementEntry",
+    "Preferences", "ReplicaClaim", "RouteSpec", "deployment_payload", "kv_record_key", "manifest_from_payload",
+    "range_best", "registry_key", "revision_from", "route_key", "v_namespace", "validate_deployment_payload",
+    "validate_kv_payload", "validate_placement_payload", "validate_registry_payload", "validate_route_payload",
+]
+
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-MAX_MODULE_SIZE = 50 * 1024 * 1024  # seed 004: max module size 50 MB
 MAX_REPLICAS = 10_000
 METHODS = frozenset({"*", "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 REPLICA_STATES = frozenset({"claimed", "fetching", "starting", "running", "stopping", "failed"})
@@ -52,12 +59,6 @@ def v_strlist(x: Any, what: str, max_items: int = 64, max_len: int = 128) -> tup
     return tuple(v_text(s, f"{what} item", max_len, allow_empty=False) for s in x)
 
 
-def v_limits(x: Any, what: str = "limits") -> dict[str, int]:
-    if not isinstance(x, dict) or len(x) > 32:
-        raise ValidationError(f"{what} must be a map of at most 32 names to non-negative integers")
-    return {v_text(k, f"{what} key", 64, False): v_int(v, f"{what}[{k}]") for k, v in sorted(x.items())}
-
-
 def v_labels(x: Any, what: str = "labels") -> dict[str, str]:
     if not isinstance(x, dict) or len(x) > 64:
         raise ValidationError(f"{what} must be a map of at most 64 label names to strings")
@@ -69,15 +70,25 @@ def v_labels(x: Any, what: str = "labels") -> dict[str, str]:
     return out
 
 
+def _model(fn: Any, *args: Any) -> Any:
+    """Call the shared model, turning its errors into this package's (documents catch ValidationError)."""
+    try:
+        return fn(*args)
+    except ModelSemverError as exc:
+        raise SemverError(str(exc)) from None
+    except SpecError as exc:
+        raise ValidationError(str(exc)) from None
+
+
 def v_version(x: Any) -> str:
-    Version.parse(x)
+    _model(Version.parse, x)
     return x
 
 
 def v_version_or_range(x: Any) -> str:
     if not isinstance(x, str):
         raise ValidationError("version must be a semver version or range string")
-    Range.parse(x)
+    _model(Range.parse, x)
     return x
 
 
@@ -96,52 +107,46 @@ def _fields(p: Any, what: str, required: set[str], optional: set[str] = frozense
 # --- registry --------------------------------------------------------------------------
 
 
+def manifest_from_payload(p: Any) -> Manifest:
+    """Validate a registry payload as the shared ``model.Manifest`` (the one manifest validation)."""
+    m: Manifest = _model(Manifest.from_payload, p)
+    return m
+
+
 @dataclass(slots=True, frozen=True)
-class Manifest:
-    """A signed module manifest; ``publisher`` and ``signature`` come from the record."""
+class ModuleVersion:
+    """A registry entry in a node's view: the published manifest with the record that signed it.
+
+    ``manifest`` is None only for a removal tombstone of a version this node never saw published.
+    ``publisher``, ``seq`` and ``signature`` are the registry record's, so ``runtime.SignedManifest``
+    can be rebuilt from them and admitted as is.
+    """
 
     name: str
     version: str
-    sha256: str
-    size: int
-    capabilities: tuple[str, ...] = ()
-    limits: dict[str, int] = field(default_factory=dict)
-    created_at: float = 0.0
-    description: str = ""
+    manifest: Manifest | None
     publisher: str = ""
+    seq: int = 0
     signature: bytes = b""
     removed: bool = False
     removed_at: float | None = None
     removed_reason: str = ""
 
-    def to_payload(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "sha256": self.sha256,
-            "size": self.size,
-            "capabilities": list(self.capabilities),
-            "limits": dict(self.limits),
-            "created_at": self.created_at,
-            "description": self.description,
-        }
+    @property
+    def sha256(self) -> str:
+        return self.manifest.sha256 if self.manifest else ""
 
-    @classmethod
-    def validate_payload(cls, p: Any) -> "Manifest":
-        _fields(p, "manifest", {"name", "version", "sha256", "size", "capabilities", "limits", "created_at", "description"})
-        sha = p["sha256"]
-        if not isinstance(sha, str) or not SHA_RE.match(sha):
-            raise ValidationError("manifest sha256 must be 64 lowercase hex characters")
-        return cls(
-            name=v_name(p["name"], "module name"),
-            version=v_version(p["version"]),
-            sha256=sha,
-            size=v_int(p["size"], "module size", 0, MAX_MODULE_SIZE),
-            capabilities=v_strlist(p["capabilities"], "capabilities"),
-            limits=v_limits(p["limits"]),
-            created_at=v_num(p["created_at"], "created_at", 0),
-            description=v_text(p["description"], "description"),
-        )
+    @property
+    def size(self) -> int:
+        return self.manifest.size if self.manifest else 0
+
+    @property
+    def created_at(self) -> float:
+        return self.manifest.created_at if self.manifest else 0.0
+
+    @property
+    def description(self) -> str:
+        return self.manifest.description if self.manifest else ""
 
 
 def registry_key(name: str, version: str) -> str:
@@ -156,7 +161,7 @@ def validate_registry_payload(key: str, p: Any) -> None:
         v_text(p["reason"], "removal reason", 256)
         name, version = v_name(p["name"], "module name"), v_version(p["version"])
     else:
-        m = Manifest.validate_payload(p)
+        m = manifest_from_payload(p)
         name, version = m.name, m.version
     if key != registry_key(name, version):
         raise ValidationError(f"registry key {key!r:.80} does not match {name}@{version}")
@@ -227,14 +232,20 @@ class DeploymentSpec:
     replicas: int = 1  # 0 = on demand
     constraints: Constraints = field(default_factory=Constraints)
     preferences: Preferences = field(default_factory=Preferences)
-    capabilities: tuple[str, ...] = ()
-    limits: dict[str, int] = field(default_factory=dict)
+    # What the operator lets this deployment use, in the manifest's own terms: a node grants a
+    # module the intersection of its manifest's request, this, and the node's policy.
+    capabilities: CapabilityRequest = field(default_factory=CapabilityRequest)
+    limits: Limits | None = None  # a ceiling below the manifest's limits; None: the manifest's
 
     def __post_init__(self) -> None:
         v_name(self.name, "deployment name")
         v_name(self.module, "module name")
         v_version_or_range(self.version)
         v_int(self.replicas, "replicas", 0, MAX_REPLICAS)
+        if not isinstance(self.capabilities, CapabilityRequest):
+            raise ValidationError("deployment capabilities must be a CapabilityRequest")
+        if self.limits is not None and not isinstance(self.limits, Limits):
+            raise ValidationError("deployment limits must be a Limits or None")
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -244,8 +255,8 @@ class DeploymentSpec:
             "replicas": self.replicas,
             "constraints": self.constraints.to_payload(),
             "preferences": self.preferences.to_payload(),
-            "capabilities": list(self.capabilities),
-            "limits": dict(self.limits),
+            "capabilities": self.capabilities.to_payload(),
+            "limits": self.limits.to_payload() if self.limits is not None else None,
         }
 
     @classmethod
@@ -258,8 +269,8 @@ class DeploymentSpec:
             replicas=p["replicas"],
             constraints=Constraints.from_payload(p["constraints"]),
             preferences=Preferences.from_payload(p["preferences"]),
-            capabilities=v_strlist(p["capabilities"], "capabilities"),
-            limits=v_limits(p["limits"]),
+            capabilities=_model(CapabilityRequest.from_payload, p["capabilities"]),
+            limits=None if p["limits"] is None else _model(Limits.from_payload, p["limits"]),
         )
 
 
@@ -411,7 +422,7 @@ def validate_placement_payload(key: str, p: Any) -> None:
 
 # --- KV --------------------------------------------------------------------------------
 
-NS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NS_RE = KV_NAMESPACE_RE  # one namespace spelling: what a manifest requests is what KV stores
 
 
 @dataclass(slots=True, frozen=True)
@@ -447,7 +458,5 @@ def validate_kv_payload(key: str, p: Any, limits: KvLimits) -> None:
 
 def range_best(spec_version: str, versions: list[str]) -> str | None:
     """The highest version in ``versions`` satisfying an exact version or range."""
-    if is_exact(spec_version):
-        return spec_version if spec_version in versions else None
-    best = Range.parse(spec_version).best(versions)
-    return str(best) if best else None
+    best: str | None = _model(best_match, spec_version, versions)
+    return best

@@ -16,7 +16,7 @@ from crdt.files import atomic_write
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from crdt.keys import key_id_of
+from crdt.keys import key_id
 
 if TYPE_CHECKING:
     from crdt.records import SignedRecord
@@ -53,7 +53,7 @@ class TrustedKey:
 
     @property
     def key_id(self) -> str:
-        return key_id_of(self.public_raw)
+        return key_id(self.public_raw)
 
 
 class VerifiedRecords:
@@ -125,7 +125,7 @@ class TrustConfig:
             rs = frozenset(Role(r) for r in roles)
         except ValueError as exc:
             raise TrustError(f"unknown role: {exc} (roles: {', '.join(r.value for r in Role)})") from None
-        kid = key_id_of(public_raw)
+        kid = key_id(public_raw)
         old = self._keys.get(kid)
         try:
             public = old.public if old is not None and old.public is not None else Ed25519PublicKey.from_public_bytes(bytes(public_raw))

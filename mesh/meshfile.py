@@ -47,7 +47,7 @@ class MeshFileError(MeshError):
 
 @dataclass(slots=True, frozen=True)
 class AdminKey:
-    """A mesh admin's Ed25519 public key and its key id (``crdt.keys.key_id_of``)."""
+    """A mesh admin's Ed25519 public key and its key id (``model.keys.key_id``)."""
 
     key_id: str
     public_key: bytes

@@ -2,9 +2,11 @@
 
 The node uses ``Runtime`` (see ``runtime.runner``); everything else here is a
 building block it composes. This package imports nothing from ``mesh``,
-``crdt`` or ``scheduler``.
+``crdt``, ``scheduler`` or ``sim``; the manifest it admits is ``model.Manifest``, the one
+definition ``crdt`` stores in the registry.
 """
 
+from model import Manifest, SpecError
 from runtime.abi import Abi
 from runtime.artifacts import ArtifactStore
 from runtime.audit import AuditSink, MemoryAuditSink, NullAuditSink
@@ -33,7 +35,6 @@ from runtime.hostfuncs import HttpFetcher
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import KVStore, MemoryKVStore
 from runtime.limits import Limits, ModuleBounds, PoolConfig
-from runtime.manifest import Manifest
 from runtime.runner import LoadedModule, Runtime, RuntimeConfig
 from runtime.signing import Publisher, SignedManifest, TrustStore
 
@@ -42,6 +43,6 @@ __all__ = [
     "CapabilityRequest", "DirGrant", "ExecutionError", "GuestError", "HostResourceError", "HttpFetcher", "InvalidSpecError",
     "InvocationResult", "KVStore", "Limits", "LoadedModule", "Manifest", "ManifestError", "MemoryAuditSink", "ModuleBounds", "ModuleTooLarge",
     "MemoryKVStore", "ModuleNotLoaded", "NullAuditSink", "PoolConfig", "Publisher", "Request", "Runtime",
-    "RuntimeConfig", "SignatureError", "SignedManifest", "TrustStore", "ValidationError",
+    "RuntimeConfig", "SignatureError", "SignedManifest", "SpecError", "TrustStore", "ValidationError",
     "WasmConcurrencyRejected", "WasmError", "WasmLimitExceeded", "WasmTimeout", "WasmTrap", "example_bytes", "example_path",
 ]

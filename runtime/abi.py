@@ -14,17 +14,13 @@ See docs/ABI.md.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 
 from wasmtime import FuncType, MemoryType, ValType
 
+from model.manifest import Abi  # the manifest names the ABI; the checks below need wasmtime
 
-class Abi(str, enum.Enum):
-    """How a module receives a request and returns a response."""
-
-    WASI_COMMAND = "wasi-command"
-    DIRECT = "direct"
+__all__ = ["Abi", "DIRECT_OPTIONAL", "DIRECT_REQUIRED", "detect_abi", "export_problems", "pack_result", "unpack_result"]
 
 
 _I32 = ValType.i32()

@@ -9,7 +9,8 @@ from pathlib import Path
 import structlog
 
 from runtime.errors import ArtifactError
-from runtime.manifest import _SHA256, sha256_hex
+from model.manifest import SHA256_RE as _SHA256
+from model.manifest import sha256_hex
 
 log = structlog.get_logger("wasmatrix.runtime.artifacts")
 

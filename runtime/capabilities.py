@@ -12,13 +12,16 @@ is refused at admission with the list of offending imports.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
+from model.manifest import ENV_NAME_RE, HTTP_HOST_RE, CapabilityRequest
 from runtime.errors import InvalidSpecError
+
+__all__ = [
+    "Capabilities", "CapabilityRequest", "DirGrant", "HOST_MODULE", "ImportReport", "WASI_MODULE", "check_imports", "host_allowed",
+]
 
 WASI_MODULE = "wasi_snapshot_preview1"
 HOST_MODULE = "wasmatrix"
@@ -48,8 +51,9 @@ HOST_HTTP = frozenset({"http_fetch"})
 DEFAULT_STDOUT_MAX = 1 << 20
 DEFAULT_STDERR_MAX = 64 << 10
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HOST_ENTRY = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$")
+# One spelling of names and hosts for what a manifest requests and what a node grants.
+_ENV_NAME = ENV_NAME_RE
+_HOST_ENTRY = HTTP_HOST_RE
 
 
 @dataclass(slots=True, frozen=True)
@@ -107,60 +111,6 @@ def host_allowed(url: str, allowlist: Iterable[str]) -> bool:
         elif host == entry_host:
             return True
     return False
-
-
-@dataclass(slots=True, frozen=True)
-class CapabilityRequest:
-    """The capabilities a manifest asks for, by name (no host paths or secret values)."""
-
-    env: tuple[str, ...] = ()
-    dirs: tuple[str, ...] = ()  # guest paths; suffix ":rw" asks for write access
-    kv_namespaces: tuple[str, ...] = ()
-    http_hosts: tuple[str, ...] = ()
-    log: bool = False
-    clocks: bool = False
-    random: bool = False
-
-    def __post_init__(self) -> None:
-        for name in self.env:
-            if not _ENV_NAME.match(name):
-                raise InvalidSpecError(f"invalid environment variable name {name!r}")
-        for host in self.http_hosts:
-            if not _HOST_ENTRY.match(host):
-                raise InvalidSpecError(f"invalid http host entry {host!r}")
-        for d in self.dirs:
-            if not d.startswith("/"):
-                raise InvalidSpecError(f"requested directory {d!r} must be an absolute guest path")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form used in manifests."""
-        return {
-            "env": list(self.env), "dirs": list(self.dirs), "kv_namespaces": list(self.kv_namespaces),
-            "http_hosts": list(self.http_hosts), "log": self.log, "clocks": self.clocks, "random": self.random,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> CapabilityRequest:
-        """Parse the plain-data form, rejecting unknown keys and wrong types."""
-        if not isinstance(data, dict):
-            raise InvalidSpecError("capabilities must be a map")
-        lists = ("env", "dirs", "kv_namespaces", "http_hosts")
-        flags = ("log", "clocks", "random")
-        unknown = set(data) - set(lists) - set(flags)
-        if unknown:
-            raise InvalidSpecError(f"unknown capability fields: {sorted(unknown)}")
-        kwargs: dict[str, Any] = {}
-        for key in lists:
-            value = data.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise InvalidSpecError(f"capability {key} must be a list of strings")
-            kwargs[key] = tuple(value)
-        for key in flags:
-            value = data.get(key, False)
-            if not isinstance(value, bool):
-                raise InvalidSpecError(f"capability {key} must be a boolean")
-            kwargs[key] = value
-        return cls(**kwargs)
 
 
 @dataclass(slots=True, frozen=True)

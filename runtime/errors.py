@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from model.errors import SpecError
+
 
 class WasmError(Exception):
     """Base class of every error raised by the runtime package."""
@@ -17,8 +19,8 @@ class WasmError(Exception):
     http_status: int = 500
 
 
-class InvalidSpecError(WasmError):
-    """A limits, capability or pool specification with an invalid value."""
+class InvalidSpecError(WasmError, SpecError):
+    """A grant, directory or pool specification with an invalid value (manifest values raise ``SpecError``)."""
 
     code = "invalid_spec"
     http_status = 400
@@ -31,8 +33,8 @@ class ArtifactError(WasmError):
     http_status = 502
 
 
-class ManifestError(ArtifactError):
-    """A manifest that does not parse or has invalid fields."""
+class ManifestError(ArtifactError, SpecError):
+    """A signed manifest that does not parse or has invalid fields (wraps the model's ``SpecError``)."""
 
     code = "manifest_invalid"
 

@@ -1,100 +1,28 @@
-"""Resource limits per module and hot-pool sizing, with their defaults and why."""
+"""Hot-pool sizing, and the per-module resource limits (defined in ``model.manifest``) with their defaults."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 from runtime.errors import InvalidSpecError
 
-WASM_PAGE_BYTES = 65536
-MIB = 1 << 20
+# The module limits are part of the manifest, so they live in the shared model; re-exported here
+# because the runtime enforces them.
+from model.manifest import (  # noqa: E402
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MEMORY_BYTES,
+    DEFAULT_TABLE_ELEMENTS,
+    DEFAULT_TIMEOUT_MS,
+    MAX_MEMORY_BYTES,
+    MAX_TIMEOUT_MS,
+    MIB,
+    WASM_PAGE_BYTES,
+    Limits,
+)
 
-# Seed 004 FR-WASM-006: 128 MB default memory, configurable 1-512 MB;
-# 30 s default execution time, configurable up to 300 s.
-DEFAULT_MEMORY_BYTES = 128 * MIB
-MAX_MEMORY_BYTES = 512 * MIB
-DEFAULT_TIMEOUT_MS = 30_000
-MAX_TIMEOUT_MS = 300_000
-# Tables hold function references; C and Rust modules need a few hundred.
-DEFAULT_TABLE_ELEMENTS = 10_000
-# Seed 003 R14: 100 concurrent executions per tenant; a module is one tenant here.
-DEFAULT_MAX_CONCURRENCY = 100
-
-
-@dataclass(slots=True, frozen=True)
-class Limits:
-    """What one module may consume: memory, tables, concurrent instances, time, fuel."""
-
-    memory_bytes: int = DEFAULT_MEMORY_BYTES
-    table_elements: int = DEFAULT_TABLE_ELEMENTS
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    timeout_ms: int = DEFAULT_TIMEOUT_MS
-    fuel: int | None = None
-
-    def __post_init__(self) -> None:
-        if not WASM_PAGE_BYTES <= self.memory_bytes <= MAX_MEMORY_BYTES:
-            raise InvalidSpecError(
-                f"memory limit {self.memory_bytes} bytes is outside 64 KiB..{MAX_MEMORY_BYTES // MIB} MiB"
-            )
-        if self.table_elements < 0:
-            raise InvalidSpecError(f"table_elements must be >= 0, got {self.table_elements}")
-        if self.max_concurrency < 1:
-            raise InvalidSpecError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
-        if not 1 <= self.timeout_ms <= MAX_TIMEOUT_MS:
-            raise InvalidSpecError(f"timeout_ms must be within 1..{MAX_TIMEOUT_MS}, got {self.timeout_ms}")
-        if self.fuel is not None and self.fuel < 1:
-            raise InvalidSpecError(f"fuel must be a positive integer or None, got {self.fuel}")
-
-    @classmethod
-    def from_pages(cls, pages: int, **kwargs: Any) -> Limits:
-        """Build limits with linear memory expressed in 64 KiB wasm pages."""
-        if pages < 1:
-            raise InvalidSpecError(f"memory pages must be >= 1, got {pages}")
-        return cls(memory_bytes=pages * WASM_PAGE_BYTES, **kwargs)
-
-    @property
-    def memory_pages(self) -> int:
-        """The memory limit in 64 KiB wasm pages."""
-        return self.memory_bytes // WASM_PAGE_BYTES
-
-    def clamp(self, ceiling: Limits) -> Limits:
-        """Return these limits lowered to ``ceiling`` wherever they exceed it."""
-        fuel = self.fuel
-        if ceiling.fuel is not None:
-            fuel = ceiling.fuel if fuel is None else min(fuel, ceiling.fuel)
-        return Limits(
-            memory_bytes=min(self.memory_bytes, ceiling.memory_bytes),
-            table_elements=min(self.table_elements, ceiling.table_elements),
-            max_concurrency=min(self.max_concurrency, ceiling.max_concurrency),
-            timeout_ms=min(self.timeout_ms, ceiling.timeout_ms),
-            fuel=fuel,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form used in manifests."""
-        return {
-            "memory_bytes": self.memory_bytes,
-            "table_elements": self.table_elements,
-            "max_concurrency": self.max_concurrency,
-            "timeout_ms": self.timeout_ms,
-            "fuel": self.fuel,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Limits:
-        """Parse the plain-data form, rejecting unknown keys and wrong types."""
-        if not isinstance(data, dict):
-            raise InvalidSpecError("limits must be a map")
-        unknown = set(data) - {"memory_bytes", "table_elements", "max_concurrency", "timeout_ms", "fuel"}
-        if unknown:
-            raise InvalidSpecError(f"unknown limit fields: {sorted(unknown)}")
-        for key, value in data.items():
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise InvalidSpecError(f"limit {key} must be an integer")
-            if value is None and key != "fuel":
-                raise InvalidSpecError(f"limit {key} must be an integer")
-        return cls(**data)
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY", "DEFAULT_MEMORY_BYTES", "DEFAULT_TABLE_ELEMENTS", "DEFAULT_TIMEOUT_MS",
+    "MAX_MEMORY_BYTES", "MAX_TIMEOUT_MS", "MIB", "WASM_PAGE_BYTES", "Limits", "ModuleBounds", "PoolConfig",
+]
 
 
 # Admission bounds on a module's shape, checked by a cheap section scan before

@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from wasmtime import ExitTrap, InstancePre, Linker, Memory, Module, Store, Trap, TrapCode, WasmtimeError
 
+from model.manifest import Manifest, sha256_hex
 from runtime.abi import Abi, detect_abi, unpack_result
 from runtime.artifacts import DEFAULT_MAX_BLOB_BYTES, ArtifactStore
 from runtime.audit import AuditSink, NullAuditSink
@@ -58,7 +59,6 @@ from runtime.limits import (
     ModuleBounds,
     PoolConfig,
 )
-from runtime.manifest import Manifest, sha256_hex
 from runtime.metrics import RuntimeMetrics
 from runtime.pool import DEFAULT_MAX_TOTAL_IDLE, DEFAULT_MEMORY_BUDGET, DEFAULT_PRESSURE_RATIO, PoolManager
 from runtime.signing import SignedManifest, TrustStore
@@ -398,8 +398,7 @@ class Runtime:
             self._reject("host_resource", key, exc)
             raise
         if manifest.abi is not abi:
-            manifest = Manifest(manifest.name, manifest.version, manifest.sha256, manifest.size,
-                                manifest.capabilities, manifest.limits, abi)
+            manifest = replace(manifest, abi=abi)
         lm = LoadedModule(manifest, abi, limits, caps, engine, module, pre, signed, self.metrics)
         with self._lock:
             if key in self._modules:  # lost a race with an identical load

@@ -1,53 +1,84 @@
-"""Ed25519 publisher keys, signed manifests and the node's trust store."""
+"""Publisher signatures over manifests and the node's trust store of publisher keys.
+
+A publisher's signature covers ``model.manifest_signing_bytes(manifest, seq)``: exactly the bytes
+of the registry record that ``wasmatrix module publish`` writes. So a node admits what the
+registry holds by passing the record's payload, signer, sequence number and signature here;
+no second signature exists.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from model.canonical import canonical_encode
+from model.errors import SpecError
+from model.keys import KEY_ID_LEN, key_id
+from model.manifest import Manifest, manifest_signing_bytes
 from runtime.errors import ManifestError, SignatureError
-from runtime.manifest import Manifest, bounded_decode, canonical_encode
 
-# Domain separation: a manifest signature can never be replayed as another message type.
-_DOMAIN = b"wasmatrix-manifest-v1\x00"
+# Bounds every decoder: a manifest is small; anything larger is hostile.
+MAX_MANIFEST_BYTES = 64 << 10
+MAX_SEQ = 2**62
 
 
-def key_id(public_key: bytes) -> str:
-    """A short stable identifier of a raw 32-byte Ed25519 public key."""
-    return hashlib.sha256(public_key).hexdigest()[:16]
+def bounded_decode(data: bytes, what: str) -> Any:
+    """Decode msgpack from an untrusted source with size bounds; raise ManifestError on failure."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{what} is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} byte limit")
+    try:
+        # The length check above bounds every container and string inside.
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise ManifestError(f"{what} is not valid msgpack: {exc}") from exc
 
 
 @dataclass(slots=True, frozen=True)
 class SignedManifest:
-    """A manifest, the id of the key that signed it, and the signature."""
+    """A manifest, the id of the key that signed it, the publisher's sequence number, the signature."""
 
     manifest: Manifest
     key_id: str
     signature: bytes
+    seq: int = 1
+
+    @classmethod
+    def from_record(cls, payload: Any, signer: str, signature: bytes, seq: int) -> SignedManifest:
+        """The registry record's parts (payload, signer key id, signature, seq) as a signed manifest."""
+        if not isinstance(signer, str) or len(signer) != KEY_ID_LEN:
+            raise SignatureError("signed manifest key_id is not a key id")
+        if not isinstance(signature, bytes) or len(signature) != 64:
+            raise SignatureError("signed manifest signature is not 64 bytes")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < MAX_SEQ:
+            raise ManifestError("signed manifest seq is out of range")
+        try:
+            manifest = Manifest.from_payload(payload)
+        except SpecError as exc:
+            raise ManifestError(f"invalid manifest: {exc}") from exc
+        return cls(manifest, signer, signature, seq)
 
     def to_bytes(self) -> bytes:
         """Wire/storage form: canonical msgpack."""
         return canonical_encode(
-            {"manifest": self.manifest.to_dict(), "key_id": self.key_id, "sig": self.signature}
+            {"manifest": self.manifest.to_payload(), "key_id": self.key_id, "sig": self.signature, "seq": self.seq}
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedManifest:
         """Parse the wire form; raises ManifestError or SignatureError on malformed input."""
         obj = bounded_decode(data, "signed manifest")
-        if not isinstance(obj, dict) or set(obj) != {"manifest", "key_id", "sig"}:
-            raise ManifestError("signed manifest must have exactly manifest, key_id and sig")
-        if not isinstance(obj["key_id"], str) or not isinstance(obj["sig"], bytes):
-            raise SignatureError("signed manifest key_id or signature has the wrong type")
-        return cls(Manifest.from_dict(obj["manifest"]), obj["key_id"], obj["sig"])
+        if not isinstance(obj, dict) or set(obj) != {"manifest", "key_id", "sig", "seq"}:
+            raise ManifestError("signed manifest must have exactly manifest, key_id, sig and seq")
+        return cls.from_record(obj["manifest"], obj["key_id"], obj["sig"], obj["seq"])
 
 
 class Publisher:
-    """Holds a publisher's private key and signs manifests."""
+    """Holds a publisher's private key and signs manifests (as the registry record would)."""
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
@@ -64,10 +95,10 @@ class Publisher:
         """Load a publisher from a raw 32-byte private key."""
         return cls(Ed25519PrivateKey.from_private_bytes(raw))
 
-    def sign(self, manifest: Manifest) -> SignedManifest:
-        """Sign the canonical encoding of ``manifest``."""
-        signature = self._key.sign(_DOMAIN + manifest.canonical_bytes())
-        return SignedManifest(manifest, self.key_id, signature)
+    def sign(self, manifest: Manifest, seq: int = 1) -> SignedManifest:
+        """Sign ``manifest`` as registry record number ``seq`` of this publisher."""
+        signature = self._key.sign(manifest_signing_bytes(manifest, seq))
+        return SignedManifest(manifest, self.key_id, signature, seq)
 
 
 class TrustStore:
@@ -101,7 +132,7 @@ class TrustStore:
                 f"manifest {signed.manifest.key} is signed by key {signed.key_id}, which this node does not trust"
             )
         try:
-            public.verify(signed.signature, _DOMAIN + signed.manifest.canonical_bytes())
+            public.verify(signed.signature, manifest_signing_bytes(signed.manifest, signed.seq))
         except InvalidSignature:
             raise SignatureError(
                 f"signature on manifest {signed.manifest.key} does not verify (tampered manifest or wrong key)"

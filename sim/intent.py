@@ -48,6 +48,7 @@ from crdt.schema import DeploymentSpec, Manifest, deployment_payload
 from crdt.store import EffectStore, MemoryStore
 from crdt.sync import SyncConfig, decode_state_vector
 from crdt.trust import Role, TrustConfig
+from model import CapabilityRequest, SpecError
 from sim.scenario import Fault, IntentSpec
 
 if TYPE_CHECKING:
@@ -309,7 +310,7 @@ class IntentHarness:
             self._wall = node.wall(sim.now)
             try:
                 outs = getattr(self, "_do_" + f.action)(node, core, core.intent, local, f.args)
-            except CrdtError as exc:
+            except (CrdtError, SpecError) as exc:  # SpecError: a bad manifest field in the scenario
                 self._fail(f, n, f"{exc.__class__.__name__}: {exc}")
                 outs = []
             finally:
@@ -329,7 +330,10 @@ class IntentHarness:
         module, version, size = str(a["module"]), str(a["version"]), int(a.get("size", 1024))
         data = blob_bytes(self.sim.seed, module, version, size)
         sha = hashlib.sha256(data).hexdigest()
-        manifest = Manifest(module, version, sha, size, tuple(a.get("capabilities", ())), {}, self._wall, str(a.get("description", "")))
+        manifest = Manifest(
+            module, version, sha, size, CapabilityRequest.from_strings(a.get("capabilities", ())),
+            created_at=self._wall, description=str(a.get("description", "")),
+        )
         # The publishing node holds the binary first, then announces it in the registry.
         self.blob_stores[node.name].put(sha, data)
         intent.publish(manifest, self.publisher, now, wall=self._wall)

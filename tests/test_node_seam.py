@@ -154,10 +154,10 @@ def test_outgoing_carries_the_key_membership_holds_for_its_node() -> None:
 def _manifest(version: str = "1.0.0") -> Any:
     import hashlib
 
-    from crdt.schema import Manifest
+    from model import Manifest
 
     data = b"\0asm-" + version.encode()
-    return Manifest("hello", version, hashlib.sha256(data).hexdigest(), len(data), (), {}, 1.0, "")
+    return Manifest("hello", version, hashlib.sha256(data).hexdigest(), len(data), created_at=1.0)
 
 
 # --------------------------------------------------------------------------- stream lifecycle

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from crdt.blob import BlobTransfer, MemoryBlobStore
 from crdt.messages import BlobMissing, BlobRequest, SyncAck, SyncStep1
 from crdt.intent import IntentNode
-from crdt.schema import Manifest
+from model import Manifest
 from crdt.trust import Role, TrustConfig
 from mesh.membership.config import profile
 from mesh.membership.messages import Dead
@@ -82,7 +82,7 @@ class Wire:
 
 
 def _manifest(version: str = "1.0.0", data: bytes = b"\0asm-module") -> Manifest:
-    return Manifest("hello", version, hashlib.sha256(data).hexdigest(), len(data), (), {}, 1.0, "")
+    return Manifest("hello", version, hashlib.sha256(data).hexdigest(), len(data), created_at=1.0)
 
 
 def test_sync_messages_flow_through_encode_decode_between_two_nodecores() -> None:

@@ -7,7 +7,6 @@ For now these commands open the node's intent store directly (``--data-dir``, de
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -17,16 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from crdt.blob import DirBlobStore
-from crdt.errors import CrdtError, SemverError, ValidationError
-from crdt.keys import SigningKey, load_signing_key
+from crdt.errors import CrdtError, ValidationError
 from crdt.intent import IntentNode
-from crdt.schema import Constraints, DeploymentSpec, Manifest, Preferences
-from crdt.semver import Version
+from crdt.keys import SigningKey, load_signing_key
+from crdt.schema import Constraints, DeploymentSpec, Preferences
 from crdt.store import SqliteStore
 from crdt.trust import Role, TrustConfig
+from model import Abi, CapabilityRequest, Limits, Manifest, SpecError, Version
+from model.manifest import MAX_MODULE_BYTES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-MAX_WASM = 50 * 1024 * 1024
+MAX_WASM = MAX_MODULE_BYTES
 
 
 # A key file is a PEM block or a 32-byte seed; anything bigger is not a key.
@@ -135,7 +135,7 @@ def _guard(fn: Any) -> Any:
             return fn(args)
         except UsageError as exc:
             return _err(str(exc), EXIT_USAGE)
-        except (SemverError, ValidationError) as exc:
+        except SpecError as exc:  # the model's, and crdt's ValidationError/SemverError (subclasses)
             return _err(str(exc), EXIT_USAGE)
         except CrdtError as exc:
             return _err(str(exc))
@@ -166,17 +166,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
     Version.parse(args.version)
     key = _signing_key(args.key)
     path = Path(args.file)
+    # Flags first, then the file: a bad --capability is named even when the module is bad too.
+    capabilities = CapabilityRequest.from_strings(args.capability or ())
+    limits = Limits.from_strings(args.limit or ())
     data = read_input_file(path, "", MAX_WASM)
-    _check_module(path, data)
-    sha = hashlib.sha256(data).hexdigest()
+    _check_module(path, data)  # what the runtime would refuse is never signed
+    # The one manifest: what the registry stores and what the runtime admits, validated here first.
+    m = Manifest.for_module(
+        args.name, args.version, data,
+        capabilities=capabilities,
+        limits=limits, abi=Abi(args.abi),
+        created_at=time.time(), description=args.description or "",
+    )
+    sha = m.sha256
     node = _open(args)
-    limits = {}
-    for item in args.limit or []:
-        k, _, v = item.partition("=")
-        if not v.isdigit():
-            return _err(f"--limit {item!r} must be NAME=INTEGER", EXIT_USAGE)
-        limits[k] = int(v)
-    m = Manifest(args.name, args.version, sha, len(data), tuple(args.capability or ()), limits, time.time(), args.description or "")
     DirBlobStore(_data_dir(args) / "blobs").put(sha, data)
     ack = node.publish(m, key, time.time())
     _out(args, {"module": args.name, "version": args.version, "sha256": sha, "size": len(data), "publisher": ack.signer, "seq": ack.seq})
@@ -203,7 +206,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not vs:
         return _err(f"no module named {args.name!r} (see `wasmatrix module list`)")
     objs = [{"version": m.version, "sha256": m.sha256, "size": m.size, "publisher": m.publisher, "created_at": m.created_at,
-             "capabilities": list(m.capabilities), "limits": m.limits, "removed": m.removed, "description": m.description} for m in vs]
+             "capabilities": m.manifest.capabilities.to_strings() if m.manifest else [],
+             "limits": m.manifest.limits.to_payload() if m.manifest else {},
+             "abi": m.manifest.abi.value if m.manifest else None,
+             "removed": m.removed, "description": m.description} for m in vs]
     rows = [[m.version, m.sha256[:16], str(m.size), m.publisher, "removed" if m.removed else "live"] for m in vs]
     _out(args, objs, rows, ["VERSION", "SHA256", "SIZE", "PUBLISHER", "STATE"])
     return EXIT_OK
@@ -233,7 +239,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         args.name, args.module, args.version, args.replicas,
         Constraints(tuple(args.arch or ()), args.min_memory_mb, _kv_pairs(args.label, "--label"), tuple(args.hardware or ())),
         Preferences(near, args.near_label, args.near_node, args.spread),
-        tuple(args.capability or ()),
+        CapabilityRequest.from_strings(args.capability or ()),
+        Limits.from_strings(args.limit) if args.limit else None,
     )
     node = _open(args)
     ack = node.set_deployment(spec, key, time.time())
@@ -278,8 +285,12 @@ def register(subparsers: Any) -> None:
     pp.add_argument("--version", required=True)
     pp.add_argument("--key", required=True, help="publisher private key file")
     pp.add_argument("--description")
-    pp.add_argument("--capability", action="append", help="capability requested (repeatable)")
-    pp.add_argument("--limit", action="append", help="NAME=INTEGER resource limit (repeatable)")
+    pp.add_argument("--capability", action="append", metavar="CAP",
+                    help="capability requested (repeatable): env:NAME, dir:/path[:rw], kv:NAMESPACE, http:HOST, log, clocks, random")
+    pp.add_argument("--limit", action="append", metavar="NAME=N",
+                    help="resource limit (repeatable): memory_bytes, table_elements, max_concurrency, timeout_ms, fuel")
+    pp.add_argument("--abi", choices=[a.value for a in Abi], default=Abi.WASI_COMMAND.value,
+                    help="handler ABI (default wasi-command; see docs/ABI.md)")
     common(pp)
     pp.set_defaults(handler=cmd_publish)
     pl = msub.add_parser("list", help="list modules")
@@ -305,7 +316,10 @@ def register(subparsers: Any) -> None:
     d.add_argument("--near-label")
     d.add_argument("--near-node")
     d.add_argument("--spread", help="fault-domain level to spread across, e.g. site")
-    d.add_argument("--capability", action="append")
+    d.add_argument("--capability", action="append", metavar="CAP",
+                   help="capability the deployment may use (repeatable; spelled as for module publish)")
+    d.add_argument("--limit", action="append", metavar="NAME=N",
+                   help="resource ceiling below the manifest's limits (repeatable; as for module publish)")
     common(d)
     d.set_defaults(handler=cmd_deploy)
 

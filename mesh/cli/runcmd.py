@@ -157,12 +157,12 @@ def run_command(args: argparse.Namespace) -> int:
         CapabilityDenied,
         DirGrant,
         GuestError,
-        InvalidSpecError,
         Limits,
         PoolConfig,
         Request,
         Runtime,
         RuntimeConfig,
+        SpecError,
         ValidationError,
         WasmError,
         WasmLimitExceeded,
@@ -204,15 +204,15 @@ def run_command(args: argparse.Namespace) -> int:
         caps = Capabilities.build(env=env, dirs=dirs, kv_namespaces=args.kv_ns, http_hosts=args.allow_http,
                                   log=args.log, clocks=args.clocks, random=args.random)
         limits = Limits(memory_bytes=args.memory_mb * MIB, timeout_ms=args.timeout_ms, fuel=args.fuel)
-    except InvalidSpecError as exc:
+    except SpecError as exc:  # also runtime's InvalidSpecError (grants), a subclass
         return _error(str(exc), EXIT_USAGE)
     abi = Abi.DIRECT if args.invoke else (None if args.abi == "auto" else Abi(args.abi))
-    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in path.stem.lower()) or "module"
-    if not name[0].isalnum():
-        name = "m" + name
+    # A manifest name starts and ends with [a-z0-9] (model.manifest.NAME_RE).
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in path.stem.lower())
+    name = name[:64].strip("._-") or "module"
     with Runtime(RuntimeConfig(allow_unsigned=True)) as rt:
         try:
-            lm = rt.load_unsigned(wasm, name=name[:64], capabilities=caps, limits=limits, abi=abi,
+            lm = rt.load_unsigned(wasm, name=name, capabilities=caps, limits=limits, abi=abi,
                                   pool=PoolConfig(min_instances=0, max_instances=1))
             result = rt.invoke_sync(lm.key, Request.build(stdin, guest_args))
         except (ValidationError, CapabilityDenied) as exc:

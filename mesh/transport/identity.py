@@ -19,16 +19,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from crdt.files import atomic_write, private_file_problem
-from crdt.keys import key_id_of
 from mesh.transport.errors import TransportError
+from model.keys import key_id
 
 BINDING_CONTEXT = b"wasmatrix/noise-static-key/v1\x00"
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def node_id_of(ed25519_public: bytes) -> str:
-    """Node id: the same short SHA-256 fingerprint of the Ed25519 public key as ``crdt.keys.key_id_of``."""
-    return key_id_of(ed25519_public)
+    """Node id: the one key id (``model.keys.key_id``) of the Ed25519 public key."""
+    return key_id(ed25519_public)
 
 
 @dataclass(slots=True, frozen=True)

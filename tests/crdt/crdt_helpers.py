@@ -8,7 +8,7 @@ from typing import Any
 
 from crdt.keys import SigningKey
 from crdt.intent import IntentNode
-from crdt.schema import Manifest
+from model import CapabilityRequest, Limits, Manifest
 from crdt.sync import SyncConfig
 from crdt.trust import Role, TrustConfig
 
@@ -37,8 +37,11 @@ def make_nodes(n: int, seed: int = 0, config: SyncConfig = SyncConfig(), **kw: A
     return {nm: IntentNode(nm, key("node:" + nm), trust, random.Random(f"{seed}:{nm}"), sync_config=config, **kw) for nm in names}
 
 
-def manifest(name: str = "hello", version: str = "1.0.0", data: bytes = b"\0asm", now: float = 1.0) -> Manifest:
-    return Manifest(name, version, hashlib.sha256(data + version.encode()).hexdigest(), len(data), ("kv",), {"memory_pages": 16}, now, "test module")
+def manifest(name: str = "hello", version: str = "1.0.0", data: bytes = b"\0asm\x01\0\0\0", now: float = 1.0) -> Manifest:
+    return Manifest(
+        name, version, hashlib.sha256(data + version.encode()).hexdigest(), len(data),
+        CapabilityRequest(kv_namespaces=("kv",)), Limits.from_pages(16), created_at=now, description="test module",
+    )
 
 
 class Pump:

@@ -26,12 +26,31 @@ def test_cli_publish_deploy_rollback(tmp_path, capsys):
     assert "hello" in capsys.readouterr().out
 
 
+def test_cli_rollback_with_no_earlier_version_is_a_clear_error(tmp_path, capsys):
+    d = str(tmp_path / "data")
+    (tmp_path / "a.wasm").write_bytes(b"\0asm\1\0\0\0")
+    pub, op = str(tmp_path / "pub.key"), str(tmp_path / "op.key")
+    assert main(["keygen", "--role", "publisher", "--out", pub, "--data-dir", d]) == 0
+    assert main(["keygen", "--role", "operator", "--out", op, "--data-dir", d]) == 0
+    assert main(["module", "publish", str(tmp_path / "a.wasm"), "--name", "hello", "--version", "1.0.0", "--key", pub, "--data-dir", d]) == 0
+    assert main(["deploy", "web", "--module", "hello", "--version", "^1.0.0", "--key", op, "--data-dir", d]) == 0
+    capsys.readouterr()
+    assert main(["rollback", "web", "--key", op, "--data-dir", d]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "wasmatrix: error: deployment web has no earlier version to roll back to\n"
+    assert captured.out == ""
+
+
 @pytest.mark.parametrize(
     "argv,code,msg",
     [
         (["module", "publish", "A", "--name", "x", "--version", "1.0", "--key", "K"], 2, "not a semver"),
+        (["module", "publish", "A", "--name", "x", "--version", "1.0.0", "--key", "K", "--capability", "sockets"], 2, "is not one of env:NAME"),
+        (["module", "publish", "A", "--name", "x", "--version", "1.0.0", "--key", "K", "--limit", "timeout_ms=0"], 2, "timeout_ms must be within 1..300000"),
+        (["module", "publish", "A", "--name", "x", "--version", "1.0.0", "--key", "K"], 2, "not a valid WebAssembly module"),
         (["deploy", "w", "--module", "m", "--version", "^1.0.0", "--key", "nokey"], 2, "does not exist"),
         (["module", "show", "nope"], 1, "no module"),
+        (["deploy", "w", "--module", "m", "--version", "^1.0.0", "--key", "K", "--capability", "net"], 2, "is not one of env:NAME"),
         (["rollback", "nope", "--key", "K"], 1, "no deployment"),
     ],
 )

@@ -1,10 +1,11 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from crdt.errors import SemverError, ValidationError
+from crdt.errors import ValidationError
 from crdt.routes import RouteTable
 from crdt.schema import RouteSpec
-from crdt.semver import Range, Version
+from model.errors import SemverError
+from model.semver import Range, Version
 
 
 def test_version_parse_and_order():

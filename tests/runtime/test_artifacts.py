@@ -23,7 +23,7 @@ from runtime import (
     TrustStore,
     ValidationError,
 )
-from runtime.manifest import sha256_hex
+from model import SemverError, sha256_hex
 from tests.runtime.conftest import counter
 
 
@@ -75,7 +75,7 @@ def test_manifest_roundtrip_and_canonical_encoding(wasm: dict[str, bytes]) -> No
 
 @pytest.mark.parametrize("version", ["1", "1.2", "01.2.3", "v1.2.3", "1.2.3-", ""])
 def test_manifest_rejects_non_semver(version: str, wasm: dict[str, bytes]) -> None:
-    with pytest.raises(ManifestError, match="semver"):
+    with pytest.raises(SemverError, match="semver"):
         Manifest.for_module("hello", version, wasm["hello"])
 
 

@@ -18,6 +18,7 @@ from runtime import (
     PoolConfig,
     Request,
     Runtime,
+    SpecError,
     WasmLimitExceeded,
     WasmTimeout,
     WasmTrap,
@@ -162,9 +163,10 @@ def test_unknown_module_and_bad_limits() -> None:
     with Runtime() as rt:
         with pytest.raises(ModuleNotLoaded):
             rt.call("nope@1.0.0", b"")
-    with pytest.raises(InvalidSpecError):
+    # Limits are part of the manifest: the shared model's SpecError.
+    with pytest.raises(SpecError, match="outside 64 KiB..512 MiB"):
         Limits(memory_bytes=1024 * MIB)
-    with pytest.raises(InvalidSpecError):
+    with pytest.raises(SpecError, match="timeout_ms"):
         Limits(timeout_ms=0)
     with pytest.raises(InvalidSpecError):
         PoolConfig(min_instances=3, max_instances=2)

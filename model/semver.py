@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import total_ordering
 
-from crdt.errors import SemverError
+from model.errors import SemverError
 
 _NUM = r"0|[1-9]\d*"
 _PRE_ID = r"(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
@@ -156,3 +156,11 @@ def is_exact(text: str) -> bool:
         return True
     except SemverError:
         return False
+
+
+def best_match(spec_version: str, versions: "list[str]") -> str | None:
+    """The highest version in ``versions`` satisfying an exact version or a range, or None."""
+    if is_exact(spec_version):
+        return spec_version if spec_version in versions else None
+    best = Range.parse(spec_version).best(versions)
+    return str(best) if best else None
