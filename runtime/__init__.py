@@ -17,9 +17,11 @@ from runtime.errors import (
     CapabilityDenied,
     ExecutionError,
     GuestError,
+    HostResourceError,
     InvalidSpecError,
     ManifestError,
     ModuleNotLoaded,
+    ModuleTooLarge,
     SignatureError,
     ValidationError,
     WasmConcurrencyRejected,
@@ -32,14 +34,14 @@ from runtime.bundled import example_bytes, example_path
 from runtime.hostfuncs import HttpFetcher
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import KVStore, MemoryKVStore
-from runtime.limits import Limits, PoolConfig
+from runtime.limits import Limits, ModuleBounds, PoolConfig
 from runtime.runner import LoadedModule, Runtime, RuntimeConfig
 from runtime.signing import Publisher, SignedManifest, TrustStore
 
 __all__ = [
     "Abi", "ArtifactError", "ArtifactStore", "AuditSink", "CacheError", "Capabilities", "CapabilityDenied",
-    "CapabilityRequest", "DirGrant", "ExecutionError", "GuestError", "HttpFetcher", "InvalidSpecError",
-    "InvocationResult", "KVStore", "Limits", "LoadedModule", "Manifest", "ManifestError", "MemoryAuditSink",
+    "CapabilityRequest", "DirGrant", "ExecutionError", "GuestError", "HostResourceError", "HttpFetcher", "InvalidSpecError",
+    "InvocationResult", "KVStore", "Limits", "LoadedModule", "Manifest", "ManifestError", "MemoryAuditSink", "ModuleBounds", "ModuleTooLarge",
     "MemoryKVStore", "ModuleNotLoaded", "NullAuditSink", "PoolConfig", "Publisher", "Request", "Runtime",
     "RuntimeConfig", "SignatureError", "SignedManifest", "SpecError", "TrustStore", "ValidationError",
     "WasmConcurrencyRejected", "WasmError", "WasmLimitExceeded", "WasmTimeout", "WasmTrap", "example_bytes", "example_path",

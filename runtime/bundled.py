@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-EXAMPLES = ("hello", "handler", "kvcounter", "loop", "membomb", "escape")
+EXAMPLES = ("hello", "handler", "kvcounter", "loop", "membomb", "escape", "recurse")
 
 
 def example_path(name: str) -> Path:

@@ -62,6 +62,7 @@ class CompiledCache:
         hmac_key: bytes | None = None,
         max_disk_bytes: int = DEFAULT_DISK_BYTES,
         memory_entries: int = DEFAULT_MEMORY_ENTRIES,
+        compiler: Callable[[EngineHandle, bytes], Module] | None = None,
     ) -> None:
         if directory is not None and hmac_key is None:
             raise CacheError("an on-disk compiled cache needs an HMAC key (see load_or_create_key)")
@@ -72,6 +73,8 @@ class CompiledCache:
         self.max_disk_bytes = max_disk_bytes
         self.memory_entries = memory_entries
         self._metrics = metrics
+        # None: compile in this process; else e.g. a compile worker process (runtime.compileworker).
+        self._compiler = compiler
         self._lock = threading.Lock()
         self._memory: OrderedDict[tuple[str, str], Module] = OrderedDict()
         # One lock per key so two threads loading the same module compile it once.
@@ -114,7 +117,7 @@ class CompiledCache:
     def _compile(self, engine: EngineHandle, wasm: bytes) -> Module:
         started = time.perf_counter()
         try:
-            module = Module(engine.engine, wasm)
+            module = self._compiler(engine, wasm) if self._compiler is not None else Module(engine.engine, wasm)
         except WasmtimeError as exc:
             raise ValidationError(f"module failed to compile: {str(exc).strip().splitlines()[0]}") from None
         self._metrics.compiles.inc()

@@ -51,6 +51,26 @@ class ValidationError(ArtifactError):
     code = "module_invalid"
 
 
+class ModuleTooLarge(ValidationError):
+    """A module over an admission bound (size, functions, imports, ...): ``bound`` names it, ``value`` is what was found."""
+
+    code = "module_too_large"
+    http_status = 413
+
+    def __init__(self, message: str, bound: str, value: int, limit: int) -> None:
+        super().__init__(message)
+        self.bound = bound
+        self.value = value
+        self.limit = limit
+
+
+class HostResourceError(WasmError):
+    """The host, not the guest, ran out of a resource (memory, address space, a worker): retry elsewhere or later."""
+
+    code = "host_resource"
+    http_status = 503
+
+
 class CacheError(WasmError):
     """The compiled-module cache cannot be used (I/O failure, bad configuration)."""
 

@@ -33,9 +33,11 @@ from runtime.engine import DEFAULT_TICK_MS, EngineHandle, EngineSettings
 from runtime.errors import (
     ArtifactError,
     CapabilityDenied,
-    ExecutionError,
     GuestError,
+    HostResourceError,
+    InvalidSpecError,
     ModuleNotLoaded,
+    ModuleTooLarge,
     SignatureError,
     ValidationError,
     WasmConcurrencyRejected,
@@ -47,11 +49,20 @@ from runtime.errors import (
 from runtime.hostfuncs import HostContext, HttpFetcher, define_host_functions
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import KVStore, MemoryKVStore
-from runtime.limits import MAX_MEMORY_BYTES, MAX_TIMEOUT_MS, MIB, Limits, PoolConfig
+from runtime.limits import (
+    DEFAULT_COMPILE_MEMORY_BYTES,
+    DEFAULT_COMPILE_TIMEOUT_S,
+    MAX_MEMORY_BYTES,
+    MAX_TIMEOUT_MS,
+    MIB,
+    Limits,
+    ModuleBounds,
+    PoolConfig,
+)
 from runtime.metrics import RuntimeMetrics
 from runtime.pool import DEFAULT_MAX_TOTAL_IDLE, DEFAULT_MEMORY_BUDGET, DEFAULT_PRESSURE_RATIO, PoolManager
 from runtime.signing import SignedManifest, TrustStore
-from runtime.validation import check_header, check_module, validate_binary
+from runtime.validation import check_bounds, check_header, check_module, validate_binary
 from runtime.wasi import OutputBuffer, make_wasi
 
 if TYPE_CHECKING:
@@ -112,6 +123,19 @@ class RuntimeConfig:
     pressure_ratio: float = DEFAULT_PRESSURE_RATIO
     max_total_idle: int = DEFAULT_MAX_TOTAL_IDLE
     default_pool: PoolConfig = field(default_factory=PoolConfig)
+    module_bounds: ModuleBounds = field(default_factory=ModuleBounds)
+    # "process": compile in a child process under compile_memory_bytes / compile_timeout_s, so a
+    # module that exhausts the compiler kills the child, not the node (costs a process start per
+    # compile miss). "inline": compile on the calling thread, protected only by module_bounds.
+    compile_isolation: str = "process"
+    compile_memory_bytes: int = DEFAULT_COMPILE_MEMORY_BYTES
+    compile_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.compile_isolation not in ("process", "inline"):
+            raise InvalidSpecError(f"compile_isolation must be 'process' or 'inline', got {self.compile_isolation!r}")
+        if not self.compile_timeout_s > 0:
+            raise InvalidSpecError(f"compile_timeout_s must be > 0, got {self.compile_timeout_s}")
     limit_ceiling: Limits = field(
         default_factory=lambda: Limits(memory_bytes=MAX_MEMORY_BYTES, timeout_ms=MAX_TIMEOUT_MS, max_concurrency=1000)
     )
@@ -212,6 +236,7 @@ class Runtime:
             hmac_key=load_or_create_key(data_dir / "keys" / "compiled-cache.key") if data_dir else None,
             max_disk_bytes=self.config.cache_disk_bytes,
             memory_entries=self.config.cache_memory_entries,
+            compiler=self._compile_in_worker if self.config.compile_isolation == "process" else None,
         )
         self.pools: PoolManager[_Instance] = PoolManager(
             clock=clock,
@@ -225,6 +250,15 @@ class Runtime:
         _live_runtimes.add(self)
 
     # -- engines -------------------------------------------------------------------------------
+
+    def _compile_in_worker(self, engine: EngineHandle, wasm: bytes) -> Module:
+        from runtime.compileworker import compile_serialized
+
+        blob = compile_serialized(engine.settings, wasm, self.config.compile_memory_bytes, self.config.compile_timeout_s)
+        try:
+            return Module.deserialize(engine.engine, blob)
+        except WasmtimeError as exc:
+            raise HostResourceError(f"the compile worker's artifact does not load: {_first_line(str(exc))}") from None
 
     def _engine(self, *, fuel: bool) -> EngineHandle:
         settings = EngineSettings(consume_fuel=fuel)
@@ -299,8 +333,9 @@ class Runtime:
             raise exc
         try:
             check_header(wasm, self.config.max_module_bytes)
+            check_bounds(wasm, self.config.module_bounds)
         except ValidationError as exc:
-            self._reject("invalid_module", f"{name}@{version}", exc)
+            self._reject(_reject_reason(exc), f"{name}@{version}", exc)
             raise
         manifest = Manifest.for_module(
             name, version, wasm, limits=limits or Limits(), abi=abi or Abi.WASI_COMMAND,
@@ -334,6 +369,7 @@ class Runtime:
 
         try:
             check_header(wasm, max_bytes)
+            check_bounds(wasm, self.config.module_bounds)
             module = self.cache.get_or_compile(engine, manifest.sha256, verified_bytes)
             abi = manifest.abi
             if detect:
@@ -356,7 +392,10 @@ class Runtime:
             self._reject("capability", key, exc)
             raise
         except ValidationError as exc:
-            self._reject("invalid_module", key, exc)
+            self._reject(_reject_reason(exc), key, exc)
+            raise
+        except HostResourceError as exc:
+            self._reject("host_resource", key, exc)
             raise
         if manifest.abi is not abi:
             manifest = replace(manifest, abi=abi)
@@ -529,7 +568,7 @@ class Runtime:
                     status = 0
                 except ExitTrap as exit_trap:
                     status = exit_trap.code
-            except (Trap, WasmtimeError) as exc:
+            except (Trap, WasmtimeError, MemoryError) as exc:
                 raise self._map_failure(lm, exc, memory.data_len(store) if memory is not None else None,
                                         stderr.value()) from None
             fuel_used = lm.limits.fuel - store.get_fuel() if lm.limits.fuel is not None else None
@@ -597,11 +636,16 @@ class Runtime:
         memory_bytes: int | None,
         stderr: bytes = b"",
         detail: str | None = None,
-    ) -> ExecutionError:
+    ) -> WasmError:
         key = lm.key
         limits = lm.limits
         message = detail or _trap_summary(exc)
         tail = _stderr_tail(stderr)
+        if exc is not None and _host_out_of_memory(exc):
+            # mmap refused by the host (ulimit -v, a cgroup, overcommit): nothing the guest did.
+            return HostResourceError(
+                f"host could not allocate memory to run module {key} ({_first_line(message)}): a host resource "
+                "limit (ulimit -v, cgroup memory), not a guest trap; retry on a node with more memory")
         if isinstance(exc, Trap) and exc.trap_code == TrapCode.INTERRUPT:
             return WasmTimeout(f"module {key} exceeded its {limits.timeout_ms} ms timeout and was interrupted",
                                limits.timeout_ms)
@@ -617,6 +661,14 @@ class Runtime:
                     f"({_first_line(text)})", "memory")
             if "table" in text and "limit" in text:
                 return WasmLimitExceeded(f"module {key} exceeds its table limit ({_first_line(text)})", "table")
+        if isinstance(exc, Trap) and exc.trap_code == TrapCode.STACK_OVERFLOW:
+            return WasmTrap(f"module {key} trapped: stack exhausted (wasm call stack overflow, runaway recursion?)"
+                            f"{tail}", "stack_exhausted")
+        depth = _recursion_depth(exc)
+        if depth is not None:
+            return WasmTrap(
+                f"module {key} trapped: stack exhausted (out-of-bounds access at least {depth} frames deep in a "
+                f"recursive call: the guest's C stack in linear memory overflowed){tail}", "stack_exhausted")
         if memory_bytes is not None and near_memory_cap(memory_bytes, limits.memory_bytes):
             return WasmLimitExceeded(
                 f"module {key} hit its memory limit: trapped with {memory_bytes // MIB} of "
@@ -682,6 +734,11 @@ class Runtime:
         self.close()
 
 
+def _reject_reason(exc: ValidationError) -> str:
+    """The admission_rejections label: over a bound is told apart from malformed."""
+    return "module_too_large" if isinstance(exc, ModuleTooLarge) else "invalid_module"
+
+
 def _first_line(message: str) -> str:
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     return lines[0] if lines else message
@@ -694,6 +751,42 @@ def _trap_summary(exc: BaseException | None) -> str:
     text = exc.message if isinstance(exc, Trap) else str(exc)
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+_ENOMEM_MARKERS = ("Cannot allocate memory", "os error 12", "out of memory")
+
+
+def _host_out_of_memory(exc: BaseException) -> bool:
+    """True when wasmtime failed because the host refused memory (ENOMEM), not because the guest trapped."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, Trap) and exc.trap_code is not None:
+        return False  # a guest trap with a trap code is the guest's, whatever its text
+    text = exc.message if isinstance(exc, Trap) else str(exc)
+    return any(marker in text for marker in _ENOMEM_MARKERS)
+
+
+# wasmtime captures at most 20 frames of a trap's backtrace. An out-of-bounds
+# access with the whole captured backtrace inside a short cycle of functions is
+# a recursion that ran the C shadow stack (which lives in linear memory and
+# grows down) off the bottom of memory: clang/wasm-ld emit no stack check.
+RECURSION_MIN_FRAMES = 16
+RECURSION_MAX_DISTINCT = 3
+
+
+def _recursion_depth(exc: BaseException | None) -> int | None:
+    """The captured depth if ``exc`` is an out-of-bounds trap deep inside a recursion, else None."""
+    if not isinstance(exc, Trap) or exc.trap_code != TrapCode.MEMORY_OUT_OF_BOUNDS:
+        return None
+    try:
+        frames = exc.frames
+    except WasmtimeError:  # pragma: no cover - a trap without a backtrace
+        return None
+    # The innermost frame may be a leaf helper (memset) called from the recursion.
+    inner = [f.func_index for f in frames[1:]]
+    if len(inner) + 1 < RECURSION_MIN_FRAMES or len(set(inner)) > RECURSION_MAX_DISTINCT:
+        return None
+    return len(frames)
 
 
 def _stderr_tail(stderr: bytes) -> str:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from contextlib import ExitStack
 
-from sim.scenario import ScenarioError, builtin, load
+from sim.scenario import MAX_DURATION, ScenarioError, builtin, load
+
+
+def _duration(text: str) -> float:
+    """argparse type of --duration: a finite number of virtual seconds within the scenario bound."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds in (0, {MAX_DURATION:g}]")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--seed", type=int, default=1, help="random seed (same seed -> same trace_hash)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--trace", metavar="FILE", help="write the ordered event trace to FILE")
-    p.add_argument("--duration", type=float, help="override the scenario duration (virtual seconds)")
+    p.add_argument("--duration", type=_duration, help="override the scenario duration (virtual seconds)")
     p.set_defaults(handler=run_sim)
 
     d = sub.add_parser("demo", help="run the built-in demo scenario and print a report")
@@ -45,11 +57,14 @@ def _simulate(path: str, seed: int, trace: str | None, duration: float | None) -
     if scenario.intent is not None:
         _quiet_logs()
     if duration is not None:
-        if duration <= 0:
-            raise ScenarioError("--duration must be positive")
         scenario = replace(scenario, duration=duration)
     with ExitStack() as stack:
-        fh = stack.enter_context(open(trace, "w")) if trace else None
+        fh = None
+        if trace:
+            try:
+                fh = stack.enter_context(open(trace, "w"))
+            except OSError as exc:
+                raise ScenarioError(f"--trace {trace}: cannot write: {exc.strerror}") from None
         sim = Simulation(scenario, seed, trace=fh)
         sim.run()
     return build_report(sim)
@@ -64,7 +79,7 @@ def _resolve(name: str) -> str:
 
 
 def run_sim(args: argparse.Namespace) -> int:
-    """Run one scenario; exit 1 if it did not converge."""
+    """Run one scenario: 0 it ran (the report says whether it converged), 1 I/O failure, 2 bad input."""
     from sim.report import render_text
 
     try:

@@ -23,6 +23,10 @@ class ScenarioError(ValueError):
     """A scenario file that cannot be run, with the reason."""
 
 
+# A week of virtual time: longer runs are not experiments, they are hangs.
+MAX_DURATION = 7 * 86400.0
+
+
 ACTIONS = frozenset(
     {
         "crash",
@@ -139,6 +143,77 @@ def _num(d: dict[str, Any], key: str, default: float, lo: float = 0.0, hi: float
     return float(v)
 
 
+def _int(d: dict[str, Any], key: str, default: int, lo: int, hi: int, where: str = "") -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ScenarioError(f"{where}{key} must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _tables(d: dict[str, Any], key: str, where: str = "") -> list[dict[str, Any]]:
+    """``d[key]`` as a list of tables (TOML ``[[key]]``), or a ScenarioError naming the key."""
+    v = d.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise ScenarioError(f"{where}{key} must be a list of tables ([[{where}{key}]]), got {_short(v)}")
+    return v
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# Bounds of every membership setting a scenario may override. The floors keep a
+# run finite: a timer of 0 (or 1e-9) s would fire forever at one virtual instant.
+# 10 ms is below any real deployment's interval and still lets a test go fast.
+_PROFILE_BOUNDS: dict[str, tuple[type, float, float]] = {
+    "probe_interval": (float, 0.01, 3600.0),
+    "probe_timeout": (float, 0.001, 3600.0),
+    "indirect_checks": (int, 0, 64),
+    "retransmit_mult": (int, 1, 100),
+    "suspicion_mult": (int, 1, 100),
+    "suspicion_max_timeout_mult": (int, 1, 100),
+    "gossip_interval": (float, 0.01, 3600.0),
+    "gossip_nodes": (int, 1, 64),
+    "gossip_to_the_dead_time": (float, 0.0, 30 * 86400.0),
+    "push_pull_interval": (float, 0.1, 86400.0),
+    "awareness_max_multiplier": (int, 1, 100),
+    "dead_node_reclaim_time": (float, 0.0, 30 * 86400.0),
+    "reconnect_interval": (float, 0.01, 86400.0),
+    "tombstone_time": (float, 0.0, 30 * 86400.0),
+    "stream_timeout": (float, 0.001, 3600.0),
+    "incarnation_window": (int, 1, 2**62),
+}
+
+
+def _profile_overrides(d: dict[str, Any]) -> dict[str, float | int]:
+    """Type- and range-check ``profile_overrides`` before the membership config sees it."""
+    out: dict[str, float | int] = {}
+    w = "profile_overrides."
+    for key in sorted(d):
+        if key not in _PROFILE_BOUNDS:
+            raise ScenarioError(f"unknown profile_overrides key {key!r} (known: {', '.join(sorted(_PROFILE_BOUNDS))})")
+        kind, lo, hi = _PROFILE_BOUNDS[key]
+        out[key] = _int(d, key, 0, int(lo), int(hi), w) if kind is int else _num(d, key, 0.0, lo, hi, w)
+    return out
+
+
+def _selector(v: Any, where: str) -> None:
+    """A node selector: a name, "nA-nB", "random:K", "all", or a list of those."""
+    if isinstance(v, list) and v:
+        for x in v:
+            if not isinstance(x, str):
+                raise ScenarioError(f"{where} must be a node name or a list of names, got {_short(v)}")
+            _selector(x, where)
+        return
+    if not isinstance(v, str) or not v:
+        raise ScenarioError(f"{where} must be a node name or a non-empty list of names, got {_short(v)}")
+    if v.startswith("random:"):
+        k = v.split(":", 1)[1]
+        if not k.isdigit():
+            raise ScenarioError(f"{where} {v!r}: random:K needs a count K >= 0")
+
+
 def _link(d: dict[str, Any], where: str, base: LinkModel | None = None) -> LinkModel:
     base = base or LinkModel()
     dist = d.get("distribution", base.distribution)
@@ -203,17 +278,19 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
     nodes = doc.get("nodes")
     if not isinstance(nodes, int) or isinstance(nodes, bool) or not 1 <= nodes <= 20_000:
         raise ScenarioError("nodes must be an integer in [1, 20000]")
+    if not isinstance(doc.get("profile", "lan"), str):
+        raise ScenarioError(f"profile must be a profile name (a string), got {_short(doc['profile'])}")
     try:
         prof = profile(str(doc.get("profile", "lan")))
         overrides = doc.get("profile_overrides", {})
         if not isinstance(overrides, dict):
             raise ScenarioError("profile_overrides must be a table")
         if overrides:
-            prof = prof.with_overrides(**overrides)
+            prof = prof.with_overrides(**_profile_overrides(overrides))
     except ConfigError as exc:
         raise ScenarioError(str(exc)) from None
-    duration = _num(doc, "duration", 60.0, 0.001, 7 * 86400)
-    seeds = int(_num(doc, "seeds", 3, 1, nodes))
+    duration = _num(doc, "duration", 60.0, 0.001, MAX_DURATION)
+    seeds = _int(doc, "seeds", 3, 1, nodes)
     net = doc.get("network", {})
     if not isinstance(net, dict):
         raise ScenarioError("network must be a table")
@@ -222,10 +299,14 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
     if topology not in ("flat", "plane"):
         raise ScenarioError("network.topology must be flat or plane")
     links = []
-    for i, ld in enumerate(net.get("links", [])):
+    for i, ld in enumerate(_tables(net, "links", "network.")):
         where = f"network.links[{i}]."
-        if not isinstance(ld, dict) or "from" not in ld or "to" not in ld:
+        if "from" not in ld or "to" not in ld:
             raise ScenarioError(f"{where} needs 'from' and 'to' node selectors")
+        _selector(ld["from"], f"{where}from")
+        _selector(ld["to"], f"{where}to")
+        if not isinstance(ld.get("symmetric", True), bool):
+            raise ScenarioError(f"{where}symmetric must be true or false")
         links.append(LinkOverride(str(ld["from"]), str(ld["to"]), _link(ld, where, default), bool(ld.get("symmetric", True))))
     network = NetworkSpec(
         default=default,
@@ -235,10 +316,8 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
         links=tuple(links),
     )
     faults = []
-    for i, fd in enumerate(doc.get("faults", [])):
+    for i, fd in enumerate(_tables(doc, "faults")):
         where = f"faults[{i}]."
-        if not isinstance(fd, dict):
-            raise ScenarioError(f"{where} must be a table")
         action = fd.get("action")
         if action not in ACTIONS:
             raise ScenarioError(f"{where}action must be one of {', '.join(sorted(ACTIONS))}, got {action!r}")
@@ -253,6 +332,9 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
     bootstrap = doc.get("bootstrap", "seeds")
     if bootstrap not in ("seeds", "full"):
         raise ScenarioError("bootstrap must be 'seeds' (join through seed nodes) or 'full' (start pre-joined)")
+    for key in ("name", "description"):
+        if not isinstance(doc.get(key, ""), str):
+            raise ScenarioError(f"{key} must be a string, got {_short(doc[key])}")
     return Scenario(
         bootstrap=bootstrap,
         name=str(doc.get("name", default_name)),
@@ -273,16 +355,34 @@ def _check_fault_args(action: str, args: dict[str, Any], where: str) -> None:
     needs_nodes = {"crash", "restart", "leave", "slow", "clock", "meta"}
     if action in needs_nodes and "node" not in args and "nodes" not in args:
         raise ScenarioError(f"{where}{action} needs 'node' or 'nodes'")
+    for key in ("node", "nodes", "from", "to"):
+        if key in args:
+            _selector(args[key], f"{where}{key}")
     if action == "partition":
         groups = args.get("groups")
         if not isinstance(groups, list) or len(groups) < 2:
             raise ScenarioError(f"{where}partition needs 'groups': a list of at least two node selectors")
+        for g in groups:
+            _selector(g, f"{where}groups")
     if action in ("one_way_loss", "link") and ("from" not in args or "to" not in args):
         raise ScenarioError(f"{where}{action} needs 'from' and 'to'")
     if action == "one_way_loss":
         _num(args, "loss", 1.0, 0, 1, where)
+    if action == "link":
+        _link(args, where)
+        if not isinstance(args.get("symmetric", True), bool):
+            raise ScenarioError(f"{where}symmetric must be true or false")
+    if action == "leave":
+        _num(args, "grace", 0.0, 0, 86400, where)
+    if action == "meta":
+        labels = args.get("labels", {})
+        if not isinstance(labels, dict) or not all(isinstance(v, (str, int, float, bool)) for v in labels.values()):
+            raise ScenarioError(f"{where}labels must be a table of KEY = \"value\", got {_short(labels)}")
+        _num(args, "load", 0.0, 0, 1e6, where)
+        if not isinstance(args.get("fault_domain", ""), str):
+            raise ScenarioError(f"{where}fault_domain must be a string")
     if action == "join":
-        _num(args, "count", 1, 1, 20_000, where)
+        _int(args, "count", 1, 1, 20_000, where)
     if action == "slow":
         _num(args, "delay_ms", 100.0, 0, 600_000, where)
     if action == "clock":
@@ -318,13 +418,17 @@ def _check_intent_args(action: str, args: dict[str, Any], where: str) -> None:
             v_name(args["module"], "module name")
             v_version(args["version"])
         if action == "publish":
-            _num(args, "size", 1024, 1, 50 * 1024 * 1024, where)
+            _int(args, "size", 1024, 1, 50 * 1024 * 1024, where)
+            caps = args.get("capabilities", [])
+            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                raise ScenarioError(f"{where}capabilities must be a list of strings")
         if action == "deploy":
             v_name(args["name"], "deployment name")
             v_name(args["module"], "module name")
             v_version_or_range(args["version"])
-            _num(args, "replicas", 1, 0, 10_000, where)
+            _int(args, "replicas", 1, 0, 10_000, where)
         if action == "rollback" and "to" in args:
+            _need_str(args, "to", where, action)
             v_version(args["to"])
     except ValidationError as exc:
         raise ScenarioError(f"{where}{exc}") from None
@@ -332,13 +436,33 @@ def _check_intent_args(action: str, args: dict[str, Any], where: str) -> None:
         raise ScenarioError(f"{where}forge kind must be one of {', '.join(FORGERIES)}")
 
 
+# A scenario is a page of TOML; the bound keeps `sim /dev/zero` from eating memory.
+MAX_SCENARIO_BYTES = 1 << 20
+
+
+def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
+    """Read at most ``limit`` bytes of ``path``; a ScenarioError names the file when it is not readable or too big."""
+    p = Path(path)
+    if p.is_dir():
+        raise ScenarioError(f"{what} {p} is a directory, not a file")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ScenarioError(f"cannot read {what} {p}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise ScenarioError(f"{what} {p} is larger than {limit} bytes")
+    return data
+
+
 def load(path: str | Path) -> Scenario:
     """Load and validate a scenario file."""
     p = Path(path)
+    raw = read_bounded(p, MAX_SCENARIO_BYTES, "scenario")
     try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ScenarioError(f"cannot read scenario {p}: {exc.strerror}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"scenario {p} is not UTF-8 TOML text (binary file?): bad byte at offset {exc.start}") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -1,7 +1,15 @@
 """The `wasmatrix` command line.
 
 Each subcommand family lives in its own module exposing ``register(subparsers)``;
-handlers return a process exit code (0 ok, 1 failure, 2 usage).
+handlers return a process exit code, by one rule for every command:
+
+* 0: done.
+* 1: the operation was attempted and failed (e.g. no such deployment, a host error).
+* 2: the invocation is wrong: a bad flag or value, or a file named on the command line
+  that is missing, a directory or device, unreadable, over its size bound, or invalid
+  (a scenario, a key, a module to publish). One line on stderr names the flag, key or file.
+* ``wasmatrix run`` adds its documented codes (65 invalid module, 124 timeout, 125 limit,
+  134 trap, or the guest's own exit status); see ``wasmatrix run --help``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,61 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 MAX_WASM = MAX_MODULE_BYTES
 
 
+# A key file is a PEM block or a 32-byte seed; anything bigger is not a key.
+MAX_KEY_BYTES = 64 << 10
+
+
+class UsageError(Exception):
+    """The invocation is wrong (a bad value, or a file named on the command line that cannot be used): exit 2."""
+
+
+def read_input_file(path: str | Path, what: str, limit: int) -> bytes:
+    """Read a file named on the command line, at most ``limit`` bytes; UsageError names it otherwise."""
+    p = Path(path)
+    label = f"{what} {p}" if what else str(p)
+    if not p.exists():
+        raise UsageError(f"{label}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{label}: is a directory, not a file")
+    if not p.is_file():
+        raise UsageError(f"{label}: not a regular file (a device, pipe or socket)")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise UsageError(f"{label}: larger than {limit} bytes")
+    return data
+
+
+def _signing_key(path: str) -> SigningKey:
+    """The private key named by --key; every problem with it is a usage error naming the file."""
+    if not Path(path).exists():
+        raise UsageError(f"--key {path}: key file does not exist (create one with `wasmatrix keygen`)")
+    read_input_file(path, "--key", MAX_KEY_BYTES)  # bounded: never hand /dev/zero to the PEM parser
+    try:
+        return load_signing_key(path)
+    except CrdtError as exc:
+        raise UsageError(f"--key {path}: {exc}") from None
+
+
+def _check_module(path: Path, data: bytes) -> None:
+    """Refuse what the runtime would refuse, before anything is signed."""
+    from wasmtime import Engine
+
+    from runtime.errors import ValidationError as ModuleInvalid
+    from runtime.limits import ModuleBounds
+    from runtime.validation import check_bounds, check_header, validate_binary
+
+    try:
+        check_header(data, MAX_WASM)
+        check_bounds(data, ModuleBounds())
+        validate_binary(Engine(), data, MAX_WASM)
+    except ModuleInvalid as exc:
+        raise UsageError(f"{path}: not a valid WebAssembly module for the runtime: {exc}") from None
+
+
 def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or os.environ.get("WASMATRIX_DATA_DIR", "wasmatrix-data"))
 
@@ -78,6 +133,8 @@ def _guard(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
+        except UsageError as exc:
+            return _err(str(exc), EXIT_USAGE)
         except SpecError as exc:  # the model's, and crdt's ValidationError/SemverError (subclasses)
             return _err(str(exc), EXIT_USAGE)
         except CrdtError as exc:
@@ -107,20 +164,18 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 @_guard
 def cmd_publish(args: argparse.Namespace) -> int:
     Version.parse(args.version)
-    key = load_signing_key(args.key)
+    key = _signing_key(args.key)
     path = Path(args.file)
-    if not path.is_file():
-        return _err(f"module file {path} does not exist")
-    data = path.read_bytes()
-    if len(data) > MAX_WASM:
-        return _err(f"{path} is {len(data)} bytes; the limit is {MAX_WASM}")
-    if data[:4] != b"\0asm":
-        return _err(f"{path} is not a WebAssembly binary (missing \\0asm header)")
+    # Flags first, then the file: a bad --capability is named even when the module is bad too.
+    capabilities = CapabilityRequest.from_strings(args.capability or ())
+    limits = Limits.from_strings(args.limit or ())
+    data = read_input_file(path, "", MAX_WASM)
+    _check_module(path, data)  # what the runtime would refuse is never signed
     # The one manifest: what the registry stores and what the runtime admits, validated here first.
     m = Manifest.for_module(
         args.name, args.version, data,
-        capabilities=CapabilityRequest.from_strings(args.capability or ()),
-        limits=Limits.from_strings(args.limit or ()), abi=Abi(args.abi),
+        capabilities=capabilities,
+        limits=limits, abi=Abi(args.abi),
         created_at=time.time(), description=args.description or "",
     )
     sha = m.sha256
@@ -172,7 +227,7 @@ def _kv_pairs(items: list[str] | None, what: str) -> dict[str, str]:
 
 @_guard
 def cmd_deploy(args: argparse.Namespace) -> int:
-    key = load_signing_key(args.key)
+    key = _signing_key(args.key)
     near = None
     if args.near_location:
         try:
@@ -199,7 +254,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     if args.to:
         Version.parse(args.to)
-    key = load_signing_key(args.key)
+    key = _signing_key(args.key)
     node = _open(args)
     before = node.deployment(args.deployment).active_version
     node.rollback(args.deployment, key, time.time(), to_version=args.to)

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -18,14 +19,19 @@ EXIT_INVALID_MODULE = 65  # EX_DATAERR: not wasm, fails validation, or imports w
 EXIT_TIMEOUT = 124  # as GNU timeout(1)
 EXIT_LIMIT = 125  # memory, fuel or output limit exceeded
 EXIT_TRAP = 134  # 128 + SIGABRT, as `wasmtime run` reports a trap
+# Guest stdin is read whole before the run; past this it is refused, so `--stdin /dev/zero`
+# fails at once instead of growing until MemoryError. Same order as the module size bound.
+MAX_STDIN_BYTES = 64 << 20
 
 _EPILOG = f"""\
 exit codes:
   N    the guest's own exit status (WASI commands)
   {EXIT_OK}    success (direct ABI)
   {EXIT_FAILURE}    other runtime failure (e.g. the handler returned an error status)
-  {EXIT_USAGE}    usage error: bad arguments, missing or unreadable file
-  {EXIT_INVALID_MODULE}   invalid module: not WebAssembly, fails validation, or needs ungranted imports
+  {EXIT_USAGE}    usage error: bad arguments; a missing or unreadable file, a directory or
+       device given as FILE.wasm; --stdin over {MAX_STDIN_BYTES >> 20} MiB
+  {EXIT_INVALID_MODULE}   invalid module: not WebAssembly, fails validation, over an admission
+       bound (size, function count, compile memory), or needs ungranted imports
   {EXIT_TIMEOUT}  timeout: the guest ran past --timeout-ms and was interrupted
   {EXIT_LIMIT}  limit exceeded: memory (--memory-mb), fuel (--fuel) or output cap
   {EXIT_TRAP}  trap: the guest trapped (unreachable, out-of-bounds access, abort)
@@ -95,9 +101,24 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+class _TooBig(Exception):
+    """An input over its read bound."""
+
+
+def _read_bounded(stream: Any, limit: int) -> bytes:
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise _TooBig
+    return bytes(data)
+
+
 def _read_stdin(path: str | None) -> bytes:
+    """The guest's stdin: the --stdin file (any kind, e.g. a pipe) or piped stdin, at most MAX_STDIN_BYTES."""
     if path is not None:
-        return Path(path).read_bytes()
+        if Path(path).is_dir():
+            raise IsADirectoryError(21, "is a directory, not a file", path)
+        with open(path, "rb") as f:
+            return _read_bounded(f, MAX_STDIN_BYTES)
     stream = sys.stdin
     if stream is None or stream.closed:
         return b""
@@ -106,7 +127,13 @@ def _read_stdin(path: str | None) -> bytes:
             return b""  # never block on a terminal
     except (OSError, ValueError):
         return b""
-    return stream.buffer.read()
+    return _read_bounded(stream.buffer, MAX_STDIN_BYTES)
+
+
+def _read_module(path: Path, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of the module: the runtime refuses what is over its size bound."""
+    with open(path, "rb") as f:
+        return bytes(f.read(limit + 1))
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -150,13 +177,22 @@ def run_command(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     guest_args = list(args.args)
     path = Path(args.file)
-    if not path.is_file():
+    if not path.exists():
         return _error(f"{args.file}: no such file", EXIT_USAGE)
+    if path.is_dir():
+        return _error(f"{args.file}: is a directory, not a module file", EXIT_USAGE)
+    if not path.is_file():
+        return _error(f"{args.file}: not a regular file (a device, pipe or socket)", EXIT_USAGE)
     try:
-        wasm = path.read_bytes()
-        stdin = _read_stdin(args.stdin)
+        wasm = _read_module(path, RuntimeConfig().max_module_bytes)
     except OSError as exc:
-        return _error(f"cannot read {exc.filename or args.file}: {exc.strerror}", EXIT_USAGE)
+        return _error(f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE)
+    try:
+        stdin = _read_stdin(args.stdin)
+    except _TooBig:
+        return _error(f"--stdin {args.stdin or '-'}: more than {MAX_STDIN_BYTES} bytes (the stdin bound)", EXIT_USAGE)
+    except OSError as exc:
+        return _error(f"--stdin {exc.filename or args.stdin}: {exc.strerror}", EXIT_USAGE)
     env: dict[str, str] = {}
     for item in args.env:
         name, sep, value = item.partition("=")
