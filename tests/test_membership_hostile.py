@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mesh.coords import Coordinate
 from mesh.errors import ConfigError, WireError
 from mesh.membership import MembershipConfig, MemberState, NodeMeta, SwimCore, profile
 from mesh.membership.messages import (
@@ -27,6 +26,7 @@ from mesh.membership.messages import (
 )
 from mesh.node import NodeCore
 from mesh.wire import MAX_DATAGRAM, PROTOCOL_VERSION, decode, encode, encode_broadcast, is_valid_name, pack
+from tests.hostile_datagrams import mutated_datagrams
 from tests.membership_driver import MiniNet
 
 LAN = profile("lan")
@@ -305,30 +305,6 @@ def test_a_node_cannot_be_built_with_an_invalid_name_or_address(name: str, addr:
         SwimCore(name, addr, NodeMeta(), LAN, random.Random(1))
 
 
-def _mutated_datagrams(n: int, seed: int) -> list[bytes]:
-    rng = random.Random(seed)
-    base = [
-        encode("b", Ping(3, "a"), [encode_broadcast(Suspect(1, "n1", "b"))]),
-        encode(
-            "b",
-            Gossip(),
-            [
-                encode_broadcast(Alive(4, "n4", "n4", NodeMeta(labels=(("k", "v"),)))),
-                encode_broadcast(Dead(2, "n2", "b")),
-            ],
-        ),
-        encode("b", Ack(9, Coordinate((0.001,) * 8, 0.4, 0.0001, 0.00002)), [encode_broadcast(Suspect(5, "a", "b"))]),
-        encode("b", IndirectPing(5, "n3", "n3", True), [encode_broadcast(Alive(1, "n3", "n3", NodeMeta()))]),
-    ]
-    out = []
-    for _ in range(n):
-        data = bytearray(rng.choice(base))
-        for _ in range(rng.randint(1, 4)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        out.append(bytes(data))
-    return out
-
-
 def _assert_names_clean(node: NodeCore, budget_incarnation: int) -> None:
     swim = node.swim
     assert all(is_valid_name(n) for n in swim.members)
@@ -340,7 +316,7 @@ def _assert_names_clean(node: NodeCore, budget_incarnation: int) -> None:
 def test_mutated_datagrams_leave_no_phantom_with_a_bad_name() -> None:
     a = core("a")
     now = 0.0
-    for data in _mutated_datagrams(3000, seed=8):
+    for data in mutated_datagrams(3000, seed=8):
         now += 0.001
         a.receive("b", data, now)
         a.tick(now)
@@ -352,7 +328,7 @@ def test_mutated_datagrams_leave_no_phantom_with_a_bad_name() -> None:
 def test_hundred_thousand_mutated_datagrams_leave_no_phantom_with_a_bad_name() -> None:
     a = core("a")
     now = 0.0
-    for data in _mutated_datagrams(100_000, seed=9):
+    for data in mutated_datagrams(100_000, seed=9):
         now += 0.001
         a.receive("b", data, now)
         a.tick(now)
