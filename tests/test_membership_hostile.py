@@ -305,6 +305,16 @@ def test_a_node_cannot_be_built_with_an_invalid_name_or_address(name: str, addr:
         SwimCore(name, addr, NodeMeta(), LAN, random.Random(1))
 
 
+def _feed_mutated(a: NodeCore, n: int, seed: int) -> float:
+    """Feed ``a`` the ``n`` mutated datagrams of ``seed`` 1 ms apart, ticking after each; return the last time."""
+    now = 0.0
+    for data in mutated_datagrams(n, seed=seed):
+        now += 0.001
+        a.receive("b", data, now)
+        a.tick(now)
+    return now
+
+
 def _assert_names_clean(node: NodeCore, budget_incarnation: int) -> None:
     swim = node.swim
     assert all(is_valid_name(n) for n in swim.members)
@@ -315,11 +325,7 @@ def _assert_names_clean(node: NodeCore, budget_incarnation: int) -> None:
 
 def test_mutated_datagrams_leave_no_phantom_with_a_bad_name() -> None:
     a = core("a")
-    now = 0.0
-    for data in mutated_datagrams(3000, seed=8):
-        now += 0.001
-        a.receive("b", data, now)
-        a.tick(now)
+    now = _feed_mutated(a, 3000, seed=8)
     _assert_names_clean(a, budget_incarnation=3000 * (LAN.incarnation_window + 1))
     assert ping_is_answered(a, now)
 
@@ -327,11 +333,7 @@ def test_mutated_datagrams_leave_no_phantom_with_a_bad_name() -> None:
 @pytest.mark.slow
 def test_hundred_thousand_mutated_datagrams_leave_no_phantom_with_a_bad_name() -> None:
     a = core("a")
-    now = 0.0
-    for data in mutated_datagrams(100_000, seed=9):
-        now += 0.001
-        a.receive("b", data, now)
-        a.tick(now)
+    now = _feed_mutated(a, 100_000, seed=9)
     _assert_names_clean(a, budget_incarnation=100_000 * (LAN.incarnation_window + 1))
     assert ping_is_answered(a, now)
 
