@@ -28,26 +28,7 @@ import wasmtime  # noqa: E402
 from runtime import CapabilityDenied, ModuleTooLarge, Runtime, RuntimeConfig, example_bytes  # noqa: E402
 from runtime.bundled import EXAMPLES  # noqa: E402
 from runtime.engine import EngineHandle, EngineSettings  # noqa: E402
-
-
-def _leb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def many_functions(n: int) -> bytes:
-    """``n`` functions ``() -> i32`` returning 42."""
-    body = b"\x00\x41\x2a\x0b"
-
-    def sec(i: int, b: bytes) -> bytes:
-        return bytes([i]) + _leb(len(b)) + b
-
-    return (b"\0asm\x01\0\0\0" + sec(1, _leb(1) + b"\x60\x00\x01\x7f") + sec(3, _leb(n) + b"\x00" * n)
-            + sec(10, _leb(n) + (_leb(len(body)) + body) * n))
+from tests.runtime.wasm_builders import many_functions  # noqa: E402
 
 
 def refuse_big(rounds: int) -> tuple[list[float], list[float]]:

@@ -13,7 +13,6 @@ import random
 import sys
 import tempfile
 import time
-from typing import Callable
 
 import structlog
 
@@ -28,6 +27,7 @@ from crdt.keys import verify_signature  # noqa: E402
 from crdt.messages import SyncUpdate  # noqa: E402
 from crdt.store import MemoryStore, SqliteStore  # noqa: E402
 from crdt.sync import SyncConfig  # noqa: E402
+from bench_helpers import best_us  # noqa: E402
 from crdt_helpers import PUBLISHER, Pump, key, make_nodes, manifest, trust_for  # noqa: E402
 
 
@@ -116,20 +116,6 @@ def spread(nn: int = 100) -> None:
     msgs = sum(x.counters.messages_sent for x in nodes.values()) - sent0
     print(f"one update to N={nn} by push + forwarding alone: nodes holding it after each hop {reached}; "
           f"{msgs} messages (pushes + acks), {msgs / nn:.1f} per node")
-
-
-def best_us(run: Callable[[], object], count: int, repeats: int = 3) -> float:
-    """Best of ``repeats`` timings of ``run`` (``count`` operations), in CPU µs per operation.
-
-    CPU time of this process, not wall time: on a shared machine wall time mostly measures the
-    other processes; both sides of every ratio are measured the same way.
-    """
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.process_time()
-        run()
-        best = min(best, time.process_time() - t)
-    return best / count * 1e6
 
 
 def write_and_apply_cost(sizes: tuple[int, ...] = (100, 10_000), m: int = 1000) -> None:

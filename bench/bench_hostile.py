@@ -21,29 +21,10 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from mesh.coords import Coordinate  # noqa: E402
 from mesh.membership import NodeMeta, profile  # noqa: E402
-from mesh.membership.messages import Ack, Alive, Dead, Gossip, IndirectPing, Ping, Suspect  # noqa: E402
 from mesh.node import NodeCore  # noqa: E402
-from mesh.wire import encode, encode_broadcast, is_valid_name  # noqa: E402
-
-
-def base_datagrams() -> list[bytes]:
-    """Valid datagrams as a peer ``b`` would send them to ``a``."""
-    coord = Coordinate((0.001,) * 8, 0.4, 0.0001, 0.00002)
-    return [
-        encode("b", Ping(3, "a"), [encode_broadcast(Suspect(1, "n1", "b"))]),
-        encode(
-            "b",
-            Gossip(),
-            [
-                encode_broadcast(Alive(4, "n4", "n4", NodeMeta(labels=(("k", "v"),)))),
-                encode_broadcast(Dead(2, "n2", "b")),
-            ],
-        ),
-        encode("b", Ack(9, coord), [encode_broadcast(Suspect(5, "a", "b"))]),
-        encode("b", IndirectPing(5, "n3", "n3", True), [encode_broadcast(Alive(1, "n3", "n3", NodeMeta()))]),
-    ]
+from mesh.wire import is_valid_name  # noqa: E402
+from tests.hostile_datagrams import base_datagrams, mutated_datagrams  # noqa: E402
 
 
 def feed(datagrams: list[bytes]) -> tuple[NodeCore, list[float]]:
@@ -78,15 +59,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=9)
     args = ap.parse_args()
     n = 10_000 if args.quick else 100_000
-    rng = random.Random(args.seed)
     base = base_datagrams()
     valid = [base[i % len(base)] for i in range(n)]
-    mutated = []
-    for _ in range(n):
-        data = bytearray(rng.choice(base))
-        for _ in range(rng.randint(1, 4)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        mutated.append(bytes(data))
+    mutated = mutated_datagrams(n, args.seed)
     _, base_times = feed(valid)
     node, times = feed(mutated)
     ratio = sum(times) / sum(base_times)

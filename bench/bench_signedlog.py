@@ -13,7 +13,6 @@ import os
 import random
 import sys
 import time
-from typing import Callable
 
 import structlog
 
@@ -25,18 +24,9 @@ from crdt.intent import IntentNode  # noqa: E402
 from crdt.keys import verify_signature  # noqa: E402
 from crdt.messages import SyncUpdate  # noqa: E402
 from crdt.store import MemoryStore  # noqa: E402
+from bench_helpers import best_us  # noqa: E402
 from crdt_helpers import key, trust_for  # noqa: E402
 from log_helpers import NOW, new_log, node_key  # noqa: E402
-
-
-def best_us(run: Callable[[], object], count: int, repeats: int = 3) -> float:
-    """Best of ``repeats`` timings of ``run`` (``count`` operations), in CPU µs per operation."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.process_time()
-        run()
-        best = min(best, time.process_time() - t)
-    return best / count * 1e6
 
 
 def write_and_add_cost(sizes: tuple[int, ...] = (100, 10_000), m: int = 1000) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from mesh.cli import main
 from runtime import example_path
+from tests.cli_helpers import one_line_naming
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = str(example_path("hello"))
@@ -39,14 +40,6 @@ def _cli_subprocess(argv: list[str]) -> tuple[int, str]:
     return proc.returncode, proc.stderr
 
 
-def _one_line_naming(err: str, *words: str) -> None:
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-
-
 @pytest.fixture
 def pubkey(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path]:
     """A data dir with a trusted publisher key: (data_dir, key file)."""
@@ -66,31 +59,31 @@ def _publish(data: Path, key: str, file: str) -> list[str]:
 def test_run_directory_says_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(capsys, ["run", str(tmp_path)])
     assert code == 2
-    _one_line_naming(err, str(tmp_path), "is a directory")
+    one_line_naming(err, str(tmp_path), "is a directory")
 
 
 def test_run_missing_module_is_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(capsys, ["run", str(tmp_path / "nope.wasm")])
     assert code == 2
-    _one_line_naming(err, "nope.wasm", "no such file")
+    one_line_naming(err, "nope.wasm", "no such file")
 
 
 def test_run_stdin_dev_zero_is_bounded() -> None:
     code, err = _cli_subprocess(["run", "--stdin", "/dev/zero", HELLO])
     assert code == 2
-    _one_line_naming(err, "--stdin", "/dev/zero")
+    one_line_naming(err, "--stdin", "/dev/zero")
 
 
 def test_run_module_dev_zero_is_not_read() -> None:
     code, err = _cli_subprocess(["run", "/dev/zero"])
     assert code == 2
-    _one_line_naming(err, "/dev/zero", "not a regular file")
+    one_line_naming(err, "/dev/zero", "not a regular file")
 
 
 def test_run_stack_overflow_names_it(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(capsys, ["run", str(example_path("recurse"))])
     assert code == 134
-    _one_line_naming(err, "stack exhausted")
+    one_line_naming(err, "stack exhausted")
 
 
 def test_run_hundred_thousand_functions_is_invalid_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,7 +93,7 @@ def test_run_hundred_thousand_functions_is_invalid_module(tmp_path: Path, capsys
     f.write_bytes(many_functions(100_000))
     code, _, err = _cli(capsys, ["run", str(f)])
     assert code == 65
-    _one_line_naming(err, "100000 functions", "max_functions=")
+    one_line_naming(err, "100000 functions", "max_functions=")
 
 
 # -- keys and publish -------------------------------------------------------------------------
@@ -110,14 +103,14 @@ def test_key_dev_zero_is_bounded(pubkey: tuple[Path, Path]) -> None:
     data, _ = pubkey
     code, err = _cli_subprocess(_publish(data, "/dev/zero", HELLO))
     assert code == 2
-    _one_line_naming(err, "--key", "/dev/zero")
+    one_line_naming(err, "--key", "/dev/zero")
 
 
 def test_missing_key_file_is_usage(pubkey: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     data, key = pubkey
     code, _, err = _cli(capsys, _publish(data, str(key) + ".missing", HELLO))
     assert code == 2
-    _one_line_naming(err, "--key", str(key) + ".missing")
+    one_line_naming(err, "--key", str(key) + ".missing")
 
 
 def test_garbage_key_file_is_usage(pubkey: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,7 +119,7 @@ def test_garbage_key_file_is_usage(pubkey: tuple[Path, Path], tmp_path: Path, ca
     bad.write_text("not a key\n")
     code, _, err = _cli(capsys, _publish(data, str(bad), HELLO))
     assert code == 2
-    _one_line_naming(err, str(bad))
+    one_line_naming(err, str(bad))
 
 
 def test_deploy_key_directory_is_usage(pubkey: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,14 +127,14 @@ def test_deploy_key_directory_is_usage(pubkey: tuple[Path, Path], tmp_path: Path
     code, _, err = _cli(capsys, ["deploy", "web", "--module", "hello", "--version", "1.0.0", "--key", str(tmp_path),
                                  "--data-dir", str(data)])
     assert code == 2
-    _one_line_naming(err, "--key", "is a directory")
+    one_line_naming(err, "--key", "is a directory")
 
 
 def test_publish_missing_module_is_usage(pubkey: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data, key = pubkey
     code, _, err = _cli(capsys, _publish(data, str(key), str(tmp_path / "gone.wasm")))
     assert code == 2
-    _one_line_naming(err, "gone.wasm")
+    one_line_naming(err, "gone.wasm")
 
 
 def test_publish_directory_says_directory(pubkey: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,7 +143,7 @@ def test_publish_directory_says_directory(pubkey: tuple[Path, Path], tmp_path: P
     d.mkdir()
     code, _, err = _cli(capsys, _publish(data, str(key), str(d)))
     assert code == 2
-    _one_line_naming(err, str(d), "is a directory")
+    one_line_naming(err, str(d), "is a directory")
 
 
 def test_publish_validates_before_signing(pubkey: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,7 +152,7 @@ def test_publish_validates_before_signing(pubkey: tuple[Path, Path], tmp_path: P
     stub.write_bytes(b"\0asm")
     code, _, err = _cli(capsys, _publish(data, str(key), str(stub)))
     assert code == 2
-    _one_line_naming(err, str(stub), "not a valid WebAssembly module")
+    one_line_naming(err, str(stub), "not a valid WebAssembly module")
     code, out, err = _cli(capsys, ["module", "list", "--json", "--data-dir", str(data)])
     assert code == 0, err
     assert out.strip() == "[]"  # nothing was signed or published
@@ -181,5 +174,5 @@ def test_run_host_enomem_exits_1_as_a_host_failure() -> None:
     proc = subprocess.run([sys.executable, "-m", "mesh.cli", "run", HELLO], capture_output=True, text=True,
                           timeout=60, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, preexec_fn=limit)
     assert proc.returncode == 1
-    _one_line_naming(proc.stderr, "host could not allocate memory", "not a guest trap")
+    one_line_naming(proc.stderr, "host could not allocate memory", "not a guest trap")
     assert "trapped" not in proc.stderr

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mesh.coords import Coordinate
 from mesh.errors import ConfigError, WireError
 from mesh.membership import MembershipConfig, MemberState, NodeMeta, SwimCore, profile
 from mesh.membership.messages import (
@@ -27,6 +26,7 @@ from mesh.membership.messages import (
 )
 from mesh.node import NodeCore
 from mesh.wire import MAX_DATAGRAM, PROTOCOL_VERSION, decode, encode, encode_broadcast, is_valid_name, pack
+from tests.hostile_datagrams import mutated_datagrams
 from tests.membership_driver import MiniNet
 
 LAN = profile("lan")
@@ -305,28 +305,14 @@ def test_a_node_cannot_be_built_with_an_invalid_name_or_address(name: str, addr:
         SwimCore(name, addr, NodeMeta(), LAN, random.Random(1))
 
 
-def _mutated_datagrams(n: int, seed: int) -> list[bytes]:
-    rng = random.Random(seed)
-    base = [
-        encode("b", Ping(3, "a"), [encode_broadcast(Suspect(1, "n1", "b"))]),
-        encode(
-            "b",
-            Gossip(),
-            [
-                encode_broadcast(Alive(4, "n4", "n4", NodeMeta(labels=(("k", "v"),)))),
-                encode_broadcast(Dead(2, "n2", "b")),
-            ],
-        ),
-        encode("b", Ack(9, Coordinate((0.001,) * 8, 0.4, 0.0001, 0.00002)), [encode_broadcast(Suspect(5, "a", "b"))]),
-        encode("b", IndirectPing(5, "n3", "n3", True), [encode_broadcast(Alive(1, "n3", "n3", NodeMeta()))]),
-    ]
-    out = []
-    for _ in range(n):
-        data = bytearray(rng.choice(base))
-        for _ in range(rng.randint(1, 4)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        out.append(bytes(data))
-    return out
+def _feed_mutated(a: NodeCore, n: int, seed: int) -> float:
+    """Feed ``a`` the ``n`` mutated datagrams of ``seed`` 1 ms apart, ticking after each; return the last time."""
+    now = 0.0
+    for data in mutated_datagrams(n, seed=seed):
+        now += 0.001
+        a.receive("b", data, now)
+        a.tick(now)
+    return now
 
 
 def _assert_names_clean(node: NodeCore, budget_incarnation: int) -> None:
@@ -339,11 +325,7 @@ def _assert_names_clean(node: NodeCore, budget_incarnation: int) -> None:
 
 def test_mutated_datagrams_leave_no_phantom_with_a_bad_name() -> None:
     a = core("a")
-    now = 0.0
-    for data in _mutated_datagrams(3000, seed=8):
-        now += 0.001
-        a.receive("b", data, now)
-        a.tick(now)
+    now = _feed_mutated(a, 3000, seed=8)
     _assert_names_clean(a, budget_incarnation=3000 * (LAN.incarnation_window + 1))
     assert ping_is_answered(a, now)
 
@@ -351,11 +333,7 @@ def test_mutated_datagrams_leave_no_phantom_with_a_bad_name() -> None:
 @pytest.mark.slow
 def test_hundred_thousand_mutated_datagrams_leave_no_phantom_with_a_bad_name() -> None:
     a = core("a")
-    now = 0.0
-    for data in _mutated_datagrams(100_000, seed=9):
-        now += 0.001
-        a.receive("b", data, now)
-        a.tick(now)
+    now = _feed_mutated(a, 100_000, seed=9)
     _assert_names_clean(a, budget_incarnation=100_000 * (LAN.incarnation_window + 1))
     assert ping_is_answered(a, now)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mesh.cli import main
+from tests.cli_helpers import one_line_naming
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "nodes = 3\nduration = 5.0\n"
@@ -29,15 +30,6 @@ def _sim_subprocess(argv: list[str]) -> tuple[int, str]:
     proc = subprocess.run([sys.executable, "-m", "mesh.cli", "sim", *argv], capture_output=True, text=True,
                           timeout=60, env=env, cwd=ROOT)
     return proc.returncode, proc.stderr
-
-
-def _one_line_naming(err: str, *words: str) -> None:
-    assert "Traceback" not in err
-    # argparse prints its usage (possibly wrapped, continuation lines indented) before the error line.
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.mark.parametrize(
@@ -62,7 +54,7 @@ def test_bad_value_is_one_line_naming_the_key(tmp_path: Path, capsys: pytest.Cap
     f.write_text(BASE + body)
     code, err = _sim_inproc(capsys, [str(f)])
     assert code == 2
-    _one_line_naming(err, key)
+    one_line_naming(err, key)
 
 
 def test_binary_scenario_file_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,13 +62,13 @@ def test_binary_scenario_file_is_rejected(tmp_path: Path, capsys: pytest.Capture
     f.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
     code, err = _sim_inproc(capsys, [str(f)])
     assert code == 2
-    _one_line_naming(err, str(f), "UTF-8")
+    one_line_naming(err, str(f), "UTF-8")
 
 
 def test_directory_scenario_says_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _sim_inproc(capsys, [str(tmp_path)])
     assert code == 2
-    _one_line_naming(err, str(tmp_path), "directory")
+    one_line_naming(err, str(tmp_path), "directory")
 
 
 @pytest.mark.parametrize(
@@ -92,7 +84,7 @@ def test_zero_intervals_are_refused_not_hung(tmp_path: Path, body: str, key: str
     f.write_text(BASE + body)
     code, err = _sim_subprocess([str(f)])
     assert code == 2
-    _one_line_naming(err, key)
+    one_line_naming(err, key)
 
 
 @pytest.mark.parametrize("value", ["inf", "1e9", "nan", "-1", "0"])
@@ -101,13 +93,13 @@ def test_bad_duration_flag(tmp_path: Path, value: str) -> None:
     f.write_text(BASE)
     code, err = _sim_subprocess([str(f), "--duration", value])
     assert code == 2
-    _one_line_naming(err, "--duration", value)
+    one_line_naming(err, "--duration", value)
 
 
 def test_dev_zero_scenario_is_read_bounded() -> None:
     code, err = _sim_subprocess(["/dev/zero"])
     assert code == 2
-    _one_line_naming(err, "/dev/zero", "larger than")
+    one_line_naming(err, "/dev/zero", "larger than")
 
 
 def test_unwritable_trace_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,7 +107,7 @@ def test_unwritable_trace_is_named(tmp_path: Path, capsys: pytest.CaptureFixture
     f.write_text(BASE)
     code, err = _sim_inproc(capsys, [str(f), "--trace", str(tmp_path / "no" / "such" / "dir" / "t")])
     assert code == 2
-    _one_line_naming(err, "--trace")
+    one_line_naming(err, "--trace")
 
 
 def test_valid_scenario_still_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.transport import LocalIdentity, TransportError, NodeIdentity, ReplayVerdict, ReplayWindow, load_or_create_x25519
+from tests.fsync_helpers import record_fsyncs
 from transport_helpers import ident
 
 
@@ -96,15 +97,7 @@ def test_x25519_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int
 
 
 def test_x25519_key_file_is_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        st_mode = os.fstat(fd).st_mode
-        synced.append("dir" if stat.S_ISDIR(st_mode) else f"file:{stat.S_IMODE(st_mode):04o}")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = record_fsyncs(monkeypatch)
     p = tmp_path / "node.x25519"
     raw = load_or_create_x25519(p)
     # the key's bytes reach the disk (in a 0600 file) before its name does, and the name is made durable

@@ -32,7 +32,7 @@ import hashlib
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Callable, Hashable
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.connection import NoiseConnection
@@ -558,19 +558,12 @@ class SecureTransport:
         dial.conn = None
         dial.hs = None
         del self._dial_index[idx]
-        try:
-            payload = conn.read_message(data[5:])
-        except NOISE_ERRORS:
-            # Tampered, or the responder holds another mesh secret (psk2 is proven here).
-            self.counters["handshake_invalid"] += 1
+        expected = dial.expected_x25519
+        # Fails if tampered, or if the responder holds another mesh secret (psk2 is proven here).
+        admitted = self._admit_reply(dial, conn, data, lambda: expected)
+        if admitted is None:
             return [], []
-        peer, remote_index, reason = check_peer(
-            bytes(payload), dial.expected_x25519, self.admit, dial.expected_node_id, dial.expected_ed25519
-        )
-        if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
-            self._end_dial(dial, failed=True)
-            return [], []
+        peer, remote_index = admitted
         np = conn.noise_protocol
         s = _Session(idx, remote_index, peer, addr, np.cipher_state_encrypt, np.cipher_state_decrypt,
                      self.config.replay_window, now, initiator=True)
@@ -582,6 +575,25 @@ class SecureTransport:
         if not out:  # the responder waits for our first datagram before it uses the session
             out.append(Datagram(s.addr, self._seal(s, b"")))
         return [], out
+
+    def _admit_reply(
+        self, dial: _Dial, conn: NoiseConnection, data: bytes, rs: Callable[[], bytes]
+    ) -> tuple[NodeIdentity, int] | None:
+        """Read a dial's message 2 and admit the responder, or count why not (ending the dial if refused)."""
+        try:
+            payload = conn.read_message(data[5:])
+        except NOISE_ERRORS:
+            self.counters["handshake_invalid"] += 1
+            return None
+        # ``rs`` is asked only now: in XX the responder's static key arrives in this very message.
+        peer, remote_index, reason = check_peer(
+            bytes(payload), rs(), self.admit, dial.expected_node_id, dial.expected_ed25519
+        )
+        if peer is None:
+            self.counters[f"handshake_refused_{reason}"] += 1
+            self._end_dial(dial, failed=True)
+            return None
+        return peer, remote_index
 
     def _on_resp(self, addr: Addr, data: bytes, now: float) -> tuple[list[Delivered], list[Datagram]]:
         if len(data) != 5 + MSG2_LEN:
@@ -597,19 +609,11 @@ class SecureTransport:
         dial.conn = None
         dial.hs = None
         del self._dial_index[idx]
-        try:
-            payload = conn.read_message(data[5:])
-        except NOISE_ERRORS:
-            self.counters["handshake_invalid"] += 1
+        # A refusal comes before message 3: the responder never learns our identity.
+        admitted = self._admit_reply(dial, conn, data, lambda: remote_static(hs))
+        if admitted is None:
             return [], []
-        peer, remote_index, reason = check_peer(
-            bytes(payload), remote_static(hs), self.admit, dial.expected_node_id, dial.expected_ed25519
-        )
-        if peer is None:
-            # Refused before message 3: the responder never learns our identity.
-            self.counters[f"handshake_refused_{reason}"] += 1
-            self._end_dial(dial, failed=True)
-            return [], []
+        peer, remote_index = admitted
         msg3 = _write(conn, encode_identity(self.identity, idx))
         if msg3 is None:
             self.counters["handshake_invalid"] += 1

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from crdt.files import atomic_write, private_file_problem
+from tests.fsync_helpers import record_fsyncs
 
 
 def test_atomic_write_sets_the_mode_exactly_despite_umask_and_a_stale_temp(tmp_path: Path) -> None:
@@ -55,15 +56,7 @@ def test_trust_config_save_is_durable(tmp_path: Path, monkeypatch: pytest.Monkey
 
     tc = TrustConfig()
     tc.add_key(SigningKey.from_seed(b"a" * 32).public_raw, ["admin"])
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        st_mode = os.fstat(fd).st_mode
-        synced.append("dir" if stat.S_ISDIR(st_mode) else f"file:{stat.S_IMODE(st_mode):04o}")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = record_fsyncs(monkeypatch)
     p = tmp_path / "trust.json"
     tc.save(p)
     assert synced == ["file:0644", "dir"]  # content before the name, then the name

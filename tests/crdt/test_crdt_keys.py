@@ -11,6 +11,7 @@ import pytest
 
 from crdt.errors import KeyFileError
 from crdt.keys import SigningKey, load_signing_key
+from tests.fsync_helpers import record_fsyncs
 
 
 def _mode(p: Path) -> int:
@@ -30,15 +31,7 @@ def test_save_over_a_world_readable_file_leaves_it_0600(tmp_path: Path) -> None:
 
 
 def test_save_fsyncs_each_file_and_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        st_mode = os.fstat(fd).st_mode
-        synced.append("dir" if stat.S_ISDIR(st_mode) else f"file:{stat.S_IMODE(st_mode):04o}")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = record_fsyncs(monkeypatch)
     SigningKey.from_seed(b"k" * 32).save(tmp_path / "node.key")
     assert synced == ["file:0600", "dir", "file:0644", "dir"]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["node.key", "node.key.pub"]

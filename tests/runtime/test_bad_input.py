@@ -23,32 +23,9 @@ from runtime import (
 )
 from runtime.limits import DEFAULT_MAX_FUNCTIONS
 from tests.runtime.conftest import counter
+from tests.runtime.wasm_builders import many_functions
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _leb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def _sec(sec_id: int, body: bytes) -> bytes:
-    return bytes([sec_id]) + _leb(len(body)) + body
-
-
-def many_functions(n: int) -> bytes:
-    """A valid module of ``n`` functions ``() -> i32`` each returning 42 (the issue's 100,000-function case)."""
-    body = b"\x00\x41\x2a\x0b"  # no locals; i32.const 42; end
-    return (
-        b"\0asm\x01\0\0\0"
-        + _sec(1, _leb(1) + b"\x60\x00\x01\x7f")
-        + _sec(3, _leb(n) + b"\x00" * n)
-        + _sec(10, _leb(n) + (_leb(len(body)) + body) * n)
-    )
 
 
 def test_100k_functions_refused_before_compiling(rt: Runtime) -> None:

@@ -1,0 +1,13 @@
+"""Checks shared by the CLI bad-input tests."""
+
+from __future__ import annotations
+
+
+def one_line_naming(err: str, *words: str) -> None:
+    """Assert ``err`` holds exactly one error line, no traceback, and that line names every word."""
+    assert "Traceback" not in err
+    # argparse prints its usage (possibly wrapped, continuation lines indented) before the error line.
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
