@@ -61,7 +61,7 @@ from mesh.membership import MembershipConfig, NodeMeta, SwimCore
 from mesh.membership.messages import Alive, Dead, Suspect
 from mesh.membership.state import MemberEvent
 from mesh.protocol import BLOB_TYPES, SYNC_TYPES
-from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Outgoing, StreamHandle, decode, encode
+from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Outgoing, StreamHandle, Unknown, decode, encode
 
 if TYPE_CHECKING:
     from crdt.blob import BlobPut, BlobTransfer
@@ -181,6 +181,14 @@ class NodeCore:
         if t in BLOB_TYPES and self.blobs is not None:
             return self._run_intent(self.blobs.receive, env.msg, sender, src, stream, now)
         self.counters["unknown_type"] += 1
+        if env.piggyback and isinstance(env.msg, Unknown) and stream is None:
+            # A newer peer's message type: its piggybacked membership updates are still
+            # ours to use, so a mixed-version mesh keeps disseminating during an upgrade.
+            mark = len(self.swim.events)
+            out = self.swim.handle(src, env, now)
+            if self.blobs is not None:
+                out += self._membership_changed(mark, now)
+            return self._name_nodes(out, src, sender) if out else out
         return []
 
     def tick(self, now: float, wall: float | None = None) -> list[Outgoing]:

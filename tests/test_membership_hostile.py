@@ -594,3 +594,14 @@ def test_push_pull_dead_entry_beyond_the_window_does_not_pin_a_member() -> None:
     a.receive("x", encode("x", PushPull.of(False, True, (entry,))), net.now, True)
     assert a.swim.view()["b"] == MemberState.ALIVE and a.swim.members["b"].incarnation == 0
     assert a.swim.counters["incarnation_jumps"] == 1
+
+
+def test_piggyback_of_a_message_type_beyond_the_membership_range_is_used() -> None:
+    # A rolling upgrade: a newer peer sends a message type this version has never heard
+    # of (outside every known range); the membership updates riding on it still count.
+    a = core("a")
+    alive = encode_broadcast(Alive(5, "d", "d", NodeMeta(cores=4)))
+    data = msgpack.packb([PROTOCOL_VERSION, 200, "d", ["new", "fields"], [alive]], use_bin_type=True)
+    assert a.receive("d", data, 1.0) == []
+    assert a.counters["unknown_type"] == 1 and a.counters["wire_errors"] == 0
+    assert a.swim.view()["d"] == MemberState.ALIVE and a.swim.members["d"].incarnation == 5
