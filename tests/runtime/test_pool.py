@@ -127,7 +127,7 @@ def test_real_memory_pressure(clock: FakeClock, wasm: dict[str, bytes]) -> None:
     # One handler instance holds 2 pages (128 KiB); a 400 KiB budget at 80% fits two of them.
     cfg = RuntimeConfig(allow_unsigned=True, memory_budget_bytes=400 * 1024, pressure_ratio=0.8)
     with Runtime(cfg, clock=clock) as rt:
-        with pytest.raises(Exception):
+        with pytest.raises(KeyError):
             rt.pools.stats("missing")
         lm = rt.load_unsigned(wasm["handler"], name="h", pool=PoolConfig(min_instances=3, max_instances=5))
         stats = rt.pools.stats(lm.key)
