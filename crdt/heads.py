@@ -17,6 +17,7 @@ import msgpack
 from crdt.errors import ValidationError
 from crdt.keys import KEY_ID_LEN
 from crdt.logrecord import ID_LEN, MAX_LOG_SEQ
+from crdt.records import unpack_bounded
 
 FRAME_BYTES = 65_535  # one Noise transport frame
 FRAME_OVERHEAD = 64  # message type, array headers and the AEAD tag, with margin
@@ -151,12 +152,7 @@ class RecordBatch:
 
 
 def _unpack(data: bytes, want: int) -> object:
-    if not isinstance(data, (bytes, bytearray)) or len(data) > FRAME_BYTES:
-        raise ValidationError("sync message is not bytes of at most one frame")
-    try:
-        obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, max_ext_len=0)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ValidationError(f"sync message is not msgpack: {exc.__class__.__name__}") from None
+    obj = unpack_bounded(data, FRAME_BYTES, "sync message", "at most one frame")
     if not isinstance(obj, list) or len(obj) != 2 or obj[0] != want:
         raise ValidationError(f"not a type-{want} sync message")
     return obj[1]

@@ -19,11 +19,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from crdt.errors import ValidationError
 from crdt.keys import KEY_ID_LEN, SigningKey
-from crdt.records import KINDS, canonical, check_key, pack
+from crdt.records import KINDS, canonical, check_key, pack, unpack_bounded
 
 LOG_DOMAIN = "wasmatrix-log/2"
 LOG_VERSION = 2
@@ -92,12 +90,7 @@ class LogRecord:
     @classmethod
     def decode(cls, data: bytes) -> "LogRecord":
         """Parse strictly (size bounded before parsing); raise ValidationError on anything malformed."""
-        if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_LOG_RECORD_BYTES:
-            raise ValidationError("log record is not bytes of bounded size")
-        try:
-            obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, max_ext_len=0)
-        except Exception as exc:  # msgpack raises several unrelated types on garbage
-            raise ValidationError(f"log record is not msgpack: {exc.__class__.__name__}") from None
+        obj = unpack_bounded(data, MAX_LOG_RECORD_BYTES, "log record")
         if not isinstance(obj, list) or len(obj) != 10 or obj[0] != LOG_VERSION:
             raise ValidationError("log record is not a version-2 10-element array")
         _, signer, seq, prev, kind, key, tombstone, payload, wall_ms, sig = obj

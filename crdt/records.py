@@ -56,6 +56,16 @@ def check_key(key: str, what: str = "key", max_len: int = 512) -> str:
     return key
 
 
+def unpack_bounded(data: Any, limit: int, what: str, bound: str = "bounded size") -> Any:
+    """Strict msgpack decode of untrusted bytes, size checked first; ValidationError names ``what``."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) > limit:
+        raise ValidationError(f"{what} is not bytes of {bound}")
+    try:
+        return msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ValidationError(f"{what} is not msgpack: {exc.__class__.__name__}") from None
+
+
 @dataclass(slots=True, frozen=True)
 class SignedRecord:
     """One signed value; ``(signer, seq)`` identifies the write everywhere."""
@@ -102,12 +112,7 @@ class SignedRecord:
     @classmethod
     def decode(cls, data: bytes) -> "SignedRecord":
         """Parse a stored value strictly; raise ValidationError on anything malformed."""
-        if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_RECORD_BYTES:
-            raise ValidationError("record is not bytes of bounded size")
-        try:
-            obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, max_ext_len=0)
-        except Exception as exc:
-            raise ValidationError(f"record is not msgpack: {exc.__class__.__name__}") from None
+        obj = unpack_bounded(data, MAX_RECORD_BYTES, "record")
         if not isinstance(obj, list) or len(obj) != 7 or obj[0] != 1:
             raise ValidationError("record is not a version-1 7-element array")
         _, kind, key, payload, signer, seq, sig = obj
