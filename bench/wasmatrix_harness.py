@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.serf_harness import HarnessError, LossRelays, MembersOutputError, Statuses, free_port_pair, kill_proc
-from tests.harness.procs import Proc, ProcessGroup
+from tests.harness.procs import REPO_ROOT, Proc, ProcessGroup
 
 MEMBER_STATUSES = frozenset({"alive", "suspect", "dead", "left"})
 API_TIMEOUT = 2.0
@@ -61,7 +61,7 @@ def daemon_available(command: tuple[str, ...] = DEFAULT_COMMAND) -> tuple[bool, 
     """Whether ``COMMAND node run --help`` works here, and why not when it does not."""
     try:
         res = subprocess.run([*command, "node", "run", "--help"], capture_output=True, timeout=30,
-                             stdin=subprocess.DEVNULL)
+                             stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"{' '.join(command)} node run --help failed: {exc}"
     if res.returncode != 0:
@@ -101,7 +101,7 @@ class WasmatrixCluster:
         if not self.insecure:
             mesh = self.group.workdir / "bench.mesh"
             res = subprocess.run([*self.command, "mesh", "init", "--out", str(mesh)], capture_output=True,
-                                 timeout=60, stdin=subprocess.DEVNULL, cwd=self.group.workdir)
+                                 timeout=60, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
             if res.returncode != 0:
                 raise HarnessError(f"wasmatrix mesh init failed: {res.stderr.decode(errors='replace')[-500:]}")
             secret = ["--mesh-secret", str(mesh)]
@@ -171,7 +171,7 @@ class WasmatrixCluster:
     def _statuses_cli(self, i: int) -> Statuses | None:
         try:
             res = subprocess.run([*self.command, "members", "--data-dir", str(self.data_dirs[i]), "--json"],
-                                 capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+                                 capture_output=True, timeout=10, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
         except subprocess.TimeoutExpired:
             return None
         if res.returncode != 0:

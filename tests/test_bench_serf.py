@@ -7,16 +7,18 @@ counts false positives, and leaves no process behind.
 
 from __future__ import annotations
 
+import http.client
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench.serf_harness import (
-    HarnessError, MembersOutputError, SerfCluster, parse_serf_members, read_cpu_seconds, read_rss_kib,
-    serf_binary, time_detection, wait_converged,
+    HarnessError, LossRelays, MembersOutputError, SerfCluster, parse_serf_members, read_cpu_seconds,
+    read_rss_kib, serf_binary, time_detection, wait_converged, watch_false_positives,
 )
-from bench.wasmatrix_harness import parse_members_json
+from bench.wasmatrix_harness import WasmatrixCluster, daemon_available, parse_members_json
 from tests.harness.procs import ProcessGroup, pid_alive
 
 # Captured from `serf members -rpc-addr=... -format=json` (Serf 0.8.2, Debian bookworm) after s1
@@ -209,3 +211,47 @@ def test_three_serf_agents_detect_a_kill_and_leave_nothing_behind(tmp_path: Path
         for i in (0, 1):
             assert cluster.statuses(i) == {"s0": "alive", "s1": "alive", "s2": "failed"}
     assert [pid for pid in pids if pid_alive(pid)] == []
+
+
+FAKE_DAEMON = (sys.executable, str(Path(__file__).parent / "fake_wasmatrix_daemon.py"))
+
+
+def test_wasmatrix_harness_runs_a_contract_speaking_daemon_end_to_end(tmp_path: Path) -> None:
+    # The real daemon is not in this tree yet: a stand-in speaking issue 10's CLI contract checks the
+    # harness's wiring (mesh init, node run flags, api.json, GET /v1/members, kill by PID, cleanup).
+    assert daemon_available(FAKE_DAEMON) == (True, "")
+    with ProcessGroup(tmp_path) as group:
+        cluster = WasmatrixCluster(group, 3, command=FAKE_DAEMON).start()
+        pids = [p.pid for p in cluster.procs]
+        assert (tmp_path / "bench.mesh").read_text() == "fake mesh file\n"
+        wait_converged(cluster, timeout=20.0)
+        det = time_detection(cluster, 2, timeout=20.0)
+        assert cluster.via == "api"
+        assert (det.victim, sorted(det.per_observer), det.false_positives) == ("w2", ["w0", "w1"], [])
+        assert cluster.statuses(0) == {"w0": "alive", "w1": "alive", "w2": "dead"}
+        assert cluster._statuses_cli(1) == {"w0": "alive", "w1": "alive", "w2": "dead"}
+    assert [pid for pid in pids if pid_alive(pid)] == []
+
+
+@pytest.mark.slow
+def test_loss_relays_sit_in_front_of_every_agent_and_drop_datagrams(tmp_path: Path) -> None:
+    relays = LossRelays(0.1, lifetime=60.0)
+    try:
+        with ProcessGroup(tmp_path) as group:
+            cluster = WasmatrixCluster(group, 3, command=FAKE_DAEMON, insecure=True, loss=relays).start()
+            wait_converged(cluster, timeout=20.0)
+            fps, _ = watch_false_positives(cluster, 2.0)
+            assert fps == []
+            # Every member is known by its relay's address, not its bind address.
+            relay_ports = sorted(f"127.0.0.1:{r.address[1]}" for r in relays.udp)
+            host, port, token = cluster._api[0]
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            conn.request("GET", "/v1/members", headers={"Authorization": f"Bearer {token}"})
+            rows = json.loads(conn.getresponse().read())
+            conn.close()
+            assert sorted(r["addr"] for r in rows) == relay_ports
+        st = relays.stats()
+        assert st["received"] > 100
+        assert 0 < st["dropped"] < st["received"]
+    finally:
+        relays.stop()
