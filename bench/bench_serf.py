@@ -32,20 +32,15 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.serf_harness import (  # noqa: E402
-    Cluster, Detection, HarnessError, LossRelays, SerfCluster, Usage, ensure_serf, sample_idle, time_detection,
-    wait_converged, watch_false_positives,
+    Cluster, Detection, DetectionRun, HarnessError, LossRelays, MakeCluster, SerfCluster, Usage, cluster_session,
+    ensure_serf, run_detection, sample_idle, wait_converged,
 )
 from bench.wasmatrix_harness import DEFAULT_COMMAND, WasmatrixCluster, daemon_available  # noqa: E402
 from tests.harness.procs import ProcessGroup  # noqa: E402
@@ -57,55 +52,33 @@ def _spread(xs: list[float], unit: str = " s", fmt: str = ".2f") -> str:
     return f"median {statistics.median(xs):{fmt}}{unit} (min {min(xs):{fmt}}, max {max(xs):{fmt}})"
 
 
-@contextmanager
-def running(kind: str, args: argparse.Namespace, loss: float = 0.0) -> Iterator[tuple[Cluster, LossRelays | None]]:
-    """A started cluster of ``kind``; every process (by PID) and relay is gone when this exits."""
-    relays = LossRelays(loss, lifetime=args.soak + 4 * args.timeout + 120) if loss > 0 else None
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-    try:
-        with ProcessGroup(workdir) as group:
-            cluster: SerfCluster | WasmatrixCluster
-            if kind == "serf":
-                cluster = SerfCluster(group, args.nodes, profile=args.serf_profile, serf=args.serf, loss=relays)
-            else:
-                cluster = WasmatrixCluster(group, args.nodes, profile=args.profile, insecure=args.insecure,
-                                           loss=relays, command=args.command)
-            cluster.start()
-            yield cluster, relays
-    finally:
-        if relays is not None:
-            relays.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+def _make(kind: str, args: argparse.Namespace) -> MakeCluster:
+    def make(group: ProcessGroup, relays: LossRelays | None) -> Cluster:
+        if kind == "serf":
+            return SerfCluster(group, args.nodes, profile=args.serf_profile, serf=args.serf, loss=relays).start()
+        return WasmatrixCluster(group, args.nodes, profile=args.profile, insecure=args.insecure, loss=relays,
+                                command=args.command).start()
+    return make
 
 
-def detect_once(kind: str, args: argparse.Namespace, loss: float = 0.0) -> tuple[Detection, float, list, int, str]:
-    """One fresh cluster: converge, (soak under loss), kill the victim, time the detection."""
-    with running(kind, args, loss) as (cluster, relays):
-        conv = wait_converged(cluster, timeout=args.timeout)
-        soak_fp: list = []
-        soak_suspects = 0
-        if loss > 0 and args.soak > 0:
-            soak_fp, soak_suspects = watch_false_positives(cluster, args.soak)
-        victim = args.nodes - 1 if args.victim is None else args.victim
-        det = time_detection(cluster, victim, timeout=args.timeout, interval=args.interval)
-        extra = ""
-        if relays is not None:
-            st = relays.stats()
-            extra = f"relays dropped {st['dropped']}/{st['received']} datagrams"
-        if isinstance(cluster, WasmatrixCluster) and cluster.via != "api":
-            extra += " (members polled with the CLI: +~0.3 s per round)"
-        return det, conv, soak_fp, soak_suspects, extra
+def detect_once(kind: str, args: argparse.Namespace, loss: float) -> DetectionRun:
+    """One fresh cluster of ``kind``: converge, soak (under loss), kill, time the detection."""
+    return run_detection(_make(kind, args), args.nodes, loss=loss, soak=args.soak if loss > 0 else 0.0,
+                         victim=args.victim, timeout=args.timeout, interval=args.interval)
 
 
-def _line(kind: str, run: int, det: Detection, conv: float, soak_fp: list, soak_sus: int, extra: str) -> str:
+def _line(kind: str, run: int, r: DetectionRun) -> str:
+    det = r.detection
     per = ", ".join(f"{k} {v:.2f}" for k, v in det.per_observer.items())
-    fp = len(soak_fp) + len(det.false_positives)
-    s = (f"  run {run} {kind:9s} detected {det.victim} in {det.seconds:6.2f} s  [{per}]  converged {conv:.2f} s, "
-         f"round {det.round_seconds * 1000:.0f} ms")
-    if fp or soak_sus or det.suspect_sightings:
-        s += f", false positives {fp}, suspect sightings {soak_sus + det.suspect_sightings}"
-    if extra:
-        s += f", {extra}"
+    s = (f"  run {run} {kind:9s} detected {det.victim} in {det.seconds:6.2f} s  [{per}]  "
+         f"converged {r.converged_seconds:.2f} s, round {det.round_seconds * 1000:.0f} ms")
+    sus = r.soak_suspect_sightings + det.suspect_sightings
+    if r.false_positives or sus:
+        s += f", false positives {len(r.false_positives)}, suspect sightings {sus}"
+    if r.relay_stats is not None:
+        s += f", relays dropped {r.relay_stats['dropped']}/{r.relay_stats['received']} datagrams"
+    if r.polled_via == "cli":
+        s += " (members polled with the CLI: +~0.3 s per round)"
     return s
 
 
@@ -127,11 +100,11 @@ def detection(args: argparse.Namespace, kinds: list[str], loss: float) -> int:
     fps: dict[str, int] = dict.fromkeys(kinds, 0)
     for run in range(1, args.runs + 1):
         for kind in kinds:
-            det, conv, soak_fp, soak_sus, extra = detect_once(kind, args, loss)
-            results[kind].append(det)
-            fps[kind] += len(soak_fp) + len(det.false_positives)
-            print(_line(kind, run, det, conv, soak_fp, soak_sus, extra), flush=True)
-            for t, obs, member in (soak_fp + det.false_positives)[:5]:
+            r = detect_once(kind, args, loss)
+            results[kind].append(r.detection)
+            fps[kind] += len(r.false_positives)
+            print(_line(kind, run, r), flush=True)
+            for t, obs, member in r.false_positives[:5]:
                 print(f"      false positive: {obs} showed {member} failed at {t:.2f} s")
     print()
     header = f"{'run':>6} " + " ".join(f"{k + ' s':>12}" for k in kinds)
@@ -159,10 +132,10 @@ def detection(args: argparse.Namespace, kinds: list[str], loss: float) -> int:
 
 def idle(args: argparse.Namespace, kinds: list[str]) -> int:
     """Converge one cluster of each kind, then sample every agent's RSS and CPU in one window."""
-    with running(kinds[0], args) as (c0, _):
+    with cluster_session(_make(kinds[0], args)) as (c0, _):
         wait_converged(c0, timeout=args.timeout)
         if len(kinds) == 2:
-            with running(kinds[1], args) as (c1, _):
+            with cluster_session(_make(kinds[1], args)) as (c1, _):
                 wait_converged(c1, timeout=args.timeout)
                 usage = _sample([c0, c1], args)
         else:

@@ -20,9 +20,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -355,6 +357,66 @@ def watch_false_positives(cluster: Cluster, seconds: float, interval: float = 0.
                         suspects += 1
             sleep(interval)
     return false_pos, suspects
+
+
+# ---- one measured run, any kind ---------------------------------------------------------------
+
+MakeCluster = Callable[[ProcessGroup, "LossRelays | None"], Cluster]  # returns a STARTED cluster
+
+
+@contextmanager
+def cluster_session(make: MakeCluster, loss: float = 0.0, lifetime: float = 600.0,
+                    prefix: str = "bench-") -> Iterator[tuple[Cluster, LossRelays | None]]:
+    """A started cluster; every process it made (by PID), its relays and its temp dir are gone on exit."""
+    relays = LossRelays(loss, lifetime=lifetime) if loss > 0 else None
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with ProcessGroup(workdir) as group:
+            yield make(group, relays), relays
+    finally:
+        if relays is not None:
+            relays.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(slots=True)
+class DetectionRun:
+    """A fresh cluster's run: convergence, the soak under loss, and the timed kill."""
+
+    detection: Detection
+    converged_seconds: float
+    soak_false_positives: list[tuple[float, str, str]]
+    soak_suspect_sightings: int
+    relay_stats: dict[str, int] | None
+    polled_via: str  # "serf-cli", "api" or "cli"
+
+    @property
+    def false_positives(self) -> list[tuple[float, str, str]]:
+        """Live members shown failed, during the soak and during the detection."""
+        return self.soak_false_positives + self.detection.false_positives
+
+
+def run_detection(make: MakeCluster, n: int, *, loss: float = 0.0, soak: float = 0.0, victim: int | None = None,
+                  timeout: float = 60.0, interval: float = 0.02) -> DetectionRun:
+    """Start a cluster with ``make``, wait for convergence, watch ``soak`` s, kill ``victim`` (default the last)."""
+    with cluster_session(make, loss, lifetime=soak + 3 * timeout + 120) as (cluster, relays):
+        if len(cluster.names) != n:
+            raise HarnessError(f"asked for {n} agents, the cluster has {len(cluster.names)}")
+        conv = wait_converged(cluster, timeout=timeout)
+        soak_fp: list[tuple[float, str, str]] = []
+        soak_sus = 0
+        if soak > 0:
+            soak_fp, soak_sus = watch_false_positives(cluster, soak)
+        det = time_detection(cluster, n - 1 if victim is None else victim, timeout=timeout, interval=interval)
+        return DetectionRun(det, conv, soak_fp, soak_sus, relays.stats() if relays else None,
+                            getattr(cluster, "via", "serf-cli"))
+
+
+def serf_detection(n: int, profile: str = "lan", *, serf: str = "serf", **kw: object) -> DetectionRun:
+    """One Serf run of :func:`run_detection` (keywords: loss, soak, victim, timeout, interval)."""
+    def make(group: ProcessGroup, relays: LossRelays | None) -> Cluster:
+        return SerfCluster(group, n, profile=profile, serf=serf, loss=relays).start()
+    return run_detection(make, n, **kw)  # type: ignore[arg-type]
 
 
 # ---- idle resource use ------------------------------------------------------------------------

@@ -24,11 +24,13 @@ import http.client
 import json
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.serf_harness import HarnessError, LossRelays, MembersOutputError, Statuses, free_port_pair, kill_proc
+from bench.serf_harness import (
+    Cluster, DetectionRun, HarnessError, LossRelays, MembersOutputError, Statuses, free_port_pair, kill_proc,
+    run_detection,
+)
 from tests.harness.procs import REPO_ROOT, Proc, ProcessGroup
 
 MEMBER_STATUSES = frozenset({"alive", "suspect", "dead", "left"})
@@ -186,3 +188,14 @@ class WasmatrixCluster:
     def pids(self) -> list[int]:
         """PIDs of the nodes not killed by :meth:`kill`."""
         return [p.pid for i, p in enumerate(self.procs) if i not in self.killed]
+
+
+def wasmatrix_detection(n: int, profile: str | None = None, *, insecure: bool = False,
+                        command: tuple[str, ...] = DEFAULT_COMMAND, **kw: object) -> DetectionRun:
+    """One run of our daemon through :func:`run_detection` (keywords: loss, soak, victim, timeout, interval).
+
+    ``profile`` None runs the daemon's default profile (no ``--profile`` flag).
+    """
+    def make(group: ProcessGroup, relays: LossRelays | None) -> Cluster:
+        return WasmatrixCluster(group, n, profile=profile, insecure=insecure, loss=relays, command=command).start()
+    return run_detection(make, n, **kw)  # type: ignore[arg-type]

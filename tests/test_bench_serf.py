@@ -18,7 +18,7 @@ from bench.serf_harness import (
     HarnessError, LossRelays, MembersOutputError, SerfCluster, parse_serf_members, read_cpu_seconds,
     read_rss_kib, serf_binary, time_detection, wait_converged, watch_false_positives,
 )
-from bench.wasmatrix_harness import WasmatrixCluster, daemon_available, parse_members_json
+from bench.wasmatrix_harness import WasmatrixCluster, daemon_available, parse_members_json, wasmatrix_detection
 from tests.harness.procs import ProcessGroup, pid_alive
 
 # Captured from `serf members -rpc-addr=... -format=json` (Serf 0.8.2, Debian bookworm) after s1
@@ -255,3 +255,12 @@ def test_loss_relays_sit_in_front_of_every_agent_and_drop_datagrams(tmp_path: Pa
         assert 0 < st["dropped"] < st["received"]
     finally:
         relays.stop()
+
+
+@pytest.mark.slow
+def test_wasmatrix_detection_takes_node_count_and_profile_and_counts_loss() -> None:
+    run = wasmatrix_detection(3, "lan", command=FAKE_DAEMON, loss=0.1, soak=1.0, timeout=20.0)
+    assert (run.detection.victim, sorted(run.detection.per_observer)) == ("w2", ["w0", "w1"])
+    assert run.false_positives == []
+    assert run.polled_via == "api"
+    assert run.relay_stats is not None and 0 < run.relay_stats["dropped"] < run.relay_stats["received"]
