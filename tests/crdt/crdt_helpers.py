@@ -116,7 +116,7 @@ def converged(nodes: dict[str, IntentNode]) -> bool:
     return len(heads) == 1 and len(views) == 1 and len(contents) == 1
 
 
-def share(src: IntentNode, dst: IntentNode, wall: float = 1e9) -> None:
+def share(src: IntentNode, dst: IntentNode, wall: float = 4e9) -> None:
     """Hand every record ``src`` holds to ``dst`` directly (what a completed sync round does)."""
     for r in src.doc.records.export():
         dst.doc.add(r, wall)
