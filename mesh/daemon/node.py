@@ -231,6 +231,7 @@ class Daemon:
         self.conns_in: set[Conn] = set()
         self._wake = trio.Event()
         self._persist_kick = trio.Event()
+        self._durable = trio.Event()  # set (and replaced) after every persisted batch
         self._snapshot_dirty = True
         self._stopping = False
         self._leaving = False
@@ -327,7 +328,9 @@ class Daemon:
             if cfg.insecure:
                 self.log.warning("insecure_mode", detail="no mesh secret: any process that can reach this port can join")
             self.audit.append("node_started", {"addr": advertise, "incarnation": self.incarnation}, now_wall=time.time())
-            api = ApiServer(self.token, self._routes(), self.counters, self.log)
+            from model.manifest import MAX_MODULE_BYTES
+
+            api = ApiServer(self.token, self._routes(), self.counters, self.log, body_limits={"/v1/blobs": MAX_MODULE_BYTES})
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.udp = udp
@@ -646,6 +649,8 @@ class Daemon:
             self.metrics.observe_fsync(time.perf_counter() - t0)
             self.emit(core.persisted(effects[-1].token, trio.current_time()))
             core.take_acks()
+            self._durable.set()
+            self._durable = trio.Event()
         for put in core.take_blob_puts():
             err = None
             try:
@@ -653,6 +658,12 @@ class Daemon:
             except OSError as exc:
                 err = exc.strerror or str(exc)
             self.emit(core.blob_stored(put.sha256, trio.current_time(), err))
+
+    async def wait_durable(self, token: int, timeout: float) -> None:
+        """Wait until the persist effect ``token`` is durable (then the write is acknowledged)."""
+        with trio.fail_after(timeout):
+            while not self.core.intent.durable(token):  # type: ignore[union-attr]
+                await self._durable.wait()
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -737,7 +748,9 @@ class Daemon:
     # ------------------------------------------------------------------ control API
 
     def _routes(self) -> dict[tuple[str, str], Any]:
-        return {
+        from mesh.daemon.intentapi import IntentApi
+
+        return IntentApi(self).routes() | {
             ("GET", "/v1/status"): self._api_status,
             ("GET", "/v1/members"): self._api_members,
             ("POST", "/v1/join"): self._api_join,
