@@ -193,8 +193,12 @@ class MdnsDiscovery:
             raise MdnsError("discovery is not running")
         out = DNSOutgoing(_FLAGS_QR_QUERY)
         out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
-        zc.send(out)
-        zc.update_service(self._info)
+        try:
+            zc.send(out)
+            zc.update_service(self._info)
+        except Exception as exc:  # e.g. EventLoopBlocked, or zeroconf closing under us
+            self._count_error("mdns_refresh_failed", error=repr(exc))
+            raise MdnsError(f"mDNS refresh on {self.iface} failed: {exc!r}") from exc
 
     def peers(self) -> dict[str, str]:
         """Valid peers currently advertised on the link: node id -> ``HOST:PORT``."""

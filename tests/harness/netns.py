@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.harness.procs import Proc, ProcessGroup, pid_alive
+from tests.harness.procs import Proc, ProcError, ProcessGroup, pid_alive
 
 PREFIX = f"wmx-{os.getpid()}-"
 IFACE = "veth0"
@@ -106,6 +106,7 @@ class NetnsLab:
         self.iface = IFACE
         self.group = group or ProcessGroup(Path(workdir or tempfile.mkdtemp(prefix="wasmatrix-netns-")))
         self._created: list[str] = []
+        self._procs: list[Proc] = []
         self._closed = False
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -151,10 +152,11 @@ class NetnsLab:
         self._closed = True
         _open_labs.discard(self)
         errors: list[str] = []
-        try:
-            self.group.stop_all()
-        except Exception as exc:  # still delete the namespaces, then report
-            errors.append(f"stopping processes: {exc}")
+        for proc in reversed(self._procs):  # only ours, even when the group is shared
+            try:
+                self.group.stop(proc)
+            except ProcError as exc:  # still delete the namespaces, then report
+                errors.append(f"stopping processes: {exc}")
         for name in reversed(self._created):
             done = _ip("netns", "del", name, check=False)
             if done.returncode != 0:
@@ -170,8 +172,10 @@ class NetnsLab:
     def run(self, i: int, argv: Sequence[str], *, name: str | None = None,
             env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Proc:
         """Start ``argv`` inside namespace ``i`` (``ip netns exec``), tracked and killed by its PID."""
-        return self.group.start(["ip", "netns", "exec", self.names[i], *argv],
+        proc = self.group.start(["ip", "netns", "exec", self.names[i], *argv],
                                 name=name or f"n{i}-{len(self.group.procs)}", env=env, cwd=cwd)
+        self._procs.append(proc)
+        return proc
 
     def check_output(self, i: int, argv: Sequence[str], timeout: float = 10.0) -> str:
         """Run ``argv`` to completion inside namespace ``i``; its stdout, NetnsError if it fails."""
