@@ -117,7 +117,7 @@ class NodeCore:
         self.last_error: str | None = None
         self.wall: float | None = None  # the driver's latest wall-clock reading
         self._by_addr: dict[str, str] = {}
-        self._by_addr_size = -1
+        self._by_addr_size: tuple[int, int] = (-1, -1)  # (members, address moves) the index was built at
         self._acks: list[WriteAck] = []
 
     # -- driver interface ---------------------------------------------------------
@@ -322,10 +322,10 @@ class NodeCore:
             m = members.peek(name)
             if m is not None and m.addr == addr:
                 return name
-        elif len(members) == self._by_addr_size:
+        elif (len(members), self.swim.addr_moves) == self._by_addr_size:
             return None  # an address no member has (a seed, a node still joining)
         self._by_addr = {m.addr: n for n, m in members.items()}
-        self._by_addr_size = len(members)
+        self._by_addr_size = (len(members), self.swim.addr_moves)
         return self._by_addr.get(addr)
 
     def _key_of(self, name: str) -> bytes | None:

@@ -556,3 +556,18 @@ def test_a_fetched_blob_is_done_only_after_the_driver_stored_it() -> None:
     sink.put(put.sha256, put.data)  # the driver's worker thread
     me.stored(sha, 0.3)
     assert st.status == "done" and done == [(sha, True, "")]
+
+
+def test_a_member_that_restarts_at_a_new_address_is_still_named_in_probes() -> None:
+    # Found running real daemons: a node restarted on a new port (same id, higher incarnation)
+    # was probed with an unnamed datagram (the address index was not rebuilt because the member
+    # count had not changed), which a driver cannot seal, so the node was suspected every few seconds.
+    trust = _trust(["a", "b"])
+    a, b = _core("a", trust, blobs=False), _core("b", trust, blobs=False)
+    a.receive("10.0.0.98:53412", encode("b", PushPull.of(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
+    assert [o.node for o in a.tick(10_000.0) if not o.reliable and _types([o]) == [Ping.TYPE]] == ["b"]
+    b2 = NodeCore("b", "10.0.0.77:9999", NodeMeta(), profile("lan"), random.Random(2), incarnation=5)
+    a.receive("10.0.0.77:9999", encode("b", PushPull.of(True, False, b2.swim.local_states())), 10_000.1, True, peer="b", stream="k")
+    assert a.swim.members.peek("b").addr == "10.0.0.77:9999"
+    probes = [o for t in (10_002.0, 10_004.0) for o in a.tick(t) if not o.reliable and _types([o]) == [Ping.TYPE]]
+    assert probes and all((o.dst, o.node) == ("10.0.0.77:9999", "b") for o in probes)

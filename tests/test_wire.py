@@ -202,3 +202,14 @@ def test_piggyback_beyond_what_a_datagram_can_hold_is_skipped_and_counted() -> N
     env = decode(encode("a", Gossip(), items), limit=1 << 20)  # only a stream frame can carry this many
     assert len(env.piggyback) == MAX_PIGGYBACK == MAX_DATAGRAM // 2
     assert env.bad_items == 100 and env.piggyback[-1] == Suspect(MAX_PIGGYBACK - 1, "n", "m")
+
+
+def test_meta_display_name_round_trips_and_old_eight_field_meta_still_decodes():
+    from mesh.membership.meta import NodeMeta
+
+    m = NodeMeta(name="truck-7", fault_domain="eu/berlin/truck-7")
+    assert NodeMeta.from_wire(m.to_wire()) == m
+    old = m.to_wire()[:8]  # a peer from before the display name existed
+    assert NodeMeta.from_wire(old).name == ""
+    newer = m.to_wire() + ["a field from a newer peer"]
+    assert NodeMeta.from_wire(newer) == m
