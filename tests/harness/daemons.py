@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mesh.daemon.api import ApiClient, ApiClientError
-from tests.harness.procs import Proc, ProcessGroup, free_port
+from tests.harness.procs import Proc, ProcessGroup, free_port_pair
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Mesh:
               secret: Path | None = None, wait: bool = True) -> Node:
         node = self.nodes.get(name)
         if node is None:
-            node = Node(name, self.root / name, port or free_port("udp"))
+            node = Node(name, self.root / name, port or free_port_pair())
             self.nodes[name] = node
         args = [sys.executable, "-m", "mesh.cli", "node", "run", "--data-dir", str(node.data_dir),
                 "--bind", node.addr, "--name", name, "--profile", self.profile]

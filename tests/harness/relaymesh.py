@@ -17,12 +17,11 @@ failure; the daemons are stopped by the :class:`ProcessGroup` they were started 
 from __future__ import annotations
 
 import errno
-import socket
 from pathlib import Path
 from typing import Any
 
 from tests.harness.daemons import Mesh, Node
-from tests.harness.procs import ProcError, ProcessGroup, free_port
+from tests.harness.procs import ProcError, ProcessGroup, free_port_pair
 from tests.harness.relay import RelayError, TcpRelay, UdpRelay
 
 
@@ -124,18 +123,9 @@ class RelayMesh:
         raise RelayError(f"could not start {name} behind a relay")
 
     def _free_port(self) -> int:
-        """A port free for both UDP and TCP and not one of our relays'."""
+        """A port free for both UDP and TCP and not one of our relays' or daemons'."""
         taken = {p.port for p in self.relays.values()} | {n.port for n in self.mesh.nodes.values()}
-        while True:
-            port = free_port("udp")
-            if port in taken:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
+        return free_port_pair(avoid=taken)
 
     def addr(self, name: str) -> str:
         """The address peers use for ``name``: its relay's."""
