@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -52,10 +51,6 @@ def _rtts(node: Node) -> dict[str, float | None]:
 
 def _all_rtts(nodes: list[Node]) -> list[float | None]:
     return [v for n in nodes for v in _rtts(n).values()]
-
-
-def _metric_sum(node: Node, name: str, labels: str = "") -> float:
-    return node.metric(name, labels)
 
 
 @pytest.mark.slow
