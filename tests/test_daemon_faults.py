@@ -60,15 +60,15 @@ def test_relay_delay_shows_in_the_vivaldi_rtt_estimates(procs: ProcessGroup, tmp
         _start(rm, names)
         nodes = [rm.mesh.nodes[n] for n in names]
         # Undelayed loopback: a round trip through one relay and two Python daemons is a few ms.
-        wait_until(lambda: all(v is not None and v < 15.0 for v in _all_rtts(nodes)), 30,
-                   "undelayed RTT estimates below 15 ms")
+        wait_until(lambda: all(v is not None and v < 20.0 for v in _all_rtts(nodes)), 30,
+                   "undelayed RTT estimates below 20 ms")
         before = _all_rtts(nodes)
         # 20 ms each way on every relay: each datagram crosses one relay once, so a probe's round
         # trip gains 40 ms; the daemons add a few ms (the undelayed estimates above). Vivaldi moves
         # each coordinate towards the median of its last 3 samples, a step scaled by the nodes'
         # confidence, so estimates approach ~42 ms over some probes, may overshoot on the way, and
         # then stay within a few ms (measured: 41-47 ms from 15 s on). 30..65 ms is "the delay shows":
-        # an undelayed estimate (< 15 ms) or two relays crossed (80 ms + processing) falls outside.
+        # an undelayed estimate (< 20 ms) or two relays crossed (80 ms + processing) falls outside.
         for pair in rm.relays.values():
             pair.set(delay=0.020)
         band = (30.0, 65.0)
