@@ -26,6 +26,7 @@ import random
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -47,7 +48,7 @@ from mesh.errors import ConfigError
 from mesh.membership import NodeMeta
 from mesh.membership.config import profile as profile_config
 from mesh.membership.state import MemberState
-from mesh.meshfile import load as load_meshfile
+from mesh.daemon.meshsecret import RELOAD_CHECK_SECONDS, MeshSecrets
 from mesh.meshfile import secret_fingerprint
 from mesh.metrics import node_registry, render
 from mesh.node import NodeCore
@@ -252,13 +253,17 @@ class Daemon:
         self.audit = AuditLog(self.dd.audit_path, self.node_id, time.time)
         if self.dd.identity_created:
             self.audit.append("node_key_created", {"node_id": self.node_id}, now_wall=time.time())
+        self.secrets: MeshSecrets | None = None
         if cfg.mesh_secret is not None:
-            mf = load_meshfile(cfg.mesh_secret)
-            self.psk = mf.secret
-            self.mesh_id = mf.mesh_id
-            self.secret_fp = secret_fingerprint(mf.secret)
+            self.secrets = MeshSecrets(cfg.mesh_secret, time.time())
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload request, never a kill (see _mesh_secret_loop)
+            self.psk, self.accepted_psks = self.secrets.dial, self.secrets.accepted
+            self.mesh_id = self.secrets.mesh.mesh_id
+            self.secret_fp = secret_fingerprint(self.secrets.mesh.secret)
         else:
             self.psk, self.mesh_id, self.secret_fp = INSECURE_PSK, "insecure", "insecure"
+            self.accepted_psks = (INSECURE_PSK,)
         snap = self._read_snapshot()
         self.incarnation = int(snap.get("incarnation", 0)) + 1 if snap else 0
         self.known = [a for a in snap.get("members", []) if isinstance(a, str)][:256] if snap else []
@@ -299,7 +304,7 @@ class Daemon:
         )
         self.transport = SecureTransport(
             self.identity, self.psk, self._admit, random.Random(self.rng.getrandbits(64)),
-            TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD),
+            TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD), accepted_psks=self.accepted_psks,
         )
         self.stream_counters: Counter[str] = Counter()
         self.registry, self.metrics = node_registry(
@@ -344,6 +349,8 @@ class Daemon:
                 nursery.start_soon(api.serve, api_listeners)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
+                if self.secrets is not None:
+                    nursery.start_soon(self._mesh_secret_loop)
                 self.emit(self.core.start(now))
                 self.dd.write_api_info(self.api_addr, self.token)
                 task_status.started(self)
@@ -594,7 +601,8 @@ class Daemon:
             except OSError:
                 await stream.aclose()
                 return
-            session = StreamSession(self.identity, self.psk, self._admit, initiator=False, counters=self.stream_counters)
+            session = StreamSession(self.identity, self.psk, self._admit, initiator=False, counters=self.stream_counters,
+                                    accepted_psks=self.accepted_psks)
             conn = Conn(self, session, addr, False, None)
             self.conns_in.add(conn)
             await conn.run(stream)
@@ -710,6 +718,35 @@ class Daemon:
                 await trio.sleep(0.05)
         await trio.sleep(LEAVE_PROPAGATE)
         self.stop()
+
+    async def _mesh_secret_loop(self) -> None:
+        """Reload the mesh file on SIGHUP and when it changes on disk; switch secrets at accept_until."""
+        assert self.secrets is not None
+        with trio.open_signal_receiver(signal.SIGHUP) as hups:
+            hup = hups.__aiter__()
+            while True:
+                forced = False
+                with trio.move_on_after(RELOAD_CHECK_SECONDS):
+                    await hup.__anext__()
+                    forced = True
+                change = self.secrets.poll(time.time(), force=forced)
+                if change is None:
+                    continue
+                if change.error:
+                    self.counters["driver_mesh_secret_reload_failures"] += 1
+                    self.log.error("mesh_secret_reload_failed", error=change.error, sighup=forced)
+                    continue
+                self.psk, self.accepted_psks = change.dial, change.accepted
+                self.transport.set_psks(change.dial, change.accepted)
+                self.secret_fp = secret_fingerprint(self.secrets.mesh.secret)
+                # Streams keyed with a secret no longer accepted end now; datagram sessions at
+                # their next rekey (docs/OPERATIONS.md, rotating the mesh secret).
+                for conn in list(self.conns_out.values()) + list(self.conns_in):
+                    if conn.session.psk not in change.accepted:
+                        conn.close("secret_retired")
+                self.counters["driver_mesh_secret_reloads" if change.reloaded else "driver_mesh_secret_switches"] += 1
+                self.log.info("mesh_secret_reloaded" if change.reloaded else "mesh_secret_switched", sighup=forced,
+                              **change.log_fields(self.secrets.mesh, time.time()))
 
     async def _mdns(self) -> None:
         from mesh.discovery import MdnsDiscovery, MdnsError, interface_ipv4
