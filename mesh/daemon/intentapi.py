@@ -77,6 +77,7 @@ class IntentApi:
             ("GET", "/v1/modules"): self.modules,
             ("GET", "/v1/module"): self.module,
             ("GET", "/v1/deployment"): self.deployment,
+            ("GET", "/v1/intent/visible"): self.visible,
         }
 
     @property
@@ -145,6 +146,14 @@ class IntentApi:
             raise ApiError(400, "body does not match its sha256")
         await trio.to_thread.run_sync(self.d.blob_store.put, sha, req.body)
         return json_answer({"sha256": sha, "size": len(req.body)})
+
+    async def visible(self, req: Request) -> tuple[int, str, bytes]:
+        """When record (signer, seq) became visible on this node (``time.monotonic()``; null if not seen)."""
+        q = parse_qs(req.query)
+        signer, seq = (q.get("signer") or [""])[0], (q.get("seq") or [""])[0]
+        if not _KEY_ID.match(signer) or not seq.isdigit() or len(seq) > 16:
+            raise ApiError(400, "signer (key id) and seq (number) are required")
+        return json_answer({"at": self.d.visible_at.get((signer, int(seq)))})
 
     async def modules(self, req: Request) -> tuple[int, str, bytes]:
         return json_answer(modules_view(self.intent.doc))

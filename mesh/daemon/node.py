@@ -231,6 +231,7 @@ class Daemon:
         self.started_wall = time.time()
         self.conns_out: dict[str, Conn] = {}  # node id (or address for a seed) -> outbound stream
         self.conns_in: set[Conn] = set()
+        self.visible_at: dict[tuple[str, int], float] = {}  # (signer, seq) -> time.monotonic(), bounded
         self._wake = trio.Event()
         self._persist_kick = trio.Event()
         self._durable = trio.Event()  # set (and replaced) after every persisted batch
@@ -294,7 +295,7 @@ class Daemon:
         self.blob_store = DirBlobStore(self.dd.path / "blobs")
         intent = IntentNode(
             self.node_id, self.dd.signing_key, self.trust, random.Random(self.rng.getrandbits(64)),
-            store=EffectStore.over(self.store), audit_sink=self.audit,
+            store=EffectStore.over(self.store), audit_sink=self.audit, on_visible=self._on_visible,
         )
         blobs = BlobTransfer(self.blob_store, counters=intent.counters, node_id=self.node_id, deferred_puts=True)
         seeds = list(cfg.seeds) + [a for a in self.known if a not in cfg.seeds and a != advertise]
@@ -310,6 +311,13 @@ class Daemon:
         self.registry, self.metrics = node_registry(
             self.core, transport=self.transport, stream_counters=self.stream_counters
         )
+
+    def _on_visible(self, rec: Any, now: float) -> None:
+        # When each record became visible here, on the host's monotonic clock (CLOCK_MONOTONIC,
+        # shared by every process on the machine): GET /v1/intent/visible, for propagation benches.
+        self.visible_at[(rec.signer, rec.seq)] = time.monotonic()
+        if len(self.visible_at) > 10_000:
+            self.visible_at.pop(next(iter(self.visible_at)))
 
     def _admit(self, node_id: str, ed25519_public: bytes) -> bool:
         return node_id_of(ed25519_public) == node_id
