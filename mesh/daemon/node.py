@@ -301,7 +301,8 @@ class Daemon:
         )
         self.stream_counters: Counter[str] = Counter()
         self.registry, self.metrics = node_registry(
-            self.core, transport=self.transport, stream_counters=self.stream_counters
+            self.core, transport=self.transport, stream_counters=self.stream_counters,
+            driver_counters=self.counters, audit_counters=self.audit.counters,
         )
 
     def _admit(self, node_id: str, ed25519_public: bytes) -> bool:
