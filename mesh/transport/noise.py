@@ -223,12 +223,16 @@ class SecureTransport:
         admit: Admit,
         rng: random.Random,
         config: TransportConfig | None = None,
+        on_refused: Callable[[str, Addr], None] | None = None,
     ) -> None:
         if len(mesh_psk) != 32:
             raise ConfigError("the mesh secret (Noise PSK) is exactly 32 bytes")
         self.identity = identity
         self.psk = bytes(mesh_psk)
         self.admit = admit
+        # Told of every refused handshake as (reason, address): "psk_failure" or a check_peer reason
+        # (not_admitted, unexpected_peer, bad_binding, ...). The daemon audits these; it must not raise.
+        self.on_refused = on_refused
         self.rng = rng
         self.config = config or TransportConfig()
         self.counters: Counter[str] = Counter()
@@ -456,11 +460,12 @@ class SecureTransport:
         except NOISE_ERRORS:
             # Wrong mesh secret (or a forged message 1): silence, no state, just a count.
             self.counters["handshake_psk_failures"] += 1
+            self._tell_refused("psk_failure", addr)
             return []
         self._remember_ephemeral(data[1:33], now)
         remote_index = decode_hello(bytes(payload))
         if remote_index is None:
-            self.counters["handshake_refused_version_mismatch"] += 1
+            self._refuse("version_mismatch", addr)
             return []
         idx = self._new_index()
         msg2 = _write(conn, encode_identity(self.identity, idx))
@@ -471,6 +476,14 @@ class SecureTransport:
         self._accepts[idx] = _Accept(addr, conn, hs, idx, remote_index, now + self.config.responder_timeout)
         self.counters["handshake_responses_sent"] += 1
         return [Datagram(addr, bytes([T_RESP]) + remote_index.to_bytes(4, "big") + msg2)]
+
+    def _refuse(self, reason: str, addr: Addr) -> None:
+        self.counters[f"handshake_refused_{reason}"] += 1
+        self._tell_refused(reason, addr)
+
+    def _tell_refused(self, reason: str, addr: Addr) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason, addr)
 
     def _replayed_ephemeral(self, e: bytes, now: float) -> bool:
         """True (and counted) if an authenticated message 1 with this ephemeral key came recently.
@@ -526,7 +539,7 @@ class SecureTransport:
         # The initiator's identity is checked before we answer: an unadmitted key gets silence.
         peer, remote_index, reason = check_peer(bytes(payload), remote_static(hs), self.admit)
         if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
+            self._refuse(reason, addr)
             return []
         idx = self._new_index()
         msg2 = _write(conn, encode_identity(self.identity, idx))
@@ -590,7 +603,7 @@ class SecureTransport:
             bytes(payload), rs(), self.admit, dial.expected_node_id, dial.expected_ed25519
         )
         if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
+            self._refuse(reason, dial.addr)
             self._end_dial(dial, failed=True)
             return None
         return peer, remote_index
@@ -651,7 +664,7 @@ class SecureTransport:
             return []
         peer, remote_index, reason = check_peer(bytes(payload), remote_static(acc.hs), self.admit)
         if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
+            self._refuse(reason, addr)
             return []
         if remote_index != acc.remote_index:
             self.counters["handshake_invalid"] += 1
