@@ -284,6 +284,52 @@ class IntentNode:
         self.sync.local_update(data, now)
         return ack
 
+    def submit(self, data: bytes, now: float, wall: float | None = None) -> tuple[str, WriteAck | PendingWrite | None]:
+        """Add a record a client signed itself (its key never reaches the node): the same path as a local write.
+
+        The record is verified like one from a peer (trust, role, signature, schema, chain), then
+        stored; with an effect store it is acknowledged and pushed to peers only once durable
+        (the returned :class:`PendingWrite`'s token, see :meth:`durable`). Returns ``(status,
+        ack)``: ``accepted`` or ``pending`` (stored above a gap of the signer's chain, enters the
+        view once the gap is filled) with an ack; ``duplicate`` (already stored: durable unless
+        a pending write still holds it) or ``held`` (wall time too far ahead, stored when due)
+        with None. Raise ValidationError (bad bytes, schema, chain) or PermissionDenied
+        (unknown signer, role) and store nothing.
+        """
+        from crdt.logrecord import LogRecord
+
+        self.now = max(self.now, now)
+        try:
+            rec = LogRecord.decode(data)
+        except ValidationError as exc:
+            raise ValidationError(f"record refused: {exc}") from None
+        res = self.doc.add(bytes(data), self._stamp(now, wall), now)
+        if res.status == "rejected":
+            msg = f"{rec.kind} {rec.key!r:.80} by {rec.signer} seq {rec.seq} refused: {res.reason}"
+            if res.reason in ("unknown_signer", "role", "not_owner", "revoked"):
+                raise PermissionDenied(msg)
+            raise ValidationError(msg)
+        if res.status == "duplicate":
+            for token, ack, _ in self._unacked:
+                if (ack.signer, ack.seq) == (rec.signer, rec.seq):
+                    return res.status, PendingWrite(ack.kind, ack.key, ack.signer, ack.seq, token)
+            return res.status, None
+        if res.status == "held":
+            return res.status, None
+        self.counters.local_writes += 1
+        token = self.store.append(bytes(data))
+        ack = WriteAck(rec.kind, rec.key, rec.signer, rec.seq)
+        self.log.info("crdt_client_write", kind=rec.kind, key=rec.key[:120], signer=rec.signer, seq=rec.seq, status=res.status)
+        if self._deferred:
+            self._unacked.append((token, ack, bytes(data)))
+            return res.status, PendingWrite(rec.kind, rec.key, rec.signer, rec.seq, token)
+        self.sync.local_update(bytes(data), now)
+        return res.status, ack
+
+    def head(self, signer: str, kind: str, key: str, now: float, wall: float | None = None) -> tuple[int, bytes, int]:
+        """``(next seq, prev id, minimum wall_ms)`` for ``signer``'s next record in ``kind:key`` (see SignedLog.next_position)."""
+        return self.doc.records.next_position(signer, kind, key, int(self._stamp(now, wall) * 1000))
+
     def publish(self, manifest: Manifest, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
         """Add a module version to the registry; versions are immutable and never republished."""
         manifest_from_payload(manifest.to_payload())

@@ -41,6 +41,7 @@ from crdt.store import EffectStore, SqliteStore
 from crdt.trust import TrustConfig
 from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
+from mesh.daemon.intentapi import IntentApi
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
 from mesh.datadir import DataDir
 from mesh.errors import ConfigError
@@ -287,7 +288,7 @@ class Daemon:
         self.blob_store = DirBlobStore(self.dd.path / "blobs")
         intent = IntentNode(
             self.node_id, self.dd.signing_key, self.trust, random.Random(self.rng.getrandbits(64)),
-            store=EffectStore.over(self.store), audit_sink=self.audit,
+            store=EffectStore.over(self.store), audit_sink=self._audit_record,
         )
         blobs = BlobTransfer(self.blob_store, counters=intent.counters, node_id=self.node_id, deferred_puts=True)
         seeds = list(cfg.seeds) + [a for a in self.known if a not in cfg.seeds and a != advertise]
@@ -303,6 +304,12 @@ class Daemon:
         self.registry, self.metrics = node_registry(
             self.core, transport=self.transport, stream_counters=self.stream_counters
         )
+
+    def _audit_record(self, ev: Any) -> None:
+        """The intent audit sink: an invalid record or an equivocation, into the hash-chained audit log."""
+        self.audit.append("record_" + ("equivocation" if ev.reason == "equivocation" else "invalid"), {
+            "slot": ev.slot, "reason": ev.reason, "detail": ev.detail[:200], "signer": ev.signer, "seq": ev.seq,
+        }, now_wall=time.time())
 
     def _admit(self, node_id: str, ed25519_public: bytes) -> bool:
         return node_id_of(ed25519_public) == node_id
@@ -745,6 +752,7 @@ class Daemon:
             ("POST", "/v1/meta"): self._api_meta,
             ("GET", "/v1/sessions"): self._api_sessions,
             ("GET", "/metrics"): self._api_metrics,
+            **IntentApi(self).routes(),
         }
 
     def member_rows(self) -> list[dict[str, Any]]:
