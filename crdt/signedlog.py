@@ -133,6 +133,10 @@ def schema_validator(kv_limits: KvLimits = KvLimits(), tolerance_ms: int = FUTUR
         "kv": lambda k, p: validate_kv_payload(k, p, kv_limits),
     }
 
+    from crdt.meshtrust import validate_trust_payload  # meshtrust builds on this module
+
+    checks["trust"] = validate_trust_payload
+
     def validate(rec: LogRecord) -> None:
         if rec.tombstone:
             if rec.payload is not None and not isinstance(rec.payload, dict):
