@@ -22,7 +22,8 @@ from urllib.parse import parse_qs
 
 import trio
 
-from crdt.errors import CrdtError, PermissionDenied
+from crdt.errors import CrdtError, PermissionDenied, ValidationError
+from crdt.logrecord import LogRecord
 from crdt.intent import PendingWrite
 from crdt.logrecord import MAX_LOG_RECORD_BYTES
 from crdt.records import KINDS
@@ -49,6 +50,13 @@ def query_one(req: Request, name: str, required: bool = True) -> str:
     return vals[0]
 
 
+def _kind_of(data: bytes) -> str:
+    try:
+        return LogRecord.decode(data).kind
+    except ValidationError:
+        return ""
+
+
 class IntentApi:
     """The intent routes of one daemon (mounted by ``Daemon._routes``)."""
 
@@ -59,7 +67,16 @@ class IntentApi:
         return {
             ("GET", "/v1/intent/head"): self.head,
             ("POST", "/v1/intent/records"): self.records,
+            ("GET", "/v1/trust"): self.trust,
         }
+
+    async def trust(self, req: Request) -> tuple[int, str, bytes]:
+        """The effective replicated trust (roots, grants, revocations) and this node's local trust.json keys."""
+        intent = self._intent()
+        out = intent.doc.adapter.to_json()
+        out["local"] = self.d.trust.to_json()["keys"]
+        out["insecure"] = not intent.doc.adapter.roots
+        return json_answer(out)
 
     def _intent(self) -> Any:
         intent = self.d.core.intent
@@ -104,6 +121,9 @@ class IntentApi:
         now = trio.current_time()
         error: ApiError | None = None
         for i, data in enumerate(blobs):
+            if not intent.doc.adapter.roots and _kind_of(data) == "trust":
+                raise ApiError(400, "this mesh has no admin keys (an --insecure node, no mesh file): trust records cannot be "
+                               "written here; use a mesh file (`wasmatrix mesh init`) or offline `keygen --data-dir` on a stopped node")
             try:
                 status, ack = intent.submit(data, now, time.time())
             except PermissionDenied as exc:

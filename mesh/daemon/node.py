@@ -239,6 +239,7 @@ class Daemon:
         self.token = secrets.token_urlsafe(32)
         self.stream_timeout = profile_config(cfg.profile).stream_timeout
         self.fatal: str | None = None
+        self.revoked_seen: set[str] = set()
 
     # ------------------------------------------------------------------ start-up (sync, before the loop)
 
@@ -255,9 +256,11 @@ class Daemon:
             mf = load_meshfile(cfg.mesh_secret)
             self.psk = mf.secret
             self.mesh_id = mf.mesh_id
+            self.trust_roots = [a.public_key for a in mf.admins]
             self.secret_fp = secret_fingerprint(mf.secret)
         else:
             self.psk, self.mesh_id, self.secret_fp = INSECURE_PSK, "insecure", "insecure"
+            self.trust_roots = []  # no mesh file, no admin keys: no replicated grants
         snap = self._read_snapshot()
         self.incarnation = int(snap.get("incarnation", 0)) + 1 if snap else 0
         self.known = [a for a in snap.get("members", []) if isinstance(a, str)][:256] if snap else []
@@ -288,8 +291,9 @@ class Daemon:
         self.blob_store = DirBlobStore(self.dd.path / "blobs")
         intent = IntentNode(
             self.node_id, self.dd.signing_key, self.trust, random.Random(self.rng.getrandbits(64)),
-            store=EffectStore.over(self.store), audit_sink=self._audit_record,
+            store=EffectStore.over(self.store), audit_sink=self._audit_record, roots=self.trust_roots,
         )
+        self.trust_gen = -1
         blobs = BlobTransfer(self.blob_store, counters=intent.counters, node_id=self.node_id, deferred_puts=True)
         seeds = list(cfg.seeds) + [a for a in self.known if a not in cfg.seeds and a != advertise]
         self.core = NodeCore(
@@ -312,7 +316,32 @@ class Daemon:
         }, now_wall=time.time())
 
     def _admit(self, node_id: str, ed25519_public: bytes) -> bool:
-        return node_id_of(ed25519_public) == node_id
+        # A node id named by a replicated revocation is refused at every handshake.
+        return node_id_of(ed25519_public) == node_id and not self._revoked_node(node_id)
+
+    def _revoked_node(self, node_id: str) -> bool:
+        core = getattr(self, "core", None)
+        return core is not None and core.intent is not None and core.intent.doc.adapter.node_revoked(node_id)
+
+    def _trust_changed(self) -> None:
+        """The replicated trust changed: cut the sessions and streams of revoked nodes and declare them dead."""
+        adapter = self.core.intent.doc.adapter  # type: ignore[union-attr]
+        self.trust_gen = adapter.generation
+        now = trio.current_time()
+        for node_id in sorted(adapter.revoked):
+            if node_id == self.node_id:
+                self.log.error("node_revoked_self", detail="this node's id is revoked: every peer refuses it")
+                continue
+            if node_id not in self.revoked_seen:
+                self.revoked_seen.add(node_id)
+                e = adapter.revoked[node_id]
+                self.log.warning("node_revoked", peer=node_id, reason=e.reason, signer=e.signer)
+                self.audit.append("node_revoked", {"peer": node_id, "reason": e.reason[:120], "signer": e.signer}, now_wall=time.time())
+            self.transport.revoke(node_id)
+            for conn in [c for c in list(self.conns_out.values()) + list(self.conns_in) if node_id in (c.peer, c.node)]:
+                conn.close("revoked")
+            if self.core.swim.declare_dead(node_id, now):
+                self.counters["driver_revoked_declared_dead"] += 1
 
     # ------------------------------------------------------------------ run
 
@@ -455,6 +484,8 @@ class Daemon:
         intent = core.intent
         if (intent is not None and intent.store.has_effects()) or (core.blobs is not None and core.blobs.has_puts()):  # type: ignore[attr-defined]
             self._persist_kick.set()
+        if intent is not None and intent.doc.adapter.generation != self.trust_gen:
+            self._trust_changed()
         events = core.drain_events()
         if events:
             self.metrics.observe_events(events)
@@ -470,7 +501,10 @@ class Daemon:
             return
         m = self.core.swim.members.peek(ev.node)
         name = m.meta.name if m is not None else ""
-        if ev.kind in ("join", "alive") and m is not None and m.key:
+        if ev.kind in ("join", "alive") and self._revoked_node(ev.node):
+            self.core.swim.declare_dead(ev.node, trio.current_time())  # gossip cannot bring a revoked node back
+            self.counters["driver_revoked_declared_dead"] += 1
+        elif ev.kind in ("join", "alive") and m is not None and m.key:
             if node_id_of(m.key) == ev.node:
                 self.trust.admit_node(ev.node, m.key)
             else:
