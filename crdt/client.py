@@ -79,18 +79,19 @@ def sign_next(
 
 
 def submit(api: ApiLike, records: Iterable[LogRecord]) -> list[dict[str, Any]]:
-    """Send records (in order) to the node; return its per-record results once they are durable.
+    """Send records (in order) to the node; return its acks (``kind, key, signer, seq``) once durable.
 
-    Raises whatever ``api.post`` raises for a refusal (the daemon client: ``ApiClientError``
-    with status 403 for trust or role, 400 for a malformed or out-of-chain record).
+    Each record must be its signer's next position on that node. Raises whatever ``api.post``
+    raises for a refusal (the daemon client: ``ApiClientError`` with status 403 for trust, role
+    or revocation, 412 when the position was taken meanwhile (sign again), 400 otherwise).
     """
     body = {"records": [base64.b64encode(r.encode()).decode("ascii") for r in records]}
     ans = api.post("/v1/intent/records", body)
-    if not isinstance(ans, dict) or not isinstance(ans.get("results"), list):
+    if not isinstance(ans, dict) or not isinstance(ans.get("acks"), list):
         raise ValidationError("the node answered a malformed submit result")
-    return ans["results"]
+    return ans["acks"]
 
 
 def write(api: ApiLike, key: SigningKey, kind: str, slot: str, payload: Any, tombstone: bool = False) -> dict[str, Any]:
-    """Sign one record and submit it; the node's result row (``status``, ``seq``, ...)."""
+    """Sign one record and submit it; the node's ack (``kind, key, signer, seq``)."""
     return submit(api, [sign_next(api, key, kind, slot, payload, tombstone)])[0]

@@ -69,6 +69,37 @@ class WriteAck:
 
 
 @dataclass(slots=True, frozen=True)
+class PreparedWrite:
+    """The fields of a record a remote signer must sign (``IntentNode.prepare``)."""
+
+    kind: str
+    key: str
+    payload: Any
+    tombstone: bool
+    seq: int
+    prev: bytes
+    wall_ms: int
+
+
+class _Captured(Exception):
+    def __init__(self, prepared: PreparedWrite) -> None:
+        self.prepared = prepared
+
+
+class _CaptureSigner:
+    """Stands in for a private key: the write runs to the signature, which it captures instead."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+
+    def sign(self, message: bytes) -> bytes:
+        from crdt.logrecord import unpack_signing_bytes
+
+        kind, key, tombstone, payload, seq, prev, wall_ms = unpack_signing_bytes(message, self.key_id)
+        raise _Captured(PreparedWrite(kind, key, payload, tombstone, seq, prev, wall_ms))
+
+
+@dataclass(slots=True, frozen=True)
 class PendingWrite:
     """A write applied locally whose persist effect ``token`` is not yet durable: not an acknowledgement."""
 
@@ -261,6 +292,43 @@ class IntentNode:
         """Convergence check: is the write ``(signer, seq)`` visible in this node's effective view?"""
         return self.doc.has_write(signer, seq)
 
+    # --- writing for a remote signer (the CLI keeps its private key) ----------------------
+
+    def prepare(self, signer_id: str, write: Any) -> "PreparedWrite":
+        """Run ``write(signer)`` (any write method, e.g. ``lambda k: node.publish(m, k, now)``) up to the
+        point where the record would be signed, and return what the holder of ``signer_id``'s
+        private key must sign: the same checks as a local write (roles, conflicts, resolution of
+        version ranges), the same sequence number, chain link and wall time. Nothing is stored.
+        """
+        capture = _CaptureSigner(signer_id)
+        try:
+            write(capture)
+        except _Captured as cap:
+            return cap.prepared
+        raise ValidationError("the write produced no record to sign")
+
+    def submit(self, data: bytes, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Add a record a client signed after :meth:`prepare`, as a local write of its signer.
+
+        Refused (nothing stored) unless it is exactly the signer's next position here: a record
+        for a position another write took since, or with a stale chain link, would fork the
+        signer's chain and freeze its key mesh-wide (``Conflict``: prepare again).
+        """
+        from crdt.logrecord import LogRecord
+
+        rec = LogRecord.decode(data)
+        st = self.doc.records
+        if rec.seq != st.next_seq_for(rec.signer) or rec.prev != st.chain_head(rec.signer):
+            raise Conflict(f"key {rec.signer} wrote seq {rec.seq} meanwhile or the record is stale; prepare it again")
+        self.now = max(self.now, now)
+        res = self.doc.add(data, self._stamp(now, wall), now)
+        if res.status not in ("accepted",):
+            msg = f"{rec.kind} {rec.key!r:.80} refused: {res.reason or res.status}"
+            if res.reason in ("unknown_signer", "role", "not_owner", "revoked"):
+                raise PermissionDenied(msg)
+            raise ValidationError(msg)
+        return self._store_local(rec.kind, rec.key, rec.signer, rec.seq, data, now)
+
     # --- writing ------------------------------------------------------------------------
 
     def _commit(
@@ -279,57 +347,17 @@ class IntentNode:
         rec, res = self.doc.append(signer, kind, key, payload, self._stamp(now, wall), now)
         if res.status == "rejected":  # the same checks a receiver runs: nothing was stored, no seq used
             raise ValidationError(f"{kind} {key!r:.80} refused: {res.reason}")
-        data = rec.encode()
+        return self._store_local(kind, key, signer.key_id, rec.seq, rec.encode(), now)
+
+    def _store_local(self, kind: str, key: str, signer: str, seq: int, data: bytes, now: float) -> WriteAck | PendingWrite:
         token = self.store.append(data)  # disk store: committed here; effect store: queued
-        ack = WriteAck(kind, key, signer.key_id, rec.seq)
-        self.log.info("crdt_local_write", kind=kind, key=key[:120], signer=signer.key_id, seq=rec.seq)
+        ack = WriteAck(kind, key, signer, seq)
+        self.log.debug("crdt_local_write", kind=kind, key=key[:120], signer=signer, seq=seq)
         if self._deferred:
             self._unacked.append((token, ack, data))
-            return PendingWrite(kind, key, signer.key_id, rec.seq, token)
+            return PendingWrite(kind, key, signer, seq, token)
         self.sync.local_update(data, now)
         return ack
-
-    def submit(self, data: bytes, now: float, wall: float | None = None) -> tuple[str, WriteAck | PendingWrite | None]:
-        """Add a record a client signed itself (its key never reaches the node): the same path as a local write.
-
-        The record is verified like one from a peer (trust, role, signature, schema, chain), then
-        stored; with an effect store it is acknowledged and pushed to peers only once durable
-        (the returned :class:`PendingWrite`'s token, see :meth:`durable`). Returns ``(status,
-        ack)``: ``accepted`` or ``pending`` (stored above a gap of the signer's chain, enters the
-        view once the gap is filled) with an ack; ``duplicate`` (already stored: durable unless
-        a pending write still holds it) or ``held`` (wall time too far ahead, stored when due)
-        with None. Raise ValidationError (bad bytes, schema, chain) or PermissionDenied
-        (unknown signer, role) and store nothing.
-        """
-        from crdt.logrecord import LogRecord
-
-        self.now = max(self.now, now)
-        try:
-            rec = LogRecord.decode(data)
-        except ValidationError as exc:
-            raise ValidationError(f"record refused: {exc}") from None
-        res = self.doc.add(bytes(data), self._stamp(now, wall), now)
-        if res.status == "rejected":
-            msg = f"{rec.kind} {rec.key!r:.80} by {rec.signer} seq {rec.seq} refused: {res.reason}"
-            if res.reason in ("unknown_signer", "role", "not_owner", "revoked"):
-                raise PermissionDenied(msg)
-            raise ValidationError(msg)
-        if res.status == "duplicate":
-            for token, ack, _ in self._unacked:
-                if (ack.signer, ack.seq) == (rec.signer, rec.seq):
-                    return res.status, PendingWrite(ack.kind, ack.key, ack.signer, ack.seq, token)
-            return res.status, None
-        if res.status == "held":
-            return res.status, None
-        self.counters.local_writes += 1
-        token = self.store.append(bytes(data))
-        ack = WriteAck(rec.kind, rec.key, rec.signer, rec.seq)
-        self.log.info("crdt_client_write", kind=rec.kind, key=rec.key[:120], signer=rec.signer, seq=rec.seq, status=res.status)
-        if self._deferred:
-            self._unacked.append((token, ack, bytes(data)))
-            return res.status, PendingWrite(rec.kind, rec.key, rec.signer, rec.seq, token)
-        self.sync.local_update(bytes(data), now)
-        return res.status, ack
 
     def head(self, signer: str, kind: str, key: str, now: float, wall: float | None = None) -> tuple[int, bytes, int]:
         """``(next seq, prev id, minimum wall_ms)`` for ``signer``'s next record in ``kind:key`` (see SignedLog.next_position)."""

@@ -54,14 +54,17 @@ def test_client_signed_records_are_stored_durably_and_replicate(procs: ProcessGr
     r1 = sign_next(api_a, key, "routes", k1, p1)
     r2 = sign_next(None, key, "routes", k2, p2, after=r1)
     res = submit(api_a, [r1, r2])
-    assert [(x["status"], x["seq"]) for x in res] == [("accepted", 1), ("accepted", 2)]
+    assert [x["seq"] for x in res] == [1, 2]
     seq, prev, wall = head(api_a, key.key_id, "routes", k1)
     assert (seq, prev) == (3, r2.id) and wall >= r1.wall_ms + 1
     # replicated: b knows the chain head
     wait_until(lambda: head(api_b, key.key_id)[0] == 3, 10, "b holds both records")
 
-    # the same record again: a duplicate, nothing new
-    assert submit(api_a, [r1])[0]["status"] == "duplicate"
+    # the same record again: not the signer's next position (412: sign again), nothing new
+    with pytest.raises(ApiClientError) as ei:
+        submit(api_a, [r1])
+    assert ei.value.status == 412
+    assert head(api_a, key.key_id)[0] == 3
     # a stranger's record: 403; garbage: 400
     stranger = SigningKey.generate()
     with pytest.raises(ApiClientError) as ei:

@@ -90,7 +90,7 @@ def keygen_online(args: argparse.Namespace) -> int | None:
     except CrdtError as exc:
         return _err(str(exc))
     _print(args, {"key_id": key.key_id, "role": args.role, "private_key": str(out), "public_key": f"{out}.pub",
-                  "granted_by": admin.key_id, "grant_seq": res.get("seq"), "status": res.get("status")},
+                  "granted_by": admin.key_id, "grant_seq": res.get("seq")},
            f"{key.key_id} {args.role}: granted by {admin.key_id} (replicating); private key {out}")
     return EXIT_OK
 
@@ -117,7 +117,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     except CrdtError as exc:
         return _err(str(exc), EXIT_USAGE)
     _print(args, {"revoked": target, "through_seq": payload["through_seq"], "at_ms": now_ms, "signer": signer.key_id,
-                  "status": res.get("status")},
+                  "seq": res.get("seq")},
            f"{target} revoked by {signer.key_id} (records after seq {payload['through_seq']} cut; the node id is refused mesh-wide)")
     return EXIT_OK
 

@@ -74,7 +74,8 @@ STREAM_IDLE = 60.0  # an outbound stream with no traffic for this long is closed
 MAX_STREAM_BUFFER = 8 << 20  # queued bytes per stream before it is reported backpressured
 HARD_STREAM_BUFFER = 32 << 20  # ... and closed
 MAX_PENDING_FRAMES = 256  # frames queued while a stream handshakes
-LEAVE_GRACE = 2.0  # seconds a leaving node keeps gossiping its leave
+LEAVE_GRACE = 3.0  # at most this long a leaving node waits for its leave broadcasts to go out
+LEAVE_PROPAGATE = 0.5  # then this long (Serf's LeavePropagateDelay is 1 s)
 SNAPSHOT_INTERVAL = 10.0
 DEBUG_PACKETS = os.environ.get("WASMATRIX_DEBUG_PACKETS") == "1"
 
@@ -232,6 +233,7 @@ class Daemon:
         self.conns_in: set[Conn] = set()
         self._wake = trio.Event()
         self._persist_kick = trio.Event()
+        self._durable = trio.Event()  # set (and replaced) after every persisted batch
         self._snapshot_dirty = True
         self._stopping = False
         self._leaving = False
@@ -363,7 +365,9 @@ class Daemon:
             if cfg.insecure:
                 self.log.warning("insecure_mode", detail="no mesh secret: any process that can reach this port can join")
             self.audit.append("node_started", {"addr": advertise, "incarnation": self.incarnation}, now_wall=time.time())
-            api = ApiServer(self.token, self._routes(), self.counters, self.log)
+            from model.manifest import MAX_MODULE_BYTES
+
+            api = ApiServer(self.token, self._routes(), self.counters, self.log, body_limits={"/v1/blobs": MAX_MODULE_BYTES})
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.udp = udp
@@ -687,6 +691,8 @@ class Daemon:
             self.metrics.observe_fsync(time.perf_counter() - t0)
             self.emit(core.persisted(effects[-1].token, trio.current_time()))
             core.take_acks()
+            self._durable.set()
+            self._durable = trio.Event()
         for put in core.take_blob_puts():
             err = None
             try:
@@ -694,6 +700,12 @@ class Daemon:
             except OSError as exc:
                 err = exc.strerror or str(exc)
             self.emit(core.blob_stored(put.sha256, trio.current_time(), err))
+
+    async def wait_durable(self, token: int, timeout: float) -> None:
+        """Wait until the persist effect ``token`` is durable (then the write is acknowledged)."""
+        with trio.fail_after(timeout):
+            while not self.core.intent.durable(token):  # type: ignore[union-attr]
+                await self._durable.wait()
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -732,45 +744,65 @@ class Daemon:
         now = trio.current_time()
         self.emit(self.core.leave(now))
         self.audit.append("node_left", {"incarnation": self.core.swim.incarnation}, now_wall=time.time())
-        grace = min(LEAVE_GRACE, max(0.5, 4 * self.core.swim.config.gossip_interval))
-        with trio.move_on_after(grace):
-            while len(self.core.swim.broadcasts):
+        # Like Serf: gossip the leave until its broadcasts are out (bounded), then a short
+        # propagation delay so a peer still mid-handshake with us gets it too.
+        with trio.move_on_after(LEAVE_GRACE):
+            while len(self.core.swim.broadcasts) or self.transport.pending_handshakes:
                 await trio.sleep(0.05)
-        await trio.sleep(0.1)
+        await trio.sleep(LEAVE_PROPAGATE)
         self.stop()
 
     async def _mdns(self) -> None:
-        try:
-            from mesh.discovery import MdnsDiscovery  # type: ignore[import-not-found]
-        except ImportError:
-            self.log.error("mdns_unavailable")
-            return
+        from mesh.discovery import MdnsDiscovery, MdnsError, interface_ipv4
+
         send, recv = trio.open_memory_channel[tuple[str, str]](64)
         token = trio.lowlevel.current_trio_token()
 
-        def found(node_id: str, addr: str) -> None:
+        def found(node_id: str, addr: str) -> None:  # on zeroconf's thread
             try:
                 trio.from_thread.run_sync(send.send_nowait, (node_id, addr), trio_token=token)
             except (trio.WouldBlock, trio.RunFinishedError, trio.Cancelled):
-                pass
+                self.counters["driver_mdns_dropped"] += 1
 
-        port = parse_hostport(self.advertise, "advertise")[1]
-        disc = MdnsDiscovery(self.cfg.mdns, self.node_id, port, on_found=found)
+        iface = self.cfg.mdns
+        adv_host, port = parse_hostport(self.advertise, "advertise")
         try:
+            ip = interface_ipv4(iface)  # type: ignore[arg-type]
+            if adv_host != ip:
+                # mDNS announces the interface's address: peers must reach us there.
+                raise MdnsError(f"the node is reached at {self.advertise} but {iface} has {ip}; "
+                                f"bind (or --advertise) {ip}:{port}, or 0.0.0.0 with --advertise {ip}:{port}")
+            disc = MdnsDiscovery(iface, self.node_id, port, on_found=found)  # type: ignore[arg-type]
             await trio.to_thread.run_sync(disc.start)
-        except Exception as exc:
-            self.log.error("mdns_failed", iface=self.cfg.mdns, error=str(exc))
-            self.stop(f"--mdns {self.cfg.mdns}: {exc}")
+        except (MdnsError, OSError) as exc:
+            self.log.error("mdns_failed", iface=iface, error=str(exc))
+            self.stop(f"--mdns {iface}: {exc}")
             return
         self.mdns = disc
+        self.log.info("mdns_started", iface=iface, addr=f"{ip}:{port}")
+
+        async def refresh_while_alone() -> None:
+            # zeroconf stops querying after its start-up burst; a node alone (a healed link, a
+            # late neighbour) asks again, with backoff and jitter.
+            delay = 1.0
+            while True:
+                await trio.sleep(delay * (0.75 + 0.5 * self.rng.random()))
+                if self.core.swim.num_members() <= 1:
+                    await trio.to_thread.run_sync(disc.refresh)
+                    delay = min(delay * 2, 30.0)
+                else:
+                    delay = 1.0
+
         try:
-            async for node_id, addr in recv:
-                if node_id == self.node_id:
-                    continue
-                m = self.core.swim.members.peek(node_id)
-                if m is None or m.state in (MemberState.DEAD, MemberState.LEFT):
-                    self.log.info("mdns_found", peer=node_id, addr=addr)
-                    self.emit(self.core.swim.join([addr], trio.current_time()))
+            async with trio.open_nursery() as n:
+                n.start_soon(refresh_while_alone)
+                async for node_id, addr in recv:
+                    if node_id == self.node_id:
+                        continue
+                    m = self.core.swim.members.peek(node_id)
+                    if m is None or m.state in (MemberState.DEAD, MemberState.LEFT):
+                        self.log.info("mdns_found", peer=node_id, addr=addr)
+                        self.emit(self.core.swim.join([addr], trio.current_time()))
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(disc.close)
@@ -778,7 +810,9 @@ class Daemon:
     # ------------------------------------------------------------------ control API
 
     def _routes(self) -> dict[tuple[str, str], Any]:
-        return {
+        from mesh.daemon.intentapi import IntentApi
+
+        return IntentApi(self).routes() | {
             ("GET", "/v1/status"): self._api_status,
             ("GET", "/v1/members"): self._api_members,
             ("POST", "/v1/join"): self._api_join,

@@ -81,7 +81,7 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: fl
 class Mesh:
     """A set of daemons on loopback sharing one mesh secret (or ``--insecure``)."""
 
-    def __init__(self, group: ProcessGroup, root: Path, *, mesh_file: Path | None = None, profile: str = "lan",
+    def __init__(self, group: ProcessGroup, root: Path, *, mesh_file: Path | None = None, profile: str | None = None,
                  extra: list[str] | None = None) -> None:
         self.group = group
         self.root = root
@@ -97,7 +97,7 @@ class Mesh:
             node = Node(name, self.root / name, port or 0)
             self.nodes[name] = node
         args = [sys.executable, "-m", "mesh.cli", "node", "run", "--data-dir", str(node.data_dir),
-                "--bind", node.addr, "--name", name, "--profile", self.profile]
+                "--bind", node.addr, "--name", name] + (["--profile", self.profile] if self.profile else [])
         secret = secret or self.mesh_file
         args += ["--mesh-secret", str(secret)] if secret else ["--insecure"]
         for s in seeds:
