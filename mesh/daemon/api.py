@@ -9,6 +9,8 @@ GET      /v1/members         one object per known member (see ``wasmatrix member
 POST     /v1/join            ``{"addr": "HOST:PORT"}``: push-pull with that node
 POST     /v1/leave           graceful leave, then the daemon exits 0
 POST     /v1/meta            ``{"set": {"k": "v"}, "unset": ["k"]}``: change labels
+GET      /v1/intent/head     where a signer's next record goes (mesh/daemon/intentapi.py)
+POST     /v1/intent/records  client-signed records, answered once durable (crdt/client.py signs)
 GET      /metrics            Prometheus text (no token: scrapers carry none; bind the API to loopback)
 =======  ==================  ====================================================
 
