@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 
 from mesh.daemon.api import ApiClient, ApiClientError
 from mesh.datadir import API_FILE, DataDirError, read_api_info
+from mesh.errors import MeshError
 from mesh.membership.config import PROFILES, MembershipConfig
 
 MIN_NODES = 3
@@ -232,6 +233,8 @@ class Demo:
             self.summary["ok"] = True
         except DemoError as exc:
             self.summary["error"] = str(exc)
+        except (OSError, MeshError) as exc:  # the temp dir, the mesh file, spawning a process
+            self.summary["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             self.summary["pids"] = [n.pid for n in self.started]
             with _signals_deferred():
@@ -459,14 +462,14 @@ def run_cli(nodes: int, profile: str, as_json: bool, keep: bool) -> int:
             summary = demo.run()
         else:
             console.print("[bold]WasmMatrix demo[/]: a real mesh of local daemons "
-                          "(for the simulated 300-node mesh run `wasmatrix sim demo`)")
+                          "(for the simulated 300-node mesh run `wasmatrix sim demo`)", soft_wrap=True)
             with console.status("starting") as box:
                 status_box.append(box)
                 summary = demo.run()
     except KeyboardInterrupt:
         if not as_json:
             console.print(f"interrupted: stopped {len(demo.started)} daemon(s) "
-                          f"(pids {', '.join(str(n.pid) for n in demo.started) or '-'})")
+                          f"(pids {', '.join(str(n.pid) for n in demo.started) or '-'})", soft_wrap=True)
         return 130
     finally:
         for sig, handler in previous.items():
@@ -476,10 +479,10 @@ def run_cli(nodes: int, profile: str, as_json: bool, keep: bool) -> int:
     else:
         console.print()
         _print_summary(console, summary)
-        console.print(f"stopped {len(summary['pids'])} daemons (pids {', '.join(map(str, summary['pids']))})")
+        console.print(f"stopped {len(summary['pids'])} daemons (pids {', '.join(map(str, summary['pids']))})", soft_wrap=True)
         if keep:
-            console.print(f"data dirs and logs kept in {summary['data_dir']} (NAME/ is a data dir, NAME.log its log)")
+            console.print(f"data dirs and logs kept in {summary['data_dir']} (NAME/ is a data dir, NAME.log its log)", soft_wrap=True)
         if summary["error"]:
-            console.print(f"[bold red]demo failed[/]: {summary['error']}")
+            console.print(f"[bold red]demo failed[/]: {summary['error']}", soft_wrap=True)
     return 0 if summary["ok"] else 1
 
