@@ -23,7 +23,7 @@ from crdt.errors import ValidationError
 from crdt.keys import KEY_ID_LEN, SigningKey
 from crdt.records import KINDS, canonical, check_key, pack, unpack_bounded
 
-LOG_DOMAIN = "wasmatrix-log/2"
+from model.canonical import LOG_DOMAIN  # noqa: E402  (model.canonical.log_signing_bytes gives the same bytes)
 LOG_VERSION = 2
 # A record must fit one 65,535-byte transport frame together with its batch framing, so it
 # never needs reassembly (which is where unbounded buffers hide). 60,000 bytes is the sync
@@ -78,6 +78,11 @@ class LogRecord:
         if len(rec.encode()) > MAX_LOG_RECORD_BYTES:
             raise ValidationError(f"log record for {kind}:{key!r:.60} exceeds {MAX_LOG_RECORD_BYTES} bytes")
         return rec
+
+    @property
+    def write_id(self) -> tuple[str, int]:
+        """``(signer key id, seq)``: the position of this write in its signer's chain."""
+        return (self.signer, self.seq)
 
     def message(self) -> bytes:
         """The signed bytes."""

@@ -113,6 +113,7 @@ class NodeCore:
                 "intent_bytes_sent": 0,
                 "intent_no_route": 0,
                 "intent_errors": 0,
+                "intent_datagrams_refused": 0,
             }
         self.last_error: str | None = None
         self.wall: float | None = None  # the driver's latest wall-clock reading
@@ -176,6 +177,11 @@ class NodeCore:
                 out = [replace(o, node=sender, key=key, stream=stream) if o.reliable and o.dst == src else o for o in out]
             return self._name_nodes(out, src, sender) if out else out
         if t in SYNC_TYPES and self.intent is not None:
+            if not reliable:
+                # Sync is stream-only: a datagram cannot be answered on a stream, and a spoofable
+                # source must not make us send records anywhere (reflection).
+                self.counters["intent_datagrams_refused"] += 1
+                return []
             intent, msg, reply_to = self.intent, env.msg, (sender, src, stream)
             return self._translate(self._guard(lambda: intent.receive(sender, msg, now, reply_to)), sender, src, stream)
         if t in BLOB_TYPES and self.blobs is not None:
