@@ -237,11 +237,11 @@ class Demo:
             self.summary["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             self.summary["pids"] = [n.pid for n in self.started]
-            with _signals_deferred():
+            with _signals_deferred():  # a Ctrl-C now is delivered once every daemon is gone and the dir removed
                 self.stop_all()
-            self.summary["figures"]["total_s"] = round(time.monotonic() - t_start, 3)
-            if not self.keep:
-                shutil.rmtree(self.root, ignore_errors=True)
+                self.summary["figures"]["total_s"] = round(time.monotonic() - t_start, 3)
+                if not self.keep:
+                    shutil.rmtree(self.root, ignore_errors=True)
         return self.summary
 
     def _run(self, names: list[str], seed_name: str, killed_name: str, leaver_name: str, cfg: MembershipConfig) -> None:
@@ -466,6 +466,9 @@ def run_cli(nodes: int, profile: str, as_json: bool, keep: bool) -> int:
             with console.status("starting") as box:
                 status_box.append(box)
                 summary = demo.run()
+    except OSError as exc:  # no temp dir: nothing was started
+        print(f"wasmatrix demo: cannot create a temp dir: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if not as_json:
             console.print(f"interrupted: stopped {len(demo.started)} daemon(s) "
