@@ -44,6 +44,7 @@ from bench.serf_harness import (  # noqa: E402
 )
 from bench.wasmatrix_harness import DEFAULT_COMMAND, WasmatrixCluster, daemon_available  # noqa: E402
 from tests.harness.procs import ProcessGroup  # noqa: E402
+from mesh.membership.config import PROFILES  # noqa: E402
 
 GOAL_RATIO = 0.5
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     side = p.add_mutually_exclusive_group()
     side.add_argument("--serf-only", action="store_true", help="measure only the Serf baseline")
     side.add_argument("--ours-only", action="store_true", help="measure only our daemon")
-    p.add_argument("--profile", choices=["lan", "wan", "local", "vehicle"], default=None,
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="our daemon's profile (default: the daemon's default, no --profile flag)")
     p.add_argument("--serf-profile", choices=["lan", "wan", "local"], default="lan")
     p.add_argument("--insecure", action="store_true", help="run ours with --insecure instead of a mesh file")

@@ -69,6 +69,37 @@ class WriteAck:
 
 
 @dataclass(slots=True, frozen=True)
+class PreparedWrite:
+    """The fields of a record a remote signer must sign (``IntentNode.prepare``)."""
+
+    kind: str
+    key: str
+    payload: Any
+    tombstone: bool
+    seq: int
+    prev: bytes
+    wall_ms: int
+
+
+class _Captured(Exception):
+    def __init__(self, prepared: PreparedWrite) -> None:
+        self.prepared = prepared
+
+
+class _CaptureSigner:
+    """Stands in for a private key: the write runs to the signature, which it captures instead."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+
+    def sign(self, message: bytes) -> bytes:
+        from crdt.logrecord import unpack_signing_bytes
+
+        kind, key, tombstone, payload, seq, prev, wall_ms = unpack_signing_bytes(message, self.key_id)
+        raise _Captured(PreparedWrite(kind, key, payload, tombstone, seq, prev, wall_ms))
+
+
+@dataclass(slots=True, frozen=True)
 class PendingWrite:
     """A write applied locally whose persist effect ``token`` is not yet durable: not an acknowledgement."""
 
@@ -256,6 +287,40 @@ class IntentNode:
         """Convergence check: is the write ``(signer, seq)`` visible in this node's effective view?"""
         return self.doc.has_write(signer, seq)
 
+    # --- writing for a remote signer (the CLI keeps its private key) ----------------------
+
+    def prepare(self, signer_id: str, write: Any) -> "PreparedWrite":
+        """Run ``write(signer)`` (any write method, e.g. ``lambda k: node.publish(m, k, now)``) up to the
+        point where the record would be signed, and return what the holder of ``signer_id``'s
+        private key must sign: the same checks as a local write (roles, conflicts, resolution of
+        version ranges), the same sequence number, chain link and wall time. Nothing is stored.
+        """
+        capture = _CaptureSigner(signer_id)
+        try:
+            write(capture)
+        except _Captured as cap:
+            return cap.prepared
+        raise ValidationError("the write produced no record to sign")
+
+    def submit(self, data: bytes, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Add a record a client signed after :meth:`prepare`, as a local write of its signer.
+
+        Refused (nothing stored) unless it is exactly the signer's next position here: a record
+        for a position another write took since, or with a stale chain link, would fork the
+        signer's chain and freeze its key mesh-wide (``Conflict``: prepare again).
+        """
+        from crdt.logrecord import LogRecord
+
+        rec = LogRecord.decode(data)
+        st = self.doc.records
+        if rec.seq != st.next_seq_for(rec.signer) or rec.prev != st.chain_head(rec.signer):
+            raise Conflict(f"key {rec.signer} wrote seq {rec.seq} meanwhile or the record is stale; prepare it again")
+        self.now = max(self.now, now)
+        res = self.doc.add(data, self._stamp(now, wall), now)
+        if res.status not in ("accepted",):
+            raise ValidationError(f"{rec.kind} {rec.key!r:.80} refused: {res.reason or res.status}")
+        return self._store_local(rec.kind, rec.key, rec.signer, rec.seq, data, now)
+
     # --- writing ------------------------------------------------------------------------
 
     def _commit(
@@ -274,13 +339,15 @@ class IntentNode:
         rec, res = self.doc.append(signer, kind, key, payload, self._stamp(now, wall), now)
         if res.status == "rejected":  # the same checks a receiver runs: nothing was stored, no seq used
             raise ValidationError(f"{kind} {key!r:.80} refused: {res.reason}")
-        data = rec.encode()
+        return self._store_local(kind, key, signer.key_id, rec.seq, rec.encode(), now)
+
+    def _store_local(self, kind: str, key: str, signer: str, seq: int, data: bytes, now: float) -> WriteAck | PendingWrite:
         token = self.store.append(data)  # disk store: committed here; effect store: queued
-        ack = WriteAck(kind, key, signer.key_id, rec.seq)
-        self.log.info("crdt_local_write", kind=kind, key=key[:120], signer=signer.key_id, seq=rec.seq)
+        ack = WriteAck(kind, key, signer, seq)
+        self.log.debug("crdt_local_write", kind=kind, key=key[:120], signer=signer, seq=seq)
         if self._deferred:
             self._unacked.append((token, ack, data))
-            return PendingWrite(kind, key, signer.key_id, rec.seq, token)
+            return PendingWrite(kind, key, signer, seq, token)
         self.sync.local_update(data, now)
         return ack
 

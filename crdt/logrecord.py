@@ -42,6 +42,15 @@ def signing_bytes(signer: str, seq: int, prev: bytes, kind: str, key: str, tombs
     return pack([LOG_DOMAIN, signer, seq, prev, kind, key, tombstone, payload, wall_ms])
 
 
+def unpack_signing_bytes(message: bytes, signer: str) -> tuple[str, str, bool, Any, int, bytes, int]:
+    """Inverse of :func:`signing_bytes` for our own message: (kind, key, tombstone, payload, seq, prev, wall_ms)."""
+    obj = unpack_bounded(message, MAX_LOG_RECORD_BYTES, "signing bytes")
+    if not isinstance(obj, list) or len(obj) != 9 or obj[0] != LOG_DOMAIN or obj[1] != signer:
+        raise ValidationError("not the signing bytes of a log record of this signer")
+    _, _, seq, prev, kind, key, tombstone, payload, wall_ms = obj
+    return kind, key, tombstone, payload, seq, prev, wall_ms
+
+
 @dataclass(slots=True, frozen=True)
 class LogRecord:
     """One chained signed record; ``(signer, seq)`` is its position, ``id`` its content hash."""

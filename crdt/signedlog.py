@@ -457,6 +457,11 @@ class SignedLog:
             top = max([top] + [r.seq for r in self._held.values() if r.signer == signer])
         return top + 1
 
+    def chain_head(self, signer: str) -> bytes:
+        """Id of ``signer``'s last connected record (b"" before its first): the ``prev`` of its next one."""
+        st = self._signers.get(signer)
+        return st.recs[st.contig].id if st is not None and st.contig else b""
+
     def append(self, key: SigningKey, kind: str, slot: str, payload: Any, now_wall: float, *, tombstone: bool = False) -> tuple[LogRecord, AddResult]:
         """Sign and add our own next record; raise LogError if our chain has a gap or is frozen.
 

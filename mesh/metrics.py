@@ -93,6 +93,10 @@ _TRANSPORT_COUNTERS: dict[str, tuple[str, str]] = {
     "datagrams_opened": ("transport_opened_datagrams", "DATA datagrams decrypted and accepted"),
     "stream_frames_opened": ("transport_opened_stream_frames", "Stream frames decrypted and accepted"),
     "rekeys_started": ("transport_rekeys", "Session rekeys started"),
+    "handshake_psk_alternate": (
+        "transport_alternate_secret_handshakes",
+        "Handshakes made with an accepted mesh secret other than the one this node dials with (rotation window)",
+    ),
     "sessions_expired": ("transport_expired_sessions", "Sessions dropped at the end of their lifetime"),
     "sessions_revoked": ("transport_revoked_sessions", "Sessions dropped because the peer was revoked"),
 }

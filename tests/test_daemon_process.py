@@ -1,9 +1,10 @@
 """Real `wasmatrix node run` processes on loopback (issue 10): join, detect a crash, rejoin, leave.
 
 Every process is started through the ProcessGroup fixture and killed by its PID at the end, also
-when a test fails. Each wait is bounded; the bounds come from the lan profile (memberlist's
-DefaultLANConfig: probe interval 1 s, suspicion 4 x max(1, log10 n) probe intervals, at most 6x
-that without confirmations), plus margin for process start-up on a loaded 2-core machine.
+when a test fails. The daemons run the default profile (edge). Each wait is bounded; the bounds
+come from the slower lan numbers (memberlist's DefaultLANConfig: probe interval 1 s, suspicion
+4 x max(1, log10 n) probe intervals, at most 6x that without confirmations; edge halves them),
+plus margin for process start-up on a loaded 2-core machine.
 """
 
 from __future__ import annotations

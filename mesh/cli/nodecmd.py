@@ -235,7 +235,7 @@ def register(subparsers: Any) -> None:
     r.add_argument("--label", metavar="K=V", action="append", help=LABEL_HELP)
     r.add_argument("--geo", metavar="LAT,LON", help="position")
     r.add_argument("--arch", help="architecture to announce (default: this machine's)")
-    r.add_argument("--profile", help="timing profile: lan (default), wan, local, vehicle")
+    r.add_argument("--profile", help="timing profile: edge (default), lan, wan, local, vehicle")
     r.add_argument("--api", metavar="HOST:PORT", help="control API address (default 127.0.0.1 on a free port)")
     r.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
     r.add_argument("--log-level", help="debug, info (default), warning, error")

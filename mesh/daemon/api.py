@@ -71,8 +71,10 @@ Handler = Callable[[Request], Awaitable[tuple[int, str, bytes]]]
 class ApiServer:
     """Serves ``routes`` ({(method, path): handler}) with bearer-token auth on ``/v1``."""
 
-    def __init__(self, token: str, routes: dict[tuple[str, str], Handler], counters: dict[str, int], log: Any) -> None:
+    def __init__(self, token: str, routes: dict[tuple[str, str], Handler], counters: dict[str, int], log: Any,
+                 body_limits: dict[str, int] | None = None) -> None:
         self.token = token
+        self.body_limits = body_limits or {}  # path -> larger body bound (module uploads)
         self.routes = routes
         self.counters = counters
         self.log = log
@@ -145,6 +147,7 @@ class ApiServer:
     async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream) -> Request | None:
         head: h11.Request | None = None
         body = bytearray()
+        limit = MAX_BODY
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -157,14 +160,15 @@ class ApiServer:
                 return None
             if isinstance(event, h11.Request):
                 head = event
+                limit = self.body_limits.get(event.target.decode("ascii", "replace").partition("?")[0], MAX_BODY)
                 for name, value in event.headers:
-                    if name == b"content-length" and len(value) > 12 or name == b"content-length" and int(value) > MAX_BODY:
-                        raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+                    if name == b"content-length" and (len(value) > 12 or int(value) > limit):
+                        raise ApiError(413, f"body larger than {limit} bytes")
                 continue
             if isinstance(event, h11.Data):
                 body += event.data
-                if len(body) > MAX_BODY:
-                    raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+                if len(body) > limit:
+                    raise ApiError(413, f"body larger than {limit} bytes")
                 continue
             if isinstance(event, h11.EndOfMessage):
                 assert head is not None
@@ -218,13 +222,13 @@ class ApiClient:
         self.token = token
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Any:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            payload = None if body is None else json.dumps(body).encode()
+            payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
             headers = {"Authorization": f"Bearer {self.token}"}
             if payload is not None:
-                headers["Content-Type"] = "application/json"
+                headers["Content-Type"] = "application/octet-stream" if raw is not None else "application/json"
             conn.request(method, path, body=payload, headers=headers)
             resp = conn.getresponse()
             data = resp.read(MAX_BODY * 16)

@@ -33,7 +33,7 @@ from mesh.membership.meta import MAX_LABELS, MAX_NAME, NodeMeta
 
 MAX_CONFIG_BYTES = 256 << 10
 MAX_SEEDS = 64
-DEFAULT_PROFILE = "lan"
+DEFAULT_PROFILE = "edge"
 ARCHES = ("x86_64", "aarch64", "riscv64", "armv7", "wasm32")
 
 

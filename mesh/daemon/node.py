@@ -26,6 +26,7 @@ import random
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -47,7 +48,7 @@ from mesh.errors import ConfigError
 from mesh.membership import NodeMeta
 from mesh.membership.config import profile as profile_config
 from mesh.membership.state import MemberState
-from mesh.meshfile import load as load_meshfile
+from mesh.daemon.meshsecret import RELOAD_CHECK_SECONDS, MeshSecrets
 from mesh.meshfile import secret_fingerprint
 from mesh.metrics import node_registry, render
 from mesh.node import NodeCore
@@ -73,7 +74,8 @@ STREAM_IDLE = 60.0  # an outbound stream with no traffic for this long is closed
 MAX_STREAM_BUFFER = 8 << 20  # queued bytes per stream before it is reported backpressured
 HARD_STREAM_BUFFER = 32 << 20  # ... and closed
 MAX_PENDING_FRAMES = 256  # frames queued while a stream handshakes
-LEAVE_GRACE = 2.0  # seconds a leaving node keeps gossiping its leave
+LEAVE_GRACE = 3.0  # at most this long a leaving node waits for its leave broadcasts to go out
+LEAVE_PROPAGATE = 0.5  # then this long (Serf's LeavePropagateDelay is 1 s)
 SNAPSHOT_INTERVAL = 10.0
 DEBUG_PACKETS = os.environ.get("WASMATRIX_DEBUG_PACKETS") == "1"
 
@@ -229,8 +231,10 @@ class Daemon:
         self.started_wall = time.time()
         self.conns_out: dict[str, Conn] = {}  # node id (or address for a seed) -> outbound stream
         self.conns_in: set[Conn] = set()
+        self.visible_at: dict[tuple[str, int], float] = {}  # (signer, seq) -> time.monotonic(), bounded
         self._wake = trio.Event()
         self._persist_kick = trio.Event()
+        self._durable = trio.Event()  # set (and replaced) after every persisted batch
         self._snapshot_dirty = True
         self._stopping = False
         self._leaving = False
@@ -250,13 +254,17 @@ class Daemon:
         self.audit = AuditLog(self.dd.audit_path, self.node_id, time.time)
         if self.dd.identity_created:
             self.audit.append("node_key_created", {"node_id": self.node_id}, now_wall=time.time())
+        self.secrets: MeshSecrets | None = None
         if cfg.mesh_secret is not None:
-            mf = load_meshfile(cfg.mesh_secret)
-            self.psk = mf.secret
-            self.mesh_id = mf.mesh_id
-            self.secret_fp = secret_fingerprint(mf.secret)
+            self.secrets = MeshSecrets(cfg.mesh_secret, time.time())
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload request, never a kill (see _mesh_secret_loop)
+            self.psk, self.accepted_psks = self.secrets.dial, self.secrets.accepted
+            self.mesh_id = self.secrets.mesh.mesh_id
+            self.secret_fp = secret_fingerprint(self.secrets.mesh.secret)
         else:
             self.psk, self.mesh_id, self.secret_fp = INSECURE_PSK, "insecure", "insecure"
+            self.accepted_psks = (INSECURE_PSK,)
         snap = self._read_snapshot()
         self.incarnation = int(snap.get("incarnation", 0)) + 1 if snap else 0
         self.known = [a for a in snap.get("members", []) if isinstance(a, str)][:256] if snap else []
@@ -287,7 +295,7 @@ class Daemon:
         self.blob_store = DirBlobStore(self.dd.path / "blobs")
         intent = IntentNode(
             self.node_id, self.dd.signing_key, self.trust, random.Random(self.rng.getrandbits(64)),
-            store=EffectStore.over(self.store), audit_sink=self.audit,
+            store=EffectStore.over(self.store), audit_sink=self.audit, on_visible=self._on_visible,
         )
         blobs = BlobTransfer(self.blob_store, counters=intent.counters, node_id=self.node_id, deferred_puts=True)
         seeds = list(cfg.seeds) + [a for a in self.known if a not in cfg.seeds and a != advertise]
@@ -297,12 +305,19 @@ class Daemon:
         )
         self.transport = SecureTransport(
             self.identity, self.psk, self._admit, random.Random(self.rng.getrandbits(64)),
-            TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD),
+            TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD), accepted_psks=self.accepted_psks,
         )
         self.stream_counters: Counter[str] = Counter()
         self.registry, self.metrics = node_registry(
             self.core, transport=self.transport, stream_counters=self.stream_counters
         )
+
+    def _on_visible(self, rec: Any, now: float) -> None:
+        # When each record became visible here, on the host's monotonic clock (CLOCK_MONOTONIC,
+        # shared by every process on the machine): GET /v1/intent/visible, for propagation benches.
+        self.visible_at[(rec.signer, rec.seq)] = time.monotonic()
+        if len(self.visible_at) > 10_000:
+            self.visible_at.pop(next(iter(self.visible_at)))
 
     def _admit(self, node_id: str, ed25519_public: bytes) -> bool:
         return node_id_of(ed25519_public) == node_id
@@ -327,7 +342,9 @@ class Daemon:
             if cfg.insecure:
                 self.log.warning("insecure_mode", detail="no mesh secret: any process that can reach this port can join")
             self.audit.append("node_started", {"addr": advertise, "incarnation": self.incarnation}, now_wall=time.time())
-            api = ApiServer(self.token, self._routes(), self.counters, self.log)
+            from model.manifest import MAX_MODULE_BYTES
+
+            api = ApiServer(self.token, self._routes(), self.counters, self.log, body_limits={"/v1/blobs": MAX_MODULE_BYTES})
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.udp = udp
@@ -340,6 +357,8 @@ class Daemon:
                 nursery.start_soon(api.serve, api_listeners)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
+                if self.secrets is not None:
+                    nursery.start_soon(self._mesh_secret_loop)
                 self.emit(self.core.start(now))
                 self.dd.write_api_info(self.api_addr, self.token)
                 task_status.started(self)
@@ -590,7 +609,8 @@ class Daemon:
             except OSError:
                 await stream.aclose()
                 return
-            session = StreamSession(self.identity, self.psk, self._admit, initiator=False, counters=self.stream_counters)
+            session = StreamSession(self.identity, self.psk, self._admit, initiator=False, counters=self.stream_counters,
+                                    accepted_psks=self.accepted_psks)
             conn = Conn(self, session, addr, False, None)
             self.conns_in.add(conn)
             await conn.run(stream)
@@ -646,6 +666,8 @@ class Daemon:
             self.metrics.observe_fsync(time.perf_counter() - t0)
             self.emit(core.persisted(effects[-1].token, trio.current_time()))
             core.take_acks()
+            self._durable.set()
+            self._durable = trio.Event()
         for put in core.take_blob_puts():
             err = None
             try:
@@ -653,6 +675,12 @@ class Daemon:
             except OSError as exc:
                 err = exc.strerror or str(exc)
             self.emit(core.blob_stored(put.sha256, trio.current_time(), err))
+
+    async def wait_durable(self, token: int, timeout: float) -> None:
+        """Wait until the persist effect ``token`` is durable (then the write is acknowledged)."""
+        with trio.fail_after(timeout):
+            while not self.core.intent.durable(token):  # type: ignore[union-attr]
+                await self._durable.wait()
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -691,45 +719,94 @@ class Daemon:
         now = trio.current_time()
         self.emit(self.core.leave(now))
         self.audit.append("node_left", {"incarnation": self.core.swim.incarnation}, now_wall=time.time())
-        grace = min(LEAVE_GRACE, max(0.5, 4 * self.core.swim.config.gossip_interval))
-        with trio.move_on_after(grace):
-            while len(self.core.swim.broadcasts):
+        # Like Serf: gossip the leave until its broadcasts are out (bounded), then a short
+        # propagation delay so a peer still mid-handshake with us gets it too.
+        with trio.move_on_after(LEAVE_GRACE):
+            while len(self.core.swim.broadcasts) or self.transport.pending_handshakes:
                 await trio.sleep(0.05)
-        await trio.sleep(0.1)
+        await trio.sleep(LEAVE_PROPAGATE)
         self.stop()
 
+    async def _mesh_secret_loop(self) -> None:
+        """Reload the mesh file on SIGHUP and when it changes on disk; switch secrets at accept_until."""
+        assert self.secrets is not None
+        with trio.open_signal_receiver(signal.SIGHUP) as hups:
+            hup = hups.__aiter__()
+            while True:
+                forced = False
+                with trio.move_on_after(RELOAD_CHECK_SECONDS):
+                    await hup.__anext__()
+                    forced = True
+                change = self.secrets.poll(time.time(), force=forced)
+                if change is None:
+                    continue
+                if change.error:
+                    self.counters["driver_mesh_secret_reload_failures"] += 1
+                    self.log.error("mesh_secret_reload_failed", error=change.error, sighup=forced)
+                    continue
+                self.psk, self.accepted_psks = change.dial, change.accepted
+                self.transport.set_psks(change.dial, change.accepted)
+                self.secret_fp = secret_fingerprint(self.secrets.mesh.secret)
+                # Streams keyed with a secret no longer accepted end now; datagram sessions at
+                # their next rekey (docs/OPERATIONS.md, rotating the mesh secret).
+                for conn in list(self.conns_out.values()) + list(self.conns_in):
+                    if conn.session.psk not in change.accepted:
+                        conn.close("secret_retired")
+                self.counters["driver_mesh_secret_reloads" if change.reloaded else "driver_mesh_secret_switches"] += 1
+                self.log.info("mesh_secret_reloaded" if change.reloaded else "mesh_secret_switched", sighup=forced,
+                              **change.log_fields(self.secrets.mesh, time.time()))
+
     async def _mdns(self) -> None:
-        try:
-            from mesh.discovery import MdnsDiscovery  # type: ignore[import-not-found]
-        except ImportError:
-            self.log.error("mdns_unavailable")
-            return
+        from mesh.discovery import MdnsDiscovery, MdnsError, interface_ipv4
+
         send, recv = trio.open_memory_channel[tuple[str, str]](64)
         token = trio.lowlevel.current_trio_token()
 
-        def found(node_id: str, addr: str) -> None:
+        def found(node_id: str, addr: str) -> None:  # on zeroconf's thread
             try:
                 trio.from_thread.run_sync(send.send_nowait, (node_id, addr), trio_token=token)
             except (trio.WouldBlock, trio.RunFinishedError, trio.Cancelled):
-                pass
+                self.counters["driver_mdns_dropped"] += 1
 
-        port = parse_hostport(self.advertise, "advertise")[1]
-        disc = MdnsDiscovery(self.cfg.mdns, self.node_id, port, on_found=found)
+        iface = self.cfg.mdns
+        adv_host, port = parse_hostport(self.advertise, "advertise")
         try:
+            ip = interface_ipv4(iface)  # type: ignore[arg-type]
+            if adv_host != ip:
+                # mDNS announces the interface's address: peers must reach us there.
+                raise MdnsError(f"the node is reached at {self.advertise} but {iface} has {ip}; "
+                                f"bind (or --advertise) {ip}:{port}, or 0.0.0.0 with --advertise {ip}:{port}")
+            disc = MdnsDiscovery(iface, self.node_id, port, on_found=found)  # type: ignore[arg-type]
             await trio.to_thread.run_sync(disc.start)
-        except Exception as exc:
-            self.log.error("mdns_failed", iface=self.cfg.mdns, error=str(exc))
-            self.stop(f"--mdns {self.cfg.mdns}: {exc}")
+        except (MdnsError, OSError) as exc:
+            self.log.error("mdns_failed", iface=iface, error=str(exc))
+            self.stop(f"--mdns {iface}: {exc}")
             return
         self.mdns = disc
+        self.log.info("mdns_started", iface=iface, addr=f"{ip}:{port}")
+
+        async def refresh_while_alone() -> None:
+            # zeroconf stops querying after its start-up burst; a node alone (a healed link, a
+            # late neighbour) asks again, with backoff and jitter.
+            delay = 1.0
+            while True:
+                await trio.sleep(delay * (0.75 + 0.5 * self.rng.random()))
+                if self.core.swim.num_members() <= 1:
+                    await trio.to_thread.run_sync(disc.refresh)
+                    delay = min(delay * 2, 30.0)
+                else:
+                    delay = 1.0
+
         try:
-            async for node_id, addr in recv:
-                if node_id == self.node_id:
-                    continue
-                m = self.core.swim.members.peek(node_id)
-                if m is None or m.state in (MemberState.DEAD, MemberState.LEFT):
-                    self.log.info("mdns_found", peer=node_id, addr=addr)
-                    self.emit(self.core.swim.join([addr], trio.current_time()))
+            async with trio.open_nursery() as n:
+                n.start_soon(refresh_while_alone)
+                async for node_id, addr in recv:
+                    if node_id == self.node_id:
+                        continue
+                    m = self.core.swim.members.peek(node_id)
+                    if m is None or m.state in (MemberState.DEAD, MemberState.LEFT):
+                        self.log.info("mdns_found", peer=node_id, addr=addr)
+                        self.emit(self.core.swim.join([addr], trio.current_time()))
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(disc.close)
@@ -737,7 +814,9 @@ class Daemon:
     # ------------------------------------------------------------------ control API
 
     def _routes(self) -> dict[tuple[str, str], Any]:
-        return {
+        from mesh.daemon.intentapi import IntentApi
+
+        return IntentApi(self).routes() | {
             ("GET", "/v1/status"): self._api_status,
             ("GET", "/v1/members"): self._api_members,
             ("POST", "/v1/join"): self._api_join,

@@ -32,7 +32,7 @@ import hashlib
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.connection import NoiseConnection
@@ -51,11 +51,13 @@ from mesh.transport.handshake import (
     TAG_LEN,
     Admit,
     check_peer,
+    check_psks,
     decode_hello,
     encode_hello,
     encode_identity,
     handshake_state,
     new_handshake,
+    read_message_1,
     remote_static,
 )
 from mesh.transport.identity import LocalIdentity, NodeIdentity
@@ -223,11 +225,12 @@ class SecureTransport:
         admit: Admit,
         rng: random.Random,
         config: TransportConfig | None = None,
+        accepted_psks: Sequence[bytes] | None = None,
     ) -> None:
-        if len(mesh_psk) != 32:
-            raise ConfigError("the mesh secret (Noise PSK) is exactly 32 bytes")
         self.identity = identity
-        self.psk = bytes(mesh_psk)
+        self.psk = b""
+        self.accepted_psks: tuple[bytes, ...] = ()
+        self.set_psks(mesh_psk, accepted_psks)
         self.admit = admit
         self.rng = rng
         self.config = config or TransportConfig()
@@ -267,6 +270,19 @@ class SecureTransport:
     def session_count(self) -> int:
         """Live sessions of every kind (current, unconfirmed, in grace)."""
         return len(self._sessions)
+
+    def set_psks(self, send: bytes, accepted: Sequence[bytes] | None = None) -> None:
+        """Dial with the mesh secret ``send``; answer handshakes made with any of ``accepted``.
+
+        ``accepted`` (default: ``send`` alone) must contain ``send``. A rotation window is
+        ``set_psks(old, [new, old])`` on nodes holding the new mesh file and ``set_psks(old)`` on
+        nodes still holding the old one, which then all dial with the old secret; when the window
+        closes the driver calls ``set_psks(new)``. Sessions already established stay until their
+        next rekey (which uses the new setting) or ``reject_after_seconds``.
+        """
+        psks = check_psks(send, accepted)
+        self.psk = psks[0]
+        self.accepted_psks = psks
 
     def revoke(self, peer: str) -> None:
         """Forget every session, dial and queued plaintext of ``peer`` (call when its key is revoked)."""
@@ -449,14 +465,16 @@ class SecureTransport:
             return []
         if self._replayed_ephemeral(data[1:33], now):
             return []
-        conn = new_handshake(self.identity, self.psk, False, PROLOGUE_UDP)
-        hs = handshake_state(conn)
-        try:
-            payload = conn.read_message(data[1:])
-        except NOISE_ERRORS:
+        # psk is mixed first: message 1 authenticates under exactly one accepted mesh secret (tried
+        # in order, the one we dial with first), and the rest of the handshake uses that one.
+        read = read_message_1(self.identity, self.accepted_psks, PROLOGUE_UDP, data[1:])
+        if read is None:
             # Wrong mesh secret (or a forged message 1): silence, no state, just a count.
             self.counters["handshake_psk_failures"] += 1
             return []
+        conn, hs, payload, which = read
+        if which:
+            self.counters["handshake_psk_alternate"] += 1
         self._remember_ephemeral(data[1:33], now)
         remote_index = decode_hello(bytes(payload))
         if remote_index is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mesh.daemon.api import ApiClient, ApiClientError
-from tests.harness.procs import Proc, ProcessGroup, free_port
+from tests.harness.procs import Proc, ProcessGroup
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Node:
 
     name: str
     data_dir: Path
-    port: int
+    port: int  # 0 until the first start picked one (the daemon binds port 0: no race with other processes)
     proc: Proc | None = None
     args: list[str] = field(default_factory=list)
 
@@ -81,7 +81,7 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: fl
 class Mesh:
     """A set of daemons on loopback sharing one mesh secret (or ``--insecure``)."""
 
-    def __init__(self, group: ProcessGroup, root: Path, *, mesh_file: Path | None = None, profile: str = "lan",
+    def __init__(self, group: ProcessGroup, root: Path, *, mesh_file: Path | None = None, profile: str | None = None,
                  extra: list[str] | None = None) -> None:
         self.group = group
         self.root = root
@@ -94,10 +94,10 @@ class Mesh:
               secret: Path | None = None, wait: bool = True) -> Node:
         node = self.nodes.get(name)
         if node is None:
-            node = Node(name, self.root / name, port or free_port("udp"))
+            node = Node(name, self.root / name, port or 0)
             self.nodes[name] = node
         args = [sys.executable, "-m", "mesh.cli", "node", "run", "--data-dir", str(node.data_dir),
-                "--bind", node.addr, "--name", name, "--profile", self.profile]
+                "--bind", node.addr, "--name", name] + (["--profile", self.profile] if self.profile else [])
         secret = secret or self.mesh_file
         args += ["--mesh-secret", str(secret)] if secret else ["--insecure"]
         for s in seeds:
@@ -108,6 +108,8 @@ class Mesh:
         node.proc = self.group.start(args, name=f"{name}-{len([p for p in self.group.procs if p.name.startswith(name + '-')])}")
         if wait:
             node.proc.wait_for_file(node.data_dir / "api.json", timeout=20)
+            if node.port == 0:
+                node.port = int(node.status()["addr"].rsplit(":", 1)[1])
         return node
 
     def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int | None:
