@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from mesh.daemon.api import ApiClient, ApiClientError
+from mesh.daemon.config import DEFAULT_PROFILE
 from mesh.datadir import API_FILE, DataDirError, read_api_info
 from mesh.errors import MeshError
 from mesh.membership.config import PROFILES, MembershipConfig
@@ -129,7 +130,7 @@ class Demo:
     """Run the demo once: ``summary = Demo(...).run()``; processes and temp dir cleaned up in ``run``."""
 
     nodes: int = DEFAULT_NODES
-    profile: str = "lan"
+    profile: str = DEFAULT_PROFILE
     keep: bool = False
     say: Callable[[str], None] = lambda line: None
     status: Callable[[str], None] = lambda line: None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-# The same numbers as mesh.demo's (a test checks): the parser of every command must not load the demo.
-MIN_NODES, MAX_NODES, DEFAULT_NODES = 3, 20, 5
-PROFILE_NAMES = ("lan", "local", "vehicle", "wan")
+from mesh.daemon.config import DEFAULT_PROFILE
+from mesh.demo import DEFAULT_NODES, MAX_NODES, MIN_NODES
+from mesh.membership.config import PROFILES
 
 
 def _nodes(text: str) -> int:
@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
     )
     d.add_argument("--nodes", type=_nodes, default=DEFAULT_NODES, metavar="N",
                    help=f"daemons to start, {MIN_NODES}..{MAX_NODES} (default {DEFAULT_NODES})")
-    d.add_argument("--profile", choices=PROFILE_NAMES, default="lan", help="timing profile (default lan)")
+    d.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                   help=f"timing profile of every daemon (default {DEFAULT_PROFILE}, the daemon's)")
     d.add_argument("--json", action="store_true", help="print only a JSON summary")
     d.add_argument("--keep", action="store_true", help="keep the data dirs and logs and print where they are")
     d.set_defaults(handler=cmd_demo)
