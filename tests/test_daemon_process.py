@@ -77,7 +77,7 @@ def test_five_daemons_join_detect_a_crash_rejoin_and_leave(procs: ProcessGroup, 
     assert mesh.kill("n4", signal.SIGTERM, timeout=10) == 0
     assert time.monotonic() - t0 < 5
     rest = [mesh.nodes[n] for n in ("n0", "n1", "n2", "n3")]
-    wait_until(lambda: all(n.view().get("n4") == "left" for n in rest), 10, "n4 shown as left")
+    wait_until(lambda: all(n.view().get("n4") == "left" for n in rest), 20, "n4 shown as left")
     assert not (mesh.nodes["n4"].data_dir / "api.json").exists()
 
 

@@ -79,7 +79,8 @@ class ApiServer:
         self.counters = counters
         self.log = log
         self._conns = 0
-        for k in ("api_requests", "api_errors", "api_unauthorized", "api_bad_requests", "api_connections_refused"):
+        for k in ("api_requests", "api_ok", "api_failed", "api_errors", "api_unauthorized", "api_bad_requests",
+                  "api_connections_refused"):
             counters.setdefault(k, 0)
 
     async def serve(self, listeners: list[trio.SocketListener]) -> None:
@@ -111,6 +112,8 @@ class ApiServer:
                     return
                 self.counters["api_requests"] += 1
                 status, ctype, body = await self._dispatch(req, conn)
+                # A handler's own error answer (e.g. 504 from join) is "failed", not a server error.
+                self.counters["api_ok" if status < 400 else "api_failed"] += 1
             except trio.TooSlowError:
                 return
             except ApiError as exc:

@@ -43,6 +43,7 @@ from crdt.trust import TrustConfig
 from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
+from mesh.daemon.security import RefusalAuditor, stream_refusal
 from mesh.datadir import DataDir
 from mesh.errors import ConfigError
 from mesh.membership import NodeMeta
@@ -215,6 +216,9 @@ class Conn:
                     d.deliver_frame(self, ev.plaintext)
                 elif isinstance(ev, Closed):
                     d.log.info("stream_closed", peer=self.peer or self.node, addr=self.addr, reason=ev.reason)
+                    refusal = stream_refusal(ev.reason)
+                    if refusal is not None:
+                        d.handshake_refused(refusal, "tcp", self.addr)
                     if self.outbound and not self.session.established and self.node:
                         d.stream_event(self.node, "connect_failed")
                     self.close("protocol")
@@ -242,6 +246,7 @@ class Daemon:
         self.token = secrets.token_urlsafe(32)
         self.stream_timeout = profile_config(cfg.profile).stream_timeout
         self.fatal: str | None = None
+        self._audit_synced = -1
 
     # ------------------------------------------------------------------ start-up (sync, before the loop)
 
@@ -303,13 +308,16 @@ class Daemon:
             self.node_id, advertise, cfg.meta(), profile_config(cfg.profile), self.rng, now=now, seeds=seeds,
             incarnation=self.incarnation, intent=intent, blobs=blobs, key=self.identity.public.ed25519_public,
         )
+        self.refusals = RefusalAuditor(self.audit, self.counters)
         self.transport = SecureTransport(
             self.identity, self.psk, self._admit, random.Random(self.rng.getrandbits(64)),
             TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD), accepted_psks=self.accepted_psks,
+            on_refused=lambda reason, addr: self.handshake_refused(reason, "udp", _addr_key(addr)),
         )
         self.stream_counters: Counter[str] = Counter()
         self.registry, self.metrics = node_registry(
-            self.core, transport=self.transport, stream_counters=self.stream_counters
+            self.core, transport=self.transport, stream_counters=self.stream_counters,
+            driver_counters=self.counters, audit_counters=self.audit.counters,
         )
 
     def _on_visible(self, rec: Any, now: float) -> None:
@@ -321,6 +329,15 @@ class Daemon:
 
     def _admit(self, node_id: str, ed25519_public: bytes) -> bool:
         return node_id_of(ed25519_public) == node_id
+
+    def handshake_refused(self, reason: str, transport: str, addr: str) -> None:
+        """A transport refused a handshake from/to ``addr``: audit it (rate-limited, docs/DAEMON.md)."""
+        try:
+            host, port = parse_hostport(addr, "address")
+        except DaemonConfigError:
+            host, port = addr, 0
+        if self.refusals.refused(reason, transport, host, port, trio.current_time(), time.time()):
+            self.log.warning("admission_refused", reason=reason, transport=transport, addr=addr)
 
     # ------------------------------------------------------------------ run
 
@@ -685,6 +702,9 @@ class Daemon:
     async def _snapshot_loop(self) -> None:
         while True:
             await trio.sleep(SNAPSHOT_INTERVAL if not self._snapshot_dirty else 1.0)
+            if self.audit.counters.entries_total != self._audit_synced:
+                self._audit_synced = self.audit.counters.entries_total
+                await trio.to_thread.run_sync(self.audit.sync)  # batched durability (mesh/audit.py)
             if self._snapshot_dirty:
                 self._snapshot_dirty = False
                 data = self._snapshot_bytes()

@@ -226,12 +226,16 @@ class SecureTransport:
         rng: random.Random,
         config: TransportConfig | None = None,
         accepted_psks: Sequence[bytes] | None = None,
+        on_refused: Callable[[str, Addr], None] | None = None,
     ) -> None:
         self.identity = identity
         self.psk = b""
         self.accepted_psks: tuple[bytes, ...] = ()
         self.set_psks(mesh_psk, accepted_psks)
         self.admit = admit
+        # Told of every refused handshake as (reason, address): "psk_failure" or a check_peer reason
+        # (not_admitted, unexpected_peer, bad_binding, ...). The daemon audits these; it must not raise.
+        self.on_refused = on_refused
         self.rng = rng
         self.config = config or TransportConfig()
         self.counters: Counter[str] = Counter()
@@ -471,6 +475,7 @@ class SecureTransport:
         if read is None:
             # Wrong mesh secret (or a forged message 1): silence, no state, just a count.
             self.counters["handshake_psk_failures"] += 1
+            self._tell_refused("psk_failure", addr)
             return []
         conn, hs, payload, which = read
         if which:
@@ -478,7 +483,7 @@ class SecureTransport:
         self._remember_ephemeral(data[1:33], now)
         remote_index = decode_hello(bytes(payload))
         if remote_index is None:
-            self.counters["handshake_refused_version_mismatch"] += 1
+            self._refuse("version_mismatch", addr)
             return []
         idx = self._new_index()
         msg2 = _write(conn, encode_identity(self.identity, idx))
@@ -489,6 +494,14 @@ class SecureTransport:
         self._accepts[idx] = _Accept(addr, conn, hs, idx, remote_index, now + self.config.responder_timeout)
         self.counters["handshake_responses_sent"] += 1
         return [Datagram(addr, bytes([T_RESP]) + remote_index.to_bytes(4, "big") + msg2)]
+
+    def _refuse(self, reason: str, addr: Addr) -> None:
+        self.counters[f"handshake_refused_{reason}"] += 1
+        self._tell_refused(reason, addr)
+
+    def _tell_refused(self, reason: str, addr: Addr) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason, addr)
 
     def _replayed_ephemeral(self, e: bytes, now: float) -> bool:
         """True (and counted) if an authenticated message 1 with this ephemeral key came recently.
@@ -544,7 +557,7 @@ class SecureTransport:
         # The initiator's identity is checked before we answer: an unadmitted key gets silence.
         peer, remote_index, reason = check_peer(bytes(payload), remote_static(hs), self.admit)
         if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
+            self._refuse(reason, addr)
             return []
         idx = self._new_index()
         msg2 = _write(conn, encode_identity(self.identity, idx))
@@ -608,7 +621,7 @@ class SecureTransport:
             bytes(payload), rs(), self.admit, dial.expected_node_id, dial.expected_ed25519
         )
         if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
+            self._refuse(reason, dial.addr)
             self._end_dial(dial, failed=True)
             return None
         return peer, remote_index
@@ -669,7 +682,7 @@ class SecureTransport:
             return []
         peer, remote_index, reason = check_peer(bytes(payload), remote_static(acc.hs), self.admit)
         if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
+            self._refuse(reason, addr)
             return []
         if remote_index != acc.remote_index:
             self.counters["handshake_invalid"] += 1
