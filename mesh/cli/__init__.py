@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "mesh.cli.intentcmd",
     "mesh.cli.meshcmd",
     "mesh.cli.nodecmd",
+    "mesh.cli.trustcmd",
     "mesh.cli.democmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh

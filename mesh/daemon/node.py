@@ -42,6 +42,7 @@ from crdt.store import EffectStore, SqliteStore
 from crdt.trust import TrustConfig
 from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
+from mesh.daemon.intentapi import IntentApi
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
 from mesh.daemon.security import RefusalAuditor, stream_refusal
 from mesh.datadir import DataDir
@@ -247,6 +248,7 @@ class Daemon:
         self.stream_timeout = profile_config(cfg.profile).stream_timeout
         self.fatal: str | None = None
         self._audit_synced = -1
+        self.revoked_seen: set[str] = set()
 
     # ------------------------------------------------------------------ start-up (sync, before the loop)
 
@@ -267,9 +269,11 @@ class Daemon:
             self.psk, self.accepted_psks = self.secrets.dial, self.secrets.accepted
             self.mesh_id = self.secrets.mesh.mesh_id
             self.secret_fp = secret_fingerprint(self.secrets.mesh.secret)
+            self.trust_roots = [a.public_key for a in self.secrets.mesh.admins]
         else:
             self.psk, self.mesh_id, self.secret_fp = INSECURE_PSK, "insecure", "insecure"
             self.accepted_psks = (INSECURE_PSK,)
+            self.trust_roots = []  # no mesh file, no admin keys: no replicated grants
         snap = self._read_snapshot()
         self.incarnation = int(snap.get("incarnation", 0)) + 1 if snap else 0
         self.known = [a for a in snap.get("members", []) if isinstance(a, str)][:256] if snap else []
@@ -300,8 +304,10 @@ class Daemon:
         self.blob_store = DirBlobStore(self.dd.path / "blobs")
         intent = IntentNode(
             self.node_id, self.dd.signing_key, self.trust, random.Random(self.rng.getrandbits(64)),
-            store=EffectStore.over(self.store), audit_sink=self.audit, on_visible=self._on_visible,
+            store=EffectStore.over(self.store), audit_sink=self._audit_record, roots=self.trust_roots,
+            on_visible=self._on_visible,
         )
+        self.trust_gen = -1
         blobs = BlobTransfer(self.blob_store, counters=intent.counters, node_id=self.node_id, deferred_puts=True)
         seeds = list(cfg.seeds) + [a for a in self.known if a not in cfg.seeds and a != advertise]
         self.core = NodeCore(
@@ -327,8 +333,39 @@ class Daemon:
         if len(self.visible_at) > 10_000:
             self.visible_at.pop(next(iter(self.visible_at)))
 
+    def _audit_record(self, ev: Any) -> None:
+        """The intent audit sink: an invalid record or an equivocation, into the hash-chained audit log."""
+        self.audit.append("record_" + ("equivocation" if ev.reason == "equivocation" else "invalid"), {
+            "slot": ev.slot, "reason": ev.reason, "detail": ev.detail[:200], "signer": ev.signer, "seq": ev.seq,
+        }, now_wall=time.time())
+
     def _admit(self, node_id: str, ed25519_public: bytes) -> bool:
-        return node_id_of(ed25519_public) == node_id
+        # A node id named by a replicated revocation is refused at every handshake.
+        return node_id_of(ed25519_public) == node_id and not self._revoked_node(node_id)
+
+    def _revoked_node(self, node_id: str) -> bool:
+        core = getattr(self, "core", None)
+        return core is not None and core.intent is not None and core.intent.doc.adapter.node_revoked(node_id)
+
+    def _trust_changed(self) -> None:
+        """The replicated trust changed: cut the sessions and streams of revoked nodes and declare them dead."""
+        adapter = self.core.intent.doc.adapter  # type: ignore[union-attr]
+        self.trust_gen = adapter.generation
+        now = trio.current_time()
+        for node_id in sorted(adapter.revoked):
+            if node_id == self.node_id:
+                self.log.error("node_revoked_self", detail="this node's id is revoked: every peer refuses it")
+                continue
+            if node_id not in self.revoked_seen:
+                self.revoked_seen.add(node_id)
+                e = adapter.revoked[node_id]
+                self.log.warning("node_revoked", peer=node_id, reason=e.reason, signer=e.signer)
+                self.audit.append("node_revoked", {"peer": node_id, "reason": e.reason[:120], "signer": e.signer}, now_wall=time.time())
+            self.transport.revoke(node_id)
+            for conn in [c for c in list(self.conns_out.values()) + list(self.conns_in) if node_id in (c.peer, c.node)]:
+                conn.close("revoked")
+            if self.core.swim.declare_dead(node_id, now):
+                self.counters["driver_revoked_declared_dead"] += 1
 
     def handshake_refused(self, reason: str, transport: str, addr: str) -> None:
         """A transport refused a handshake from/to ``addr``: audit it (rate-limited, docs/DAEMON.md)."""
@@ -484,6 +521,8 @@ class Daemon:
         intent = core.intent
         if (intent is not None and intent.store.has_effects()) or (core.blobs is not None and core.blobs.has_puts()):  # type: ignore[attr-defined]
             self._persist_kick.set()
+        if intent is not None and intent.doc.adapter.generation != self.trust_gen:
+            self._trust_changed()
         events = core.drain_events()
         if events:
             self.metrics.observe_events(events)
@@ -499,7 +538,10 @@ class Daemon:
             return
         m = self.core.swim.members.peek(ev.node)
         name = m.meta.name if m is not None else ""
-        if ev.kind in ("join", "alive") and m is not None and m.key:
+        if ev.kind in ("join", "alive") and self._revoked_node(ev.node):
+            self.core.swim.declare_dead(ev.node, trio.current_time())  # gossip cannot bring a revoked node back
+            self.counters["driver_revoked_declared_dead"] += 1
+        elif ev.kind in ("join", "alive") and m is not None and m.key:
             if node_id_of(m.key) == ev.node:
                 self.trust.admit_node(ev.node, m.key)
             else:
@@ -844,6 +886,7 @@ class Daemon:
             ("POST", "/v1/meta"): self._api_meta,
             ("GET", "/v1/sessions"): self._api_sessions,
             ("GET", "/metrics"): self._api_metrics,
+            **IntentApi(self).routes(),
         }
 
     def member_rows(self) -> list[dict[str, Any]]:
