@@ -116,6 +116,10 @@ class NodeCore:
             }
         self.last_error: str | None = None
         self.wall: float | None = None  # the driver's latest wall-clock reading
+        # Name the node every membership message is for (``Outgoing.node``/``key``). A driver
+        # that does not seal per node (the simulator: its network is the authenticator) may
+        # switch this off to save the lookup per message and the address index.
+        self.name_outgoing = True
         self._by_addr: dict[str, str] = {}
         self._by_addr_size = -1
         self._acks: list[WriteAck] = []
@@ -293,6 +297,8 @@ class NodeCore:
         (authenticated) ``reply_name``, anything else is looked up by address. A join
         push-pull to a seed address names no node: the handshake tells who answered.
         """
+        if not self.name_outgoing:
+            return out
         peek = self.swim.members.peek  # read-only: never copies a shared record
         by_addr = self._by_addr
         for i, o in enumerate(out):

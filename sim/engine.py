@@ -220,11 +220,16 @@ class Simulation:
         rng = random.Random(f"{self.seed}:{name}:{generation}")
         seeds = [s for s in self._seed_names if s != name]
         if self.intent is None:
-            return NodeCore(name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds)
-        intent, blobs = self.intent.make(name, generation)
-        return NodeCore(
-            name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds, intent=intent, blobs=blobs
-        )
+            core = NodeCore(name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds)
+        else:
+            intent, blobs = self.intent.make(name, generation)
+            core = NodeCore(
+                name, name, self._make_meta(index), self.scenario.profile, rng, now=now, seeds=seeds, intent=intent, blobs=blobs
+            )
+        # The simulated network is the authenticator and addresses are names: nothing reads
+        # Outgoing.node/key here, so the core skips naming them (a lookup per message).
+        core.name_outgoing = False
+        return core
 
     # ------------------------------------------------------------------ selectors
 
@@ -547,7 +552,7 @@ class Simulation:
         if len(rec.dead_observers) + 1 < len(live):
             return
         for n in live:
-            m = self.nodes[n].core.swim.members.get(rec.node)
+            m = self.nodes[n].core.swim.members.peek(rec.node)  # read-only: no private copy
             if m is not None and m.state < MemberState.DEAD:
                 return
         rec.all_dead_at = self.now - rec.crashed_at
@@ -705,7 +710,7 @@ class Simulation:
             if not self.nodes[n].up or self.nodes[n].left:
                 continue
             for o in self.live_names():
-                m = self.nodes[o].core.swim.members.get(n)
+                m = self.nodes[o].core.swim.members.peek(n)
                 if m is None or m.meta != meta:
                     return False
         return True

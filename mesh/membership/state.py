@@ -88,6 +88,7 @@ from mesh.wire import (
     encode,
     encode_broadcast,
     envelope_overhead,
+    with_piggyback,
     is_valid_addr,
     is_valid_name,
 )
@@ -138,6 +139,13 @@ def shared_member(m: Member) -> Member:
     for f in _MEMBER_FIELDS:
         object.__setattr__(s, f, getattr(m, f))
     return s
+
+
+def _built_from(m: Member, st: PushPullState) -> bool:
+    """True if shared record ``m`` was built (by ``bootstrap``, after validation) from entry ``st``."""
+    return (
+        m.meta_wire is st.meta_raw and m.name == st.node and m.addr == st.addr and m.incarnation == st.incarnation and m.key == st.key
+    )
 
 
 class MemberTable(dict[str, Member]):
@@ -567,9 +575,11 @@ class SwimCore:
         if ack.coord is not None and sender == p.target:
             rtt = now - p.sent_at
             coord = ack.coord
+            # Keyed by p.target, the name object the member table holds, not the decoder's copy.
+            target = p.target
             if len(coord.vec) == self.vivaldi.config.dimensionality and coord.is_valid():
-                self.coords[sender] = PushPullState.pack_coord(coord)  # type: ignore[assignment]
-            self.vivaldi.update(sender, coord, rtt)
+                self.coords[target] = PushPullState.pack_coord(coord)  # type: ignore[assignment]
+            self.vivaldi.update(target, coord, rtt)
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
         if len(self._relays) >= _MAX_RELAYS:
@@ -643,11 +653,12 @@ class SwimCore:
     # ------------------------------------------------------------------ dissemination
 
     def _datagram(self, dst: str, msg: Any, extra: list[bytes] | None = None) -> Outgoing:
-        base = len(encode(self.name, msg)) + 4
+        base = encode(self.name, msg)
         pig = list(extra) if extra else []
-        budget = MAX_DATAGRAM - base - sum(len(x) + 3 for x in pig)
+        budget = MAX_DATAGRAM - (len(base) + 4) - sum(len(x) + 3 for x in pig)
         pig.extend(self.broadcasts.take(budget))
-        return Outgoing(dst, encode(self.name, msg, pig), False)
+        # The message is encoded once; the piggyback is spliced in after it.
+        return Outgoing(dst, with_piggyback(base, pig) if pig else base, False)
 
     def _gossip(self, now: float) -> list[Outgoing]:
         candidates = self._alive_names
@@ -948,13 +959,14 @@ class SwimCore:
                         continue  # stale
                     if row[3] == 0 and inc == m.incarnation and m.state != dead and (row[5] is None or node in coords):
                         continue  # alive at the incarnation we know: nothing to learn
-            if m is not None:
-                m = members.get(node)  # our own copy from here on: the merge may change it
+            # ``m`` stays the (possibly shared) record, read only: the _apply_* calls take
+            # their own copy, and so does a merge-derived suspicion below. A node that copied
+            # every member a push-pull merely brought a coordinate for held N records of its own.
             try:
                 st = PushPullState.from_wire(row)
                 if st.coord_raw is not None and m is not None and st.node not in coords:
                     if coord_ok(st.coord_raw, dims):
-                        coords[st.node] = st.coord_raw
+                        coords[m.name] = st.coord_raw  # keyed by the name object the table holds
                     else:
                         decode_coord(st.coord_raw, st.node)  # malformed: WireError, as ever; other dimensions: ignored
                 state = MemberState(st.state)
@@ -977,6 +989,7 @@ class SwimCore:
                     and not (st.incarnation > m.incarnation and self._jump_refused(st.incarnation, m.incarnation))
                 ):
                     # A remote "dead" is only a suspicion here: we give the node a chance to refute.
+                    m = members[node]  # our own copy: the suspicion changes it
                     self._start_suspicion(m, st.incarnation, peer or self.name, now, "merge")
                     self.counters["merge_suspicions"] += 1
                     hearsay.append(m)
@@ -1000,10 +1013,12 @@ class SwimCore:
         records to share.
         """
         states = list(states)
-        # Bypasses the decoder (a persisted list): names, addresses, keys and metadata are checked here.
-        valid = [st for st in states if self._bootstrap_entry_ok(st)]
-        self.counters["bad_names"] += len(states) - len(valid)
-        states = valid
+        if not (shared is not None and len(shared) == len(states) and all(map(_built_from, shared, states))):
+            # Bypasses the decoder (a persisted list): names, addresses, keys and metadata are checked
+            # here (unless ``shared`` holds records built from these very entries, already checked).
+            valid = [st for st in states if self._bootstrap_entry_ok(st)]
+            self.counters["bad_names"] += len(states) - len(valid)
+            states = valid
         if shared is None or len(shared) != len(states):
             shared = []
             for st in states:
