@@ -269,6 +269,8 @@ class NodeCore:
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has work."""
         d = self.swim.next_deadline()
+        if self.intent is None and self.blobs is None:
+            return d
         for sub in (self.intent, self.blobs):
             if sub is not None:
                 e = sub.next_deadline()

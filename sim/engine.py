@@ -12,6 +12,7 @@ trace is hashed as it is produced, so the same seed gives the same
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import math
@@ -383,6 +384,20 @@ class Simulation:
 
     def run(self, until: float | None = None) -> None:
         """Process events up to ``until`` (default: the scenario duration)."""
+        # The membership cores make no reference cycles (a 1000-node, 600-s run frees about
+        # a thousand objects through the cycle collector), yet its passes over the millions
+        # of long-lived member records cost an eighth of the run: switch it off meanwhile.
+        # Runs with replicated intent keep it (pycrdt documents are not ours to vouch for).
+        pause_gc = self.intent is None and gc.isenabled()
+        if pause_gc:
+            gc.disable()
+        try:
+            self._run(until)
+        finally:
+            if pause_gc:
+                gc.enable()
+
+    def _run(self, until: float | None) -> None:
         end = self.scenario.duration if until is None else until
         wall0 = time.perf_counter()
         heap = self._heap

@@ -319,7 +319,7 @@ class SwimCore:
 
     def member_key(self, name: str) -> bytes | None:
         """The public key announced for member ``name``: None if unknown, b"" if it announced none."""
-        m = self.members.get(name)
+        m = self.members.peek(name)
         return None if m is None else m.key
 
     def estimate_rtt(self, a: str, b: str) -> float | None:
@@ -423,7 +423,7 @@ class SwimCore:
                 s = self._suspicions[name]
                 if now >= s.deadline:
                     del self._suspicions[name]
-                    m = self.members.get(name)
+                    m = self.members.peek(name)
                     if m is not None and m.state == MemberState.SUSPECT and m.incarnation == s.incarnation:
                         self._apply_dead(Dead(s.incarnation, name, self.name), now)
         if self._relays and now >= self._relay_next:
@@ -457,7 +457,7 @@ class SwimCore:
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`tick` has work to do."""
         # Runs after every event a node handles: plain comparisons, no min() calls.
-        d = self._next_gossip_at if len(self.broadcasts) else _INF
+        d = self._next_gossip_at if self.broadcasts else _INF
         if not self.leaving:
             p = self._probe
             if p is None:
@@ -537,12 +537,12 @@ class SwimCore:
         p.indirect_sent = True
         # Leave the helpers a full probe timeout (their nacks come at 80% of it).
         p.end_at = max(p.end_at, now + self.config.probe_timeout)
-        target = self.members.get(p.target)
+        peek = self.members.peek  # read-only: choosing helpers changes no record
+        target = peek(p.target)
         if target is None:
             return
-        candidates = [
-            n for n in self._alive_names if n != p.target and self.members.peek(n).state == MemberState.ALIVE
-        ]
+        name, alive = p.target, MemberState.ALIVE
+        candidates = [n for n in self._alive_names if n != name and peek(n).state == alive]
         k = min(self.config.indirect_checks, len(candidates))
         helpers = self.rng.sample(candidates, k) if k else []
         p.expected_nacks = len(helpers)
@@ -556,7 +556,7 @@ class SwimCore:
             self.awareness.apply_delta(p.expected_nacks - p.nacks)
         else:
             self.awareness.apply_delta(1)
-        m = self.members.get(p.target)
+        m = self.members.peek(p.target)
         if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
             self._apply_suspect(Suspect(m.incarnation, m.name, self.name), now)
 
@@ -689,7 +689,7 @@ class SwimCore:
         self.broadcasts.queue(key, encode_broadcast(msg), urgent=key == self.name)
 
     def _emit(self, kind: str, node: str, now: float, source: str = "", origin: str = "") -> None:
-        m = self.members.get(node)
+        m = self.members.peek(node)
         self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now, source, origin))
 
     def _jump_refused(self, incarnation: int, held: int) -> bool:
@@ -751,7 +751,8 @@ class SwimCore:
                 # Someone claims our name at our incarnation with other data: assert ours.
                 self._refute(a.incarnation, now)
             return
-        m = self.members.get(a.node)
+        # Read the (possibly shared) record first: most updates are old news and change nothing.
+        m = self.members.peek(a.node)
         if m is None:
             # Every path that creates a member comes through here (gossip, push-pull).
             if not is_valid_name(a.node) or not is_valid_addr(a.addr) or len(a.key) not in (0, 32):
@@ -781,6 +782,7 @@ class SwimCore:
                 reclaim = True
         if a.incarnation <= m.incarnation and not reclaim:
             return
+        m = self.members[a.node]  # our own copy: the update changes it
         was = m.state
         self._suspicions.pop(a.node, None)
         changed_meta = a.meta != m.meta
@@ -809,7 +811,7 @@ class SwimCore:
                     # newer Alive evidently did not reach everyone, so announce it again.
                     self._queue_alive(now)
             return
-        m = self.members.get(s.node)
+        m = self.members.peek(s.node)  # read-only until _start_suspicion
         if m is None or s.incarnation < m.incarnation:
             return
         if s.incarnation > m.incarnation and self._jump_refused(s.incarnation, m.incarnation):
@@ -821,7 +823,7 @@ class SwimCore:
             return
         if m.state != MemberState.ALIVE:
             return
-        self._start_suspicion(m, s.incarnation, s.sender, now)
+        self._start_suspicion(self.members[s.node], s.incarnation, s.sender, now)
         self._queue(s.node, s, now)
 
     def _start_suspicion(self, m: Member, incarnation: int, suspector: str, now: float, origin: str = "") -> None:
@@ -848,13 +850,14 @@ class SwimCore:
                 elif self.name not in self.broadcasts:
                     self._queue_alive(now)
             return
-        m = self.members.get(d.node)
+        m = self.members.peek(d.node)
         if m is None or d.incarnation < m.incarnation:
             return
         if m.state in (MemberState.DEAD, MemberState.LEFT):
             return
         if d.incarnation > m.incarnation and self._jump_refused(d.incarnation, m.incarnation):
             return
+        m = self.members[d.node]  # our own copy: the verdict changes it
         self._suspicions.pop(d.node, None)
         m.incarnation = d.incarnation
         m.state = MemberState.LEFT if d.sender == d.node else MemberState.DEAD
