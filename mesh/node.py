@@ -178,7 +178,7 @@ class NodeCore:
                 # back on the request's stream instead.
                 key = self._key_of(sender)
                 out = [replace(o, node=sender, key=key, stream=stream) if o.reliable and o.dst == src else o for o in out]
-            return self._name_nodes(out, src, sender) if out else out
+            return self._name_nodes(out, src, sender) if out and self.name_outgoing else out
         if t in SYNC_TYPES and self.intent is not None:
             intent, msg, reply_to = self.intent, env.msg, (sender, src, stream)
             return self._translate(self._guard(lambda: intent.receive(sender, msg, now, reply_to)), sender, src, stream)
@@ -202,7 +202,8 @@ class NodeCore:
             if self.intent is not None:
                 self.intent.wall = wall
         if self.intent is None and self.blobs is None:
-            return self._name_nodes(self.swim.tick(now))
+            out = self.swim.tick(now)
+            return self._name_nodes(out) if out and self.name_outgoing else out
         mark = len(self.swim.events)
         out = self._name_nodes(self.swim.tick(now))
         if self.blobs is not None:
