@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import random
 import struct
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from mesh.wire import v_float, v_list
 
@@ -36,6 +37,95 @@ class _F64Structs(dict[int, struct.Struct]):
 
 
 _F64 = _F64Structs()  # n -> packer of n float64s (latency filters)
+_NAN = float("nan")
+
+# Slot numbers shared by every PackedTable: an int above 256 is a 28-byte object of its
+# own, and a table of N entries would otherwise hold N of them per node.
+_SLOTS: list[int] = list(range(1024))
+_SLOTS_LOCK = threading.Lock()
+
+
+def _slot_int(i: int) -> int:
+    if i < len(_SLOTS):
+        return _SLOTS[i]
+    with _SLOTS_LOCK:
+        while len(_SLOTS) <= i:
+            _SLOTS.append(len(_SLOTS))
+    return _SLOTS[i]
+
+
+class PackedTable:
+    """A dict of name -> fixed-width ``bytes`` record, the records packed in one bytearray.
+
+    A node keeps small per-peer records (a packed coordinate, a latency filter) for up to
+    every member of the mesh. As separate ``bytes`` objects each costs a 33-byte header and
+    allocator rounding on top of its payload (80 bytes for a 44-byte coordinate); here it
+    costs its payload. ``get`` returns a fresh ``bytes``. A value of another width (a
+    coordinate of other dimensions) is kept aside as is, so any value round-trips.
+    """
+
+    __slots__ = ("width", "_slot", "_buf", "_free", "_odd")
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._slot: dict[str, int] = {}
+        self._buf = bytearray()
+        self._free: list[int] = []
+        self._odd: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._slot) + len(self._odd)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._slot or key in self._odd
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._slot, *self._odd])
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The record for ``key`` (a new bytes object), or ``default``."""
+        i = self._slot.get(key)
+        if i is None:
+            return self._odd.get(key, default) if self._odd else default
+        w = self.width
+        o = i * w
+        return bytes(self._buf[o : o + w])
+
+    def __getitem__(self, key: str) -> bytes:
+        v = self.get(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        w = self.width
+        if len(value) != w:
+            self.pop(key, None)
+            self._odd[key] = bytes(value)
+            return
+        i = self._slot.get(key)
+        if i is None:
+            if self._odd:
+                self._odd.pop(key, None)
+            if self._free:
+                i = self._free.pop()
+            else:
+                self._slot[key] = _slot_int(len(self._buf) // w)
+                self._buf += value
+                return
+            self._slot[key] = i
+        o = i * w
+        self._buf[o : o + w] = value
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        """Remove ``key``; return its record or ``default``."""
+        i = self._slot.pop(key, None)
+        if i is None:
+            return self._odd.pop(key, default) if self._odd else default
+        w = self.width
+        o = i * w
+        self._free.append(i)
+        return bytes(self._buf[o : o + w])
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,9 +206,11 @@ class VivaldiClient:
         self._origin = Coordinate.origin(self.config)
         self._adjustment_samples = [0.0] * self.config.adjustment_window
         self._adjustment_index = 0
-        # node -> the last few RTT samples, packed float64s: a node keeps one filter per
-        # peer it probes, so it must be small (a deque costs ~600 bytes, these ~60).
-        self._latency_filter: dict[str, bytes] = {}
+        # node -> the samples the filter keeps between updates (the last size - 1; NaN where
+        # there are fewer yet), packed float64s: a node keeps one filter per peer it probes,
+        # so it must be small (a deque costs ~600 bytes, these 8 * (size - 1)).
+        self._keep = max(0, self.config.latency_filter_size - 1)
+        self._latency_filter = PackedTable(8 * self._keep)
         self.updates = 0
         self.resets = 0
 
@@ -179,16 +271,22 @@ class VivaldiClient:
         return coord
 
     def _filtered(self, node: str, rtt: float) -> float:
-        raw = self._latency_filter.get(node)
-        size = self.config.latency_filter_size
-        if raw is None or size <= 1:
-            self._latency_filter[node] = _F64[1].pack(rtt)
+        """The median of the last ``latency_filter_size`` samples towards ``node``, this one included."""
+        keep = self._keep
+        if keep == 0:
             return rtt
-        old = _F64[len(raw) >> 3].unpack(raw)
-        samples = (*old[len(old) - size + 1 :], rtt)
-        self._latency_filter[node] = _F64[len(samples)].pack(*samples)
-        ordered = sorted(samples)
-        return ordered[len(ordered) // 2]
+        table = self._latency_filter
+        raw = table.get(node)
+        if raw is None:
+            table[node] = _F64[keep].pack(*([_NAN] * (keep - 1)), rtt)
+            return rtt
+        # rtt is finite (checked by update), so NaN marks only the slots not filled yet.
+        samples = [x for x in _F64[keep].unpack(raw) if x == x]
+        samples.append(rtt)
+        last = samples[-keep:]
+        table[node] = _F64[keep].pack(*([_NAN] * (keep - len(last))), *last)
+        samples.sort()
+        return samples[len(samples) // 2]
 
     def _apply_force(
         self, vec: tuple[float, ...], height: float, force: float, other: tuple[float, ...], other_height: float, mag: float
