@@ -42,3 +42,27 @@ def test_a_write_that_bypasses_the_table_fails_loudly() -> None:
     with pytest.raises(TypeError, match="shared"):
         shared.state = MemberState.DEAD
     assert a.swim.members["c"].state == MemberState.ALIVE
+
+
+def test_updates_that_change_nothing_leave_records_shared() -> None:
+    """Old news (a push-pull row that only brings a coordinate, a gossiped Alive, Suspect or
+    Dead at an older or equal incarnation) must not give a node its own copy of a record:
+    at 1000 nodes those copies were ~100 KiB per simulated node."""
+    from mesh.coords import Coordinate
+    from mesh.membership.messages import Alive
+    from mesh.wire import Envelope
+
+    a, b = _pair()
+    coord = PushPullState.pack_coord(Coordinate((0.001,) * 8, 0.5, 0.0, 1e-5))
+    rows = [[n, n, 0, 0, PushPullState.pack_meta(NodeMeta(cores=i + 1)), coord, b""] for i, n in enumerate(["a", "b", "c", "d"])]
+    assert a.swim._merge_rows(rows, 1.0, "b") == []
+    assert a.swim.coords.get("c") == coord  # the coordinate was learnt...
+    assert a.swim.members.peek("c") is b.swim.members.peek("c")  # ...and the record is still shared
+    meta_c = b.swim.members.peek("c").meta
+    env = Envelope("b", Alive(0, "c", "c", meta_c), (Alive(0, "c", "c", meta_c),))
+    a.swim.handle("b", env, 2.0)
+    assert a.swim.members.peek("c") is b.swim.members.peek("c")
+    # a change still takes a private copy, and the other node keeps the shared one
+    a.swim._apply_suspect(Suspect(0, "c", "b"), 3.0)
+    assert a.swim.members.peek("c") is not b.swim.members.peek("c")
+    assert b.swim.members.peek("c").state == MemberState.ALIVE
