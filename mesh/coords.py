@@ -64,27 +64,28 @@ class PackedTable:
     coordinate of other dimensions) is kept aside as is, so any value round-trips.
     """
 
-    __slots__ = ("width", "_slot", "_buf", "_free", "_odd")
+    __slots__ = ("width", "slots", "_buf", "_free", "_odd")
 
     def __init__(self, width: int) -> None:
         self.width = width
-        self._slot: dict[str, int] = {}
+        # key -> record number, for bulk readers (see snapshot); read-only outside the table.
+        self.slots: dict[str, int] = {}
         self._buf = bytearray()
         self._free: list[int] = []
         self._odd: dict[str, bytes] = {}
 
     def __len__(self) -> int:
-        return len(self._slot) + len(self._odd)
+        return len(self.slots) + len(self._odd)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._slot or key in self._odd
+        return key in self.slots or key in self._odd
 
     def __iter__(self) -> Iterator[str]:
-        return iter([*self._slot, *self._odd])
+        return iter([*self.slots, *self._odd])
 
     def get(self, key: str, default: Any = None) -> Any:
         """The record for ``key`` (a new bytes object), or ``default``."""
-        i = self._slot.get(key)
+        i = self.slots.get(key)
         if i is None:
             return self._odd.get(key, default) if self._odd else default
         w = self.width
@@ -103,23 +104,29 @@ class PackedTable:
             self.pop(key, None)
             self._odd[key] = bytes(value)
             return
-        i = self._slot.get(key)
+        i = self.slots.get(key)
         if i is None:
             if self._odd:
                 self._odd.pop(key, None)
             if self._free:
                 i = self._free.pop()
             else:
-                self._slot[key] = _slot_int(len(self._buf) // w)
+                self.slots[key] = _slot_int(len(self._buf) // w)
                 self._buf += value
                 return
-            self._slot[key] = i
+            self.slots[key] = i
         o = i * w
         self._buf[o : o + w] = value
 
+    def snapshot(self) -> bytes | None:
+        """A copy of the packed records for many reads in a row (building a push-pull):
+        record ``slots[key]`` is ``buf[slot * width:(slot + 1) * width]``. None when some
+        value of another width is kept aside (then read with ``get``)."""
+        return None if self._odd else bytes(self._buf)
+
     def pop(self, key: str, default: Any = None) -> Any:
         """Remove ``key``; return its record or ``default``."""
-        i = self._slot.pop(key, None)
+        i = self.slots.pop(key, None)
         if i is None:
             return self._odd.pop(key, default) if self._odd else default
         w = self.width

@@ -57,7 +57,7 @@ from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any, Iterable
 
-from mesh.coords import Coordinate, VivaldiClient
+from mesh.coords import Coordinate, PackedTable, VivaldiClient
 from mesh.errors import ConfigError, WireError
 from mesh.membership.awareness import Awareness
 from mesh.membership.broadcast import BroadcastQueue
@@ -253,7 +253,8 @@ class SwimCore:
         self.vivaldi = VivaldiClient(rng)
         # Peers' coordinates as packed float32s (their push-pull encoding): a node holds
         # one per member, so they are kept compact and re-sent without re-encoding.
-        self.coords: dict[str, bytes] = {}
+        # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
+        self.coords = PackedTable(4 * (self.vivaldi.config.dimensionality + 3))
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
         self.members: MemberTable = MemberTable(
             {name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now, key=key)}
@@ -877,11 +878,29 @@ class SwimCore:
         return tuple(PushPullState(*row[:3], int(row[3]), *row[4:]) for row in self._state_rows())
 
     def _state_rows(self) -> list[list[Any]]:
-        get = self.coords.get
-        rows = [
-            [name, m.addr, m.incarnation, m.state, m.meta_wire or self._meta_wire(m), get(name), m.key]
-            for name, m in self.members.items()
-        ]
+        coords = self.coords
+        buf = coords.snapshot()
+        if buf is None:
+            get = coords.get
+            rows = [
+                [name, m.addr, m.incarnation, m.state, m.meta_wire or self._meta_wire(m), get(name), m.key]
+                for name, m in self.members.items()
+            ]
+        else:
+            # coords.get inlined over one copy of the packed records: this runs for every member
+            slot, w = coords.slots.get, coords.width
+            rows = [
+                [
+                    name,
+                    m.addr,
+                    m.incarnation,
+                    m.state,
+                    m.meta_wire or self._meta_wire(m),
+                    None if (i := slot(name)) is None else buf[i * w : i * w + w],
+                    m.key,
+                ]
+                for name, m in self.members.items()
+            ]
         # Our own row carries our own coordinate (we keep none for ourselves in ``coords``).
         for row in rows:
             if row[0] == self.name:
@@ -940,6 +959,7 @@ class SwimCore:
         members = self.members
         peek = members.peek  # no copy of a shared member just to compare it
         coords = self.coords
+        has_coord = coords.slots  # membership test without a Python-level __contains__ per row
         me = self.name
         dead = MemberState.DEAD
         hearsay: list[Member] = []
@@ -960,7 +980,7 @@ class SwimCore:
                 elif type(inc) is int:
                     if inc < m.incarnation:
                         continue  # stale
-                    if row[3] == 0 and inc == m.incarnation and m.state != dead and (row[5] is None or node in coords):
+                    if row[3] == 0 and inc == m.incarnation and m.state != dead and (row[5] is None or node in has_coord):
                         continue  # alive at the incarnation we know: nothing to learn
             # ``m`` stays the (possibly shared) record, read only: the _apply_* calls take
             # their own copy, and so does a merge-derived suspicion below. A node that copied
