@@ -405,8 +405,9 @@ class Simulation:
         trace_file = self._trace_file
         update = self._trace.update
         pack_t = _T.pack
+        heappop = heapq.heappop
         while heap and heap[0][0] <= end:
-            t, _, kind, data = heapq.heappop(heap)
+            t, _, kind, data = heappop(heap)
             self.now = t
             self.events_processed += 1
             if kind == _DELIVER:
@@ -450,15 +451,17 @@ class Simulation:
     def _after(self, node: SimNode, outs: list[Any]) -> None:
         if outs:
             self._send(node, outs)
-        if self.intent is not None:
-            self.intent.after(node)
         core = node.core
         swim = core.swim
+        if self.intent is not None:
+            self.intent.after(node)
+            d = core.next_deadline()
+        else:
+            d = swim.next_deadline()  # what core.next_deadline() returns without intent, one call less
         if swim.events:
             events, swim.events = swim.events, []
             self._observe(node, events)
         # _schedule_timer, inlined: it runs after every event.
-        d = core.next_deadline()
         if d is None or d == math.inf:
             return
         t = d if node.plain else node.to_global(d)

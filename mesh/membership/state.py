@@ -655,9 +655,13 @@ class SwimCore:
 
     def _datagram(self, dst: str, msg: Any, extra: list[bytes] | None = None) -> Outgoing:
         base = encode(self.name, msg)
-        pig = list(extra) if extra else []
-        budget = MAX_DATAGRAM - (len(base) + 4) - sum(len(x) + 3 for x in pig)
-        pig.extend(self.broadcasts.take(budget))
+        budget = MAX_DATAGRAM - (len(base) + 4)
+        if extra:
+            pig = list(extra)
+            budget -= sum(len(x) + 3 for x in pig)
+            pig.extend(self.broadcasts.take(budget))
+        else:
+            pig = self.broadcasts.take(budget)
         # The message is encoded once; the piggyback is spliced in after it.
         return Outgoing(dst, with_piggyback(base, pig) if pig else base, False)
 
