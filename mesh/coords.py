@@ -62,34 +62,51 @@ class PackedTable:
     allocator rounding on top of its payload (80 bytes for a 44-byte coordinate); here it
     costs its payload. ``get`` returns a fresh ``bytes``. A value of another width (a
     coordinate of other dimensions) is kept aside as is, so any value round-trips.
+
+    Record numbers come from ``slots`` (name -> number). By default the table owns it and
+    reuses the numbers of removed records. A driver running many nodes in one process (the
+    simulator) may pass one ``index`` dict to all their tables: numbers are then assigned
+    once per name, never reused, and a table holds no dict of its own (at 1000 members a
+    dict is ~37 KiB per table). Tables sharing an index must be used from one thread.
     """
 
-    __slots__ = ("width", "slots", "_buf", "_free", "_odd")
+    __slots__ = ("width", "slots", "present", "_shared", "_buf", "_free", "_odd", "_count")
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, index: dict[str, int] | None = None) -> None:
         self.width = width
-        # key -> record number, for bulk readers (see snapshot); read-only outside the table.
-        self.slots: dict[str, int] = {}
+        self._shared = index is not None
+        # name -> record number; read-only outside the table (bulk readers: see snapshot).
+        self.slots: dict[str, int] = index if index is not None else {}
+        # present[n] is 1 iff record n holds a value (a shared index numbers absent names too).
+        self.present = bytearray()
         self._buf = bytearray()
         self._free: list[int] = []
         self._odd: dict[str, bytes] = {}
+        self._count = 0
+
+    def _number(self, key: object) -> int | None:
+        n = self.slots.get(key)  # type: ignore[call-overload]
+        if n is None or n >= len(self.present) or not self.present[n]:
+            return None
+        return n
 
     def __len__(self) -> int:
-        return len(self.slots) + len(self._odd)
+        return self._count + len(self._odd)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.slots or key in self._odd
+        return self._number(key) is not None or key in self._odd
 
     def __iter__(self) -> Iterator[str]:
-        return iter([*self.slots, *self._odd])
+        present, size = self.present, len(self.present)
+        return iter([*(k for k, n in self.slots.items() if n < size and present[n]), *self._odd])
 
     def get(self, key: str, default: Any = None) -> Any:
         """The record for ``key`` (a new bytes object), or ``default``."""
-        i = self.slots.get(key)
-        if i is None:
+        n = self._number(key)
+        if n is None:
             return self._odd.get(key, default) if self._odd else default
         w = self.width
-        o = i * w
+        o = n * w
         return bytes(self._buf[o : o + w])
 
     def __getitem__(self, key: str) -> bytes:
@@ -104,34 +121,47 @@ class PackedTable:
             self.pop(key, None)
             self._odd[key] = bytes(value)
             return
-        i = self.slots.get(key)
-        if i is None:
-            if self._odd:
-                self._odd.pop(key, None)
-            if self._free:
-                i = self._free.pop()
+        if self._odd:
+            self._odd.pop(key, None)
+        slots = self.slots
+        n = slots.get(key)
+        if n is None:
+            if self._shared:
+                n = slots[key] = _slot_int(len(slots))
+            elif self._free:
+                n = slots[key] = self._free.pop()
             else:
-                self.slots[key] = _slot_int(len(self._buf) // w)
-                self._buf += value
-                return
-            self.slots[key] = i
-        o = i * w
+                n = slots[key] = _slot_int(len(self.present))
+        present = self.present
+        if n >= len(present):
+            grow = n + 1 - len(present)
+            present += bytes(grow)
+            self._buf += bytes(grow * w)
+        o = n * w
         self._buf[o : o + w] = value
+        if not present[n]:
+            present[n] = 1
+            self._count += 1
 
     def snapshot(self) -> bytes | None:
         """A copy of the packed records for many reads in a row (building a push-pull):
-        record ``slots[key]`` is ``buf[slot * width:(slot + 1) * width]``. None when some
-        value of another width is kept aside (then read with ``get``)."""
+        the record of a name with ``n = slots[name]``, if ``n < len(present) and present[n]``,
+        is ``buf[n * width:(n + 1) * width]``. None when some value of another width is kept
+        aside (then read with ``get``)."""
         return None if self._odd else bytes(self._buf)
 
     def pop(self, key: str, default: Any = None) -> Any:
         """Remove ``key``; return its record or ``default``."""
-        i = self.slots.pop(key, None)
-        if i is None:
+        n = self._number(key)
+        if n is None:
             return self._odd.pop(key, default) if self._odd else default
         w = self.width
-        o = i * w
-        self._free.append(i)
+        o = n * w
+        self.present[n] = 0
+        self._count -= 1
+        if not self._shared:
+            del self.slots[key]
+            self._free.append(n)
         return bytes(self._buf[o : o + w])
 
 
@@ -220,6 +250,12 @@ class VivaldiClient:
         self._latency_filter = PackedTable(8 * self._keep)
         self.updates = 0
         self.resets = 0
+
+    def share_index(self, index: dict[str, int]) -> None:
+        """Number latency filters through ``index``, shared with other tables (see PackedTable)."""
+        if len(self._latency_filter):
+            raise ValueError("share_index must be called before any RTT sample")
+        self._latency_filter = PackedTable(8 * self._keep, index)
 
     def forget(self, node: str) -> None:
         """Drop the latency filter kept for a node that left."""

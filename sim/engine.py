@@ -156,6 +156,7 @@ class Simulation:
         self.wall_seconds = 0.0
         self._initial: list[Any] | None = None
         self._shared_members: dict[float, list[Any]] = {}
+        self._peer_index: dict[str, int] = {}
         # Replicated intent only when the scenario asks for it: membership-only runs pay nothing.
         self.intent: IntentHarness | None = None
         if scenario.intent is not None:
@@ -230,6 +231,9 @@ class Simulation:
         # The simulated network is the authenticator and addresses are names: nothing reads
         # Outgoing.node/key here, so the core skips naming them (a lookup per message).
         core.name_outgoing = False
+        # One numbering of names for every node's per-peer records (coordinates, latency
+        # filters): a node then holds packed records and no name -> record dict of its own.
+        core.swim.share_peer_index(self._peer_index)
         return core
 
     # ------------------------------------------------------------------ selectors

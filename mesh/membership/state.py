@@ -318,6 +318,14 @@ class SwimCore:
         """This node's membership view: name → state."""
         return {n: m.state for n, m in self.members.items()}
 
+    def share_peer_index(self, index: dict[str, int]) -> None:
+        """Number this node's per-peer records (coordinates, latency filters) through
+        ``index``, shared by every node of one process (a simulator): see PackedTable."""
+        if len(self.coords):
+            raise ValueError("share_peer_index must be called before any coordinate is known")
+        self.coords = PackedTable(self.coords.width, index)
+        self.vivaldi.share_index(index)
+
     def member_key(self, name: str) -> bytes | None:
         """The public key announced for member ``name``: None if unknown, b"" if it announced none."""
         m = self.members.peek(name)
@@ -892,7 +900,8 @@ class SwimCore:
             ]
         else:
             # coords.get inlined over one copy of the packed records: this runs for every member
-            slot, w = coords.slots.get, coords.width
+            slot, w, present = coords.slots.get, coords.width, coords.present
+            size = len(present)
             rows = [
                 [
                     name,
@@ -900,7 +909,7 @@ class SwimCore:
                     m.incarnation,
                     m.state,
                     m.meta_wire or self._meta_wire(m),
-                    None if (i := slot(name)) is None else buf[i * w : i * w + w],
+                    None if (i := slot(name)) is None or i >= size or not present[i] else buf[i * w : i * w + w],
                     m.key,
                 ]
                 for name, m in self.members.items()
@@ -963,7 +972,8 @@ class SwimCore:
         members = self.members
         peek = members.peek  # no copy of a shared member just to compare it
         coords = self.coords
-        has_coord = coords.slots  # membership test without a Python-level __contains__ per row
+        # `node in coords` inlined (no Python-level __contains__ per row)
+        coord_slot, coord_present = coords.slots.get, coords.present
         me = self.name
         dead = MemberState.DEAD
         hearsay: list[Member] = []
@@ -984,7 +994,10 @@ class SwimCore:
                 elif type(inc) is int:
                     if inc < m.incarnation:
                         continue  # stale
-                    if row[3] == 0 and inc == m.incarnation and m.state != dead and (row[5] is None or node in has_coord):
+                    if row[3] == 0 and inc == m.incarnation and m.state != dead and (
+                        row[5] is None
+                        or ((i := coord_slot(node)) is not None and i < len(coord_present) and coord_present[i])
+                    ):
                         continue  # alive at the incarnation we know: nothing to learn
             # ``m`` stays the (possibly shared) record, read only: the _apply_* calls take
             # their own copy, and so does a merge-derived suspicion below. A node that copied
