@@ -1,17 +1,22 @@
 """IntentNode: the node-facing facade (typed writes, durable ack, sync) that NodeCore embeds.
 
+Every write is a chained signed record (:mod:`crdt.logrecord`) added to the node's
+:class:`~crdt.signedlog.SignedLog` through :class:`~crdt.documents.IntentDoc`; the store keeps
+one row per record and a restart re-verifies every row.
+
 Clocks: every method takes ``now``, the node's *monotonic* clock, which drives timers and
-nothing else. Values stored inside replicated records (a deployment's ``written_at``, a
-tombstone's ``removed_at``, a placement's timestamp) come from the *wall* clock the driver
-passes separately (``wall=`` on a write, or the latest reading the node core handed over in
-:attr:`IntentNode.wall`). A driver with a single clock (the offline CLI writer) may omit it;
-then ``now`` is used for both.
+nothing else. Values stored inside replicated records (a record's ``wall_ms``, a deployment's
+``written_at``, a tombstone's ``removed_at``, a placement's timestamp) come from the *wall*
+clock the driver passes separately (``wall=`` on a write, or the latest reading the node core
+handed over in :attr:`IntentNode.wall`), and remote records are judged against it (a record
+more than 30 s ahead is held back). A driver with a single clock (the offline CLI writer) may
+omit it; then ``now`` is used for both.
 
 Durability: with a disk store (``SqliteStore``, ``MemoryStore``) a write is appended and
 committed before the method returns its :class:`WriteAck`. With an
 :class:`~crdt.store.EffectStore` (an event-loop driver) the write returns a
 :class:`PendingWrite`; its :class:`WriteAck` only comes out of :meth:`IntentNode.persisted`,
-once the driver reports the persist effect done, and only then is the update pushed to peers.
+once the driver reports the persist effect done, and only then is the record pushed to peers.
 Either way: acknowledged means durable.
 
 Threads: an IntentNode is owned by one thread, the node's loop. Host functions running on
@@ -21,7 +26,6 @@ onto that loop.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import deque
 from dataclasses import dataclass, replace
@@ -32,9 +36,9 @@ import structlog
 from crdt.documents import AuditSink, Deployment, IntentDoc, VisibleHook
 from crdt.errors import Conflict, KvLimitError, NotFound, PermissionDenied, ValidationError
 from crdt.keys import SigningKey
-from crdt.messages import SyncChunk, SyncStep2, SyncUpdate
+from crdt.heads import RecordBatch
 from crdt.metrics import Counters
-from crdt.records import SignedRecord, check_key
+from crdt.records import check_key
 from crdt.schema import (
     DeploymentSpec,
     KvLimits,
@@ -50,7 +54,7 @@ from crdt.schema import (
     v_namespace,
 )
 from crdt.store import MemoryStore, PersistEffect, UpdateStore
-from crdt.sync import Outgoing, SyncConfig, SyncCore, decode_state_vector
+from crdt.sync import Outgoing, SyncConfig, SyncCore
 from crdt.trust import TrustConfig
 
 
@@ -65,6 +69,37 @@ class WriteAck:
 
 
 @dataclass(slots=True, frozen=True)
+class PreparedWrite:
+    """The fields of a record a remote signer must sign (``IntentNode.prepare``)."""
+
+    kind: str
+    key: str
+    payload: Any
+    tombstone: bool
+    seq: int
+    prev: bytes
+    wall_ms: int
+
+
+class _Captured(Exception):
+    def __init__(self, prepared: PreparedWrite) -> None:
+        self.prepared = prepared
+
+
+class _CaptureSigner:
+    """Stands in for a private key: the write runs to the signature, which it captures instead."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+
+    def sign(self, message: bytes) -> bytes:
+        from crdt.logrecord import unpack_signing_bytes
+
+        kind, key, tombstone, payload, seq, prev, wall_ms = unpack_signing_bytes(message, self.key_id)
+        raise _Captured(PreparedWrite(kind, key, payload, tombstone, seq, prev, wall_ms))
+
+
+@dataclass(slots=True, frozen=True)
 class PendingWrite:
     """A write applied locally whose persist effect ``token`` is not yet durable: not an acknowledgement."""
 
@@ -75,24 +110,15 @@ class PendingWrite:
     token: int
 
 
-_CLIENT_ID_MASK = 2**52 - 1
 _MAX_HELD = 1024  # answers waiting for durability (one fsync each, normally a handful)
+# Row causes that mean the stored bytes themselves are damaged (anything else, e.g. a role
+# the trust file no longer grants, is a judgement of an intact record).
+_CORRUPT = frozenset({"malformed", "oversize", "bad_signature"})
 
 
-def _carries_diff(msg: Any) -> bool:
-    """True for sync messages that carry (part of) a diff of our own document."""
-    return isinstance(msg, (SyncStep2, SyncChunk)) or (isinstance(msg, SyncUpdate) and msg.push_id == 0)  # Yjs client ids are 53-bit safe integers
-
-
-def derive_client_id(node_id: str, epoch: int, salt: int, taken: set[int] | frozenset[int] = frozenset()) -> int:
-    """A Yjs client id unique to ``(node_id, boot epoch)``, avoiding ids already in the document."""
-    n = 0
-    while True:
-        h = hashlib.blake2b(f"{node_id}\0{epoch}\0{salt}\0{n}".encode(), digest_size=8, person=b"wm-yjs-client")
-        cid = int.from_bytes(h.digest(), "big") & _CLIENT_ID_MASK
-        if cid and cid not in taken:
-            return cid
-        n += 1
+def _carries_records(msg: Any) -> bool:
+    """True for answers that carry records of our own log (possibly a write not durable yet)."""
+    return isinstance(msg, RecordBatch)
 
 
 @dataclass(slots=True, frozen=True)
@@ -104,11 +130,11 @@ class RetentionPolicy:
 
 
 class IntentNode:
-    """One node's replicated intent: documents + durable store + SyncCore.
+    """One node's replicated intent: signed log + typed view + durable store + SyncCore.
 
-    ``now`` is always passed in; ``rng`` is the node's seeded random source (peer choice, a
-    salt of the Yjs client id, which derives from the store's boot epoch so that it differs
-    on every start however ``rng`` is seeded).
+    ``now`` is always passed in; ``rng`` is the node's seeded random source (peer choice).
+    ``wall`` is the wall clock at start-up, against which stored records are re-verified
+    (None: the store's own records are not judged for their time).
     """
 
     def __init__(
@@ -125,6 +151,7 @@ class IntentNode:
         on_visible: VisibleHook | None = None,
         compact_after_rows: int = 1000,
         counters: Counters | None = None,
+        wall: float | None = None,
     ) -> None:
         self.node_id = node_id
         self.node_key = node_key
@@ -137,38 +164,25 @@ class IntentNode:
             self.store.counters = self.counters  # type: ignore[attr-defined]
         self.log = structlog.get_logger("crdt.intent").bind(node_id=node_id)
         rows = self.store.load()
-        # Every start is a new boot epoch, stored before any update of this run: the Yjs
-        # client id derives from it, so a restart never reuses an earlier run's client id
-        # (and so its clocks), even when the driver seeds ``rng`` identically every time.
-        # Ids already present in the stored state are avoided too (belt and braces).
+        # The boot epoch still counts starts (operators read it); records need no client id.
         self.epoch = self.store.epoch() + 1
         self.store.set_epoch(self.epoch)
-        salt = rng.getrandbits(52)
         self.compact_after_rows = compact_after_rows
         self.now = 0.0
-        self.wall: float | None = None
-        self._seq: dict[str, int] = {}
+        self.wall: float | None = wall
         self._deferred = bool(getattr(self.store, "deferred", False))
         self._unacked: deque[tuple[int, WriteAck, bytes]] = deque()  # token order
         # Answers computed while local writes were not durable yet: (token to wait for, reply_to, messages).
         self._held: list[tuple[int, Any, list[Outgoing]]] = []
-        taken: set[int] = set()
+        self.doc = IntentDoc(trust, kv_limits=kv_limits, counters=self.counters, audit_sink=audit_sink, on_visible=on_visible, node_id=node_id)
+        # A store is not trusted: every row is verified again. Without a wall clock the rows'
+        # own times are accepted (they were judged when they arrived).
+        load_wall = wall if wall is not None else (2**53 - 1) / 1000
         corrupt = 0
-        while True:
-            self.doc = IntentDoc(
-                trust, client_id=derive_client_id(node_id, self.epoch, salt, taken), kv_limits=kv_limits,
-                counters=self.counters, audit_sink=audit_sink, on_visible=on_visible, node_id=node_id,
-            )
-            corrupt = 0
-            for row in rows:
-                try:
-                    self.doc.apply_update(row, 0.0)
-                except ValidationError:
-                    corrupt += 1
-            seen = set(decode_state_vector(self.doc.state_vector()))
-            if self.doc.doc.client_id not in seen:
-                break
-            taken |= seen  # a hash collision with a stored client: draw again, rebuild
+        for row in rows:
+            res = self.doc.add(row, load_wall, 0.0)
+            if res.status == "rejected" and res.reason in _CORRUPT:
+                corrupt += 1
         if corrupt:
             self.counters.store_corrupt_rows += corrupt
             self.log.error("crdt_store_rows_undecodable", count=corrupt)
@@ -185,8 +199,8 @@ class IntentNode:
         durable, or a crash could let the restarted node reissue its ``(signer, seq)``.
         """
         self.now = max(self.now, now)
-        out = self.sync.receive(src, msg, now)
-        if self._unacked and any(_carries_diff(m) for _, m in out):
+        out = self.sync.receive(src, msg, now, self._stamp(now, None))
+        if self._unacked and any(_carries_records(m) for _, m in out):
             if len(self._held) >= _MAX_HELD:
                 # The disk is not keeping up (or the driver stopped persisting): drop, the
                 # peer's next anti-entropy round asks again.
@@ -198,11 +212,14 @@ class IntentNode:
         return out
 
     def tick(self, now: float, live_peers: list[str]) -> list[Outgoing]:
-        """Run the sync timers (eager push, anti-entropy) and compaction."""
+        """Run the sync timers (eager push, anti-entropy) and apply held records that came due."""
         self.now = max(self.now, now)
-        out = self.sync.tick(now, live_peers)
-        self.maybe_compact()
-        return out
+        if self.doc.records.held_count():
+            for data, res in self.doc.records.release_due_records(self._stamp(now, None)):
+                self.doc._digest(res, now)
+                if res.stored:
+                    self.store.append(data)
+        return self.sync.tick(now, live_peers)
 
     def stream_event(self, peer: str, kind: str, now: float) -> list[Outgoing]:
         """A stream to ``peer`` failed, closed, timed out or is backpressured: tell sync (its reaction runs on the next tick)."""
@@ -253,23 +270,62 @@ class IntentNode:
         return self.wall if self.wall is not None else now
 
     def next_deadline(self) -> float | None:
-        """When :meth:`tick` next has work (held sync requests are due as soon as writes are durable)."""
-        return self.sync.next_deadline()
+        """When :meth:`tick` next has work (sync timers, a held future record coming due)."""
+        d = self.sync.next_deadline()
+        release = self.doc.records.next_release()
+        if release is not None:
+            # The release time is on the wall clock; timers run on the monotonic one.
+            at = self.now + max(0.0, release - self._stamp(self.now, None))
+            d = at if d is None else min(d, at)
+        return d
 
     def maybe_compact(self) -> bool:
-        """Fold the update log into one snapshot once it has ``compact_after_rows`` rows."""
-        if self.store.row_count() < self.compact_after_rows:
-            return False
-        self.store.compact(self.doc.diff())
-        return True
+        """Nothing to compact: records are never superseded in storage (one row per record)."""
+        return False
 
     def has_write(self, signer: str, seq: int) -> bool:
         """Convergence check: is the write ``(signer, seq)`` visible in this node's effective view?"""
         return self.doc.has_write(signer, seq)
 
+    # --- writing for a remote signer (the CLI keeps its private key) ----------------------
+
+    def prepare(self, signer_id: str, write: Any) -> "PreparedWrite":
+        """Run ``write(signer)`` (any write method, e.g. ``lambda k: node.publish(m, k, now)``) up to the
+        point where the record would be signed, and return what the holder of ``signer_id``'s
+        private key must sign: the same checks as a local write (roles, conflicts, resolution of
+        version ranges), the same sequence number, chain link and wall time. Nothing is stored.
+        """
+        capture = _CaptureSigner(signer_id)
+        try:
+            write(capture)
+        except _Captured as cap:
+            return cap.prepared
+        raise ValidationError("the write produced no record to sign")
+
+    def submit(self, data: bytes, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Add a record a client signed after :meth:`prepare`, as a local write of its signer.
+
+        Refused (nothing stored) unless it is exactly the signer's next position here: a record
+        for a position another write took since, or with a stale chain link, would fork the
+        signer's chain and freeze its key mesh-wide (``Conflict``: prepare again).
+        """
+        from crdt.logrecord import LogRecord
+
+        rec = LogRecord.decode(data)
+        st = self.doc.records
+        if rec.seq != st.next_seq_for(rec.signer) or rec.prev != st.chain_head(rec.signer):
+            raise Conflict(f"key {rec.signer} wrote seq {rec.seq} meanwhile or the record is stale; prepare it again")
+        self.now = max(self.now, now)
+        res = self.doc.add(data, self._stamp(now, wall), now)
+        if res.status not in ("accepted",):
+            raise ValidationError(f"{rec.kind} {rec.key!r:.80} refused: {res.reason or res.status}")
+        return self._store_local(rec.kind, rec.key, rec.signer, rec.seq, data, now)
+
     # --- writing ------------------------------------------------------------------------
 
-    def _commit(self, kind: str, key: str, payload: Any, signer: SigningKey | None, now: float) -> WriteAck | PendingWrite:
+    def _commit(
+        self, kind: str, key: str, payload: Any, signer: SigningKey | None, now: float, wall: float | None = None,
+    ) -> WriteAck | PendingWrite:
         signer = signer or self.node_key
         if kind == "placement":
             if self.trust.node_key_id(key) != signer.key_id:
@@ -280,17 +336,19 @@ class IntentNode:
                 f"key {signer.key_id} (roles: {roles}) may not write {kind}; add a suitable role to the trust config"
             )
         self.now = max(self.now, now)
-        seq = 1 + max(self._seq.get(signer.key_id, 0), self.doc.max_seq_of_signer(signer.key_id), self.doc.max_seq_for_key(kind, key))
-        rec = SignedRecord.create(signer, kind, key, payload, seq)
-        self._seq[signer.key_id] = seq
-        update = self.doc.write(rec, now, signed_here=True)
-        token = self.store.append(update)  # disk store: committed here; effect store: queued
-        ack = WriteAck(kind, key, signer.key_id, seq)
-        self.log.info("crdt_local_write", kind=kind, key=key[:120], signer=signer.key_id, seq=seq)
+        rec, res = self.doc.append(signer, kind, key, payload, self._stamp(now, wall), now)
+        if res.status == "rejected":  # the same checks a receiver runs: nothing was stored, no seq used
+            raise ValidationError(f"{kind} {key!r:.80} refused: {res.reason}")
+        return self._store_local(kind, key, signer.key_id, rec.seq, rec.encode(), now)
+
+    def _store_local(self, kind: str, key: str, signer: str, seq: int, data: bytes, now: float) -> WriteAck | PendingWrite:
+        token = self.store.append(data)  # disk store: committed here; effect store: queued
+        ack = WriteAck(kind, key, signer, seq)
+        self.log.debug("crdt_local_write", kind=kind, key=key[:120], signer=signer, seq=seq)
         if self._deferred:
-            self._unacked.append((token, ack, update))
-            return PendingWrite(kind, key, signer.key_id, seq, token)
-        self.sync.local_update(update, now)
+            self._unacked.append((token, ack, data))
+            return PendingWrite(kind, key, signer, seq, token)
+        self.sync.local_update(data, now)
         return ack
 
     def publish(self, manifest: Manifest, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
@@ -299,7 +357,7 @@ class IntentNode:
         key = registry_key(manifest.name, manifest.version)
         if self.doc.effective("registry", key) is not None:
             raise Conflict(f"{manifest.name} {manifest.version} is already published; versions are immutable, publish a new version")
-        return self._commit("registry", key, manifest.to_payload(), signer, now)
+        return self._commit("registry", key, manifest.to_payload(), signer, now, wall)
 
     def remove_version(
         self, name: str, version: str, signer: SigningKey, now: float, reason: str = "",
@@ -314,7 +372,7 @@ class IntentNode:
             if users:
                 raise Conflict(f"{name} {version} is active in deployment(s) {', '.join(users)}; roll them forward first")
         payload = {"removed": True, "removed_at": self._stamp(now, wall), "reason": reason, "name": name, "version": version}
-        return self._commit("registry", registry_key(name, version), payload, signer, now)
+        return self._commit("registry", registry_key(name, version), payload, signer, now, wall)
 
     def collectable_blobs(self, wall: float, policy: RetentionPolicy = RetentionPolicy()) -> list[str]:
         """sha256 of removed versions whose grace period (measured on the wall clock ``wall``) has passed and that no live version shares."""
@@ -341,7 +399,7 @@ class IntentNode:
         from crdt.schema import validate_deployment_payload
 
         validate_deployment_payload(spec.name, payload)
-        return self._commit("deployments", spec.name, payload, signer, now)
+        return self._commit("deployments", spec.name, payload, signer, now, wall)
 
     def rollback(
         self, name: str, signer: SigningKey, now: float, to_version: str | None = None, *, wall: float | None = None,
@@ -362,12 +420,12 @@ class IntentNode:
             target = same[-1] if same else replace(hist[-1], spec=replace(dep.spec, version=to_version), active_version=to_version)
         assert target.spec is not None
         payload = deployment_payload(target.spec, target.active_version, "rollback", self._stamp(now, wall))
-        return self._commit("deployments", name, payload, signer, now)
+        return self._commit("deployments", name, payload, signer, now, wall)
 
     def delete_deployment(self, name: str, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
         """Delete a deployment (a signed record with no spec)."""
         self.doc.deployment(name)
-        return self._commit("deployments", name, deployment_payload(None, None, "delete", self._stamp(now, wall)), signer, now)
+        return self._commit("deployments", name, deployment_payload(None, None, "delete", self._stamp(now, wall)), signer, now, wall)
 
     def set_route(self, route: RouteSpec, signer: SigningKey, now: float) -> WriteAck | PendingWrite:
         """Create or replace a route."""
@@ -384,7 +442,7 @@ class IntentNode:
     def set_placement(self, replicas: list[ReplicaClaim], now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
         """Replace this node's own placement entry."""
         entry = PlacementEntry(self.node_id, tuple(replicas), self._stamp(now, wall))
-        return self._commit("placement", self.node_id, entry.to_payload(), self.node_key, now)
+        return self._commit("placement", self.node_id, entry.to_payload(), self.node_key, now, wall)
 
     # --- KV (structurally satisfies runtime's KVStore protocol) --------------------------
 

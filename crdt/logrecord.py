@@ -23,7 +23,7 @@ from crdt.errors import ValidationError
 from crdt.keys import KEY_ID_LEN, SigningKey
 from crdt.records import KINDS, canonical, check_key, pack, unpack_bounded
 
-LOG_DOMAIN = "wasmatrix-log/2"
+from model.canonical import LOG_DOMAIN  # noqa: E402  (model.canonical.log_signing_bytes gives the same bytes)
 LOG_VERSION = 2
 # A record must fit one 65,535-byte transport frame together with its batch framing, so it
 # never needs reassembly (which is where unbounded buffers hide). 60,000 bytes is the sync
@@ -40,6 +40,15 @@ _HEX = frozenset("0123456789abcdef")
 def signing_bytes(signer: str, seq: int, prev: bytes, kind: str, key: str, tombstone: bool, payload: Any, wall_ms: int) -> bytes:
     """The exact bytes a log record's signature covers (payload already canonical)."""
     return pack([LOG_DOMAIN, signer, seq, prev, kind, key, tombstone, payload, wall_ms])
+
+
+def unpack_signing_bytes(message: bytes, signer: str) -> tuple[str, str, bool, Any, int, bytes, int]:
+    """Inverse of :func:`signing_bytes` for our own message: (kind, key, tombstone, payload, seq, prev, wall_ms)."""
+    obj = unpack_bounded(message, MAX_LOG_RECORD_BYTES, "signing bytes")
+    if not isinstance(obj, list) or len(obj) != 9 or obj[0] != LOG_DOMAIN or obj[1] != signer:
+        raise ValidationError("not the signing bytes of a log record of this signer")
+    _, _, seq, prev, kind, key, tombstone, payload, wall_ms = obj
+    return kind, key, tombstone, payload, seq, prev, wall_ms
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,6 +87,11 @@ class LogRecord:
         if len(rec.encode()) > MAX_LOG_RECORD_BYTES:
             raise ValidationError(f"log record for {kind}:{key!r:.60} exceeds {MAX_LOG_RECORD_BYTES} bytes")
         return rec
+
+    @property
+    def write_id(self) -> tuple[str, int]:
+        """``(signer key id, seq)``: the position of this write in its signer's chain."""
+        return (self.signer, self.seq)
 
     def message(self) -> bytes:
         """The signed bytes."""

@@ -430,7 +430,9 @@ class KvLimits:
     """Per-namespace limits, enforced on every local write and (per value) on every remote record."""
 
     max_key_len: int = 256
-    max_value_bytes: int = 64 * 1024
+    # A value travels in one signed record of at most 60,000 bytes (crdt.logrecord), with its key,
+    # signer, chain link and signature: 56 KiB leaves room for the longest key.
+    max_value_bytes: int = 56 * 1024
     max_keys: int = 10_000
     max_namespace_bytes: int = 8 * 1024 * 1024
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from crdt.errors import CrdtError, ValidationError
-from crdt.heads import FRAME_BYTES, FRAME_OVERHEAD, MAX_RANGES, Heads, Range, RecordBatch, heads_digest, valid_head
+from crdt.heads import BATCH_BYTES, MAX_RANGES, Heads, Range, RecordBatch, heads_digest, valid_head
 from crdt.keys import SigningKey
 from crdt.logrecord import MAX_LOG_RECORD_BYTES, LogRecord
 from crdt.metrics import Counters
@@ -241,6 +241,11 @@ class SignedLog:
         # Digests of encodings whose signature verified (successes only: garbage cannot evict).
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._verify_cap = verify_cache
+        # Every record that ever connected, per slot and per kind: read paths (winner, history,
+        # slots) look at one slot's records instead of scanning every signer's chain. Records
+        # that left the view since (fork, revocation, role removed) are filtered when read.
+        self._slot_recs: dict[tuple[str, str], dict[bytes, LogRecord]] = {}
+        self._kind_slots: dict[str, set[str]] = {}
 
     # --- intake ------------------------------------------------------------------------
 
@@ -318,6 +323,8 @@ class SignedLog:
             audit += self._detect_fork(st, r)
         while (nxt := st.recs.get(st.contig + 1)) is not None and nxt.prev == (st.recs[st.contig].id if st.contig else b""):
             st.contig += 1
+            self._slot_recs.setdefault((nxt.kind, nxt.key), {})[nxt.id] = nxt
+            self._kind_slots.setdefault(nxt.kind, set()).add(nxt.key)
         self._pending_total += st.pending() - before
         self.counters.records_valid += 1
         missing = self._gaps(rec.signer, st)
@@ -391,13 +398,18 @@ class SignedLog:
 
     def release_due(self, now_wall: float) -> list[AddResult]:
         """Offer again every held record whose wall time is now within the tolerance."""
+        return [res for _, res in self.release_due_records(now_wall)]
+
+    def release_due_records(self, now_wall: float) -> list[tuple[bytes, AddResult]]:
+        """:meth:`release_due`, with each released record's encoding (what a store persists)."""
         now_ms = int(now_wall * 1000)
         due = sorted((r for r in self._held.values() if r.wall_ms <= now_ms + self.tolerance_ms), key=lambda r: (r.signer, r.seq, r.id))
         out = []
         for r in due:
             del self._held[r.id]
             self._held_per_signer[r.signer] -= 1
-            out.append(self._add(r.encode(), now_wall, signed_here=False))
+            data = r.encode()
+            out.append((data, self._add(data, now_wall, signed_here=False)))
         return out
 
     def _verify(self, data: bytes, rec: LogRecord) -> bool:
@@ -444,6 +456,11 @@ class SignedLog:
         if self._held_per_signer.get(signer):
             top = max([top] + [r.seq for r in self._held.values() if r.signer == signer])
         return top + 1
+
+    def chain_head(self, signer: str) -> bytes:
+        """Id of ``signer``'s last connected record (b"" before its first): the ``prev`` of its next one."""
+        st = self._signers.get(signer)
+        return st.recs[st.contig].id if st is not None and st.contig else b""
 
     def append(self, key: SigningKey, kind: str, slot: str, payload: Any, now_wall: float, *, tombstone: bool = False) -> tuple[LogRecord, AddResult]:
         """Sign and add our own next record; raise LogError if our chain has a gap or is frozen.
@@ -505,13 +522,28 @@ class SignedLog:
         return best
 
     def winner(self, kind: str, key: str) -> LogRecord | None:
-        """The winning record of one slot (a tombstone included), or None; O(signers)."""
+        """The winning record of one slot (a tombstone included), or None; O(signers of that slot)."""
+        idx = self._slot_recs.get((kind, key))
+        if not idx:
+            return None
         best: LogRecord | None = None
-        for signer in sorted(self._signers):
+        for signer in sorted({r.signer for r in idx.values()}):
             r = self._slot_heads(signer, self._signers[signer]).get((kind, key))
             if r is not None and self.trust.check(signer, kind, key) is None and (best is None or _order(r) > _order(best)):
                 best = r
         return best
+
+    def slots(self, kind: str) -> list[str]:
+        """Every slot of ``kind`` that ever held an in-view record, sorted (its winner may be gone since)."""
+        return sorted(self._kind_slots.get(kind, ()))
+
+    def in_view(self, signer: str, seq: int) -> bool:
+        """True if the record at ``(signer, seq)`` is part of the effective view's record set."""
+        st = self._signers.get(signer)
+        if st is None or not 0 < seq <= st.contig or seq > self._limit(signer, st):
+            return False
+        r = st.recs[seq]
+        return self.trust.check(signer, r.kind, r.key) is None
 
     def view(self, kind: str) -> dict[str, Any]:
         """``{slot: payload}`` of every slot of ``kind`` whose winner is not a tombstone."""
@@ -520,11 +552,15 @@ class SignedLog:
     def history(self, kind: str, key: str) -> list[LogRecord]:
         """Every in-view record of one slot, all signers, in winning order (oldest first)."""
         out = []
-        for signer in sorted(self._signers):
-            st = self._signers[signer]
-            if self.trust.check(signer, kind, key) is not None:
-                continue
-            out += [st.recs[s] for s in range(1, self._limit(signer, st) + 1) if st.recs[s].kind == kind and st.recs[s].key == key]
+        limits: dict[str, int] = {}
+        for r in (self._slot_recs.get((kind, key)) or {}).values():
+            lim = limits.get(r.signer)
+            if lim is None:
+                st = self._signers[r.signer]
+                ok = self.trust.check(r.signer, kind, key) is None
+                lim = limits[r.signer] = self._limit(r.signer, st) if ok else 0
+            if r.seq <= lim and self._signers[r.signer].recs.get(r.seq) is r:
+                out.append(r)
         return sorted(out, key=lambda r: (_order(r), r.seq))
 
     def contains(self, record_id: bytes, signer: str, seq: int) -> bool:
@@ -629,7 +665,7 @@ class SignedLog:
         batches: list[RecordBatch] = []
         cur: list[bytes] = []
         size = spent = 0
-        limit = FRAME_BYTES - FRAME_OVERHEAD
+        limit = BATCH_BYTES
         for n, rng in enumerate(ranges):
             if n >= MAX_RANGES or not (isinstance(rng, tuple) and len(rng) == 3):
                 break

@@ -55,7 +55,7 @@ _NODE_INTENT_COUNTERS: dict[str, tuple[str, str]] = {
     "intent_messages_sent": ("intent_sent_messages", "Sync and blob messages the node core encoded for sending"),
     "intent_bytes_sent": ("intent_sent_bytes", "Bytes of sync and blob messages the node core encoded for sending"),
 }
-_NODE_INTENT_DROPS = {"intent_no_route": "intent_no_route", "intent_errors": "intent_error"}
+_NODE_INTENT_DROPS = {"intent_no_route": "intent_no_route", "intent_errors": "intent_error", "intent_datagrams_refused": "intent_datagram"}
 
 # -- membership (SwimCore.counters) -------------------------------------------------------------
 _SWIM_COUNTERS: dict[str, tuple[str, str]] = {
@@ -431,10 +431,10 @@ class NodeCollector(Collector):
             return
         doc = getattr(intent, "doc", None)
         if doc is not None:
-            # The encoded full state: what a fresh replica would have to download.
+            # Every signed record held: what a fresh replica would have to download.
             yield GaugeMetricFamily(
-                PREFIX + "intent_document_bytes", "Encoded size of this node's whole intent document",
-                value=len(doc.diff()),
+                PREFIX + "intent_document_bytes", "Encoded size of every signed intent record this node holds",
+                value=doc.encoded_size(),
             )
             recs = GaugeMetricFamily(
                 PREFIX + "intent_keys", "Keys with at least one valid record, by document kind", labels=["kind"]

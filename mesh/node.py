@@ -113,6 +113,7 @@ class NodeCore:
                 "intent_bytes_sent": 0,
                 "intent_no_route": 0,
                 "intent_errors": 0,
+                "intent_datagrams_refused": 0,
             }
         self.last_error: str | None = None
         self.wall: float | None = None  # the driver's latest wall-clock reading
@@ -121,7 +122,7 @@ class NodeCore:
         # switch this off to save the lookup per message and the address index.
         self.name_outgoing = True
         self._by_addr: dict[str, str] = {}
-        self._by_addr_size = -1
+        self._by_addr_size: tuple[int, int] = (-1, -1)  # (members, address moves) the index was built at
         self._acks: list[WriteAck] = []
 
     # -- driver interface ---------------------------------------------------------
@@ -180,6 +181,11 @@ class NodeCore:
                 out = [replace(o, node=sender, key=key, stream=stream) if o.reliable and o.dst == src else o for o in out]
             return self._name_nodes(out, src, sender) if out and self.name_outgoing else out
         if t in SYNC_TYPES and self.intent is not None:
+            if not reliable:
+                # Sync is stream-only: a datagram cannot be answered on a stream, and a spoofable
+                # source must not make us send records anywhere (reflection).
+                self.counters["intent_datagrams_refused"] += 1
+                return []
             intent, msg, reply_to = self.intent, env.msg, (sender, src, stream)
             return self._translate(self._guard(lambda: intent.receive(sender, msg, now, reply_to)), sender, src, stream)
         if t in BLOB_TYPES and self.blobs is not None:
@@ -331,10 +337,10 @@ class NodeCore:
             m = members.peek(name)
             if m is not None and m.addr == addr:
                 return name
-        elif len(members) == self._by_addr_size:
+        elif (len(members), self.swim.addr_moves) == self._by_addr_size:
             return None  # an address no member has (a seed, a node still joining)
         self._by_addr = {m.addr: n for n, m in members.items()}
-        self._by_addr_size = len(members)
+        self._by_addr_size = (len(members), self.swim.addr_moves)
         return self._by_addr.get(addr)
 
     def _key_of(self, name: str) -> bytes | None:

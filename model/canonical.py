@@ -56,3 +56,12 @@ def canonical_encode(obj: Any) -> bytes:
 def record_signing_bytes(kind: str, key: str, payload: Any, seq: int) -> bytes:
     """The exact bytes a record's signature covers: ``[domain, kind, key, canonical payload, seq]``."""
     return pack([RECORD_DOMAIN, kind, key, canonical(payload), seq])
+
+
+LOG_DOMAIN = "wasmatrix-log/2"
+
+
+def log_signing_bytes(signer: str, seq: int, prev: bytes, kind: str, key: str, tombstone: bool, payload: Any, wall_ms: int) -> bytes:
+    """The bytes a chained log record's signature covers (``crdt.logrecord``): ``[domain, signer, seq,
+    prev, kind, key, tombstone, canonical payload, wall_ms]``; the runtime verifies registry records by it."""
+    return pack([LOG_DOMAIN, signer, seq, prev, kind, key, tombstone, canonical(payload), wall_ms])

@@ -1,9 +1,11 @@
 """Publisher signatures over manifests and the node's trust store of publisher keys.
 
-A publisher's signature covers ``model.manifest_signing_bytes(manifest, seq)``: exactly the bytes
-of the registry record that ``wasmatrix module publish`` writes. So a node admits what the
-registry holds by passing the record's payload, signer, sequence number and signature here;
-no second signature exists.
+The registry holds chained signed log records (``crdt.logrecord``): the publisher's signature
+covers ``model.canonical.log_signing_bytes(signer, seq, prev, "registry", name@version, False,
+manifest payload, wall_ms)``. A node admits what the registry holds by passing the record's
+payload, signer, signature, seq, ``prev`` and ``wall_ms`` here; no second signature exists.
+A :class:`SignedManifest` without ``prev``/``wall_ms`` is the standalone form
+(``model.manifest_signing_bytes(manifest, seq)``) that :class:`Publisher` signs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from model.canonical import canonical_encode
+from model.canonical import canonical_encode, log_signing_bytes
 from model.errors import SpecError
 from model.keys import KEY_ID_LEN, key_id
 from model.manifest import Manifest, manifest_signing_bytes
@@ -46,35 +48,53 @@ class SignedManifest:
     key_id: str
     signature: bytes
     seq: int = 1
+    prev: bytes | None = None  # the registry log record's chain link (None: standalone form)
+    wall_ms: int | None = None  # the registry log record's wall time
+
+    def signed_bytes(self) -> bytes:
+        """What the signature covers: the registry log record's bytes, or the standalone form."""
+        if self.prev is not None and self.wall_ms is not None:
+            return log_signing_bytes(self.key_id, self.seq, self.prev, "registry", self.manifest.key, False, self.manifest.to_payload(), self.wall_ms)
+        return manifest_signing_bytes(self.manifest, self.seq)
 
     @classmethod
-    def from_record(cls, payload: Any, signer: str, signature: bytes, seq: int) -> SignedManifest:
-        """The registry record's parts (payload, signer key id, signature, seq) as a signed manifest."""
+    def from_record(
+        cls, payload: Any, signer: str, signature: bytes, seq: int, *, prev: bytes | None = None, wall_ms: int | None = None,
+    ) -> SignedManifest:
+        """The registry record's parts (payload, signer key id, signature, seq, prev, wall_ms) as a signed manifest."""
         if not isinstance(signer, str) or len(signer) != KEY_ID_LEN:
             raise SignatureError("signed manifest key_id is not a key id")
         if not isinstance(signature, bytes) or len(signature) != 64:
             raise SignatureError("signed manifest signature is not 64 bytes")
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < MAX_SEQ:
             raise ManifestError("signed manifest seq is out of range")
+        if (prev is None) != (wall_ms is None):
+            raise ManifestError("a registry record's prev and wall_ms come together")
+        if prev is not None and (not isinstance(prev, bytes) or len(prev) != (0 if seq == 1 else 32)):
+            raise ManifestError("signed manifest prev is not a record id")
+        if wall_ms is not None and (not isinstance(wall_ms, int) or isinstance(wall_ms, bool) or not 0 <= wall_ms < 2**53):
+            raise ManifestError("signed manifest wall_ms is out of range")
         try:
             manifest = Manifest.from_payload(payload)
         except SpecError as exc:
             raise ManifestError(f"invalid manifest: {exc}") from exc
-        return cls(manifest, signer, signature, seq)
+        return cls(manifest, signer, signature, seq, prev, wall_ms)
 
     def to_bytes(self) -> bytes:
         """Wire/storage form: canonical msgpack."""
-        return canonical_encode(
-            {"manifest": self.manifest.to_payload(), "key_id": self.key_id, "sig": self.signature, "seq": self.seq}
-        )
+        obj: dict[str, Any] = {"manifest": self.manifest.to_payload(), "key_id": self.key_id, "sig": self.signature, "seq": self.seq}
+        if self.prev is not None:
+            obj |= {"prev": self.prev, "wall_ms": self.wall_ms}
+        return canonical_encode(obj)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedManifest:
         """Parse the wire form; raises ManifestError or SignatureError on malformed input."""
         obj = bounded_decode(data, "signed manifest")
-        if not isinstance(obj, dict) or set(obj) != {"manifest", "key_id", "sig", "seq"}:
-            raise ManifestError("signed manifest must have exactly manifest, key_id, sig and seq")
-        return cls.from_record(obj["manifest"], obj["key_id"], obj["sig"], obj["seq"])
+        base = {"manifest", "key_id", "sig", "seq"}
+        if not isinstance(obj, dict) or set(obj) not in (base, base | {"prev", "wall_ms"}):
+            raise ManifestError("signed manifest must have exactly manifest, key_id, sig and seq (and prev with wall_ms)")
+        return cls.from_record(obj["manifest"], obj["key_id"], obj["sig"], obj["seq"], prev=obj.get("prev"), wall_ms=obj.get("wall_ms"))
 
 
 class Publisher:
@@ -132,7 +152,7 @@ class TrustStore:
                 f"manifest {signed.manifest.key} is signed by key {signed.key_id}, which this node does not trust"
             )
         try:
-            public.verify(signed.signature, manifest_signing_bytes(signed.manifest, signed.seq))
+            public.verify(signed.signature, signed.signed_bytes())
         except InvalidSignature:
             raise SignatureError(
                 f"signature on manifest {signed.manifest.key} does not verify (tampered manifest or wrong key)"

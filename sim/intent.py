@@ -6,11 +6,14 @@ the parts a real deployment keeps outside the core:
 
 * **identities** — every node has an Ed25519 key derived from the run's seed
   (``sha256(f"{seed}:{name}")``), and one trust configuration, shared by all
-  nodes, admits them all and trusts a publisher and an operator key (also
-  derived from the seed). The configuration holds no per-record state: each
-  node verifies each record itself, once, in its own ``VerifiedRecords`` cache,
-  so the simulated CPU cost per node is the real one.
-* **durable state** — each node's ``MemoryStore`` (CRDT update log) and blob
+  nodes, admits them all and trusts the publisher and operator keys the
+  actions sign with: one of each *per acting node* (``{seed}:publisher:{name}``),
+  because a key is one writer — one key signing at two nodes without syncing
+  in between is equivocation, which freezes the key everywhere. The
+  configuration holds no per-record state: each node verifies each record
+  itself, once, in its own log's cache, so the simulated CPU cost per node is
+  the real one.
+* **durable state** — each node's ``MemoryStore`` (one row per signed record) and blob
   store belong to the simulator and survive a crash; a restarted node builds
   a fresh core on top of them, exactly like a daemon reopening its data dir.
   The core only sees an ``EffectStore``: the simulator performs its persist
@@ -43,10 +46,11 @@ from crdt.blob import BlobTransfer, MemoryBlobStore
 from crdt.errors import CrdtError
 from crdt.keys import SigningKey
 from crdt.intent import IntentNode
-from crdt.records import SignedRecord
+from crdt.heads import RecordPush
+from crdt.logrecord import LogRecord
 from crdt.schema import DeploymentSpec, Manifest, deployment_payload
 from crdt.store import EffectStore, MemoryStore
-from crdt.sync import SyncConfig, decode_state_vector
+from crdt.sync import SyncConfig
 from crdt.trust import Role, TrustConfig
 from model import CapabilityRequest, SpecError
 from sim.scenario import Fault, IntentSpec
@@ -100,31 +104,18 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def content_digest(node: IntentNode) -> str:
-    """Hash of every slot of every root map in canonical order.
-
-    Two replicas with the same content may still encode their Yjs update differently
-    (client order), so the encoded documents are compared through this canonical form.
-    """
-    from pycrdt import Map
-
+    """Hash of every record the node holds (stored and held), in signer/seq order."""
     h = hashlib.blake2b(digest_size=16)
-    d = node.doc.doc
-    for root in sorted(d.keys()):
-        h.update(root.encode() + b"\0")
-        m = d.get(root, type=Map)
-        for k in sorted(m.keys()):
-            v = m[k]
-            h.update(k.encode() + b"\0")
-            h.update(bytes(v) if isinstance(v, (bytes, bytearray)) else repr(v).encode())
-            h.update(b"\1")
+    for r in node.doc.records.export():
+        h.update(len(r).to_bytes(4, "big") + r)
     return h.hexdigest()
 
 
-def fingerprint(node: IntentNode) -> tuple[tuple[tuple[int, int], ...], str, str]:
-    """(decoded state vector, content digest, effective-view digest) of one replica."""
-    sv = tuple(sorted(decode_state_vector(node.doc.state_vector()).items()))
+def fingerprint(node: IntentNode) -> tuple[tuple[tuple[str, int, bytes], ...], str, str]:
+    """(per-signer heads, content digest, effective-view digest) of one replica."""
+    heads = tuple((s, q, i) for s, (q, i) in sorted(node.doc.records.heads().items()))
     view = hashlib.blake2b(repr(node.doc.view_digest()).encode(), digest_size=16).hexdigest()
-    return sv, content_digest(node), view
+    return heads, content_digest(node), view
 
 
 class IntentHarness:
@@ -141,6 +132,7 @@ class IntentHarness:
         self.trust = TrustConfig()
         self.trust.add_key(self.publisher.public_raw, [Role.PUBLISHER])
         self.trust.add_key(self.operator.public_raw, [Role.OPERATOR])
+        self._role_keys: dict[tuple[str, str], SigningKey] = {}
         self.node_keys: dict[str, SigningKey] = {}
         for i in range(sc.nodes + sc.max_joins()):
             name = sc.node_name(i)
@@ -156,7 +148,7 @@ class IntentHarness:
         self.blob_results: list[dict[str, Any]] = []
         self.blob_started = 0
         self.retired: dict[str, int] = {}  # counters of cores replaced by a restart
-        self._capture: list[SignedRecord] | None = None
+        self._capture: list[LogRecord] | None = None
         self._capture_node = ""
         self._wall = 0.0  # the acting node's wall clock during an action
         self.unacked: dict[tuple[str, int], WriteRecord] = {}  # written, persist effect not yet done
@@ -178,6 +170,7 @@ class IntentHarness:
             self.node_keys[name],
             self.trust,
             rng,
+            wall=self.sim.nodes[name].wall(self.sim.now),
             store=EffectStore.over(self.stores.setdefault(name, MemoryStore())),
             sync_config=self.sync_config,
             on_visible=partial(self._visible, name),
@@ -282,7 +275,16 @@ class IntentHarness:
 
     # ------------------------------------------------------------------ hooks
 
-    def _visible(self, name: str, rec: SignedRecord, _local_now: float) -> None:
+    def role_key(self, role: str, node: str) -> SigningKey:
+        """The publisher or operator key the actions at ``node`` sign with (trusted on first use;
+        deterministic, so the same as a trust file listing every such key from the start)."""
+        k = self._role_keys.get((role, node))
+        if k is None:
+            k = self._role_keys[(role, node)] = derive_key(f"{self.sim.seed}:{role}:{node}")
+            self.trust.add_key(k.public_raw, [Role.PUBLISHER if role == "publisher" else Role.OPERATOR])
+        return k
+
+    def _visible(self, name: str, rec: LogRecord, _local_now: float) -> None:
         if self._capture is not None and name == self._capture_node:
             self._capture.append(rec)
         w = self.writes.get(rec.write_id) or self.unacked.get(rec.write_id)
@@ -336,17 +338,17 @@ class IntentHarness:
         )
         # The publishing node holds the binary first, then announces it in the registry.
         self.blob_stores[node.name].put(sha, data)
-        intent.publish(manifest, self.publisher, now, wall=self._wall)
+        intent.publish(manifest, self.role_key("publisher", node.name), now, wall=self._wall)
         return []
 
     def _do_deploy(self, node: SimNode, core: NodeCore, intent: IntentNode, now: float, a: dict[str, Any]) -> list[Any]:
         spec = DeploymentSpec(str(a["name"]), str(a["module"]), str(a["version"]), int(a.get("replicas", 1)))
-        intent.set_deployment(spec, self.operator, now, wall=self._wall)
+        intent.set_deployment(spec, self.role_key("operator", node.name), now, wall=self._wall)
         return []
 
     def _do_rollback(self, node: SimNode, core: NodeCore, intent: IntentNode, now: float, a: dict[str, Any]) -> list[Any]:
         to = a.get("to")
-        intent.rollback(str(a["name"]), self.operator, now, to_version=str(to) if to is not None else None, wall=self._wall)
+        intent.rollback(str(a["name"]), self.role_key("operator", node.name), now, to_version=str(to) if to is not None else None, wall=self._wall)
         return []
 
     def _do_kv(self, node: SimNode, core: NodeCore, intent: IntentNode, now: float, a: dict[str, Any]) -> list[Any]:
@@ -371,24 +373,28 @@ class IntentHarness:
         return core.fetch_blob(m.sha256, [p for p in peers if p != node.name], now, size, verify)
 
     def _do_forge(self, node: SimNode, core: NodeCore, intent: IntentNode, now: float, a: dict[str, Any]) -> list[Any]:
-        """A compromised node injects a raw update carrying a record it may not write."""
+        """A compromised node sends every live peer a record it may not write (a hostile peer's push).
+
+        The record goes straight to the peers (a faulty node does not run the honest write
+        path): each must refuse it, store nothing and forward nothing.
+        """
         kind = str(a["kind"])
         name = str(a.get("name", "web"))
         seq = FORGED_SEQ_BASE + len(self.forged) + 1
         spec = DeploymentSpec(name, "forged", "6.6.6", 999)
         payload = deployment_payload(spec, "6.6.6", "set", self._wall)
+        wall_ms = int(self._wall * 1000)
+        prev = bytes(32)
         if kind == "unknown_signer":
-            rec = SignedRecord.create(self.stranger, "deployments", name, payload, seq)
+            rec = LogRecord.create(self.stranger, seq, prev, "deployments", name, payload, wall_ms)
         elif kind == "role":
-            rec = SignedRecord.create(self.node_keys[node.name], "deployments", name, payload, seq)
-        else:  # bad_signature: the operator's key id, a signature that does not verify
-            good = SignedRecord.create(self.operator, "deployments", name, payload, seq)
+            rec = LogRecord.create(self.node_keys[node.name], seq, prev, "deployments", name, payload, wall_ms)
+        else:  # bad_signature: an operator's key id, a signature that does not verify
+            good = LogRecord.create(self.role_key("operator", node.name), seq, prev, "deployments", name, payload, wall_ms)
             rec = replace(good, signature=bytes(b ^ 0x5A for b in good.signature))
         self.forged[rec.write_id] = kind
-        update = intent.doc.write(rec, now)
-        intent.store.append(update)
-        intent.sync.local_update(update, now)
-        return []
+        peers = [p for p in core.swim.live_peers() if p != node.name]
+        return core._translate([(p, RecordPush((rec.encode(),), 0, 0)) for p in peers], None, None)
 
     # ------------------------------------------------------------------ results
 
@@ -401,7 +407,7 @@ class IntentHarness:
         return out
 
     def converged(self) -> bool:
-        """All live replicas hold identical documents (state vector, content) and the same view."""
+        """All live replicas hold identical record sets (heads, content) and the same view."""
         fps = {fingerprint(i) for _, i in self.live_intents()}
         return len(fps) <= 1
 

@@ -322,7 +322,7 @@ def test_intent_sync_bytes_and_document_sizes_are_exported() -> None:
     assert value(sb, "wasmatrix_sync_sent_bytes_total") == value(sa, "wasmatrix_sync_received_bytes_total")
     assert value(sa, "wasmatrix_sync_sent_messages_total") == value(sb, "wasmatrix_sync_received_messages_total")
     assert value(sa, "wasmatrix_sync_sent_bytes_total") == a.intent.counters.bytes_sent
-    assert value(sb, "wasmatrix_intent_document_bytes") == len(b.intent.doc.diff())
+    assert value(sb, "wasmatrix_intent_document_bytes") == b.intent.doc.encoded_size()
     assert value(sa, "wasmatrix_store_rows") == a.intent.store.row_count()
     assert value(sa, "wasmatrix_crdt_invalid_records_total", reason="other") == 0
     assert value(sa, "wasmatrix_dropped_total", layer="sync", reason="malformed_update") == 0

@@ -19,7 +19,7 @@ import pytest
 
 from crdt.blob import BlobTransfer, MemoryBlobStore
 from crdt.intent import IntentNode, PendingWrite, WriteAck
-from crdt.messages import SyncDigest, SyncStep1, SyncStep2, SyncUpdate
+from crdt.heads import HeadsDigest, HeadsMessage, RecordBatch, RecordPush, RecordsRequest
 from crdt.schema import DeploymentSpec, ReplicaClaim
 from crdt.errors import StoreError
 from crdt.store import EffectStore, MemoryStore, PersistEffect, SqliteStore
@@ -67,13 +67,13 @@ def _types(outs: list[Outgoing]) -> list[int]:
 
 def test_spoofed_envelope_sender_over_an_authenticated_session_is_dropped() -> None:
     a = _core("a", _trust(["a", "b", "c"]))
-    frame = encode("c", SyncStep1(b"\x00"))  # written by b's session, claiming to be c
+    frame = encode("c", HeadsDigest(b"\x00" * 16))  # written by b's session, claiming to be c
     assert a.receive("10.0.0.98:40001", frame, 1.0, True, peer="b", stream="s1") == []
     assert a.counters["sender_mismatch"] == 1
     assert a.intent is not None and a.intent.counters.messages_received == 0
     # The same frame over c's own session is answered, to c, on c's stream.
     (reply,) = a.receive("10.0.0.99:40002", frame, 1.0, True, peer="c", stream="s2")
-    assert reply.stream == "s2" and reply.node == "c" and decode(reply.data, 1 << 20).msg.TYPE == SyncStep2.TYPE
+    assert reply.stream == "s2" and reply.node == "c" and decode(reply.data, 1 << 20).msg.TYPE == HeadsMessage.TYPE
     assert a.counters["sender_mismatch"] == 1
 
 
@@ -109,14 +109,18 @@ def test_sync_reply_rides_the_stream_and_started_messages_name_their_node() -> N
     assert a.intent is not None and b.intent is not None
     ack = a.intent.publish(_manifest(), PUB, 0.4)
     # Messages a core starts (the anti-entropy opening here) name the member they are for.
-    started = [o for o in a.tick(0.5) if o.reliable and _types([o]) == [SyncDigest.TYPE]]
+    started = [o for o in a.tick(0.5) if o.reliable and _types([o]) == [HeadsDigest.TYPE]]
     assert [(o.node, o.dst, o.stream) for o in started] == [("b", b.addr, None)]
     # b's answer rides that stream; so does a's answer to it, and so on.
-    (step1,) = b.receive(a.addr, started[0].data, 0.6, True, peer="a", stream="ae-1")
-    assert step1.stream == "ae-1" and _types([step1]) == [SyncStep1.TYPE]
-    (step2,) = a.receive("10.0.0.98:50001", step1.data, 0.7, True, peer="b", stream="ae-1")
-    assert step2.stream == "ae-1" and step2.node == "b" and _types([step2]) == [SyncStep2.TYPE]
-    b.receive(a.addr, step2.data, 0.8, True, peer="a", stream="ae-1")
+    (heads_b,) = b.receive(a.addr, started[0].data, 0.6, True, peer="a", stream="ae-1")
+    assert heads_b.stream == "ae-1" and _types([heads_b]) == [HeadsMessage.TYPE]
+    (heads_a,) = a.receive("10.0.0.98:50001", heads_b.data, 0.7, True, peer="b", stream="ae-1")
+    assert heads_a.stream == "ae-1" and heads_a.node == "b" and _types([heads_a]) == [HeadsMessage.TYPE]
+    (req,) = b.receive(a.addr, heads_a.data, 0.8, True, peer="a", stream="ae-1")
+    assert req.stream == "ae-1" and _types([req]) == [RecordsRequest.TYPE]
+    (batch,) = a.receive("10.0.0.98:50001", req.data, 0.9, True, peer="b", stream="ae-1")
+    assert batch.stream == "ae-1" and _types([batch]) == [RecordBatch.TYPE]
+    b.receive(a.addr, batch.data, 1.0, True, peer="a", stream="ae-1")
     assert b.intent.has_write(ack.signer, ack.seq)
 
 
@@ -147,7 +151,7 @@ def test_outgoing_carries_the_key_membership_holds_for_its_node() -> None:
     assert outs and {(o.node, o.key) for o in outs} == {("b", b_key)}
     assert a.intent is not None
     a.intent.publish(_manifest(), PUB, 10_000.0)
-    pushes = [o for o in a.tick(10_000.1) if _types([o]) == [SyncUpdate.TYPE]]
+    pushes = [o for o in a.tick(10_000.1) if _types([o]) == [RecordPush.TYPE]]
     assert [(o.node, o.key) for o in pushes] == [("b", b_key)]
 
 
@@ -266,7 +270,7 @@ def test_sync_stops_pushing_to_a_backpressured_peer_and_retries_anti_entropy_els
     assert first_ae in live
     node.stream_event(first_ae, "connect_failed", 0.1)  # type: ignore[arg-type]
     retry = node.tick(0.1, live)
-    assert len(retry) == 1 and retry[0][0] != first_ae and isinstance(retry[0][1], SyncDigest)
+    assert len(retry) == 1 and retry[0][0] != first_ae and isinstance(retry[0][1], HeadsDigest)
     assert node.counters.anti_entropy_retries == 1
     # Backpressure: with b and c congested every eager push goes to d.
     node.stream_event("b", "backpressure", 0.2)
@@ -274,17 +278,17 @@ def test_sync_stops_pushing_to_a_backpressured_peer_and_retries_anti_entropy_els
     for i in range(5):
         node.set_placement([ReplicaClaim("web", "1.0.0", "running")], 0.3 + i)
         outs = node.tick(0.3 + i, live)
-        assert {d for d, m in outs if isinstance(m, SyncUpdate)} == {"d"}  # pushes and their retries
+        assert {d for d, m in outs if isinstance(m, RecordPush)} == {"d"}  # pushes and their retries
     node.stream_event("b", "drained", 6.0)
     seen = set()
     for i in range(20):  # up to 9.9 s: c's backpressure (reported at 0.2 s) lasts ack_timeout = 10 s
         node.set_placement([ReplicaClaim("web", "1.0.0", "running")], 6.1 + 0.2 * i)
-        seen |= {d for d, m in node.tick(6.1 + 0.2 * i, live) if isinstance(m, SyncUpdate)}
+        seen |= {d for d, m in node.tick(6.1 + 0.2 * i, live) if isinstance(m, RecordPush)}
     assert seen == {"b", "d"}  # b drained, c still congested
     seen = set()
     for i in range(20):  # a driver that never says "drained" does not starve the peer forever
         node.set_placement([ReplicaClaim("web", "1.0.0", "running")], 10.3 + 0.2 * i)
-        seen |= {d for d, m in node.tick(10.3 + 0.2 * i, live) if isinstance(m, SyncUpdate)}
+        seen |= {d for d, m in node.tick(10.3 + 0.2 * i, live) if isinstance(m, RecordPush)}
     assert seen == {"b", "c", "d"}
 
 
@@ -352,8 +356,9 @@ def test_no_acknowledgement_and_no_push_before_the_persist_effect_completes() ->
     assert node.has_write(pending.signer, pending.seq)  # applied locally...
     assert disk.row_count() == 0  # ...but not on disk
     assert node.tick(1.0, ["b"]) == []  # nothing pushed yet
-    # The answer to a peer's anti-entropy request would carry the write: it waits.
-    assert node.receive("b", SyncStep1(b"\x00"), 1.0, reply_to="stream-7") == []
+    # The answer to a peer's request for our records would carry the write: it waits.
+    ask = RecordsRequest(((PUB.key_id, 1, 1),))
+    assert node.receive("b", ask, 1.0, reply_to="stream-7") == []
     assert node.take_released() == []
     effects = node.take_effects()
     assert [(e.op, e.token) for e in effects] == [("append", pending.token)]
@@ -363,12 +368,12 @@ def test_no_acknowledgement_and_no_push_before_the_persist_effect_completes() ->
     acks = node.persisted(effects[-1].token, 1.002)
     assert acks == [WriteAck("registry", "hello@1.0.0", pending.signer, pending.seq)]
     ((reply_to, (answer,)),) = node.take_released()
-    assert reply_to == "stream-7" and answer[0] == "b" and isinstance(answer[1], SyncStep2) and answer[1].update
+    assert reply_to == "stream-7" and answer[0] == "b" and isinstance(answer[1], RecordBatch) and answer[1].records
     outs = node.tick(1.002, ["b"])
-    assert [(d, type(m).__name__) for d, m in outs] == [("b", "SyncUpdate")]  # the eager push, only now
+    assert [(d, type(m).__name__) for d, m in outs] == [("b", "RecordPush")]  # the eager push, only now
     assert node.counters.writes_acked_after_persist == 1
     # Without an undurable write, answers go out at once.
-    assert [type(m).__name__ for _, m in node.receive("b", SyncStep1(b"\x00"), 1.1)] == ["SyncStep2"]
+    assert [type(m).__name__ for _, m in node.receive("b", ask, 1.1)] == ["RecordBatch"]
 
 
 def test_node_core_hands_effects_to_the_driver_and_releases_acks() -> None:
@@ -394,10 +399,11 @@ def test_an_answer_held_for_durability_still_goes_back_on_its_stream() -> None:
         a.persisted(e.token, 0.0)
     assert a.intent is not None
     a.intent.publish(_manifest(), PUB, 1.0)
-    assert a.receive("10.0.0.98:40000", encode("b", SyncStep1(b"\x00")), 1.0, True, peer="b", stream="ae") == []
+    ask = encode("b", RecordsRequest(((PUB.key_id, 1, 1),)))
+    assert a.receive("10.0.0.98:40000", ask, 1.0, True, peer="b", stream="ae") == []
     (token,) = [e.token for e in a.take_effects()]
     (answer,) = a.persisted(token, 1.01)
-    assert answer.stream == "ae" and answer.node == "b" and _types([answer]) == [SyncStep2.TYPE]
+    assert answer.stream == "ae" and answer.node == "b" and _types([answer]) == [RecordBatch.TYPE]
     assert len(a.take_acks()) == 1
 
 
@@ -407,7 +413,7 @@ def test_answers_held_while_the_disk_is_stuck_are_bounded() -> None:
     node = _intent("a", _trust(["a", "b"]), EffectStore())
     node.set_placement([], 1.0)  # never persisted: the disk is stuck
     for _ in range(intent_mod._MAX_HELD + 5):
-        assert node.receive("b", SyncStep1(b"\x00"), 2.0) == []
+        assert node.receive("b", RecordsRequest(((node.node_key.key_id, 1, 1),)), 2.0) == []
     assert node.counters.sync_answers_held == intent_mod._MAX_HELD
     assert node.counters.sync_answers_dropped == 5
 
@@ -513,20 +519,23 @@ def test_concurrent_kv_host_calls_from_threads_keep_a_consistent_count() -> None
     assert disk.row_count() == threads * per
 
 
-# --------------------------------------------------------------------------- Yjs client ids
+# --------------------------------------------------------------------------- restarts
 
 
-def test_two_restarts_with_the_same_rng_seed_get_different_yjs_client_ids(tmp_path: Path) -> None:
+def test_restarts_count_boot_epochs_and_continue_the_signers_chain(tmp_path: Path) -> None:
     trust = _trust(["a"])
     mem = MemoryStore()
-    ids = [_intent("a", trust, mem, seed="fixed").doc.doc.client_id for _ in range(3)]
-    assert len(set(ids)) == 3 and mem.epoch() == 3
-    disk_ids = []
-    for _ in range(2):
+    seqs = []
+    for i in range(3):  # the same rng seed every time: the chain, not the rng, decides the seq
+        node = _intent("a", trust, mem, seed="fixed")
+        ack = node.set_placement([], float(i))
+        seqs.append(ack.seq)  # type: ignore[union-attr]
+    assert seqs == [1, 2, 3] and mem.epoch() == 3
+    for i in range(2):
         s = SqliteStore(tmp_path)
-        disk_ids.append(_intent("a", trust, s, seed="fixed").doc.doc.client_id)
+        ack = _intent("a", trust, s, seed="fixed").set_placement([], float(i))
+        assert ack.seq == i + 1  # type: ignore[union-attr]
         s.close()
-    assert disk_ids[0] != disk_ids[1]
     assert sqlite3.connect(tmp_path / "intent.sqlite3").execute("SELECT v FROM meta WHERE k='epoch'").fetchone() == (2,)
 
 
@@ -556,3 +565,18 @@ def test_a_fetched_blob_is_done_only_after_the_driver_stored_it() -> None:
     sink.put(put.sha256, put.data)  # the driver's worker thread
     me.stored(sha, 0.3)
     assert st.status == "done" and done == [(sha, True, "")]
+
+
+def test_a_member_that_restarts_at_a_new_address_is_still_named_in_probes() -> None:
+    # Found running real daemons: a node restarted on a new port (same id, higher incarnation)
+    # was probed with an unnamed datagram (the address index was not rebuilt because the member
+    # count had not changed), which a driver cannot seal, so the node was suspected every few seconds.
+    trust = _trust(["a", "b"])
+    a, b = _core("a", trust, blobs=False), _core("b", trust, blobs=False)
+    a.receive("10.0.0.98:53412", encode("b", PushPull.of(True, False, b.swim.local_states())), 0.0, True, peer="b", stream="j")
+    assert [o.node for o in a.tick(10_000.0) if not o.reliable and _types([o]) == [Ping.TYPE]] == ["b"]
+    b2 = NodeCore("b", "10.0.0.77:9999", NodeMeta(), profile("lan"), random.Random(2), incarnation=5)
+    a.receive("10.0.0.77:9999", encode("b", PushPull.of(True, False, b2.swim.local_states())), 10_000.1, True, peer="b", stream="k")
+    assert a.swim.members.peek("b").addr == "10.0.0.77:9999"
+    probes = [o for t in (10_002.0, 10_004.0) for o in a.tick(t) if not o.reliable and _types([o]) == [Ping.TYPE]]
+    assert probes and all((o.dst, o.node) == ("10.0.0.77:9999", "b") for o in probes)

@@ -43,11 +43,11 @@ def test_cli_published_manifest_is_what_the_runtime_admits(tmp_path: Path) -> No
     assert entry.manifest.limits == Limits(timeout_ms=2000, memory_bytes=32 << 20)
     assert entry.manifest.size == HELLO.stat().st_size
 
-    signed = SignedManifest.from_record(rec.payload, rec.signer, rec.signature, rec.seq)
+    signed = SignedManifest.from_record(rec.payload, rec.signer, rec.signature, rec.seq, prev=rec.prev, wall_ms=rec.wall_ms)
     assert signed.manifest == entry.manifest
-    # Ed25519 is deterministic: the runtime's signer over the same manifest and seq makes the
-    # registry record's very signature, so both packages sign the same bytes.
-    assert Publisher(load_signing_key(pub).private).sign(entry.manifest, rec.seq).signature == rec.signature
+    # The runtime verifies the very bytes the registry log record's signature covers.
+    assert signed.signed_bytes() == rec.message()
+    assert SignedManifest.from_bytes(signed.to_bytes()) == signed
 
     trust = TrustStore([load_public_key((tmp_path / "pub.key.pub").read_bytes())])
     blob = DirBlobStore(d / "blobs")
@@ -67,10 +67,11 @@ def test_runtime_refuses_a_registry_manifest_changed_after_signing(tmp_path: Pat
     assert rec is not None
     trust = TrustStore([load_public_key((tmp_path / "pub.key.pub").read_bytes())])
     wider = {**rec.payload, "limits": {**rec.payload["limits"], "timeout_ms": 300_000}}
-    forged = SignedManifest.from_record(wider, rec.signer, rec.signature, rec.seq)
+    log = {"prev": rec.prev, "wall_ms": rec.wall_ms}
+    forged = SignedManifest.from_record(wider, rec.signer, rec.signature, rec.seq, **log)
     with pytest.raises(SignatureError, match="does not verify"):
         trust.verify(forged)
-    replayed = SignedManifest.from_record(rec.payload, rec.signer, rec.signature, rec.seq + 1)
+    replayed = SignedManifest.from_record(rec.payload, rec.signer, rec.signature, rec.seq, prev=rec.prev, wall_ms=rec.wall_ms + 1)
     with pytest.raises(SignatureError, match="does not verify"):
         trust.verify(replayed)
-    assert trust.verify(SignedManifest.from_record(rec.payload, rec.signer, rec.signature, rec.seq)) == Manifest.from_payload(rec.payload)
+    assert trust.verify(SignedManifest.from_record(rec.payload, rec.signer, rec.signature, rec.seq, **log)) == Manifest.from_payload(rec.payload)

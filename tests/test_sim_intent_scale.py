@@ -33,13 +33,12 @@ def test_every_simulated_node_verifies_each_record_itself_once() -> None:
     assert isinstance(harness, IntentHarness)
     live = harness.live_intents()
     assert len(live) == 12 and harness.converged()
-    caches = {id(i.doc.verified) for _, i in live}
+    caches = {id(i.doc.records._verified) for _, i in live}
     assert len(caches) == 12  # one cache per node, although the TrustConfig is shared
     for name, i in live:
         # two records in the mesh; a writer never verifies the record it signed
         signed_here = {"n003": 1, "n008": 1}.get(name, 0)
-        assert i.doc.verified.misses == 2 - signed_here, f"seed=3 {name}"
-        assert len(i.doc.verified) == 2 - signed_here
+        assert len(i.doc.records._verified) == 2 - signed_here, f"seed=3 {name}"
 
 
 def test_a_registry_update_reaches_all_100_simulated_nodes_by_the_eager_wave_alone() -> None:

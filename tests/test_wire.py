@@ -218,3 +218,14 @@ def test_with_piggyback_is_byte_for_byte_encode() -> None:
         pig = [bytes(r.randrange(256) for _ in range(r.choice([0, 1, 200, 255, 256, 300, 65535, 65536]))) for _ in range(n_items)] if i % 50 == 0 else [bytes(r.randrange(256) for _ in range(r.choice([0, 1, 30, 255, 256]))) for _ in range(n_items)]
         msg = Ping(r.randrange(2**32), f"n{i}") if i % 2 else Gossip()
         assert with_piggyback(encode("sender", msg), pig) == encode("sender", msg, pig)
+
+
+def test_meta_display_name_round_trips_and_old_eight_field_meta_still_decodes():
+    from mesh.membership.meta import NodeMeta
+
+    m = NodeMeta(name="truck-7", fault_domain="eu/berlin/truck-7")
+    assert NodeMeta.from_wire(m.to_wire()) == m
+    old = m.to_wire()[:8]  # a peer from before the display name existed
+    assert NodeMeta.from_wire(old).name == ""
+    newer = m.to_wire() + ["a field from a newer peer"]
+    assert NodeMeta.from_wire(newer) == m

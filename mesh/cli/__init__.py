@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "mesh.cli.runcmd",
     "mesh.cli.intentcmd",
     "mesh.cli.meshcmd",
+    "mesh.cli.nodecmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh
 # must not import it) contribute their subcommands through this entry-point

@@ -100,6 +100,8 @@ def _quiet_logs() -> None:
 def _open(args: argparse.Namespace) -> IntentNode:
     _quiet_logs()
     d = _data_dir(args)
+    if _node_running(d):
+        raise UsageError(f"a node is running on {d}: its store is the node's; this command talks to it through its API")
     d.mkdir(parents=True, exist_ok=True)
     trust = TrustConfig.load(d / "trust.json")
     key_path = d / "node.key"
@@ -108,6 +110,80 @@ def _open(args: argparse.Namespace) -> IntentNode:
         node_key.save(key_path)
     trust.admit_node("local", node_key.public_raw)
     return IntentNode("local", node_key, trust, random.Random(os.urandom(16)), store=SqliteStore(d))
+
+
+def _node_running(d: Path) -> bool:
+    """True while a daemon holds ``d``'s lock (the store is then the node's alone)."""
+    import fcntl
+
+    lock = d / "lock"
+    if not lock.exists():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases our probe lock, if we got it
+    return False
+
+
+def _remote(args: argparse.Namespace) -> Any:
+    """An API client when the command must talk to a running node (``--api``, or a live node on
+    ``--data-dir``); None to work offline on the data dir."""
+    from mesh.daemon.api import ApiClient
+    from mesh.datadir import DataDirError, resolve_api
+
+    api, token = getattr(args, "api", None), getattr(args, "token", None)
+    if api is not None or token is not None:
+        try:
+            info = resolve_api(None, api, token)
+        except DataDirError as exc:
+            raise UsageError(str(exc)) from None
+        return ApiClient(info.addr, info.token)
+    d = _data_dir(args)
+    if not _node_running(d):
+        return None
+    try:
+        info = resolve_api(d, None, None)
+    except DataDirError as exc:
+        raise UsageError(f"a node is running on {d} but its API is not published yet ({exc}); retry in a moment") from None
+    return ApiClient(info.addr, info.token)
+
+
+def _remote_write(client: Any, key: SigningKey, op: str, op_args: dict[str, Any]) -> dict[str, Any]:
+    """Have the node prepare the record, sign it here (the key never leaves), submit it; retry a stale one."""
+    import base64
+
+    import msgpack
+
+    from crdt.logrecord import LogRecord
+    from mesh.daemon.api import ApiClientError
+
+    for _ in range(5):
+        prep = client.post("/v1/intent/prepare", {"op": op, "signer": key.key_id, "args": op_args})
+        kind, slot, payload, tombstone, seq, prev, wall_ms = msgpack.unpackb(
+            base64.b64decode(prep["prepared"]), raw=False, strict_map_key=True
+        )
+        rec = LogRecord.create(key, seq, prev, kind, slot, payload, wall_ms, tombstone=tombstone)
+        try:
+            return client.post("/v1/intent/records", {"records": [base64.b64encode(rec.encode()).decode()]})["acks"][0]
+        except ApiClientError as exc:
+            if exc.status != 412:  # 412: another write of this key took the position: prepare again
+                raise
+    raise CrdtError(f"key {key.key_id} is busy writing elsewhere; try again")
+
+
+def _b64_msgpack(obj: Any) -> str:
+    import base64
+
+    import msgpack
+
+    return base64.b64encode(msgpack.packb(obj, use_bin_type=True)).decode()
 
 
 def _out(args: argparse.Namespace, obj: Any, rows: list[list[str]] | None = None, header: list[str] | None = None) -> None:
@@ -129,6 +205,9 @@ def _err(msg: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
+from mesh.daemon.api import ApiClientError  # noqa: E402  (light: http.client, h11, trio)
+
+
 def _guard(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -139,6 +218,8 @@ def _guard(fn: Any) -> Any:
             return _err(str(exc), EXIT_USAGE)
         except CrdtError as exc:
             return _err(str(exc))
+        except ApiClientError as exc:
+            return _err(str(exc), EXIT_USAGE if exc.status == 400 else EXIT_FAILURE)
         except OSError as exc:
             return _err(f"{exc.strerror}: {exc.filename}")
 
@@ -179,38 +260,43 @@ def cmd_publish(args: argparse.Namespace) -> int:
         created_at=time.time(), description=args.description or "",
     )
     sha = m.sha256
-    node = _open(args)
-    DirBlobStore(_data_dir(args) / "blobs").put(sha, data)
-    ack = node.publish(m, key, time.time())
-    _out(args, {"module": args.name, "version": args.version, "sha256": sha, "size": len(data), "publisher": ack.signer, "seq": ack.seq})
+    remote = _remote(args)
+    if remote is not None:
+        remote.request("POST", f"/v1/blobs?sha256={sha}", raw=data)
+        ack = _remote_write(remote, key, "publish", {"manifest": _b64_msgpack(m.to_payload())})
+        signer, seq = ack["signer"], ack["seq"]
+    else:
+        node = _open(args)
+        DirBlobStore(_data_dir(args) / "blobs").put(sha, data)
+        a = node.publish(m, key, time.time())
+        signer, seq = a.signer, a.seq
+    _out(args, {"module": args.name, "version": args.version, "sha256": sha, "size": len(data), "publisher": signer, "seq": seq})
     return EXIT_OK
 
 
 @_guard
 def cmd_list(args: argparse.Namespace) -> int:
-    node = _open(args)
-    rows, objs = [], []
-    for name in node.doc.modules():
-        vs = node.doc.versions(name)
-        live = [m.version for m in vs if not m.removed]
-        objs.append({"name": name, "versions": [m.version for m in vs], "live": live})
-        rows.append([name, live[-1] if live else "-", str(len(vs)), str(len(vs) - len(live))])
+    from crdt.views import modules_view
+
+    remote = _remote(args)
+    objs = remote.get("/v1/modules") if remote is not None else modules_view(_open(args).doc)
+    rows = [[o["name"], o["live"][-1] if o["live"] else "-", str(len(o["versions"])),
+             str(len(o["versions"]) - len(o["live"]))] for o in objs]
     _out(args, objs, rows, ["MODULE", "LATEST", "VERSIONS", "REMOVED"])
     return EXIT_OK
 
 
 @_guard
 def cmd_show(args: argparse.Namespace) -> int:
-    node = _open(args)
-    vs = node.doc.versions(args.name)
-    if not vs:
+    from urllib.parse import quote
+
+    from crdt.views import module_view
+
+    remote = _remote(args)
+    objs = remote.get(f"/v1/module?name={quote(args.name)}") if remote is not None else module_view(_open(args).doc, args.name)
+    if not objs:
         return _err(f"no module named {args.name!r} (see `wasmatrix module list`)")
-    objs = [{"version": m.version, "sha256": m.sha256, "size": m.size, "publisher": m.publisher, "created_at": m.created_at,
-             "capabilities": m.manifest.capabilities.to_strings() if m.manifest else [],
-             "limits": m.manifest.limits.to_payload() if m.manifest else {},
-             "abi": m.manifest.abi.value if m.manifest else None,
-             "removed": m.removed, "description": m.description} for m in vs]
-    rows = [[m.version, m.sha256[:16], str(m.size), m.publisher, "removed" if m.removed else "live"] for m in vs]
+    rows = [[o["version"], o["sha256"][:16], str(o["size"]), o["publisher"], "removed" if o["removed"] else "live"] for o in objs]
     _out(args, objs, rows, ["VERSION", "SHA256", "SIZE", "PUBLISHER", "STATE"])
     return EXIT_OK
 
@@ -242,11 +328,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         CapabilityRequest.from_strings(args.capability or ()),
         Limits.from_strings(args.limit) if args.limit else None,
     )
-    node = _open(args)
-    ack = node.set_deployment(spec, key, time.time())
-    d = node.deployment(args.name)
-    _out(args, {"deployment": d.name, "module": spec.module, "version": spec.version, "active_version": d.active_version,
-                "replicas": spec.replicas, "revision": d.revision, "signer": ack.signer})
+    from urllib.parse import quote
+
+    from crdt.views import deployment_view
+
+    remote = _remote(args)
+    if remote is not None:
+        signer = _remote_write(remote, key, "deploy", {"spec": _b64_msgpack(spec.to_payload())})["signer"]
+        view = remote.get(f"/v1/deployment?name={quote(args.name)}")
+    else:
+        node = _open(args)
+        signer = node.set_deployment(spec, key, time.time()).signer
+        view = deployment_view(node.doc, args.name)
+    _out(args, {**view, "module": spec.module, "version": spec.version, "replicas": spec.replicas, "signer": signer})
     return EXIT_OK
 
 
@@ -255,11 +349,22 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if args.to:
         Version.parse(args.to)
     key = _signing_key(args.key)
-    node = _open(args)
-    before = node.deployment(args.deployment).active_version
-    node.rollback(args.deployment, key, time.time(), to_version=args.to)
-    d = node.deployment(args.deployment)
-    _out(args, {"deployment": d.name, "from_version": before, "active_version": d.active_version, "revision": d.revision})
+    from urllib.parse import quote
+
+    from crdt.views import deployment_view
+
+    remote = _remote(args)
+    if remote is not None:
+        before = remote.get(f"/v1/deployment?name={quote(args.deployment)}")["active_version"]
+        _remote_write(remote, key, "rollback", {"name": args.deployment, "to": args.to})
+        view = remote.get(f"/v1/deployment?name={quote(args.deployment)}")
+    else:
+        node = _open(args)
+        before = node.deployment(args.deployment).active_version
+        node.rollback(args.deployment, key, time.time(), to_version=args.to)
+        view = deployment_view(node.doc, args.deployment)
+    _out(args, {"deployment": view["deployment"], "from_version": before, "active_version": view["active_version"],
+                "revision": view["revision"]})
     return EXIT_OK
 
 
@@ -267,7 +372,10 @@ def register(subparsers: Any) -> None:
     """Add keygen, module, deploy and rollback subcommands."""
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", help="node data directory (default $WASMATRIX_DATA_DIR or ./wasmatrix-data)")
+        p.add_argument("--data-dir", help="node data directory (default $WASMATRIX_DATA_DIR or ./wasmatrix-data); "
+                       "when a node runs on it, the command talks to that node")
+        p.add_argument("--api", help="a running node's API HOST:PORT (with --token) instead of --data-dir")
+        p.add_argument("--token", help="API token (with --api)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = subparsers.add_parser("keygen", help="generate an Ed25519 key and trust it with a role")

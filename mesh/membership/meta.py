@@ -25,6 +25,8 @@ MAX_TAGS = 16
 MAX_META_BYTES = 512
 MAX_LOAD = 1e6
 LOAD_DECIMALS = 3
+MAX_NAME = 64  # display name
+MAX_META_FIELDS = 16  # fields a decoder accepts (newer peers may append some)
 
 
 def _text(what: str, x: Any, max_len: int, allow_empty: bool = False) -> str:
@@ -67,6 +69,7 @@ class NodeMeta:
     geo: tuple[float, float] | None = None
     load: float = 0.0
     hardware: tuple[str, ...] = field(default=())
+    name: str = ""  # display name (``--name``); the member's identity is its node id
 
     def __post_init__(self) -> None:
         # Normalise once, here, so the held value equals the decoded one.
@@ -99,6 +102,7 @@ class NodeMeta:
         if not isinstance(hardware, (tuple, list)) or len(hardware) > MAX_TAGS:
             raise ConfigError(f"node metadata hardware must be at most {MAX_TAGS} tags")
         put(self, "hardware", tuple(sorted(_text("hardware tag", t, 64) for t in hardware)))
+        put(self, "name", _text("name", self.name, MAX_NAME, allow_empty=True))
         size = len(pack(self.to_wire()))
         if size > MAX_META_BYTES:
             raise ConfigError(f"node metadata encodes to {size} bytes, more than {MAX_META_BYTES}")
@@ -114,14 +118,16 @@ class NodeMeta:
             list(self.geo) if self.geo is not None else None,
             self.load,
             list(self.hardware),
+            self.name,
         ]
 
     @classmethod
     def from_wire(cls, x: Any) -> "NodeMeta":
         """Decode and validate (raises WireError)."""
-        f = v_list(x, 8)
-        if len(f) != 8:
-            raise WireError("meta needs 8 fields")
+        # 8 fields before the display name existed; a newer peer may append more (ignored).
+        f = v_list(x, MAX_META_FIELDS)
+        if len(f) < 8:
+            raise WireError("meta needs at least 8 fields")
         labels = tuple(
             (v_str(kv[0], 64), v_str(kv[1], 128, allow_empty=True))
             for kv in (v_list(i, 2) for i in v_list(f[3], MAX_LABELS))
@@ -142,6 +148,7 @@ class NodeMeta:
                 geo=geo,
                 load=v_float(f[6], 0.0, MAX_LOAD),
                 hardware=tuple(v_str(t, 64) for t in v_list(f[7], MAX_TAGS)),
+                name=v_str(f[8], MAX_NAME, allow_empty=True) if len(f) > 8 else "",
             )
         except ConfigError as exc:
             raise WireError(str(exc)) from None

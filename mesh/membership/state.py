@@ -299,6 +299,7 @@ class SwimCore:
         self._relays: dict[int, _Relay] = {}
         self._relay_next = float("inf")  # earliest nack or expiry among the relays
         self._num_live = 1
+        self.addr_moves = 0  # members that changed address (restarted elsewhere, DHCP, ...)
         self._next_reap_at = now + config.tombstone_time / 10
         self._alive_names: list[str] = []  # sorted, excluding self; ALIVE or SUSPECT
         self._recent_dead: dict[str, float] = {}  # dead/left member -> when, for gossip to the dead
@@ -799,6 +800,8 @@ class SwimCore:
         was = m.state
         self._suspicions.pop(a.node, None)
         changed_meta = a.meta != m.meta
+        if a.addr != m.addr:
+            self.addr_moves += 1  # drivers index members by address (NodeCore._name_at)
         m.addr, m.meta, m.incarnation, m.key = a.addr, a.meta, a.incarnation, a.key
         if changed_meta:
             m.meta_wire = None

@@ -103,19 +103,27 @@ def roundtrip(msg: Any) -> Any:
     return type(msg).from_payload(p)
 
 
-def content(node: IntentNode) -> tuple[Any, ...]:
-    """Every slot of every root map, canonically ordered (Yjs encodings may order clients differently)."""
-    from pycrdt import Map
-
-    d = node.doc.doc
-    return tuple((root, tuple(sorted((k, bytes(v)) for k, v in d.get(root, type=Map).items()))) for root in sorted(d.keys()))
+def content(node: IntentNode) -> tuple[bytes, ...]:
+    """Every record the node holds (stored and held), in signer/seq order."""
+    return tuple(node.doc.records.export())
 
 
 def converged(nodes: dict[str, IntentNode]) -> bool:
-    from crdt.sync import decode_state_vector
-
     docs = [n.doc for n in nodes.values()]
-    sv = {tuple(sorted(decode_state_vector(d.state_vector()).items())) for d in docs}
+    heads = {d.records.heads_digest() for d in docs}
     views = {tuple(d.view_digest()) for d in docs}
     contents = {content(n) for n in nodes.values()}
-    return len(sv) == 1 and len(views) == 1 and len(contents) == 1
+    return len(heads) == 1 and len(views) == 1 and len(contents) == 1
+
+
+def share(src: IntentNode, dst: IntentNode, wall: float = 4e9) -> None:
+    """Hand every record ``src`` holds to ``dst`` directly (what a completed sync round does)."""
+    for r in src.doc.records.export():
+        dst.doc.add(r, wall)
+
+
+def share_all(nodes: dict[str, IntentNode]) -> None:
+    for a in nodes.values():
+        for b in nodes.values():
+            if a is not b:
+                share(a, b)

@@ -6,9 +6,9 @@ import pytest
 from crdt.documents import IntentDoc
 from crdt.errors import Conflict, KvLimitError, NotFound, PermissionDenied, ValidationError
 from crdt.intent import IntentNode
-from crdt.records import SignedRecord
+from crdt.logrecord import LogRecord
 from crdt.schema import DeploymentSpec, KvLimits, ReplicaClaim, RouteSpec
-from crdt_helpers import ADMIN, OPERATOR, PUBLISHER, STRANGER, VIEWER, key, make_nodes, manifest, trust_for
+from crdt_helpers import ADMIN, OPERATOR, PUBLISHER, STRANGER, VIEWER, key, make_nodes, manifest, share, share_all, trust_for
 
 
 @pytest.fixture
@@ -113,10 +113,10 @@ def test_placement_single_writer():
     a, b = nodes["n000"], nodes["n001"]
     a.set_placement([ReplicaClaim("web", "1.0.0", "running", 0)], 1)
     assert a.doc.placement("n000").replicas[0].state == "running"
-    # b cannot write a's entry, even by forging the slot directly
-    rec = SignedRecord.create(key("node:n001"), "placement", "n000", {"node_id": "n000", "replicas": [], "updated_at": 2.0}, 99)
-    upd = b.doc.write(rec, 2)
-    a.doc.apply_update(upd, 2)
+    # b cannot write a's entry, even by signing a record for that slot itself
+    forged = LogRecord.create(key("node:n001"), 1, b"", "placement", "n000", {"node_id": "n000", "replicas": [], "updated_at": 2.0}, 2000)
+    for n in (a, b):
+        assert n.doc.add(forged.encode(), 2).reason == "not_owner"
     assert a.doc.placement("n000") is not None and a.doc.placement("n000").replicas  # forged one ignored
     assert b.doc.placement("n000") is None
     assert b.counters.invalid_by_reason.get("not_owner") == 1
@@ -127,59 +127,58 @@ def test_forged_unknown_and_wrong_role_records_are_ignored_and_counted():
     nodes = make_nodes(2, audit_sink=audit.append)
     a, b = nodes["n000"], nodes["n001"]
     good = a.publish(manifest("m", "1.0.0"), PUBLISHER, 1)
-    b.doc.apply_update(a.doc.diff(), 1)
+    share(a, b)
     assert b.doc.manifest("m", "1.0.0")
+    prev = a.doc.records.heads()[PUBLISHER.key_id][1]
     # 1. a record signed by an unknown key
-    unknown = SignedRecord.create(STRANGER, "registry", "m@2.0.0", manifest("m", "2.0.0").to_payload(), 2)
+    unknown = LogRecord.create(STRANGER, 1, b"", "registry", "m@2.0.0", manifest("m", "2.0.0").to_payload(), 2000)
     # 2. a record by a trusted key lacking the role (operator -> registry)
-    wrong_role = SignedRecord.create(OPERATOR, "registry", "m@3.0.0", manifest("m", "3.0.0").to_payload(), 3)
+    wrong_role = LogRecord.create(OPERATOR, 1, b"", "registry", "m@3.0.0", manifest("m", "3.0.0").to_payload(), 2000)
     # 3. a forged signature claiming to be the publisher
-    forged = SignedRecord("registry", "m@4.0.0", manifest("m", "4.0.0").to_payload(), PUBLISHER.key_id, 4, b"\x01" * 64)
+    real4 = LogRecord.create(PUBLISHER, 2, prev, "registry", "m@4.0.0", manifest("m", "4.0.0").to_payload(), 2000)
+    forged = LogRecord(real4.signer, 2, prev, "registry", "m@4.0.0", False, real4.payload, 2000, b"\x01" * 64)
     # 4. a valid signature over different content (payload swapped after signing)
-    real = SignedRecord.create(PUBLISHER, "registry", "m@5.0.0", manifest("m", "5.0.0").to_payload(), 5)
-    tampered = SignedRecord(real.kind, real.key, {**real.payload, "sha256": "f" * 64}, real.signer, real.seq, real.signature)
+    real = LogRecord.create(PUBLISHER, 2, prev, "registry", "m@5.0.0", manifest("m", "5.0.0").to_payload(), 2000)
+    tampered = LogRecord(real.signer, 2, prev, real.kind, real.key, False, {**real.payload, "sha256": "f" * 64}, 2000, real.signature)
     # 5. invalid schema although correctly signed
-    bad_schema = SignedRecord.create(PUBLISHER, "registry", "m@6.0.0", {"name": "m"}, 6)
-    attacker = IntentDoc(trust_for([]), client_id=12345)
+    bad_schema = LogRecord.create(PUBLISHER, 2, prev, "registry", "m@6.0.0", {"name": "m"}, 2000)
     for r in (unknown, wrong_role, forged, tampered, bad_schema):
-        b.doc.apply_update(attacker.write(r), 2)
-    # raw garbage slot value
-    from pycrdt import Map
-    with attacker.doc.transaction():  # bypasses the typed API on purpose
-        attacker.doc.get("registry", type=Map)["junk"] = b"\x93garbage"
-    b.doc.apply_update(attacker.diff(), 3)
+        assert b.doc.add(r.encode(), 2).status == "rejected"
+    # raw garbage
+    assert b.doc.add(b"\x93garbage", 3).reason == "malformed"
     assert [m.version for m in b.doc.versions("m")] == ["1.0.0"]
     reasons = b.counters.invalid_by_reason
     assert reasons == {"unknown_signer": 1, "role": 1, "bad_signature": 2, "schema": 1, "malformed": 1}
-    assert sorted(e.reason for e in audit if e.root == "registry") == sorted(["unknown_signer", "role", "bad_signature", "bad_signature", "schema", "malformed"])
-    assert b.has_write(good.signer, good.seq) and not b.has_write(PUBLISHER.key_id, 4)
+    assert sorted(e.reason for e in audit if e.root == "log") == sorted(["unknown_signer", "role", "bad_signature", "bad_signature", "schema", "malformed"])
+    assert b.has_write(good.signer, good.seq) and not b.has_write(PUBLISHER.key_id, 2)
+    # nothing invalid was stored: b holds exactly a's one record
+    assert b.doc.records.export() == a.doc.records.export()
 
 
-def test_malformed_update_raises_clear_error(node):
-    with pytest.raises(ValidationError, match="undecodable"):
-        node.doc.apply_update(b"\x05\x01garbage", 0)
-    assert node.counters.updates_malformed == 1
+def test_malformed_record_is_refused_and_counted(node):
+    assert node.doc.add(b"\x05\x01garbage", 0).reason == "malformed"
+    assert node.counters.invalid_by_reason == {"malformed": 1}
+    assert node.doc.records.export() == []
 
 
 def test_concurrent_writes_resolve_by_seq_then_signer():
     nodes = make_nodes(2)
     a, b = nodes["n000"], nodes["n001"]
-    for n in (a, b):
-        n.publish(manifest("hello", "1.0.0"), PUBLISHER, 1) if n is a else None
-    b.doc.apply_update(a.doc.diff(), 1)
-    # both write concurrently with different signers and equal seq: higher key id wins
+    a.publish(manifest("hello", "1.0.0"), PUBLISHER, 1)
+    share(a, b)
+    # both write concurrently with different signers at the same wall time: higher key id wins
     ua = a.set_route(RouteSpec("x.com", "/", "*", "from-admin"), ADMIN, 2)
     ub = b.set_route(RouteSpec("x.com", "/", "*", "from-operator"), OPERATOR, 2)
     assert ua.seq == ub.seq
-    a.doc.apply_update(b.doc.diff(), 3)
-    b.doc.apply_update(a.doc.diff(), 3)
+    share(b, a)
+    share(a, b)
     winner = "from-admin" if ADMIN.key_id > OPERATOR.key_id else "from-operator"
     assert a.match("x.com", "/", "GET").deployment == b.match("x.com", "/", "GET").deployment == winner
     # a write that has seen the other wins regardless of key id
     loser_key = OPERATOR if winner == "from-admin" else ADMIN
     ack = a.set_route(RouteSpec("x.com", "/", "*", "later"), loser_key, 4)
     assert ack.seq == ua.seq + 1
-    b.doc.apply_update(a.doc.diff(), 5)
+    share(a, b)
     assert b.match("x.com", "/", "GET").deployment == "later"
 
 
@@ -187,12 +186,9 @@ def test_kv_concurrent_writers_converge():
     nodes = make_nodes(3)
     for i, n in enumerate(nodes.values()):
         n.set("ns", "k", f"v{i}".encode())
-    full = [n.doc.diff() for n in nodes.values()]
-    for n in nodes.values():
-        for u in full:
-            n.doc.apply_update(u, 1)
+    share_all(nodes)
     vals = {n.get("ns", "k") for n in nodes.values()}
     assert len(vals) == 1
-    # all wrote seq 1: the greatest node key id wins
+    # all wrote at the same wall time: the greatest node key id wins
     ids = {key("node:" + nm).key_id: f"v{i}".encode() for i, nm in enumerate(nodes)}
     assert vals == {ids[max(ids)]}

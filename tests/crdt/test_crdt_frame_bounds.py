@@ -15,9 +15,10 @@ import pytest
 
 import mesh.protocol  # noqa: F401  registers the crdt message types with mesh.wire
 from crdt.blob import BlobTransfer, MemoryBlobStore
-from crdt.messages import (
-    FRAME_PLAINTEXT, MAX_BLOB_CHUNK, MAX_CHUNK, MAX_CHUNKS, MAX_UPDATE, BlobChunk, BlobRequest, SyncChunk, SyncStep1, SyncStep2,
-)
+from crdt.heads import BATCH_BYTES, MAX_HEADS_PER_MESSAGE, HeadsMessage, RecordBatch, RecordPush
+from crdt.logrecord import MAX_LOG_RECORD_BYTES
+from crdt.messages import FRAME_PLAINTEXT, MAX_BLOB_CHUNK, MAX_CHUNK, BlobChunk, BlobRequest
+from crdt.schema import KvLimits
 from crdt.sync import SyncConfig
 from crdt_helpers import make_nodes
 from mesh.wire import MAX_FRAME, MAX_NAME, decode, encode
@@ -33,13 +34,21 @@ def test_the_crdt_frame_limit_is_one_noise_message_plaintext() -> None:
     assert FRAME_PLAINTEXT == MAX_FRAME == NOISE_MAX_MESSAGE - NOISE_TAG
 
 
-def test_the_largest_valid_sync_chunk_fits_one_frame() -> None:
-    c = SyncChunk(2**63 - 1, MAX_CHUNKS - 1, MAX_CHUNKS, MAX_UPDATE + 1024, b"\xff" * MAX_CHUNK)
-    data = encode(WORST_SENDER, c)
-    assert len(data) <= MAX_FRAME
-    assert decode(data, MAX_FRAME).msg == c
-    with pytest.raises(ValueError, match="chunk must be bytes of at most"):
-        SyncChunk.from_payload([1, 0, 1, 10, b"\xff" * (MAX_CHUNK + 1)])
+def test_the_largest_record_push_and_batch_fit_one_frame() -> None:
+    assert BATCH_BYTES == MAX_CHUNK
+    p = RecordPush((b"\xff" * MAX_LOG_RECORD_BYTES,), 2**63 - 1, 32)
+    data = encode(WORST_SENDER, p)
+    assert len(data) <= MAX_FRAME and decode(data, MAX_FRAME).msg == p
+    # A batch filled to BATCH_BYTES with small records (5 bytes of header each) fits too.
+    n = BATCH_BYTES // (200 + 5)
+    b = RecordBatch(tuple(b"\xff" * 200 for _ in range(n)))
+    assert len(encode(WORST_SENDER, b)) <= MAX_FRAME
+
+
+def test_a_full_heads_page_fits_one_frame() -> None:
+    page = HeadsMessage(tuple((f"{i:016x}", 2**53 - 1, b"\xff" * 32) for i in range(MAX_HEADS_PER_MESSAGE)), True)
+    data = encode(WORST_SENDER, page)
+    assert len(data) <= MAX_FRAME and decode(data, MAX_FRAME).msg == page
 
 
 def test_the_largest_valid_blob_chunk_fits_one_frame() -> None:
@@ -70,11 +79,11 @@ def _deliver(nodes: dict[str, Any], src: str, out: list[tuple[str, Any]], now: f
 
 
 @pytest.mark.parametrize("config", [SyncConfig(), SyncConfig(chunk_size=MAX_CHUNK)], ids=["default", "max"])
-def test_sync_core_frames_fit_while_replicating_large_updates(config: SyncConfig) -> None:
+def test_sync_core_frames_fit_while_replicating_large_records(config: SyncConfig) -> None:
     nodes = make_nodes(2, config=config)
     a, b = nodes["n000"], nodes["n001"]
-    # Values at the 64 KiB namespace limit: each signed update is larger than any chunk_size allowed.
-    values = {f"k{i}": os.urandom(64 * 1024) for i in range(5)}
+    # Values at the KV value limit: each record alone nearly fills a frame.
+    values = {f"k{i}": os.urandom(KvLimits().max_value_bytes) for i in range(5)}
     for k, v in values.items():
         a.set("big", k, v)
     frames: list[int] = []
@@ -85,38 +94,8 @@ def test_sync_core_frames_fit_while_replicating_large_updates(config: SyncConfig
             peer = "n001" if name == "n000" else "n000"
             _deliver(nodes, name, nodes[name].tick(now, [peer]), now, frames)
     assert {k: b.get("big", k) for k in values} == values
-    assert a.counters.chunks_sent >= 2 * len(values)  # each update needs at least two frames
+    assert sum(1 for f in frames if f > KvLimits().max_value_bytes) >= len(values)  # one record per frame
     assert max(frames) <= MAX_FRAME
-
-
-def test_a_state_vector_larger_than_a_frame_is_chunked_and_answered() -> None:
-    # 12,000 Yjs clients whose ids need 5-byte varuints: a ~73 KB state vector, more than a frame.
-    n = 12_000
-    sv = bytearray()
-
-    def varuint(x: int) -> None:
-        while x >= 0x80:
-            sv.append((x & 0x7F) | 0x80)
-            x >>= 7
-        sv.append(x)
-
-    varuint(n)
-    for i in range(n):
-        varuint(2**30 + i)
-        varuint(1)
-    assert len(sv) > MAX_FRAME
-    nodes = make_nodes(2)
-    a, b = nodes["n000"], nodes["n001"]
-    out = a.sync._send("n001", SyncStep1(bytes(sv)))
-    assert len(out) > 1 and all(isinstance(m, SyncChunk) for _, m in out)
-    replies: list[tuple[str, Any]] = []
-    for _, m in out:
-        data = encode("n000", m)
-        assert len(data) <= MAX_FRAME
-        replies += b.receive("n000", decode(data, MAX_FRAME).msg, 0.0)
-    # b reassembled the SyncStep1 and answered it with what a lacks plus its own state vector
-    assert [type(m) for _, m in replies] == [SyncStep2]
-    assert b.counters.updates_malformed == 0
 
 
 @pytest.mark.parametrize("chunk_size", [None, MAX_BLOB_CHUNK], ids=["default", "max"])

@@ -9,17 +9,14 @@ from __future__ import annotations
 import random
 
 import pytest
-from pycrdt import Doc, Map, merge_updates
-
-from crdt.documents import IntentDoc
 from crdt.errors import KvLimitError
+from crdt.heads import HeadsDigest, HeadsMessage, RecordBatch, RecordPush, RecordsRequest
 from crdt.intent import IntentNode
-from crdt.messages import SyncDigest, SyncStep1, SyncStep2, SyncUpdate
-from crdt.records import SignedRecord
+from crdt.logrecord import LogRecord
 from crdt.schema import KvLimits
-from crdt.sync import SyncConfig, decode_state_vector, state_digest
-from crdt.trust import TrustConfig, VerifiedRecords
-from crdt_helpers import PUBLISHER, Pump, converged, key, make_nodes, manifest, trust_for
+from crdt.sync import SyncConfig
+from crdt.trust import TrustConfig
+from crdt_helpers import PUBLISHER, Pump, converged, key, make_nodes, manifest, share, trust_for
 
 
 def recount(node: IntentNode, ns: str) -> tuple[int, int]:
@@ -34,8 +31,8 @@ def recount(node: IntentNode, ns: str) -> tuple[int, int]:
 
 
 def sync_pair(a: IntentNode, b: IntentNode, now: float) -> None:
-    a.doc.apply_update(b.doc.diff(), now)
-    b.doc.apply_update(a.doc.diff(), now)
+    share(b, a)
+    share(a, b)
 
 
 # --------------------------------------------------------------------------- KV usage totals
@@ -54,7 +51,7 @@ def test_kv_usage_totals_stay_exact_across_overwrites_deletes_and_remote_merges(
     a.delete("app", "bb")  # deleting a missing key changes nothing
     assert a.doc.kv_usage("app") == (1, 5)
     # b writes the same key without having seen a's value, and a new key: after the merge the
-    # key's value is the winner's (seq, signer), counted once, and b's new key adds itself
+    # key's value is the winner's (wall time, signer), counted once, and b's new key adds itself
     b.set("app", "a", b"z")
     b.set("app", "ccc", b"q" * 10)
     assert b.doc.kv_usage("app") == (2, 1 + 1 + 3 + 10)
@@ -87,13 +84,13 @@ def test_kv_usage_matches_a_recount_after_random_writes_on_three_nodes(seed: int
             n.set(ns, k, bytes([step % 256]) * rng.randrange(0, 40))
         if rng.random() < 0.3:  # a partial merge between two nodes
             x, y = rng.sample(names, 2)
-            nodes[x].doc.apply_update(nodes[y].doc.diff(), float(step))
+            share(nodes[y], nodes[x])
         for node in nodes.values():
             for space in ("app", "cache"):
                 assert node.doc.kv_usage(space) == recount(node, space), f"seed={seed} step={step}"
     for x in names:
         for y in names:
-            nodes[x].doc.apply_update(nodes[y].doc.diff(), 200.0)
+            share(nodes[y], nodes[x])
     usage = {node.doc.kv_usage("app") for node in nodes.values()}
     assert len(usage) == 1 and usage == {recount(nodes["n000"], "app")}
 
@@ -147,49 +144,28 @@ def test_writer_does_not_verify_what_it_signed_and_each_node_verifies_each_recor
     a.publish(manifest("m", "1.0.0"), PUBLISHER, 1.0)
     assert CountingTrust.calls == 0
     # two other nodes share one TrustConfig but not a cache: each verifies both records itself
-    b.doc.apply_update(a.doc.diff(), 2.0)
+    share(a, b)
     assert CountingTrust.calls == 2
-    c.doc.apply_update(a.doc.diff(), 2.0)
+    share(a, c)
     assert CountingTrust.calls == 4
-    assert b.doc.verified is not c.doc.verified and len(b.doc.verified) == len(c.doc.verified) == 2
-    # a node rebuilt over the same cache (same records again) verifies nothing twice
-    d = IntentDoc(b.trust, client_id=99, verified=b.doc.verified)
-    d.apply_update(a.doc.diff(), 3.0)
-    assert CountingTrust.calls == 4 and d.has_write(PUBLISHER.key_id, 1)
+    assert b.doc.records._verified is not c.doc.records._verified and len(b.doc.records._verified) == len(c.doc.records._verified) == 2
+    # the same records again (a replay) are duplicates: nothing is verified twice
+    share(a, b)
+    assert CountingTrust.calls == 4 and b.has_write(PUBLISHER.key_id, 1)
 
 
-def test_forged_record_is_rejected_when_the_cache_holds_a_valid_record_with_the_same_key() -> None:
+def test_forged_record_at_a_valid_records_position_is_rejected_and_the_valid_one_stays() -> None:
     nodes = make_nodes(2)
     a, b = nodes["n000"], nodes["n001"]
     ack = a.publish(manifest("m", "1.0.0"), PUBLISHER, 1.0)
-    b.doc.apply_update(a.doc.diff(), 1.0)
+    share(a, b)
     real = b.doc.effective("registry", "m@1.0.0")
-    assert real is not None and len(b.doc.verified) == 1
-    # same kind, key, signer, seq and signature; only the payload differs (another binary)
-    forged = SignedRecord(real.kind, real.key, {**real.payload, "sha256": "e" * 64}, real.signer, real.seq, real.signature)
-    attacker: Doc = Doc(client_id=7)
-    attacker.apply_update(a.doc.diff())
-    with attacker.transaction():  # overwrite the very slot of the valid record
-        attacker.get("registry", type=Map)[f"m@1.0.0\x1f{real.signer}\x1f{real.seq}"] = forged.encode()
-    b.doc.apply_update(attacker.get_update(), 2.0)
-    assert b.counters.invalid_by_reason.get("bad_signature") == 1
+    assert real is not None
+    # same signer, seq, chain link and signature; only the payload differs (another binary)
+    forged = LogRecord(real.signer, real.seq, real.prev, real.kind, real.key, False, {**real.payload, "sha256": "e" * 64}, real.wall_ms, real.signature)
+    assert b.doc.add(forged.encode(), 2.0).reason == "bad_signature"
     assert all(r.payload["sha256"] != "e" * 64 for r in b.doc.history("registry", "m@1.0.0"))
-    # the genuine record stays valid wherever it is stored intact
-    assert a.has_write(ack.signer, ack.seq) and a.doc.manifest("m", "1.0.0").sha256 == real.payload["sha256"]
-
-
-def test_verified_records_cache_is_bounded_and_keyed_by_every_byte() -> None:
-    cache = VerifiedRecords(capacity=2)
-    r1 = SignedRecord.create(PUBLISHER, "registry", "m@1.0.0", manifest("m", "1.0.0").to_payload(), 1)
-    r2 = SignedRecord(r1.kind, r1.key, r1.payload, r1.signer, r1.seq, bytes(64))
-    d1, d2 = VerifiedRecords.digest(r1.encode()), VerifiedRecords.digest(r2.encode())
-    assert d1 != d2
-    cache.add(d1, r1)
-    assert cache.get(d1) is r1 and cache.get(d2) is None
-    assert (cache.hits, cache.misses) == (1, 1)
-    cache.add(b"x" * 32, r1)
-    cache.add(b"y" * 32, r1)
-    assert len(cache) == 2 and cache.get(d1) is None  # least recently used went first
+    assert b.has_write(ack.signer, ack.seq) and b.doc.manifest("m", "1.0.0").sha256 == real.payload["sha256"]
 
 
 # --------------------------------------------------------------------------- dissemination
@@ -210,31 +186,29 @@ def test_eager_forwarding_reaches_all_100_nodes_without_anti_entropy_in_bounded_
         assert hops <= cfg.relay_ttl + 1, f"only {sum(n.has_write(ack.signer, ack.seq) for n in nodes.values())}/100 after {hops} hops"
     for n in nodes.values():
         assert n.counters.anti_entropy_rounds == 1
-        assert n.counters.relays <= 1  # each node forwards an update at most once: dedup by state vector
+        assert n.counters.relays <= 1  # each node forwards a record at most once: a duplicate is not new
         assert n.counters.eager_pushes <= cfg.fanout + 1
     assert converged(nodes)
 
 
-def test_forwarded_update_is_what_the_node_newly_learned() -> None:
+def test_forwarded_push_is_what_the_node_newly_learned() -> None:
     nodes = make_nodes(3, config=SyncConfig(anti_entropy_interval=1e9))
     a, b = nodes["n000"], nodes["n001"]
     for i in range(30):
         a.set("app", f"k{i}", b"v" * 50)
-    known = a.doc.diff()
-    b.doc.apply_update(known, 1.0)
+    known = tuple(a.doc.records.export())
+    share(a, b)
     a.publish(manifest("m", "2.0.0"), PUBLISHER, 2.0)
-    fresh = a.sync._queue[-1].update
-    bundle = merge_updates(known, fresh)  # old news plus one new record
+    fresh = a.sync._queue[-1].records[0]
     b.tick(2.0, ["n000", "n002"])
-    b.receive("n000", SyncUpdate(bundle, 1, 5), 2.0)
+    b.receive("n000", RecordPush(known + (fresh,), 1, 5), 2.0)  # old news plus one new record
     out = b.tick(2.0, ["n000", "n002"])
-    forwarded = [m for dst, m in out if isinstance(m, SyncUpdate)]
-    assert forwarded and all(m.ttl == 4 for m in forwarded)
-    assert all(len(m.update) < len(bundle) // 4 for m in forwarded)
+    forwarded = [m for dst, m in out if isinstance(m, RecordPush)]
+    assert forwarded and all(m.ttl == 4 and m.records == (fresh,) for m in forwarded)
     # what was forwarded is enough for a node that already had the old news
     c = nodes["n002"]
-    c.doc.apply_update(known, 1.0)
-    c.doc.apply_update(forwarded[0].update, 3.0)
+    share(b, c)
+    c.receive("n001", forwarded[0], 3.0)
     assert c.doc.manifest("m", "2.0.0") and converged({"a": a, "b": b, "c": c})
 
 
@@ -242,12 +216,12 @@ def test_a_node_that_learned_nothing_does_not_forward() -> None:
     nodes = make_nodes(3, config=SyncConfig(anti_entropy_interval=1e9))
     a, b = nodes["n000"], nodes["n001"]
     a.publish(manifest(), PUBLISHER, 1.0)
-    u = a.sync._queue[-1].update
+    u = a.sync._queue[-1].records
     b.tick(1.0, ["n000", "n002"])
-    b.receive("n000", SyncUpdate(u, 1, 5), 1.0)
-    assert [m for _, m in b.tick(1.0, ["n000", "n002"]) if isinstance(m, SyncUpdate)]
-    b.receive("n002", SyncUpdate(u, 2, 5), 1.0)  # the same update again, from another peer
-    assert not [m for _, m in b.tick(1.0, ["n000", "n002"]) if isinstance(m, SyncUpdate)]
+    b.receive("n000", RecordPush(tuple(u), 1, 5), 1.0)
+    assert [m for _, m in b.tick(1.0, ["n000", "n002"]) if isinstance(m, RecordPush)]
+    b.receive("n002", RecordPush(tuple(u), 2, 5), 1.0)  # the same record again, from another peer
+    assert not [m for _, m in b.tick(1.0, ["n000", "n002"]) if isinstance(m, RecordPush)]
     assert b.counters.updates_redundant == 1 and b.counters.relays == 1
 
 
@@ -277,29 +251,33 @@ def test_idle_anti_entropy_is_one_digest_whatever_the_number_of_writers() -> Non
                 break
         assert converged(nodes)
         a = nodes["n000"]
-        assert len(decode_state_vector(a.doc.state_vector())) == writers
+        assert len(a.doc.records.heads()) == writers
         out = a.tick(1e6, sorted(nodes))
-        assert [type(m) for _, m in out] == [SyncDigest]
+        assert [type(m) for _, m in out] == [HeadsDigest]
         peer = nodes[out[0][0]]
         assert peer.receive("n000", out[0][1], 1e6) == []  # equal digests: the round ends here
         sizes.append(len(out[0][1].digest))
     assert sizes == [16, 16]
 
 
-def test_differing_digest_opens_a_state_vector_exchange_that_repairs_both_sides() -> None:
+def test_differing_digest_opens_a_heads_exchange_that_repairs_both_sides() -> None:
     nodes = make_nodes(2, config=SyncConfig(anti_entropy_interval=1e9))
     a, b = nodes["n000"], nodes["n001"]
     a.set("app", "from-a", b"1")
     b.set("app", "from-b", b"2")
     assert a.sync.state_digest() != b.sync.state_digest()
-    assert a.sync.state_digest() == state_digest(decode_state_vector(a.doc.state_vector()))
-    [(dst, step1)] = b.receive("n000", SyncDigest(a.sync.state_digest()), 1.0)
-    assert dst == "n000" and isinstance(step1, SyncStep1)
-    [(_, step2)] = a.receive("n001", step1, 1.0)
-    assert isinstance(step2, SyncStep2) and step2.update
-    [(_, repair)] = b.receive("n000", step2, 1.0)
-    assert isinstance(repair, SyncUpdate) and repair.push_id == 0
-    a.receive("n001", repair, 1.0)
+    assert a.sync.state_digest() == a.doc.records.heads_digest()
+    [(dst, heads)] = b.receive("n000", HeadsDigest(a.sync.state_digest()), 1.0)
+    assert dst == "n000" and isinstance(heads, HeadsMessage) and not heads.reply
+    out = a.receive("n001", heads, 1.0)
+    assert [type(m) for _, m in out] == [RecordsRequest, HeadsMessage]
+    queue = [("n000", "n001", m) for _, m in out]
+    kinds = []
+    while queue:
+        src, dst, m = queue.pop(0)
+        kinds.append(type(m))
+        queue += [(dst, d, r) for d, r in nodes[dst].receive(src, m, 1.0)]
+    assert kinds == [RecordsRequest, HeadsMessage, RecordBatch, RecordsRequest, RecordBatch]
     assert converged(nodes) and a.get("app", "from-b") == b"2" and b.get("app", "from-a") == b"1"
 
 
@@ -310,12 +288,12 @@ def test_an_unacknowledged_push_is_sent_once_more_after_push_retry() -> None:
     a.tick(0.0, ["n001"])
     a.publish(manifest(), PUBLISHER, 0.0)
     [(dst, first)] = a.tick(0.0, ["n001"])  # lost on the way
-    assert dst == "n001" and isinstance(first, SyncUpdate) and first.push_id > 0
+    assert dst == "n001" and isinstance(first, RecordPush) and first.push_id > 0
     assert a.tick(0.2, ["n001"]) == []
     assert a.sync.next_deadline() == pytest.approx(0.25)
     [(_, again)] = a.tick(0.25, ["n001"])
     assert again == first and a.counters.eager_retries == 1
-    assert a.sync.outstanding_bytes("n001") == 2 * len(first.update)  # both copies in flight
+    assert a.sync.outstanding_bytes("n001") == 2 * first.size()  # both copies in flight
     assert a.tick(0.6, ["n001"]) == []  # once only: a second loss is left to anti-entropy
     [(_, ack)] = b.receive("n000", again, 0.3)
     a.receive("n001", ack, 0.3)
@@ -328,20 +306,20 @@ def test_a_node_forwards_to_the_live_peers_of_its_next_tick_not_a_stale_list() -
     b.tick(0.0, [])  # b ticked before it knew any member
     a.tick(0.0, ["n001"])
     a.publish(manifest(), PUBLISHER, 1.0)
-    [(_, push)] = [o for o in a.tick(1.0, ["n001"]) if isinstance(o[1], SyncUpdate)]
+    [(_, push)] = [o for o in a.tick(1.0, ["n001"]) if isinstance(o[1], RecordPush)]
     replies = b.receive("n000", push, 1.0)
     assert [type(m).__name__ for _, m in replies] == ["SyncAck"]
     assert b.sync.next_deadline() == 1.0  # the forward is due at once
     out = b.tick(1.0, ["n000", "n001", "n002", "n003"])
-    assert sorted(dst for dst, m in out if isinstance(m, SyncUpdate)) == ["n002", "n003"]
+    assert sorted(dst for dst, m in out if isinstance(m, RecordPush)) == ["n002", "n003"]
 
 
 def test_a_peer_cannot_stretch_a_wave_beyond_the_local_hop_bound() -> None:
     nodes = make_nodes(3, config=SyncConfig(anti_entropy_interval=1e9, relay_ttl=5))
     a, b = nodes["n000"], nodes["n001"]
     a.publish(manifest(), PUBLISHER, 1.0)
-    u = a.sync._queue[-1].update
+    u = tuple(a.sync._queue[-1].records)
     b.tick(1.0, ["n000", "n002"])
-    b.receive("n000", SyncUpdate(u, 1, 32), 1.0)
-    forwarded = [m for _, m in b.tick(1.0, ["n000", "n002"]) if isinstance(m, SyncUpdate)]
+    b.receive("n000", RecordPush(u, 1, 32), 1.0)
+    forwarded = [m for _, m in b.tick(1.0, ["n000", "n002"]) if isinstance(m, RecordPush)]
     assert forwarded and {m.ttl for m in forwarded} == {4}

@@ -3,39 +3,51 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from crdt.messages import ALL_MESSAGES, SyncChunk, SyncStep1, SyncStep2, SyncUpdate
+from crdt.heads import HeadsDigest, HeadsMessage, RecordBatch, RecordPush, RecordsRequest
+from crdt.messages import ALL_MESSAGES, SyncAck
 from crdt.schema import DeploymentSpec, RouteSpec
 from crdt.intent import IntentNode, WriteAck
-from crdt.sync import SyncConfig, decode_state_vector
+from crdt.sync import SyncConfig
 from crdt_helpers import OPERATOR, PUBLISHER, Pump, converged, make_nodes, manifest, roundtrip
 
 
 def test_message_types_and_roundtrip():
     ids = [c.TYPE for c in ALL_MESSAGES]
     assert len(set(ids)) == len(ids) and all(20 <= i <= 49 for i in ids)
-    for m in [SyncStep1(b"\x00"), SyncStep2(b"u", b"\x00"), SyncUpdate(b"u", 3, 2), SyncChunk(1, 0, 2, 10, b"abc")]:
+    sid = "0123456789abcdef"
+    for m in [
+        SyncAck(3), HeadsDigest(b"d" * 16), HeadsMessage(((sid, 3, b"i" * 32),), True, ((sid, 2),)),
+        RecordsRequest(((sid, 1, 4),)), RecordBatch((b"r1", b"r2")), RecordPush((b"r",), 5, 2),
+    ]:
         assert roundtrip(m) == m
     # Each bad payload is refused for its own reason (the wire layer turns ValueError into a counted drop).
     for cls, bad, reason in [
-        (SyncUpdate, [b"u", -1, 0], "push_id must be an integer"),
-        (SyncUpdate, [b"u", 1], "SyncUpdate payload must have 3 fields"),
-        (SyncChunk, [1, 5, 2, 10, b""], "index must be an integer in \\[0, 1\\]"),
-        (SyncStep1, ["str"], "state vector must be bytes"),
+        (RecordPush, [-1, 0, []], "record push id out of range"),
+        (RecordPush, [1, 0], "record push is not"),
+        (RecordPush, [1, 33, []], "ttl out of range"),
+        (HeadsDigest, [b"short"], "heads digest is not 16 bytes"),
+        (RecordsRequest, [[sid, 5, 4]], "range is not"),
+        (RecordBatch, ["str"], "not a list of byte strings"),
     ]:
         with pytest.raises(ValueError, match=reason):
             cls.from_payload(bad)
 
 
 def write_some(nodes: dict[str, IntentNode], rng: random.Random, i: int) -> WriteAck | str:
-    """One random write; returns its acknowledgement, or the KV key it wrote (KV writes return none)."""
+    """One random write; returns its acknowledgement, or the KV key it wrote (KV writes return none).
+
+    Each role key writes from one node only (the publisher at the first node, the operator at
+    the last): one key used from two places at once without syncing is equivocation, which
+    freezes the key (tests/crdt/test_intent_attacks.py).
+    """
     names = sorted(nodes)
     n = nodes[rng.choice(names)]
     op = rng.randrange(4)
     if op == 0:
         # The version carries i, so it is new everywhere: publishing must succeed (no error to swallow).
-        return n.publish(manifest(f"m{rng.randrange(3)}", f"1.{i}.0"), PUBLISHER, float(i))
+        return nodes[names[0]].publish(manifest(f"m{rng.randrange(3)}", f"1.{i}.0"), PUBLISHER, float(i))
     if op == 1:
-        return n.set_route(RouteSpec(f"h{rng.randrange(3)}.com", "/*", "*", f"d{i}"), OPERATOR, float(i))
+        return nodes[names[-1]].set_route(RouteSpec(f"h{rng.randrange(3)}.com", "/*", "*", f"d{i}"), OPERATOR, float(i))
     if op == 2:
         k = f"k{rng.randrange(5)}"
         n.set("app", k, bytes([i % 256]) * rng.randrange(1, 50))
@@ -71,8 +83,8 @@ def test_converges_under_loss_reordering_and_partition(seed, loss):
     for w in newest.values():
         assert all(n.has_write(w.signer, w.seq) for n in nodes.values()), f"seed={seed} lost {w}"
     kv_keys = sorted({w for w in written if isinstance(w, str)})
-    docs = {n.doc.diff() for n in nodes.values()}
-    assert len(docs) == 1, f"seed={seed}: encoded documents differ byte for byte"
+    docs = {tuple(n.doc.records.export()) for n in nodes.values()}
+    assert len(docs) == 1, f"seed={seed}: record sets differ byte for byte"
     routes = {tuple(n.doc.routes()) for n in nodes.values()}
     assert len(routes) == 1
     kvs = {tuple((k, n.get("app", k)) for k in n.list("app")) for n in nodes.values()}
@@ -96,36 +108,18 @@ def test_anti_entropy_when_nothing_changed_is_tiny():
     assert per_round < 100
 
 
-def test_chunked_update_reassembles():
-    cfg = SyncConfig(chunk_size=1000)
-    nodes = make_nodes(2, config=cfg)
-    a = nodes["n000"]
-    a.set("big", "blob", bytes(range(256)) * 200)  # 51 KB value -> many chunks
-    pump = Pump(nodes, 3, reorder=True, wire=True)
-    pump.step(0.5)
-    b = nodes["n001"]
+def test_big_record_travels_in_one_frame():
+    from mesh.protocol import SYNC_TYPES  # noqa: F401  (registers the crdt messages)
+    from mesh.wire import MAX_FRAME, encode
+
+    nodes = make_nodes(2)
+    a, b = nodes["n000"], nodes["n001"]
+    a.set("big", "blob", bytes(range(256)) * 200)  # a 51 KB value: one record, one frame
+    out = a.tick(0.5, ["n001"])
+    pushes = [m for _, m in out if isinstance(m, RecordPush)]
+    assert len(pushes) == 1 and len(encode("n" * 256, pushes[0])) <= MAX_FRAME
+    b.receive("n000", roundtrip(pushes[0]), 0.5)
     assert b.get("big", "blob") == bytes(range(256)) * 200
-    # 51,200 value bytes in 1,000-byte chunks: every transfer of it takes at least 52 chunks.
-    assert a.counters.chunks_sent >= 52
-    # Nothing was lost: every chunk sent arrived, every transfer reassembled, none was dropped or left half done.
-    assert b.counters.chunks_received == a.counters.chunks_sent
-    assert b.counters.reassembly_dropped == 0 and b.counters.updates_malformed == 0
-    assert b.sync._reasm == {}
-
-
-def test_reassembly_is_bounded_and_expires():
-    cfg = SyncConfig(max_reassembly_bytes_per_peer=10_000, reassembly_timeout=5.0)
-    b = make_nodes(1, config=cfg)["n000"]
-    assert b.receive("evil", SyncChunk(1, 0, 3, 50_000, b"x" * 100), 0.0) == []
-    assert b.counters.reassembly_dropped == 1  # over the per-peer budget
-    b.receive("evil", SyncChunk(2, 0, 3, 9000, b"x" * 100), 0.0)
-    assert len(b.sync._reasm) == 1
-    b.tick(6.0, [])
-    assert len(b.sync._reasm) == 0 and b.counters.reassembly_dropped == 2
-    # inconsistent chunk header drops the transfer; garbage after reassembly is counted
-    b.receive("evil", SyncChunk(3, 0, 2, 4, b"ab"), 7.0)
-    b.receive("evil", SyncChunk(3, 1, 2, 4, b"cd"), 7.0)
-    assert b.counters.updates_malformed == 1
 
 
 def test_backpressure_drops_eager_pushes_to_slow_peer():
@@ -137,13 +131,13 @@ def test_backpressure_drops_eager_pushes_to_slow_peer():
     for i in range(20):
         a.set("ns", f"k{i}", b"v" * 500)
         sent += a.tick(0.1 * i + 0.1, ["n001"])
-    pushes = [m for _, m in sent if isinstance(m, SyncUpdate)]
+    pushes = [m for _, m in sent if isinstance(m, RecordPush)]
     pushed = {m.push_id for m in pushes}  # an unacknowledged push is retried under its own id
     # fanout 1, one peer: each of the 20 local updates was either pushed or dropped for backpressure.
     assert 0 < len(pushed) < 20
     assert a.counters.eager_dropped_backpressure == 20 - len(pushed)
     assert a.sync.outstanding_bytes("n001") <= 3000
-    assert sum(len(p.update) for p in pushes) <= 3000
+    assert sum(p.size() for p in pushes) <= 3000
     # acks release the budget; anti-entropy repairs the dropped ones
     b = nodes["n001"]
     for m in pushes:
@@ -170,19 +164,20 @@ def test_push_reaches_all_and_hook_reports_visibility():
     assert len(seen[(ack.signer, ack.seq)]) == 30
 
 
-def test_garbage_updates_never_crash():
+def test_garbage_sync_messages_never_crash_and_store_nothing():
     n = make_nodes(2)["n000"]
-    before = n.doc.diff()
-    # 1 undecodable update + (1 undecodable update and 1 bad state vector) + 1 bad state vector.
-    for bad in [SyncUpdate(b"\xff\xff\xff", 1, 3), SyncStep2(b"\x01\x02", b"\xff"), SyncStep1(b"\xff\xff")]:
-        n.receive("n001", bad, 1.0)
-    assert n.counters.updates_malformed == 4
-    assert n.doc.diff() == before
-
-
-def test_state_vector_decoder():
-    nodes = make_nodes(1)
-    n = nodes["n000"]
     n.set("a", "b", b"c")
-    sv = decode_state_vector(n.doc.state_vector())
-    assert sv == {n.doc.doc.client_id: 1}
+    before = n.doc.records.export()
+    sid = "0123456789abcdef"
+    bad = [
+        RecordPush((b"\xff\xff\xff", b"", b"\x9a" + b"\x00" * 9), 1, 3),  # three undecodable records
+        RecordBatch((b"\x93garbage",)),  # one more
+        HeadsMessage(((sid, 5, b"i" * 32),), False),  # heads of an unknown signer: nothing asked
+        RecordsRequest(((sid, 1, 10),)),  # records we do not have: nothing sent
+    ]
+    outs = [n.receive("n001", m, 1.0) for m in bad]
+    assert n.counters.invalid_by_reason == {"malformed": 4}
+    assert [type(m).__name__ for _, m in outs[0]] == ["SyncAck"]
+    assert outs[1] == [] and outs[3] == []
+    assert [type(m).__name__ for _, m in outs[2]] == ["HeadsMessage"]  # our own heads, as a reply
+    assert n.doc.records.export() == before

@@ -1,0 +1,279 @@
+"""`wasmatrix node run` settings: flags over an optional TOML file, validated before anything starts.
+
+Every problem is a :class:`DaemonConfigError` naming the flag (or TOML key) and the value, so the
+command exits 2 with one line. The TOML file uses the flag names with ``_`` for ``-``::
+
+    data_dir = "/var/lib/wasmatrix"
+    bind = "0.0.0.0:7946"
+    advertise = "192.0.2.10:7946"
+    seed = ["192.0.2.1:7946"]
+    mesh_secret = "/etc/wasmatrix/mesh.json"
+    name = "truck-7"
+    zone = "eu/berlin/truck-7"
+    label = ["fleet=north", "gpu=none"]
+    geo = "52.52,13.40"
+    profile = "vehicle"
+    api = "127.0.0.1:7947"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import platform
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mesh.errors import ConfigError, MeshError
+from mesh.membership.config import PROFILES
+from mesh.membership.meta import MAX_LABELS, MAX_NAME, NodeMeta
+
+MAX_CONFIG_BYTES = 256 << 10
+MAX_SEEDS = 64
+DEFAULT_PROFILE = "edge"
+ARCHES = ("x86_64", "aarch64", "riscv64", "armv7", "wasm32")
+
+
+class DaemonConfigError(MeshError):
+    """A flag or config-file value is wrong (exit 2)."""
+
+
+def parse_hostport(text: Any, what: str, *, allow_port_zero: bool = False, need_ip: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); hostnames allowed unless ``need_ip``."""
+    if not isinstance(text, str) or not text or len(text) > 300:
+        raise DaemonConfigError(f"{what}: expected HOST:PORT, got {text!r:.60}")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise DaemonConfigError(f"{what} {text!r}: expected [IPV6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise DaemonConfigError(f"{what} {text!r}: expected HOST:PORT")
+        if ":" in host:
+            raise DaemonConfigError(f"{what} {text!r}: write an IPv6 address as [ADDR]:PORT")
+    if not port_text.isdigit():
+        raise DaemonConfigError(f"{what} {text!r}: port must be a number")
+    port = int(port_text)
+    if not (0 if allow_port_zero else 1) <= port <= 65535:
+        raise DaemonConfigError(f"{what} {text!r}: port must be in {0 if allow_port_zero else 1}..65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if need_ip:
+            raise DaemonConfigError(f"{what} {text!r}: needs an IP address, not a host name") from None
+        if not all(part and len(part) <= 63 and part.replace("-", "").isalnum() for part in host.split(".")):
+            raise DaemonConfigError(f"{what} {text!r}: {host!r} is neither an IP address nor a host name")
+    return host, port
+
+
+def format_hostport(host: str, port: int) -> str:
+    """Inverse of :func:`parse_hostport`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(slots=True)
+class DaemonConfig:
+    """Everything `node run` needs; build it with :func:`load_config`."""
+
+    data_dir: Path
+    bind: tuple[str, int]
+    advertise: tuple[str, int] | None = None
+    seeds: tuple[str, ...] = ()
+    mesh_secret: Path | None = None
+    insecure: bool = False
+    mdns: str | None = None
+    name: str = ""
+    zone: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    geo: tuple[float, float] | None = None
+    arch: str = ""
+    profile: str = DEFAULT_PROFILE
+    api: tuple[str, int] = ("127.0.0.1", 0)
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self) -> NodeMeta:
+        """The node's metadata as membership carries it."""
+        try:
+            return NodeMeta(
+                arch=self.arch or normal_arch(),
+                cores=os.cpu_count() or 1,
+                memory_mb=_memory_mb(),
+                labels=self.labels,
+                fault_domain=self.zone,
+                geo=self.geo,
+                name=self.name,
+            )
+        except ConfigError as exc:
+            raise DaemonConfigError(str(exc)) from None
+
+
+def normal_arch() -> str:
+    """This machine's architecture in the names the scheduler uses."""
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "armv7"}.get(m, m or "x86_64")
+
+
+def _memory_mb() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20))
+    except (ValueError, OSError, AttributeError):
+        return 1024
+
+
+def _labels(items: Any, what: str) -> tuple[tuple[str, str], ...]:
+    if items is None:
+        return ()
+    if isinstance(items, dict):
+        items = [f"{k}={v}" for k, v in items.items()]
+    if not isinstance(items, (list, tuple)):
+        raise DaemonConfigError(f"{what}: expected a list of k=v")
+    if len(items) > MAX_LABELS:
+        raise DaemonConfigError(f"{what}: at most {MAX_LABELS} labels")
+    out: dict[str, str] = {}
+    for item in items:
+        if not isinstance(item, str) or "=" not in item:
+            raise DaemonConfigError(f"{what} {item!r:.60}: expected k=v")
+        k, v = item.split("=", 1)
+        if not k:
+            raise DaemonConfigError(f"{what} {item!r:.60}: empty key")
+        if k in out:
+            raise DaemonConfigError(f"{what}: key {k!r:.40} given twice")
+        out[k] = v
+    return tuple(sorted(out.items()))
+
+
+def _geo(text: Any, what: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)) and len(text) == 2:
+        parts = list(text)
+    elif isinstance(text, str) and text.count(",") == 1:
+        parts = text.split(",")
+    else:
+        raise DaemonConfigError(f"{what} {text!r:.60}: expected LAT,LON")
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+    except (TypeError, ValueError):
+        raise DaemonConfigError(f"{what} {text!r:.60}: expected two numbers LAT,LON") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise DaemonConfigError(f"{what} {text!r:.60}: latitude must be in -90..90 and longitude in -180..180")
+    return lat, lon
+
+
+_KEYS = {
+    "data_dir", "bind", "advertise", "seed", "mesh_secret", "insecure", "mdns", "name", "zone", "label",
+    "geo", "arch", "profile", "api", "log_level",
+}
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The TOML config file as a dict of known keys (unknown keys are an error naming them)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DaemonConfigError(f"--config {path}: no such file")
+    try:
+        raw = p.read_bytes()[: MAX_CONFIG_BYTES + 1]
+    except OSError as exc:
+        raise DaemonConfigError(f"--config {path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise DaemonConfigError(f"--config {path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise DaemonConfigError(f"--config {path}: not valid TOML: {exc}") from None
+    doc = {k.replace("-", "_"): v for k, v in doc.items()}
+    if "seeds" in doc and "seed" not in doc:
+        doc["seed"] = doc.pop("seeds")
+    if "labels" in doc and "label" not in doc:
+        doc["label"] = doc.pop("labels")
+    unknown = sorted(set(doc) - _KEYS)
+    if unknown:
+        raise DaemonConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}")
+    return doc
+
+
+def load_config(flags: dict[str, Any]) -> DaemonConfig:
+    """Merge ``flags`` (None = not given) over the TOML file named by ``flags['config']``; validate."""
+    base: dict[str, Any] = read_toml(flags["config"]) if flags.get("config") else {}
+    merged = dict(base)
+    for k, v in flags.items():
+        if k == "config" or v is None or (isinstance(v, (list, tuple)) and not v) or v is False:
+            continue
+        merged[k] = v
+    def what(key: str) -> str:
+        if flags.get(key) not in (None, False, [], ()) or key not in base:
+            return f"--{key.replace('_', '-')}"
+        return f"{key} (in {flags['config']})"
+
+    data_dir = merged.get("data_dir") or os.environ.get("WASMATRIX_DATA_DIR")
+    if not data_dir or not isinstance(data_dir, str):
+        raise DaemonConfigError("--data-dir is required (or data_dir in --config, or $WASMATRIX_DATA_DIR)")
+    if "bind" not in merged:
+        raise DaemonConfigError("--bind HOST:PORT is required (e.g. --bind 127.0.0.1:7946)")
+    bind = parse_hostport(merged["bind"], what("bind"), allow_port_zero=True, need_ip=True)
+    advertise = None
+    if merged.get("advertise"):
+        advertise = parse_hostport(merged["advertise"], what("advertise"), need_ip=True)
+    elif ipaddress.ip_address(bind[0]).is_unspecified:
+        raise DaemonConfigError(f"{what('bind')} {format_hostport(*bind)}: binding every address needs --advertise HOST:PORT")
+    seeds = merged.get("seed") or ()
+    if isinstance(seeds, str):
+        seeds = [seeds]
+    if not isinstance(seeds, (list, tuple)) or len(seeds) > MAX_SEEDS:
+        raise DaemonConfigError(f"{what('seed')}: a list of at most {MAX_SEEDS} HOST:PORT")
+    seed_list = tuple(dict.fromkeys(format_hostport(*parse_hostport(s, what("seed"))) for s in seeds))
+    insecure = bool(merged.get("insecure", False))
+    secret = merged.get("mesh_secret")
+    if secret is not None and not isinstance(secret, str):
+        raise DaemonConfigError(f"{what('mesh_secret')}: expected a file path")
+    if secret and insecure:
+        raise DaemonConfigError("--mesh-secret and --insecure exclude each other")
+    if not secret and not insecure:
+        raise DaemonConfigError(
+            "no --mesh-secret FILE: a node refuses to start without the mesh secret "
+            "(create one with `wasmatrix mesh init --out mesh.json`), or pass --insecure for a test mesh"
+        )
+    name = merged.get("name") or socket.gethostname()[:MAX_NAME]
+    if not isinstance(name, str) or len(name) > MAX_NAME or not name.isprintable():
+        raise DaemonConfigError(f"{what('name')} {name!r:.80}: 1 to {MAX_NAME} printable characters")
+    zone = merged.get("zone") or ""
+    if not isinstance(zone, str) or len(zone) > 200 or (zone and any(not p for p in zone.split("/"))):
+        raise DaemonConfigError(f"{what('zone')} {zone!r:.80}: expected region/site/unit (non-empty parts, <= 200 chars)")
+    profile = merged.get("profile") or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise DaemonConfigError(f"{what('profile')} {profile!r:.40}: choose one of {', '.join(sorted(PROFILES))}")
+    arch = merged.get("arch") or ""
+    if arch and arch not in ARCHES:
+        raise DaemonConfigError(f"{what('arch')} {arch!r:.40}: choose one of {', '.join(ARCHES)}")
+    api = parse_hostport(merged.get("api") or "127.0.0.1:0", what("api"), allow_port_zero=True, need_ip=True)
+    mdns = merged.get("mdns")
+    if mdns is not None and (not isinstance(mdns, str) or not mdns or len(mdns) > 15 or "/" in mdns):
+        raise DaemonConfigError(f"{what('mdns')} {mdns!r:.40}: expected a network interface name")
+    level = merged.get("log_level") or "info"
+    if level not in ("debug", "info", "warning", "error"):
+        raise DaemonConfigError(f"{what('log_level')} {level!r:.20}: debug, info, warning or error")
+    cfg = DaemonConfig(
+        data_dir=Path(data_dir),
+        bind=bind,
+        advertise=advertise,
+        seeds=seed_list,
+        mesh_secret=Path(secret) if secret else None,
+        insecure=insecure,
+        mdns=mdns,
+        name=name,
+        zone=zone,
+        labels=_labels(merged.get("label"), what("label")),
+        geo=_geo(merged.get("geo"), what("geo")),
+        arch=arch,
+        profile=profile,
+        api=api,
+        log_level=level,
+    )
+    cfg.meta()  # every metadata bound (sizes, characters) checked now, not at the first gossip
+    return cfg

@@ -1,0 +1,126 @@
+"""Real `wasmatrix node run` processes on loopback (issue 10): join, detect a crash, rejoin, leave.
+
+Every process is started through the ProcessGroup fixture and killed by its PID at the end, also
+when a test fails. The daemons run the default profile (edge). Each wait is bounded; the bounds
+come from the slower lan numbers (memberlist's DefaultLANConfig: probe interval 1 s, suspicion
+4 x max(1, log10 n) probe intervals, at most 6x that without confirmations; edge halves them),
+plus margin for process start-up on a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness.daemons import Mesh, wait_until
+from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
+
+# lan: a crash is detected after one failed probe (<= 1 s + 0.5 s timeout) plus the suspicion
+# timeout, 4 s at this size with confirmations, at most 6 x 4 = 24 s without any.
+DETECT_BOUND = 30.0
+JOIN_BOUND = 20.0
+
+
+def _cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mesh.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def mesh_file(tmp_path: Path) -> Path:
+    out = tmp_path / "mesh.json"
+    r = _cli("mesh", "init", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_five_daemons_join_detect_a_crash_rejoin_and_leave(procs: ProcessGroup, tmp_path: Path, mesh_file: Path) -> None:
+    mesh = Mesh(procs, tmp_path, mesh_file=mesh_file)
+    seed = mesh.start("n0")
+    for i in range(1, 5):
+        mesh.start(f"n{i}", seeds=[seed.addr])
+    names = [f"n{i}" for i in range(5)]
+    wait_until(lambda: mesh.converged({n: "alive" for n in names}), JOIN_BOUND, "5 nodes see each other alive")
+
+    # `members --json` through the CLI, as an operator runs it: the documented fields.
+    r = _cli("members", "--data-dir", str(mesh.nodes["n3"].data_dir), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert sorted(r_["name"] for r_ in rows) == names
+    assert set(rows[0]) == {"name", "id", "addr", "status", "incarnation", "zone", "labels", "rtt_ms"}
+    ids = {r_["name"]: r_["id"] for r_ in rows}
+    assert all(len(i) == 16 for i in ids.values()) and len(set(ids.values())) == 5
+
+    # SIGKILL n2: every other node marks it dead.
+    inc_before = next(r_["incarnation"] for r_ in rows if r_["name"] == "n2")
+    mesh.kill("n2")
+    others = [mesh.nodes[n] for n in names if n != "n2"]
+    took = wait_until(lambda: all(n.view().get("n2") == "dead" for n in others), DETECT_BOUND, "n2 marked dead by all")
+    assert all(v == "alive" for n in others for k, v in n.view().items() if k != "n2"), "no false positive"
+    print(f"crash detected by all 4 survivors in {took:.2f} s")
+
+    # Restart n2 on the same data dir: same id, higher incarnation, alive everywhere again.
+    mesh.start("n2", seeds=[seed.addr])
+    wait_until(lambda: mesh.converged({n: "alive" for n in names}), JOIN_BOUND, "n2 rejoined")
+    rows = mesh.nodes["n0"].members()
+    n2 = next(r_ for r_ in rows if r_["name"] == "n2")
+    assert n2["id"] == ids["n2"]
+    assert n2["incarnation"] > inc_before
+
+    # SIGTERM n4: a graceful leave, shown as `left` (never `dead`), exit code 0 within a few seconds.
+    t0 = time.monotonic()
+    assert mesh.kill("n4", signal.SIGTERM, timeout=10) == 0
+    assert time.monotonic() - t0 < 5
+    rest = [mesh.nodes[n] for n in ("n0", "n1", "n2", "n3")]
+    wait_until(lambda: all(n.view().get("n4") == "left" for n in rest), 10, "n4 shown as left")
+    assert not (mesh.nodes["n4"].data_dir / "api.json").exists()
+
+
+def test_a_second_process_on_the_same_data_dir_is_refused(procs: ProcessGroup, tmp_path: Path) -> None:
+    mesh = Mesh(procs, tmp_path)
+    a = mesh.start("a")
+    r = _cli("node", "run", "--data-dir", str(a.data_dir), "--bind", "127.0.0.1:0", "--insecure")
+    assert r.returncode == 1
+    assert f"in use by process {a.proc.pid}" in r.stderr
+
+
+def test_restart_keeps_identity_and_rejoins_known_members_with_every_seed_down(
+    procs: ProcessGroup, tmp_path: Path, mesh_file: Path
+) -> None:
+    mesh = Mesh(procs, tmp_path, mesh_file=mesh_file)
+    seed = mesh.start("s")
+    a = mesh.start("a", seeds=[seed.addr])
+    b = mesh.start("b", seeds=[seed.addr])
+    wait_until(lambda: mesh.converged({"s": "alive", "a": "alive", "b": "alive"}), JOIN_BOUND, "3 nodes joined")
+    a_id = a.status()["id"]
+    wait_until(lambda: (a.data_dir / "members.json").exists()
+               and len(json.loads((a.data_dir / "members.json").read_text())["members"]) == 2, 15,
+               "a's membership snapshot lists both peers")
+    mesh.kill("s")  # the only seed is gone for good
+    assert mesh.kill("a", signal.SIGTERM) == 0
+    mesh.start("a", seeds=[seed.addr])  # the seed is dead; the snapshot still knows b
+    assert a.status()["id"] == a_id
+    wait_until(lambda: a.view().get("b") == "alive" and b.view().get("a") == "alive", JOIN_BOUND,
+               "a rejoined through b from its snapshot")
+
+
+def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    cases = [
+        (["--data-dir", str(tmp_path / "x"), "--bind", "127.0.0.1:7946"], "mesh-secret"),
+        (["--data-dir", str(tmp_path / "x"), "--bind", "nonsense", "--insecure"], "--bind"),
+        (["--data-dir", str(tmp_path / "x"), "--bind", "127.0.0.1:0", "--insecure", "--profile", "fast"], "--profile"),
+        (["--data-dir", str(tmp_path / "x"), "--bind", "127.0.0.1:0", "--insecure", "--geo", "91,0"], "--geo"),
+        (["--data-dir", str(tmp_path / "x"), "--bind", "0.0.0.0:7946", "--insecure"], "--advertise"),
+        (["--data-dir", str(tmp_path / "x"), "--bind", "127.0.0.1:0", "--insecure", "--config", str(tmp_path / "no.toml")], "--config"),
+    ]
+    for args, needle in cases:
+        r = _cli("node", "run", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    r = _cli("members", "--data-dir", str(tmp_path / "nothing-runs-here"))
+    assert r.returncode == 2 and "api.json" in r.stderr
