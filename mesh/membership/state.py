@@ -551,8 +551,19 @@ class SwimCore:
         target = peek(p.target)
         if target is None:
             return
-        name, alive = p.target, MemberState.ALIVE
-        candidates = [n for n in self._alive_names if n != name and peek(n).state == alive]
+        # Live members that are not suspect, the target excluded. _alive_names holds exactly the
+        # ALIVE and SUSPECT members, and a member is SUSPECT exactly while it has a running
+        # suspicion (only _start_suspicion makes one; every way out of SUSPECT drops it), so no
+        # record needs reading: without suspicions the list is _alive_names minus the target.
+        name, alive_names, suspicions = p.target, self._alive_names, self._suspicions
+        if suspicions:
+            candidates = [n for n in alive_names if n != name and n not in suspicions]
+        else:
+            i = bisect.bisect_left(alive_names, name)
+            if i < len(alive_names) and alive_names[i] == name:
+                candidates = alive_names[:i] + alive_names[i + 1 :]
+            else:
+                candidates = list(alive_names)
         k = min(self.config.indirect_checks, len(candidates))
         helpers = self.rng.sample(candidates, k) if k else []
         p.expected_nacks = len(helpers)
