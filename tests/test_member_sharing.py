@@ -66,3 +66,19 @@ def test_updates_that_change_nothing_leave_records_shared() -> None:
     a.swim._apply_suspect(Suspect(0, "c", "b"), 3.0)
     assert a.swim.members.peek("c") is not b.swim.members.peek("c")
     assert b.swim.members.peek("c").state == MemberState.ALIVE
+
+
+def test_bootstrap_skips_validation_only_for_entries_the_shared_records_were_built_from() -> None:
+    good = [PushPullState.of(n, n, 0, 0, NodeMeta(cores=2), None) for n in ["a", "b", "c"]]
+    a = NodeCore("a", "a", NodeMeta(), LAN, random.Random(1))
+    shared = a.swim.bootstrap(good, 0.0)
+    # same length, but the last entry is not the one the shared record came from: checked, refused
+    bad = [*good[:2], PushPullState("c\x01", "c", 0, 0, good[2].meta_raw, None)]
+    b = NodeCore("b", "b", NodeMeta(), LAN, random.Random(2))
+    b.swim.bootstrap(bad, 0.0, shared)
+    assert b.swim.counters["bad_names"] == 1
+    assert sorted(b.swim.members) == ["a", "b"]
+    c = NodeCore("c", "c", NodeMeta(), LAN, random.Random(3))
+    assert c.swim.bootstrap(good, 0.0, shared) is shared
+    assert c.swim.counters["bad_names"] == 0 and sorted(c.swim.members) == ["a", "b", "c"]
+    assert c.swim.members.peek("a") is a.swim.members.peek("a")
