@@ -81,4 +81,4 @@ def test_bootstrap_skips_validation_only_for_entries_the_shared_records_were_bui
     c = NodeCore("c", "c", NodeMeta(), LAN, random.Random(3))
     assert c.swim.bootstrap(good, 0.0, shared) is shared
     assert c.swim.counters["bad_names"] == 0 and sorted(c.swim.members) == ["a", "b", "c"]
-    assert c.swim.members.peek("a") is b.swim.members.peek("a")  # the shared record itself
+    assert c.swim.members.peek("a") is shared[0]  # the shared record itself
