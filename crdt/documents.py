@@ -19,7 +19,7 @@ nor disappear by a raw delete: there is no delete operation on the wire.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import structlog
 
@@ -41,10 +41,15 @@ from crdt.schema import (
     revision_from,
     v_namespace,
 )
-from crdt.signedlog import AddResult, LogAudit, Revocation, SignedLog, TrustAdapter, schema_validator
+from crdt.meshtrust import MeshTrust
+from crdt.signedlog import AddResult, LogAudit, Revocation, SignedLog, schema_validator
 from crdt.trust import TrustConfig
 
-KINDS = ("registry", "deployments", "routes", "placement", "kv")
+# Refusals that a later trust record can lift: such records are parked and offered again.
+_PARK_REASONS = frozenset({"unknown_signer", "role"})
+MAX_PARKED = 1024
+
+KINDS = ("registry", "deployments", "routes", "placement", "kv", "trust")
 
 
 @dataclass(slots=True, frozen=True)
@@ -93,6 +98,7 @@ class IntentDoc:
         node_id: str = "",
         verified: Any = None,  # accepted for compatibility: the log keeps its own cache
         revocations: dict[str, Revocation] | None = None,
+        roots: Iterable[bytes] = (),
     ) -> None:
         self.trust = trust
         self.kv_limits = kv_limits
@@ -100,19 +106,75 @@ class IntentDoc:
         self.audit_sink = audit_sink
         self.on_visible = on_visible
         self.log = structlog.get_logger("crdt.documents").bind(node_id=node_id)
-        self.adapter = TrustAdapter(trust, revocations)
+        # Roots (the mesh file's admin keys) + replicated grants and revocations + trust.json.
+        self.adapter = MeshTrust(trust, roots, revocations)
         self.records = SignedLog(self.adapter, validator=schema_validator(kv_limits), counters=self.counters)
         self._routes: RouteTable | None = None
         # Running KV usage: namespace -> [live keys, bytes of keys + values], and what each
         # document key currently contributes, so a write never rescans its namespace.
         self._kv_usage: dict[str, list[int]] = {}
         self._kv_counted: dict[str, int] = {}
+        # Records refused only because their signer is not (yet) trusted or lacks the role:
+        # offered again whenever the replicated trust changes (a grant may arrive after the
+        # records it authorises). Bounded; oldest out. Sync would fetch them again anyway.
+        self._parked: dict[bytes, bytes] = {}
+        self._last_wall = 0.0
+        # Records that entered the store path through a re-offer: the owner persists them.
+        self.adopt_sink: Callable[[bytes], None] | None = None
+        self._in_trust_update = False
 
     # --- intake ----------------------------------------------------------------------
 
     def add(self, data: bytes, now_wall: float, now: float = 0.0) -> AddResult:
         """Verify one encoded record from a peer (or the store) and fold it into the view; never raises."""
-        return self._digest(self.records.add(data, now_wall), now)
+        self._last_wall = max(self._last_wall, now_wall)
+        res = self.records.add(data, now_wall)
+        if res.status == "rejected" and res.reason in _PARK_REASONS and isinstance(data, (bytes, bytearray)):
+            self._park(bytes(data), res.record_id)
+        return self._digest(res, now)
+
+    def _park(self, data: bytes, rid: bytes) -> None:
+        if rid in self._parked:
+            return
+        self._parked[rid] = data
+        while len(self._parked) > MAX_PARKED:
+            del self._parked[next(iter(self._parked))]
+
+    def parked_count(self) -> int:
+        return len(self._parked)
+
+    def update_trust(self, now: float = 0.0) -> bool:
+        """Re-derive the replicated trust; on a change refresh the view and re-offer parked records."""
+        if self._in_trust_update:
+            return False
+        self._in_trust_update = True
+        changed_any = False
+        try:
+            for _ in range(64):  # each round adopts at least one record or ends
+                changed = self.adapter.recompute(self.records)
+                changed_any |= changed
+                if changed:
+                    self.refresh()
+                adopted = False
+                if self._parked:
+                    parked = sorted(self._parked.items(), key=lambda kv: (LogRecord.decode(kv[1]).signer, LogRecord.decode(kv[1]).seq, kv[0]))
+                    for rid, data in parked:
+                        res = self.records.add(data, self._last_wall)
+                        if res.status == "rejected" and res.reason in _PARK_REASONS:
+                            continue
+                        del self._parked[rid]
+                        if res.stored:
+                            adopted = True
+                            if self.adopt_sink is not None:
+                                self.adopt_sink(data)
+                        self._digest(res, now)
+                if not adopted and not changed:
+                    break
+        finally:
+            self._in_trust_update = False
+        if changed_any:
+            self.log.info("trust_changed", generation=self.adapter.generation, grants=len(self.adapter.grants), revocations=len(self.adapter.revoked))
+        return changed_any
 
     def append(self, signer: SigningKey, kind: str, key: str, payload: Any, now_wall: float, now: float = 0.0) -> tuple[LogRecord, AddResult]:
         """Sign our next record for ``kind:key`` and add it (raises LogError/ValidationError on a local fault)."""
@@ -133,8 +195,11 @@ class IntentDoc:
             if ev.event == "equivocation":
                 recount = True  # that signer's records from the fork on left the view
         kv_keys: set[str] = set()
+        trust = recount
         for r in res.visible:
-            if r.kind == "kv":
+            if r.kind == "trust":
+                trust = True
+            elif r.kind == "kv":
                 kv_keys.add(r.key)
             elif r.kind == "routes":
                 self._routes = None
@@ -146,6 +211,8 @@ class IntentDoc:
         if self.on_visible is not None:
             for r in res.visible:
                 self.on_visible(r, now)
+        if trust:
+            self.update_trust(now)
         return res
 
     def _audit(self, ev: LogAudit) -> None:
@@ -163,9 +230,10 @@ class IntentDoc:
             self._recount_kv(k)
 
     def revoke(self, signer: str, at_ms: int, through_seq: int) -> None:
-        """Revoke a key: its records with ``wall_ms >= at_ms`` or ``seq > through_seq`` leave the view."""
+        """Revoke a key locally: its records with ``wall_ms >= at_ms`` or ``seq > through_seq`` leave the view."""
         self.adapter.revoke(signer, at_ms, through_seq)
         self.refresh()
+        self.update_trust()
 
     def _recount_kv(self, key: str) -> None:
         """Move one KV document key's contribution to its namespace's running usage."""

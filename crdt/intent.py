@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterable
 
 import structlog
 
@@ -152,6 +152,7 @@ class IntentNode:
         compact_after_rows: int = 1000,
         counters: Counters | None = None,
         wall: float | None = None,
+        roots: Iterable[bytes] = (),
     ) -> None:
         self.node_id = node_id
         self.node_key = node_key
@@ -174,7 +175,9 @@ class IntentNode:
         self._unacked: deque[tuple[int, WriteAck, bytes]] = deque()  # token order
         # Answers computed while local writes were not durable yet: (token to wait for, reply_to, messages).
         self._held: list[tuple[int, Any, list[Outgoing]]] = []
-        self.doc = IntentDoc(trust, kv_limits=kv_limits, counters=self.counters, audit_sink=audit_sink, on_visible=on_visible, node_id=node_id)
+        self.doc = IntentDoc(
+            trust, kv_limits=kv_limits, counters=self.counters, audit_sink=audit_sink, on_visible=on_visible, node_id=node_id, roots=roots,
+        )
         # A store is not trusted: every row is verified again. Without a wall clock the rows'
         # own times are accepted (they were judged when they arrived).
         load_wall = wall if wall is not None else (2**53 - 1) / 1000
@@ -187,6 +190,8 @@ class IntentNode:
             self.counters.store_corrupt_rows += corrupt
             self.log.error("crdt_store_rows_undecodable", count=corrupt)
         self.sync = SyncCore(node_id, self.doc, rng, sync_config, self.store, self.counters)
+        # Records adopted after a trust change (parked until their grant arrived) are stored too.
+        self.doc.adopt_sink = self.store.append
 
     # --- driving (NodeCore / simulator) -------------------------------------------------
 
@@ -318,7 +323,10 @@ class IntentNode:
         self.now = max(self.now, now)
         res = self.doc.add(data, self._stamp(now, wall), now)
         if res.status not in ("accepted",):
-            raise ValidationError(f"{rec.kind} {rec.key!r:.80} refused: {res.reason or res.status}")
+            msg = f"{rec.kind} {rec.key!r:.80} refused: {res.reason or res.status}"
+            if res.reason in ("unknown_signer", "role", "not_owner", "revoked"):
+                raise PermissionDenied(msg)
+            raise ValidationError(msg)
         return self._store_local(rec.kind, rec.key, rec.signer, rec.seq, data, now)
 
     # --- writing ------------------------------------------------------------------------
@@ -327,14 +335,14 @@ class IntentNode:
         self, kind: str, key: str, payload: Any, signer: SigningKey | None, now: float, wall: float | None = None,
     ) -> WriteAck | PendingWrite:
         signer = signer or self.node_key
-        if kind == "placement":
-            if self.trust.node_key_id(key) != signer.key_id:
-                raise PermissionDenied(f"only node {key}'s own key may write its placement")
-        elif not self.trust.may_write(signer.key_id, kind):
-            roles = ", ".join(sorted(r.value for r in self.trust.roles_of(signer.key_id))) or "none"
-            raise PermissionDenied(
-                f"key {signer.key_id} (roles: {roles}) may not write {kind}; add a suitable role to the trust config"
-            )
+        why = self.doc.adapter.check(signer.key_id, kind, key)
+        if why == "not_owner":
+            raise PermissionDenied(f"only node {key}'s own key may write its placement")
+        if why is not None:
+            roles = ", ".join(sorted(r.value for r in self.doc.adapter.roles_of(signer.key_id))) or "none"
+            hint = ("only a mesh admin key (the mesh file's, or one granted admin) may write trust records" if kind == "trust"
+                    else "add a suitable role to the trust config")
+            raise PermissionDenied(f"key {signer.key_id} (roles: {roles}) may not write {kind}; {hint}")
         self.now = max(self.now, now)
         rec, res = self.doc.append(signer, kind, key, payload, self._stamp(now, wall), now)
         if res.status == "rejected":  # the same checks a receiver runs: nothing was stored, no seq used
@@ -350,6 +358,10 @@ class IntentNode:
             return PendingWrite(kind, key, signer, seq, token)
         self.sync.local_update(data, now)
         return ack
+
+    def head(self, signer: str, kind: str, key: str, now: float, wall: float | None = None) -> tuple[int, bytes, int]:
+        """``(next seq, prev id, minimum wall_ms)`` for ``signer``'s next record in ``kind:key`` (see SignedLog.next_position)."""
+        return self.doc.records.next_position(signer, kind, key, int(self._stamp(now, wall) * 1000))
 
     def publish(self, manifest: Manifest, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
         """Add a module version to the registry; versions are immutable and never republished."""

@@ -24,7 +24,7 @@ from model.errors import SpecError
 
 __all__ = ["DOMAIN", "KINDS", "MAX_RECORD_BYTES", "SEP", "SignedRecord", "canonical", "check_key", "pack", "signing_bytes"]
 
-KINDS = ("registry", "deployments", "routes", "placement", "kv")
+KINDS = ("registry", "deployments", "routes", "placement", "kv", "trust")
 MAX_RECORD_BYTES = 256 * 1024
 MAX_SEQ = 2**62
 SEP = "\x1f"  # separates parts of a slot key; forbidden in keys

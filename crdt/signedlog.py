@@ -133,6 +133,10 @@ def schema_validator(kv_limits: KvLimits = KvLimits(), tolerance_ms: int = FUTUR
         "kv": lambda k, p: validate_kv_payload(k, p, kv_limits),
     }
 
+    from crdt.meshtrust import validate_trust_payload  # meshtrust builds on this module
+
+    checks["trust"] = validate_trust_payload
+
     def validate(rec: LogRecord) -> None:
         if rec.tombstone:
             if rec.payload is not None and not isinstance(rec.payload, dict):
@@ -468,17 +472,30 @@ class SignedLog:
         The wall time is ``max(now, our last wall time, the slot's winning wall time + 1 ms)``
         capped at ``now + tolerance``, so a write made after seeing another wins over it.
         """
-        st = self._signers.get(key.key_id)
-        seq = self.next_seq_for(key.key_id)
-        if st is not None and (st.fork or st.contig != seq - 1):
-            raise LogError(f"our own log ({key.key_id}) has a gap below seq {seq} or is frozen: sync our heads from peers before writing")
         now_ms = int(now_wall * 1000)
+        seq, prev, wall_min = self.next_position(key.key_id, kind, slot, now_ms)
+        rec = LogRecord.create(key, seq, prev, kind, slot, payload, max(now_ms, wall_min), tombstone=tombstone)
+        return rec, self._add(rec.encode(), now_wall, signed_here=True)
+
+    def next_position(self, signer: str, kind: str, slot: str, now_ms: int) -> tuple[int, bytes, int]:
+        """``(seq, prev, minimum wall_ms)`` of ``signer``'s next record for ``kind:slot``.
+
+        The wall time a writer should use is ``max(its clock, minimum)``: the minimum is the
+        signer's last wall time and the slot's winning wall time + 1 ms (capped at ``now_ms`` +
+        tolerance), so a write made after seeing another wins over it. Raise LogError if the
+        signer's chain has a gap here or is frozen (the next position is not known).
+        """
+        st = self._signers.get(signer)
+        seq = self.next_seq_for(signer)
+        if st is not None and (st.fork or st.contig != seq - 1):
+            raise LogError(f"the log of {signer} has a gap below seq {seq} or is frozen: sync its heads from peers before writing")
+        if st is None and seq != 1:
+            raise LogError(f"the log of {signer} has a gap below seq {seq}: sync its heads from peers before writing")
         last = st.recs[st.contig].wall_ms if st is not None and st.contig else 0
         cur = self.winner(kind, slot)
         seen = min(cur.wall_ms + 1, now_ms + self.tolerance_ms) if cur is not None else 0
         prev = st.recs[st.contig].id if st is not None and st.contig else b""
-        rec = LogRecord.create(key, seq, prev, kind, slot, payload, max(now_ms, last, seen), tombstone=tombstone)
-        return rec, self._add(rec.encode(), now_wall, signed_here=True)
+        return seq, prev, max(last, seen)
 
     # --- effective view ----------------------------------------------------------------
 

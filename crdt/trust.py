@@ -152,7 +152,7 @@ class TrustConfig:
 
     def may_write(self, key_id: str, kind: str) -> bool:
         """True if the key holds a role that may write documents of ``kind``."""
-        return bool(self.roles_of(key_id) & WRITE_ROLES[kind])
+        return bool(self.roles_of(key_id) & WRITE_ROLES.get(kind, frozenset()))
 
     def keys(self) -> list[TrustedKey]:
         return [self._keys[k] for k in sorted(self._keys)]

@@ -77,6 +77,13 @@ class MeshFile:
             return (self.secret, self.previous.secret)
         return (self.secret,)
 
+    def dial_secret(self, now_wall: float) -> bytes:
+        """The secret to dial with at ``now_wall``: the previous one while its window is open (every
+        node still knows it, also those not yet given this file), else the current one."""
+        if self.previous is not None and now_wall < self.previous.accept_until:
+            return self.previous.secret
+        return self.secret
+
     def window_open(self, now_wall: float) -> bool:
         """True while the previous secret is still accepted."""
         return len(self.accepted_secrets(now_wall)) > 1

@@ -93,6 +93,10 @@ _TRANSPORT_COUNTERS: dict[str, tuple[str, str]] = {
     "datagrams_opened": ("transport_opened_datagrams", "DATA datagrams decrypted and accepted"),
     "stream_frames_opened": ("transport_opened_stream_frames", "Stream frames decrypted and accepted"),
     "rekeys_started": ("transport_rekeys", "Session rekeys started"),
+    "handshake_psk_alternate": (
+        "transport_alternate_secret_handshakes",
+        "Handshakes made with an accepted mesh secret other than the one this node dials with (rotation window)",
+    ),
     "sessions_expired": ("transport_expired_sessions", "Sessions dropped at the end of their lifetime"),
     "sessions_revoked": ("transport_revoked_sessions", "Sessions dropped because the peer was revoked"),
 }
@@ -129,6 +133,68 @@ _TRANSPORT_DROPS = {
     "stream_oversize_frame": "stream_oversize_frame",
     "stream_undersize_frame": "stream_undersize_frame",
     "stream_decrypt_failures": "stream_decrypt_failure",
+}
+
+# -- daemon driver (mesh.daemon: Daemon.counters, keys driver_* and api_*) -------------------------
+# The trio driver's own counters: socket I/O it did, input it dropped before any core saw it, and
+# the control API. Keys are flat ``driver_<name>`` / ``api_<name>`` ints in one Counter.
+_DRIVER_DIRECTIONAL: dict[str, tuple[dict[str, str], str]] = {
+    "driver_datagrams": (
+        {"driver_datagrams_in": "in", "driver_datagrams_out": "out"},
+        "UDP datagrams the driver read from / wrote to its socket (ciphertext, any source)",
+    ),
+    "driver_stream_bytes": (
+        {"driver_stream_bytes_in": "in", "driver_stream_bytes_out": "out"},
+        "TCP stream bytes the driver read / wrote (ciphertext)",
+    ),
+}
+_DRIVER_COUNTERS: dict[str, tuple[str, str]] = {
+    "driver_stream_handshake_timeouts": (
+        "driver_stream_handshake_timeouts", "TCP streams closed because their Noise handshake did not finish in time"
+    ),
+    "driver_audit_suppressed": (
+        "driver_audit_suppressed", "Admission refusals counted but not audited (one per source host and reason per minute)"
+    ),
+}
+_DRIVER_IO_ERRORS = {
+    "driver_udp_errors": "udp_receive",
+    "driver_stream_io_errors": "stream",
+    "driver_connect_failed": "connect",
+}
+_DRIVER_DROPS = {
+    "driver_bad_address": "bad_address",
+    "driver_datagram_no_peer": "datagram_no_peer",
+    "driver_datagram_send_blocked": "datagram_send_blocked",
+    "driver_datagram_send_errors": "datagram_send_error",
+    "driver_inbound_refused": "inbound_refused",
+    "driver_member_key_mismatch": "member_key_mismatch",
+    "driver_send_errors": "send_error",
+    "driver_stream_overflow": "stream_overflow",
+    "driver_stream_pending_dropped": "stream_pending_full",
+    "driver_stream_send_closed": "stream_send_closed",
+    "driver_transport_errors": "transport_exception",
+}
+_DRIVER_CLOSED = "driver_stream_closed_"
+# Conn.close reasons in mesh/daemon/node.py; others that appear are added in sorted order.
+_DRIVER_CLOSED_REASONS = ("bad_address", "eof", "handshake_timeout", "idle", "overflow", "pool_full", "protocol")
+_API_COUNTERS: dict[str, tuple[str, str]] = {
+    "api_requests": ("api_requests", "Control API requests read completely (any route, any outcome)"),
+    "api_connections_refused": ("api_refused_connections", "Control API connections refused at the connection limit"),
+}
+_API_OUTCOMES = {
+    "api_ok": "ok",
+    "api_failed": "failed",
+    "api_unauthorized": "unauthorized",
+    "api_bad_requests": "bad_request",
+    "api_errors": "error",
+}
+# -- audit log (mesh.audit.AuditCounters) ----------------------------------------------------------
+_AUDIT_COUNTERS: dict[str, tuple[str, str]] = {
+    "entries_total": ("audit_entries", "Entries appended to the hash-chained audit log"),
+    "write_errors_total": ("audit_write_errors", "Audit appends that failed with an I/O error"),
+    "invalid_events_total": ("audit_invalid_events", "Audit events with an invalid name (recorded as invalid_event)"),
+    "torn_tails_recovered_total": ("audit_torn_tails_recovered", "Torn last lines moved aside when the log was reopened"),
+    "dropped_total": ("audit_dropped_events", "Audit events that could not be appended (closed log, I/O error)"),
 }
 
 # -- intent (crdt.metrics.Counters) ---------------------------------------------------------------
@@ -247,10 +313,14 @@ class NodeCollector(Collector):
         stream_counters: Mapping[str, int] | None = None,
         runtime_metrics: Any = None,
         fsync: FsyncHistogram | None = None,
+        driver_counters: Mapping[str, int] | None = None,
+        audit_counters: Any = None,
     ) -> None:
         self.node = node
         self.transport = transport
         self.stream_counters = stream_counters
+        self.driver_counters = driver_counters  # a daemon's own Counter (driver_* and api_* keys)
+        self.audit_counters = audit_counters  # mesh.audit.AuditCounters
         self.runtime_metrics = runtime_metrics  # runtime.metrics.RuntimeMetrics (mesh does not import runtime)
         self.fsync = fsync if fsync is not None else FsyncHistogram()
         self.sent_packets = {"datagram": 0, "stream": 0}
@@ -359,6 +429,13 @@ class NodeCollector(Collector):
         # secure transport
         if self.transport is not None or self.stream_counters is not None:
             yield from self._transport(drops, unmapped)
+
+        # the daemon's driver and control API
+        if self.driver_counters is not None:
+            yield from self._driver(drops, unmapped)
+        if self.audit_counters is not None:
+            yield from self._counters(self.audit_counters, _AUDIT_COUNTERS)
+            self._unmapped(unmapped, "audit", self.audit_counters, set(_AUDIT_COUNTERS))
 
         yield drops
 
@@ -482,6 +559,45 @@ class NodeCollector(Collector):
             yield GaugeMetricFamily(
                 PREFIX + "transport_pending_handshakes", "Half-open responder handshakes held", value=t.pending_handshakes
             )
+
+
+    def _driver(self, drops: CounterMetricFamily, unmapped: list[tuple[str, str, float]]) -> Iterator[Metric]:
+        # One copy: the API task and the driver tasks share the dict (same thread, but a scrape
+        # must not see a key appear between the listing and the reads).
+        c = dict(self.driver_counters or {})
+        for name, (table, doc) in _DRIVER_DIRECTIONAL.items():
+            fam = CounterMetricFamily(PREFIX + name, doc, labels=["direction"])
+            for key, label in sorted(table.items(), key=lambda kv: kv[1]):
+                fam.add_metric([label], _get(c, key))
+            yield fam
+        yield from self._counters(c, _DRIVER_COUNTERS)
+        io = CounterMetricFamily(
+            PREFIX + "driver_io_errors", "Socket errors the driver survived, by kind", labels=["kind"]
+        )
+        for key, label in sorted(_DRIVER_IO_ERRORS.items(), key=lambda kv: kv[1]):
+            io.add_metric([label], _get(c, key))
+        yield io
+        closed = CounterMetricFamily(
+            PREFIX + "driver_streams_closed", "TCP streams the driver closed, by reason", labels=["reason"]
+        )
+        reasons = set(_DRIVER_CLOSED_REASONS) | {k[len(_DRIVER_CLOSED):] for k in c if k.startswith(_DRIVER_CLOSED)}
+        for r in sorted(reasons):
+            closed.add_metric([r], _get(c, _DRIVER_CLOSED + r))
+        yield closed
+        self._drops(drops, "driver", c, _DRIVER_DROPS)
+        yield from self._counters(c, _API_COUNTERS)
+        out = CounterMetricFamily(
+            PREFIX + "api_responses", "Control API answers, by outcome", labels=["outcome"]
+        )
+        for key, label in sorted(_API_OUTCOMES.items(), key=lambda kv: kv[1]):
+            out.add_metric([label], _get(c, key))
+        yield out
+        known = set(_DRIVER_COUNTERS) | set(_DRIVER_IO_ERRORS) | set(_DRIVER_DROPS) | set(_API_COUNTERS) | set(_API_OUTCOMES)
+        for table, _ in _DRIVER_DIRECTIONAL.values():
+            known |= set(table)
+        rest = {k: v for k, v in c.items() if k not in known and not k.startswith(_DRIVER_CLOSED)}
+        self._unmapped(unmapped, "api", {k: v for k, v in rest.items() if k.startswith("api_")}, set())
+        self._unmapped(unmapped, "driver", {k: v for k, v in rest.items() if not k.startswith("api_")}, set())
 
 
 def node_registry(node: NodeCore, **kwargs: Any) -> tuple[CollectorRegistry, NodeCollector]:

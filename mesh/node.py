@@ -402,10 +402,12 @@ class NodeCore:
 
     def leave(self, now: float) -> list[Outgoing]:
         """Start a graceful leave."""
+        # Named like every other SwimCore output: a driver seals a datagram only for a named node,
+        # so an unnamed leave gossip would be dropped and only the next gossip round would carry it.
         if self.blobs is None:
-            return self.swim.leave(now)
+            return self._name_nodes(self.swim.leave(now))
         mark = len(self.swim.events)
-        out = self.swim.leave(now)
+        out = self._name_nodes(self.swim.leave(now))
         return out + self._membership_changed(mark, now)
 
     def fetch_blob(

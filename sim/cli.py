@@ -1,4 +1,4 @@
-"""`wasmatrix sim` and `wasmatrix demo`."""
+"""`wasmatrix sim`: run a scenario file or a built-in one (`wasmatrix sim demo`: 300 simulated nodes)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _duration(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the sim and demo subcommands."""
+    """Add the sim subcommand."""
     p = sub.add_parser("sim", help="run a simulation scenario (TOML) deterministically")
     p.add_argument("scenario", help="scenario file, or the name of a built-in scenario (e.g. demo)")
     p.add_argument("--seed", type=int, default=1, help="random seed (same seed -> same trace_hash)")
@@ -31,11 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--trace", metavar="FILE", help="write the ordered event trace to FILE")
     p.add_argument("--duration", type=_duration, help="override the scenario duration (virtual seconds)")
     p.set_defaults(handler=run_sim)
-
-    d = sub.add_parser("demo", help="run the built-in demo scenario and print a report")
-    d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--json", action="store_true")
-    d.set_defaults(handler=run_demo)
 
 
 def _quiet_logs() -> None:
@@ -95,20 +90,3 @@ def run_sim(args: argparse.Namespace) -> int:
     else:
         print(render_text(report))
     return 0
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Run the built-in demo scenario."""
-    from sim.report import render_text
-
-    report = _simulate(str(builtin("demo")), args.seed, None, None)
-    if args.json:
-        print(json.dumps(report, sort_keys=True))
-        return 0
-    print("WasmMatrix demo: a simulated mesh of equal peers (SWIM/Lifeguard membership, Vivaldi)")
-    print(render_text(report))
-    print(
-        f"\nreplay: wasmatrix sim demo --seed {args.seed}   "
-        "(same seed -> same trace_hash; see docs/SIMULATOR.md for the scenario format)"
-    )
-    return 0 if report["converged"] else 1

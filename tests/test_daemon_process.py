@@ -77,7 +77,7 @@ def test_five_daemons_join_detect_a_crash_rejoin_and_leave(procs: ProcessGroup, 
     assert mesh.kill("n4", signal.SIGTERM, timeout=10) == 0
     assert time.monotonic() - t0 < 5
     rest = [mesh.nodes[n] for n in ("n0", "n1", "n2", "n3")]
-    wait_until(lambda: all(n.view().get("n4") == "left" for n in rest), 10, "n4 shown as left")
+    wait_until(lambda: all(n.view().get("n4") == "left" for n in rest), 20, "n4 shown as left")
     assert not (mesh.nodes["n4"].data_dir / "api.json").exists()
 
 
@@ -124,3 +124,26 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     r = _cli("members", "--data-dir", str(tmp_path / "nothing-runs-here"))
     assert r.returncode == 2 and "api.json" in r.stderr
+
+
+def test_every_log_line_a_request_causes_carries_its_request_id(procs: ProcessGroup, tmp_path: Path) -> None:
+    import http.client
+
+    mesh = Mesh(procs, tmp_path)
+    a = mesh.start("a")
+    info = json.loads((a.data_dir / "api.json").read_text())
+    host, port = info["addr"].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn.request("POST", "/v1/meta", body=json.dumps({"set": {"rack": "r7"}}),
+                 headers={"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    rid = resp.getheader("x-request-id")
+    assert rid and len(rid) == 16
+    wait_until(lambda: '"api_request"' in a.proc.stderr(), 5, "the request was logged")
+    lines = [json.loads(line) for line in a.proc.stderr().splitlines() if line.startswith("{")]
+    caused = [entry for entry in lines if entry.get("request_id") == rid]
+    assert {e["event"] for e in caused} >= {"member_update", "api_request"}, caused
+    assert all(e["node_id"] == a.status()["id"] for e in lines)
+    # Lines no request caused (start-up, gossip) carry none.
+    assert not any("request_id" in e for e in lines if e["event"] in ("node_started", "member_join"))

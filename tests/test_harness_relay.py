@@ -197,6 +197,31 @@ def test_udp_partition_drops_everything_and_heal_restores() -> None:
         assert sorted(drain(c)) == list(range(30, 40))
 
 
+def test_udp_block_clients_cuts_only_those_clients_both_ways() -> None:
+    with udp_echo() as (echo, sources), UdpRelay(echo) as relay, client() as a, client() as b:
+        relay.block_clients([a.getsockname()])
+        send_seqs(a, relay.address, range(10))
+        send_seqs(b, relay.address, range(100, 110))
+        assert drain(a) == []
+        assert sorted(drain(b)) == list(range(100, 110))
+        assert len(sources) == 10  # only b's datagrams reached the target
+        assert relay.count("dropped", "up") == 10
+        assert relay.stats()["relay"]["blocked"] == 10
+        # Blocked after its requests went through: the answers to a are dropped on the way down.
+        relay.block_clients([])
+        relay.set("up", delay=0.2)
+        send_seqs(a, relay.address, range(20, 25))
+        assert relay.wait_until(lambda r: r.count("received", "up") == 25)
+        relay.block_clients([a.getsockname()])
+        assert relay.wait_until(lambda r: r.count("forwarded", "up") == 15, timeout=3.0)
+        assert drain(a) == []
+        assert relay.wait_until(lambda r: r.count("dropped", "down") == 5, timeout=3.0)
+        relay.block_clients(())
+        relay.set("up", delay=0.0)
+        send_seqs(a, relay.address, range(30, 35))
+        assert sorted(drain(a)) == list(range(30, 35))
+
+
 @pytest.mark.parametrize("host", ["10.0.0.1", "192.168.1.1", "8.8.8.8", "2001:db8::1", "example.com"])
 def test_relay_refuses_non_loopback_target(host: str) -> None:
     with pytest.raises(RelayError, match="127.0.0.0/8 or ::1"):

@@ -213,6 +213,20 @@ def test_graceful_leave_is_left_not_dead() -> None:
     assert nodes["c"].swim.incarnation == 0
 
 
+def test_leave_gossip_names_the_node_each_datagram_is_for() -> None:
+    """The daemon seals a datagram only for a named member (issue 10: the leave went unsent).
+
+    Unnamed, the first round of leave gossip was dropped by the driver; only the one transmission
+    left for the next round went out, to one random target, so with a recently dead member among
+    the targets the other nodes never heard the leave and declared the leaver dead.
+    """
+    nodes = cluster(["a", "b", "c", "d"])
+    outs = nodes["d"].leave(3.0)
+    assert len(outs) == 3  # gossip_nodes = 3 peers, all of them
+    assert sorted(o.dst for o in outs) == ["a", "b", "c"]
+    assert all(o.node == o.dst for o in outs), [(o.dst, o.node) for o in outs]
+
+
 def test_push_pull_merge_learns_members_and_treats_remote_dead_as_suspect() -> None:
     a = node("a")
     b = cluster(["b", "c", "d"])["b"]

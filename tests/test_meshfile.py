@@ -121,6 +121,10 @@ def test_rotate_keeps_old_secret_until_accept_until(tmp_path: Path) -> None:
     assert new.accepted_secrets(NOW + 3609) == (new.secret, old.secret)
     assert new.accepted_secrets(NOW + 3610) == (new.secret,)
     assert old.accepted_secrets(NOW) == (old.secret,)
+    # Dial with the secret everyone knows while the window is open, the new one after it.
+    assert new.dial_secret(NOW + 3609) == old.secret
+    assert new.dial_secret(NOW + 3610) == new.secret
+    assert old.dial_secret(NOW) == old.secret
 
 
 def test_rotate_refuses_while_window_open_unless_forced(tmp_path: Path) -> None:

@@ -227,6 +227,52 @@ def test_unknown_counter_is_exported_as_unmapped_not_lost() -> None:
     assert value(s, "wasmatrix_unmapped_counter_total", layer="membership", counter="brand_new_rule") == 4
 
 
+def test_daemon_driver_api_and_audit_counters_are_mapped_families() -> None:
+    from mesh.audit import AuditCounters
+
+    a = mknode("a")
+    c: Counter[str] = Counter({
+        "driver_datagrams_in": 7, "driver_datagrams_out": 5, "driver_stream_bytes_in": 300,
+        "driver_stream_bytes_out": 200, "driver_stream_handshake_timeouts": 2, "driver_udp_errors": 1,
+        "driver_connect_failed": 3, "driver_stream_closed_protocol": 4, "driver_stream_closed_eof": 6,
+        "driver_stream_closed_brand_new": 1, "driver_transport_errors": 1, "driver_inbound_refused": 9,
+        "driver_audit_suppressed": 11, "api_requests": 10, "api_ok": 6, "api_failed": 1, "api_unauthorized": 2,
+        "api_bad_requests": 1, "api_connections_refused": 8,
+    })
+    reg, _ = node_registry(a, driver_counters=c, audit_counters=AuditCounters(entries_total=12, dropped_total=1))
+    text = render(reg)
+    s = parse(text)
+    assert value(s, "wasmatrix_driver_datagrams_total", direction="in") == 7
+    assert value(s, "wasmatrix_driver_datagrams_total", direction="out") == 5
+    assert value(s, "wasmatrix_driver_stream_bytes_total", direction="in") == 300
+    assert value(s, "wasmatrix_driver_stream_handshake_timeouts_total") == 2
+    assert value(s, "wasmatrix_driver_audit_suppressed_total") == 11
+    assert value(s, "wasmatrix_driver_io_errors_total", kind="udp_receive") == 1
+    assert value(s, "wasmatrix_driver_io_errors_total", kind="connect") == 3
+    assert value(s, "wasmatrix_driver_io_errors_total", kind="stream") == 0
+    assert value(s, "wasmatrix_driver_streams_closed_total", reason="protocol") == 4
+    assert value(s, "wasmatrix_driver_streams_closed_total", reason="idle") == 0  # a known reason reads 0
+    assert value(s, "wasmatrix_driver_streams_closed_total", reason="brand_new") == 1  # a new reason still shows
+    assert value(s, "wasmatrix_dropped_total", layer="driver", reason="transport_exception") == 1
+    assert value(s, "wasmatrix_dropped_total", layer="driver", reason="inbound_refused") == 9
+    assert value(s, "wasmatrix_dropped_total", layer="driver", reason="stream_overflow") == 0
+    assert value(s, "wasmatrix_api_requests_total") == 10
+    assert value(s, "wasmatrix_api_refused_connections_total") == 8
+    for outcome, n in {"ok": 6, "failed": 1, "unauthorized": 2, "bad_request": 1, "error": 0}.items():
+        assert value(s, "wasmatrix_api_responses_total", outcome=outcome) == n
+    assert value(s, "wasmatrix_audit_entries_total") == 12
+    assert value(s, "wasmatrix_audit_dropped_events_total") == 1
+    assert value(s, "wasmatrix_audit_write_errors_total") == 0
+    assert "wasmatrix_unmapped_counter" not in s
+    promtool_check(text)
+    # A driver or API counter nobody mapped yet is exported under its layer, not lost.
+    c["driver_brand_new"] = 3
+    c["api_brand_new"] = 2
+    s = parse(render(reg))
+    assert value(s, "wasmatrix_unmapped_counter_total", layer="driver", counter="driver_brand_new") == 3
+    assert value(s, "wasmatrix_unmapped_counter_total", layer="api", counter="api_brand_new") == 2
+
+
 # -- fsync histogram -----------------------------------------------------------------------------
 
 
@@ -376,8 +422,8 @@ def test_every_exported_name_label_and_reason_is_documented() -> None:
     reg, col = node_registry(mknode("n000", intent=intent), transport=transport("a"), stream_counters=Counter())
     col.observe_fsync(0.001)
     families = list(text_string_to_metric_families(render(reg).decode()))
-    # 13 membership + 7 node + 1 drops + 31 intent + 11 transport + 2 fsync rows in the tables.
-    assert len(families) == 65
+    # 13 membership + 7 node + 1 drops + 31 intent + 12 transport + 2 fsync rows in the tables.
+    assert len(families) == 66
     for fam in families:
         shown = fam.name + "_total" if fam.type == "counter" else fam.name
         assert f"`{shown}`" in doc, shown

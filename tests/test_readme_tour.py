@@ -5,17 +5,22 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mesh.cli import main
+from tests.harness.procs import ProcessGroup, free_port, procs  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
-SLOW_COMMANDS = ("wasmatrix demo", "wasmatrix sim ")  # hundreds of simulated nodes: only in the slow run
+# Only in the slow run: `demo` starts 5 daemons for ~15 s (tests/test_demo.py runs it with 3 in the
+# default suite), `sim` simulates hundreds of nodes.
+SLOW_COMMANDS = ("wasmatrix demo", "wasmatrix sim ")
 PLAIN = re.compile(r"wasmatrix [^|;&$<>`]*")  # no shell syntax: the same argv in this process
 # What some lines must print besides exiting 0 (the README's comments say the same).
 EXPECT = {
@@ -27,12 +32,12 @@ EXPECT = {
 }
 
 
-def tour_lines() -> list[str]:
-    """The command lines of the ```sh block under README's "A tour of the CLI" heading."""
+def tour_lines(heading: str = "A tour of the CLI") -> list[str]:
+    """The command lines of the first ```sh block under README's ``## heading``."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## A tour of the CLI", 1)[1]
+    section = text.split(f"## {heading}\n", 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block is not None, "README's tour has no ```sh block"
+    assert block is not None, f"README's {heading!r} has no ```sh block"
     return [line for line in block.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -101,6 +106,49 @@ def test_readme_tour_without_the_simulations(tmp_path: Path, monkeypatch: pytest
 def test_readme_tour_in_full(tmp_path: Path) -> None:
     """The whole block through bash, as a user pastes it (the simulations take about a minute)."""
     assert len(_run_tour(tmp_path, include_slow=True)) == len(tour_lines())
+
+
+def test_readme_run_your_own_nodes(tmp_path: Path, procs: ProcessGroup) -> None:
+    """README's "Run your own nodes" block, in order, as a user runs it in three terminals.
+
+    Each `node run` line stays in the foreground, so it runs here as a background process (killed by
+    its PID at the end), with its README port replaced by a free one so the test never collides with
+    whatever listens on 7946/7947 here; the next line runs once that node's API is up. A user types
+    `members` seconds after the second node starts: the test retries it (bounded) until both are alive.
+    """
+    cwd, env = _sandbox(tmp_path)
+    lines = tour_lines("Run your own nodes")
+    ports = {p: str(free_port("udp")) for p in sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", "\n".join(lines))))}
+    assert sorted(ports) == ["7946", "7947"], ports
+    started = 0
+    for line in lines:
+        run = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{ports[m.group(1)]}", line)
+        if line.startswith("wasmatrix node run"):
+            data_dir = cwd / re.search(r"--data-dir (\S+)", line).group(1)
+            proc = procs.start(["bash", "-c", run], name=f"node{started}", env=env, cwd=cwd)
+            proc.wait_for_file(data_dir / "api.json", timeout=30)
+            started += 1
+            continue
+        deadline = time.monotonic() + 20
+        while True:
+            r = subprocess.run(["bash", "-c", run], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+            both_alive = all(re.search(rf"(?m)^{n}\s+[0-9a-f]{{16}}\s+127\.0\.0\.1:\d+\s+alive\b", r.stdout)
+                             for n in ("n1", "n2"))
+            if not line.startswith("wasmatrix members") or both_alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        _check(line, r.returncode, r.stdout, r.stderr)
+        if line.startswith("wasmatrix members"):
+            assert both_alive, f"{line!r} printed {r.stdout!r}, expected n1 and n2 alive"
+        if line.startswith("wasmatrix status"):
+            assert re.search(r"(?m)^node\s+n2 \([0-9a-f]{16}\)$", r.stdout), r.stdout
+            assert re.search(r"(?m)^members\s+2 alive, 0 suspect, 0 dead, 0 left$", r.stdout), r.stdout
+    assert started == 2
+    assert (cwd / "mesh.json").exists() and not (ROOT / "mesh.json").exists()
+    # Ctrl-C in a node's terminal: a graceful leave, exit 0 (what the README says after the block).
+    n2 = procs.procs[1]
+    os.kill(n2.pid, signal.SIGINT)
+    assert n2.popen.wait(10) == 0
 
 
 @pytest.mark.parametrize("doc", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))])

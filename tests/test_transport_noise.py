@@ -155,6 +155,34 @@ def test_revoked_initiator_refused_by_responder_on_message3() -> None:
     assert b.counters["handshake_refused_not_admitted"] == 4
 
 
+def test_on_refused_reports_each_refusal_with_its_reason_and_address() -> None:
+    told: list[tuple[str, object]] = []
+    # Wrong secret: message 1 fails at the responder, which tells its driver (and still stays silent).
+    b = transport("b", 1, psk=OTHER_PSK)
+    b.on_refused = lambda reason, addr: told.append((reason, addr))
+    (m1,) = transport("a").connect("b", 0.0)
+    assert b.receive_datagram("a-addr", m1.data, 0.0) == ([], [])
+    assert told == [("psk_failure", "a-addr")]
+    # A revoked initiator: refused on message 3 as not_admitted.
+    told.clear()
+    a = transport("a")
+    b = transport("b", 1, admit=lambda node_id, key: node_id != ident("a").node_id)
+    b.on_refused = lambda reason, addr: told.append((reason, addr))
+    (m1,) = a.connect("b", 0.0)
+    _, (m2,) = b.receive_datagram("a-addr", m1.data, 0.0)
+    _, (m3,) = a.receive_datagram("b", m2.data, 0.0)
+    b.receive_datagram("a-addr", m3.data, 0.0)
+    assert told == [("not_admitted", "a-addr")]
+    # The initiator side: the responder is not who we dialled.
+    told.clear()
+    a = transport("a")
+    a.on_refused = lambda reason, addr: told.append((reason, addr))
+    (m1,) = a.connect("b-addr", 0.0, expected_node_id=ident("c").node_id)
+    _, (m2,) = transport("b", 1).receive_datagram("a", m1.data, 0.0)
+    a.receive_datagram("b-addr", m2.data, 0.0)
+    assert told == [("unexpected_peer", "b-addr")]
+
+
 def test_revoke_drops_live_sessions() -> None:
     a, b = transport("a"), transport("b", 1)
     handshake(a, b)

@@ -26,6 +26,8 @@ _COMMAND_MODULES = (
     "mesh.cli.intentcmd",
     "mesh.cli.meshcmd",
     "mesh.cli.nodecmd",
+    "mesh.cli.trustcmd",
+    "mesh.cli.democmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh
 # must not import it) contribute their subcommands through this entry-point

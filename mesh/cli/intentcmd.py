@@ -228,6 +228,11 @@ def _guard(fn: Any) -> Any:
 
 @_guard
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from mesh.cli.trustcmd import keygen_online
+
+    online = keygen_online(args)  # a node runs on --data-dir, or --api: a replicated, admin-signed grant
+    if online is not None:
+        return online
     out = Path(args.out)
     if out.exists() and not args.force:
         return _err(f"{out} exists; pass --force to overwrite")
@@ -382,6 +387,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--role", required=True, choices=[r.value for r in Role if r is not Role.NODE])
     p.add_argument("--out", required=True, help="private key file (the public key goes to FILE.pub)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--admin-key", help="mesh admin key (FILE.admin.key): sign a replicated role grant through the running node")
+    p.add_argument("--comment", default="", help="note stored with the grant")
     common(p)
     p.set_defaults(handler=cmd_keygen)
 

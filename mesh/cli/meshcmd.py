@@ -118,17 +118,38 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         r = verify(path)
     except AuditError as exc:
         return _err(str(exc))
+    listed = _verified_entries(path, r.entries) if getattr(args, "list", False) else None
     if args.json:
-        print(json.dumps({
+        obj = {
             "ok": r.ok, "entries": r.entries, "first_bad_line": r.first_bad_line, "reason": r.reason,
             "kind": r.kind, "head_seq": r.head_seq, "head_hash": r.head_hash, "path": str(path),
-        }, indent=2, sort_keys=True))
-    elif r.ok:
+        }
+        if listed is not None:
+            obj["listed"] = listed
+        print(json.dumps(obj, indent=2, sort_keys=True))
+        return EXIT_OK if r.ok else EXIT_FAILURE
+    if r.ok:
         print(f"OK {r.entries} entries (head seq {r.head_seq} hash {r.head_hash})")
     else:
         print(f"BROKEN line {r.first_bad_line}: {safe_text(r.reason, 300)} [{r.kind}]")
         print(f"{r.entries} entries verified before it (last good seq {r.head_seq} hash {r.head_hash})")
+    for e in listed or []:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e["time"]))
+        fields = safe_text(json.dumps(e["fields"], sort_keys=True, separators=(",", ":")), 200)
+        print(f"{e['seq']:>6} {when} {safe_text(e['event'], 64)} {fields}")
     return EXIT_OK if r.ok else EXIT_FAILURE
+
+
+def _verified_entries(path: Path, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` entries of the log (the ones ``verify`` found intact), without their hashes."""
+    out: list[dict[str, Any]] = []
+    with open(path, "rb") as f:
+        for raw in f:
+            if len(out) >= n:
+                break
+            e = json.loads(raw)
+            out.append({k: e[k] for k in ("seq", "time", "event", "fields")})
+    return out
 
 
 def register(subparsers: Any) -> None:
@@ -158,5 +179,6 @@ def register(subparsers: Any) -> None:
     av = asub.add_parser("verify", help="verify DATA_DIR/audit.log: OK, or the first broken entry (exit 1)")
     av.add_argument("data_dir", metavar="DATA_DIR", help="node data dir (or an audit log file)")
     av.add_argument("--json", action="store_true", help="machine-readable output")
+    av.add_argument("--list", action="store_true", help="also list the verified entries (seq, time, event, fields)")
     av.set_defaults(handler=cmd_audit_verify)
     a.set_defaults(handler=lambda a_: (a.print_help(sys.stderr), EXIT_USAGE)[1])

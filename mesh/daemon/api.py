@@ -9,6 +9,8 @@ GET      /v1/members         one object per known member (see ``wasmatrix member
 POST     /v1/join            ``{"addr": "HOST:PORT"}``: push-pull with that node
 POST     /v1/leave           graceful leave, then the daemon exits 0
 POST     /v1/meta            ``{"set": {"k": "v"}, "unset": ["k"]}``: change labels
+GET      /v1/intent/head     where a signer's next record goes (mesh/daemon/intentapi.py)
+POST     /v1/intent/records  client-signed records, answered once durable (crdt/client.py signs)
 GET      /metrics            Prometheus text (no token: scrapers carry none; bind the API to loopback)
 =======  ==================  ====================================================
 
@@ -24,7 +26,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+import secrets
+
 import h11
+import structlog
 import trio
 
 MAX_HEAD = 16 << 10
@@ -79,7 +84,8 @@ class ApiServer:
         self.counters = counters
         self.log = log
         self._conns = 0
-        for k in ("api_requests", "api_errors", "api_unauthorized", "api_bad_requests", "api_connections_refused"):
+        for k in ("api_requests", "api_ok", "api_failed", "api_errors", "api_unauthorized", "api_bad_requests",
+                  "api_connections_refused"):
             counters.setdefault(k, 0)
 
     async def serve(self, listeners: list[trio.SocketListener]) -> None:
@@ -103,6 +109,8 @@ class ApiServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         while True:
             req: Request | None = None
+            request_id = ""
+            structlog.contextvars.clear_contextvars()
             status, ctype, body = 500, "application/json", b""
             try:
                 with trio.fail_after(IDLE_TIMEOUT if conn.their_state is h11.IDLE else REQUEST_TIMEOUT):
@@ -110,7 +118,13 @@ class ApiServer:
                 if req is None:
                     return
                 self.counters["api_requests"] += 1
+                # Every log line this request causes carries its id (structlog contextvars are
+                # per trio task, and each connection is one task); the client gets it back.
+                request_id = secrets.token_hex(8)
+                structlog.contextvars.bind_contextvars(request_id=request_id)
                 status, ctype, body = await self._dispatch(req, conn)
+                # A handler's own error answer (e.g. 504 from join) is "failed", not a server error.
+                self.counters["api_ok" if status < 400 else "api_failed"] += 1
             except trio.TooSlowError:
                 return
             except ApiError as exc:
@@ -126,9 +140,15 @@ class ApiServer:
                 self.counters["api_errors"] += 1
                 self.log.error("api_handler_failed", error=f"{type(exc).__name__}: {exc}")
                 status, body = 500, _err(f"internal error: {type(exc).__name__}")
+            if req is not None:
+                # Changes are logged at info, reads at debug (scrapers and pollers read a lot).
+                (self.log.info if req.method != "GET" else self.log.debug)(
+                    "api_request", method=req.method, path=req.path, status=status)
             if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
                 return
             headers = [("content-type", ctype), ("content-length", str(len(body)))]
+            if request_id:
+                headers.append(("x-request-id", request_id))
             if status >= 400 and req is None:
                 headers.append(("connection", "close"))
             try:

@@ -31,6 +31,9 @@ import trio
 
 from crdt.errors import Conflict, CrdtError, NotFound, PermissionDenied, ValidationError
 from crdt.intent import PendingWrite
+from crdt.logrecord import LogRecord
+from crdt.records import KINDS
+from crdt.signedlog import LogError
 from crdt.schema import DeploymentSpec, manifest_from_payload
 from crdt.views import deployment_view, module_view, modules_view
 from mesh.daemon.api import ApiError, Request, json_answer
@@ -77,7 +80,36 @@ class IntentApi:
             ("GET", "/v1/modules"): self.modules,
             ("GET", "/v1/module"): self.module,
             ("GET", "/v1/deployment"): self.deployment,
+            ("GET", "/v1/intent/visible"): self.visible,
+            ("GET", "/v1/intent/head"): self.head,
+            ("GET", "/v1/trust"): self.trust,
         }
+
+    async def head(self, req: Request) -> tuple[int, str, bytes]:
+        """Where ``signer``'s next record goes (``seq``, ``prev``) and the minimum wall time for ``kind:key``."""
+        q = parse_qs(req.query, keep_blank_values=True)
+        signer = (q.get("signer") or [""])[0]
+        kind = (q.get("kind") or [""])[0]
+        key = (q.get("key") or [""])[0]
+        if not _KEY_ID.match(signer):
+            raise ApiError(400, "signer must be a key id (16 hex digits)")
+        if kind and kind not in KINDS:
+            raise ApiError(400, f"unknown kind {kind!r:.40} (kinds: {', '.join(KINDS)})")
+        if bool(kind) != bool(key) or len(key) > 1024:
+            raise ApiError(400, "give kind and key together (or neither, for the signer's chain head only)")
+        try:
+            seq, prev, wall_ms = self.intent.head(signer, kind or "registry", key or "-", trio.current_time(), time.time())
+        except LogError as exc:
+            raise ApiError(409, str(exc)) from None
+        return json_answer({"seq": seq, "prev": prev.hex(), "wall_ms": wall_ms, "signer": signer})
+
+    async def trust(self, req: Request) -> tuple[int, str, bytes]:
+        """The effective replicated trust (roots, grants, revocations) and this node's local trust.json keys."""
+        adapter = self.intent.doc.adapter
+        out = adapter.to_json()
+        out["local"] = self.d.trust.to_json()["keys"]
+        out["insecure"] = not adapter.roots
+        return json_answer(out)
 
     @property
     def intent(self) -> Any:
@@ -122,6 +154,9 @@ class IntentApi:
         acks = []
         for item in recs:
             data = _unb64(item, "record")
+            if not self.intent.doc.adapter.roots and _kind_of(data) == "trust":
+                raise ApiError(400, "this mesh has no admin keys (an --insecure node, no mesh file): trust records cannot be "
+                               "written here; use a mesh file (`wasmatrix mesh init`) or offline `keygen --data-dir` on a stopped node")
             try:
                 res = self.intent.submit(data, trio.current_time(), wall=time.time())
             except Conflict as exc:
@@ -146,6 +181,14 @@ class IntentApi:
         await trio.to_thread.run_sync(self.d.blob_store.put, sha, req.body)
         return json_answer({"sha256": sha, "size": len(req.body)})
 
+    async def visible(self, req: Request) -> tuple[int, str, bytes]:
+        """When record (signer, seq) became visible on this node (``time.monotonic()``; null if not seen)."""
+        q = parse_qs(req.query)
+        signer, seq = (q.get("signer") or [""])[0], (q.get("seq") or [""])[0]
+        if not _KEY_ID.match(signer) or not seq.isdigit() or len(seq) > 16:
+            raise ApiError(400, "signer (key id) and seq (number) are required")
+        return json_answer({"at": self.d.visible_at.get((signer, int(seq)))})
+
     async def modules(self, req: Request) -> tuple[int, str, bytes]:
         return json_answer(modules_view(self.intent.doc))
 
@@ -159,6 +202,13 @@ class IntentApi:
             return json_answer(deployment_view(self.intent.doc, name))
         except NotFound as exc:
             raise ApiError(404, str(exc)) from None
+
+
+def _kind_of(data: bytes) -> str:
+    try:
+        return LogRecord.decode(data).kind
+    except ValidationError:
+        return ""
 
 
 def _text(x: Any, what: str) -> str:

@@ -26,6 +26,7 @@ import random
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -41,13 +42,15 @@ from crdt.store import EffectStore, SqliteStore
 from crdt.trust import TrustConfig
 from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
+from mesh.daemon.intentapi import IntentApi
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
+from mesh.daemon.security import RefusalAuditor, stream_refusal
 from mesh.datadir import DataDir
 from mesh.errors import ConfigError
 from mesh.membership import NodeMeta
 from mesh.membership.config import profile as profile_config
 from mesh.membership.state import MemberState
-from mesh.meshfile import load as load_meshfile
+from mesh.daemon.meshsecret import RELOAD_CHECK_SECONDS, MeshSecrets
 from mesh.meshfile import secret_fingerprint
 from mesh.metrics import node_registry, render
 from mesh.node import NodeCore
@@ -214,6 +217,9 @@ class Conn:
                     d.deliver_frame(self, ev.plaintext)
                 elif isinstance(ev, Closed):
                     d.log.info("stream_closed", peer=self.peer or self.node, addr=self.addr, reason=ev.reason)
+                    refusal = stream_refusal(ev.reason)
+                    if refusal is not None:
+                        d.handshake_refused(refusal, "tcp", self.addr)
                     if self.outbound and not self.session.established and self.node:
                         d.stream_event(self.node, "connect_failed")
                     self.close("protocol")
@@ -230,6 +236,7 @@ class Daemon:
         self.started_wall = time.time()
         self.conns_out: dict[str, Conn] = {}  # node id (or address for a seed) -> outbound stream
         self.conns_in: set[Conn] = set()
+        self.visible_at: dict[tuple[str, int], float] = {}  # (signer, seq) -> time.monotonic(), bounded
         self._wake = trio.Event()
         self._persist_kick = trio.Event()
         self._durable = trio.Event()  # set (and replaced) after every persisted batch
@@ -240,6 +247,8 @@ class Daemon:
         self.token = secrets.token_urlsafe(32)
         self.stream_timeout = profile_config(cfg.profile).stream_timeout
         self.fatal: str | None = None
+        self._audit_synced = -1
+        self.revoked_seen: set[str] = set()
 
     # ------------------------------------------------------------------ start-up (sync, before the loop)
 
@@ -252,13 +261,19 @@ class Daemon:
         self.audit = AuditLog(self.dd.audit_path, self.node_id, time.time)
         if self.dd.identity_created:
             self.audit.append("node_key_created", {"node_id": self.node_id}, now_wall=time.time())
+        self.secrets: MeshSecrets | None = None
         if cfg.mesh_secret is not None:
-            mf = load_meshfile(cfg.mesh_secret)
-            self.psk = mf.secret
-            self.mesh_id = mf.mesh_id
-            self.secret_fp = secret_fingerprint(mf.secret)
+            self.secrets = MeshSecrets(cfg.mesh_secret, time.time())
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload request, never a kill (see _mesh_secret_loop)
+            self.psk, self.accepted_psks = self.secrets.dial, self.secrets.accepted
+            self.mesh_id = self.secrets.mesh.mesh_id
+            self.secret_fp = secret_fingerprint(self.secrets.mesh.secret)
+            self.trust_roots = [a.public_key for a in self.secrets.mesh.admins]
         else:
             self.psk, self.mesh_id, self.secret_fp = INSECURE_PSK, "insecure", "insecure"
+            self.accepted_psks = (INSECURE_PSK,)
+            self.trust_roots = []  # no mesh file, no admin keys: no replicated grants
         snap = self._read_snapshot()
         self.incarnation = int(snap.get("incarnation", 0)) + 1 if snap else 0
         self.known = [a for a in snap.get("members", []) if isinstance(a, str)][:256] if snap else []
@@ -289,25 +304,77 @@ class Daemon:
         self.blob_store = DirBlobStore(self.dd.path / "blobs")
         intent = IntentNode(
             self.node_id, self.dd.signing_key, self.trust, random.Random(self.rng.getrandbits(64)),
-            store=EffectStore.over(self.store), audit_sink=self.audit,
+            store=EffectStore.over(self.store), audit_sink=self._audit_record, roots=self.trust_roots,
+            on_visible=self._on_visible,
         )
+        self.trust_gen = -1
         blobs = BlobTransfer(self.blob_store, counters=intent.counters, node_id=self.node_id, deferred_puts=True)
         seeds = list(cfg.seeds) + [a for a in self.known if a not in cfg.seeds and a != advertise]
         self.core = NodeCore(
             self.node_id, advertise, cfg.meta(), profile_config(cfg.profile), self.rng, now=now, seeds=seeds,
             incarnation=self.incarnation, intent=intent, blobs=blobs, key=self.identity.public.ed25519_public,
         )
+        self.refusals = RefusalAuditor(self.audit, self.counters)
         self.transport = SecureTransport(
             self.identity, self.psk, self._admit, random.Random(self.rng.getrandbits(64)),
-            TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD),
+            TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD), accepted_psks=self.accepted_psks,
+            on_refused=lambda reason, addr: self.handshake_refused(reason, "udp", _addr_key(addr)),
         )
         self.stream_counters: Counter[str] = Counter()
         self.registry, self.metrics = node_registry(
-            self.core, transport=self.transport, stream_counters=self.stream_counters
+            self.core, transport=self.transport, stream_counters=self.stream_counters,
+            driver_counters=self.counters, audit_counters=self.audit.counters,
         )
 
+    def _on_visible(self, rec: Any, now: float) -> None:
+        # When each record became visible here, on the host's monotonic clock (CLOCK_MONOTONIC,
+        # shared by every process on the machine): GET /v1/intent/visible, for propagation benches.
+        self.visible_at[(rec.signer, rec.seq)] = time.monotonic()
+        if len(self.visible_at) > 10_000:
+            self.visible_at.pop(next(iter(self.visible_at)))
+
+    def _audit_record(self, ev: Any) -> None:
+        """The intent audit sink: an invalid record or an equivocation, into the hash-chained audit log."""
+        self.audit.append("record_" + ("equivocation" if ev.reason == "equivocation" else "invalid"), {
+            "slot": ev.slot, "reason": ev.reason, "detail": ev.detail[:200], "signer": ev.signer, "seq": ev.seq,
+        }, now_wall=time.time())
+
     def _admit(self, node_id: str, ed25519_public: bytes) -> bool:
-        return node_id_of(ed25519_public) == node_id
+        # A node id named by a replicated revocation is refused at every handshake.
+        return node_id_of(ed25519_public) == node_id and not self._revoked_node(node_id)
+
+    def _revoked_node(self, node_id: str) -> bool:
+        core = getattr(self, "core", None)
+        return core is not None and core.intent is not None and core.intent.doc.adapter.node_revoked(node_id)
+
+    def _trust_changed(self) -> None:
+        """The replicated trust changed: cut the sessions and streams of revoked nodes and declare them dead."""
+        adapter = self.core.intent.doc.adapter  # type: ignore[union-attr]
+        self.trust_gen = adapter.generation
+        now = trio.current_time()
+        for node_id in sorted(adapter.revoked):
+            if node_id == self.node_id:
+                self.log.error("node_revoked_self", detail="this node's id is revoked: every peer refuses it")
+                continue
+            if node_id not in self.revoked_seen:
+                self.revoked_seen.add(node_id)
+                e = adapter.revoked[node_id]
+                self.log.warning("node_revoked", peer=node_id, reason=e.reason, signer=e.signer)
+                self.audit.append("node_revoked", {"peer": node_id, "reason": e.reason[:120], "signer": e.signer}, now_wall=time.time())
+            self.transport.revoke(node_id)
+            for conn in [c for c in list(self.conns_out.values()) + list(self.conns_in) if node_id in (c.peer, c.node)]:
+                conn.close("revoked")
+            if self.core.swim.declare_dead(node_id, now):
+                self.counters["driver_revoked_declared_dead"] += 1
+
+    def handshake_refused(self, reason: str, transport: str, addr: str) -> None:
+        """A transport refused a handshake from/to ``addr``: audit it (rate-limited, docs/DAEMON.md)."""
+        try:
+            host, port = parse_hostport(addr, "address")
+        except DaemonConfigError:
+            host, port = addr, 0
+        if self.refusals.refused(reason, transport, host, port, trio.current_time(), time.time()):
+            self.log.warning("admission_refused", reason=reason, transport=transport, addr=addr)
 
     # ------------------------------------------------------------------ run
 
@@ -344,6 +411,8 @@ class Daemon:
                 nursery.start_soon(api.serve, api_listeners)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
+                if self.secrets is not None:
+                    nursery.start_soon(self._mesh_secret_loop)
                 self.emit(self.core.start(now))
                 self.dd.write_api_info(self.api_addr, self.token)
                 task_status.started(self)
@@ -452,6 +521,8 @@ class Daemon:
         intent = core.intent
         if (intent is not None and intent.store.has_effects()) or (core.blobs is not None and core.blobs.has_puts()):  # type: ignore[attr-defined]
             self._persist_kick.set()
+        if intent is not None and intent.doc.adapter.generation != self.trust_gen:
+            self._trust_changed()
         events = core.drain_events()
         if events:
             self.metrics.observe_events(events)
@@ -467,7 +538,10 @@ class Daemon:
             return
         m = self.core.swim.members.peek(ev.node)
         name = m.meta.name if m is not None else ""
-        if ev.kind in ("join", "alive") and m is not None and m.key:
+        if ev.kind in ("join", "alive") and self._revoked_node(ev.node):
+            self.core.swim.declare_dead(ev.node, trio.current_time())  # gossip cannot bring a revoked node back
+            self.counters["driver_revoked_declared_dead"] += 1
+        elif ev.kind in ("join", "alive") and m is not None and m.key:
             if node_id_of(m.key) == ev.node:
                 self.trust.admit_node(ev.node, m.key)
             else:
@@ -594,7 +668,8 @@ class Daemon:
             except OSError:
                 await stream.aclose()
                 return
-            session = StreamSession(self.identity, self.psk, self._admit, initiator=False, counters=self.stream_counters)
+            session = StreamSession(self.identity, self.psk, self._admit, initiator=False, counters=self.stream_counters,
+                                    accepted_psks=self.accepted_psks)
             conn = Conn(self, session, addr, False, None)
             self.conns_in.add(conn)
             await conn.run(stream)
@@ -669,6 +744,9 @@ class Daemon:
     async def _snapshot_loop(self) -> None:
         while True:
             await trio.sleep(SNAPSHOT_INTERVAL if not self._snapshot_dirty else 1.0)
+            if self.audit.counters.entries_total != self._audit_synced:
+                self._audit_synced = self.audit.counters.entries_total
+                await trio.to_thread.run_sync(self.audit.sync)  # batched durability (mesh/audit.py)
             if self._snapshot_dirty:
                 self._snapshot_dirty = False
                 data = self._snapshot_bytes()
@@ -710,6 +788,35 @@ class Daemon:
                 await trio.sleep(0.05)
         await trio.sleep(LEAVE_PROPAGATE)
         self.stop()
+
+    async def _mesh_secret_loop(self) -> None:
+        """Reload the mesh file on SIGHUP and when it changes on disk; switch secrets at accept_until."""
+        assert self.secrets is not None
+        with trio.open_signal_receiver(signal.SIGHUP) as hups:
+            hup = hups.__aiter__()
+            while True:
+                forced = False
+                with trio.move_on_after(RELOAD_CHECK_SECONDS):
+                    await hup.__anext__()
+                    forced = True
+                change = self.secrets.poll(time.time(), force=forced)
+                if change is None:
+                    continue
+                if change.error:
+                    self.counters["driver_mesh_secret_reload_failures"] += 1
+                    self.log.error("mesh_secret_reload_failed", error=change.error, sighup=forced)
+                    continue
+                self.psk, self.accepted_psks = change.dial, change.accepted
+                self.transport.set_psks(change.dial, change.accepted)
+                self.secret_fp = secret_fingerprint(self.secrets.mesh.secret)
+                # Streams keyed with a secret no longer accepted end now; datagram sessions at
+                # their next rekey (docs/OPERATIONS.md, rotating the mesh secret).
+                for conn in list(self.conns_out.values()) + list(self.conns_in):
+                    if conn.session.psk not in change.accepted:
+                        conn.close("secret_retired")
+                self.counters["driver_mesh_secret_reloads" if change.reloaded else "driver_mesh_secret_switches"] += 1
+                self.log.info("mesh_secret_reloaded" if change.reloaded else "mesh_secret_switched", sighup=forced,
+                              **change.log_fields(self.secrets.mesh, time.time()))
 
     async def _mdns(self) -> None:
         from mesh.discovery import MdnsDiscovery, MdnsError, interface_ipv4
@@ -779,6 +886,7 @@ class Daemon:
             ("POST", "/v1/meta"): self._api_meta,
             ("GET", "/v1/sessions"): self._api_sessions,
             ("GET", "/metrics"): self._api_metrics,
+            **IntentApi(self).routes(),
         }
 
     def member_rows(self) -> list[dict[str, Any]]:

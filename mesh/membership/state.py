@@ -866,6 +866,17 @@ class SwimCore:
         self._suspicions[m.name] = Suspicion(incarnation, suspector, now, k, lo, hi)
         self._emit("suspect", m.name, now, suspector, origin)
 
+    def declare_dead(self, name: str, now: float) -> bool:
+        """Declare a member dead on this node's own authority (e.g. its node id was revoked).
+
+        Applied and gossiped like the end of a suspicion; True if the member was alive or suspect.
+        """
+        m = self.members.get(name)
+        if m is None or name == self.name or m.state in (MemberState.DEAD, MemberState.LEFT):
+            return False
+        self._apply_dead(Dead(m.incarnation, name, self.name), now)
+        return True
+
     def _apply_dead(self, d: Dead, now: float) -> None:
         if d.node == self.name:
             if not self.leaving:

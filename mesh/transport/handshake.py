@@ -14,13 +14,14 @@ bound to it before it sends message 3; the responder does the same on message 3 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from cryptography.exceptions import InvalidTag
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import NoiseHandshakeError, NoiseInvalidMessage, NoiseMaxNonceError, NoiseValueError
 from noise.state import HandshakeState
 
+from mesh.errors import ConfigError
 from mesh.transport.identity import LocalIdentity, NodeIdentity, node_id_of
 
 PROTOCOL_NAME = b"Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"
@@ -49,6 +50,7 @@ NOISE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 Admit = Callable[[str, bytes], bool]
+MAX_PSKS = 2  # the current mesh secret and, during a rotation window, the previous one
 
 
 def new_handshake(
@@ -68,6 +70,41 @@ def new_handshake(
         conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, responder_static)
     conn.start_handshake()
     return conn
+
+
+def check_psks(send: bytes, accepted: Sequence[bytes] | None = None) -> tuple[bytes, ...]:
+    """The accepted mesh secrets in trial order, ``send`` first; ConfigError if any is not 32
+    bytes, if ``send`` is not among ``accepted``, or if there are more than ``MAX_PSKS``."""
+    send = bytes(send)
+    rest = [bytes(p) for p in (accepted if accepted is not None else (send,))]
+    if any(len(p) != 32 for p in [send, *rest]):
+        raise ConfigError("the mesh secret (Noise PSK) is exactly 32 bytes")
+    if send not in rest:
+        raise ConfigError("the mesh secret used to dial must be one of the accepted ones")
+    psks = [send] + [p for i, p in enumerate(rest) if p != send and p not in rest[:i]]
+    if len(psks) > MAX_PSKS:
+        raise ConfigError(f"at most {MAX_PSKS} mesh secrets are accepted at once (current and previous)")
+    return tuple(psks)
+
+
+def read_message_1(
+    identity: LocalIdentity, psks: Sequence[bytes], prologue: bytes, message: bytes
+) -> tuple[NoiseConnection, HandshakeState, bytes, int] | None:
+    """Read an XXpsk0 message 1 as responder under each PSK in turn: (connection, its handshake
+    state, payload, index of the PSK that authenticated it), or None if none did.
+
+    psk0 is mixed before ``e``, so a message made with another secret fails its AEAD tag: each
+    trial costs a hash chain and one ChaCha20-Poly1305 check, no DH.
+    """
+    for i, psk in enumerate(psks):
+        conn = new_handshake(identity, psk, False, prologue)
+        hs = handshake_state(conn)
+        try:
+            payload = conn.read_message(message)
+        except NOISE_ERRORS:
+            continue
+        return conn, hs, bytes(payload), i
+    return None
 
 
 def handshake_state(conn: NoiseConnection) -> HandshakeState:

@@ -32,7 +32,7 @@ import hashlib
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.connection import NoiseConnection
@@ -51,11 +51,13 @@ from mesh.transport.handshake import (
     TAG_LEN,
     Admit,
     check_peer,
+    check_psks,
     decode_hello,
     encode_hello,
     encode_identity,
     handshake_state,
     new_handshake,
+    read_message_1,
     remote_static,
 )
 from mesh.transport.identity import LocalIdentity, NodeIdentity
@@ -223,12 +225,17 @@ class SecureTransport:
         admit: Admit,
         rng: random.Random,
         config: TransportConfig | None = None,
+        accepted_psks: Sequence[bytes] | None = None,
+        on_refused: Callable[[str, Addr], None] | None = None,
     ) -> None:
-        if len(mesh_psk) != 32:
-            raise ConfigError("the mesh secret (Noise PSK) is exactly 32 bytes")
         self.identity = identity
-        self.psk = bytes(mesh_psk)
+        self.psk = b""
+        self.accepted_psks: tuple[bytes, ...] = ()
+        self.set_psks(mesh_psk, accepted_psks)
         self.admit = admit
+        # Told of every refused handshake as (reason, address): "psk_failure" or a check_peer reason
+        # (not_admitted, unexpected_peer, bad_binding, ...). The daemon audits these; it must not raise.
+        self.on_refused = on_refused
         self.rng = rng
         self.config = config or TransportConfig()
         self.counters: Counter[str] = Counter()
@@ -267,6 +274,19 @@ class SecureTransport:
     def session_count(self) -> int:
         """Live sessions of every kind (current, unconfirmed, in grace)."""
         return len(self._sessions)
+
+    def set_psks(self, send: bytes, accepted: Sequence[bytes] | None = None) -> None:
+        """Dial with the mesh secret ``send``; answer handshakes made with any of ``accepted``.
+
+        ``accepted`` (default: ``send`` alone) must contain ``send``. A rotation window is
+        ``set_psks(old, [new, old])`` on nodes holding the new mesh file and ``set_psks(old)`` on
+        nodes still holding the old one, which then all dial with the old secret; when the window
+        closes the driver calls ``set_psks(new)``. Sessions already established stay until their
+        next rekey (which uses the new setting) or ``reject_after_seconds``.
+        """
+        psks = check_psks(send, accepted)
+        self.psk = psks[0]
+        self.accepted_psks = psks
 
     def revoke(self, peer: str) -> None:
         """Forget every session, dial and queued plaintext of ``peer`` (call when its key is revoked)."""
@@ -449,18 +469,21 @@ class SecureTransport:
             return []
         if self._replayed_ephemeral(data[1:33], now):
             return []
-        conn = new_handshake(self.identity, self.psk, False, PROLOGUE_UDP)
-        hs = handshake_state(conn)
-        try:
-            payload = conn.read_message(data[1:])
-        except NOISE_ERRORS:
+        # psk is mixed first: message 1 authenticates under exactly one accepted mesh secret (tried
+        # in order, the one we dial with first), and the rest of the handshake uses that one.
+        read = read_message_1(self.identity, self.accepted_psks, PROLOGUE_UDP, data[1:])
+        if read is None:
             # Wrong mesh secret (or a forged message 1): silence, no state, just a count.
             self.counters["handshake_psk_failures"] += 1
+            self._tell_refused("psk_failure", addr)
             return []
+        conn, hs, payload, which = read
+        if which:
+            self.counters["handshake_psk_alternate"] += 1
         self._remember_ephemeral(data[1:33], now)
         remote_index = decode_hello(bytes(payload))
         if remote_index is None:
-            self.counters["handshake_refused_version_mismatch"] += 1
+            self._refuse("version_mismatch", addr)
             return []
         idx = self._new_index()
         msg2 = _write(conn, encode_identity(self.identity, idx))
@@ -471,6 +494,14 @@ class SecureTransport:
         self._accepts[idx] = _Accept(addr, conn, hs, idx, remote_index, now + self.config.responder_timeout)
         self.counters["handshake_responses_sent"] += 1
         return [Datagram(addr, bytes([T_RESP]) + remote_index.to_bytes(4, "big") + msg2)]
+
+    def _refuse(self, reason: str, addr: Addr) -> None:
+        self.counters[f"handshake_refused_{reason}"] += 1
+        self._tell_refused(reason, addr)
+
+    def _tell_refused(self, reason: str, addr: Addr) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason, addr)
 
     def _replayed_ephemeral(self, e: bytes, now: float) -> bool:
         """True (and counted) if an authenticated message 1 with this ephemeral key came recently.
@@ -526,7 +557,7 @@ class SecureTransport:
         # The initiator's identity is checked before we answer: an unadmitted key gets silence.
         peer, remote_index, reason = check_peer(bytes(payload), remote_static(hs), self.admit)
         if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
+            self._refuse(reason, addr)
             return []
         idx = self._new_index()
         msg2 = _write(conn, encode_identity(self.identity, idx))
@@ -590,7 +621,7 @@ class SecureTransport:
             bytes(payload), rs(), self.admit, dial.expected_node_id, dial.expected_ed25519
         )
         if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
+            self._refuse(reason, dial.addr)
             self._end_dial(dial, failed=True)
             return None
         return peer, remote_index
@@ -651,7 +682,7 @@ class SecureTransport:
             return []
         peer, remote_index, reason = check_peer(bytes(payload), remote_static(acc.hs), self.admit)
         if peer is None:
-            self.counters[f"handshake_refused_{reason}"] += 1
+            self._refuse(reason, addr)
             return []
         if remote_index != acc.remote_index:
             self.counters["handshake_invalid"] += 1

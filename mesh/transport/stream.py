@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Sequence
 
 from noise.connection import NoiseConnection
 from noise.state import CipherState, HandshakeState
 
+from mesh.errors import ConfigError
 from mesh.transport.errors import FrameTooLarge, TransportError
 from mesh.transport.framing import NOISE_MAX_MESSAGE, StreamFramer, frame
 from mesh.transport.handshake import (
@@ -30,11 +32,13 @@ from mesh.transport.handshake import (
     TAG_LEN,
     Admit,
     check_peer,
+    check_psks,
     decode_hello,
     encode_hello,
     encode_identity,
     handshake_state,
     new_handshake,
+    read_message_1,
     remote_static,
 )
 from mesh.transport.identity import LocalIdentity, NodeIdentity
@@ -86,9 +90,16 @@ class StreamSession:
         expected_ed25519: bytes | None = None,
         counters: Counter[str] | None = None,
         max_frame: int = NOISE_MAX_MESSAGE,
+        accepted_psks: Sequence[bytes] | None = None,
     ) -> None:
-        if len(mesh_psk) != 32:
-            raise TransportError("the mesh secret (Noise PSK) is exactly 32 bytes")
+        try:
+            psks = check_psks(mesh_psk, accepted_psks)
+        except ConfigError as exc:
+            raise TransportError(str(exc)) from None
+        # An initiator dials with ``mesh_psk``; a responder reads message 1 under each accepted
+        # secret in turn (see SecureTransport.set_psks for the rotation window).
+        self._psks = psks if not initiator else psks[:1]
+        self.psk = psks[0]  # the secret this session uses (a responder's: the one message 1 proved)
         self.identity = identity
         self.admit = admit
         self.initiator = initiator
@@ -98,7 +109,7 @@ class StreamSession:
         self.peer: NodeIdentity | None = None
         self.closed: str | None = None
         self._framer = StreamFramer(max_frame=max_frame, min_frame=TAG_LEN)
-        self._conn: NoiseConnection | None = new_handshake(identity, mesh_psk, initiator, PROLOGUE_TCP)
+        self._conn: NoiseConnection | None = new_handshake(identity, self.psk, initiator, PROLOGUE_TCP)
         self._hs: HandshakeState | None = handshake_state(self._conn)
         self._step = 0  # handshake frames processed or written
         self._send_cs: CipherState | None = None
@@ -183,11 +194,15 @@ class StreamSession:
             if len(body) != MSG1_LEN:
                 self._close("handshake_malformed", events)
                 return
-            try:
-                payload = conn.read_message(body)
-            except NOISE_ERRORS:
+            read = read_message_1(self.identity, self._psks, PROLOGUE_TCP, body)
+            if read is None:
                 self._close("handshake_psk_failures", events)  # silence: nothing is written back
                 return
+            conn, self._hs, payload, which = read
+            self._conn = conn
+            self.psk = self._psks[which]
+            if which:
+                self.counters["handshake_psk_alternate"] += 1
             if decode_hello(bytes(payload)) is None:
                 self._close("handshake_refused_version_mismatch", events)
                 return

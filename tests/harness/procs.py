@@ -41,6 +41,25 @@ def free_port(kind: str = "udp", host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair(host: str = "127.0.0.1", avoid: set[int] | frozenset[int] = frozenset()) -> int:
+    """A loopback port free for both UDP and TCP a moment ago (a daemon binds both on one port).
+
+    A UDP-free port's TCP twin is often an ephemeral port of some connection on a busy machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(100):
+        port = free_port("udp", host)
+        if port in avoid:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise OSError("no loopback port free for both UDP and TCP in 100 draws")
+
+
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie (signal 0 probe plus /proc state)."""
     try:

@@ -315,6 +315,15 @@ class UdpRelay(_Relay):
         self._clients: dict[tuple[str, int], socket.socket] = {}
         self._queue: list[tuple[float, int, socket.socket, bytes, tuple[str, int], Direction]] = []
         self._held: dict[Direction, list[_Held]] = {d: [] for d in DIRECTIONS}
+        self._blocked: frozenset[tuple[str, int]] = frozenset()
+
+    def block_clients(self, clients: Any) -> None:
+        """Drop every datagram from and to these client addresses, both ways (a partition from some
+        peers only); ``block_clients(())`` ends it. Counted as ``dropped`` and, relay-wide, ``blocked``."""
+        blocked = frozenset((loopback_host(h), int(p)) for h, p in clients)
+        with self._lock:
+            self._blocked = blocked
+        self._wake()
 
     def _make_listener(self) -> socket.socket:
         s = socket.socket(_family(self._listen_host), socket.SOCK_DGRAM)
@@ -363,13 +372,26 @@ class UdpRelay(_Relay):
                     break
                 src = (src[0], src[1])
                 if kind == "listen":
+                    if self._is_blocked("up", src):
+                        continue
                     self._ingress("up", data, self._upstream_for(src), self.target)
                 elif src == self.target:
                     assert self._listen is not None
+                    if self._is_blocked("down", client):
+                        continue
                     self._ingress("down", data, self._listen, client)
                 else:
                     self._bump_extra("foreign")  # not from the target: a relay is not an open proxy
         self._flush(time.monotonic())
+
+    def _is_blocked(self, d: Direction, client: tuple[str, int]) -> bool:
+        with self._lock:
+            blocked = client in self._blocked
+        if blocked:
+            self._bump(d, "received")
+            self._bump(d, "dropped")
+            self._bump_extra("blocked")
+        return blocked
 
     def _ingress(self, d: Direction, data: bytes, sock: socket.socket, dest: tuple[str, int]) -> None:
         now = time.monotonic()

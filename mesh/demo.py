@@ -1,0 +1,492 @@
+"""`wasmatrix demo`: a real mesh of local daemons on loopback, a crash, a graceful leave.
+
+The demo creates a fresh mesh file (:func:`mesh.meshfile.init_mesh`) in a temp dir, starts N
+``wasmatrix node run`` processes (``sys.executable -m mesh.cli``) bound to ``127.0.0.1:0``: the
+first is the seed, whose real address it reads from ``GET /v1/status``; the others join through it.
+Once every node sees all N alive it SIGKILLs one node and polls every survivor's control API,
+showing which node saw it ``suspect``, then ``dead``, and when; then it SIGTERMs another (a
+graceful leave, shown as ``left``). It prints the seed's view of the mesh and the measured figures
+(join time; detection time by every survivor: min/median/max).
+
+Every process is started by this module and stopped by the PID it started (SIGTERM, then SIGKILL
+after a bounded wait), also on Ctrl-C, SIGTERM or any error; the temp dir is removed unless
+``--keep``. The daemons write their logs to ``ROOT/NAME.log``.
+
+Times are measured by polling the API every :data:`POLL_INTERVAL` seconds, so each figure is late by
+at most one poll sweep (a few ms per node on loopback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from mesh.daemon.api import ApiClient, ApiClientError
+from mesh.daemon.config import DEFAULT_PROFILE
+from mesh.datadir import API_FILE, DataDirError, read_api_info
+from mesh.errors import MeshError
+from mesh.membership.config import PROFILES, MembershipConfig
+
+MIN_NODES = 3
+MAX_NODES = 20
+DEFAULT_NODES = 5
+POLL_INTERVAL = 0.05
+START_TIMEOUT = 30.0  # a daemon process writes api.json (Python start-up on a loaded machine)
+JOIN_TIMEOUT = 30.0  # every node sees every other alive
+LEAVE_TIMEOUT = 10.0  # a SIGTERMed node exits and every remaining node shows it left
+STOP_GRACE = 5.0  # SIGTERM at cleanup, then SIGKILL
+
+
+class DemoError(Exception):
+    """The demo could not do a step (a daemon died, a wait timed out)."""
+
+
+def detection_bound(cfg: MembershipConfig, n: int) -> float:
+    """Seconds within which every survivor must mark a SIGKILLed member dead, in a healthy mesh of ``n``.
+
+    The first probe of the dead member comes within one round over the other members
+    (``(n - 1)`` probe intervals) and fails after ``probe_timeout``; the suspicion then times out
+    after at most the Lifeguard maximum (``suspicion_max_timeout_mult`` x the minimum, reached only
+    without any confirmation), and the ``dead`` gossip reaches everyone within a few gossip
+    intervals (1 s of margin covers it and process scheduling).
+    """
+    _, hi = cfg.suspicion_timeouts(n)
+    return round((n - 1) * cfg.probe_interval + cfg.probe_timeout + hi + 1.0, 3)
+
+
+@dataclass
+class DemoNode:
+    """One daemon the demo started."""
+
+    name: str
+    data_dir: Path
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+    started: float
+    id: str = ""
+    addr: str = ""
+    api: ApiClient | None = None
+    ready_s: float | None = None
+    exit_code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def view(self) -> dict[str, dict[str, Any]]:
+        """{display name: member row} as this node sees the mesh (ApiClientError when unreachable)."""
+        assert self.api is not None
+        return {row["name"]: row for row in self.api.get("/v1/members")}
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM / SIGHUP while the daemons are being stopped, then deliver them."""
+    got: list[int] = []
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
+        except ValueError:  # not the main thread: no handlers to swap
+            break
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if got:
+            raise KeyboardInterrupt
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3), "max": round(max(values), 3)}
+
+
+@dataclass
+class Demo:
+    """Run the demo once: ``summary = Demo(...).run()``; processes and temp dir cleaned up in ``run``."""
+
+    nodes: int = DEFAULT_NODES
+    profile: str = DEFAULT_PROFILE
+    keep: bool = False
+    say: Callable[[str], None] = lambda line: None
+    status: Callable[[str], None] = lambda line: None
+    root: Path | None = None
+    started: list[DemoNode] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ processes
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The daemons run the very code this process runs, wherever it was imported from.
+        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env.pop("WASMATRIX_DATA_DIR", None)
+        env.pop("WASMATRIX_DEBUG_PACKETS", None)
+        return env
+
+    def _spawn(self, name: str, seed: str | None) -> DemoNode:
+        assert self.root is not None
+        data_dir = self.root / name
+        log_path = self.root / f"{name}.log"
+        args = [sys.executable, "-m", "mesh.cli", "node", "run", "--data-dir", str(data_dir),
+                "--bind", "127.0.0.1:0", "--mesh-secret", str(self.root / "mesh.json"),
+                "--name", name, "--profile", self.profile]
+        if seed:
+            args += ["--seed", seed]
+        with open(log_path, "wb") as log:
+            # A new session: Ctrl-C in the terminal reaches only the demo, which stops its daemons itself.
+            popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(self.root),
+                                     env=self._child_env(), start_new_session=True)
+        node = DemoNode(name, data_dir, log_path, popen, time.monotonic())
+        self.started.append(node)
+        return node
+
+    def _try_ready(self, node: DemoNode) -> bool:
+        """True once the node's api.json exists and its status answers (reads id and addr)."""
+        if not node.running():
+            raise DemoError(f"{node.name} (pid {node.pid}) exited with {node.popen.returncode} before its API came up:\n"
+                            f"{node.log_tail()}")
+        if not (node.data_dir / API_FILE).exists():
+            return False
+        try:
+            info = read_api_info(node.data_dir / API_FILE)
+            api = ApiClient(info.addr, info.token, timeout=2.0)
+            st = api.get("/v1/status")
+        except (DataDirError, ApiClientError):
+            return False  # written a moment ago, or not answering yet
+        node.api, node.id, node.addr = api, st["id"], st["addr"]
+        node.ready_s = time.monotonic() - node.started
+        return True
+
+    def _wait(self, what: str, timeout: float, step: Callable[[], bool]) -> float:
+        """Call ``step`` every poll until it returns True; the seconds it took; DemoError on timeout."""
+        t0 = time.monotonic()
+        while not step():
+            if time.monotonic() - t0 > timeout:
+                raise DemoError(f"{what}: not within {timeout:g} s")
+            time.sleep(POLL_INTERVAL)
+        return time.monotonic() - t0
+
+    def stop_all(self) -> None:
+        """SIGTERM every daemon still running (by the PID started), wait, SIGKILL what remains; reap all."""
+        live = [n for n in self.started if n.running()]
+        for n in live:
+            try:
+                n.popen.send_signal(signal.SIGTERM)  # Popen never signals a PID it has already reaped
+            except OSError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE
+        for n in live:
+            try:
+                n.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                n.popen.kill()
+        for n in self.started:
+            try:
+                n.popen.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+                pass
+
+    # ------------------------------------------------------------------ the demo
+
+    def run(self) -> dict[str, Any]:
+        """Run every step; return the summary (``ok`` False with ``error`` when a step failed)."""
+        if not MIN_NODES <= self.nodes <= MAX_NODES:
+            raise ValueError(f"nodes must be in {MIN_NODES}..{MAX_NODES}")
+        cfg = PROFILES[self.profile]
+        t_start = time.monotonic()
+        self.root = Path(tempfile.mkdtemp(prefix="wasmatrix-demo-"))
+        names = [f"n{i}" for i in range(1, self.nodes + 1)]
+        seed_name, killed_name, leaver_name = names[0], names[self.nodes // 2], names[-1]
+        self.summary = {
+            "ok": False, "error": None, "nodes": self.nodes, "profile": self.profile,
+            "seed": seed_name, "killed": killed_name, "left": leaver_name,
+            "detect_bound_s": detection_bound(cfg, self.nodes), "members": [], "detection": {}, "leave": {},
+            "figures": {}, "pids": [], "data_dir": str(self.root) if self.keep else None,
+        }
+        try:
+            self._run(names, seed_name, killed_name, leaver_name, cfg)
+            self.summary["ok"] = True
+        except DemoError as exc:
+            self.summary["error"] = str(exc)
+        except (OSError, MeshError) as exc:  # the temp dir, the mesh file, spawning a process
+            self.summary["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.summary["pids"] = [n.pid for n in self.started]
+            with _signals_deferred():  # a Ctrl-C now is delivered once every daemon is gone and the dir removed
+                self.stop_all()
+                self.summary["figures"]["total_s"] = round(time.monotonic() - t_start, 3)
+                if not self.keep:
+                    shutil.rmtree(self.root, ignore_errors=True)
+        return self.summary
+
+    def _run(self, names: list[str], seed_name: str, killed_name: str, leaver_name: str, cfg: MembershipConfig) -> None:
+        from mesh.meshfile import init_mesh
+
+        assert self.root is not None
+        mesh, _ = init_mesh(self.root / "mesh.json", now_wall=time.time())
+        self.say(f"mesh [bold]{mesh.mesh_id}[/]: a fresh secret in {self.root}/mesh.json; "
+                 f"{self.nodes} daemons on 127.0.0.1, profile {self.profile}")
+
+        # 1. The seed, then everyone else through it.
+        seed = self._spawn(seed_name, None)
+        self.status(f"starting the seed {seed_name} (pid {seed.pid})")
+        self._wait(f"{seed_name} API up", START_TIMEOUT, lambda: self._try_ready(seed))
+        self.say(f"{seed_name} up in {seed.ready_s:.2f} s: pid {seed.pid}, addr {seed.addr}, id {seed.id} (the seed)")
+        t_join = time.monotonic()
+        joiners = [self._spawn(name, seed.addr) for name in names[1:]]
+        pending = list(joiners)
+
+        def all_up() -> bool:
+            for n in list(pending):
+                if self._try_ready(n):
+                    pending.remove(n)
+                    self.say(f"{n.name} up in {n.ready_s:.2f} s: pid {n.pid}, addr {n.addr}, id {n.id}")
+            self.status(f"starting {len(pending)} more daemon(s), joining through {seed.addr}")
+            return not pending
+
+        self._wait("every daemon's API up", START_TIMEOUT, all_up)
+        startup_s = time.monotonic() - t_join
+        everyone = [seed] + joiners
+        full: set[str] = set()
+
+        def joined() -> bool:
+            for n in everyone:
+                if n.name in full:
+                    continue
+                try:
+                    alive = sum(1 for r in n.view().values() if r["status"] == "alive")
+                except ApiClientError:
+                    continue
+                if alive == self.nodes:
+                    full.add(n.name)
+                    self.say(f"{n.name} sees all {self.nodes} alive at +{time.monotonic() - t_join:.2f} s")
+            self.status(f"joining: {len(full)}/{self.nodes} nodes see all {self.nodes} alive")
+            return len(full) == self.nodes
+
+        self._wait(f"every node sees all {self.nodes} alive", JOIN_TIMEOUT, joined)
+        join_s = time.monotonic() - t_join
+        self.summary["figures"].update(startup_s=round(startup_s, 3), join_s=round(join_s, 3))
+        self.say(f"[bold green]mesh formed[/]: {self.nodes} nodes in {join_s:.2f} s from spawning the joiners "
+                 f"(their APIs were up after {startup_s:.2f} s)")
+
+        # 2. SIGKILL one node: which survivor sees it suspect, then dead, and when.
+        killed = next(n for n in everyone if n.name == killed_name)
+        survivors = [n for n in everyone if n is not killed]
+        bound = self.summary["detect_bound_s"]
+        detection: dict[str, dict[str, float | None]] = {n.name: {"suspect_s": None, "dead_s": None} for n in survivors}
+        self.summary["detection"] = detection
+        t_kill = time.monotonic()
+        killed.popen.send_signal(signal.SIGKILL)
+        killed.exit_code = killed.popen.wait(5.0)
+        self.say(f"[bold red]SIGKILL[/] {killed_name} (pid {killed.pid}); every survivor must mark it dead "
+                 f"within {bound:g} s ({self.profile} profile bound)")
+
+        def detected() -> bool:
+            for n in survivors:
+                d = detection[n.name]
+                if d["dead_s"] is not None:
+                    continue
+                try:
+                    row = n.view().get(killed_name)
+                except ApiClientError:
+                    continue
+                now = time.monotonic() - t_kill
+                state = row["status"] if row else "absent"
+                if state == "suspect" and d["suspect_s"] is None:
+                    d["suspect_s"] = round(now, 3)
+                    self.say(f"  +{now:6.2f} s  {n.name} sees {killed_name} [yellow]suspect[/]")
+                if state == "dead":
+                    d["dead_s"] = round(now, 3)
+                    self.say(f"  +{now:6.2f} s  {n.name} sees {killed_name} [red]dead[/]")
+                if not n.running():
+                    raise DemoError(f"{n.name} (pid {n.pid}) exited with {n.popen.returncode}:\n{n.log_tail()}")
+            done = sum(1 for d in detection.values() if d["dead_s"] is not None)
+            self.status(f"waiting for the survivors to declare {killed_name} dead: {done}/{len(survivors)} "
+                        f"(+{time.monotonic() - t_kill:.1f} s)")
+            return done == len(survivors)
+
+        self._wait(f"every survivor marks {killed_name} dead", bound, detected)
+        dead_times = [d["dead_s"] for d in detection.values() if d["dead_s"] is not None]
+        suspect_times = [d["suspect_s"] for d in detection.values() if d["suspect_s"] is not None]
+        self.summary["figures"]["detection_s"] = _stats(dead_times)
+        self.summary["figures"]["suspect_s"] = _stats(suspect_times)
+        st = self.summary["figures"]["detection_s"]
+        self.say(f"[bold green]crash detected[/] by all {len(survivors)} survivors: "
+                 f"min {st['min']:.2f} s, median {st['median']:.2f} s, max {st['max']:.2f} s")
+
+        # 3. SIGTERM another: a graceful leave, shown as left (never dead).
+        leaver = next(n for n in everyone if n.name == leaver_name)
+        remaining = [n for n in survivors if n is not leaver]
+        leave: dict[str, float | None] = {n.name: None for n in remaining}
+        self.summary["leave"] = {"seen_left_s": leave, "exit_code": None, "exit_s": None}
+        t_leave = time.monotonic()
+        leaver.popen.send_signal(signal.SIGTERM)
+        self.say(f"[bold]SIGTERM[/] {leaver_name} (pid {leaver.pid}): a graceful leave")
+
+        def left() -> bool:
+            if leaver.exit_code is None and not leaver.running():
+                leaver.exit_code = leaver.popen.returncode
+                self.summary["leave"].update(exit_code=leaver.exit_code, exit_s=round(time.monotonic() - t_leave, 3))
+                self.say(f"  +{time.monotonic() - t_leave:6.2f} s  {leaver_name} exited with {leaver.exit_code}")
+            for n in remaining:
+                if leave[n.name] is not None:
+                    continue
+                try:
+                    row = n.view().get(leaver_name)
+                except ApiClientError:
+                    continue
+                if row and row["status"] == "dead":
+                    raise DemoError(f"{n.name} marked the leaving {leaver_name} dead, not left")
+                if row and row["status"] == "left":
+                    now = time.monotonic() - t_leave
+                    leave[n.name] = round(now, 3)
+                    self.say(f"  +{now:6.2f} s  {n.name} sees {leaver_name} [blue]left[/]")
+            done = sum(1 for v in leave.values() if v is not None)
+            self.status(f"waiting for {leaver_name} to leave: {done}/{len(remaining)} see it left")
+            return done == len(remaining) and leaver.exit_code is not None
+
+        self._wait(f"{leaver_name} exits and every remaining node shows it left", LEAVE_TIMEOUT, left)
+        if leaver.exit_code != 0:
+            raise DemoError(f"{leaver_name} exited with {leaver.exit_code} after SIGTERM, expected 0:\n{leaver.log_tail()}")
+        self.summary["figures"]["leave_s"] = _stats([v for v in leave.values() if v is not None])
+
+        # 4. The seed's view of the mesh.
+        try:
+            view = seed.view()
+        except ApiClientError as exc:
+            raise DemoError(f"the seed stopped answering: {exc}") from None
+        pid_of = {n.name: n.pid for n in everyone}
+        self.summary["members"] = [
+            {"name": name, "id": row["id"], "addr": row["addr"], "pid": pid_of.get(name), "status": row["status"],
+             "rtt_ms": row["rtt_ms"]}
+            for name, row in sorted(view.items(), key=lambda kv: int(kv[0][1:]) if kv[0][1:].isdigit() else 0)
+        ]
+        if {m["name"]: m["status"] for m in self.summary["members"]}.get(killed_name) != "dead":
+            raise DemoError(f"the seed no longer shows {killed_name} dead")
+
+
+# ---------------------------------------------------------------------- rendering
+
+
+def _print_summary(console: Any, s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    if s["members"]:
+        t = Table(title=f"the mesh as the seed {s['seed']} sees it", title_justify="left", header_style="bold")
+        for col in ("node", "id", "addr", "pid", "status", "rtt_ms"):
+            t.add_column(col, no_wrap=True, justify="right" if col in ("pid", "rtt_ms") else "left")
+        colour = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "blue"}
+        for m in s["members"]:
+            st = m["status"]
+            t.add_row(m["name"], m["id"], m["addr"], str(m["pid"] or "-"), f"[{colour.get(st, 'white')}]{st}[/]",
+                      "-" if m["rtt_ms"] is None else f"{m['rtt_ms']:.2f}")
+        console.print(t)
+    f = s["figures"]
+    if s["detection"]:
+        t = Table(title=f"{s['killed']} SIGKILLed: seen by each survivor", title_justify="left", header_style="bold")
+        t.add_column("survivor")
+        t.add_column("suspect after", justify="right")
+        t.add_column("dead after", justify="right")
+        for name, d in s["detection"].items():
+            t.add_row(name, "-" if d["suspect_s"] is None else f"{d['suspect_s']:.2f} s",
+                      "-" if d["dead_s"] is None else f"{d['dead_s']:.2f} s")
+        console.print(t)
+    lines = []
+    if "join_s" in f:
+        lines.append(f"join: every node saw all {s['nodes']} alive {f['join_s']:.2f} s after the joiners were spawned "
+                     f"(APIs up after {f['startup_s']:.2f} s)")
+    for key, what in (("detection_s", f"crash detection ({s['killed']} dead) by every survivor"),
+                      ("suspect_s", "first suspicion"), ("leave_s", f"graceful leave ({s['left']} left)")):
+        st = f.get(key)
+        if st:
+            lines.append(f"{what}: min {st['min']:.2f} s, median {st['median']:.2f} s, max {st['max']:.2f} s")
+    lines.append(f"detection bound for {s['nodes']} nodes, {s['profile']} profile: {s['detect_bound_s']:g} s; "
+                 f"demo wall time {f['total_s']:.1f} s")
+    for line in lines:
+        console.print(line, soft_wrap=True)
+
+
+def run_cli(nodes: int, profile: str, as_json: bool, keep: bool) -> int:
+    """`wasmatrix demo`: 0 every step happened as expected, 1 a step failed, 130 interrupted."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    status_box: list[Any] = []
+
+    def say(line: str) -> None:
+        if not as_json:
+            console.print(line, soft_wrap=True)
+
+    def status(line: str) -> None:
+        if status_box:
+            status_box[0].update(line)
+
+    demo = Demo(nodes=nodes, profile=profile, keep=keep, say=say, status=status)
+    previous = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds through Demo.run's cleanup
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread: Ctrl-C handling stays as it is
+            pass
+    try:
+        if as_json:
+            summary = demo.run()
+        else:
+            console.print("[bold]WasmMatrix demo[/]: a real mesh of local daemons "
+                          "(for the simulated 300-node mesh run `wasmatrix sim demo`)", soft_wrap=True)
+            with console.status("starting") as box:
+                status_box.append(box)
+                summary = demo.run()
+    except OSError as exc:  # no temp dir: nothing was started
+        print(f"wasmatrix demo: cannot create a temp dir: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if not as_json:
+            console.print(f"interrupted: stopped {len(demo.started)} daemon(s) "
+                          f"(pids {', '.join(str(n.pid) for n in demo.started) or '-'})", soft_wrap=True)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        console.print()
+        _print_summary(console, summary)
+        console.print(f"stopped {len(summary['pids'])} daemons (pids {', '.join(map(str, summary['pids']))})", soft_wrap=True)
+        if keep:
+            console.print(f"data dirs and logs kept in {summary['data_dir']} (NAME/ is a data dir, NAME.log its log)", soft_wrap=True)
+        if summary["error"]:
+            console.print(f"[bold red]demo failed[/]: {summary['error']}", soft_wrap=True)
+    return 0 if summary["ok"] else 1
+
