@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import random
 import struct
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from mesh.wire import v_float, v_list
 
@@ -36,6 +37,132 @@ class _F64Structs(dict[int, struct.Struct]):
 
 
 _F64 = _F64Structs()  # n -> packer of n float64s (latency filters)
+_NAN = float("nan")
+
+# Slot numbers shared by every PackedTable: an int above 256 is a 28-byte object of its
+# own, and a table of N entries would otherwise hold N of them per node.
+_SLOTS: list[int] = list(range(1024))
+_SLOTS_LOCK = threading.Lock()
+
+
+def _slot_int(i: int) -> int:
+    if i < len(_SLOTS):
+        return _SLOTS[i]
+    with _SLOTS_LOCK:
+        while len(_SLOTS) <= i:
+            _SLOTS.append(len(_SLOTS))
+    return _SLOTS[i]
+
+
+class PackedTable:
+    """A dict of name -> fixed-width ``bytes`` record, the records packed in one bytearray.
+
+    A node keeps small per-peer records (a packed coordinate, a latency filter) for up to
+    every member of the mesh. As separate ``bytes`` objects each costs a 33-byte header and
+    allocator rounding on top of its payload (80 bytes for a 44-byte coordinate); here it
+    costs its payload. ``get`` returns a fresh ``bytes``. A value of another width (a
+    coordinate of other dimensions) is kept aside as is, so any value round-trips.
+
+    Record numbers come from ``slots`` (name -> number). By default the table owns it and
+    reuses the numbers of removed records. A driver running many nodes in one process (the
+    simulator) may pass one ``index`` dict to all their tables: numbers are then assigned
+    once per name, never reused, and a table holds no dict of its own (at 1000 members a
+    dict is ~37 KiB per table). Tables sharing an index must be used from one thread.
+    """
+
+    __slots__ = ("width", "slots", "present", "_shared", "_buf", "_free", "_odd", "_count")
+
+    def __init__(self, width: int, index: dict[str, int] | None = None) -> None:
+        self.width = width
+        self._shared = index is not None
+        # name -> record number; read-only outside the table (bulk readers: see snapshot).
+        self.slots: dict[str, int] = index if index is not None else {}
+        # present[n] is 1 iff record n holds a value (a shared index numbers absent names too).
+        self.present = bytearray()
+        self._buf = bytearray()
+        self._free: list[int] = []
+        self._odd: dict[str, bytes] = {}
+        self._count = 0
+
+    def _number(self, key: object) -> int | None:
+        n = self.slots.get(key)  # type: ignore[call-overload]
+        if n is None or n >= len(self.present) or not self.present[n]:
+            return None
+        return n
+
+    def __len__(self) -> int:
+        return self._count + len(self._odd)
+
+    def __contains__(self, key: object) -> bool:
+        return self._number(key) is not None or key in self._odd
+
+    def __iter__(self) -> Iterator[str]:
+        present, size = self.present, len(self.present)
+        return iter([*(k for k, n in self.slots.items() if n < size and present[n]), *self._odd])
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The record for ``key`` (a new bytes object), or ``default``."""
+        n = self._number(key)
+        if n is None:
+            return self._odd.get(key, default) if self._odd else default
+        w = self.width
+        o = n * w
+        return bytes(self._buf[o : o + w])
+
+    def __getitem__(self, key: str) -> bytes:
+        v = self.get(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        w = self.width
+        if len(value) != w:
+            self.pop(key, None)
+            self._odd[key] = bytes(value)
+            return
+        if self._odd:
+            self._odd.pop(key, None)
+        slots = self.slots
+        n = slots.get(key)
+        if n is None:
+            if self._shared:
+                n = slots[key] = _slot_int(len(slots))
+            elif self._free:
+                n = slots[key] = self._free.pop()
+            else:
+                n = slots[key] = _slot_int(len(self.present))
+        present = self.present
+        if n >= len(present):
+            grow = n + 1 - len(present)
+            present += bytes(grow)
+            self._buf += bytes(grow * w)
+        o = n * w
+        self._buf[o : o + w] = value
+        if not present[n]:
+            present[n] = 1
+            self._count += 1
+
+    def snapshot(self) -> bytes | None:
+        """A copy of the packed records for many reads in a row (building a push-pull):
+        the record of a name with ``n = slots[name]``, if ``n < len(present) and present[n]``,
+        is ``buf[n * width:(n + 1) * width]``. None when some value of another width is kept
+        aside (then read with ``get``)."""
+        return None if self._odd else bytes(self._buf)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        """Remove ``key``; return its record or ``default``."""
+        n = self._number(key)
+        if n is None:
+            return self._odd.pop(key, default) if self._odd else default
+        w = self.width
+        o = n * w
+        self.present[n] = 0
+        self._count -= 1
+        if not self._shared:
+            del self.slots[key]
+            self._free.append(n)
+        return bytes(self._buf[o : o + w])
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,11 +243,19 @@ class VivaldiClient:
         self._origin = Coordinate.origin(self.config)
         self._adjustment_samples = [0.0] * self.config.adjustment_window
         self._adjustment_index = 0
-        # node -> the last few RTT samples, packed float64s: a node keeps one filter per
-        # peer it probes, so it must be small (a deque costs ~600 bytes, these ~60).
-        self._latency_filter: dict[str, bytes] = {}
+        # node -> the samples the filter keeps between updates (the last size - 1; NaN where
+        # there are fewer yet), packed float64s: a node keeps one filter per peer it probes,
+        # so it must be small (a deque costs ~600 bytes, these 8 * (size - 1)).
+        self._keep = max(0, self.config.latency_filter_size - 1)
+        self._latency_filter = PackedTable(8 * self._keep)
         self.updates = 0
         self.resets = 0
+
+    def share_index(self, index: dict[str, int]) -> None:
+        """Number latency filters through ``index``, shared with other tables (see PackedTable)."""
+        if len(self._latency_filter):
+            raise ValueError("share_index must be called before any RTT sample")
+        self._latency_filter = PackedTable(8 * self._keep, index)
 
     def forget(self, node: str) -> None:
         """Drop the latency filter kept for a node that left."""
@@ -179,16 +314,22 @@ class VivaldiClient:
         return coord
 
     def _filtered(self, node: str, rtt: float) -> float:
-        raw = self._latency_filter.get(node)
-        size = self.config.latency_filter_size
-        if raw is None or size <= 1:
-            self._latency_filter[node] = _F64[1].pack(rtt)
+        """The median of the last ``latency_filter_size`` samples towards ``node``, this one included."""
+        keep = self._keep
+        if keep == 0:
             return rtt
-        old = _F64[len(raw) >> 3].unpack(raw)
-        samples = (*old[len(old) - size + 1 :], rtt)
-        self._latency_filter[node] = _F64[len(samples)].pack(*samples)
-        ordered = sorted(samples)
-        return ordered[len(ordered) // 2]
+        table = self._latency_filter
+        raw = table.get(node)
+        if raw is None:
+            table[node] = _F64[keep].pack(*([_NAN] * (keep - 1)), rtt)
+            return rtt
+        # rtt is finite (checked by update), so NaN marks only the slots not filled yet.
+        samples = [x for x in _F64[keep].unpack(raw) if x == x]
+        samples.append(rtt)
+        last = samples[-keep:]
+        table[node] = _F64[keep].pack(*([_NAN] * (keep - len(last))), *last)
+        samples.sort()
+        return samples[len(samples) // 2]
 
     def _apply_force(
         self, vec: tuple[float, ...], height: float, force: float, other: tuple[float, ...], other_height: float, mag: float

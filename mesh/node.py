@@ -117,6 +117,10 @@ class NodeCore:
             }
         self.last_error: str | None = None
         self.wall: float | None = None  # the driver's latest wall-clock reading
+        # Name the node every membership message is for (``Outgoing.node``/``key``). A driver
+        # that does not seal per node (the simulator: its network is the authenticator) may
+        # switch this off to save the lookup per message and the address index.
+        self.name_outgoing = True
         self._by_addr: dict[str, str] = {}
         self._by_addr_size: tuple[int, int] = (-1, -1)  # (members, address moves) the index was built at
         self._acks: list[WriteAck] = []
@@ -175,7 +179,7 @@ class NodeCore:
                 # back on the request's stream instead.
                 key = self._key_of(sender)
                 out = [replace(o, node=sender, key=key, stream=stream) if o.reliable and o.dst == src else o for o in out]
-            return self._name_nodes(out, src, sender) if out else out
+            return self._name_nodes(out, src, sender) if out and self.name_outgoing else out
         if t in SYNC_TYPES and self.intent is not None:
             if not reliable:
                 # Sync is stream-only: a datagram cannot be answered on a stream, and a spoofable
@@ -204,7 +208,8 @@ class NodeCore:
             if self.intent is not None:
                 self.intent.wall = wall
         if self.intent is None and self.blobs is None:
-            return self._name_nodes(self.swim.tick(now))
+            out = self.swim.tick(now)
+            return self._name_nodes(out) if out and self.name_outgoing else out
         mark = len(self.swim.events)
         out = self._name_nodes(self.swim.tick(now))
         if self.blobs is not None:
@@ -271,6 +276,8 @@ class NodeCore:
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has work."""
         d = self.swim.next_deadline()
+        if self.intent is None and self.blobs is None:
+            return d
         for sub in (self.intent, self.blobs):
             if sub is not None:
                 e = sub.next_deadline()
@@ -299,6 +306,8 @@ class NodeCore:
         (authenticated) ``reply_name``, anything else is looked up by address. A join
         push-pull to a seed address names no node: the handshake tells who answered.
         """
+        if not self.name_outgoing:
+            return out
         peek = self.swim.members.peek  # read-only: never copies a shared record
         by_addr = self._by_addr
         for i, o in enumerate(out):

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import math
 import re
+import struct
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Protocol, TypeVar
 
@@ -68,6 +70,10 @@ MAX_NAME = 128
 MAX_ADDR = 256
 NAME_PATTERN = r"[A-Za-z0-9._:@+-]{1,128}"
 NAME_RE = re.compile(NAME_PATTERN)
+# Names seen valid before (every datagram names its sender, most name a member): a set
+# lookup instead of a regex match. Bounded; cleared when full.
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_MAX = 65_536
 _ADDR_RE = re.compile(r"[\x21-\x7e]{1,256}")
 
 
@@ -102,9 +108,22 @@ def registered_types() -> dict[int, Any]:
 
 
 
+_LOCAL = threading.local()
+
+
 def pack(obj: Any) -> bytes:
     """msgpack-encode plain values (bin for bytes, str for text)."""
-    return msgpack.packb(obj, use_bin_type=True)
+    # One Packer per thread, reused: msgpack.packb builds a Packer (and its buffer) per call,
+    # which costs more than packing a datagram. Same options, so the same bytes.
+    try:
+        packer = _LOCAL.packer
+    except AttributeError:
+        packer = _LOCAL.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)
+
+
+_unpackb = msgpack.unpackb
+_UNPACK_KW: dict[int, dict[str, Any]] = {}  # limit -> unpackb options (a handful of limits)
 
 
 def _unpack(data: bytes, limit: int) -> Any:
@@ -112,17 +131,19 @@ def _unpack(data: bytes, limit: int) -> Any:
         raise WireError(f"expected bytes, got {type(data).__name__}")
     if len(data) > limit:
         raise WireError(f"message of {len(data)} bytes exceeds limit {limit}")
+    kw = _UNPACK_KW.get(limit)
+    if kw is None:
+        kw = _UNPACK_KW[limit] = {
+            "raw": False,
+            "strict_map_key": True,
+            "max_str_len": min(limit, _MAX_STR),
+            "max_bin_len": limit,
+            "max_array_len": min(limit, _MAX_ARRAY),
+            "max_map_len": min(limit, _MAX_ARRAY),
+            "max_ext_len": 0,
+        }
     try:
-        return msgpack.unpackb(
-            data if type(data) is bytes else bytes(data),
-            raw=False,
-            strict_map_key=True,
-            max_str_len=min(limit, _MAX_STR),
-            max_bin_len=limit,
-            max_array_len=min(limit, _MAX_ARRAY),
-            max_map_len=min(limit, _MAX_ARRAY),
-            max_ext_len=0,
-        )
+        return _unpackb(data if type(data) is bytes else bytes(data), **kw)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise WireError(f"undecodable msgpack: {exc.__class__.__name__}") from None
 
@@ -138,6 +159,30 @@ def encode_broadcast(msg: WireMessage) -> bytes:
 def encode(sender: str, msg: WireMessage, piggyback: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
     """Encode one envelope."""
     return pack([PROTOCOL_VERSION, msg.TYPE, sender, msg.to_payload(), list(piggyback)])
+
+
+_BIN8 = [bytes((0xC4, n)) for n in range(256)]
+_FIXARRAY = [bytes((0x90 | n,)) for n in range(16)]
+
+
+def _array_header(n: int) -> bytes:
+    return _FIXARRAY[n] if n < 16 else struct.pack(">BH", 0xDC, n) if n < 65536 else struct.pack(">BI", 0xDD, n)
+
+
+def _bin(item: bytes) -> bytes:
+    n = len(item)
+    return _BIN8[n] + item if n < 256 else struct.pack(">BH", 0xC5, n) + item if n < 65536 else struct.pack(">BI", 0xC6, n) + item
+
+
+def with_piggyback(base: bytes, piggyback: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """``encode(sender, msg, piggyback)`` from ``base = encode(sender, msg)``, without re-encoding the message.
+
+    The envelope's last element is the piggyback array, so ``base`` ends in an empty
+    array (``0x90``): swap it for the array of bins. Byte for byte what :func:`encode` gives.
+    """
+    if not piggyback:
+        return base
+    return b"".join([base[:-1], _array_header(len(piggyback)), *map(_bin, piggyback)])
 
 
 def envelope_overhead(sender: str) -> int:
@@ -234,7 +279,7 @@ def decode(data: bytes, limit: int = MAX_DATAGRAM) -> Envelope:
     version, type_id, sender, payload, piggyback = obj
     if version != PROTOCOL_VERSION:
         raise WireError(f"unsupported protocol version {version!r}")
-    if type(sender) is not str or NAME_RE.fullmatch(sender) is None:
+    if type(sender) is not str or (sender not in _VALID_NAMES and not _name_ok(sender)):
         raise WireError("invalid sender name")
     if not isinstance(piggyback, list):
         raise WireError("piggyback is not an array")
@@ -247,9 +292,14 @@ def decode(data: bytes, limit: int = MAX_DATAGRAM) -> Envelope:
     if len(piggyback) > MAX_PIGGYBACK:
         bad = len(piggyback) - MAX_PIGGYBACK
         piggyback = piggyback[:MAX_PIGGYBACK]
+    cache = _BROADCAST_CACHE
     for item in piggyback:
         if type(item) is not bytes:
             bad += 1
+            continue
+        hit = cache.get(item)  # decode_broadcast's cache, looked up inline: most items are repeats
+        if hit is not None:
+            pig.append(hit)
             continue
         try:
             pig.append(decode_broadcast(item))
@@ -284,16 +334,25 @@ def v_str(x: Any, max_len: int = 256, allow_empty: bool = False) -> str:
     return x
 
 
+def _name_ok(x: str) -> bool:
+    if NAME_RE.fullmatch(x) is None:
+        return False
+    if len(_VALID_NAMES) >= _VALID_NAMES_MAX:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(x)
+    return True
+
+
 def v_name(x: Any) -> str:
     """Validate a member name: 1-128 characters of ``A-Z a-z 0-9 . _ - : @ +``."""
-    if type(x) is not str or NAME_RE.fullmatch(x) is None:
+    if type(x) is not str or (x not in _VALID_NAMES and not _name_ok(x)):
         raise WireError(f"invalid member name {x!r:.40}")
     return x
 
 
 def is_valid_name(x: Any) -> bool:
     """True if ``x`` is a valid member name (see :func:`v_name`)."""
-    return type(x) is str and NAME_RE.fullmatch(x) is not None
+    return type(x) is str and (x in _VALID_NAMES or _name_ok(x))
 
 
 def v_addr(x: Any) -> str:

@@ -42,3 +42,43 @@ def test_a_write_that_bypasses_the_table_fails_loudly() -> None:
     with pytest.raises(TypeError, match="shared"):
         shared.state = MemberState.DEAD
     assert a.swim.members["c"].state == MemberState.ALIVE
+
+
+def test_updates_that_change_nothing_leave_records_shared() -> None:
+    """Old news (a push-pull row that only brings a coordinate, a gossiped Alive, Suspect or
+    Dead at an older or equal incarnation) must not give a node its own copy of a record:
+    at 1000 nodes those copies were ~100 KiB per simulated node."""
+    from mesh.coords import Coordinate
+    from mesh.membership.messages import Alive
+    from mesh.wire import Envelope
+
+    a, b = _pair()
+    coord = PushPullState.pack_coord(Coordinate((0.001,) * 8, 0.5, 0.0, 1e-5))
+    rows = [[n, n, 0, 0, PushPullState.pack_meta(NodeMeta(cores=i + 1)), coord, b""] for i, n in enumerate(["a", "b", "c", "d"])]
+    assert a.swim._merge_rows(rows, 1.0, "b") == []
+    assert a.swim.coords.get("c") == coord  # the coordinate was learnt...
+    assert a.swim.members.peek("c") is b.swim.members.peek("c")  # ...and the record is still shared
+    meta_c = b.swim.members.peek("c").meta
+    env = Envelope("b", Alive(0, "c", "c", meta_c), (Alive(0, "c", "c", meta_c),))
+    a.swim.handle("b", env, 2.0)
+    assert a.swim.members.peek("c") is b.swim.members.peek("c")
+    # a change still takes a private copy, and the other node keeps the shared one
+    a.swim._apply_suspect(Suspect(0, "c", "b"), 3.0)
+    assert a.swim.members.peek("c") is not b.swim.members.peek("c")
+    assert b.swim.members.peek("c").state == MemberState.ALIVE
+
+
+def test_bootstrap_skips_validation_only_for_entries_the_shared_records_were_built_from() -> None:
+    good = [PushPullState.of(n, n, 0, 0, NodeMeta(cores=2), None) for n in ["a", "b", "c"]]
+    a = NodeCore("a", "a", NodeMeta(), LAN, random.Random(1))
+    shared = a.swim.bootstrap(good, 0.0)
+    # same length, but the last entry is not the one the shared record came from: checked, refused
+    bad = [*good[:2], PushPullState("c\x01", "c", 0, 0, good[2].meta_raw, None)]
+    b = NodeCore("b", "b", NodeMeta(), LAN, random.Random(2))
+    b.swim.bootstrap(bad, 0.0, shared)
+    assert b.swim.counters["bad_names"] == 1
+    assert sorted(b.swim.members) == ["a", "b"]
+    c = NodeCore("c", "c", NodeMeta(), LAN, random.Random(3))
+    assert c.swim.bootstrap(good, 0.0, shared) is shared
+    assert c.swim.counters["bad_names"] == 0 and sorted(c.swim.members) == ["a", "b", "c"]
+    assert c.swim.members.peek("a") is shared[0]  # the shared record itself

@@ -141,6 +141,25 @@ def test_messages_the_core_starts_name_their_member_and_a_join_to_a_seed_does_no
     assert (join.dst, join.node, join.reliable) == ("10.0.0.1:7946", None, True)
 
 
+def test_name_outgoing_off_leaves_membership_messages_unnamed_but_replies_on_their_stream() -> None:
+    """The simulator's switch: the same bytes to the same addresses, without node/key; a stream
+    reply still rides its stream (that is routing, not naming)."""
+    trust = _trust(["a", "b"])
+    outs_by_mode = []
+    for naming in (True, False):
+        a, b = _core("a", trust, blobs=False), _core("b", trust, blobs=False)
+        a.name_outgoing = naming
+        req = encode("b", PushPull.of(True, False, b.swim.local_states()))
+        (reply,) = [o for o in a.receive("10.0.0.98:53412", req, 0.0, True, peer="b", stream="j") if o.reliable]
+        assert reply.stream == "j"
+        outs = a.tick(10_000.0)
+        outs += a.receive("10.9.9.9:7946", encode("b", Ping(99, "a")), 10_001.5, peer="b")
+        outs = [o for o in outs if _types([o])[0] < 16]  # membership (intent messages are always named)
+        assert {o.node for o in outs} == ({"b"} if naming else {None})
+        outs_by_mode.append([(o.dst, o.data, o.reliable) for o in outs])
+    assert outs_by_mode[0] == outs_by_mode[1] and len(outs_by_mode[0]) >= 3
+
+
 def test_outgoing_carries_the_key_membership_holds_for_its_node() -> None:
     trust = _trust(["a", "b"])
     b_key = derive_key("seam:b").public_raw

@@ -78,3 +78,56 @@ def test_coincident_points_are_separated_deterministically() -> None:
 
     assert run() == run()
     assert any(abs(x) > 0 for x in run())
+
+
+def test_latency_filter_is_the_median_of_the_last_size_samples() -> None:
+    """For every filter size, the filtered RTT is the median (upper for even counts, as
+    Serf) of the last ``latency_filter_size`` samples towards that node, forgotten on forget().
+    (Sizes >= 4 kept too few samples before: a negative slice start dropped the older ones.)"""
+    from mesh.coords import VivaldiConfig
+
+    r = random.Random(1)
+    for size in range(1, 7):
+        v = VivaldiClient(random.Random(0), VivaldiConfig(latency_filter_size=size))
+        hist: dict[str, list[float]] = {}
+        for _ in range(3000):
+            node = f"n{r.randrange(20)}"
+            if r.random() < 0.03:
+                v.forget(node)
+                hist.pop(node, None)
+                continue
+            x = r.uniform(0.001, 0.2)
+            h = hist.setdefault(node, [])
+            h.append(x)
+            last = sorted(h[-size:])
+            assert v._filtered(node, x) == last[len(last) // 2]
+
+
+def test_packed_table_behaves_like_a_dict_of_bytes() -> None:
+    """Own numbering (numbers reused) and a numbering shared by several tables (the simulator's)."""
+    from mesh.coords import PackedTable
+
+    shared: dict[str, int] = {}
+    PackedTable(12, shared)["z"] = bytes(12)  # another table numbered a name first
+    for t in (PackedTable(12), PackedTable(12, shared)):
+        _check_packed_table(t)
+
+
+def _check_packed_table(t: object) -> None:
+    r = random.Random(2)
+    ref: dict[str, bytes] = {}
+    for _ in range(5000):
+        k = f"k{r.randrange(50)}"
+        op = r.random()
+        if op < 0.5:
+            v = bytes(r.randrange(256) for _ in range(12 if r.random() < 0.9 else r.choice([0, 5, 44])))
+            t[k] = v  # type: ignore[index]
+            ref[k] = v
+        elif op < 0.7:
+            assert t.pop(k, None) == ref.pop(k, None)  # type: ignore[attr-defined]
+        else:
+            assert t.get(k) == ref.get(k)  # type: ignore[attr-defined]
+            assert (k in t) == (k in ref)  # type: ignore[operator]
+        assert len(t) == len(ref)  # type: ignore[arg-type]
+    assert sorted(t) == sorted(ref)  # type: ignore[call-overload]
+    assert all(type(t[k]) is bytes and t[k] == v for k, v in ref.items())  # type: ignore[index]

@@ -204,6 +204,22 @@ def test_piggyback_beyond_what_a_datagram_can_hold_is_skipped_and_counted() -> N
     assert env.bad_items == 100 and env.piggyback[-1] == Suspect(MAX_PIGGYBACK - 1, "n", "m")
 
 
+def test_with_piggyback_is_byte_for_byte_encode() -> None:
+    """Splicing a piggyback into an encoded message gives exactly what encode() gives
+    (the array and bin headers of every size class: fixarray/array16, bin8/bin16/bin32)."""
+    import random
+
+    from mesh.membership.messages import Gossip, Ping
+    from mesh.wire import encode, with_piggyback
+
+    r = random.Random(5)
+    for i in range(400):
+        n_items = r.choice([0, 1, 3, 15, 16, 17, 40])
+        pig = [bytes(r.randrange(256) for _ in range(r.choice([0, 1, 200, 255, 256, 300, 65535, 65536]))) for _ in range(n_items)] if i % 50 == 0 else [bytes(r.randrange(256) for _ in range(r.choice([0, 1, 30, 255, 256]))) for _ in range(n_items)]
+        msg = Ping(r.randrange(2**32), f"n{i}") if i % 2 else Gossip()
+        assert with_piggyback(encode("sender", msg), pig) == encode("sender", msg, pig)
+
+
 def test_meta_display_name_round_trips_and_old_eight_field_meta_still_decodes():
     from mesh.membership.meta import NodeMeta
 

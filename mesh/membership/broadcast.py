@@ -41,6 +41,9 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._where) + len(self._urgent)
 
+    def __bool__(self) -> bool:
+        return bool(self._where or self._urgent)
+
     def __contains__(self, key: str) -> bool:
         return key in self._where or key in self._urgent
 

@@ -21,6 +21,14 @@ from mesh.membership.meta import NodeMeta
 from mesh.errors import WireError
 from mesh.wire import MAX_ADDR, NAME_RE, message, pack, v_addr, v_bool, v_fields, v_int, v_list, v_name
 
+class _F32Structs(dict[int, struct.Struct]):
+    def __missing__(self, n: int) -> struct.Struct:
+        self[n] = st = struct.Struct(f"<{n}f")
+        return st
+
+
+_F32 = _F32Structs()  # n -> packer of n float32s (packed coordinates)
+
 _U32 = 2**32 - 1
 _U64 = 2**63 - 1
 KEY_BYTES = 32
@@ -212,8 +220,8 @@ class PushPullState:
         """Encode a coordinate for an entry (float32 is ample for seconds-scale RTTs)."""
         if coord is None:
             return None
-        vals = coord.to_wire()
-        return struct.pack(f"<{len(vals)}f", *vals)
+        vec = coord.vec
+        return _F32[len(vec) + 3].pack(*vec, coord.error, coord.adjustment, coord.height)
 
     @classmethod
     def of(
@@ -280,7 +288,7 @@ def coord_ok(raw: bytes, dims: int) -> bool:
     n = len(raw) // 4
     if n != dims + 3 or n * 4 != len(raw):
         return False
-    vals = struct.unpack(f"<{n}f", raw)
+    vals = _F32[n].unpack(raw)
     # A sum of finite floats is finite (float32 values cannot overflow a float64 sum).
     return math.isfinite(sum(vals)) and -1e6 <= min(vals) and max(vals) <= 1e6
 
@@ -290,7 +298,7 @@ def decode_coord(raw: bytes, node: str = "") -> Coordinate:
     n = len(raw) // 4
     if n < 4 or n * 4 != len(raw):
         raise WireError(f"invalid coordinate for {node}")
-    return Coordinate.from_wire(list(struct.unpack(f"<{n}f", raw)))
+    return Coordinate.from_wire(list(_F32[n].unpack(raw)))
 
 
 @message

@@ -57,7 +57,7 @@ from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any, Iterable
 
-from mesh.coords import Coordinate, VivaldiClient
+from mesh.coords import Coordinate, PackedTable, VivaldiClient
 from mesh.errors import ConfigError, WireError
 from mesh.membership.awareness import Awareness
 from mesh.membership.broadcast import BroadcastQueue
@@ -88,6 +88,7 @@ from mesh.wire import (
     encode,
     encode_broadcast,
     envelope_overhead,
+    with_piggyback,
     is_valid_addr,
     is_valid_name,
 )
@@ -138,6 +139,13 @@ def shared_member(m: Member) -> Member:
     for f in _MEMBER_FIELDS:
         object.__setattr__(s, f, getattr(m, f))
     return s
+
+
+def _built_from(m: Member, st: PushPullState) -> bool:
+    """True if shared record ``m`` was built (by ``bootstrap``, after validation) from entry ``st``."""
+    return (
+        m.meta_wire is st.meta_raw and m.name == st.node and m.addr == st.addr and m.incarnation == st.incarnation and m.key == st.key
+    )
 
 
 class MemberTable(dict[str, Member]):
@@ -245,7 +253,8 @@ class SwimCore:
         self.vivaldi = VivaldiClient(rng)
         # Peers' coordinates as packed float32s (their push-pull encoding): a node holds
         # one per member, so they are kept compact and re-sent without re-encoding.
-        self.coords: dict[str, bytes] = {}
+        # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
+        self.coords = PackedTable(4 * (self.vivaldi.config.dimensionality + 3))
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
         self.members: MemberTable = MemberTable(
             {name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now, key=key)}
@@ -310,9 +319,17 @@ class SwimCore:
         """This node's membership view: name → state."""
         return {n: m.state for n, m in self.members.items()}
 
+    def share_peer_index(self, index: dict[str, int]) -> None:
+        """Number this node's per-peer records (coordinates, latency filters) through
+        ``index``, shared by every node of one process (a simulator): see PackedTable."""
+        if len(self.coords):
+            raise ValueError("share_peer_index must be called before any coordinate is known")
+        self.coords = PackedTable(self.coords.width, index)
+        self.vivaldi.share_index(index)
+
     def member_key(self, name: str) -> bytes | None:
         """The public key announced for member ``name``: None if unknown, b"" if it announced none."""
-        m = self.members.get(name)
+        m = self.members.peek(name)
         return None if m is None else m.key
 
     def estimate_rtt(self, a: str, b: str) -> float | None:
@@ -416,7 +433,7 @@ class SwimCore:
                 s = self._suspicions[name]
                 if now >= s.deadline:
                     del self._suspicions[name]
-                    m = self.members.get(name)
+                    m = self.members.peek(name)
                     if m is not None and m.state == MemberState.SUSPECT and m.incarnation == s.incarnation:
                         self._apply_dead(Dead(s.incarnation, name, self.name), now)
         if self._relays and now >= self._relay_next:
@@ -450,7 +467,7 @@ class SwimCore:
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`tick` has work to do."""
         # Runs after every event a node handles: plain comparisons, no min() calls.
-        d = self._next_gossip_at if len(self.broadcasts) else _INF
+        d = self._next_gossip_at if self.broadcasts else _INF
         if not self.leaving:
             p = self._probe
             if p is None:
@@ -530,12 +547,23 @@ class SwimCore:
         p.indirect_sent = True
         # Leave the helpers a full probe timeout (their nacks come at 80% of it).
         p.end_at = max(p.end_at, now + self.config.probe_timeout)
-        target = self.members.get(p.target)
+        peek = self.members.peek  # read-only: choosing helpers changes no record
+        target = peek(p.target)
         if target is None:
             return
-        candidates = [
-            n for n in self._alive_names if n != p.target and self.members.peek(n).state == MemberState.ALIVE
-        ]
+        # Live members that are not suspect, the target excluded. _alive_names holds exactly the
+        # ALIVE and SUSPECT members, and a member is SUSPECT exactly while it has a running
+        # suspicion (only _start_suspicion makes one; every way out of SUSPECT drops it), so no
+        # record needs reading: without suspicions the list is _alive_names minus the target.
+        name, alive_names, suspicions = p.target, self._alive_names, self._suspicions
+        if suspicions:
+            candidates = [n for n in alive_names if n != name and n not in suspicions]
+        else:
+            i = bisect.bisect_left(alive_names, name)
+            if i < len(alive_names) and alive_names[i] == name:
+                candidates = alive_names[:i] + alive_names[i + 1 :]
+            else:
+                candidates = list(alive_names)
         k = min(self.config.indirect_checks, len(candidates))
         helpers = self.rng.sample(candidates, k) if k else []
         p.expected_nacks = len(helpers)
@@ -549,7 +577,7 @@ class SwimCore:
             self.awareness.apply_delta(p.expected_nacks - p.nacks)
         else:
             self.awareness.apply_delta(1)
-        m = self.members.get(p.target)
+        m = self.members.peek(p.target)
         if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
             self._apply_suspect(Suspect(m.incarnation, m.name, self.name), now)
 
@@ -568,9 +596,11 @@ class SwimCore:
         if ack.coord is not None and sender == p.target:
             rtt = now - p.sent_at
             coord = ack.coord
+            # Keyed by p.target, the name object the member table holds, not the decoder's copy.
+            target = p.target
             if len(coord.vec) == self.vivaldi.config.dimensionality and coord.is_valid():
-                self.coords[sender] = PushPullState.pack_coord(coord)  # type: ignore[assignment]
-            self.vivaldi.update(sender, coord, rtt)
+                self.coords[target] = PushPullState.pack_coord(coord)  # type: ignore[assignment]
+            self.vivaldi.update(target, coord, rtt)
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
         if len(self._relays) >= _MAX_RELAYS:
@@ -644,11 +674,16 @@ class SwimCore:
     # ------------------------------------------------------------------ dissemination
 
     def _datagram(self, dst: str, msg: Any, extra: list[bytes] | None = None) -> Outgoing:
-        base = len(encode(self.name, msg)) + 4
-        pig = list(extra) if extra else []
-        budget = MAX_DATAGRAM - base - sum(len(x) + 3 for x in pig)
-        pig.extend(self.broadcasts.take(budget))
-        return Outgoing(dst, encode(self.name, msg, pig), False)
+        base = encode(self.name, msg)
+        budget = MAX_DATAGRAM - (len(base) + 4)
+        if extra:
+            pig = list(extra)
+            budget -= sum(len(x) + 3 for x in pig)
+            pig.extend(self.broadcasts.take(budget))
+        else:
+            pig = self.broadcasts.take(budget)
+        # The message is encoded once; the piggyback is spliced in after it.
+        return Outgoing(dst, with_piggyback(base, pig) if pig else base, False)
 
     def _gossip(self, now: float) -> list[Outgoing]:
         candidates = self._alive_names
@@ -679,7 +714,7 @@ class SwimCore:
         self.broadcasts.queue(key, encode_broadcast(msg), urgent=key == self.name)
 
     def _emit(self, kind: str, node: str, now: float, source: str = "", origin: str = "") -> None:
-        m = self.members.get(node)
+        m = self.members.peek(node)
         self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now, source, origin))
 
     def _jump_refused(self, incarnation: int, held: int) -> bool:
@@ -741,7 +776,8 @@ class SwimCore:
                 # Someone claims our name at our incarnation with other data: assert ours.
                 self._refute(a.incarnation, now)
             return
-        m = self.members.get(a.node)
+        # Read the (possibly shared) record first: most updates are old news and change nothing.
+        m = self.members.peek(a.node)
         if m is None:
             # Every path that creates a member comes through here (gossip, push-pull).
             if not is_valid_name(a.node) or not is_valid_addr(a.addr) or len(a.key) not in (0, 32):
@@ -771,6 +807,7 @@ class SwimCore:
                 reclaim = True
         if a.incarnation <= m.incarnation and not reclaim:
             return
+        m = self.members[a.node]  # our own copy: the update changes it
         was = m.state
         self._suspicions.pop(a.node, None)
         changed_meta = a.meta != m.meta
@@ -801,7 +838,7 @@ class SwimCore:
                     # newer Alive evidently did not reach everyone, so announce it again.
                     self._queue_alive(now)
             return
-        m = self.members.get(s.node)
+        m = self.members.peek(s.node)  # read-only until _start_suspicion
         if m is None or s.incarnation < m.incarnation:
             return
         if s.incarnation > m.incarnation and self._jump_refused(s.incarnation, m.incarnation):
@@ -813,7 +850,7 @@ class SwimCore:
             return
         if m.state != MemberState.ALIVE:
             return
-        self._start_suspicion(m, s.incarnation, s.sender, now)
+        self._start_suspicion(self.members[s.node], s.incarnation, s.sender, now)
         self._queue(s.node, s, now)
 
     def _start_suspicion(self, m: Member, incarnation: int, suspector: str, now: float, origin: str = "") -> None:
@@ -851,13 +888,14 @@ class SwimCore:
                 elif self.name not in self.broadcasts:
                     self._queue_alive(now)
             return
-        m = self.members.get(d.node)
+        m = self.members.peek(d.node)
         if m is None or d.incarnation < m.incarnation:
             return
         if m.state in (MemberState.DEAD, MemberState.LEFT):
             return
         if d.incarnation > m.incarnation and self._jump_refused(d.incarnation, m.incarnation):
             return
+        m = self.members[d.node]  # our own copy: the verdict changes it
         self._suspicions.pop(d.node, None)
         m.incarnation = d.incarnation
         m.state = MemberState.LEFT if d.sender == d.node else MemberState.DEAD
@@ -877,11 +915,30 @@ class SwimCore:
         return tuple(PushPullState(*row[:3], int(row[3]), *row[4:]) for row in self._state_rows())
 
     def _state_rows(self) -> list[list[Any]]:
-        get = self.coords.get
-        rows = [
-            [name, m.addr, m.incarnation, m.state, m.meta_wire or self._meta_wire(m), get(name), m.key]
-            for name, m in self.members.items()
-        ]
+        coords = self.coords
+        buf = coords.snapshot()
+        if buf is None:
+            get = coords.get
+            rows = [
+                [name, m.addr, m.incarnation, m.state, m.meta_wire or self._meta_wire(m), get(name), m.key]
+                for name, m in self.members.items()
+            ]
+        else:
+            # coords.get inlined over one copy of the packed records: this runs for every member
+            slot, w, present = coords.slots.get, coords.width, coords.present
+            size = len(present)
+            rows = [
+                [
+                    name,
+                    m.addr,
+                    m.incarnation,
+                    m.state,
+                    m.meta_wire or self._meta_wire(m),
+                    None if (i := slot(name)) is None or i >= size or not present[i] else buf[i * w : i * w + w],
+                    m.key,
+                ]
+                for name, m in self.members.items()
+            ]
         # Our own row carries our own coordinate (we keep none for ourselves in ``coords``).
         for row in rows:
             if row[0] == self.name:
@@ -940,6 +997,8 @@ class SwimCore:
         members = self.members
         peek = members.peek  # no copy of a shared member just to compare it
         coords = self.coords
+        # `node in coords` inlined (no Python-level __contains__ per row)
+        coord_slot, coord_present = coords.slots.get, coords.present
         me = self.name
         dead = MemberState.DEAD
         hearsay: list[Member] = []
@@ -960,15 +1019,19 @@ class SwimCore:
                 elif type(inc) is int:
                     if inc < m.incarnation:
                         continue  # stale
-                    if row[3] == 0 and inc == m.incarnation and m.state != dead and (row[5] is None or node in coords):
+                    if row[3] == 0 and inc == m.incarnation and m.state != dead and (
+                        row[5] is None
+                        or ((i := coord_slot(node)) is not None and i < len(coord_present) and coord_present[i])
+                    ):
                         continue  # alive at the incarnation we know: nothing to learn
-            if m is not None:
-                m = members.get(node)  # our own copy from here on: the merge may change it
+            # ``m`` stays the (possibly shared) record, read only: the _apply_* calls take
+            # their own copy, and so does a merge-derived suspicion below. A node that copied
+            # every member a push-pull merely brought a coordinate for held N records of its own.
             try:
                 st = PushPullState.from_wire(row)
                 if st.coord_raw is not None and m is not None and st.node not in coords:
                     if coord_ok(st.coord_raw, dims):
-                        coords[st.node] = st.coord_raw
+                        coords[m.name] = st.coord_raw  # keyed by the name object the table holds
                     else:
                         decode_coord(st.coord_raw, st.node)  # malformed: WireError, as ever; other dimensions: ignored
                 state = MemberState(st.state)
@@ -991,6 +1054,7 @@ class SwimCore:
                     and not (st.incarnation > m.incarnation and self._jump_refused(st.incarnation, m.incarnation))
                 ):
                     # A remote "dead" is only a suspicion here: we give the node a chance to refute.
+                    m = members[node]  # our own copy: the suspicion changes it
                     self._start_suspicion(m, st.incarnation, peer or self.name, now, "merge")
                     self.counters["merge_suspicions"] += 1
                     hearsay.append(m)
@@ -1014,10 +1078,12 @@ class SwimCore:
         records to share.
         """
         states = list(states)
-        # Bypasses the decoder (a persisted list): names, addresses, keys and metadata are checked here.
-        valid = [st for st in states if self._bootstrap_entry_ok(st)]
-        self.counters["bad_names"] += len(states) - len(valid)
-        states = valid
+        if not (shared is not None and len(shared) == len(states) and all(map(_built_from, shared, states))):
+            # Bypasses the decoder (a persisted list): names, addresses, keys and metadata are checked
+            # here (unless ``shared`` holds records built from these very entries, already checked).
+            valid = [st for st in states if self._bootstrap_entry_ok(st)]
+            self.counters["bad_names"] += len(states) - len(valid)
+            states = valid
         if shared is None or len(shared) != len(states):
             shared = []
             for st in states:
