@@ -49,6 +49,7 @@ _NODE_DROPS = {
     "unknown_type": "unknown_type",
     "sender_mismatch": "sender_mismatch",
     "stream_events_unknown": "unknown_stream_event",
+    "membership_errors": "membership_error",
 }
 # NodeCore keeps these only when an intent or blob core is attached.
 _NODE_INTENT_COUNTERS: dict[str, tuple[str, str]] = {
