@@ -232,6 +232,7 @@ _CRDT_DROPS = {
     "updates_malformed": "malformed_update",
     "eager_dropped_backpressure": "backpressure",
     "reassembly_dropped": "reassembly",
+    "blob_fetch_refused": "blob_fetch_refused",
     "sync_answers_dropped": "held_answers_full",
 }
 _CRDT_SPECIAL = frozenset({"records_invalid", "invalid_by_reason"})
