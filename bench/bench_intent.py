@@ -15,11 +15,13 @@ updates at different nodes and prints:
 
 Each figure is printed for two protocols run in the same invocation, on the same seeds:
 
-* ``today`` — the protocol before this change: fanout 3, 4 relay hops, no ring edge,
-  anti-entropy opening with the full state vector (SyncStep1);
-* ``new``   — ``SyncConfig()`` defaults: fanout 3, forwarding by every node that learned
-  something new for up to 10 hops, a ring-successor edge, anti-entropy opening with a
-  16-byte state digest (SyncDigest).
+* ``short push`` — the baseline: the push parameters intent had before eager forwarding
+  (fanout 3, 4 relay hops, no ring edge, no push retry), anti-entropy repairing the rest;
+* ``default``    — ``SyncConfig()`` defaults: fanout 3, forwarding by every node that learned
+  something new for up to 10 hops, a ring-successor edge, one retry of an unacknowledged push.
+
+Both open every anti-entropy round with the 16-byte heads digest (``HeadsDigest``; the Yjs
+state-vector opening no longer exists), so their idle figures are alike.
 
 Loss. The simulator carries intent frames on streams, which a lossy link does not drop: the
 scenario's ``loss`` hits only SWIM datagrams. Two stream models make intent feel it too:
@@ -31,7 +33,7 @@ scenario's ``loss`` hits only SWIM datagrams. Two stream models make intent feel
   what was in flight); anti-entropy repairs.
 
 Virtual times exclude CPU time (the simulator's nodes process instantly); the per-record cost
-is measured by ``bench/bench_crdt.py`` (tens of µs per hop, invisible next to link latency).
+is measured by ``bench/bench_crdt.py`` (about 0.1 ms per record per hop, small next to link latency).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from sim.engine import Simulation  # noqa: E402
 from sim.intent import IntentHarness, percentile  # noqa: E402
 from sim.scenario import parse  # noqa: E402
 
-TODAY = SyncConfig(fanout=3, relay_ttl=4, ring=False, digest_anti_entropy=False, push_retry=0.0)
+SHORT_PUSH = SyncConfig(fanout=3, relay_ttl=4, ring=False, push_retry=0.0)
 NEW = SyncConfig()
 RTO = 0.2
 
@@ -201,11 +203,11 @@ def report(label: str, rs: list[Result], n: int) -> None:
     pooled = [d for r in rs for d in r.delays]
     alls = [a for r in rs for a in r.to_all]
     miss = sum(r.missing for r in rs)
-    print(f"  {label:<22} pooled p50 {ms(percentile(pooled, 50)):>5} ms  p99 {ms(percentile(pooled, 99)):>5} ms  "
+    print(f"  {label:<24} pooled p50 {ms(percentile(pooled, 50)):>5} ms  p99 {ms(percentile(pooled, 99)):>5} ms  "
           f"to-all median {ms(statistics.median(alls)):>5} max {ms(max(alls)):>5} ms"
           + (f"  MISSING {miss}" if miss else ""))
     pu = statistics.median([b for r in rs for b in r.per_update_bytes])
-    print(f"  {'':<22} per seed [{per_seed}] ms; {pu / 1e3:.0f} kB/update ({pu / n:.0f} B/node); "
+    print(f"  {'':<24} per seed [{per_seed}] ms; {pu / 1e3:.0f} kB/update ({pu / n:.0f} B/node); "
           f"idle AE {statistics.mean(r.idle_per_node_s for r in rs):.1f} B/node/s; "
           f"{sum(r.lost_frames for r in rs)} frames lost/retransmitted; {sum(r.wall for r in rs):.0f} wall s")
 
@@ -222,10 +224,10 @@ def main() -> None:
         writes = 5 if n <= 100 else 4
         print(f"N={n} pre-joined, {writes} registry updates per seed, seeds {args.seeds}, links 2±1 ms")
         cases = [
-            ("today, 0% loss", TODAY, 0.0, "tcp", 8.0),
-            ("new, 0% loss", NEW, 0.0, "tcp", 3.0),
-            ("new, 3% loss (tcp)", NEW, 0.03, "tcp", 3.0),
-            ("new, 3% loss (drop)", NEW, 0.03, "drop", 3.0),
+            ("short push, 0% loss", SHORT_PUSH, 0.0, "tcp", 8.0),
+            ("default, 0% loss", NEW, 0.0, "tcp", 3.0),
+            ("default, 3% loss (tcp)", NEW, 0.03, "tcp", 3.0),
+            ("default, 3% loss (drop)", NEW, 0.03, "drop", 3.0),
         ]
         for label, cfg, loss, model, spacing in cases:
             rs = [measure(n, s, cfg, loss, model, writes, spacing, idle=6.0) for s in args.seeds]

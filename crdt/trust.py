@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from crdt.errors import TrustError
 from crdt.files import atomic_write
@@ -17,9 +15,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from crdt.keys import key_id
-
-if TYPE_CHECKING:
-    from crdt.records import SignedRecord
 
 
 class Role(str, Enum):
@@ -56,55 +51,11 @@ class TrustedKey:
         return key_id(self.public_raw)
 
 
-class VerifiedRecords:
-    """One node's memo of encoded records whose signature verified (bounded, least recently used out).
-
-    Keyed by BLAKE2b-256 of the record's exact encoding, which covers kind, key, payload, signer,
-    seq *and* signature: a record that differs in any byte (a forgery reusing a valid signature,
-    a replayed signature on another payload) misses the cache and is verified. Only successes are
-    remembered, so invalid input can never evict or poison an entry. The value is the decoded
-    record, so a hit skips decoding too. Each node owns one: a cache shared by a whole simulated
-    mesh would hide the per-node verification cost.
-    """
-
-    __slots__ = ("_seen", "capacity", "hits", "misses")
-
-    def __init__(self, capacity: int = 65536) -> None:
-        self._seen: OrderedDict[bytes, SignedRecord] = OrderedDict()
-        self.capacity = capacity
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def digest(encoded: bytes) -> bytes:
-        """The cache key of one encoded record."""
-        return hashlib.blake2b(encoded, digest_size=32).digest()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def get(self, digest: bytes) -> SignedRecord | None:
-        """The record ``digest`` names if its signature verified before (counted as a hit), else None."""
-        rec = self._seen.get(digest)
-        if rec is None:
-            self.misses += 1
-            return None
-        self._seen.move_to_end(digest)
-        self.hits += 1
-        return rec
-
-    def add(self, digest: bytes, rec: SignedRecord) -> None:
-        """Remember a record whose signature verified."""
-        self._seen[digest] = rec
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-
-
 class TrustConfig:
     """Trusted keys with roles and admitted node identities.
 
     Configuration only: it holds no per-record state, so one instance may be shared by every
-    node of a simulation. Verification results are memoised per node (:class:`VerifiedRecords`).
+    node of a simulation. Verification results are memoised per node (:class:`crdt.signedlog.SignedLog`).
     """
 
     def __init__(

@@ -109,7 +109,9 @@ def test_restart_keeps_identity_and_rejoins_known_members_with_every_seed_down(
                "a rejoined through b from its snapshot")
 
 
-def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mesh.cli import main
+
     cases = [
         (["--data-dir", str(tmp_path / "x"), "--bind", "127.0.0.1:7946"], "mesh-secret"),
         (["--data-dir", str(tmp_path / "x"), "--bind", "nonsense", "--insecure"], "--bind"),
@@ -117,13 +119,18 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
         (["--data-dir", str(tmp_path / "x"), "--bind", "127.0.0.1:0", "--insecure", "--geo", "91,0"], "--geo"),
         (["--data-dir", str(tmp_path / "x"), "--bind", "0.0.0.0:7946", "--insecure"], "--advertise"),
         (["--data-dir", str(tmp_path / "x"), "--bind", "127.0.0.1:0", "--insecure", "--config", str(tmp_path / "no.toml")], "--config"),
+        (["--data-dir", str(tmp_path / "x"), "--bind", "127.0.0.1:0", "--insecure", "--label", "novalue"], "--label"),
     ]
     for args, needle in cases:
-        r = _cli("node", "run", *args)
-        assert r.returncode == 2, (args, r.stderr)
-        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
-    r = _cli("members", "--data-dir", str(tmp_path / "nothing-runs-here"))
-    assert r.returncode == 2 and "api.json" in r.stderr
+        assert main(["node", "run", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, (args, err)
+    (tmp_path / "bad.toml").write_text('bind = "127.0.0.1:0"\ninsecure = true\nprofile = 7\n')
+    assert main(["node", "run", "--data-dir", str(tmp_path / "x"), "--config", str(tmp_path / "bad.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "profile (in" in err and "bad.toml" in err, err
+    assert main(["members", "--data-dir", str(tmp_path / "nothing-runs-here")]) == 2
+    assert "api.json" in capsys.readouterr().err
 
 
 def test_every_log_line_a_request_causes_carries_its_request_id(procs: ProcessGroup, tmp_path: Path) -> None:
@@ -147,3 +154,22 @@ def test_every_log_line_a_request_causes_carries_its_request_id(procs: ProcessGr
     assert all(e["node_id"] == a.status()["id"] for e in lines)
     # Lines no request caused (start-up, gossip) carry none.
     assert not any("request_id" in e for e in lines if e["event"] in ("node_started", "member_join"))
+
+
+def test_flags_override_the_toml_config_file(tmp_path: Path) -> None:
+    from mesh.daemon.config import load_config
+
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        'data_dir = "%s"\nbind = "127.0.0.1:7000"\nseed = ["127.0.0.1:7001", "127.0.0.1:7002"]\ninsecure = true\n'
+        'name = "from-file"\nzone = "eu/berlin/truck-7"\nlabel = ["fleet=north"]\nprofile = "wan"\ngeo = "52.5,13.4"\n'
+        % (tmp_path / "d")
+    )
+    cfg = load_config({"config": str(toml), "profile": "lan", "name": "from-flag", "seed": None, "label": None})
+    assert (cfg.profile, cfg.name) == ("lan", "from-flag")  # flags win
+    assert cfg.seeds == ("127.0.0.1:7001", "127.0.0.1:7002") and cfg.bind == ("127.0.0.1", 7000)  # the file fills the rest
+    assert cfg.labels == (("fleet", "north"),) and cfg.geo == (52.5, 13.4) and cfg.zone == "eu/berlin/truck-7"
+    meta = cfg.meta()
+    assert (meta.name, meta.fault_domain, meta.label("fleet")) == ("from-flag", "eu/berlin/truck-7", "north")
+    cfg = load_config({"config": str(toml), "seed": ["127.0.0.1:9"]})
+    assert cfg.seeds == ("127.0.0.1:9",)
