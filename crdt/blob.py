@@ -11,6 +11,11 @@ With ``deferred_puts=True`` (an event-loop driver) the verified blob is not writ
 core: it becomes a :class:`BlobPut` the driver takes (``take_puts``), writes and fsyncs on
 a worker thread, and reports back (``stored``); the fetch is ``storing`` meanwhile and only
 ``done`` once the blob is durable.
+
+Every fetch carries the size its signed manifest states, and that size must be within a hard
+cap (``max_blob_bytes``, the largest module a manifest may name): a fetch without one is
+refused, and a peer claiming any other total size is marked bad before a byte is buffered, so
+a peer announcing a 1 TiB blob costs one chunk request.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import structlog
 from crdt.errors import BlobError
 from crdt.messages import MAX_BLOB_CHUNK, BlobChunk, BlobMissing, BlobRequest
 from crdt.metrics import Counters
+from model.manifest import MAX_MODULE_BYTES
 
 Outgoing = tuple[str, Any]
 CHUNK = 32 * 1024
@@ -143,6 +149,7 @@ class BlobTransfer:
         on_done: Callable[[str, bool, str], None] | None = None,
         node_id: str = "",
         deferred_puts: bool = False,
+        max_blob_bytes: int = MAX_MODULE_BYTES,
     ) -> None:
         if not 1 <= chunk_size <= MAX_BLOB_CHUNK:  # a BlobChunk must fit one stream frame
             raise ValueError(f"chunk_size must be in [1, {MAX_BLOB_CHUNK}] (one stream frame), got {chunk_size}")
@@ -155,6 +162,7 @@ class BlobTransfer:
         self.bad_peers: set[str] = set()
         self.fetches: dict[str, FetchState] = {}
         self.deferred_puts = deferred_puts
+        self.max_blob_bytes = max_blob_bytes
         self._puts: list[BlobPut] = []
         self.log = structlog.get_logger("crdt.blob").bind(node_id=node_id)
 
@@ -168,7 +176,11 @@ class BlobTransfer:
         expected_size: int | None = None,
         verify: Callable[[bytes], None] | None = None,
     ) -> list[Outgoing]:
-        """Start fetching a blob from peers ``[(peer, estimated_rtt)]``, nearest first."""
+        """Start fetching a blob from peers ``[(peer, estimated_rtt)]``, nearest first.
+
+        ``expected_size`` is the size the blob's signed manifest states; it is required and must
+        be within ``max_blob_bytes``: otherwise the fetch fails at once (``blob_fetch_refused``).
+        """
         if self.store.has(sha256):
             return []
         cur = self.fetches.get(sha256)
@@ -176,6 +188,9 @@ class BlobTransfer:
             return []
         order = [p for p, _ in sorted(candidates, key=lambda c: (c[1], c[0])) if p not in self.bad_peers]
         st = self.fetches[sha256] = FetchState(sha256, order, expected_size, verify)
+        if type(expected_size) is not int or not 0 <= expected_size <= self.max_blob_bytes:
+            self.counters.blob_fetch_refused += 1
+            return self._fail(st, f"refused: expected size {expected_size!r:.24} is not in 0..{self.max_blob_bytes} (a fetch needs the size from the signed manifest)")
         if not order:
             return self._fail(st, "no usable peer announces this blob")
         return self._fill(st, now)
@@ -252,7 +267,7 @@ class BlobTransfer:
     def _on_chunk(self, st: FetchState, src: str, c: BlobChunk, now: float) -> list[Outgoing]:
         if c.offset not in st.inflight:
             return []
-        if st.expected_size is not None and c.total_size != st.expected_size:
+        if c.total_size != st.expected_size:  # fetch() refused any fetch without a capped size
             return self._bad(st, src, now, f"peer claims size {c.total_size}, manifest says {st.expected_size}")
         if st.total is not None and c.total_size != st.total:
             return self._bad(st, src, now, "peer changed the blob size mid-transfer")

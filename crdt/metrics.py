@@ -43,6 +43,7 @@ class Counters:
     blob_bytes_fetched: int = 0
     blob_hash_mismatch: int = 0
     blob_fetch_failed: int = 0
+    blob_fetch_refused: int = 0  # a fetch without a size from the signed manifest, or above the cap
     # driver seam: stream lifecycle and persist effects
     sync_backpressure_events: int = 0
     sync_stream_failures: int = 0

@@ -49,6 +49,7 @@ _NODE_DROPS = {
     "unknown_type": "unknown_type",
     "sender_mismatch": "sender_mismatch",
     "stream_events_unknown": "unknown_stream_event",
+    "membership_errors": "membership_error",
 }
 # NodeCore keeps these only when an intent or blob core is attached.
 _NODE_INTENT_COUNTERS: dict[str, tuple[str, str]] = {
@@ -231,6 +232,7 @@ _CRDT_DROPS = {
     "updates_malformed": "malformed_update",
     "eager_dropped_backpressure": "backpressure",
     "reassembly_dropped": "reassembly",
+    "blob_fetch_refused": "blob_fetch_refused",
     "sync_answers_dropped": "held_answers_full",
 }
 _CRDT_SPECIAL = frozenset({"records_invalid", "invalid_by_reason"})

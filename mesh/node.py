@@ -71,6 +71,16 @@ if TYPE_CHECKING:
 _MEMBERSHIP_TYPES = frozenset(range(1, 16))
 _GONE = frozenset({"dead", "left"})
 STREAM_EVENTS = frozenset({"connect_failed", "timed_out", "closed", "backpressure", "drained"})
+# What a guard lets through: only the interpreter's own control-flow exceptions. Everything else
+# that derives from BaseException (pyo3's PanicException from a Rust extension, a stray
+# StopIteration subclass, ...) is a failure of one input and is counted. trio.Cancelled is not
+# listed because it cannot arise here: trio raises it only at a checkpoint (an ``await``) and
+# the core never awaits; the module check below is defence in depth without importing trio.
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _must_propagate(exc: BaseException) -> bool:
+    return isinstance(exc, _PASS_THROUGH) or type(exc).__module__.partition(".")[0] == "trio"
 
 
 class NodeCore:
@@ -106,6 +116,7 @@ class NodeCore:
             "sender_mismatch": 0,
             "stream_events": 0,
             "stream_events_unknown": 0,
+            "membership_errors": 0,
         }
         if intent is not None or blobs is not None:
             self.counters |= {
@@ -168,10 +179,10 @@ class NodeCore:
         t = env.msg.TYPE
         if t in _MEMBERSHIP_TYPES:
             if self.blobs is None:
-                out = self.swim.handle(src, env, now)
+                out = self._swim_guard(self.swim.handle, src, env, now)
             else:
                 mark = len(self.swim.events)
-                out = self.swim.handle(src, env, now)
+                out = self._swim_guard(self.swim.handle, src, env, now)
                 out += self._membership_changed(mark, now)
             if stream is not None and out:
                 # SwimCore answers a stream message (push-pull) to its source address; on
@@ -195,7 +206,7 @@ class NodeCore:
             # A newer peer's message type: its piggybacked membership updates are still
             # ours to use, so a mixed-version mesh keeps disseminating during an upgrade.
             mark = len(self.swim.events)
-            out = self.swim.handle(src, env, now)
+            out = self._swim_guard(self.swim.handle, src, env, now)
             if self.blobs is not None:
                 out += self._membership_changed(mark, now)
             return self._name_nodes(out, src, sender) if out else out
@@ -208,10 +219,10 @@ class NodeCore:
             if self.intent is not None:
                 self.intent.wall = wall
         if self.intent is None and self.blobs is None:
-            out = self.swim.tick(now)
+            out = self._swim_guard(self.swim.tick, now)
             return self._name_nodes(out) if out and self.name_outgoing else out
         mark = len(self.swim.events)
-        out = self._name_nodes(self.swim.tick(now))
+        out = self._name_nodes(self._swim_guard(self.swim.tick, now))
         if self.blobs is not None:
             out += self._membership_changed(mark, now)
             d = self.blobs.next_deadline()
@@ -251,9 +262,16 @@ class NodeCore:
         intent = self.intent
         if intent is None:
             return []
-        self._acks += intent.persisted(token, now)
+        try:
+            self._acks += intent.persisted(token, now)
+            released = intent.take_released()
+        except BaseException as exc:
+            if _must_propagate(exc):
+                raise
+            self._count_error("intent_errors", exc)
+            return []
         out: list[Outgoing] = []
-        for (sender, src, stream), msgs in intent.take_released():
+        for (sender, src, stream), msgs in released:
             out += self._translate(msgs, sender, src, stream)
         return out
 
@@ -291,10 +309,29 @@ class NodeCore:
         """Run a sub-core call; a failure is counted and logged, never raised to the driver."""
         try:
             return list(call())
-        except Exception as exc:  # a bug or hostile input in a sub-core must not stop the node
-            self.counters["intent_errors"] += 1
-            self.last_error = f"{exc.__class__.__name__}: {exc}"
+        except BaseException as exc:  # a bug, hostile input or Rust panic in a sub-core must not stop the node
+            if _must_propagate(exc):
+                raise
+            self._count_error("intent_errors", exc)
             return []
+
+    def _swim_guard(self, fn: Any, *args: Any) -> list[Outgoing]:
+        """Run a membership call; a failure is counted (``membership_errors``), never raised."""
+        try:
+            return fn(*args)  # type: ignore[no-any-return]
+        except BaseException as exc:
+            if _must_propagate(exc):
+                raise
+            self._count_error("membership_errors", exc)
+            return []
+
+    def _count_error(self, counter: str, exc: BaseException) -> None:
+        self.counters[counter] += 1
+        try:
+            text = str(exc)
+        except Exception:  # a broken __str__ must not escape either
+            text = "?"
+        self.last_error = f"{exc.__class__.__name__}: {text[:200]}"
 
     def _run_intent(self, handler: Any, msg: Any, sender: str, src: str, stream: StreamHandle | None, now: float) -> list[Outgoing]:
         return self._translate(self._guard(lambda: handler(sender, msg, now)), sender, src, stream)
@@ -374,7 +411,9 @@ class NodeCore:
                 continue
             try:
                 data = encode(self.name, msg)
-            except Exception as exc:  # an unencodable message is a bug in a sub-core: count, drop
+            except BaseException as exc:  # an unencodable message is a bug in a sub-core: count, drop
+                if _must_propagate(exc):
+                    raise
                 self.counters["intent_errors"] += 1
                 self.last_error = f"encode {type(msg).__name__}: {exc}"
                 continue

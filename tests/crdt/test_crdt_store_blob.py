@@ -162,7 +162,7 @@ def test_blob_fetch_nearest_first_and_verified():
 def test_blob_lying_peer_is_marked_bad_and_next_peer_used():
     data = os.urandom(5000)
     sha, nodes, me, cands = blob_setup(data, liars=("near",))
-    wire(nodes, me.fetch(sha, cands, 0.0))
+    wire(nodes, me.fetch(sha, cands, 0.0, len(data)))
     st = me.status(sha)
     assert st.status == "done" and me.store.read(sha, 0, 10_000) == data
     assert "near" in me.bad_peers and me.counters.blob_hash_mismatch == 1
@@ -171,7 +171,7 @@ def test_blob_lying_peer_is_marked_bad_and_next_peer_used():
 def test_blob_resume_after_peer_death():
     data = os.urandom(9000)
     sha, nodes, me, cands = blob_setup(data)
-    out = me.fetch(sha, cands, 0.0)
+    out = me.fetch(sha, cands, 0.0, len(data))
     # deliver only the first exchange from "near", then it dies
     first = out[0]
     replies = nodes["near"].receive("me", first[1], 0.0)
@@ -191,7 +191,7 @@ def test_blob_resume_after_peer_death():
 def test_blob_timeout_moves_on_and_all_fail_is_reported():
     data = os.urandom(3000)
     sha, nodes, me, cands = blob_setup(data)
-    me.fetch(sha, cands, 0.0)
+    me.fetch(sha, cands, 0.0, len(data))
     assert me.next_deadline() == 5.0
     out = me.tick(6.0)
     assert out and out[0][0] == "mid"
@@ -211,8 +211,37 @@ def test_blob_size_lie_and_verify_hook():
     def refuse(b):
         raise ValueError("publisher signature does not verify")
 
-    wire(nodes, me.fetch(sha, cands, 0.0, verify=refuse))
+    wire(nodes, me.fetch(sha, cands, 0.0, len(data), verify=refuse))
     assert me.status(sha).status == "failed" and "signature" in me.status(sha).reason and not me.store.has(sha)
+
+
+def test_a_fetch_without_a_manifest_size_or_above_the_cap_is_refused():
+    data = os.urandom(3000)
+    sha, nodes, me, cands = blob_setup(data)
+    from model.manifest import MAX_MODULE_BYTES  # the largest module a signed manifest may name
+
+    for size in (None, -1, 2.5, "3000", MAX_MODULE_BYTES + 1):
+        assert me.fetch(sha, cands, 0.0, size) == []
+        st = me.status(sha)
+        assert st.status == "failed" and st.reason.startswith("refused: expected size")
+    assert me.counters.blob_fetch_refused == me.counters.blob_fetch_failed == 5
+    assert me.next_deadline() is None and not me.store.has(sha)
+
+
+def test_a_peer_claiming_a_1_tib_blob_costs_one_request_and_is_not_asked_again():
+    from crdt.messages import BlobChunk
+
+    me = BlobTransfer(MemoryBlobStore(), chunk_size=4096, window=4)
+    sha = "ab" * 32
+    (first,) = me.fetch(sha, [("liar", 0.01)], 0.0, expected_size=10_000)
+    assert first == ("liar", first[1]) and first[1].offset == 0
+    out = me.receive("liar", BlobChunk(sha, 0, bytes(4096), 1 << 40), 0.1)
+    st = me.status(sha)
+    assert out == [] and st.status == "failed" and "liar" in me.bad_peers
+    assert len(st.contiguous) == 0 and not st.pending and not st.inflight
+    assert me.counters.blob_bytes_fetched == 0
+    # A later fetch does not go back to it.
+    assert me.fetch(sha, [("liar", 0.01)], 1.0, expected_size=10_000) == []
 
 
 def test_blob_server_answers_missing():
