@@ -18,23 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.daemons import Node, wait_until
+from tests.harness.daemons import Node, mesh_file, run_cli, wait_until  # noqa: F401  (mesh_file: fixture)
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
 from tests.harness.relaymesh import RelayMesh
 
 JOIN_BOUND = 30.0
 
 
-def _cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mesh.cli", *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def mesh_file(tmp_path: Path) -> Path:
-    out = tmp_path / "mesh.json"
-    r = _cli("mesh", "init", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
+_cli = run_cli
 
 
 def _start(rm: RelayMesh, names: list[str]) -> None:

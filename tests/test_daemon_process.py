@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.daemons import Mesh, wait_until
+from tests.harness.daemons import Mesh, mesh_file, run_cli, wait_until  # noqa: F401  (mesh_file: fixture)
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
 
 # lan: a crash is detected after one failed probe (<= 1 s + 0.5 s timeout) plus the suspicion
@@ -27,16 +27,7 @@ DETECT_BOUND = 30.0
 JOIN_BOUND = 20.0
 
 
-def _cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mesh.cli", *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def mesh_file(tmp_path: Path) -> Path:
-    out = tmp_path / "mesh.json"
-    r = _cli("mesh", "init", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
+_cli = run_cli
 
 
 def test_five_daemons_join_detect_a_crash_rejoin_and_leave(procs: ProcessGroup, tmp_path: Path, mesh_file: Path) -> None:

@@ -14,16 +14,15 @@ relay is stopped by the Relays fixture, also when a test fails. Traffic goes to 
 
 from __future__ import annotations
 
+from tests.harness.promtool import promtool_check
+
 import contextlib
 import io
 import json
 import os
 import random
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -134,17 +133,6 @@ def rss_kib(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def promtool_check(text: bytes) -> None:
-    exe = shutil.which("promtool")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing in CI: .ci/run must apt-get install prometheus")
-        pytest.skip("promtool (Debian package prometheus) not installed")
-    res = subprocess.run([exe, "check", "metrics"], input=text, capture_output=True, timeout=60)
-    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
-    assert res.stdout.strip() == b"" and res.stderr.strip() == b"", res.stdout + res.stderr
 
 
 class CaptureUdpRelay(UdpRelay):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tests.harness.promtool import promtool_check
+
 import os
 import random
 import shutil
@@ -110,18 +112,6 @@ def value(scrape: dict, name: str, **labels: str) -> float:
 
 def mknode(name: str, seeds: tuple[str, ...] = (), **kw: object) -> NodeCore:
     return NodeCore(name, name, NodeMeta(), LAN, random.Random(f"metrics:{name}"), now=0.0, seeds=seeds, **kw)  # type: ignore[arg-type]
-
-
-def promtool_check(text: bytes) -> None:
-    """``promtool check metrics`` must accept the exposition with no lint finding."""
-    exe = shutil.which("promtool")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing in CI: .ci/run must apt-get install prometheus")
-        pytest.skip("promtool (Debian package prometheus) not installed")
-    res = subprocess.run([exe, "check", "metrics"], input=text, capture_output=True, timeout=60)
-    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
-    assert res.stdout.decode().strip() == "" and res.stderr.decode().strip() == "", res.stdout + res.stderr
 
 
 # -- membership ----------------------------------------------------------------------------------

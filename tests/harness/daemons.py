@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import pytest
 
 from mesh.daemon.api import ApiClient, ApiClientError
 from tests.harness.procs import Proc, ProcessGroup
@@ -61,6 +64,20 @@ class Node:
             if line.startswith(key + " "):
                 return float(line.split()[-1])
         return 0.0
+
+
+def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """``wasmatrix ARGS`` as a subprocess of this interpreter (text output captured)."""
+    return subprocess.run([sys.executable, "-m", "mesh.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def mesh_file(tmp_path: Path) -> Path:
+    """A fresh mesh file (``wasmatrix mesh init``) in the test's temp dir."""
+    out = tmp_path / "mesh.json"
+    r = run_cli("mesh", "init", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
