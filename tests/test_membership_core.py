@@ -303,3 +303,26 @@ def test_retransmit_limit_follows_cluster_size() -> None:
 def test_encode_broadcast_is_deterministic() -> None:
     a = encode_broadcast(Alive(1, "n", "a", NodeMeta(labels=(("a", "1"),))))
     assert a == encode_broadcast(Alive(1, "n", "a", NodeMeta(labels=(("a", "1"),))))
+
+
+def test_a_node_alone_retries_its_seeds_with_backoff_and_jitter() -> None:
+    # Each seed once at the plain interval, then rounds of the list spaced x2 each (+-20 %), at most 60 s.
+    import random as _random
+
+    from mesh.membership import NodeMeta, SwimCore
+    from mesh.membership.config import profile as _profile
+
+    core = SwimCore("a", "10.0.0.1:7946", NodeMeta(), _profile("lan"), _random.Random(5), 0.0,
+                    seeds=["10.0.0.2:7946", "10.0.0.3:7946"])
+    now, gaps, tried = 0.0, [], []
+    for _ in range(12):
+        out = core.tick(now)
+        tried += [o.dst for o in out if o.reliable]
+        nxt = core._next_join_at
+        gaps.append(nxt - now)
+        now = nxt
+    assert set(tried) == {"10.0.0.2:7946", "10.0.0.3:7946"}
+    assert gaps[:2] == [5.0, 5.0]  # the first round: the plain join_retry_interval
+    assert 0.8 * 10 <= gaps[2] <= 1.2 * 10 and 0.8 * 20 <= gaps[4] <= 1.2 * 20
+    assert all(g <= 60.0 * 1.2 for g in gaps) and max(gaps) >= 0.8 * 60  # capped
+    assert len({round(g, 6) for g in gaps[2:]}) > 3  # jittered, not lock-step

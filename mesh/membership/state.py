@@ -186,6 +186,9 @@ class MemberTable(dict[str, Member]):
         return c
 
 
+JOIN_RETRY_MAX = 60.0  # seconds between join attempts of a node alone, at most (after backoff)
+
+
 @dataclass(slots=True, frozen=True)
 class MemberEvent:
     """A change in the local view, for drivers, metrics and reports."""
@@ -386,7 +389,16 @@ class SwimCore:
             return []
         seed = self._seed_order[self._seed_index % len(self._seed_order)]
         self._seed_index += 1
-        self._next_join_at = now + self.join_retry_interval
+        # One address per attempt. Once every address was tried, back off (x2 per round of
+        # the list, at most JOIN_RETRY_MAX) with +-20 % jitter, so a fleet that lost its seeds
+        # does not redial in lock-step; the first round keeps the plain interval (the
+        # simulator's traces depend on it, and a node starting with its seeds wants them fast).
+        rounds = (self._seed_index - 1) // len(self._seed_order)
+        if rounds == 0:
+            self._next_join_at = now + self.join_retry_interval
+        else:
+            wait = min(self.join_retry_interval * 2 ** min(rounds, 8), max(JOIN_RETRY_MAX, self.join_retry_interval))
+            self._next_join_at = now + wait * (0.8 + 0.4 * self.rng.random())
         return self._push_pull_to(seed, join=True, reply=False)
 
     def leave(self, now: float) -> list[Outgoing]:
