@@ -78,6 +78,9 @@ _SWIM_DROPS = {
     "piggyback_unknown": "piggyback_unknown",
     "unknown_messages": "unknown_message",
     "relays_dropped": "relay_dropped",
+    "piggyback_skipped": "piggyback_skipped",
+    "members_refused_full": "member_table_full",
+    "members_refused_rate": "member_rate",
 }
 _STATUSES = (
     ("alive", MemberState.ALIVE),

@@ -62,9 +62,12 @@ MAX_FRAME = 65_535 - 16  # = mesh.transport.stream.MAX_STREAM_PLAINTEXT
 
 _MAX_STR = 64 * 1024
 _MAX_ARRAY = 100_000
-# A datagram of MAX_DATAGRAM bytes cannot hold more than this many (2-byte) items;
-# anything beyond is hostile and skipped without being decoded.
-MAX_PIGGYBACK = MAX_DATAGRAM // 2
+# The smallest broadcast a node sends (``Suspect(0, "a", "b")``, 8 bytes) costs 10 bytes
+# in an envelope with its bin header, and a node piggybacks only on datagrams: no node
+# ever sends more items than this in one envelope, datagram or stream frame. Items beyond
+# it are hostile and skipped without being decoded (``Envelope.skipped_items``).
+MIN_PIGGYBACK_COST = 10
+MAX_PIGGYBACK = MAX_DATAGRAM // MIN_PIGGYBACK_COST
 
 MAX_NAME = 128
 MAX_ADDR = 256
@@ -257,7 +260,8 @@ class Envelope:
     """A decoded envelope: who sent it, the message, and its usable piggybacked updates.
 
     ``bad_items`` and ``unknown_items`` count piggybacked items that were skipped
-    (undecodable, or of a type this version does not know).
+    (undecodable, or of a type this version does not know); ``skipped_items`` those
+    beyond :data:`MAX_PIGGYBACK`, dropped without being decoded.
     """
 
     sender: str
@@ -265,6 +269,7 @@ class Envelope:
     piggyback: tuple[Any, ...]
     bad_items: int = 0
     unknown_items: int = 0
+    skipped_items: int = 0
 
 
 def decode(data: bytes, limit: int = MAX_DATAGRAM) -> Envelope:
@@ -288,9 +293,9 @@ def decode(data: bytes, limit: int = MAX_DATAGRAM) -> Envelope:
     except UnknownTypeError:
         msg = Unknown(type_id)
     pig: list[Any] = []
-    bad = unknown = 0
+    bad = unknown = skipped = 0
     if len(piggyback) > MAX_PIGGYBACK:
-        bad = len(piggyback) - MAX_PIGGYBACK
+        skipped = len(piggyback) - MAX_PIGGYBACK
         piggyback = piggyback[:MAX_PIGGYBACK]
     cache = _BROADCAST_CACHE
     for item in piggyback:
@@ -307,7 +312,7 @@ def decode(data: bytes, limit: int = MAX_DATAGRAM) -> Envelope:
             unknown += 1
         except WireError:
             bad += 1
-    return Envelope(sender, msg, tuple(pig), bad, unknown)
+    return Envelope(sender, msg, tuple(pig), bad, unknown, skipped)
 
 
 # --- payload validators (used by from_payload implementations) -----------------------

@@ -183,6 +183,9 @@ _PROFILE_BOUNDS: dict[str, tuple[type, float, float]] = {
     "tombstone_time": (float, 0.0, 30 * 86400.0),
     "stream_timeout": (float, 0.001, 3600.0),
     "incarnation_window": (int, 1, 2**62),
+    "max_members": (int, 2, 10_000_000),
+    "max_new_members_per_push_pull": (int, 1, 10_000_000),
+    "max_new_members_per_peer": (int, 1, 10_000_000),
 }
 
 

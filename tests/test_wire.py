@@ -200,8 +200,24 @@ def test_piggyback_beyond_what_a_datagram_can_hold_is_skipped_and_counted() -> N
 
     items = [encode_broadcast(Suspect(i, "n", "m")) for i in range(MAX_PIGGYBACK + 100)]
     env = decode(encode("a", Gossip(), items), limit=1 << 20)  # only a stream frame can carry this many
-    assert len(env.piggyback) == MAX_PIGGYBACK == MAX_DATAGRAM // 2
-    assert env.bad_items == 100 and env.piggyback[-1] == Suspect(MAX_PIGGYBACK - 1, "n", "m")
+    assert len(env.piggyback) == MAX_PIGGYBACK == MAX_DATAGRAM // 10
+    assert env.skipped_items == 100 and env.bad_items == 0
+    assert env.piggyback[-1] == Suspect(MAX_PIGGYBACK - 1, "n", "m")
+
+
+def test_no_node_can_piggyback_more_than_max_piggyback_items() -> None:
+    """MAX_PIGGYBACK is what the smallest broadcast allows in a full datagram: 1200 // 10."""
+    from mesh.membership.messages import Dead
+    from mesh.wire import MAX_PIGGYBACK, MIN_PIGGYBACK_COST, piggyback_cost
+
+    smallest = [encode_broadcast(Suspect(0, "a", "b")), encode_broadcast(Dead(0, "a", "b"))]
+    assert [piggyback_cost(x) for x in smallest] == [MIN_PIGGYBACK_COST, MIN_PIGGYBACK_COST] == [10, 10]
+    assert MAX_PIGGYBACK == 120
+    # A datagram packed with the smallest broadcasts holds fewer than MAX_PIGGYBACK of them.
+    n = 0
+    while len(encode("a", Gossip(), [smallest[0]] * (n + 1))) <= MAX_DATAGRAM:
+        n += 1
+    assert n < MAX_PIGGYBACK
 
 
 def test_with_piggyback_is_byte_for_byte_encode() -> None:

@@ -58,6 +58,29 @@ defaults and the reasons for them:
     so a restarted node that lost its incarnation still refutes its tombstone. A
     member we have never heard of is taken at any incarnation the wire allows (a
     long-lived mesh has large ones).
+``max_members``
+    The most members (every state, this node and tombstones included) a node
+    holds. A member never seen before is refused beyond it and counted
+    (``members_refused_full``); members already held still update, and reaping
+    tombstones frees room. The default, 100,000, is ten times the largest mesh
+    simulated (bench/bench_sim.py's 10,000 nodes) and keeps a full table near
+    15 MB; push-pull ships any table in frames of at most ``MAX_FRAME`` bytes.
+``max_new_members_per_push_pull``
+    The most members never seen before that one push-pull message (one frame,
+    or one :meth:`SwimCore.merge_states` call) may add; the rest of its new
+    entries are refused and counted (``members_refused_rate``). 10,000: a node's
+    frames carry at most 625 entries each (``_PP_FRAME_BUDGET`` over 96 bytes),
+    so this binds only in-process merges and hand-made frames.
+``max_new_members_per_peer``
+    A token bucket per sending node, refilled continuously: members never seen
+    before that one peer may introduce (gossip and push-pull together) are at
+    most this many at once and this many per ``push_pull_interval`` after that;
+    the rest are refused and counted (``members_refused_rate``) and come back
+    through later push-pulls or other peers. 20,000: a node joining a mesh of up
+    to 20,000 learns it from its seed in one push-pull; a larger mesh takes one
+    more push-pull per 20,000 members. One peer then injects at most 20,000
+    ghosts per interval (667 a second with the lan profile), and the table never
+    exceeds ``max_members`` whatever the number of peers.
 
 Relations :meth:`MembershipConfig.validate` enforces (each guards against a
 crash, a timer loop that never advances, or a setting that silently does nothing):
@@ -74,7 +97,10 @@ crash, a timer loop that never advances, or a setting that silently does nothing
   for the reconnect timer to try them, or healed partitions never re-merge;
 * ``gossip_nodes``, ``retransmit_mult``, ``suspicion_mult``,
   ``suspicion_max_timeout_mult``, ``awareness_max_multiplier`` and
-  ``incarnation_window`` (<= 2**62) are integers >= 1; ``indirect_checks`` >= 0.
+  ``incarnation_window`` (<= 2**62) are integers >= 1; ``indirect_checks`` >= 0;
+* ``max_members`` >= 2 (this node and one peer), ``max_new_members_per_push_pull``
+  >= 1 and ``max_new_members_per_peer`` >= ``max_new_members_per_push_pull``
+  (a larger per-message bound could never be used), all integers.
 
 Member names (checked wherever a member can appear: decoding, push-pull entries,
 bootstrap lists, the local node's own name) are 1 to 128 characters from
@@ -112,6 +138,9 @@ class MembershipConfig:
     tombstone_time: float = 3600.0
     stream_timeout: float = 10.0
     incarnation_window: int = 2**32
+    max_members: int = 100_000
+    max_new_members_per_push_pull: int = 10_000
+    max_new_members_per_peer: int = 20_000
 
     def with_overrides(self, **kwargs: float | int) -> "MembershipConfig":
         """Return a copy with the given fields replaced (validated)."""
@@ -130,7 +159,8 @@ class MembershipConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"{f} must be a finite number of seconds, got {v!r}")
         for f in ("indirect_checks", "retransmit_mult", "suspicion_mult", "suspicion_max_timeout_mult",
-                  "gossip_nodes", "awareness_max_multiplier", "incarnation_window"):
+                  "gossip_nodes", "awareness_max_multiplier", "incarnation_window",
+                  "max_members", "max_new_members_per_push_pull", "max_new_members_per_peer"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{f} must be an integer, got {v!r}")
@@ -150,6 +180,16 @@ class MembershipConfig:
             raise ConfigError("awareness_max_multiplier must be >= 1")
         if not 1 <= self.incarnation_window <= 2**62:
             raise ConfigError("incarnation_window must be in [1, 2**62]")
+        if self.max_members < 2:
+            raise ConfigError("max_members must be >= 2 (this node and one peer)")
+        if self.max_new_members_per_push_pull < 1:
+            raise ConfigError("max_new_members_per_push_pull must be >= 1")
+        if self.max_new_members_per_peer < self.max_new_members_per_push_pull:
+            raise ConfigError(
+                f"max_new_members_per_peer ({self.max_new_members_per_peer}) must be >= "
+                f"max_new_members_per_push_pull ({self.max_new_members_per_push_pull}): one peer's push-pull "
+                "could never use the larger per-message bound"
+            )
         if self.tombstone_time < self.gossip_to_the_dead_time:
             raise ConfigError(
                 f"tombstone_time ({self.tombstone_time}) must be >= gossip_to_the_dead_time "

@@ -46,7 +46,15 @@ Hostile or buggy input (every rule counted in ``counters``):
   refuted like any false claim. :meth:`SwimCore.member_key` gives a driver the
   key to expect at a member's address.
 * **Piggyback**: undecodable or unknown items are skipped by the decoder and
-  counted here (``piggyback_bad``, ``piggyback_unknown``).
+  counted here (``piggyback_bad``, ``piggyback_unknown``); items beyond
+  ``mesh.wire.MAX_PIGGYBACK`` (more than any node puts in a datagram) are not
+  decoded at all (``piggyback_skipped``).
+* **Member floods**: a member never seen before is admitted only while the table
+  holds fewer than ``config.max_members`` (``members_refused_full``), within
+  ``config.max_new_members_per_push_pull`` per push-pull message, and within a
+  token bucket per sending node of ``config.max_new_members_per_peer`` per
+  ``push_pull_interval`` (``members_refused_rate``). Members already held always
+  update. A refused legitimate member arrives through a later push-pull.
 """
 
 from __future__ import annotations
@@ -221,6 +229,8 @@ _MAX_RELAYS = 512  # indirect probes in flight for others; more is a flood
 _INF = float("inf")
 # Entries per push-pull frame are sized to this many bytes, leaving MAX_FRAME headroom.
 _PP_FRAME_BUDGET = 60_000
+# Token buckets kept for senders of new members; beyond this, senders we have no bucket for share one.
+_MAX_BUCKETS = 1024
 
 
 class SwimCore:
@@ -282,7 +292,16 @@ class SwimCore:
             "unknown_messages": 0,
             "relays_dropped": 0,
             "merge_suspicions": 0,
+            "piggyback_skipped": 0,
+            "members_refused_full": 0,
+            "members_refused_rate": 0,
         }
+        # Admission of members never seen before (see the module docstring): who is introducing
+        # them now ("" when nobody: a local call), what the current push-pull may still add, and
+        # a token bucket [tokens, at] per sending node.
+        self._introducer = ""
+        self._merge_left = -1  # -1: not in a push-pull merge
+        self._buckets: dict[str, list[float]] = {}
         self.leaving = False
         self.seeds = tuple(seeds)
         self.join_retry_interval = join_retry_interval
@@ -410,6 +429,16 @@ class SwimCore:
             self.counters["piggyback_bad"] += env.bad_items
         if env.unknown_items:
             self.counters["piggyback_unknown"] += env.unknown_items
+        if env.skipped_items:
+            self.counters["piggyback_skipped"] += env.skipped_items
+        self._introducer = env.sender
+        try:
+            out = self._handle(src, env, now, out)
+        finally:
+            self._introducer = ""
+        return out
+
+    def _handle(self, src: str, env: Envelope, now: float, out: list[Outgoing]) -> list[Outgoing]:
         for update in env.piggyback:
             self._apply_update(update, now)
         msg = env.msg
@@ -729,6 +758,50 @@ class SwimCore:
         m = self.members.peek(node)
         self.events.append(MemberEvent(kind, node, m.incarnation if m else 0, now, source, origin))
 
+    def _admit_new(self, now: float) -> bool:
+        """May a member never seen before join the table now? Refusals are counted.
+
+        Bounds: the table size (``max_members``), the current push-pull message
+        (``max_new_members_per_push_pull``) and a token bucket per introducing node
+        (``max_new_members_per_peer`` per ``push_pull_interval``), all driven by ``now``.
+        """
+        cfg = self.config
+        if len(self.members) >= cfg.max_members:
+            self.counters["members_refused_full"] += 1
+            return False
+        if self._merge_left == 0:
+            self.counters["members_refused_rate"] += 1
+            return False
+        who = self._introducer
+        if who:
+            cap = float(cfg.max_new_members_per_peer)
+            buckets = self._buckets
+            b = buckets.get(who)
+            if b is None:
+                if len(buckets) >= _MAX_BUCKETS:
+                    # Forget buckets that have refilled (the same as having none); if every one
+                    # is still in use, the rest of the senders share one.
+                    rate = cap / cfg.push_pull_interval
+                    for k in [k for k, (t, at) in buckets.items() if t + (now - at) * rate >= cap]:
+                        del buckets[k]
+                    if len(buckets) >= _MAX_BUCKETS:
+                        who = ""
+                b = buckets.get(who)
+                if b is None:
+                    b = buckets[who] = [cap, now]
+            tokens = b[0]
+            if now > b[1]:
+                tokens = min(cap, tokens + (now - b[1]) * cap / cfg.push_pull_interval)
+                b[1] = now
+            if tokens < 1.0:
+                b[0] = tokens
+                self.counters["members_refused_rate"] += 1
+                return False
+            b[0] = tokens - 1.0
+        if self._merge_left > 0:
+            self._merge_left -= 1
+        return True
+
     def _jump_refused(self, incarnation: int, held: int) -> bool:
         """True (and counted) if ``incarnation`` leaps beyond the window over ``held``."""
         if incarnation - held > self.config.incarnation_window or incarnation >= _MAX_INCARNATION:
@@ -794,6 +867,8 @@ class SwimCore:
             # Every path that creates a member comes through here (gossip, push-pull).
             if not is_valid_name(a.node) or not is_valid_addr(a.addr) or len(a.key) not in (0, 32):
                 self.counters["bad_names"] += 1
+                return
+            if not self._admit_new(now):
                 return
             self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now, key=a.key)
             self._set_live(a.node, True)
@@ -1005,6 +1080,14 @@ class SwimCore:
 
     def _merge_rows(self, rows: list[Any], now: float, peer: str = "") -> list[Outgoing]:
         """:meth:`merge_states` on entries as received (``PushPullState.to_wire`` rows)."""
+        introducer, self._introducer = self._introducer, peer
+        self._merge_left = self.config.max_new_members_per_push_pull
+        try:
+            return self._merge_rows_admitted(rows, now, peer)
+        finally:
+            self._introducer, self._merge_left = introducer, -1
+
+    def _merge_rows_admitted(self, rows: list[Any], now: float, peer: str) -> list[Outgoing]:
         dims = self.vivaldi.config.dimensionality
         members = self.members
         peek = members.peek  # no copy of a shared member just to compare it
@@ -1104,9 +1187,14 @@ class SwimCore:
                 shared.append(shared_member(m))
         added = []
         members = self.members
+        room = self.config.max_members - len(members)
         for st, m in zip(states, shared):
             if st.node == self.name or st.node in members or m.name != st.node:
                 continue
+            if room <= 0:
+                self.counters["members_refused_full"] += 1
+                continue
+            room -= 1
             dict.__setitem__(members, st.node, m)
             self._recent_dead.pop(st.node, None)
             added.append(st.node)
