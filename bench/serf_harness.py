@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Iterable, Protocol
 
 from tests.harness.procs import Proc, ProcessGroup, free_port
 from tests.harness.relay import Relays, UdpRelay
@@ -81,14 +81,20 @@ def parse_serf_members(text: str | bytes) -> Statuses:
         raise MembersOutputError(f"serf members output is not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("members"), list):
         raise MembersOutputError("serf members output must be an object with a 'members' list")
+    return statuses_of(doc["members"], SERF_STATUSES, "serf member")
+
+
+def statuses_of(entries: list[Any], allowed: Iterable[str], what: str) -> Statuses:
+    """``{name: status}`` of member objects; MembersOutputError names ``what`` on a malformed entry."""
+    allowed = frozenset(allowed)
     out: Statuses = {}
-    for m in doc["members"]:
+    for m in entries:
         if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not isinstance(m.get("status"), str):
-            raise MembersOutputError(f"serf member entry without string name and status: {m!r:.200}")
-        if m["status"] not in SERF_STATUSES:
-            raise MembersOutputError(f"serf member {m['name']!r} has unknown status {m['status']!r}")
+            raise MembersOutputError(f"{what} entry without string name and status: {m!r:.200}")
+        if m["status"] not in allowed:
+            raise MembersOutputError(f"{what} {m['name']!r} has unknown status {m['status']!r}")
         if m["name"] in out:
-            raise MembersOutputError(f"serf member {m['name']!r} listed twice")
+            raise MembersOutputError(f"{what} {m['name']!r} listed twice")
         out[m["name"]] = m["status"]
     return out
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.serf_harness import (
-    Cluster, DetectionRun, HarnessError, LossRelays, MembersOutputError, Statuses, free_port_pair, kill_proc,
+    Cluster, DetectionRun, HarnessError, LossRelays, MembersOutputError, Statuses, free_port_pair, kill_proc, statuses_of,
     run_detection,
 )
 from tests.harness.procs import REPO_ROOT, Proc, ProcessGroup
@@ -47,16 +47,7 @@ def parse_members_json(text: str | bytes) -> Statuses:
         raise MembersOutputError(f"members output is not JSON: {exc}") from None
     if not isinstance(doc, list):
         raise MembersOutputError("members output must be a JSON list of member objects")
-    out: Statuses = {}
-    for m in doc:
-        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not isinstance(m.get("status"), str):
-            raise MembersOutputError(f"member entry without string name and status: {m!r:.200}")
-        if m["status"] not in MEMBER_STATUSES:
-            raise MembersOutputError(f"member {m['name']!r} has unknown status {m['status']!r}")
-        if m["name"] in out:
-            raise MembersOutputError(f"member {m['name']!r} listed twice")
-        out[m["name"]] = m["status"]
-    return out
+    return statuses_of(doc, MEMBER_STATUSES, "member")
 
 
 def daemon_available(command: tuple[str, ...] = DEFAULT_COMMAND) -> tuple[bool, str]:

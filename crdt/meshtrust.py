@@ -29,13 +29,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from crdt.errors import TrustError, ValidationError
 from crdt.keys import KEY_ID_LEN, key_id
 from crdt.signedlog import Revocation, SignedLog, TrustAdapter
-from crdt.trust import WRITE_ROLES, Role, TrustConfig, TrustedKey
+from crdt.trust import WRITE_ROLES, Role, TrustConfig, TrustedKey, verify_by
 
 TRUST_KIND = "trust"
 GRANT = "grant/"
@@ -192,14 +191,7 @@ class MeshTrust(TrustAdapter):
     def verify(self, signer: str, signature: bytes, message: bytes) -> bool:
         if self.trust.get(signer) is not None:
             return self.trust.verify(signer, signature, message)
-        k = self.roots.get(signer) or self._granted_keys.get(signer)
-        if k is None or k.public is None:
-            return False
-        try:
-            k.public.verify(bytes(signature), message)
-        except InvalidSignature:
-            return False
-        return True
+        return verify_by(self.roots.get(signer) or self._granted_keys.get(signer), signature, message)
 
     def revocation(self, signer: str) -> Revocation | None:
         local = self.revocations.get(signer)

@@ -51,6 +51,17 @@ class TrustedKey:
         return key_id(self.public_raw)
 
 
+def verify_by(k: "TrustedKey | None", signature: bytes, message: bytes) -> bool:
+    """True if ``k`` (a trusted key, or None) signed ``message``."""
+    if k is None or k.public is None:
+        return False
+    try:
+        k.public.verify(bytes(signature), message)
+    except InvalidSignature:
+        return False
+    return True
+
+
 class TrustConfig:
     """Trusted keys with roles and admitted node identities.
 
@@ -110,14 +121,7 @@ class TrustConfig:
 
     def verify(self, key_id: str, signature: bytes, message: bytes) -> bool:
         """Verify a signature by a trusted key (False for unknown keys); not memoised here."""
-        k = self._keys.get(key_id)
-        if k is None or k.public is None:
-            return False
-        try:
-            k.public.verify(bytes(signature), message)
-        except InvalidSignature:
-            return False
-        return True
+        return verify_by(self._keys.get(key_id), signature, message)
 
     # --- persistence (JSON) -------------------------------------------------------
 
