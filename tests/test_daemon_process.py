@@ -164,3 +164,27 @@ def test_flags_override_the_toml_config_file(tmp_path: Path) -> None:
     assert (meta.name, meta.fault_domain, meta.label("fleet")) == ("from-flag", "eu/berlin/truck-7", "north")
     cfg = load_config({"config": str(toml), "seed": ["127.0.0.1:9"]})
     assert cfg.seeds == ("127.0.0.1:9",)
+
+
+def test_join_meta_set_and_leave_through_the_cli(procs: ProcessGroup, tmp_path: Path) -> None:
+    mesh = Mesh(procs, tmp_path)
+    a, b = mesh.start("a"), mesh.start("b")  # no seeds: each alone
+    assert a.view() == {"a": "alive"} and b.view() == {"b": "alive"}
+    r = _cli("join", "--data-dir", str(b.data_dir), a.addr, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["joined"] is True
+    wait_until(lambda: a.view() == b.view() == {"a": "alive", "b": "alive"}, JOIN_BOUND, "a and b joined")
+    r = _cli("meta", "set", "--data-dir", str(b.data_dir), "rack=r7", "fleet=north")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: next(m for m in a.members() if m["name"] == "b")["labels"] == {"rack": "r7", "fleet": "north"},
+               10, "b's labels reached a")
+    r = _cli("meta", "set", "--data-dir", str(b.data_dir), "rack=")  # k= removes k
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: next(m for m in a.members() if m["name"] == "b")["labels"] == {"fleet": "north"}, 10, "rack removed")
+    assert _cli("meta", "set", "--data-dir", str(b.data_dir), "novalue").returncode == 2
+    r = _cli("leave", "--data-dir", str(b.data_dir))
+    assert r.returncode == 0, r.stderr
+    assert b.proc is not None and b.proc.popen.wait(10) == 0
+    wait_until(lambda: a.view().get("b") == "left", 10, "b shown as left on a")
+    r = _cli("join", "--data-dir", str(a.data_dir), "127.0.0.1:1")  # nobody there
+    assert r.returncode == 1 and "no answer" in r.stderr
