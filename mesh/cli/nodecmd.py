@@ -81,21 +81,15 @@ def _call(args: argparse.Namespace, fn: Any) -> int:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # rich is optional: plain aligned columns
-        table = [header] + rows
-        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-        for r in table:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        return
+    from rich.console import Console
+    from rich.table import Table
+
     t = Table(box=None, pad_edge=False, header_style="bold")
     for h in header:
         t.add_column(h, no_wrap=True)
     for r in rows:
         t.add_row(*r)
-    Console(width=max(200, 0)).print(t)
+    Console(width=200).print(t)
 
 
 def cmd_members(args: argparse.Namespace) -> int:

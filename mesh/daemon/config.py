@@ -23,7 +23,7 @@ import os
 import platform
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,6 @@ class DaemonConfig:
     profile: str = DEFAULT_PROFILE
     api: tuple[str, int] = ("127.0.0.1", 0)
     log_level: str = "info"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def meta(self) -> NodeMeta:
         """The node's metadata as membership carries it."""

@@ -29,7 +29,6 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -701,7 +700,7 @@ class Daemon:
             self._housekeeping(trio.current_time())
 
     def _housekeeping(self, now: float) -> None:
-        for key, conn in list(self.conns_out.items()):
+        for conn in list(self.conns_out.values()):
             if not conn.out and now - conn.last_active > STREAM_IDLE:
                 conn.close("idle")
 
@@ -876,8 +875,6 @@ class Daemon:
     # ------------------------------------------------------------------ control API
 
     def _routes(self) -> dict[tuple[str, str], Any]:
-        from mesh.daemon.intentapi import IntentApi
-
         return IntentApi(self).routes() | {
             ("GET", "/v1/status"): self._api_status,
             ("GET", "/v1/members"): self._api_members,
