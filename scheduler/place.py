@@ -171,3 +171,28 @@ def place(spec: PlacementSpec, view: View, incumbents: frozenset[str] | tuple[st
             used[d] = used.get(d, 0) + 1
         remaining = [s for s in remaining if s.node_id != best.node_id]
     return Placement(spec.name, want, tuple(chosen))
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One row of ``--explain``: why a node was filtered, or how it scored and whether it was chosen."""
+
+    node_id: str
+    rejected: str | None  # the hard constraint that failed, or None
+    score: Score | None  # None when rejected
+    replica: int | None  # the replica index it got, or None
+
+
+def explain(spec: PlacementSpec, view: View, incumbents: frozenset[str] | tuple[str, ...] = frozenset()) -> list[Candidate]:
+    """Every node of ``view`` with its filter verdict or score, chosen ones first in replica order."""
+    inc = frozenset(incumbents)
+    nodes = sorted(view.nodes, key=lambda n: n.node_id)
+    by_id = {n.node_id: n for n in nodes}
+    chosen = {nid: i for i, nid in enumerate(place(spec, view, inc).nodes)}
+    rows = []
+    for n in nodes:
+        why = reject_reason(spec, n)
+        s = None if why is not None else score(spec, n, by_id, inc)
+        rows.append(Candidate(n.node_id, why, s, chosen.get(n.node_id)))
+    rows.sort(key=lambda c: (c.replica is None, c.replica or 0, c.rejected is not None, -(c.score.base if c.score else 0.0), c.node_id))
+    return rows
