@@ -1,0 +1,74 @@
+"""``wasmatrix events [--follow] [--json]``: the node's workload lifecycle events.
+
+Without ``--follow``: the recent events (the node keeps a bounded ring) as a table, or JSON lines
+with ``--json``. With ``--follow``: new events as JSON lines as they happen (long polls of
+``GET /v1/events?after=SEQ&wait=S``), until interrupted or ``--count`` events were printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from mesh.cli.nodecmd import _api_flags, _call
+
+EXIT_OK = 0
+POLL_WAIT = 25.0  # seconds one long poll may wait on the node (below its MAX_EVENT_WAIT)
+_SKIP = ("seq", "ts", "mono", "node", "kind", "deployment", "version")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("events", help="workload lifecycle events of a running node (placement, start, stop, failover)")
+    p.add_argument("--follow", "-f", action="store_true", help="stream new events as JSON lines until interrupted")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument("--limit", type=int, default=0, help="at most this many recent events (default: all the node keeps)")
+    p.add_argument("--count", type=int, default=0, help="with --follow: exit after this many events")
+    _api_flags(p)
+    p.set_defaults(handler=events_command)
+
+
+def _detail(ev: dict[str, Any]) -> str:
+    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in ev.items() if k not in _SKIP)
+
+
+def events_command(args: argparse.Namespace) -> int:
+    if args.limit < 0 or args.count < 0:
+        print("wasmatrix events: --limit and --count must be >= 0", file=sys.stderr)
+        return 2
+
+    def run(client: Any) -> int:
+        if args.follow:
+            client.timeout = max(client.timeout, POLL_WAIT + 10)
+            after = client.get("/v1/events?limit=1")["seq"]
+            printed = 0
+            while True:
+                res = client.get(f"/v1/events?after={after}&wait={POLL_WAIT:g}")
+                for ev in res["events"]:
+                    after = ev["seq"]
+                    print(json.dumps(ev, sort_keys=True), flush=True)
+                    printed += 1
+                    if args.count and printed >= args.count:
+                        return EXIT_OK
+                if res["seq"] < after:  # the node restarted: its sequence starts again
+                    after = 0
+        res = client.get(f"/v1/events?limit={args.limit}" if args.limit else "/v1/events")
+        if args.json:
+            for ev in res["events"]:
+                print(json.dumps(ev, sort_keys=True))
+            return EXIT_OK
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"lifecycle events of {res['node'][:16]}")
+        for col in ("seq", "time (UTC)", "event", "deployment", "version", "detail"):
+            t.add_column(col)
+        for ev in res["events"]:
+            t.add_row(str(ev["seq"]), time.strftime("%H:%M:%S", time.gmtime(ev["ts"])) + f".{int(ev['ts'] % 1 * 1000):03d}",
+                      ev["kind"], ev.get("deployment", ""), ev.get("version", ""), _detail(ev))
+        Console(width=200).print(t)
+        return EXIT_OK
+
+    return _call(args, run)

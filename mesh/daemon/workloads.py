@@ -1,0 +1,732 @@
+"""The daemon's workload lifecycle: placement on every relevant change, a supervisor, a runtime.
+
+One :class:`Workloads` per daemon, running in the daemon's nursery (docs/LIFECYCLE.md):
+
+* **Inputs.** The daemon calls :meth:`Workloads.changed` when an intent record of a kind that
+  matters (registry, deployments, placement, trust) becomes visible and
+  :meth:`Workloads.member_events` with the membership events it drains. Either wakes the loop.
+* **Evaluation.** The loop builds a :class:`scheduler.View` from membership (alive and suspect
+  members are eligible, their ``NodeMeta``, Vivaldi coordinates, failed marks and blob holdings
+  from the placement document) and a :class:`scheduler.PlacementSpec` per deployment, computes
+  ``place(...)`` with the incumbents of the placement document, and hands this node's targets to
+  the :class:`scheduler.supervisor.Supervisor`. Every node computes the same placement from the
+  same view, so nobody coordinates: each node starts what it is assigned and stops the rest.
+* **Actions** run as tasks: ``start`` = blob from the nearest peer holding it → signature and
+  hash check (``Runtime.admit``) → compile through the cache → warm the pool; ``stop`` = stop
+  serving, drain in-flight calls, unload. Results go back to the supervisor; its claims are
+  written into this node's placement entry (``IntentNode.set_placement``).
+* **Outputs** other code uses: :meth:`hosts`, :meth:`invoke_local`, :meth:`ensure_local`,
+  :attr:`events` (an :class:`EventHub`: recent events and subscriptions, as dicts).
+
+Everything here runs on the trio thread except guest code and compilation (worker threads).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import structlog
+import trio
+from prometheus_client import Counter, Gauge
+
+from crdt.errors import CrdtError, NotFound
+from crdt.schema import ReplicaClaim
+from mesh.membership.state import MemberState
+from runtime import Capabilities, Runtime, RuntimeConfig, SignedManifest
+from runtime.errors import HostResourceError, WasmError, WasmTrap
+from runtime.invocation import InvocationResult, Request
+from runtime.kv import LoopKV
+from scheduler import ALIVE, DEAD, FAULT_LEVELS, LEFT, NodeInfo, PlacementSpec, View, place
+from scheduler.supervisor import Action, Supervisor, SupervisorConfig, Target
+
+if TYPE_CHECKING:
+    from mesh.daemon.node import Daemon
+
+WATCHED_KINDS = frozenset({"registry", "deployments", "placement", "trust"})
+# Claim states that make a node an incumbent of a deployment (it holds or is starting a replica).
+HOLDING = frozenset({"claimed", "fetching", "starting", "running"})
+_STATUS = {MemberState.ALIVE: ALIVE, MemberState.SUSPECT: ALIVE, MemberState.DEAD: DEAD, MemberState.LEFT: LEFT}
+# Spread levels a deployment may name beyond the scheduler's own (seed 000 speaks of vehicles).
+SPREAD_ALIASES = {"vehicle": "unit", "zone": "site", "dc": "site", "datacenter": "site"}
+
+
+class NotHosted(Exception):
+    """No running replica of the deployment on this node (and no on-demand start allowed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadsConfig:
+    """Daemon-side lifecycle settings (the supervisor's own policy is in ``supervisor``)."""
+
+    supervisor: SupervisorConfig = SupervisorConfig()
+    standbys: int = 1  # nodes ranked after the chosen ones that pre-fetch and pre-compile (warm failover)
+    fetch_timeout_s: float = 30.0
+    drain_timeout_s: float = 30.0
+    ensure_timeout_s: float = 30.0
+    events_kept: int = 1000
+    compile_isolation: str = "process"
+
+
+class EventHub:
+    """Lifecycle events as dicts: a bounded ring of recent ones plus waiters for new ones.
+
+    Every event gets ``seq`` (1, 2, ... per node run), ``ts`` (wall clock, seconds), ``mono``
+    (``time.monotonic()``: one clock for every process of the host, for benches) and ``node``.
+    """
+
+    def __init__(self, node_id: str, keep: int = 1000) -> None:
+        self.node_id = node_id
+        self.ring: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.seq = 0
+        self._new = trio.Event()
+        self.log = structlog.get_logger("wasmatrix.lifecycle").bind(node_id=node_id)
+
+    def publish(self, kind: str, **fields: Any) -> dict[str, Any]:
+        self.seq += 1
+        ev = {"seq": self.seq, "ts": round(time.time(), 6), "mono": time.monotonic(), "node": self.node_id, "kind": kind, **fields}
+        self.ring.append(ev)
+        self._new.set()
+        self._new = trio.Event()
+        self.log.info("lifecycle_" + kind, **{k: v for k, v in fields.items() if k != "nodes" or len(v) < 16})
+        return ev
+
+    def recent(self, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        out = [e for e in self.ring if e["seq"] > after]
+        return out[-limit:] if limit else out
+
+    async def wait(self, after: int, timeout: float) -> list[dict[str, Any]]:
+        """Events with ``seq > after``; waits up to ``timeout`` for the first one (long poll)."""
+        with trio.move_on_after(timeout):
+            while self.seq <= after:
+                await self._new.wait()
+        return self.recent(after)
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """``async with hub.subscribe() as stream: async for ev in stream`` from now on."""
+        start = self.seq
+
+        async def gen() -> AsyncIterator[dict[str, Any]]:
+            seen = start
+            while True:
+                for ev in await self.wait(seen, 3600.0):
+                    seen = ev["seq"]
+                    yield ev
+
+        yield gen()
+
+
+class WorkloadMetrics:
+    """Lifecycle families on the node's registry (docs/METRICS.md)."""
+
+    def __init__(self, registry: Any) -> None:
+        kw = {"registry": registry}
+        self.decisions = Counter("wasmatrix_placement_decisions", "Placements computed whose result changed, by deployment", ["deployment"], **kw)
+        self.evaluations = Counter("wasmatrix_placement_evaluations", "Placement evaluations (all deployments) run by this node", **kw)
+        self.moved = Counter("wasmatrix_replicas_moved", "Replicas whose node changed in a placement decision", ["deployment"], **kw)
+        self.running = Gauge("wasmatrix_replicas_running", "Replicas running on this node, by deployment", ["deployment"], **kw)
+        self.starts = Counter("wasmatrix_replica_starts", "Replica starts finished on this node, by outcome", ["outcome"], **kw)
+        self.stops = Counter("wasmatrix_replica_stops", "Replicas stopped (drained and unloaded) on this node", **kw)
+        self.restarts = Counter("wasmatrix_replica_restarts", "Replica restarts scheduled after a failure (backoff)", **kw)
+        self.crashes = Counter("wasmatrix_replica_crashes", "Serving instances that crashed or trapped", **kw)
+        self.failed = Counter("wasmatrix_replica_failed", "Replicas marked failed (restart budget spent)", **kw)
+        self.failovers = Counter("wasmatrix_failovers", "Replicas this node took over from a dead or departed node", **kw)
+        self.switches = Counter("wasmatrix_version_switches", "Serving version switches (roll forward or back)", ["warm"], **kw)
+        for o in ("ok", "error"):
+            self.starts.labels(outcome=o)
+        for w in ("true", "false"):
+            self.switches.labels(warm=w)
+
+
+# -- view and spec ---------------------------------------------------------------------------
+
+
+def build_view(swim: Any, placements: dict[str, Any], module_of: dict[str, str], sha_of: dict[tuple[str, str], str]) -> View:
+    """The scheduler's view from membership and the placement document.
+
+    Suspect members stay eligible (a false suspicion must not move replicas; failover starts at
+    the death declaration); dead and left members are excluded by their status.
+    """
+    rows = []
+    for name, m in sorted(swim.members.items()):
+        meta = m.meta
+        coord = swim.coordinate_of(name)
+        entry = placements.get(name)
+        failed: set[str] = set()
+        blobs: set[str] = set()
+        if entry is not None:
+            for c in entry.replicas:
+                if c.state == "failed":
+                    failed.add(c.deployment)
+                elif c.state == "running":
+                    sha = sha_of.get((module_of.get(c.deployment, ""), c.version))
+                    if sha:
+                        blobs.add(sha)
+        rows.append(NodeInfo(
+            node_id=name, status=_STATUS.get(m.state, DEAD), arch=meta.arch, cores=meta.cores, memory_mb=meta.memory_mb,
+            labels=meta.labels, hardware=meta.hardware, zone=meta.fault_domain, geo=meta.geo, load=meta.load,
+            coord=tuple(coord.to_wire()) if coord is not None else None, blobs=frozenset(blobs), failed=frozenset(failed),
+        ))
+    return View(tuple(rows))
+
+
+def placement_spec(dep: Any, sha: str | None, kv_namespace: str | None, names: dict[str, str]) -> PlacementSpec:
+    """A deployment's constraints and preferences as a :class:`PlacementSpec` (``names``: display name -> node id)."""
+    s = dep.spec
+    c, p = s.constraints, s.preferences
+    near_label = None
+    if p.near_label and "=" in p.near_label:
+        k, _, v = p.near_label.partition("=")
+        near_label = (k, v)
+    spread = SPREAD_ALIASES.get(p.spread, p.spread) if p.spread else None
+    near_node = names.get(p.near_node, p.near_node) if p.near_node else None
+    return PlacementSpec(
+        name=s.name, replicas=s.replicas, arch=tuple(c.arch), min_memory_mb=c.min_memory_mb,
+        labels=tuple(sorted(c.labels.items())), hardware=tuple(c.hardware), near_node=near_node,
+        near_location=p.near_location, near_label=near_label, spread=spread if spread in FAULT_LEVELS else None,
+        blob=sha, kv_namespace=kv_namespace,
+    )
+
+
+def incumbents(deployment: str, placements: dict[str, Any]) -> frozenset[str]:
+    """Nodes whose placement entry claims (holds or is starting) a replica of ``deployment``."""
+    out = set()
+    for node, entry in placements.items():
+        if any(c.deployment == deployment and c.state in HOLDING for c in entry.replicas):
+            out.add(node)
+    return frozenset(out)
+
+
+# -- the manager -----------------------------------------------------------------------------
+
+
+class Workloads:
+    """Places, starts, stops and serves this node's replicas (see the module docstring)."""
+
+    def __init__(self, daemon: "Daemon", config: WorkloadsConfig = WorkloadsConfig()) -> None:
+        self.d = daemon
+        self.config = config
+        self.node_id = daemon.node_id
+        self.log = structlog.get_logger("wasmatrix.workloads").bind(node_id=self.node_id)
+        self.sup = Supervisor(self.node_id, config.supervisor)
+        self.events = EventHub(self.node_id, config.events_kept)
+        self.metrics = WorkloadMetrics(daemon.registry)
+        self.rt: Runtime | None = None
+        self._dirty = trio.Event()
+        self._state = trio.Event()  # set (and replaced) whenever a replica's state changed
+        self._blob_event = trio.Event()
+        self._written = -1  # supervisor version of the last placement entry written
+        self._placements: dict[str, tuple[str, ...]] = {}  # last placement computed, per deployment
+        self._keys: dict[tuple[str, str], str] = {}  # (deployment, version) -> runtime module key
+        self._users: dict[str, set[tuple[str, str]]] = {}  # runtime key -> (deployment, version) using it
+        self._inflight: dict[str, int] = {}
+        self._drained = trio.Event()
+        self._dead_at: dict[str, float] = {}  # node -> time.monotonic() of its death declaration here
+        self._taking_over: dict[str, str] = {}  # deployment -> dead node it replaces here
+        self._switch_from: dict[str, float] = {}
+        self.nursery: trio.Nursery | None = None
+        self.evaluations = 0
+        self._gauged: set[str] = set()  # deployments with a replicas_running series
+        if daemon.core.blobs is not None:
+            daemon.core.blobs.on_done = self._blob_done
+
+    # -- inputs from the daemon ------------------------------------------------------------
+
+    def changed(self) -> None:
+        """Something placement depends on changed (a record applied, metadata, trust)."""
+        self._dirty.set()
+
+    def record_visible(self, kind: str) -> None:
+        if kind in WATCHED_KINDS:
+            self._dirty.set()
+
+    def member_events(self, events: list[Any]) -> None:
+        for ev in events:
+            if ev.node == self.node_id:
+                continue
+            if ev.kind in ("dead", "left"):
+                self._dead_at[ev.node] = time.monotonic()
+                self.events.publish("node_" + ev.kind, member=ev.node)
+            elif ev.kind in ("join", "alive"):
+                self._dead_at.pop(ev.node, None)
+        if events:
+            self._dirty.set()
+
+    def _blob_done(self, sha256: str, ok: bool, why: str) -> None:
+        self._blob_event.set()
+        self._blob_event = trio.Event()
+
+    # -- public interface ------------------------------------------------------------------
+
+    def hosts(self, deployment: str) -> bool:
+        """True when a replica of ``deployment`` runs (and serves) on this node."""
+        return self.sup.serving(deployment) is not None
+
+    async def invoke_local(self, deployment: str, payload: bytes, *, traceparent: str | None = None) -> InvocationResult:
+        """Run one call on this node's replica (on a worker thread); cold-starts an on-demand deployment.
+
+        Raises :class:`NotHosted` when no replica runs here and the deployment is not on demand,
+        or a ``runtime.errors.WasmError`` from the guest. A trap counts as a crash of the replica
+        (kill and restart with backoff).
+        """
+        version = self.sup.serving(deployment)
+        if version is None:
+            await self.ensure_local(deployment)
+            version = self.sup.serving(deployment)
+            if version is None:
+                raise NotHosted(f"deployment {deployment} has no running replica on this node")
+        key = self._keys[(deployment, version)]
+        assert self.rt is not None
+        self._inflight[deployment] = self._inflight.get(deployment, 0) + 1
+        self.sup.touch(deployment, trio.current_time())
+        try:
+            return await self.rt.invoke(key, Request(body=bytes(payload)))
+        except (WasmTrap, HostResourceError) as exc:
+            self.log.warning("replica_crashed", deployment=deployment, version=version, error=str(exc)[:200], traceparent=traceparent)
+            self.metrics.crashes.inc()
+            self.events.publish("crashed", deployment=deployment, version=version, error=str(exc)[:200])
+            self._apply(self.sup.crashed(deployment, version, type(exc).__name__, trio.current_time()))
+            raise
+        finally:
+            n = self._inflight[deployment] - 1
+            self._inflight[deployment] = n
+            if n == 0:
+                self._drained.set()
+                self._drained = trio.Event()
+
+    async def ensure_local(self, deployment: str) -> None:
+        """Cold-start a replica of an on-demand (``replicas = 0``) deployment here; raise NotHosted otherwise."""
+        if self.sup.serving(deployment) is not None:
+            return
+        doc = self.d.core.intent.doc  # type: ignore[union-attr]
+        try:
+            dep = doc.deployment(deployment)
+        except NotFound:
+            raise NotHosted(f"no deployment named {deployment!r}") from None
+        if dep.spec.replicas != 0:
+            raise NotHosted(f"deployment {deployment} has no running replica on this node (it runs {dep.spec.replicas} placed replicas)")
+        version = self._active_version(doc, dep)
+        if version is None:
+            raise NotHosted(f"deployment {deployment} has no published version matching {dep.spec.version}")
+        self._apply(self.sup.ensure(deployment, version, trio.current_time()))
+        with trio.move_on_after(self.config.ensure_timeout_s):
+            while self.sup.serving(deployment) is None:
+                r = self.sup.replicas.get(deployment)
+                if r is None or r.state in ("failed", "stopping") or (r.state == "backoff"):
+                    break
+                await self._state.wait()
+        if self.sup.serving(deployment) is None:
+            raise NotHosted(f"deployment {deployment} could not be started on this node")
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """This node's replicas (local state) for ``GET /v1/workloads``."""
+        out = []
+        for dep in sorted(self.sup.replicas):
+            r = self.sup.replicas[dep]
+            out.append({
+                "deployment": dep, "index": r.index, "version": r.version, "state": r.state, "serving": r.serving,
+                "warm": sorted(r.warm), "failures": len(r.failures), "on_demand": r.on_demand,
+                "inflight": self._inflight.get(dep, 0),
+            })
+        return out
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _make_runtime(self) -> Runtime:
+        cfg = RuntimeConfig(data_dir=Path(self.d.dd.path) / "runtime", compile_isolation=self.config.compile_isolation)
+        token = trio.lowlevel.current_trio_token()
+        daemon = self.d
+
+        def call(fn: Any) -> Any:  # a worker thread reaches the loop-owned KV through here
+            def run() -> Any:
+                res = fn()
+                daemon.emit([])  # kick the persist loop for a write
+                return res
+            return trio.from_thread.run_sync(run, trio_token=token)
+
+        def wait(ticket: Any) -> None:
+            trio.from_thread.run(daemon.wait_durable, ticket.token, 30.0, trio_token=token)
+
+        kv = LoopKV(daemon.core.intent, call, wait)  # type: ignore[arg-type]
+        return Runtime(cfg, kv=kv, registry=daemon.registry)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.rt = self._make_runtime()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                task_status.started()
+                self._dirty.set()
+                while True:
+                    deadline = self.sup.next_deadline()
+                    with trio.move_on_at(deadline if deadline is not None else math.inf):
+                        await self._dirty.wait()
+                    self._dirty = trio.Event()
+                    now = trio.current_time()
+                    actions = self.sup.tick(now)
+                    try:
+                        actions += self.evaluate(now)
+                    except Exception as exc:  # a bug or a bad record must not stop the loop
+                        self.d.counters["workloads_evaluate_errors"] += 1
+                        self.log.error("placement_evaluate_failed", error=f"{type(exc).__name__}: {exc}")
+                    self._apply(actions)
+        finally:
+            if self.rt is not None:
+                self.rt.close()
+
+    def evaluate(self, now: float) -> list[Action]:
+        """Recompute every deployment's placement and reconcile this node's targets."""
+        intent = self.d.core.intent
+        if intent is None:
+            return []
+        doc = intent.doc
+        swim = self.d.core.swim
+        self.evaluations += 1
+        self.metrics.evaluations.inc()
+        deps = doc.deployments()
+        placements = doc.placements()
+        module_of = {d.name: d.spec.module for d in deps}
+        sha_of: dict[tuple[str, str], str] = {}
+        versions: dict[str, str] = {}
+        for d in deps:
+            v = self._active_version(doc, d)
+            if v is None:
+                continue
+            versions[d.name] = v
+            try:
+                sha_of[(d.spec.module, v)] = doc.manifest(d.spec.module, v).sha256
+            except NotFound:
+                continue
+        for (node, entry) in placements.items():  # versions others run (their blobs) count for locality
+            for c in entry.replicas:
+                mod = module_of.get(c.deployment)
+                if mod is not None and (mod, c.version) not in sha_of:
+                    try:
+                        sha_of[(mod, c.version)] = doc.manifest(mod, c.version).sha256
+                    except NotFound:
+                        pass
+        view = build_view(swim, placements, module_of, sha_of)
+        names = {m.meta.name: n for n, m in swim.members.items() if m.meta.name}
+        targets: dict[str, Target] = {}
+        standby: dict[str, str] = {}
+        on_demand: set[str] = set()
+        for d in sorted(deps, key=lambda d: d.name):
+            version = versions.get(d.name)
+            if version is None:
+                continue
+            if d.spec.replicas == 0:
+                on_demand.add(d.name)
+                self._note_placement(d.name, (), version, swim)
+                continue
+            mv = doc.manifest(d.spec.module, version)
+            kv_ns = mv.manifest.capabilities.kv_namespaces[0] if mv.manifest and mv.manifest.capabilities.kv_namespaces else None
+            spec = placement_spec(d, mv.sha256, kv_ns, names)
+            want = spec.replicas
+            p = place(replace(spec, replicas=want + max(0, self.config.standbys)), view, incumbents(d.name, placements))
+            chosen = p.nodes[:want]
+            self._note_placement(d.name, chosen, version, swim)
+            if self.node_id in chosen:
+                targets[d.name] = Target(d.name, version, chosen.index(self.node_id))
+            elif self.node_id in p.nodes[want:]:
+                standby[d.name] = version
+        return self.sup.set_targets(targets, now, on_demand=frozenset(on_demand), standby=standby)
+
+    def _note_placement(self, dep: str, nodes: tuple[str, ...], version: str, swim: Any) -> None:
+        prev = self._placements.get(dep)
+        if prev == nodes:
+            return
+        self._placements[dep] = nodes
+        moved = sorted(set(prev) - set(nodes)) if prev else []
+        self.metrics.decisions.labels(deployment=dep).inc()
+        if moved:
+            self.metrics.moved.labels(deployment=dep).inc(len(moved))
+        self.events.publish("placement", deployment=dep, version=version, nodes=list(nodes), moved_from=moved)
+        gone = [n for n in moved if (m := swim.members.peek(n)) is not None and m.state in (MemberState.DEAD, MemberState.LEFT)]
+        if gone and self.node_id in nodes and prev is not None and self.node_id not in prev:
+            self._taking_over[dep] = gone[0]
+            self.metrics.failovers.inc()
+            dead_at = self._dead_at.get(gone[0])
+            self.events.publish("failover", deployment=dep, version=version, replaces=gone[0],
+                                since_death_ms=round((time.monotonic() - dead_at) * 1000, 3) if dead_at else None)
+
+    @staticmethod
+    def _active_version(doc: Any, dep: Any) -> str | None:
+        if dep.active_version:
+            return str(dep.active_version)
+        try:
+            return str(doc.resolve(dep.spec.module, dep.spec.version).version)
+        except CrdtError:
+            return None
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for a in actions:
+            try:
+                self._perform(a)
+            except Exception as exc:  # one action's bug must not stop the others
+                self.d.counters["workloads_action_errors"] += 1
+                self.log.error("lifecycle_action_failed", action=a.kind, deployment=a.deployment, error=f"{type(exc).__name__}: {exc}")
+        self._after_state_change()
+
+    def _perform(self, a: Action) -> None:
+        assert self.nursery is not None
+        if a.kind == "start":
+            if a.restart:
+                self.metrics.restarts.inc()
+                self.events.publish("restart", deployment=a.deployment, version=a.version, failures=a.restart)
+            else:
+                self.events.publish("start", deployment=a.deployment, version=a.version, reason=a.reason)
+            self.nursery.start_soon(self._start, a)
+        elif a.kind == "prepare":
+            self.events.publish("prepare", deployment=a.deployment, version=a.version, reason=a.reason)
+            self.nursery.start_soon(self._prepare, a)
+        elif a.kind == "switch":
+            self.metrics.switches.labels(warm="true" if a.reason == "warm version" else "false").inc()
+            self.events.publish("switch", deployment=a.deployment, version=a.version, previous=a.previous, reason=a.reason)
+        elif a.kind == "stop":
+            self.events.publish("stop", deployment=a.deployment, versions=list(a.versions), reason=a.reason)
+            if a.reason.startswith("failed after"):
+                self.metrics.failed.inc()
+                self.events.publish("failed", deployment=a.deployment, reason=a.reason)
+            self.nursery.start_soon(self._stop, a)
+        elif a.kind == "unload":
+            self.events.publish("unload", deployment=a.deployment, version=a.version, reason=a.reason)
+            self._release(a.deployment, a.version)
+
+    def _after_state_change(self) -> None:
+        """Write the claims when they changed, refresh gauges, wake waiters."""
+        if self.sup.version != self._written:
+            self._written = self.sup.version
+            claims = [ReplicaClaim(d, v, s, i) for d, v, s, i in self.sup.claims()]
+            intent = self.d.core.intent
+            if intent is not None:
+                try:
+                    intent.set_placement(claims, trio.current_time(), wall=time.time())
+                except CrdtError as exc:
+                    self.d.counters["workloads_claim_errors"] += 1
+                    self.log.error("placement_claim_failed", error=str(exc))
+                self.d.emit([])  # persist kick; the record is pushed once durable
+            running: dict[str, int] = {}
+            for d, _, s, _ in self.sup.claims():
+                running[d] = running.get(d, 0) + (s == "running")
+            self._gauged |= set(running)
+            for d in sorted(self._gauged):
+                self.metrics.running.labels(deployment=d).set(running.get(d, 0))
+        self._state.set()
+        self._state = trio.Event()
+
+    async def _start(self, a: Action) -> None:
+        t0 = time.monotonic()
+        try:
+            key = await self._load(a.deployment, a.version)
+        except Exception as exc:
+            err = _one_line(exc)
+            self.metrics.starts.labels(outcome="error").inc()
+            self.events.publish("start_failed", deployment=a.deployment, version=a.version, error=err)
+            acts = self.sup.start_failed(a.deployment, a.version, err, trio.current_time())
+            r = self.sup.replicas.get(a.deployment)
+            if r is not None and r.retry_at is not None and r.state != "failed":
+                self.events.publish("backoff", deployment=a.deployment, version=a.version,
+                                    retry_in_ms=round((r.retry_at - trio.current_time()) * 1000, 1), failures=len(r.failures))
+            self._apply(acts)
+            return
+        self._keys[(a.deployment, a.version)] = key
+        self._users.setdefault(key, set()).add((a.deployment, a.version))
+        self.metrics.starts.labels(outcome="ok").inc()
+        acts = self.sup.started(a.deployment, a.version, trio.current_time())
+        fields: dict[str, Any] = {"deployment": a.deployment, "version": a.version, "took_ms": round((time.monotonic() - t0) * 1000, 3)}
+        dead = self._taking_over.pop(a.deployment, None)
+        if dead is not None and dead in self._dead_at:
+            fields["failover_from"] = dead
+            fields["since_death_ms"] = round((time.monotonic() - self._dead_at[dead]) * 1000, 3)
+        if self.sup.serving(a.deployment) == a.version:
+            self.events.publish("running", **fields)
+        self._apply(acts)
+
+    async def _prepare(self, a: Action) -> None:
+        """A standby: fetch the blob and compile it into the cache, then unload (nothing serves)."""
+        try:
+            key = await self._load(a.deployment, a.version)
+        except Exception as exc:
+            self.log.info("standby_prepare_failed", deployment=a.deployment, version=a.version, error=_one_line(exc))
+            return
+        if not self._users.get(key) and self.rt is not None:
+            self.rt.unload(key)
+
+    async def _stop(self, a: Action) -> None:
+        with trio.move_on_after(self.config.drain_timeout_s):
+            while self._inflight.get(a.deployment, 0) > 0:
+                await self._drained.wait()
+        for v in a.versions:
+            self._release(a.deployment, v)
+        self.metrics.stops.inc()
+        self.events.publish("stopped", deployment=a.deployment, versions=list(a.versions))
+        self._apply(self.sup.stopped(a.deployment, trio.current_time()))
+
+    def _release(self, deployment: str, version: str) -> None:
+        key = self._keys.pop((deployment, version), None)
+        if key is None:
+            return
+        users = self._users.get(key, set())
+        users.discard((deployment, version))
+        if not users:
+            self._users.pop(key, None)
+            if self.rt is not None:
+                self.rt.unload(key)
+
+    async def _load(self, deployment: str, version: str) -> str:
+        """Fetch, verify, compile and warm ``deployment``'s module at ``version``; the runtime key."""
+        assert self.rt is not None
+        doc = self.d.core.intent.doc  # type: ignore[union-attr]
+        dep = doc.deployment(deployment)
+        module = dep.spec.module
+        mv = doc.manifest(module, version)
+        rec = doc.effective("registry", f"{module}@{version}")
+        if rec is None or mv.manifest is None or mv.removed:
+            raise NotFound(f"{module} {version} is not in the registry (or was removed)")
+        signed = SignedManifest.from_record(rec.payload, rec.signer, rec.signature, rec.seq, prev=rec.prev, wall_ms=rec.wall_ms)
+        if rec.signer not in self.rt.trust:
+            tk = doc.adapter._key(rec.signer)
+            if tk is None:
+                raise NotFound(f"publisher key {rec.signer} of {module} {version} is not trusted here")
+            self.rt.trust.add(tk.public_raw)
+        wasm = await self._blob(mv.sha256, mv.size, deployment)
+        req = dep.spec.capabilities
+        grant = Capabilities.build(kv_namespaces=req.kv_namespaces, http_hosts=req.http_hosts, log=req.log,
+                                   clocks=req.clocks, random=req.random)
+        rt = self.rt
+        lm = await trio.to_thread.run_sync(lambda: rt.admit(signed, wasm, grant=grant))
+        return str(lm.key)
+
+    async def _blob(self, sha: str, size: int, deployment: str) -> bytes:
+        store = self.d.blob_store
+        if not store.has(sha):
+            core = self.d.core
+            with trio.fail_after(self.config.fetch_timeout_s):
+                for peers in (self._holders(sha), self._alive_peers()):
+                    if not peers:
+                        continue
+                    self.d.emit(core.fetch_blob(sha, peers, trio.current_time(), expected_size=size))
+                    while not store.has(sha):
+                        ev = self._blob_event
+                        st = core.blobs.status(sha) if core.blobs is not None else None
+                        if st is None or st.status == "failed":
+                            break
+                        await ev.wait()
+                    if store.has(sha):
+                        break
+            if not store.has(sha):
+                st = core.blobs.status(sha) if core.blobs is not None else None
+                raise NotFound(f"blob {sha[:12]} could not be fetched: {st.reason if st else 'no peer to ask'}")
+        return await trio.to_thread.run_sync(store.read, sha, 0, size)
+
+    def _holders(self, sha: str) -> list[str]:
+        """Alive peers whose claims say they run a version with this blob."""
+        doc = self.d.core.intent.doc  # type: ignore[union-attr]
+        swim = self.d.core.swim
+        out = []
+        for node, entry in doc.placements().items():
+            m = swim.members.peek(node)
+            if node == self.node_id or m is None or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+                continue
+            for c in entry.replicas:
+                try:
+                    if c.state == "running" and doc.manifest(doc.deployment(c.deployment).spec.module, c.version).sha256 == sha:
+                        out.append(node)
+                        break
+                except NotFound:
+                    continue
+        return sorted(out)
+
+    def _alive_peers(self) -> list[str]:
+        swim = self.d.core.swim
+        return sorted(n for n, m in swim.members.items() if n != self.node_id and m.state in (MemberState.ALIVE, MemberState.SUSPECT))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+__all__ = ["EventHub", "NotHosted", "WorkloadMetrics", "Workloads", "WorkloadsConfig", "build_view", "incumbents", "placement_spec"]
+
+
+# -- control API -----------------------------------------------------------------------------
+
+MAX_EVENT_WAIT = 60.0
+
+
+class WorkloadsApi:
+    """``GET /v1/workloads``, ``GET /v1/events`` (long poll) and a local-only invoke for tests and benches."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.d = daemon
+
+    def routes(self) -> dict[tuple[str, str], Any]:
+        return {
+            ("GET", "/v1/workloads"): self.workloads,
+            ("GET", "/v1/events"): self.events,
+            ("POST", "/v1/workloads/invoke"): self.invoke,
+        }
+
+    @property
+    def wl(self) -> Workloads:
+        return self.d.workloads
+
+    async def workloads(self, req: Any) -> tuple[int, str, bytes]:
+        from mesh.daemon.api import json_answer
+
+        doc = self.d.core.intent.doc  # type: ignore[union-attr]
+        entries = {n: [c.to_payload() for c in e.replicas] for n, e in sorted(doc.placements().items())}
+        return json_answer({
+            "node": self.d.node_id, "replicas": self.wl.replicas(), "evaluations": self.wl.evaluations,
+            "placements": {k: list(v) for k, v in sorted(self.wl._placements.items())}, "entries": entries,
+        })
+
+    async def events(self, req: Any) -> tuple[int, str, bytes]:
+        from urllib.parse import parse_qs
+
+        from mesh.daemon.api import ApiError, json_answer
+
+        q = parse_qs(req.query)
+        try:
+            after = int((q.get("after") or ["0"])[0])
+            wait = float((q.get("wait") or ["0"])[0])
+            limit = int((q.get("limit") or ["0"])[0]) or None
+        except ValueError:
+            raise ApiError(400, "after and limit must be integers, wait a number of seconds") from None
+        if not 0 <= wait <= MAX_EVENT_WAIT or after < 0 or (limit is not None and limit < 0):
+            raise ApiError(400, f"wait must be within 0..{MAX_EVENT_WAIT:g} s; after and limit >= 0")
+        hub = self.wl.events
+        evs = await hub.wait(after, wait) if wait else hub.recent(after)
+        if limit:
+            evs = evs[-limit:]
+        return json_answer({"node": self.d.node_id, "seq": hub.seq, "events": evs})
+
+    async def invoke(self, req: Any) -> tuple[int, str, bytes]:
+        import base64
+        from urllib.parse import parse_qs
+
+        from mesh.daemon.api import ApiError, json_answer
+
+        name = (parse_qs(req.query).get("deployment") or [""])[0]
+        if not name or len(name) > 64:
+            raise ApiError(400, "deployment=NAME is required")
+        t0 = time.perf_counter()
+        try:
+            res = await self.wl.invoke_local(name, req.body)
+        except NotHosted as exc:
+            raise ApiError(409, str(exc)) from None
+        except WasmError as exc:
+            return json_answer({"error": str(exc)[:500], "code": exc.code}, 502)
+        return json_answer({
+            "body": base64.b64encode(res.body).decode(), "status": res.status,
+            "duration_ms": round((time.perf_counter() - t0) * 1000, 3), "at": time.monotonic(),
+        })
