@@ -229,7 +229,8 @@ class Workloads:
         self._drained = trio.Event()
         self._dead_at: dict[str, float] = {}  # node -> time.monotonic() of its death declaration here
         self._taking_over: dict[str, str] = {}  # deployment -> dead node it replaces here
-        self._switch_from: dict[str, float] = {}
+        self._changed_at: float | None = None  # time.monotonic() of the first change not yet evaluated
+        self._eval_cause: float | None = None  # ... of the change the current evaluation answers
         self.nursery: trio.Nursery | None = None
         self.evaluations = 0
         self._gauged: set[str] = set()  # deployments with a replicas_running series
@@ -240,11 +241,13 @@ class Workloads:
 
     def changed(self) -> None:
         """Something placement depends on changed (a record applied, metadata, trust)."""
+        if self._changed_at is None:
+            self._changed_at = time.monotonic()
         self._dirty.set()
 
     def record_visible(self, kind: str) -> None:
         if kind in WATCHED_KINDS:
-            self._dirty.set()
+            self.changed()
 
     def member_events(self, events: list[Any]) -> None:
         for ev in events:
@@ -256,7 +259,7 @@ class Workloads:
             elif ev.kind in ("join", "alive"):
                 self._dead_at.pop(ev.node, None)
         if events:
-            self._dirty.set()
+            self.changed()
 
     def _blob_done(self, sha256: str, ok: bool, why: str) -> None:
         self._blob_event.set()
@@ -368,6 +371,7 @@ class Workloads:
                     with trio.move_on_at(deadline if deadline is not None else math.inf):
                         await self._dirty.wait()
                     self._dirty = trio.Event()
+                    self._eval_cause, self._changed_at = self._changed_at, None
                     now = trio.current_time()
                     actions = self.sup.tick(now)
                     try:
@@ -489,7 +493,11 @@ class Workloads:
             self.nursery.start_soon(self._prepare, a)
         elif a.kind == "switch":
             self.metrics.switches.labels(warm="true" if a.reason == "warm version" else "false").inc()
-            self.events.publish("switch", deployment=a.deployment, version=a.version, previous=a.previous, reason=a.reason)
+            fields: dict[str, Any] = {}
+            if a.reason == "warm version" and self._eval_cause is not None:
+                # from the change (e.g. the rollback record applied here) to serving the other version
+                fields["since_change_ms"] = round((time.monotonic() - self._eval_cause) * 1000, 3)
+            self.events.publish("switch", deployment=a.deployment, version=a.version, previous=a.previous, reason=a.reason, **fields)
         elif a.kind == "stop":
             self.events.publish("stop", deployment=a.deployment, versions=list(a.versions), reason=a.reason)
             if a.reason.startswith("failed after"):
