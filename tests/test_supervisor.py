@@ -191,3 +191,4 @@ def test_claims_version_counter_moves_only_on_change() -> None:
     assert s.version == v1
     s.started("w", "1.0.0", 1.0)
     assert s.version > v1
+

@@ -138,6 +138,10 @@ class WorkloadMetrics:
         self.failed = Counter("wasmatrix_replica_failed", "Replicas marked failed (restart budget spent)", **kw)
         self.failovers = Counter("wasmatrix_failovers", "Replicas this node took over from a dead or departed node", **kw)
         self.switches = Counter("wasmatrix_version_switches", "Serving version switches (roll forward or back)", ["warm"], **kw)
+        self.errors = Counter("wasmatrix_workload_errors", "Lifecycle steps that failed inside the daemon (counted, never raised), by reason",
+                              ["reason"], **kw)
+        for r in ("evaluate", "action", "claim"):
+            self.errors.labels(reason=r)
         for o in ("ok", "error"):
             self.starts.labels(outcome=o)
         for w in ("true", "false"):
@@ -377,7 +381,7 @@ class Workloads:
                     try:
                         actions += self.evaluate(now)
                     except Exception as exc:  # a bug or a bad record must not stop the loop
-                        self.d.counters["workloads_evaluate_errors"] += 1
+                        self.metrics.errors.labels(reason="evaluate").inc()
                         self.log.error("placement_evaluate_failed", error=f"{type(exc).__name__}: {exc}")
                     self._apply(actions)
         finally:
@@ -475,7 +479,7 @@ class Workloads:
             try:
                 self._perform(a)
             except Exception as exc:  # one action's bug must not stop the others
-                self.d.counters["workloads_action_errors"] += 1
+                self.metrics.errors.labels(reason="action").inc()
                 self.log.error("lifecycle_action_failed", action=a.kind, deployment=a.deployment, error=f"{type(exc).__name__}: {exc}")
         self._after_state_change()
 
@@ -518,7 +522,7 @@ class Workloads:
                 try:
                     intent.set_placement(claims, trio.current_time(), wall=time.time())
                 except CrdtError as exc:
-                    self.d.counters["workloads_claim_errors"] += 1
+                    self.metrics.errors.labels(reason="claim").inc()
                     self.log.error("placement_claim_failed", error=str(exc))
                 self.d.emit([])  # persist kick; the record is pushed once durable
             running: dict[str, int] = {}

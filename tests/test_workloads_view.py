@@ -1,0 +1,122 @@
+"""The daemon-side pure helpers of the lifecycle (mesh/daemon/workloads.py): the scheduler view built
+from membership and the placement document, the spec built from a deployment, incumbents, metrics docs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from crdt.schema import Constraints, DeploymentSpec, PlacementEntry, Preferences, ReplicaClaim
+from mesh.daemon.workloads import build_view, incumbents, placement_spec
+from mesh.membership import NodeMeta
+from mesh.membership.state import MemberState
+from scheduler import ALIVE, DEAD, LEFT, place
+
+
+@dataclass
+class _M:
+    meta: NodeMeta
+    state: MemberState
+
+
+class _Swim:
+    def __init__(self, members: dict[str, _M]) -> None:
+        self.members = members
+
+    def coordinate_of(self, name: str) -> Any:
+        return None
+
+
+@dataclass
+class _Dep:
+    spec: DeploymentSpec
+
+
+def _entry(node: str, *claims: tuple[str, str, str]) -> PlacementEntry:
+    return PlacementEntry(node, tuple(ReplicaClaim(d, v, s, 0) for d, v, s in claims), 1.0)
+
+
+def test_view_maps_status_meta_failed_marks_and_blob_holdings() -> None:
+    swim = _Swim({
+        "n1": _M(NodeMeta(arch="aarch64", cores=4, memory_mb=2048, labels=(("gpu", "yes"),), fault_domain="eu/s1/u1", name="one"), MemberState.ALIVE),
+        "n2": _M(NodeMeta(), MemberState.SUSPECT),
+        "n3": _M(NodeMeta(), MemberState.DEAD),
+        "n4": _M(NodeMeta(), MemberState.LEFT),
+    })
+    placements = {"n1": _entry("n1", ("web", "1.0.0", "running"), ("api", "2.0.0", "failed")),
+                  "n2": _entry("n2", ("web", "1.0.0", "starting"))}
+    view = build_view(swim, placements, {"web": "handler", "api": "other"}, {("handler", "1.0.0"): "ab" * 32})
+    rows = {n.node_id: n for n in view.nodes}
+    assert [n.node_id for n in view.nodes] == ["n1", "n2", "n3", "n4"]
+    # a suspect node keeps its replicas (failover starts at the death declaration)
+    assert [rows[n].status for n in ("n1", "n2", "n3", "n4")] == [ALIVE, ALIVE, DEAD, LEFT]
+    n1 = rows["n1"]
+    assert (n1.arch, n1.cores, n1.memory_mb, n1.labels, n1.zone) == ("aarch64", 4, 2048, (("gpu", "yes"),), "eu/s1/u1")
+    assert n1.failed == frozenset({"api"})
+    assert n1.blobs == frozenset({"ab" * 32})  # running claims hold their blob
+    assert rows["n2"].blobs == frozenset()  # a starting claim may not have it yet
+
+
+def test_incumbents_are_nodes_holding_or_starting_a_replica() -> None:
+    placements = {
+        "n1": _entry("n1", ("web", "1.0.0", "running")),
+        "n2": _entry("n2", ("web", "1.0.0", "starting")),
+        "n3": _entry("n3", ("web", "1.0.0", "stopping")),
+        "n4": _entry("n4", ("web", "1.0.0", "failed")),
+        "n5": _entry("n5", ("api", "1.0.0", "running")),
+    }
+    assert incumbents("web", placements) == frozenset({"n1", "n2"})
+
+
+def test_spec_maps_constraints_preferences_and_display_names() -> None:
+    spec = DeploymentSpec(
+        "web", "handler", "^1.0.0", replicas=2,
+        constraints=Constraints(arch=("arm64",), min_memory_mb=512, labels={"zone": "a", "gpu": "yes"}, hardware=("tpu",)),
+        preferences=Preferences(near_label="site=berlin", near_node="one", spread="vehicle"),
+    )
+    ps = placement_spec(_Dep(spec), "cd" * 32, "counters", {"one": "n1"})
+    assert (ps.name, ps.replicas, ps.arch, ps.min_memory_mb) == ("web", 2, ("arm64",), 512)
+    assert ps.labels == (("gpu", "yes"), ("zone", "a"))
+    assert ps.hardware == ("tpu",)
+    assert ps.near_label == ("site", "berlin")
+    assert ps.near_node == "n1"  # the display name resolved to the node id
+    assert ps.spread == "unit"  # a vehicle is the unit level of region/site/unit
+    assert (ps.blob, ps.kv_namespace) == ("cd" * 32, "counters")
+    assert placement_spec(_Dep(DeploymentSpec("w", "m", "1.0.0", preferences=Preferences(spread="galaxy"))), None, None, {}).spread is None
+
+
+def test_a_failed_mark_in_the_placement_document_moves_the_replica() -> None:
+    swim = _Swim({n: _M(NodeMeta(), MemberState.ALIVE) for n in ("n1", "n2", "n3")})
+    spec = placement_spec(_Dep(DeploymentSpec("web", "handler", "1.0.0", replicas=1)), None, None, {})
+    first = place(spec, build_view(swim, {}, {}, {})).nodes
+    assert len(first) == 1
+    failed = {first[0]: _entry(first[0], ("web", "1.0.0", "failed"))}
+    second = place(spec, build_view(swim, failed, {}, {}), incumbents("web", failed)).nodes
+    assert len(second) == 1 and second[0] != first[0]
+
+
+def test_every_lifecycle_metric_is_documented() -> None:
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mesh.daemon.workloads import WorkloadMetrics
+    from mesh.metrics import render
+
+    doc = (Path(__file__).parent.parent / "docs" / "METRICS.md").read_text()
+    reg = CollectorRegistry()
+    m = WorkloadMetrics(reg)
+    m.running.labels(deployment="web").set(1)
+    m.decisions.labels(deployment="web").inc()
+    m.moved.labels(deployment="web").inc()
+    families = [f for f in text_string_to_metric_families(render(reg).decode()) if not f.name.endswith("_created")]
+    assert len(families) == 12
+    for fam in families:
+        shown = fam.name + "_total" if fam.type == "counter" else fam.name
+        assert f"`{shown}`" in doc, shown
+        for s in fam.samples:
+            for label, v in s.labels.items():
+                assert f"`{label}`" in doc, (fam.name, label)
+                if label != "deployment":
+                    assert v in doc, (fam.name, label, v)
