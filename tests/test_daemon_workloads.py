@@ -23,6 +23,7 @@ from tests.harness.procs import ProcessGroup
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "runtime" / "examples" / "handler.wasm"
+KVCOUNTER = ROOT / "runtime" / "examples" / "kvcounter.wasm"
 NAMES = ["a", "b", "c", "d"]
 
 
@@ -102,6 +103,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         for v in ("1.0.0", "1.1.0"):
             _ok("module", "publish", str(HANDLER), "--name", "handler", "--version", v, "--abi", "direct",
                 "--key", str(root / "pub.key"), "--data-dir", str(first))
+        _ok("module", "publish", str(KVCOUNTER), "--name", "kvcounter", "--version", "1.0.0", "--capability", "kv:counter",
+            "--capability", "log", "--key", str(root / "pub.key"), "--data-dir", str(first))
         yield World(mesh, root)
 
 
@@ -125,6 +128,7 @@ def test_replicas_2_run_on_exactly_2_nodes_and_every_placement_document_agrees(w
     assert world.invoke(other, "web", b"hi")[0] == 409
 
 
+@pytest.mark.slow
 def test_scale_2_to_1_to_3(world: World) -> None:
     before = world.running_on("web")
     world.deploy("web", "--module", "handler", "--version", "1.0.0", "--replicas", "1")
@@ -153,6 +157,7 @@ def test_rollback_reaches_every_host_and_the_previous_version_stays_warm(world: 
         assert sw and sw[-1]["reason"] == "warm version"  # a pointer switch, nothing started
 
 
+@pytest.mark.slow
 def test_events_cli_prints_recent_events_and_follows_as_json_lines(world: World) -> None:
     d = str(world.root / "a")
     r = _cli("events", "--data-dir", d)
@@ -161,8 +166,9 @@ def test_events_cli_prints_recent_events_and_follows_as_json_lines(world: World)
     r = _cli("events", "--data-dir", d, "--json")
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert rows and all({"seq", "kind", "node", "ts"} <= set(x) for x in rows)
-    # --follow streams new events: bounded by --count
-    p = subprocess.Popen([sys.executable, "-m", "mesh.cli", "events", "--follow", "--data-dir", d, "--count", "1"],
+    # --follow streams new events: bounded by --count, from the current position
+    seq = world.node("a").client().get("/v1/events?limit=1")["seq"]
+    p = subprocess.Popen([sys.executable, "-m", "mesh.cli", "events", "--follow", "--data-dir", d, "--count", "1", "--after", str(seq)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         world.deploy("web", "--module", "handler", "--version", "1.0.0", "--replicas", "1")
@@ -196,6 +202,7 @@ def test_kill_9_of_a_host_starts_a_replacement_elsewhere(world: World) -> None:
     wait_until(lambda: len(world.running_on("web")) == 2, 30, "exactly 2 after the node is back")
 
 
+@pytest.mark.slow
 def test_a_trapping_replica_restarts_with_backoff_then_is_marked_failed_and_moved(world: World) -> None:
     world.deploy("crashy", "--module", "handler", "--version", "1.0.0", "--replicas", "1")
     wait_until(lambda: len(world.running_on("crashy")) == 1, 30, "crashy running")
@@ -219,3 +226,28 @@ def test_a_trapping_replica_restarts_with_backoff_then_is_marked_failed_and_move
     assert any(e["kind"] == "failed" and e["deployment"] == "crashy" for e in evs)
     wait_until(lambda: world.claims("a", "crashy").get(host_id, ("",))[0] == "failed", 10, "failed mark replicated")
     wait_until(lambda: len([n for n in world.running_on("crashy") if n != host]) == 1, 30, "crashy moved to another node")
+
+
+def test_replicas_0_is_on_demand_and_cold_starts_on_the_first_call(world: World) -> None:
+    world.deploy("lazy", "--module", "handler", "--version", "1.0.0", "--replicas", "0")
+    wait_until(lambda: all("lazy" in world.workloads(n.name)["placements"] for n in world.live()), 10, "lazy deployment seen")
+    assert world.running_on("lazy") == {}  # scaled to zero: nothing placed
+    code, out = world.invoke("c", "lazy", b"wake")
+    assert code == 200 and base64.b64decode(out["body"]).endswith(b":WAKE")
+    (rep,) = [r for r in world.workloads("c")["replicas"] if r["deployment"] == "lazy"]
+    assert rep["on_demand"] and rep["state"] == "running"
+    assert set(world.running_on("lazy")) == {"c"}
+
+
+def test_the_kv_host_api_is_the_replicated_kv(world: World) -> None:
+    import time
+
+    world.deploy("count", "--module", "kvcounter", "--version", "1.0.0", "--replicas", "2", "--capability", "kv:counter",
+                 "--capability", "log")
+    wait_until(lambda: len(world.running_on("count")) == 2, 30, "2 kvcounter replicas")
+    h1, h2 = sorted(world.running_on("count"))
+    code, out = world.invoke(h1, "count", b"")
+    assert code == 200 and base64.b64decode(out["body"]) == b"1\n", out
+    time.sleep(1.0)  # the write replicates (tens of ms on loopback)
+    code, out = world.invoke(h2, "count", b"")
+    assert code == 200 and base64.b64decode(out["body"]) == b"2\n", out  # h2 read h1's write

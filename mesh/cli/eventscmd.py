@@ -26,6 +26,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument("--limit", type=int, default=0, help="at most this many recent events (default: all the node keeps)")
     p.add_argument("--count", type=int, default=0, help="with --follow: exit after this many events")
+    p.add_argument("--after", type=int, default=None, metavar="SEQ",
+                   help="with --follow: start after event SEQ (e.g. to resume; default: from now on)")
     _api_flags(p)
     p.set_defaults(handler=events_command)
 
@@ -35,14 +37,14 @@ def _detail(ev: dict[str, Any]) -> str:
 
 
 def events_command(args: argparse.Namespace) -> int:
-    if args.limit < 0 or args.count < 0:
-        print("wasmatrix events: --limit and --count must be >= 0", file=sys.stderr)
+    if args.limit < 0 or args.count < 0 or (args.after is not None and args.after < 0):
+        print("wasmatrix events: --limit, --count and --after must be >= 0", file=sys.stderr)
         return 2
 
     def run(client: Any) -> int:
         if args.follow:
             client.timeout = max(client.timeout, POLL_WAIT + 10)
-            after = client.get("/v1/events?limit=1")["seq"]
+            after = args.after if args.after is not None else client.get("/v1/events?limit=1")["seq"]
             printed = 0
             while True:
                 res = client.get(f"/v1/events?after={after}&wait={POLL_WAIT:g}")
