@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from mesh.daemon.api import ApiClientError  # noqa: E402
-from tests.harness.daemons import Mesh, Node, wait_until  # noqa: E402
+from tests.harness.daemons import Mesh, Node, publisher_and_operator, wait_until  # noqa: E402
 from tests.harness.procs import ProcessGroup  # noqa: E402
 
 HANDLER = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "handler.wasm"
@@ -136,11 +136,7 @@ def main() -> int:
     names = [f"n{i}" for i in range(a.nodes)]
     try:
         first = root / names[0]
-        for role, out in (("publisher", "pub.key"), ("operator", "op.key")):
-            cli("keygen", "--role", role, "--out", str(root / out), "--data-dir", str(first))
-        for n in names[1:]:
-            (root / n).mkdir(mode=0o700)
-            shutil.copy(first / "trust.json", root / n / "trust.json")
+        publisher_and_operator(root, names)
         (root / "logs").mkdir()
         with ProcessGroup(root / "logs") as group:
             mesh = Mesh(group, root, profile=a.profile)

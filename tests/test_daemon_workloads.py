@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from mesh.daemon.api import ApiClientError
-from tests.harness.daemons import Mesh, Node, wait_until
+from tests.harness.daemons import Mesh, Node, publisher_and_operator, wait_until
 from tests.harness.procs import ProcessGroup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,13 +85,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("wl")
     first = root / "a"
-    for role, out in (("publisher", "pub.key"), ("operator", "op.key")):
-        r = _cli("keygen", "--role", role, "--out", str(root / out), "--data-dir", str(first))
-        assert r.returncode == 0, r.stderr
-    for n in NAMES[1:]:
-        (root / n).mkdir(mode=0o700)
-        shutil.copy(first / "trust.json", root / n / "trust.json")
-    first.chmod(0o700)
+    publisher_and_operator(root, NAMES)
     (root / "logs").mkdir()
     with ProcessGroup(root / "logs") as group:
         mesh = Mesh(group, root)
