@@ -150,6 +150,7 @@ def main() -> int:
             cli("deploy", "web", "--module", "handler", "--version", "^1.0.0", "--replicas", "2",
                 "--key", str(root / "op.key"), "--data-dir", d0)
             failover, own, detect = [], [], []
+            phases: list[tuple[float, float, float]] = []
             for rnd in range(a.rounds):
                 wait_until(lambda: len(running_on(mesh, "web")) == 2, 60, "2 replicas running")
                 time.sleep(1.5)  # standbys prepare (blob + compiled cache)
@@ -172,6 +173,7 @@ def main() -> int:
                     detect.append((min(declared) - t_kill) * 1000)
                 if run_ev:
                     own.append(run_ev[-1]["since_death_ms"])
+                    phases.append((run_ev[-1].get("blob_ms", 0.0), run_ev[-1].get("admit_ms", 0.0), run_ev[-1]["took_ms"]))
                 print(f"round {rnd}: killed {victim}, replacement {new}: declared->serving "
                       f"{failover[-1] if declared else float('nan'):.1f} ms, own declaration->running "
                       f"{own[-1] if run_ev else float('nan'):.1f} ms (detection took {detect[-1] if declared else float('nan'):.0f} ms)")
@@ -205,6 +207,10 @@ def main() -> int:
         print(f"failover on loopback, {a.nodes} daemons, {a.rounds} kill -9 rounds, profile {a.profile or 'default'}")
         print("  " + line("death declared (first survivor) -> replacement serves a call", failover))
         print("  " + line("replacement's own declaration -> replica running", own))
+        if phases:
+            print("  " + line("  of which the start on the replacement (blob read + admit + warm + claim)", [p[2] for p in phases]))
+            print("  " + line("    of which reading the blob (the standby fetched it) on a worker thread", [p[0] for p in phases]))
+            print("  " + line("    of which admit (verify, compile cache, pool warm-up) on a worker thread", [p[1] for p in phases]))
         print("  " + line("(for context) kill -9 -> first death declaration", detect))
         print("  " + line("baseline: bare Runtime admit on a warm compiled cache + first call", base))
         if failover and base:

@@ -233,6 +233,7 @@ class Workloads:
         self._drained = trio.Event()
         self._dead_at: dict[str, float] = {}  # node -> time.monotonic() of its death declaration here
         self._taking_over: dict[str, str] = {}  # deployment -> dead node it replaces here
+        self._timing: dict[tuple[str, str], dict[str, float]] = {}  # start phases of the last load, for the running event
         self._changed_at: float | None = None  # time.monotonic() of the first change not yet evaluated
         self._eval_cause: float | None = None  # ... of the change the current evaluation answers
         self.nursery: trio.Nursery | None = None
@@ -293,8 +294,16 @@ class Workloads:
         self._inflight[deployment] = self._inflight.get(deployment, 0) + 1
         self.sup.touch(deployment, trio.current_time())
         try:
-            return await self.rt.invoke(key, Request(body=bytes(payload)))
-        except (WasmTrap, HostResourceError) as exc:
+            res = await self.rt.invoke(key, Request(body=bytes(payload)))
+            if traceparent:
+                self.log.info("invoke_local", deployment=deployment, version=version, traceparent=traceparent,
+                              ms=round(res.duration_s * 1000, 3), status=res.status)
+            return res
+        except WasmError as exc:
+            if not isinstance(exc, (WasmTrap, HostResourceError)):
+                if traceparent:
+                    self.log.info("invoke_local_failed", deployment=deployment, version=version, traceparent=traceparent, code=exc.code)
+                raise
             self.log.warning("replica_crashed", deployment=deployment, version=version, error=str(exc)[:200], traceparent=traceparent)
             self.metrics.crashes.inc()
             self.events.publish("crashed", deployment=deployment, version=version, error=str(exc)[:200])
@@ -553,7 +562,8 @@ class Workloads:
         self._users.setdefault(key, set()).add((a.deployment, a.version))
         self.metrics.starts.labels(outcome="ok").inc()
         acts = self.sup.started(a.deployment, a.version, trio.current_time())
-        fields: dict[str, Any] = {"deployment": a.deployment, "version": a.version, "took_ms": round((time.monotonic() - t0) * 1000, 3)}
+        fields: dict[str, Any] = {"deployment": a.deployment, "version": a.version, "took_ms": round((time.monotonic() - t0) * 1000, 3),
+                                  **self._timing.pop((a.deployment, a.version), {})}
         dead = self._taking_over.pop(a.deployment, None)
         if dead is not None and dead in self._dead_at:
             fields["failover_from"] = dead
@@ -609,12 +619,15 @@ class Workloads:
             if tk is None:
                 raise NotFound(f"publisher key {rec.signer} of {module} {version} is not trusted here")
             self.rt.trust.add(tk.public_raw)
+        t0 = time.perf_counter()
         wasm = await self._blob(mv.sha256, mv.size, deployment)
+        t1 = time.perf_counter()
         req = dep.spec.capabilities
         grant = Capabilities.build(kv_namespaces=req.kv_namespaces, http_hosts=req.http_hosts, log=req.log,
                                    clocks=req.clocks, random=req.random)
         rt = self.rt
         lm = await trio.to_thread.run_sync(lambda: rt.admit(signed, wasm, grant=grant))
+        self._timing[(deployment, version)] = {"blob_ms": round((t1 - t0) * 1000, 3), "admit_ms": round((time.perf_counter() - t1) * 1000, 3)}
         return str(lm.key)
 
     async def _blob(self, sha: str, size: int, deployment: str) -> bytes:
