@@ -229,6 +229,7 @@ class Workloads:
         self._placements: dict[str, tuple[str, ...]] = {}  # last placement computed, per deployment
         self._keys: dict[tuple[str, str], str] = {}  # (deployment, version) -> runtime module key
         self._users: dict[str, set[tuple[str, str]]] = {}  # runtime key -> (deployment, version) using it
+        self._loading: dict[str, int] = {}  # runtime key -> loads in flight
         self._inflight: dict[str, int] = {}
         self._drained = trio.Event()
         self._dead_at: dict[str, float] = {}  # node -> time.monotonic() of its death declaration here
@@ -579,8 +580,7 @@ class Workloads:
         except Exception as exc:
             self.log.info("standby_prepare_failed", deployment=a.deployment, version=a.version, error=_one_line(exc))
             return
-        if not self._users.get(key) and self.rt is not None:
-            self.rt.unload(key)
+        self._unload_if_unused(key)
 
     async def _stop(self, a: Action) -> None:
         with trio.move_on_after(self.config.drain_timeout_s):
@@ -598,7 +598,11 @@ class Workloads:
             return
         users = self._users.get(key, set())
         users.discard((deployment, version))
-        if not users:
+        self._unload_if_unused(key)
+
+    def _unload_if_unused(self, key: str) -> None:
+        """Unload a module key no replica uses and no start is loading (two deployments may share one)."""
+        if not self._users.get(key) and not self._loading.get(key):
             self._users.pop(key, None)
             if self.rt is not None:
                 self.rt.unload(key)
@@ -626,7 +630,14 @@ class Workloads:
         grant = Capabilities.build(kv_namespaces=req.kv_namespaces, http_hosts=req.http_hosts, log=req.log,
                                    clocks=req.clocks, random=req.random)
         rt = self.rt
-        lm = await trio.to_thread.run_sync(lambda: rt.admit(signed, wasm, grant=grant))
+        key = signed.manifest.key
+        self._loading[key] = self._loading.get(key, 0) + 1  # no unload of this key while a load is in flight
+        try:
+            lm = await trio.to_thread.run_sync(lambda: rt.admit(signed, wasm, grant=grant))
+        finally:
+            self._loading[key] -= 1
+            if not self._loading[key]:
+                del self._loading[key]
         self._timing[(deployment, version)] = {"blob_ms": round((t1 - t0) * 1000, 3), "admit_ms": round((time.perf_counter() - t1) * 1000, 3)}
         return str(lm.key)
 
