@@ -119,6 +119,20 @@ def test_replicas_2_run_on_exactly_2_nodes_and_every_placement_document_agrees(w
     assert code == 200 and base64.b64decode(out["body"]).endswith(b":HI")
     other = sorted(set(NAMES) - set(hosts))[0]
     assert world.invoke(other, "web", b"hi")[0] == 409
+    assert world.node(host).metric("wasmatrix_replicas_running", 'deployment="web"') == 1
+    assert world.node(other).metric("wasmatrix_replicas_running", 'deployment="web"') == 0
+    assert world.node(other).metric("wasmatrix_replica_starts_total", 'outcome="ok"') == 0
+
+
+@pytest.mark.slow
+def test_a_draining_node_hands_its_replica_over(world: World) -> None:
+    hosts = world.running_on("web")
+    host = sorted(h for h in hosts if h != "a")[0]
+    r = _cli("meta", "set", "--data-dir", str(world.root / host), "drain=true")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: len(world.running_on("web")) == 2 and host not in world.running_on("web"), 20, "replica moved off the draining node")
+    r = _cli("meta", "set", "--data-dir", str(world.root / host), "drain=")
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.slow
@@ -190,6 +204,7 @@ def test_kill_9_of_a_host_starts_a_replacement_elsewhere(world: World) -> None:
     assert any(e["kind"] == "failover" and e["deployment"] == "web" for e in evs)
     code, out = world.invoke(new[0], "web", b"x")
     assert code == 200
+    assert world.node(new[0]).metric("wasmatrix_failovers_total") >= 1
     # the node comes back with its stale claim: the surplus stops by the same rule everywhere
     world.mesh.start(victim)
     wait_until(lambda: len(world.running_on("web")) == 2, 30, "exactly 2 after the node is back")

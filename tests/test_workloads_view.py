@@ -10,7 +10,7 @@ from crdt.schema import Constraints, DeploymentSpec, PlacementEntry, Preferences
 from mesh.daemon.workloads import build_view, incumbents, placement_spec
 from mesh.membership import NodeMeta
 from mesh.membership.state import MemberState
-from scheduler import ALIVE, DEAD, LEFT, place
+from scheduler import ALIVE, DEAD, DRAINING, LEFT, place
 
 
 @dataclass
@@ -42,14 +42,15 @@ def test_view_maps_status_meta_failed_marks_and_blob_holdings() -> None:
         "n2": _M(NodeMeta(), MemberState.SUSPECT),
         "n3": _M(NodeMeta(), MemberState.DEAD),
         "n4": _M(NodeMeta(), MemberState.LEFT),
+        "n5": _M(NodeMeta(labels=(("drain", "true"),)), MemberState.ALIVE),
     })
     placements = {"n1": _entry("n1", ("web", "1.0.0", "running"), ("api", "2.0.0", "failed")),
                   "n2": _entry("n2", ("web", "1.0.0", "starting"))}
     view = build_view(swim, placements, {"web": "handler", "api": "other"}, {("handler", "1.0.0"): "ab" * 32})
     rows = {n.node_id: n for n in view.nodes}
-    assert [n.node_id for n in view.nodes] == ["n1", "n2", "n3", "n4"]
-    # a suspect node keeps its replicas (failover starts at the death declaration)
-    assert [rows[n].status for n in ("n1", "n2", "n3", "n4")] == [ALIVE, ALIVE, DEAD, LEFT]
+    assert [n.node_id for n in view.nodes] == ["n1", "n2", "n3", "n4", "n5"]
+    # a suspect node keeps its replicas (failover starts at the death declaration); drain=true drains
+    assert [rows[n].status for n in ("n1", "n2", "n3", "n4", "n5")] == [ALIVE, ALIVE, DEAD, LEFT, DRAINING]
     n1 = rows["n1"]
     assert (n1.arch, n1.cores, n1.memory_mb, n1.labels, n1.zone) == ("aarch64", 4, 2048, (("gpu", "yes"),), "eu/s1/u1")
     assert n1.failed == frozenset({"api"})

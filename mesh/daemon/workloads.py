@@ -42,7 +42,7 @@ from runtime import Capabilities, Runtime, RuntimeConfig, SignedManifest
 from runtime.errors import HostResourceError, WasmError, WasmTrap
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import LoopKV
-from scheduler import ALIVE, DEAD, FAULT_LEVELS, LEFT, NodeInfo, PlacementSpec, View, place
+from scheduler import ALIVE, DEAD, DRAINING, FAULT_LEVELS, LEFT, NodeInfo, PlacementSpec, View, place
 from scheduler.supervisor import Action, Supervisor, SupervisorConfig, Target
 
 if TYPE_CHECKING:
@@ -52,6 +52,9 @@ WATCHED_KINDS = frozenset({"registry", "deployments", "placement", "trust"})
 # Claim states that make a node an incumbent of a deployment (it holds or is starting a replica).
 HOLDING = frozenset({"claimed", "fetching", "starting", "running"})
 _STATUS = {MemberState.ALIVE: ALIVE, MemberState.SUSPECT: ALIVE, MemberState.DEAD: DEAD, MemberState.LEFT: LEFT}
+# A node carrying this label (``wasmatrix meta set drain=true``) is DRAINING: no new replicas, and
+# placement moves the ones it runs (it stops them as the others start the replacements).
+DRAIN_LABEL = ("drain", "true")
 # Spread levels a deployment may name beyond the scheduler's own (seed 000 speaks of vehicles).
 SPREAD_ALIASES = {"vehicle": "unit", "zone": "site", "dc": "site", "datacenter": "site"}
 
@@ -172,8 +175,11 @@ def build_view(swim: Any, placements: dict[str, Any], module_of: dict[str, str],
                     sha = sha_of.get((module_of.get(c.deployment, ""), c.version))
                     if sha:
                         blobs.add(sha)
+        status = _STATUS.get(m.state, DEAD)
+        if status == ALIVE and DRAIN_LABEL in meta.labels:
+            status = DRAINING
         rows.append(NodeInfo(
-            node_id=name, status=_STATUS.get(m.state, DEAD), arch=meta.arch, cores=meta.cores, memory_mb=meta.memory_mb,
+            node_id=name, status=status, arch=meta.arch, cores=meta.cores, memory_mb=meta.memory_mb,
             labels=meta.labels, hardware=meta.hardware, zone=meta.fault_domain, geo=meta.geo, load=meta.load,
             coord=tuple(coord.to_wire()) if coord is not None else None, blobs=frozenset(blobs), failed=frozenset(failed),
         ))
