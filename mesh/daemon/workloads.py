@@ -442,17 +442,27 @@ class Workloads:
         on_demand: set[str] = set()
         for d in sorted(deps, key=lambda d: d.name):
             version = versions.get(d.name)
-            if version is None:
+            try:
+                if version is None:
+                    raise NotFound(f"no published version of {d.spec.module} matches {d.spec.version}")
+                if d.spec.replicas == 0:
+                    on_demand.add(d.name)
+                    self._note_placement(d.name, (), version, swim)
+                    continue
+                # NotFound: the registry record has not arrived yet; its arrival wakes us again.
+                mv = doc.manifest(d.spec.module, version)
+                caps = mv.manifest.capabilities if mv.manifest else None
+                spec = placement_spec(d, mv.sha256, caps.kv_namespaces[0] if caps and caps.kv_namespaces else None, names)
+                want = spec.replicas
+                p = place(replace(spec, replicas=want + max(0, self.config.standbys)), view, incumbents(d.name, placements))
+            except Exception as exc:  # one deployment that cannot be placed now leaves the others alone
+                if not isinstance(exc, CrdtError):
+                    self.metrics.errors.labels(reason="evaluate").inc()
+                    self.log.error("placement_failed", deployment=d.name, error=_one_line(exc))
+                cur = self.sup.replicas.get(d.name)
+                if cur is not None and cur.state not in ("stopping", "failed"):
+                    targets[d.name] = Target(d.name, cur.version, cur.index)  # keep what runs until it can be placed
                 continue
-            if d.spec.replicas == 0:
-                on_demand.add(d.name)
-                self._note_placement(d.name, (), version, swim)
-                continue
-            mv = doc.manifest(d.spec.module, version)
-            kv_ns = mv.manifest.capabilities.kv_namespaces[0] if mv.manifest and mv.manifest.capabilities.kv_namespaces else None
-            spec = placement_spec(d, mv.sha256, kv_ns, names)
-            want = spec.replicas
-            p = place(replace(spec, replicas=want + max(0, self.config.standbys)), view, incumbents(d.name, placements))
             chosen = p.nodes[:want]
             self._note_placement(d.name, chosen, version, swim)
             if self.node_id in chosen:
