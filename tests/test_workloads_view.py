@@ -121,3 +121,37 @@ def test_every_lifecycle_metric_is_documented() -> None:
                 assert f"`{label}`" in doc, (fam.name, label)
                 if label != "deployment":
                     assert v in doc, (fam.name, label, v)
+
+
+def test_event_hub_ring_long_poll_and_subscription() -> None:
+    import trio
+
+    from mesh.daemon.workloads import EventHub
+
+    async def main() -> None:
+        hub = EventHub("n1", keep=3)
+        for i in range(5):
+            hub.publish("start", deployment=f"d{i}")
+        assert [e["seq"] for e in hub.recent()] == [3, 4, 5]  # the ring keeps the last 3
+        assert [e["deployment"] for e in hub.recent(after=4)] == ["d4"]
+        assert await hub.wait(5, 0.01) == []  # nothing new: the long poll times out empty
+        got: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async with hub.subscribe() as stream:
+                async for ev in stream:
+                    got.append(ev)
+                    if len(got) == 2:
+                        return
+
+        async with trio.open_nursery() as n:
+            n.start_soon(follow)
+            await trio.sleep(0.01)
+            hub.publish("stop", deployment="x")
+            await trio.sleep(0.01)
+            hub.publish("stopped", deployment="x")
+        assert [(e["seq"], e["kind"], e["node"]) for e in got] == [(6, "stop", "n1"), (7, "stopped", "n1")]
+        waited = await hub.wait(6, 1.0)
+        assert [e["kind"] for e in waited] == ["stopped"]
+
+    trio.run(main)
