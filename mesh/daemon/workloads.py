@@ -401,7 +401,9 @@ class Workloads:
                         self.log.error("placement_evaluate_failed", error=f"{type(exc).__name__}: {exc}")
                     self._apply(actions)
         finally:
-            if self.rt is not None:
+            # With calls still on worker threads the engines stay up: their epoch ticker is what
+            # interrupts a guest at its timeout, so those calls end and the daemon can exit.
+            if self.rt is not None and not any(self._inflight.values()):
                 self.rt.close()
 
     def evaluate(self, now: float) -> list[Action]:
