@@ -146,6 +146,7 @@ class Supervisor:
             if r.index != t.index:
                 r.index = t.index
                 self._changed()
+            r.on_demand = False  # placed now: no idle stop
             out += self._retarget(r, t.version, now)
         for dep, version in sorted((standby or {}).items()):
             if dep not in targets and (dep, version) not in self.prepared:
@@ -176,6 +177,8 @@ class Supervisor:
         r = self.replicas.get(deployment)
         if r is None or r.state in (STOPPING, FAILED):
             return [Action("unload", deployment, version, reason="no longer wanted")]
+        if version == r.serving:
+            return []  # a duplicate report
         if version != r.version:
             # Superseded while it started: keep it warm (a rollback may want it back).
             r.warm[version] = now + self.config.warm_grace_s
@@ -189,6 +192,7 @@ class Supervisor:
             out.append(Action("switch", deployment, version, previous=prev, reason="new version started"))
         r.serving = version
         r.pending = None
+        r.retry_at = None
         r.warm.pop(version, None)
         if r.state != RUNNING:
             r.state = RUNNING
@@ -245,7 +249,8 @@ class Supervisor:
             elif r.state == FAILED and r.failed_until is not None and r.failed_until <= now:
                 del self.replicas[dep]  # eligible again: the next placement may pick this node
                 self._changed()
-            elif r.on_demand and r.state == RUNNING and now - r.last_used >= cfg.on_demand_idle_s:
+                continue
+            if r.on_demand and r.state == RUNNING and now - r.last_used >= cfg.on_demand_idle_s:
                 out += self._stop(r, "on-demand replica idle")
         return out
 
@@ -323,6 +328,7 @@ class Supervisor:
         r.state = STOPPING
         r.serving = None
         r.pending = None
+        r.retry_at = None
         r.warm.clear()
         self._changed()
         return [Action("stop", r.deployment, versions=tuple(versions), reason=reason)]

@@ -192,3 +192,108 @@ def test_claims_version_counter_moves_only_on_change() -> None:
     s.started("w", "1.0.0", 1.0)
     assert s.version > v1
 
+
+
+# -- properties over random input sequences ----------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from scheduler.supervisor import BACKOFF, FAILED, RUNNING, STARTING, STOPPING  # noqa: E402
+
+DEPS = ("a", "b")
+VERSIONS = ("1.0.0", "2.0.0")
+_op = st.one_of(
+    st.tuples(st.just("targets"), st.dictionaries(st.sampled_from(DEPS), st.sampled_from(VERSIONS), max_size=2), st.booleans()),
+    st.tuples(st.just("started"), st.sampled_from(DEPS), st.sampled_from(VERSIONS)),
+    st.tuples(st.just("start_failed"), st.sampled_from(DEPS), st.sampled_from(VERSIONS)),
+    st.tuples(st.just("crashed"), st.sampled_from(DEPS), st.sampled_from(VERSIONS)),
+    st.tuples(st.just("stopped"), st.sampled_from(DEPS)),
+    st.tuples(st.just("ensure"), st.sampled_from(DEPS), st.sampled_from(VERSIONS)),
+    st.tuples(st.just("tick"),),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_op, st.floats(0.0, 40.0)), max_size=40))
+def test_supervisor_invariants_hold_for_any_input_sequence(ops: list[tuple[tuple, float]]) -> None:
+    s = Supervisor("n1", SupervisorConfig(max_failures=3, window_s=30.0, failed_hold_s=50.0, warm_grace_s=20.0, on_demand_idle_s=25.0))
+    now = 0.0
+    version = s.version
+    for op, dt in ops:
+        now += dt
+        kind = op[0]
+        if kind == "targets":
+            acts = s.set_targets({d: Target(d, v) for d, v in op[1].items()}, now,
+                                 on_demand=frozenset(DEPS) if op[2] else frozenset(), standby={})
+        elif kind == "started":
+            acts = s.started(op[1], op[2], now)
+        elif kind == "start_failed":
+            acts = s.start_failed(op[1], op[2], "x", now)
+        elif kind == "crashed":
+            acts = s.crashed(op[1], op[2], "x", now)
+        elif kind == "stopped":
+            acts = s.stopped(op[1], now)
+        elif kind == "ensure":
+            acts = s.ensure(op[1], op[2], now)
+        else:
+            acts = s.tick(now)
+            d = s.next_deadline()
+            assert d is None or d > now  # everything due was handled
+        assert all(a.kind in ("start", "prepare", "switch", "stop", "unload") for a in acts)
+        assert s.version >= version
+        version = s.version
+        for dep, r in s.replicas.items():
+            assert r.state in (STARTING, RUNNING, BACKOFF, FAILED, STOPPING)
+            assert (r.serving is not None) == (r.state == RUNNING), (dep, r)
+            assert r.serving not in r.warm
+            assert (r.retry_at is not None) <= (r.state in (BACKOFF, RUNNING))
+            assert len([t for t in r.failures if now - t < 30.0]) < 3 or r.state == FAILED
+        assert s.failed() == frozenset(d for d, r in s.replicas.items() if r.state == FAILED)
+        claims = s.claims()
+        assert [c[0] for c in claims] == sorted(s.replicas)
+        assert all(c[2] in ("starting", "running", "failed", "stopping") for c in claims)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_op, st.floats(0.0, 40.0)), max_size=30),
+       st.dictionaries(st.sampled_from(DEPS), st.sampled_from(VERSIONS), max_size=2))
+def test_with_a_driver_that_succeeds_every_target_ends_up_running_its_version(ops: list[tuple[tuple, float]],
+                                                                             final: dict[str, str]) -> None:
+    cfg = SupervisorConfig(max_failures=3, window_s=30.0, failed_hold_s=50.0, warm_grace_s=20.0, on_demand_idle_s=25.0)
+    s = Supervisor("n1", cfg)
+    now = 0.0
+    pending: list[Action] = []  # actions of the history not reported on yet
+    for op, dt in ops:  # an arbitrary history first (failures, crashes, stray reports)
+        now += dt
+        if op[0] == "targets":
+            pending += s.set_targets({d: Target(d, v) for d, v in op[1].items()}, now)
+        elif op[0] in ("started", "start_failed", "crashed"):
+            pending += getattr(s, op[0])(*op[1:], *(() if op[0] == "started" else ("x",)), now)
+        elif op[0] == "stopped":
+            pending += s.stopped(op[1], now)
+        elif op[0] == "ensure":
+            pending += s.ensure(op[1], op[2], now)
+        else:
+            pending += s.tick(now)
+    # a driver always reports on what it was told: every start of the history failed, every stop ended
+    acts: list[Action] = []
+    for a in pending:
+        if a.kind == "start":
+            acts += s.start_failed(a.deployment, a.version, "x", now)
+        elif a.kind == "stop":
+            acts += s.stopped(a.deployment, now)
+    targets = {d: Target(d, v) for d, v in final.items()}
+    acts += s.set_targets(targets, now)
+    for _ in range(200):  # then a driver that does everything it is told, successfully
+        for a in acts:
+            if a.kind == "start":
+                s.started(a.deployment, a.version, now)
+            elif a.kind == "stop":
+                s.stopped(a.deployment, now)
+        d = s.next_deadline()
+        if d is None and not acts:
+            break
+        now = max(now, d) if d is not None else now
+        acts = s.tick(now) + s.set_targets(targets, now)
+    assert {dep: (r.state, r.serving) for dep, r in s.replicas.items()} == {dep: (RUNNING, v) for dep, v in final.items()}
