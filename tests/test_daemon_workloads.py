@@ -259,3 +259,36 @@ def test_the_kv_host_api_is_the_replicated_kv(world: World) -> None:
     time.sleep(1.0)  # the write replicates (tens of ms on loopback)
     code, out = world.invoke(h2, "count", b"")
     assert code == 200 and base64.b64decode(out["body"]) == b"2\n", out  # h2 read h1's write
+
+
+@pytest.mark.slow
+def test_a_replica_no_longer_placed_drains_its_in_flight_call_before_it_stops(world: World) -> None:
+    import threading
+    import time
+
+    _ok("module", "publish", str(HANDLER), "--name", "slowpoke", "--version", "1.0.0", "--abi", "direct",
+        "--limit", "timeout_ms=2000", "--key", str(world.root / "pub.key"), "--data-dir", str(world.root / "a"))
+    world.deploy("drainy", "--module", "slowpoke", "--version", "1.0.0", "--replicas", "1")
+    wait_until(lambda: len(world.running_on("drainy")) == 1, 30, "drainy running")
+    (host,) = world.running_on("drainy")
+    answer: list[tuple[int, float]] = []
+
+    def call() -> None:  # spins until the 2 s timeout ends it: an answer, not a crash
+        code, _ = world.invoke(host, "drainy", b"loop")
+        answer.append((code, time.monotonic()))
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.3)
+    world.deploy("drainy", "--module", "slowpoke", "--version", "1.0.0", "--replicas", "0")  # no longer placed anywhere
+    t.join(10)
+    wait_until(lambda: "drainy" not in world.running_on("drainy", [world.node(host)]) and
+               any(e["kind"] == "stopped" and e["deployment"] == "drainy" for e in world.node(host).client().get("/v1/events")["events"]),
+               15, "drainy stopped")
+    evs = world.node(host).client().get("/v1/events")["events"]
+    stop = next(e for e in evs if e["kind"] == "stop" and e["deployment"] == "drainy")
+    stopped = next(e for e in evs if e["kind"] == "stopped" and e["deployment"] == "drainy")
+    (code, answered_at) = answer[0]
+    assert code == 502  # the call ran to its own timeout on the old replica
+    assert stop["mono"] < answered_at  # the stop was decided while the call was in flight
+    assert stopped["mono"] >= answered_at - 0.05  # and the unload waited for it (50 ms for the answer's trip)
