@@ -119,6 +119,10 @@ def test_replicas_2_run_on_exactly_2_nodes_and_every_placement_document_agrees(w
     assert code == 200 and base64.b64decode(out["body"]).endswith(b":HI")
     other = sorted(set(NAMES) - set(hosts))[0]
     assert world.invoke(other, "web", b"hi")[0] == 409
+    # any node reports the other nodes' starts as their claims arrive
+    evs = world.node(other).client().get("/v1/events")["events"]
+    seen = {(e["member"], e["state"]) for e in evs if e["kind"] == "claim" and e["deployment"] == "web"}
+    assert {(ids[h], "running") for h in hosts} <= seen
     assert world.node(host).metric("wasmatrix_replicas_running", 'deployment="web"') == 1
     assert world.node(other).metric("wasmatrix_replicas_running", 'deployment="web"') == 0
     assert world.node(other).metric("wasmatrix_replica_starts_total", 'outcome="ok"') == 0

@@ -241,6 +241,7 @@ class Workloads:
         self._dead_at: dict[str, float] = {}  # node -> time.monotonic() of its death declaration here
         self._taking_over: dict[str, str] = {}  # deployment -> dead node it replaces here
         self._timing: dict[tuple[str, str], dict[str, float]] = {}  # start phases of the last load, for the running event
+        self._claims_seen: dict[str, dict[str, tuple[str, str]]] | None = None  # others' claims at the last evaluation
         self._changed_at: float | None = None  # time.monotonic() of the first change not yet evaluated
         self._eval_cause: float | None = None  # ... of the change the current evaluation answers
         self.nursery: trio.Nursery | None = None
@@ -437,6 +438,7 @@ class Workloads:
                         sha_of[(mod, c.version)] = doc.manifest(mod, c.version).sha256
                     except NotFound:
                         pass
+        self._note_claims(placements)
         view = build_view(swim, placements, module_of, sha_of)
         names = {m.meta.name: n for n, m in swim.members.items() if m.meta.name}
         targets: dict[str, Target] = {}
@@ -490,6 +492,23 @@ class Workloads:
             dead_at = self._dead_at.get(gone[0])
             self.events.publish("failover", deployment=dep, version=version, replaces=gone[0],
                                 since_death_ms=round((time.monotonic() - dead_at) * 1000, 3) if dead_at else None)
+
+    def _note_claims(self, placements: dict[str, Any]) -> None:
+        """Report other nodes' replica changes as their placement entries reach us (``claim`` events),
+        so ``wasmatrix events`` on any node shows starts, stops and failures mesh-wide."""
+        seen: dict[str, dict[str, tuple[str, str]]] = {}
+        for node, entry in placements.items():
+            if node != self.node_id:
+                seen[node] = {c.deployment: (c.state, c.version) for c in entry.replicas}
+        if self._claims_seen is not None:
+            for node in sorted(seen):
+                before, now = self._claims_seen.get(node, {}), seen[node]
+                for dep in sorted(set(before) | set(now)):
+                    old, new = before.get(dep), now.get(dep)
+                    if old != new:
+                        self.events.publish("claim", member=node, deployment=dep, version=(new or old or ("", ""))[1],
+                                            state=new[0] if new else "gone", previous=old[0] if old else None)
+        self._claims_seen = seen
 
     @staticmethod
     def _active_version(doc: Any, dep: Any) -> str | None:
