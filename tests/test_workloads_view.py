@@ -155,3 +155,13 @@ def test_event_hub_ring_long_poll_and_subscription() -> None:
         assert [e["kind"] for e in waited] == ["stopped"]
 
     trio.run(main)
+
+
+def test_events_cli_bad_input_and_no_node(tmp_path: Any, capsys: Any) -> None:
+    from mesh.cli import main
+
+    assert main(["events", "--limit", "-1", "--data-dir", str(tmp_path)]) == 2
+    assert "--limit" in capsys.readouterr().err
+    assert main(["events", "--data-dir", str(tmp_path)]) in (1, 2)  # no node runs there: one clear line
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wasmatrix") and len(err.splitlines()) == 1
