@@ -1,4 +1,4 @@
-"""The daemon-side pure helpers of the lifecycle (mesh/daemon/workloads.py): the scheduler view built
+"""The pure helpers of the lifecycle (mesh/lifecycle.py): the scheduler view built
 from membership and the placement document, the spec built from a deployment, incumbents, metrics docs."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crdt.schema import Constraints, DeploymentSpec, PlacementEntry, Preferences, ReplicaClaim
-from mesh.daemon.workloads import build_view, incumbents, placement_spec
+from mesh.lifecycle import build_view, incumbents, placement_spec
 from mesh.membership import NodeMeta
 from mesh.membership.state import MemberState
 from scheduler import ALIVE, DEAD, DRAINING, LEFT, place
@@ -167,3 +167,31 @@ def test_events_cli_bad_input_and_no_node(tmp_path: Any, capsys: Any) -> None:
     assert main(["events", "--data-dir", str(tmp_path)]) in (1, 2)  # no node runs there: one clear line
     err = capsys.readouterr().err.strip()
     assert err.startswith("wasmatrix") and len(err.splitlines()) == 1
+
+
+def test_assign_gives_every_node_the_same_placement_and_moves_only_the_dead_nodes_replica() -> None:
+    from crdt.schema import DeploymentSpec as Spec
+    from mesh.lifecycle import assign
+    from tests.crdt.crdt_helpers import OPERATOR, PUBLISHER, make_nodes, manifest
+
+    nodes = make_nodes(5)
+    writer = nodes["n000"]
+    writer.publish(manifest("handler", "1.0.0"), PUBLISHER, 1.0)
+    writer.set_deployment(Spec("web", "handler", "^1.0.0", replicas=2), OPERATOR, 2.0)
+    writer.set_deployment(Spec("lazy", "handler", "1.0.0", replicas=0), OPERATOR, 3.0)
+    names = sorted(nodes)
+    swim = _Swim({n: _M(NodeMeta(), MemberState.ALIVE) for n in names})
+    per_node = {n: assign(n, swim, writer.doc, standbys=1) for n in names}
+    placed = {a.placements["web"] for a in per_node.values()}
+    assert len(placed) == 1  # every node computes the same placement
+    ((chosen, version),) = placed
+    assert version == "1.0.0" and len(chosen) == 2 and len(set(chosen)) == 2
+    assert {n: a.targets["web"].index for n, a in per_node.items() if "web" in a.targets} == {chosen[0]: 0, chosen[1]: 1}
+    standbys = [n for n, a in per_node.items() if "web" in a.standby]
+    assert len(standbys) == 1 and standbys[0] not in chosen
+    assert all(a.on_demand == frozenset({"lazy"}) and "lazy" not in a.targets for a in per_node.values())
+    # the first replica's node dies: the standby takes its place, the other replica stays where it is
+    swim.members[chosen[0]].state = MemberState.DEAD
+    after = assign(standbys[0], swim, writer.doc, standbys=1)
+    assert set(after.placements["web"][0]) == {chosen[1], standbys[0]}
+    assert "web" in after.targets

@@ -27,7 +27,7 @@ import math
 import time
 from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -42,21 +42,13 @@ from runtime import Capabilities, Runtime, RuntimeConfig, SignedManifest
 from runtime.errors import HostResourceError, WasmError, WasmTrap
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import LoopKV
-from scheduler import ALIVE, DEAD, DRAINING, FAULT_LEVELS, LEFT, NodeInfo, PlacementSpec, View, place
+from mesh.lifecycle import active_version, assign
 from scheduler.supervisor import Action, Supervisor, SupervisorConfig, Target
 
 if TYPE_CHECKING:
     from mesh.daemon.node import Daemon
 
 WATCHED_KINDS = frozenset({"registry", "deployments", "placement", "trust"})
-# Claim states that make a node an incumbent of a deployment (it holds or is starting a replica).
-HOLDING = frozenset({"claimed", "fetching", "starting", "running"})
-_STATUS = {MemberState.ALIVE: ALIVE, MemberState.SUSPECT: ALIVE, MemberState.DEAD: DEAD, MemberState.LEFT: LEFT}
-# A node carrying this label (``wasmatrix meta set drain=true``) is DRAINING: no new replicas, and
-# placement moves the ones it runs (it stops them as the others start the replacements).
-DRAIN_LABEL = ("drain", "true")
-# Spread levels a deployment may name beyond the scheduler's own (seed 000 speaks of vehicles).
-SPREAD_ALIASES = {"vehicle": "unit", "zone": "site", "dc": "site", "datacenter": "site"}
 
 
 class NotHosted(Exception):
@@ -152,68 +144,6 @@ class WorkloadMetrics:
             self.starts.labels(outcome=o)
         for w in ("true", "false"):
             self.switches.labels(warm=w)
-
-
-# -- view and spec ---------------------------------------------------------------------------
-
-
-def build_view(swim: Any, placements: dict[str, Any], module_of: dict[str, str], sha_of: dict[tuple[str, str], str]) -> View:
-    """The scheduler's view from membership and the placement document.
-
-    Suspect members stay eligible (a false suspicion must not move replicas; failover starts at
-    the death declaration); dead and left members are excluded by their status.
-    """
-    rows = []
-    for name, m in sorted(swim.members.items()):
-        meta = m.meta
-        coord = swim.coordinate_of(name)
-        entry = placements.get(name)
-        failed: set[str] = set()
-        blobs: set[str] = set()
-        if entry is not None:
-            for c in entry.replicas:
-                if c.state == "failed":
-                    failed.add(c.deployment)
-                elif c.state == "running":
-                    sha = sha_of.get((module_of.get(c.deployment, ""), c.version))
-                    if sha:
-                        blobs.add(sha)
-        status = _STATUS.get(m.state, DEAD)
-        if status == ALIVE and DRAIN_LABEL in meta.labels:
-            status = DRAINING
-        rows.append(NodeInfo(
-            node_id=name, status=status, arch=meta.arch, cores=meta.cores, memory_mb=meta.memory_mb,
-            labels=meta.labels, hardware=meta.hardware, zone=meta.fault_domain, geo=meta.geo, load=meta.load,
-            coord=tuple(coord.to_wire()) if coord is not None else None, blobs=frozenset(blobs), failed=frozenset(failed),
-        ))
-    return View(tuple(rows))
-
-
-def placement_spec(dep: Any, sha: str | None, kv_namespace: str | None, names: dict[str, str]) -> PlacementSpec:
-    """A deployment's constraints and preferences as a :class:`PlacementSpec` (``names``: display name -> node id)."""
-    s = dep.spec
-    c, p = s.constraints, s.preferences
-    near_label = None
-    if p.near_label and "=" in p.near_label:
-        k, _, v = p.near_label.partition("=")
-        near_label = (k, v)
-    spread = SPREAD_ALIASES.get(p.spread, p.spread) if p.spread else None
-    near_node = names.get(p.near_node, p.near_node) if p.near_node else None
-    return PlacementSpec(
-        name=s.name, replicas=s.replicas, arch=tuple(c.arch), min_memory_mb=c.min_memory_mb,
-        labels=tuple(sorted(c.labels.items())), hardware=tuple(c.hardware), near_node=near_node,
-        near_location=p.near_location, near_label=near_label, spread=spread if spread in FAULT_LEVELS else None,
-        blob=sha, kv_namespace=kv_namespace,
-    )
-
-
-def incumbents(deployment: str, placements: dict[str, Any]) -> frozenset[str]:
-    """Nodes whose placement entry claims (holds or is starting) a replica of ``deployment``."""
-    out = set()
-    for node, entry in placements.items():
-        if any(c.deployment == deployment and c.state in HOLDING for c in entry.replicas):
-            out.add(node)
-    return frozenset(out)
 
 
 # -- the manager -----------------------------------------------------------------------------
@@ -338,7 +268,7 @@ class Workloads:
             raise NotHosted(f"no deployment named {deployment!r}") from None
         if dep.spec.replicas != 0:
             raise NotHosted(f"deployment {deployment} has no running replica on this node (it runs {dep.spec.replicas} placed replicas)")
-        version = self._active_version(doc, dep)
+        version = active_version(doc, dep)
         if version is None:
             raise NotHosted(f"deployment {deployment} has no published version matching {dep.spec.version}")
         self._apply(self.sup.ensure(deployment, version, trio.current_time()))
@@ -417,68 +347,22 @@ class Workloads:
         intent = self.d.core.intent
         if intent is None:
             return []
-        doc = intent.doc
         swim = self.d.core.swim
         self.evaluations += 1
         self.metrics.evaluations.inc()
-        deps = doc.deployments()
-        placements = doc.placements()
-        module_of = {d.name: d.spec.module for d in deps}
-        sha_of: dict[tuple[str, str], str] = {}
-        versions: dict[str, str] = {}
-        for d in deps:
-            v = self._active_version(doc, d)
-            if v is None:
-                continue
-            versions[d.name] = v
-            try:
-                sha_of[(d.spec.module, v)] = doc.manifest(d.spec.module, v).sha256
-            except NotFound:
-                continue
-        for (node, entry) in placements.items():  # versions others run (their blobs) count for locality
-            for c in entry.replicas:
-                mod = module_of.get(c.deployment)
-                if mod is not None and (mod, c.version) not in sha_of:
-                    try:
-                        sha_of[(mod, c.version)] = doc.manifest(mod, c.version).sha256
-                    except NotFound:
-                        pass
+        placements = intent.doc.placements()
         self._note_claims(placements)
-        view = build_view(swim, placements, module_of, sha_of)
-        names = {m.meta.name: n for n, m in swim.members.items() if m.meta.name}
-        targets: dict[str, Target] = {}
-        standby: dict[str, str] = {}
-        on_demand: set[str] = set()
-        for d in sorted(deps, key=lambda d: d.name):
-            version = versions.get(d.name)
-            try:
-                if version is None:
-                    raise NotFound(f"no published version of {d.spec.module} matches {d.spec.version}")
-                if d.spec.replicas == 0:
-                    on_demand.add(d.name)
-                    self._note_placement(d.name, (), version, swim)
-                    continue
-                # NotFound: the registry record has not arrived yet; its arrival wakes us again.
-                mv = doc.manifest(d.spec.module, version)
-                caps = mv.manifest.capabilities if mv.manifest else None
-                spec = placement_spec(d, mv.sha256, caps.kv_namespaces[0] if caps and caps.kv_namespaces else None, names)
-                want = spec.replicas
-                p = place(replace(spec, replicas=want + max(0, self.config.standbys)), view, incumbents(d.name, placements))
-            except Exception as exc:  # one deployment that cannot be placed now leaves the others alone
-                if not isinstance(exc, CrdtError):
-                    self.metrics.errors.labels(reason="evaluate").inc()
-                    self.log.error("placement_failed", deployment=d.name, error=_one_line(exc))
-                cur = self.sup.replicas.get(d.name)
-                if cur is not None and cur.state not in ("stopping", "failed"):
-                    targets[d.name] = Target(d.name, cur.version, cur.index)  # keep what runs until it can be placed
-                continue
-            chosen = p.nodes[:want]
-            self._note_placement(d.name, chosen, version, swim)
-            if self.node_id in chosen:
-                targets[d.name] = Target(d.name, version, chosen.index(self.node_id))
-            elif self.node_id in p.nodes[want:]:
-                standby[d.name] = version
-        return self.sup.set_targets(targets, now, on_demand=frozenset(on_demand), standby=standby)
+        a = assign(self.node_id, swim, intent.doc, placements, standbys=self.config.standbys)
+        for dep, err in sorted(a.errors.items()):
+            if err:  # not a registry record still on its way: a real error
+                self.metrics.errors.labels(reason="evaluate").inc()
+                self.log.error("placement_failed", deployment=dep, error=err)
+            cur = self.sup.replicas.get(dep)
+            if cur is not None and cur.state not in ("stopping", "failed"):
+                a.targets[dep] = Target(dep, cur.version, cur.index)  # keep what runs until it can be placed
+        for dep, (nodes, version) in sorted(a.placements.items()):
+            self._note_placement(dep, nodes, version, swim)
+        return self.sup.set_targets(a.targets, now, on_demand=a.on_demand, standby=a.standby)
 
     def _note_placement(self, dep: str, nodes: tuple[str, ...], version: str, swim: Any) -> None:
         prev = self._placements.get(dep)
@@ -514,15 +398,6 @@ class Workloads:
                         self.events.publish("claim", member=node, deployment=dep, version=(new or old or ("", ""))[1],
                                             state=new[0] if new else "gone", previous=old[0] if old else None)
         self._claims_seen = seen
-
-    @staticmethod
-    def _active_version(doc: Any, dep: Any) -> str | None:
-        if dep.active_version:
-            return str(dep.active_version)
-        try:
-            return str(doc.resolve(dep.spec.module, dep.spec.version).version)
-        except CrdtError:
-            return None
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -737,7 +612,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-__all__ = ["EventHub", "NotHosted", "WorkloadMetrics", "Workloads", "WorkloadsConfig", "build_view", "incumbents", "placement_spec"]
+__all__ = ["EventHub", "NotHosted", "WorkloadMetrics", "Workloads", "WorkloadsApi", "WorkloadsConfig"]
 
 
 # -- control API -----------------------------------------------------------------------------
