@@ -123,6 +123,11 @@ def test_replicas_2_run_on_exactly_2_nodes_and_every_placement_document_agrees(w
     evs = world.node(other).client().get("/v1/events")["events"]
     seen = {(e["member"], e["state"]) for e in evs if e["kind"] == "claim" and e["deployment"] == "web"}
     assert {(ids[h], "running") for h in hosts} <= seen
+    r = _cli("workloads", "--data-dir", str(world.root / host), "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(x["deployment"], x["state"], x["serving"]) for x in json.loads(r.stdout)] == [("web", "running", "1.0.0")]
+    r = _cli("workloads", "--data-dir", str(world.root / host))
+    assert r.returncode == 0 and "web" in r.stdout and "running" in r.stdout
     assert world.node(host).metric("wasmatrix_replicas_running", 'deployment="web"') == 1
     assert world.node(other).metric("wasmatrix_replicas_running", 'deployment="web"') == 0
     assert world.node(other).metric("wasmatrix_replica_starts_total", 'outcome="ok"') == 0

@@ -1,4 +1,5 @@
-"""``wasmatrix events [--follow] [--json]``: the node's workload lifecycle events.
+"""``wasmatrix events [--follow] [--json]``: the node's workload lifecycle events; ``wasmatrix
+workloads [--json]``: the replicas this node runs (its supervisor's local state).
 
 Without ``--follow``: the recent events (the node keeps a bounded ring) as a table, or JSON lines
 with ``--json``. With ``--follow``: new events as JSON lines as they happen (long polls of
@@ -30,6 +31,31 @@ def register(subparsers: Any) -> None:
                    help="with --follow: start after event SEQ (e.g. to resume; default: from now on)")
     _api_flags(p)
     p.set_defaults(handler=events_command)
+    w = subparsers.add_parser("workloads", help="the replicas a running node runs (state, serving version, warm versions)")
+    w.add_argument("--json", action="store_true", help="machine-readable output")
+    _api_flags(w)
+    w.set_defaults(handler=workloads_command)
+
+
+def workloads_command(args: argparse.Namespace) -> int:
+    def run(client: Any) -> int:
+        res = client.get("/v1/workloads")
+        if args.json:
+            print(json.dumps(res["replicas"], sort_keys=True))
+            return EXIT_OK
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"replicas on {res['node'][:16]} ({res['evaluations']} placement evaluations)")
+        for col in ("deployment", "replica", "state", "serving", "wanted", "warm", "failures", "in flight", "on demand"):
+            t.add_column(col)
+        for r in res["replicas"]:
+            t.add_row(r["deployment"], str(r["index"]), r["state"], r["serving"] or "-", r["version"], ", ".join(r["warm"]) or "-",
+                      str(r["failures"]), str(r["inflight"]), "yes" if r["on_demand"] else "")
+        Console(width=200).print(t)
+        return EXIT_OK
+
+    return _call(args, run)
 
 
 def _detail(ev: dict[str, Any]) -> str:
