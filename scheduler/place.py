@@ -331,11 +331,29 @@ def _choose(ctx: _Ctx, nodes: list[NodeInfo], want: int) -> list[str]:
     # Round-robin over fault domains: rank r of every domain before rank r+1 of any; within a
     # rank, key order (keys are a total order: they end on the unique node id).
     zone = {n.node_id: n.zone for n in nodes}
+    # Usually a short prefix of the key order already holds enough domains: scan the top few
+    # (heapq.nlargest is a C loop), and sort everything only when it does not.
+    prefix = heapq.nlargest(8 * want, keys) if len(keys) > 16 * want else None
+    if prefix is not None:
+        got = _round_robin(prefix, zone, level, want, complete=False)
+        if got is not None:
+            return got
+    out = _round_robin(sorted(keys, reverse=True), zone, level, want, complete=True)
+    assert out is not None
+    return out
+
+
+def _round_robin(ordered: list[tuple[int, int, str]], zone: dict[str, str], level: str, want: int, complete: bool) -> list[str] | None:
+    """The first ``want`` nodes of the round-robin over fault domains, given nodes in key order.
+
+    ``complete``: ``ordered`` holds every node; otherwise it is a prefix of the order, and the
+    answer is None unless ``want`` distinct domains appear in it (then later nodes cannot matter).
+    """
     dom_of: dict[str, str] = {}
     rank_in: dict[str, int] = {}
     ranked = []
     firsts = 0
-    for i, k in enumerate(sorted(keys, reverse=True)):
+    for i, k in enumerate(ordered):
         z = zone[k[2]]
         d = dom_of.get(z)
         if d is None:
@@ -346,7 +364,9 @@ def _choose(ctx: _Ctx, nodes: list[NodeInfo], want: int) -> list[str]:
         if r == 0:
             firsts += 1
             if firsts == want:  # enough domains already: later nodes all rank after these
-                break
+                return [nid for _, _, nid in sorted(ranked)[:want]]
+    if not complete:
+        return None
     ranked.sort()
     return [nid for _, _, nid in ranked[:want]]
 

@@ -259,3 +259,27 @@ def test_same_result_under_different_hash_seeds() -> None:
         outs.append(json.loads(proc.stdout))
     assert outs[0] == outs[1] == outs[2]
     assert all(len(p) == 5 for p in outs[0][:3]) and len(outs[0][3]) == 4
+
+
+def _round_robin_by_hand(nodes: list[NodeInfo], dep: str, want: int, level_parts: int) -> tuple[str, ...]:
+    """The spec's rule written out naively: key = (round(score / 0.001), hrw, id), no proximity
+    preference (0.5 * 1.0), load weight 0.3; domains round-robin."""
+    def key(n: NodeInfo) -> tuple[int, int, str]:
+        return (round((0.5 + 0.3 * (1.0 - n.load)) / 0.001), _hrw_by_hand(dep, n.node_id), n.node_id)
+
+    order = sorted(nodes, key=key, reverse=True)
+    rank: dict[str, int] = {}
+    ranked = []
+    for i, n in enumerate(order):
+        d = "/".join(n.zone.split("/")[:level_parts])
+        ranked.append((rank.get(d, 0), i, n.node_id))
+        rank[d] = rank.get(d, 0) + 1
+    return tuple(x for _, _, x in sorted(ranked)[:want])
+
+
+@pytest.mark.parametrize(("domains", "want"), [(2, 3), (3, 5), (50, 4), (200, 7), (5, 1)])
+def test_spread_on_a_large_view_matches_the_rule_written_out(domains: int, want: int) -> None:
+    # Large enough for place() to try its short-prefix path; few domains force the full order.
+    nodes = [NodeInfo(f"n{i:04d}", zone=f"r{i % domains}/s{i}", load=round((i * 7919 % 1000) / 1000, 3)) for i in range(400)]
+    got = place(PlacementSpec("svc", want, spread="region"), View(tuple(nodes))).nodes
+    assert got == _round_robin_by_hand(nodes, "svc", want, 1)
