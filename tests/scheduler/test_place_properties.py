@@ -18,7 +18,7 @@ CANON = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "
 ACCEPTS = {"x86_64": {"x86_64"}, "arm64": {"aarch64"}, "arm": {"aarch64", "armv7l"}, "riscv64": {"riscv64"}}
 ZONES = tuple(f"r{r}/s{s}" for r in range(3) for s in range(3))
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 @st.composite
