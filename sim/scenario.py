@@ -336,17 +336,25 @@ def _deployments(doc: dict[str, Any]) -> tuple[PlacementSpec, ...]:
     return tuple(out)
 
 
-def _placement(doc: dict[str, Any], deployments: tuple[PlacementSpec, ...]) -> PlacementSimSpec | None:
-    t = doc.get("placement")
-    if t is None and not deployments:
+def _switch_table(doc: dict[str, Any], key: str, on: bool, known: set[str]) -> dict[str, Any] | None:
+    """The optional table ``doc[key]`` with only ``known`` keys; None when absent and not ``on``."""
+    t = doc.get(key)
+    if t is None and not on:
         return None
     t = {} if t is None else t
     if not isinstance(t, dict):
-        raise ScenarioError("placement must be a table")
-    known = {"start_delay", "stop_delay", "evaluate_delay", "incumbents", "coordinates", "coord_interval", "coord_threshold_ms"}
+        raise ScenarioError(f"{key} must be a table")
     unknown = sorted(set(t) - known)
     if unknown:
-        raise ScenarioError(f"unknown placement key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise ScenarioError(f"unknown {key} key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return t
+
+
+def _placement(doc: dict[str, Any], deployments: tuple[PlacementSpec, ...]) -> PlacementSimSpec | None:
+    known = {"start_delay", "stop_delay", "evaluate_delay", "incumbents", "coordinates", "coord_interval", "coord_threshold_ms"}
+    t = _switch_table(doc, "placement", bool(deployments), known)
+    if t is None:
+        return None
     inc = t.get("incumbents", "gossip")
     if inc not in ("gossip", "none"):
         raise ScenarioError(f"placement.incumbents must be 'gossip' or 'none', got {_short(inc)}")
@@ -366,16 +374,10 @@ def _placement(doc: dict[str, Any], deployments: tuple[PlacementSpec, ...]) -> P
 
 
 def _intent(doc: dict[str, Any], faults: list[Fault]) -> IntentSpec | None:
-    t = doc.get("intent")
-    if t is None and not any(f.action in INTENT_ACTIONS for f in faults):
-        return None
-    t = {} if t is None else t
-    if not isinstance(t, dict):
-        raise ScenarioError("intent must be a table")
     known = {"fanout", "relay_ttl", "anti_entropy_interval", "blob_chunk_size", "blob_window", "blob_timeout", "compact_after_rows"}
-    unknown = sorted(set(t) - known)
-    if unknown:
-        raise ScenarioError(f"unknown intent key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    t = _switch_table(doc, "intent", any(f.action in INTENT_ACTIONS for f in faults), known)
+    if t is None:
+        return None
     w = "intent."
     return IntentSpec(
         fanout=int(_num(t, "fanout", _SYNC.fanout, 1, 64, w)),
