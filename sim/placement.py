@@ -256,6 +256,9 @@ class PlacementHarness:
         ch = self.changes[-1]
         if ch.converged_at is not None:
             return
+        # A joining or restarting node counts once it is up and has computed its placement.
+        if ch.action in ("join", "restart") and not all(self.sim.nodes[n].up and n in self.state for n in ch.nodes):
+            return
         part = self.sim.partition
         sides: dict[int, list[str]] = {}
         for n in self.sim.live_names():

@@ -131,6 +131,25 @@ def test_one_crash_moves_only_the_crashed_nodes_replicas() -> None:
         assert ch["converged_after"] is not None
 
 
+def test_joining_nodes_move_at_most_one_replica_per_deployment() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["duration"] = 55.0
+    doc["faults"] = [{"at": 25.0, "action": "join", "count": 2}]
+    for seed in (1, 2):
+        sim = Simulation(parse(doc), seed)
+        sim.run(24.9)
+        before = running(sim)
+        sim.run()
+        check_steady(sim, doc, seed)
+        after = running(sim)
+        for dep in before:
+            assert len(set(after[dep]) - set(before[dep])) <= 1, (dep, before, after, replay_hint(doc, seed))
+        ch = [c for c in sim.placement.report()["changes"] if c["action"] == "join"][0]
+        assert ch["nodes"] == ["n010", "n011"]
+        # the new nodes had to learn the membership and compute their placement first
+        assert ch["converged_after"] is not None and ch["converged_after"] > 0
+
+
 def test_partition_each_side_places_what_it_can_and_the_heal_leaves_no_surplus() -> None:
     doc = copy.deepcopy(BASE)
     doc["duration"] = 90.0
