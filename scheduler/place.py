@@ -198,7 +198,7 @@ class _Ctx:
                 return NEUTRAL_PROXIMITY
             return 1.0 / (1.0 + coord_rtt(self.origin, n.coord) / PROXIMITY_SCALE_S)
         if kind == "geo":
-            if n.geo is None:
+            if n.geo is None or not (math.isfinite(n.geo[0]) and math.isfinite(n.geo[1])):
                 return 0.0
             assert self.spec.near_location is not None
             return 1.0 / (1.0 + geo_km(self.spec.near_location, n.geo) / GEO_SCALE_KM)
@@ -318,6 +318,8 @@ def _keys(ctx: _Ctx, nodes: list[NodeInfo]) -> list[tuple[int, int, str]]:
         h = hrws.get(nid)
         if h is None:
             h = hrws[nid] = hrw(spec.name, nid)
+        if not -1e15 < b < 1e15:  # NaN or infinite load/coordinates from a bad row: rank it last
+            b = -1e15
         out.append((round(b), h, nid))
     return out
 

@@ -214,6 +214,16 @@ def test_without_hysteresis_a_few_ms_of_noise_flaps_the_placement() -> None:
     assert ids(place(spec, view(11), frozenset({"a"}))) == ("a",)
 
 
+def test_non_finite_inputs_rank_last_instead_of_raising() -> None:
+    nan, inf = float("nan"), float("inf")
+    view = View((NodeInfo("o", coord=coord(0)), NodeInfo("nanload", load=nan), NodeInfo("nancoord", coord=(nan, 0.0, 0.0, 0.0, 0.0)),
+                 NodeInfo("infcoord", coord=(inf, 0.0, 0.0, 0.0, 0.0)), NodeInfo("ok", coord=coord(5))))
+    assert ids(place(PlacementSpec("w", 2, near_node="o"), view)) == ("o", "ok")
+    assert set(place(PlacementSpec("w", 5, near_node="o"), view).nodes) == {"o", "ok", "nanload", "nancoord", "infcoord"}
+    geo = View((NodeInfo("inf", geo=(inf, 0.0)), NodeInfo("paris", geo=(48.8566, 2.3522))))
+    assert ids(place(PlacementSpec("w", 2, near_location=(48.0, 2.0)), geo)) == ("paris", "inf")
+
+
 def test_duplicate_node_ids_are_refused() -> None:
     with pytest.raises(ScheduleError, match="'a' more than once"):
         place(PlacementSpec("w", 1), View((NodeInfo("a"), NodeInfo("b"), NodeInfo("a", load=1.0))))
