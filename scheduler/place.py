@@ -107,10 +107,17 @@ def geo_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(h)))
 
 
+_DOMAINS: dict[tuple[str, str], str] = {}
+
+
 def fault_domain(zone: str, level: str) -> str:
     """The prefix of ``zone`` at ``level`` ("region" → 1 part, "site" → 2, "unit" → 3)."""
-    depth = FAULT_LEVELS.index(level) + 1
-    return "/".join(zone.split("/")[:depth])
+    d = _DOMAINS.get((zone, level))
+    if d is None:
+        if len(_DOMAINS) > 200_000:  # a memo of a pure function: dropping it changes no result
+            _DOMAINS.clear()
+        d = _DOMAINS[(zone, level)] = "/".join(zone.split("/")[: FAULT_LEVELS.index(level) + 1])
+    return d
 
 
 def reject_reason(spec: PlacementSpec, n: NodeInfo, incumbent: bool = False) -> str | None:
@@ -351,15 +358,11 @@ def _round_robin(ordered: list[tuple[int, int, str]], zone: dict[str, str], leve
     ``complete``: ``ordered`` holds every node; otherwise it is a prefix of the order, and the
     answer is None unless ``want`` distinct domains appear in it (then later nodes cannot matter).
     """
-    dom_of: dict[str, str] = {}
     rank_in: dict[str, int] = {}
     ranked = []
     firsts = 0
     for i, k in enumerate(ordered):
-        z = zone[k[2]]
-        d = dom_of.get(z)
-        if d is None:
-            d = dom_of[z] = fault_domain(z, level)
+        d = fault_domain(zone[k[2]], level)
         r = rank_in.get(d, 0)
         rank_in[d] = r + 1
         ranked.append((r, i, k[2]))

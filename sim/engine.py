@@ -602,7 +602,7 @@ class Simulation:
             self._record(_STOP, name, "boot", b"")
             self._after(node, node.core.start(node.local(self.now)))
             if self.placement is not None:
-                self.placement.changed(node)
+                self.placement.booted(node)
         elif what == "stop" and gen == node.generation:
             node.up = False
             self._record(_STOP, name, "stop", b"")

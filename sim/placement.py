@@ -49,14 +49,23 @@ def encode_coord(c: tuple[float, ...]) -> str:
     return ",".join(f"{x * 1000.0:.2f}" for x in (*c[:-3], c[-2], c[-1]))
 
 
+_COORDS: dict[str, tuple[float, ...] | None] = {}  # published text -> coordinate (every node decodes the same texts)
+
+
 def decode_coord(text: str) -> tuple[float, ...] | None:
+    """A published coordinate label back in wire form (error 0); None if malformed."""
+    c = _COORDS.get(text, ())
+    if c != ():
+        return c  # type: ignore[return-value]
     try:
         xs = [float(x) / 1000.0 for x in text.split(",")]
+        c = (*xs[:-2], 0.0, xs[-2], xs[-1]) if len(xs) >= 3 and all(abs(x) < 1e6 for x in xs) else None
     except ValueError:
-        return None
-    if len(xs) < 3 or not all(abs(x) < 1e6 for x in xs):
-        return None
-    return (*xs[:-2], 0.0, xs[-2], xs[-1])
+        c = None
+    if len(_COORDS) > 100_000:
+        _COORDS.clear()
+    _COORDS[text] = c
+    return c
 
 
 def coord_moved(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -65,6 +74,8 @@ def coord_moved(a: tuple[float, ...], b: tuple[float, ...]) -> float:
         return float("inf")
     return math.dist(a[:-3], b[:-3]) + abs(a[-2] - b[-2]) + abs(a[-1] - b[-1])
 MEMBERSHIP_ACTIONS = frozenset({"crash", "restart", "leave", "join", "partition", "heal"})
+# (name, status, published) -> (metadata, row, deployments announced): rows shared by all nodes.
+_ROWS: dict[tuple[str, str, bool], tuple[NodeMeta, NodeInfo, tuple[str, ...]]] = {}
 _STATUS = {MemberState.ALIVE: ALIVE, MemberState.SUSPECT: SUSPECT, MemberState.DEAD: DEAD, MemberState.LEFT: LEFT}
 
 
@@ -79,23 +90,35 @@ def build_view(core: NodeCore, published: bool = True) -> tuple[View, dict[str, 
     running: dict[str, set[str]] = {}
     for name, m in sorted(dict.items(swim.members)):  # read-only: no private copies of shared records
         meta = swim.meta if name == swim.name else m.meta
-        labels = meta.labels
-        ours = dict(kv for kv in labels if kv[0] in _OURS)
-        if ours:
-            labels = tuple(kv for kv in labels if kv[0] not in _OURS)
-            for dep in ours.get(RUN_LABEL, "").split(","):
-                if dep:
-                    running.setdefault(dep, set()).add(name)
-        if published:
-            text = ours.get(COORD_LABEL)
-            coord = None if text is None else decode_coord(text)
+        status = _STATUS[m.state]
+        hit = _ROWS.get((name, status, published)) if published else None
+        if hit is not None and (hit[0] is meta or hit[0] == meta):
+            info, deps = hit[1], hit[2]
         else:
-            c = swim.coordinate_of(name)
-            coord = None if c is None else (*c.vec, c.error, c.adjustment, c.height)
-        rows.append(NodeInfo(
-            node_id=name, status=_STATUS[m.state], arch=meta.arch, cores=meta.cores, memory_mb=meta.memory_mb,
-            labels=labels, hardware=meta.hardware, zone=meta.fault_domain, geo=meta.geo, load=meta.load, coord=coord,
-        ))
+            labels = meta.labels
+            ours = dict(kv for kv in labels if kv[0] in _OURS)
+            deps = ()
+            if ours:
+                labels = tuple(kv for kv in labels if kv[0] not in _OURS)
+                deps = tuple(d for d in ours.get(RUN_LABEL, "").split(",") if d)
+            if published:
+                text = ours.get(COORD_LABEL)
+                coord = None if text is None else decode_coord(text)
+            else:
+                c = swim.coordinate_of(name)
+                coord = None if c is None else (*c.vec, c.error, c.adjustment, c.height)
+            info = NodeInfo(
+                node_id=name, status=status, arch=meta.arch, cores=meta.cores, memory_mb=meta.memory_mb,
+                labels=labels, hardware=meta.hardware, zone=meta.fault_domain, geo=meta.geo, load=meta.load, coord=coord,
+            )
+            if published:
+                # With published coordinates a row is a function of (name, status, metadata): share it.
+                if len(_ROWS) > 200_000:
+                    _ROWS.clear()
+                _ROWS[(name, status, published)] = (meta, info, deps)
+        for dep in deps:
+            running.setdefault(dep, set()).add(name)
+        rows.append(info)
     return View(tuple(rows)), {k: frozenset(v) for k, v in running.items()}
 
 
@@ -150,8 +173,15 @@ class PlacementHarness:
 
     # ------------------------------------------------------------------ engine hooks
 
+    def booted(self, node: SimNode) -> None:
+        """A (re)started process: nothing runs, nothing is known; evaluate soon."""
+        self.state[node.name] = NodePlacement()
+        self.changed(node)
+
     def changed(self, node: SimNode) -> None:
         """The node's membership view changed: queue one evaluation (``evaluate_delay`` later)."""
+        if node.left:
+            return  # leaving: its replicas stopped with the leave, it places nothing any more
         st = self.state.setdefault(node.name, NodePlacement())
         if self.publish and not st.coord_timer:
             st.coord_timer = True

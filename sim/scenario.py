@@ -107,7 +107,7 @@ class PlacementSimSpec:
 
     start_delay: float = 0.5  # a node runs an assigned replica this long after it computed it (fetch, compile, warm)
     stop_delay: float = 0.0  # ... and stops one it is no longer assigned this long after (drain)
-    evaluate_delay: float = 0.0  # a node re-evaluates placement this long after a membership change (debounce)
+    evaluate_delay: float = 0.1  # a node re-evaluates placement this long after a membership change (debounce)
     incumbents: str = "gossip"  # gossip: running replicas ride node metadata and get the hysteresis bonus | none
     # published: each node publishes its own Vivaldi coordinate in its metadata when it moved more
     # than coord_threshold_ms (checked every coord_interval s), and views use those, so every node
@@ -368,7 +368,7 @@ def _placement(doc: dict[str, Any], deployments: tuple[PlacementSpec, ...]) -> P
         coord_threshold_ms=_num(t, "coord_threshold_ms", 2.0, 0, 10_000, w),
         start_delay=_num(t, "start_delay", 0.5, 0, 3600, w),
         stop_delay=_num(t, "stop_delay", 0.0, 0, 3600, w),
-        evaluate_delay=_num(t, "evaluate_delay", 0.0, 0, 3600, w),
+        evaluate_delay=_num(t, "evaluate_delay", 0.1, 0, 3600, w),
         incumbents=inc,
     )
 

@@ -12,7 +12,7 @@ import copy
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sim.engine import Simulation
@@ -213,6 +213,7 @@ def _property(seed: int, schedule: list[tuple[str, int, float]], incumbents: str
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), schedule=SCHEDULES, incumbents=st.sampled_from(["gossip", "none"]))
+@example(seed=0, schedule=[("leave", 2, 12.0), ("restart", 2, 16.0)], incumbents="gossip")  # a left node restarted
 def test_property_converged_views_give_one_placement_meeting_constraints(seed: int, schedule: list[tuple[str, int, float]], incumbents: str) -> None:
     _property(seed, schedule, incumbents, 10)
 
