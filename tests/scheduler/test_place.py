@@ -242,6 +242,10 @@ def test_digests_ignore_order() -> None:
     nodes = (NodeInfo("a", labels=(("k", "v"),)), NodeInfo("b"))
     assert view_digest(View(nodes)) == view_digest(View(nodes[::-1]))
     assert view_digest(View(nodes)) != view_digest(View((nodes[0],)))
+    moved = (NodeInfo("a", labels=(("k", "v"),), coord=coord(3)), NodeInfo("b"))
+    assert view_digest(View(moved)) == view_digest(View(nodes))  # coordinates drift: left out by default
+    assert view_digest(View(moved), with_coords=True) != view_digest(View(nodes), with_coords=True)
+    assert view_digest(View(moved), with_coords=True) == view_digest(View(moved[::-1]), with_coords=True)
     p = [place(PlacementSpec("w", 1), View(nodes)), place(PlacementSpec("v", 2), View(nodes))]
     assert placement_digest(p) == placement_digest(p[::-1])
 
