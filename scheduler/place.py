@@ -129,9 +129,9 @@ def reject_reason(spec: PlacementSpec, n: NodeInfo, incumbent: bool = False) -> 
         return f"status {n.status}"
     if not arch_compatible(n.arch, spec.arch):
         return f"arch {n.arch} not in {', '.join(spec.arch)}"
-    if n.memory_mb < spec.min_memory_mb:
+    if spec.min_memory_mb > 0 and n.memory_mb < spec.min_memory_mb:  # <= 0: no constraint (as in bulk)
         return f"memory {n.memory_mb} MiB < {spec.min_memory_mb} MiB"
-    if n.cores < spec.min_cores:
+    if spec.min_cores > 0 and n.cores < spec.min_cores:
         return f"cores {n.cores} < {spec.min_cores}"
     for k, v in spec.labels:
         if (k, v) not in n.labels:
