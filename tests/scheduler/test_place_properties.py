@@ -10,7 +10,7 @@ import random
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from scheduler import ALIVE, DEAD, DRAINING, SUSPECT, NodeInfo, PlacementSpec, View, place
+from scheduler import ALIVE, DEAD, DRAINING, SUSPECT, NodeInfo, PlacementSpec, View, explain, place
 
 ARCHES = ("x86_64", "amd64", "aarch64", "arm64", "armv7l", "riscv64")
 CANON = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64", "armv7l": "armv7l", "riscv64": "riscv64"}
@@ -139,3 +139,16 @@ def test_placing_again_with_its_own_result_as_incumbents_is_stable(ns: list[Node
     view = View(tuple(ns))
     first = place(spec, view)
     assert set(place(spec, view, frozenset(first.nodes)).nodes) == set(first.nodes)
+
+
+@SETTINGS
+@given(nodes(), specs(), st.sets(st.sampled_from([f"n{i:02d}" for i in range(24)])))
+def test_explain_agrees_with_place_and_the_filters(ns: list[NodeInfo], spec: PlacementSpec, inc: set[str]) -> None:
+    view, inc_f = View(tuple(ns)), frozenset(inc)
+    rows = explain(spec, view, inc_f)
+    assert sorted(r.node_id for r in rows) == sorted(n.node_id for n in ns)
+    by_id = {n.node_id: n for n in ns}
+    assert {r.node_id for r in rows if r.rejected is None} == {n.node_id for n in ns if eligible(spec, by_id[n.node_id], inc_f)}
+    chosen = [r.node_id for r in rows if r.replica is not None]
+    assert tuple(chosen) == place(spec, view, inc_f).nodes
+    assert [r.replica for r in rows if r.replica is not None] == list(range(len(chosen)))
