@@ -14,17 +14,22 @@ nodes holding the same membership and documents compute the same placement.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from crdt.errors import CrdtError, NotFound
 from mesh.membership.state import MemberState
-from scheduler import ALIVE, DEAD, DRAINING, FAULT_LEVELS, LEFT, NodeInfo, PlacementSpec, View, place
+from scheduler import ALIVE, DEAD, DRAINING, FAULT_LEVELS, LEFT, SUSPECT, NodeInfo, PlacementSpec, View, place
 from scheduler.supervisor import Target
 
 # Claim states that make a node an incumbent of a deployment (it holds or is starting a replica).
 HOLDING = frozenset({"claimed", "fetching", "starting", "running"})
-_STATUS = {MemberState.ALIVE: ALIVE, MemberState.SUSPECT: ALIVE, MemberState.DEAD: DEAD, MemberState.LEFT: LEFT}
+_STATUS = {MemberState.ALIVE: ALIVE, MemberState.SUSPECT: SUSPECT, MemberState.DEAD: DEAD, MemberState.LEFT: LEFT}
+# Published Vivaldi coordinates (docs/SCHEDULER.md, "published coordinates"): every node scores RTT
+# proximity from the coordinate each node put in its own metadata, so all nodes use the same numbers.
+COORD_LABEL = "wasmatrix.coord"  # metadata label: the node's published Vivaldi coordinate (ms)
+COORD_THRESHOLD_S = 0.002  # republish when the coordinate moved by more than this
 # A node carrying this label (``wasmatrix meta set drain=true``) is DRAINING: no new replicas, and
 # placement moves the ones it runs (it stops them as the others start the replacements).
 DRAIN_LABEL = ("drain", "true")
@@ -32,16 +37,59 @@ DRAIN_LABEL = ("drain", "true")
 SPREAD_ALIASES = {"vehicle": "unit", "zone": "site", "dc": "site", "datacenter": "site"}
 
 
+def encode_coord(c: tuple[float, ...]) -> str:
+    """vec..., adjustment, height in ms with 2 decimals (the error is not used for RTT)."""
+    return ",".join(f"{x * 1000.0:.2f}" for x in (*c[:-3], c[-2], c[-1]))
+
+
+_COORDS: dict[str, tuple[float, ...] | None] = {}  # published text -> coordinate (every node decodes the same texts)
+
+
+def decode_coord(text: str) -> tuple[float, ...] | None:
+    """A published coordinate label back in wire form (error 0); None if malformed."""
+    c = _COORDS.get(text, ())
+    if c != ():
+        return c  # type: ignore[return-value]
+    try:
+        xs = [float(x) / 1000.0 for x in text.split(",")]
+        c = (*xs[:-2], 0.0, xs[-2], xs[-1]) if len(xs) >= 3 and all(abs(x) < 1e6 for x in xs) else None
+    except ValueError:
+        c = None
+    if len(_COORDS) > 100_000:
+        _COORDS.clear()
+    _COORDS[text] = c
+    return c
+
+
+def coord_moved(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """How far (seconds of RTT, at most) a coordinate moved: vector distance + |d adjustment| + |d height|."""
+    if len(a) != len(b):
+        return float("inf")
+    return math.dist(a[:-3], b[:-3]) + abs(a[-2] - b[-2]) + abs(a[-1] - b[-1])
+
+
+def uses_rtt(spec: Any) -> bool:
+    """True when a deployment scores proximity by RTT (then nodes publish their coordinates)."""
+    p = spec.preferences
+    return bool(p.near_node or p.near_label)
+
+
 def build_view(swim: Any, placements: dict[str, Any], module_of: dict[str, str], sha_of: dict[tuple[str, str], str]) -> View:
     """The scheduler's view from membership and the placement document.
 
-    Suspect members stay eligible (a false suspicion must not move replicas; failover starts at
-    the death declaration); dead and left members are excluded by their status.
+    Statuses are membership's: a suspect member keeps the replicas it runs (``place`` lets a
+    suspect incumbent stay, so a false suspicion moves nothing; failover starts at the death
+    declaration) but gets no new ones. Coordinates are the *published* ones (``COORD_LABEL`` in
+    each member's metadata), the same numbers on every node; a member that published none has none.
     """
     rows = []
     for name, m in sorted(swim.members.items()):
         meta = m.meta
-        coord = swim.coordinate_of(name)
+        labels = meta.labels
+        coord = None
+        if any(k == COORD_LABEL for k, _ in labels):
+            coord = decode_coord(dict(labels)[COORD_LABEL])
+            labels = tuple(kv for kv in labels if kv[0] != COORD_LABEL)
         entry = placements.get(name)
         failed: set[str] = set()
         blobs: set[str] = set()
@@ -58,8 +106,8 @@ def build_view(swim: Any, placements: dict[str, Any], module_of: dict[str, str],
             status = DRAINING
         rows.append(NodeInfo(
             node_id=name, status=status, arch=meta.arch, cores=meta.cores, memory_mb=meta.memory_mb,
-            labels=meta.labels, hardware=meta.hardware, zone=meta.fault_domain, geo=meta.geo, load=meta.load,
-            coord=tuple(coord.to_wire()) if coord is not None else None, blobs=frozenset(blobs), failed=frozenset(failed),
+            labels=labels, hardware=meta.hardware, zone=meta.fault_domain, geo=meta.geo, load=meta.load,
+            coord=coord, blobs=frozenset(blobs), failed=frozenset(failed),
         ))
     return View(tuple(rows))
 
@@ -100,6 +148,7 @@ class Assignment:
     standby: dict[str, str] = field(default_factory=dict)  # deployment -> version this node prepares
     on_demand: frozenset[str] = frozenset()  # deployments with replicas = 0
     errors: dict[str, str] = field(default_factory=dict)  # deployments not placed now: "" (waiting) or the error
+    uses_rtt: bool = False  # some deployment scores RTT proximity: nodes should publish their coordinates
 
 
 def active_version(doc: Any, dep: Any) -> str | None:
@@ -143,7 +192,7 @@ def assign(node_id: str, swim: Any, doc: Any, placements: dict[str, Any] | None 
                     pass
     view = build_view(swim, placements, module_of, sha_of)
     names = {m.meta.name: n for n, m in swim.members.items() if m.meta.name}
-    out = Assignment()
+    out = Assignment(uses_rtt=any(uses_rtt(d.spec) for d in deps))
     on_demand: set[str] = set()
     for d in deps:
         version = versions.get(d.name)
@@ -172,4 +221,7 @@ def assign(node_id: str, swim: Any, doc: Any, placements: dict[str, Any] | None 
     return out
 
 
-__all__ = ["Assignment", "DRAIN_LABEL", "HOLDING", "SPREAD_ALIASES", "active_version", "assign", "build_view", "incumbents", "placement_spec"]
+__all__ = [
+    "COORD_LABEL", "COORD_THRESHOLD_S", "Assignment", "DRAIN_LABEL", "HOLDING", "SPREAD_ALIASES", "active_version", "assign",
+    "build_view", "coord_moved", "decode_coord", "encode_coord", "incumbents", "placement_spec", "uses_rtt",
+]

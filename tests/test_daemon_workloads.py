@@ -301,3 +301,12 @@ def test_a_replica_no_longer_placed_drains_its_in_flight_call_before_it_stops(wo
     assert code == 502  # the call ran to its own timeout on the old replica
     assert stop["mono"] < answered_at  # the stop was decided while the call was in flight
     assert stopped["mono"] >= answered_at - 0.05  # and the unload waited for it (50 ms for the answer's trip)
+
+
+@pytest.mark.slow
+def test_a_proximity_deployment_runs_near_its_origin_and_nodes_publish_coordinates(world: World) -> None:
+    world.deploy("near", "--module", "handler", "--version", "1.0.0", "--replicas", "1", "--near-node", "c")
+    wait_until(lambda: set(world.running_on("near")) == {"c"}, 30, "near runs on c (its origin)")
+    # RTT proximity is scored from published coordinates: every live node put its own in its metadata
+    wait_until(lambda: all("wasmatrix.coord" in m["labels"] for m in world.node("a").members() if m["status"] == "alive"), 20,
+               "coordinates published")

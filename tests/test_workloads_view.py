@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from crdt.schema import Constraints, DeploymentSpec, PlacementEntry, Preferences, ReplicaClaim
 from mesh.lifecycle import build_view, incumbents, placement_spec
 from mesh.membership import NodeMeta
 from mesh.membership.state import MemberState
-from scheduler import ALIVE, DEAD, DRAINING, LEFT, place
+from scheduler import ALIVE, DEAD, DRAINING, LEFT, SUSPECT, place
 
 
 @dataclass
@@ -38,7 +40,8 @@ def _entry(node: str, *claims: tuple[str, str, str]) -> PlacementEntry:
 
 def test_view_maps_status_meta_failed_marks_and_blob_holdings() -> None:
     swim = _Swim({
-        "n1": _M(NodeMeta(arch="aarch64", cores=4, memory_mb=2048, labels=(("gpu", "yes"),), fault_domain="eu/s1/u1", name="one"), MemberState.ALIVE),
+        "n1": _M(NodeMeta(arch="aarch64", cores=4, memory_mb=2048, labels=(("gpu", "yes"), ("wasmatrix.coord", "1.50,-2.00,0.00,0.10")),
+                          fault_domain="eu/s1/u1", name="one"), MemberState.ALIVE),
         "n2": _M(NodeMeta(), MemberState.SUSPECT),
         "n3": _M(NodeMeta(), MemberState.DEAD),
         "n4": _M(NodeMeta(), MemberState.LEFT),
@@ -49,8 +52,11 @@ def test_view_maps_status_meta_failed_marks_and_blob_holdings() -> None:
     view = build_view(swim, placements, {"web": "handler", "api": "other"}, {("handler", "1.0.0"): "ab" * 32})
     rows = {n.node_id: n for n in view.nodes}
     assert [n.node_id for n in view.nodes] == ["n1", "n2", "n3", "n4", "n5"]
-    # a suspect node keeps its replicas (failover starts at the death declaration); drain=true drains
-    assert [rows[n].status for n in ("n1", "n2", "n3", "n4", "n5")] == [ALIVE, ALIVE, DEAD, LEFT, DRAINING]
+    # membership's statuses (place lets a suspect incumbent keep its replica); drain=true drains
+    assert [rows[n].status for n in ("n1", "n2", "n3", "n4", "n5")] == [ALIVE, SUSPECT, DEAD, LEFT, DRAINING]
+    # the published coordinate (ms in the label, seconds in the view; error 0) and not a label any more
+    assert rows["n1"].coord == pytest.approx((0.0015, -0.002, 0.0, 0.0, 0.0001))
+    assert rows["n2"].coord is None  # nothing published: no coordinate (not this node's private estimate)
     n1 = rows["n1"]
     assert (n1.arch, n1.cores, n1.memory_mb, n1.labels, n1.zone) == ("aarch64", 4, 2048, (("gpu", "yes"),), "eu/s1/u1")
     assert n1.failed == frozenset({"api"})

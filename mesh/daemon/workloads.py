@@ -28,6 +28,7 @@ import time
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -42,13 +43,14 @@ from runtime import Capabilities, Runtime, RuntimeConfig, SignedManifest
 from runtime.errors import HostResourceError, WasmError, WasmTrap
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import LoopKV
-from mesh.lifecycle import active_version, assign
+from mesh.lifecycle import COORD_LABEL, COORD_THRESHOLD_S, active_version, assign, coord_moved, encode_coord
 from scheduler.supervisor import Action, Supervisor, SupervisorConfig, Target
 
 if TYPE_CHECKING:
     from mesh.daemon.node import Daemon
 
 WATCHED_KINDS = frozenset({"registry", "deployments", "placement", "trust"})
+COORD_MIN_INTERVAL_S = 2.0  # at most one coordinate publication (a metadata update) per this long
 
 
 class NotHosted(Exception):
@@ -174,6 +176,9 @@ class Workloads:
         self._dead_at: dict[str, float] = {}  # node -> time.monotonic() of its death declaration here
         self._taking_over: dict[str, str] = {}  # deployment -> dead node it replaces here
         self._timing: dict[tuple[str, str], dict[str, float]] = {}  # start phases of the last load, for the running event
+        self._coord_published: tuple[float, ...] | None = None  # the coordinate last put in our metadata
+        self._coord_next = 0.0  # no publication before (trio time)
+        self._coord_due: float | None = None  # a publication waits for this time
         self._claims_seen: dict[str, dict[str, tuple[str, str]]] | None = None  # others' claims at the last evaluation
         self._changed_at: float | None = None  # time.monotonic() of the first change not yet evaluated
         self._eval_cause: float | None = None  # ... of the change the current evaluation answers
@@ -321,7 +326,7 @@ class Workloads:
                 task_status.started()
                 self._dirty.set()
                 while True:
-                    deadline = self.sup.next_deadline()
+                    deadline = min((d for d in (self.sup.next_deadline(), self._coord_due) if d is not None), default=None)
                     with trio.move_on_at(deadline if deadline is not None else math.inf):
                         await self._dirty.wait()
                     self._dirty = trio.Event()
@@ -362,7 +367,29 @@ class Workloads:
                 a.targets[dep] = Target(dep, cur.version, cur.index)  # keep what runs until it can be placed
         for dep, (nodes, version) in sorted(a.placements.items()):
             self._note_placement(dep, nodes, version, swim)
+        if a.uses_rtt:
+            self._publish_coord(now)
         return self.sup.set_targets(a.targets, now, on_demand=a.on_demand, standby=a.standby)
+
+    def _publish_coord(self, now: float) -> None:
+        """Put this node's Vivaldi coordinate in its metadata when it moved by more than the threshold
+        (at most every ``COORD_MIN_INTERVAL_S``), so every node scores RTT from the same numbers."""
+        c = self.d.core.swim.coordinate_of(self.node_id)
+        if c is None:
+            return
+        mine = tuple(c.to_wire())
+        if self._coord_published is not None and coord_moved(self._coord_published, mine) <= COORD_THRESHOLD_S:
+            self._coord_due = None
+            return
+        if now < self._coord_next:
+            self._coord_due = self._coord_next  # the loop wakes then and publishes
+            return
+        meta = self.d.core.meta
+        labels = dict(meta.labels)
+        labels[COORD_LABEL] = encode_coord(mine)
+        self.d.core.update_meta(dc_replace(meta, labels=tuple(sorted(labels.items()))), now)
+        self.d.emit([])
+        self._coord_published, self._coord_next, self._coord_due = mine, now + COORD_MIN_INTERVAL_S, None
 
     def _note_placement(self, dep: str, nodes: tuple[str, ...], version: str, swim: Any) -> None:
         prev = self._placements.get(dep)
