@@ -47,7 +47,6 @@ from mesh.daemon.security import RefusalAuditor, stream_refusal
 from mesh.datadir import DataDir
 from mesh.errors import ConfigError
 from mesh.membership import NodeMeta
-from mesh.membership.config import profile as profile_config
 from mesh.membership.state import MemberState
 from mesh.daemon.meshsecret import RELOAD_CHECK_SECONDS, MeshSecrets
 from mesh.meshfile import secret_fingerprint
@@ -244,7 +243,7 @@ class Daemon:
         self._leaving = False
         self.api_addr = ""
         self.token = secrets.token_urlsafe(32)
-        self.stream_timeout = profile_config(cfg.profile).stream_timeout
+        self.stream_timeout = cfg.membership_config().stream_timeout
         self.fatal: str | None = None
         self._audit_synced = -1
         self.revoked_seen: set[str] = set()
@@ -310,7 +309,7 @@ class Daemon:
         blobs = BlobTransfer(self.blob_store, counters=intent.counters, node_id=self.node_id, deferred_puts=True)
         seeds = list(cfg.seeds) + [a for a in self.known if a not in cfg.seeds and a != advertise]
         self.core = NodeCore(
-            self.node_id, advertise, cfg.meta(), profile_config(cfg.profile), self.rng, now=now, seeds=seeds,
+            self.node_id, advertise, cfg.meta(), cfg.membership_config(), self.rng, now=now, seeds=seeds,
             incarnation=self.incarnation, intent=intent, blobs=blobs, key=self.identity.public.ed25519_public,
         )
         self.refusals = RefusalAuditor(self.audit, self.counters)
