@@ -333,6 +333,9 @@ class Daemon:
 
     def _audit_record(self, ev: Any) -> None:
         """The intent audit sink: an invalid record or an equivocation, into the hash-chained audit log."""
+        if ev.root == "store":  # store_damaged / store_recovered
+            self.audit.append(ev.reason, {"detail": ev.detail[:400]}, now_wall=time.time())
+            return
         self.audit.append("record_" + ("equivocation" if ev.reason == "equivocation" else "invalid"), {
             "slot": ev.slot, "reason": ev.reason, "detail": ev.detail[:200], "signer": ev.signer, "seq": ev.seq,
         }, now_wall=time.time())
