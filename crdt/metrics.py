@@ -56,6 +56,7 @@ class Counters:
     writes_acked_after_persist: int = 0
     sync_answers_held: int = 0
     sync_answers_dropped: int = 0
+    sync_requests_throttled: int = 0  # sync requests answered in part or not at all: the peer's serve bucket was short
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
 
     def invalid(self, reason: str) -> None:

@@ -241,6 +241,7 @@ _CRDT_DROPS = {
     "reassembly_dropped": "reassembly",
     "blob_fetch_refused": "blob_fetch_refused",
     "sync_answers_dropped": "held_answers_full",
+    "sync_requests_throttled": "sync_throttled",
 }
 _CRDT_SPECIAL = frozenset({"records_invalid", "invalid_by_reason"})
 _INTENT_KINDS = ("deployments", "kv", "placement", "registry", "routes")
