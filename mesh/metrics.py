@@ -40,6 +40,7 @@ PREFIX = "wasmatrix_"
 _NODE_COUNTERS: dict[str, tuple[str, str]] = {
     "bytes_received": ("received_bytes", "Bytes of membership, sync and blob messages received (plaintext)"),
     "stream_events": ("stream_events", "Stream transport events handed to the node core by its driver"),
+    "first_contacts": ("first_contacts", "Trial windows opened to members at addresses no authenticated session vouched for yet"),
 }
 # Received messages, one family labelled by the transport they came on.
 _NODE_RECEIVED = {"datagrams_received": "datagram", "frames_received": "stream"}
@@ -50,6 +51,8 @@ _NODE_DROPS = {
     "sender_mismatch": "sender_mismatch",
     "stream_events_unknown": "unknown_stream_event",
     "membership_errors": "membership_error",
+    "contacts_refused": "unvouched_address",
+    "indirect_pings_refused": "indirect_ping_target",
 }
 # NodeCore keeps these only when an intent or blob core is attached.
 _NODE_INTENT_COUNTERS: dict[str, tuple[str, str]] = {

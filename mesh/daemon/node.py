@@ -317,6 +317,7 @@ class Daemon:
             self.identity, self.psk, self._admit, random.Random(self.rng.getrandbits(64)),
             TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD), accepted_psks=self.accepted_psks,
             on_refused=lambda reason, addr: self.handshake_refused(reason, "udp", _addr_key(addr)),
+            on_established=lambda peer, addr: self.core.vouch(peer, _addr_key(addr)),
         )
         self.stream_counters: Counter[str] = Counter()
         self.registry, self.metrics = node_registry(
