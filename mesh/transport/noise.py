@@ -9,7 +9,7 @@ Wire layout (all integers big-endian, byte offsets)::
 
     0      1            5            13
     | type | ...
-    type 1 HANDSHAKE_INIT : [1:]   Noise message 1 (e 32, payload 5+16)                 = 54 bytes
+    type 1 HANDSHAKE_INIT : [1:]   Noise message 1 (e 32, payload 153+16, zero-padded)  = 202 bytes
     type 2 HANDSHAKE_RESP : [1:5]  receiver index (the initiator's), [5:] Noise msg 2   = 202 bytes
     type 3 HANDSHAKE_FINAL: [1:5]  receiver index (the responder's), [5:] Noise msg 3   = 170 bytes
     type 4 DATA           : [1:5]  receiver index, [5:13] counter, [13:] ciphertext+tag (16)
