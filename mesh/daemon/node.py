@@ -927,6 +927,8 @@ class Daemon:
             "version": VERSION,
             "pid": os.getpid(),
             "data_dir": str(self.dd.path),
+            # Set while a damaged or lost intent store catches up with peers (intent writes get 503).
+            "store_recovering": self.core.intent.recovering if self.core.intent is not None else None,
         }
 
     async def _api_status(self, req: Request) -> tuple[int, str, bytes]:
