@@ -48,7 +48,8 @@ none is pushed and no answer carrying it leaves before that call: acknowledged m
 Reflection — nobody is contacted at an address no authenticated node vouched for
 (``docs/TRANSPORT.md``, "Reflection"). A member is *vouched at an address* once its key was
 proven there: an authenticated message from it arrived from that address, or the driver
-reported a completed handshake with it there (:meth:`NodeCore.vouch`). Membership messages to a
+reported a completed handshake with it there (:meth:`NodeCore.vouch`); and a member the
+driver holds a session with (``session_with``) is reached over that session wherever it runs. Membership messages to a
 member at an address not vouched for are *first contacts*: a trial window of
 ``FIRST_CONTACT_WINDOW`` seconds (one handshake and its retries; every message in it shares
 that handshake) opens at most ``FIRST_CONTACT_RATE`` times a second, and a trial that ended
@@ -68,7 +69,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from mesh.errors import WireError
 from mesh.membership import MembershipConfig, NodeMeta, SwimCore
@@ -164,6 +165,12 @@ class NodeCore:
         self._trial_tokens = FIRST_CONTACT_BURST
         self._trial_at = now
         self.counters |= {"first_contacts": 0, "contacts_refused": 0, "indirect_pings_refused": 0}
+        # Driver query (optional): ``session_with(node, reliable)`` is True while an authenticated
+        # session (a datagram session, or a stream when ``reliable``) with ``node`` exists. What is
+        # sent to that node then rides the session to wherever it authenticated, whatever address
+        # membership names, so it is no first contact (a node behind NAT or a relay is never
+        # vouched at its advertised address by the nodes it dialled).
+        self.session_with: Callable[[str, bool], bool] | None = None
 
     # -- driver interface ---------------------------------------------------------
 
@@ -373,12 +380,14 @@ class NodeCore:
         """Drop (and count) messages to members at addresses not vouched for, beyond the first-contact budget."""
         if not out or not self.name_outgoing:
             return out
-        vouched = self._vouched
+        vouched, session = self._vouched, self.session_with
         keep: list[Outgoing] = []
         for o in out:
             node = o.node
             # Unnamed: a seed address from the operator (the driver sends no unnamed datagram).
             if node is None or o.stream is not None or o.dst == reply_addr or vouched.get(node) == o.dst:
+                keep.append(o)
+            elif session is not None and session(node, o.reliable):
                 keep.append(o)
             elif self._may_contact(o.dst, now):
                 keep.append(o)

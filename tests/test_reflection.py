@@ -137,3 +137,22 @@ def test_a_completed_handshake_vouches_and_the_responder_never_amplifies() -> No
     assert core.vouched("b") is None
     core.vouch("b", "10.0.0.2:7946")
     assert core.vouched("b") == "10.0.0.2:7946"
+
+
+def test_a_member_behind_a_relay_is_reached_over_its_session() -> None:
+    """b's messages reach a from another address than b advertises (NAT, a relay): a never vouches
+    b at its advertised address, but the driver holds a session with b, so nothing is held back."""
+    a = _node("a")
+    a.receive("10.0.0.77:40000", encode("b", Alive(1, "b", "10.0.0.2:7946", NodeMeta())), 0.0, peer="b")
+    assert a.vouched("b") is None
+    a.session_with = lambda node, reliable: node == "b"
+    sent = 0
+    for i in range(1, 600):
+        outs = a.tick(0.1 * i)
+        sent += sum(1 for o in outs if o.dst == "10.0.0.2:7946")
+    assert sent >= 10 and a.counters["contacts_refused"] == 0 and a.counters["first_contacts"] == 0
+    # Without the session the same member gets only first-contact trials.
+    a.session_with = lambda node, reliable: False
+    for i in range(600, 1200):
+        a.tick(0.1 * i)
+    assert a.counters["contacts_refused"] > 0 and a.counters["first_contacts"] >= 1

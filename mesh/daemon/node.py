@@ -319,6 +319,10 @@ class Daemon:
             on_refused=lambda reason, addr: self.handshake_refused(reason, "udp", _addr_key(addr)),
             on_established=lambda peer, addr: self.core.vouch(peer, _addr_key(addr)),
         )
+        # Reflection guard: a message to a node we hold a session with rides that session (see NodeCore).
+        self.core.session_with = lambda node, reliable: (
+            node in self.conns_out if reliable else self.transport.peer_addr(node) is not None
+        )
         self.stream_counters: Counter[str] = Counter()
         self.registry, self.metrics = node_registry(
             self.core, transport=self.transport, stream_counters=self.stream_counters,
