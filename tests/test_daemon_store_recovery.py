@@ -9,20 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.daemons import Mesh, wait_until
+from tests.harness.daemons import wait_until
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
-from tests.test_daemon_registry import HELLO, _cli, _setup
+from tests.test_daemon_registry import HELLO, _cli, three_nodes
 
 
 @pytest.mark.slow
 def test_a_truncated_store_recovers_from_peers_and_the_next_write_takes_the_next_seq(procs: ProcessGroup, tmp_path: Path) -> None:
     names = ["a", "b", "c"]
-    _setup(tmp_path, names)
-    mesh = Mesh(procs, tmp_path)
-    seed = mesh.start("a")
-    for n in names[1:]:
-        mesh.start(n, seeds=[seed.addr])
-    wait_until(lambda: mesh.converged({n: "alive" for n in names}), 20, "3 nodes joined")
+    mesh = three_nodes(procs, tmp_path, names)
 
     def publish(version: str) -> tuple[int, str, str]:
         r = _cli("module", "publish", str(HELLO), "--name", "hello", "--version", version, "--key", str(tmp_path / "pub.key"),
