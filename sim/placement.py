@@ -27,10 +27,10 @@ with deployments).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mesh.lifecycle import COORD_LABEL, coord_moved, decode_coord, encode_coord  # the daemon's too: one encoding
 from mesh.membership.meta import NodeMeta
 from mesh.membership.state import MemberState
 from scheduler import ALIVE, DEAD, LEFT, SUSPECT, NodeInfo, Placement, PlacementSpec, View, place, placement_digest, reject_reason
@@ -40,39 +40,9 @@ if TYPE_CHECKING:
     from sim.engine import SimNode, Simulation
 
 RUN_LABEL = "wasmatrix.run"  # metadata label listing the deployments a node runs
-COORD_LABEL = "wasmatrix.coord"  # metadata label: the node's published Vivaldi coordinate (ms)
 _OURS = (RUN_LABEL, COORD_LABEL)
 
 
-def encode_coord(c: tuple[float, ...]) -> str:
-    """vec..., adjustment, height in ms with 2 decimals (the error is not used for RTT)."""
-    return ",".join(f"{x * 1000.0:.2f}" for x in (*c[:-3], c[-2], c[-1]))
-
-
-_COORDS: dict[str, tuple[float, ...] | None] = {}  # published text -> coordinate (every node decodes the same texts)
-
-
-def decode_coord(text: str) -> tuple[float, ...] | None:
-    """A published coordinate label back in wire form (error 0); None if malformed."""
-    c = _COORDS.get(text, ())
-    if c != ():
-        return c  # type: ignore[return-value]
-    try:
-        xs = [float(x) / 1000.0 for x in text.split(",")]
-        c = (*xs[:-2], 0.0, xs[-2], xs[-1]) if len(xs) >= 3 and all(abs(x) < 1e6 for x in xs) else None
-    except ValueError:
-        c = None
-    if len(_COORDS) > 100_000:
-        _COORDS.clear()
-    _COORDS[text] = c
-    return c
-
-
-def coord_moved(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """How far (seconds of RTT, at most) a coordinate moved: vector distance + |d adjustment| + |d height|."""
-    if len(a) != len(b):
-        return float("inf")
-    return math.dist(a[:-3], b[:-3]) + abs(a[-2] - b[-2]) + abs(a[-1] - b[-1])
 MEMBERSHIP_ACTIONS = frozenset({"crash", "restart", "leave", "join", "partition", "heal"})
 # (name, status, published) -> (metadata, row, deployments announced): rows shared by all nodes.
 _ROWS: dict[tuple[str, str, bool], tuple[NodeMeta, NodeInfo, tuple[str, ...]]] = {}

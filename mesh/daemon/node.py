@@ -42,6 +42,7 @@ from crdt.trust import TrustConfig
 from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
 from mesh.daemon.intentapi import IntentApi
+from mesh.daemon.workloads import Workloads, WorkloadsApi
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
 from mesh.daemon.security import RefusalAuditor, stream_refusal
 from mesh.datadir import DataDir
@@ -333,6 +334,8 @@ class Daemon:
         # When each record became visible here, on the host's monotonic clock (CLOCK_MONOTONIC,
         # shared by every process on the machine): GET /v1/intent/visible, for propagation benches.
         self.visible_at[(rec.signer, rec.seq)] = time.monotonic()
+        if hasattr(self, "workloads"):
+            self.workloads.record_visible(rec.kind)
         if len(self.visible_at) > 10_000:
             self.visible_at.pop(next(iter(self.visible_at)))
 
@@ -404,6 +407,7 @@ class Daemon:
             self.audit.append("node_started", {"addr": advertise, "incarnation": self.incarnation}, now_wall=time.time())
             from model.manifest import MAX_MODULE_BYTES
 
+            self.workloads = Workloads(self)
             api = ApiServer(self.token, self._routes(), self.counters, self.log, body_limits={"/v1/blobs": MAX_MODULE_BYTES})
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -415,6 +419,7 @@ class Daemon:
                 nursery.start_soon(self._snapshot_loop)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(api.serve, api_listeners)
+                await nursery.start(self.workloads.run)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
                 if self.secrets is not None:
@@ -535,6 +540,8 @@ class Daemon:
             self._snapshot_dirty = True
             for ev in events:
                 self._on_member_event(ev)
+            if hasattr(self, "workloads"):
+                self.workloads.member_events(events)
         self._wake.set()
 
     def _on_member_event(self, ev: Any) -> None:
@@ -891,6 +898,7 @@ class Daemon:
             ("GET", "/v1/sessions"): self._api_sessions,
             ("GET", "/metrics"): self._api_metrics,
             **IntentApi(self).routes(),
+            **WorkloadsApi(self).routes(),
         }
 
     def member_rows(self) -> list[dict[str, Any]]:
@@ -982,6 +990,7 @@ class Daemon:
             raise ApiError(400, str(exc)) from None
         self.core.update_meta(meta, trio.current_time())
         self.emit([])
+        self.workloads.changed()
         self.audit.append("meta_changed", {"labels": dict(meta.labels)}, now_wall=time.time())
         return json_answer({"labels": dict(meta.labels), "incarnation": self.core.swim.incarnation})
 
