@@ -30,6 +30,7 @@ class _F32Structs(dict[int, struct.Struct]):
 _F32 = _F32Structs()  # n -> packer of n float32s (packed coordinates)
 
 _U32 = 2**32 - 1
+MAX_COORD_BYTES = 140  # a packed coordinate: at most 32 dimensions + error, adjustment, height
 _U64 = 2**63 - 1
 KEY_BYTES = 32
 
@@ -82,19 +83,28 @@ class IndirectPing:
 @message
 @dataclass(slots=True, frozen=True)
 class Ack:
-    """Probe answer; a direct ack carries the responder's Vivaldi coordinate."""
+    """Probe answer; a direct ack carries the responder's Vivaldi coordinate.
+
+    ``coord`` is packed as push-pull entries carry it (float32s: vec..., error,
+    adjustment, height; :meth:`PushPullState.pack_coord`) and stays packed: the
+    prober keeps it as is and checks its values (:func:`coord_ok`) before using
+    it. The decoder bounds its size.
+    """
 
     TYPE = 3
     seq: int
-    coord: Coordinate | None
+    coord: bytes | None
 
     def to_payload(self) -> list[Any]:
-        return [self.seq, self.coord.to_wire() if self.coord is not None else None]
+        return [self.seq, self.coord]
 
     @classmethod
     def from_payload(cls, p: list[Any]) -> "Ack":
         v_fields(p, 2)
-        return cls(v_int(p[0], 0, _U32), Coordinate.from_wire(p[1]) if p[1] is not None else None)
+        c = p[1]
+        if c is not None and (type(c) is not bytes or not 16 <= len(c) <= MAX_COORD_BYTES or len(c) % 4):
+            raise WireError("ack coordinate must be 4 to 35 packed float32s")
+        return cls(v_int(p[0], 0, _U32), c)
 
 
 @message
@@ -257,7 +267,7 @@ class PushPullState:
             raise WireError("push-pull entry has an invalid incarnation or state")
         if type(meta) is not bytes or len(meta) > 2048:
             raise WireError("metadata is not a bounded bin")
-        if coord is not None and (type(coord) is not bytes or len(coord) > 140):
+        if coord is not None and (type(coord) is not bytes or len(coord) > MAX_COORD_BYTES):
             raise WireError("invalid coordinate")
         return cls(node, addr, inc, state, meta, coord, key)
 

@@ -88,6 +88,7 @@ from mesh.membership.messages import (
     PushPullDigest,
     PushPullState,
     Suspect,
+    _F32,
     coord_ok,
     decode_coord,
     meta_wire,
@@ -289,6 +290,8 @@ class SwimCore:
         self.incarnation = incarnation
         self.meta = meta
         self.vivaldi = VivaldiClient(rng)
+        self._coord_src: Coordinate | None = None  # the coordinate _coord_raw packs
+        self._coord_raw: bytes | None = None
         # Peers' coordinates as packed float32s (their push-pull encoding): a node holds
         # one per member, so they are kept compact and re-sent without re-encoding.
         # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
@@ -471,7 +474,7 @@ class SwimCore:
             if msg.target != self.name:
                 self.counters["misdirected_pings"] += 1
             else:
-                out.append(self._datagram(src, Ack(msg.seq, self.vivaldi.coord)))
+                out.append(self._datagram(src, Ack(msg.seq, self._coord_wire())))
         elif isinstance(msg, Ack):
             self._on_ack(env.sender, msg, now, out)
         elif isinstance(msg, Nack):
@@ -663,14 +666,21 @@ class SwimCore:
         # Any successful probe, direct or relayed, is evidence our own link works
         # (memberlist applies -1 whenever probeNode returns on an ack).
         self.awareness.apply_delta(-1)
-        if ack.coord is not None and sender == p.target:
-            rtt = now - p.sent_at
-            coord = ack.coord
+        raw = ack.coord
+        # A coordinate of other dimensions or with non-finite values is ignored (the ack counts).
+        if raw is not None and sender == p.target and coord_ok(raw, self.vivaldi.config.dimensionality):
             # Keyed by p.target, the name object the member table holds, not the decoder's copy.
             target = p.target
-            if len(coord.vec) == self.vivaldi.config.dimensionality and coord.is_valid():
-                self.coords[target] = PushPullState.pack_coord(coord)  # type: ignore[assignment]
-            self.vivaldi.update(target, coord, rtt)
+            self.coords[target] = raw
+            v = _F32[len(raw) // 4].unpack(raw)
+            self.vivaldi.update(target, Coordinate(v[:-3], v[-3], v[-2], v[-1]), now - p.sent_at)
+
+    def _coord_wire(self) -> bytes:
+        """Our coordinate, packed (for acks and our push-pull entry): packed once per change."""
+        c = self.vivaldi.coord
+        if c is not self._coord_src:
+            self._coord_src, self._coord_raw = c, PushPullState.pack_coord(c)
+        return self._coord_raw  # type: ignore[return-value]
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
         if len(self._relays) >= _MAX_RELAYS:
@@ -1063,7 +1073,7 @@ class SwimCore:
         # Our own row carries our own coordinate (we keep none for ourselves in ``coords``).
         for row in rows:
             if row[0] == self.name:
-                row[5] = PushPullState.pack_coord(self.vivaldi.coord)
+                row[5] = self._coord_wire()
                 break
         return rows
 
@@ -1148,7 +1158,7 @@ class SwimCore:
             if h & mask in rows_in:
                 rows.append(n)  # an entry carries the coordinate too
             elif h & cmask in coords_in:
-                raw = PushPullState.pack_coord(self.vivaldi.coord) if n == me else coords.get(n)
+                raw = self._coord_wire() if n == me else coords.get(n)
                 if raw is not None:
                     pairs += (n, raw)
         if rows:
