@@ -146,3 +146,19 @@ def test_largest_coordinate_frame_fits_a_stream_frame() -> None:
     name = "n" * 128
     msg = PushPullCoords([name, b"\x00" * 140] * MAX_COORD_PAIRS)
     assert len(encode(name, msg)) <= MAX_FRAME
+
+
+def test_a_node_that_does_not_know_the_digest_types_counts_them_and_answers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An older version (no types 10 and 11): the exchange is lost, the node keeps running.
+    import mesh.wire as wire
+    from mesh.node import NodeCore
+
+    a, b = _pair()
+    frames = [*_open(a, b), Outgoing("b", encode("a", PushPullCoords(["m0001", _coord(1)])), True)]
+    monkeypatch.delitem(wire._REGISTRY, PushPullDigest.TYPE)
+    monkeypatch.delitem(wire._REGISTRY, PushPullCoords.TYPE)
+    old = NodeCore("b", "b", NodeMeta(), LAN, random.Random(2))
+    for f in frames:
+        assert old.receive("a", f.data, 1.0, stream=("a", 1)) == []
+    assert old.swim.counters["unknown_messages"] == 2
+    assert old.counters["wire_errors"] == 0
