@@ -1118,14 +1118,17 @@ class SwimCore:
         coords = self.coords
         slot, present = coords.slots.get, coords.present  # `name in coords`, inlined
         size = len(present)
-        me = self.name
         for name, m in self.members.items():
             h = crc(name)
             if h is None:
                 h = _name_crc(name)
-            d[h & mask] ^= hash((h, m.incarnation, int(m.state)))
-            if ((i := slot(name)) is not None and i < size and present[i]) or name == me:
+            # (an IntEnum state hashes as its int)
+            d[h & mask] ^= hash((h, m.incarnation, m.state))
+            i = slot(name)
+            if i is not None and i < size and present[i]:
                 c[h & cmask] ^= h
+        h = _name_crc(self.name)  # our own coordinate (never kept in self.coords)
+        c[h & cmask] ^= h
         return [x & _U64_MASK for x in d], c
 
     def _sync_to(self, addr: str) -> list[Outgoing]:
