@@ -303,6 +303,12 @@ def coord_ok(raw: bytes, dims: int) -> bool:
     return math.isfinite(sum(vals)) and -1e6 <= min(vals) and max(vals) <= 1e6
 
 
+def coord_of_packed(raw: bytes) -> Coordinate:
+    """The coordinate of a packed record that :func:`coord_ok` accepted (no further checks)."""
+    v = _F32[len(raw) // 4].unpack(raw)
+    return Coordinate(v[:-3], v[-3], v[-2], v[-1])
+
+
 def decode_coord(raw: bytes, node: str = "") -> Coordinate:
     """Decode and validate a packed float32 coordinate (raises WireError)."""
     n = len(raw) // 4

@@ -73,6 +73,9 @@ from mesh.membership.awareness import Awareness
 from mesh.membership.broadcast import BroadcastQueue
 from mesh.membership.config import MembershipConfig
 from mesh.membership.messages import (
+    COORD_BUCKETS,
+    DIGEST_BUCKETS,
+    MAX_COORD_PAIRS,
     Ack,
     Alive,
     Dead,
@@ -80,16 +83,13 @@ from mesh.membership.messages import (
     IndirectPing,
     Nack,
     Ping,
-    COORD_BUCKETS,
-    DIGEST_BUCKETS,
-    MAX_COORD_PAIRS,
     PushPull,
     PushPullCoords,
     PushPullDigest,
     PushPullState,
     Suspect,
-    _F32,
     coord_ok,
+    coord_of_packed,
     decode_coord,
     meta_wire,
 )
@@ -672,8 +672,7 @@ class SwimCore:
             # Keyed by p.target, the name object the member table holds, not the decoder's copy.
             target = p.target
             self.coords[target] = raw
-            v = _F32[len(raw) // 4].unpack(raw)
-            self.vivaldi.update(target, Coordinate(v[:-3], v[-3], v[-2], v[-1]), now - p.sent_at)
+            self.vivaldi.update(target, coord_of_packed(raw), now - p.sent_at)
 
     def _coord_wire(self) -> bytes:
         """Our coordinate, packed (for acks and our push-pull entry): packed once per change."""
@@ -1150,7 +1149,7 @@ class SwimCore:
             return
         mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
         crc = _NAME_CRC.get
-        rows: list[str] = []
+        entries: list[str] = []
         pairs: list[Any] = []
         coords = self.coords
         me = self.name
@@ -1159,13 +1158,13 @@ class SwimCore:
             if h is None:
                 h = _name_crc(n)
             if h & mask in rows_in:
-                rows.append(n)  # an entry carries the coordinate too
+                entries.append(n)  # an entry carries the coordinate too
             elif h & cmask in coords_in:
                 raw = self._coord_wire() if n == me else coords.get(n)
                 if raw is not None:
                     pairs += (n, raw)
-        if rows:
-            out.extend(self._frames(src, False, True, self._state_rows(rows)))
+        if entries:
+            out.extend(self._frames(src, False, True, self._state_rows(entries)))
         step = 2 * MAX_COORD_PAIRS
         for i in range(0, len(pairs), step):
             out.append(Outgoing(src, encode(me, PushPullCoords(pairs[i : i + step])), True))
