@@ -35,14 +35,20 @@ def _setup(tmp_path: Path, names: list[str]) -> None:
     first.chmod(0o700)
 
 
-def test_a_write_on_one_node_is_visible_on_all_and_survives_sigkill(procs: ProcessGroup, tmp_path: Path) -> None:
-    names = ["a", "b", "c"]
+def three_nodes(procs: ProcessGroup, tmp_path: Path, names: list[str]) -> Mesh:
+    """Keys and trust for ``names``, their daemons started (all through the first) and joined."""
     _setup(tmp_path, names)
     mesh = Mesh(procs, tmp_path)
-    seed = mesh.start("a")
+    seed = mesh.start(names[0])
     for n in names[1:]:
         mesh.start(n, seeds=[seed.addr])
-    wait_until(lambda: mesh.converged({n: "alive" for n in names}), 20, "3 nodes joined")
+    wait_until(lambda: mesh.converged({n: "alive" for n in names}), 20, f"{len(names)} nodes joined")
+    return mesh
+
+
+def test_a_write_on_one_node_is_visible_on_all_and_survives_sigkill(procs: ProcessGroup, tmp_path: Path) -> None:
+    names = ["a", "b", "c"]
+    mesh = three_nodes(procs, tmp_path, names)
 
     t0 = time.monotonic()
     r = _cli("module", "publish", str(HELLO), "--name", "hello", "--version", "1.0.0", "--key", str(tmp_path / "pub.key"),

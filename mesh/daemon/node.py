@@ -47,7 +47,6 @@ from mesh.daemon.security import RefusalAuditor, stream_refusal
 from mesh.datadir import DataDir
 from mesh.errors import ConfigError
 from mesh.membership import NodeMeta
-from mesh.membership.config import profile as profile_config
 from mesh.membership.state import MemberState
 from mesh.daemon.meshsecret import RELOAD_CHECK_SECONDS, MeshSecrets
 from mesh.meshfile import secret_fingerprint
@@ -244,7 +243,7 @@ class Daemon:
         self._leaving = False
         self.api_addr = ""
         self.token = secrets.token_urlsafe(32)
-        self.stream_timeout = profile_config(cfg.profile).stream_timeout
+        self.stream_timeout = cfg.membership_config().stream_timeout
         self.fatal: str | None = None
         self._audit_synced = -1
         self.revoked_seen: set[str] = set()
@@ -310,7 +309,7 @@ class Daemon:
         blobs = BlobTransfer(self.blob_store, counters=intent.counters, node_id=self.node_id, deferred_puts=True)
         seeds = list(cfg.seeds) + [a for a in self.known if a not in cfg.seeds and a != advertise]
         self.core = NodeCore(
-            self.node_id, advertise, cfg.meta(), profile_config(cfg.profile), self.rng, now=now, seeds=seeds,
+            self.node_id, advertise, cfg.meta(), cfg.membership_config(), self.rng, now=now, seeds=seeds,
             incarnation=self.incarnation, intent=intent, blobs=blobs, key=self.identity.public.ed25519_public,
         )
         self.refusals = RefusalAuditor(self.audit, self.counters)
@@ -318,6 +317,11 @@ class Daemon:
             self.identity, self.psk, self._admit, random.Random(self.rng.getrandbits(64)),
             TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD), accepted_psks=self.accepted_psks,
             on_refused=lambda reason, addr: self.handshake_refused(reason, "udp", _addr_key(addr)),
+            on_established=lambda peer, addr: self.core.vouch(peer, _addr_key(addr)),
+        )
+        # Reflection guard: a message to a node we hold a session with rides that session (see NodeCore).
+        self.core.session_with = lambda node, reliable: (
+            node in self.conns_out if reliable else self.transport.peer_addr(node) is not None
         )
         self.stream_counters: Counter[str] = Counter()
         self.registry, self.metrics = node_registry(
@@ -334,6 +338,9 @@ class Daemon:
 
     def _audit_record(self, ev: Any) -> None:
         """The intent audit sink: an invalid record or an equivocation, into the hash-chained audit log."""
+        if ev.root == "store":  # store_damaged / store_recovered
+            self.audit.append(ev.reason, {"detail": ev.detail[:400]}, now_wall=time.time())
+            return
         self.audit.append("record_" + ("equivocation" if ev.reason == "equivocation" else "invalid"), {
             "slot": ev.slot, "reason": ev.reason, "detail": ev.detail[:200], "signer": ev.signer, "seq": ev.seq,
         }, now_wall=time.time())
@@ -924,6 +931,8 @@ class Daemon:
             "version": VERSION,
             "pid": os.getpid(),
             "data_dir": str(self.dd.path),
+            # Set while a damaged or lost intent store catches up with peers (intent writes get 503).
+            "store_recovering": self.core.intent.recovering if self.core.intent is not None else None,
         }
 
     async def _api_status(self, req: Request) -> tuple[int, str, bytes]:
