@@ -15,7 +15,7 @@ nodes holding the same membership and documents compute the same placement.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from crdt.errors import CrdtError, NotFound
@@ -151,6 +151,19 @@ class Assignment:
     uses_rtt: bool = False  # some deployment scores RTT proximity: nodes should publish their coordinates
 
 
+def replacements(spec: PlacementSpec, view: View, inc: frozenset[str], chosen: tuple[str, ...]) -> tuple[str, ...]:
+    """For each node of ``chosen`` (in order), the node ``place`` picks in its stead when it is gone
+    from the view; nodes already chosen or already listed are not repeated."""
+    out: list[str] = []
+    for gone in chosen:
+        rest = View(tuple(n for n in view.nodes if n.node_id != gone))
+        for n in place(spec, rest, inc - {gone}).nodes:
+            if n not in chosen and n not in out:
+                out.append(n)
+                break
+    return tuple(out)
+
+
 def active_version(doc: Any, dep: Any) -> str | None:
     """The version a deployment runs: its active version, else the best published match of its range."""
     if dep.active_version:
@@ -164,9 +177,12 @@ def active_version(doc: Any, dep: Any) -> str | None:
 def assign(node_id: str, swim: Any, doc: Any, placements: dict[str, Any] | None = None, *, standbys: int = 1) -> Assignment:
     """Place every deployment of ``doc`` over ``swim``'s membership; this node's targets and standbys.
 
-    For each deployment ``place(spec with replicas + standbys, view, incumbents)``: the first
-    ``replicas`` nodes are its placement (the greedy choice makes them exactly ``place(spec)``),
-    the next ``standbys`` nodes prepare the module so a failover admits from a warm cache.
+    For each deployment ``place(spec, view, incumbents)`` is its placement. With ``standbys`` > 0
+    the standbys are :func:`replacements`: for each chosen node, the node ``place`` picks in its
+    stead once it is gone. They prepare the module (blob fetched, compiled) so a failover admits
+    from a warm cache. Asking ``place`` for ``replicas + 1`` nodes instead would pick the next node
+    in *spread* order, which is in another fault domain than the replica that fails over when the
+    spread is strict (a dead replica in region A is replaced in region A).
     """
     placements = doc.placements() if placements is None else placements
     deps = sorted(doc.deployments(), key=lambda d: d.name)
@@ -207,15 +223,16 @@ def assign(node_id: str, swim: Any, doc: Any, placements: dict[str, Any] | None 
             mv = doc.manifest(d.spec.module, version)
             caps = mv.manifest.capabilities if mv.manifest else None
             spec = placement_spec(d, mv.sha256, caps.kv_namespaces[0] if caps and caps.kv_namespaces else None, names)
-            p = place(replace(spec, replicas=spec.replicas + max(0, standbys)), view, incumbents(d.name, placements))
+            inc = incumbents(d.name, placements)
+            chosen = place(spec, view, inc).nodes
+            spare = replacements(spec, view, inc, chosen)[: max(0, standbys) * len(chosen)] if standbys > 0 else ()
         except Exception as exc:  # one deployment that cannot be placed now leaves the others alone
             out.errors[d.name] = "" if isinstance(exc, CrdtError) else f"{type(exc).__name__}: {exc}"[:300]
             continue
-        chosen = p.nodes[:spec.replicas]
         out.placements[d.name] = (chosen, version)
         if node_id in chosen:
             out.targets[d.name] = Target(d.name, version, chosen.index(node_id))
-        elif node_id in p.nodes[spec.replicas:]:
+        elif node_id in spare:
             out.standby[d.name] = version
     out.on_demand = frozenset(on_demand)
     return out
@@ -223,5 +240,5 @@ def assign(node_id: str, swim: Any, doc: Any, placements: dict[str, Any] | None 
 
 __all__ = [
     "COORD_LABEL", "COORD_THRESHOLD_S", "Assignment", "DRAIN_LABEL", "HOLDING", "SPREAD_ALIASES", "active_version", "assign",
-    "build_view", "coord_moved", "decode_coord", "encode_coord", "incumbents", "placement_spec", "uses_rtt",
+    "build_view", "coord_moved", "decode_coord", "encode_coord", "incumbents", "placement_spec", "replacements", "uses_rtt",
 ]
