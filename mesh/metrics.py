@@ -50,6 +50,7 @@ _NODE_DROPS = {
     "sender_mismatch": "sender_mismatch",
     "stream_events_unknown": "unknown_stream_event",
     "membership_errors": "membership_error",
+    "invoke_datagrams_refused": "invoke_datagram",
 }
 # NodeCore keeps these only when an intent or blob core is attached.
 _NODE_INTENT_COUNTERS: dict[str, tuple[str, str]] = {

@@ -226,9 +226,10 @@ def json_answer(obj: Any, status: int = 200) -> tuple[int, str, bytes]:
 class ApiClientError(Exception):
     """The node could not be reached, or answered with an error (``status`` 0 when unreachable)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
         super().__init__(message)
         self.status = status
+        self.body = body  # the decoded JSON error answer, when there was one
 
 
 class ApiClient:
@@ -264,7 +265,7 @@ class ApiClient:
             obj = None
         if resp.status >= 400:
             msg = obj.get("error") if isinstance(obj, dict) else data[:200].decode("utf-8", "replace")
-            raise ApiClientError(resp.status, str(msg))
+            raise ApiClientError(resp.status, str(msg), obj)
         return obj
 
     def get(self, path: str) -> Any:

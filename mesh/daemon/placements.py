@@ -1,0 +1,152 @@
+"""Placements on a running node: where replicas run, why the scheduler chose them, and whether nodes agree.
+
+* ``GET /v1/placements[?deployment=N&explain=1]``: per deployment its target (``scheduler.place``
+  over this node's view, ``mesh/daemon/schedview.py``), the replicas the placement document says
+  run (node, zone, version, state, index) and, with ``explain``, every candidate's filter verdict
+  or score (``scheduler.explain``).
+* ``GET /v1/placements/check``: the agreement digests every member gossips in its metadata
+  (``NodeMeta.agreement``, mesh/agreement.py) grouped into agreeing sets, with why the others differ.
+
+The digests: whoever computes placements calls ``Daemon.set_placement_digest`` (the workload
+supervisor, once attached). Until somebody does, :meth:`PlacementService.loop` computes them
+itself once a second over the same inputs. A changed value reaches the node's metadata at most
+once per :data:`MIN_DIGEST_INTERVAL` (each change is an ``Alive`` gossiped to every member).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import trio
+
+from crdt.errors import NotFound
+from mesh import agreement
+from mesh.daemon.api import ApiError, Request, json_answer
+from mesh.daemon.schedview import build_spec, build_view, deployments_of, incumbents, spec_digest
+from mesh.membership.state import MemberState
+from scheduler import explain, place, placement_digest, view_digest
+
+if TYPE_CHECKING:
+    from mesh.daemon.node import Daemon
+
+MIN_DIGEST_INTERVAL = 1.0  # seconds between two metadata updates carrying new digests
+COMPUTE_INTERVAL = 1.0  # how often the fallback loop recomputes placements
+
+
+class PlacementService:
+    def __init__(self, daemon: "Daemon") -> None:
+        self.d = daemon
+        self.external = False  # someone else (the workload supervisor) reports the digests
+        self.wanted = ""  # the agreement field to publish
+        self.last_update = -1e9
+        self.computed = 0
+
+    def routes(self) -> dict[tuple[str, str], Any]:
+        return {("GET", "/v1/placements"): self.api_placements, ("GET", "/v1/placements/check"): self.api_check}
+
+    # ------------------------------------------------------------------ digests
+
+    def set_digest(self, view: str, placement: str, specs: str = "", *, external: bool = True) -> None:
+        """Publish new digests (rate-limited); ``external`` stops the fallback computation."""
+        if external:
+            self.external = True
+        self.wanted = agreement.encode(view, specs or "0", placement)
+        self._apply(trio.current_time())
+
+    def _apply(self, now: float) -> None:
+        core = self.d.core
+        if not self.wanted or core.meta.agreement == self.wanted or now - self.last_update < MIN_DIGEST_INTERVAL:
+            return
+        from mesh.daemon.node import _meta_fields
+
+        self.last_update = now
+        core.update_meta(type(core.meta)(**{**_meta_fields(core.meta), "agreement": self.wanted}), now)
+        self.d.emit([])
+
+    def compute(self) -> tuple[str, str, str]:
+        """(view, specs, placement) digests of this node's placement of every deployment."""
+        view = build_view(self.d.core)
+        intent = self.d.core.intent
+        deps = deployments_of(intent.doc) if intent is not None else []
+        placements = [place(build_spec(d, intent.doc), view, incumbents(intent.doc, d.name)) for d in deps]  # type: ignore[union-attr]
+        self.computed += 1
+        return view_digest(view), spec_digest(deps), placement_digest(placements)
+
+    async def loop(self) -> None:
+        while True:
+            await trio.sleep(COMPUTE_INTERVAL)
+            if not self.external:
+                v, s, p = self.compute()
+                self.wanted = agreement.encode(v, s, p)
+            self._apply(trio.current_time())
+
+    # ------------------------------------------------------------------ API
+
+    def _names(self) -> dict[str, tuple[str, str, str]]:
+        """node id -> (display name, zone, member status) from membership."""
+        return {n: (m.meta.name, m.meta.fault_domain, m.state.name.lower()) for n, m in self.d.core.swim.members.items()}
+
+    async def api_placements(self, req: Request) -> tuple[int, str, bytes]:
+        q = parse_qs(req.query)
+        name = (q.get("deployment") or [None])[0]
+        want_explain = (q.get("explain") or ["0"])[0] in ("1", "true", "yes")
+        intent = self.d.core.intent
+        if intent is None:
+            raise ApiError(404, "this node keeps no intent documents")
+        doc = intent.doc
+        if name is not None:
+            try:
+                deps = [doc.deployment(name)]
+            except NotFound as exc:
+                raise ApiError(404, str(exc)) from None
+        else:
+            deps = deployments_of(doc)
+        names = self._names()
+        entries = doc.placements()
+        view = build_view(self.d.core)
+        out = []
+        for dep in deps:
+            spec = build_spec(dep, doc)
+            inc = incumbents(doc, dep.name)
+            target = place(spec, view, inc)
+            running = []
+            for node, entry in sorted(entries.items()):
+                for r in entry.replicas:
+                    if r.deployment == dep.name:
+                        nm, zone, status = names.get(node, ("", "", "unknown"))
+                        running.append({"node": node, "name": nm, "zone": zone, "member": status,
+                                        "version": r.version, "state": r.state, "index": r.index})
+            running.sort(key=lambda r: (r["index"], r["node"]))
+            item: dict[str, Any] = {
+                "deployment": dep.name, "replicas": dep.spec.replicas, "active_version": dep.active_version,
+                "target": list(target.nodes), "shortfall": target.shortfall, "running": running,
+            }
+            if want_explain:
+                item["candidates"] = [
+                    {"node": c.node_id, "name": names.get(c.node_id, ("", "", ""))[0],
+                     "zone": names.get(c.node_id, ("", "", ""))[1], "rejected": c.rejected, "replica": c.replica,
+                     "score": None if c.score is None else {
+                         "base": round(c.score.base, 6), "proximity": round(c.score.proximity, 6),
+                         "locality": round(c.score.locality, 6), "load": round(c.score.load, 6),
+                         "incumbent": c.score.incumbent}}
+                    for c in explain(spec, view, inc)
+                ]
+            out.append(item)
+        return json_answer({"node": self.d.node_id, "view_digest": view_digest(view), "deployments": out})
+
+    async def api_check(self, req: Request) -> tuple[int, str, bytes]:
+        rows = []
+        for node, m in sorted(self.d.core.swim.members.items()):
+            if m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+                continue
+            d = agreement.parse(m.meta.agreement)
+            rows.append({"node": node, "name": m.meta.name, "status": m.state.name.lower(), "agreement": m.meta.agreement,
+                         "format": d.format if d else None, "view": d.view if d else None,
+                         "specs": d.specs if d else None, "placement": d.placement if d else None})
+        gs = agreement.groups((r["node"], r["agreement"]) for r in rows)
+        return json_answer({
+            "node": self.d.node_id, "agree": agreement.agree(gs), "nodes": rows,
+            "groups": [{"reason": g.reason, "nodes": list(g.nodes), "digests": g.digests.encode() if g.digests else None}
+                       for g in gs],
+        })
