@@ -1,0 +1,98 @@
+"""`wasmatrix placements [--explain] [--check]` against three real daemons (issue 11).
+
+Three nodes in two zones, two of them labelled ``tier=edge``; a deployment of 2 replicas that
+needs ``tier=edge`` and spreads by site. Every node computes the placement over its own view and
+gossips the digests in its metadata; once the mesh converged all three agree. ``--explain`` shows
+the unlabelled node filtered for the missing label and the two others scored and chosen. No
+workload supervisor is attached in this branch, so the placement document holds no claims yet.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.harness.daemons import Mesh, run_cli, wait_until
+from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
+
+HELLO = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "hello.wasm"
+
+
+def _setup(tmp_path: Path, names: list[str]) -> None:
+    first = tmp_path / names[0]
+    for role, out in (("publisher", "pub.key"), ("operator", "op.key")):
+        r = run_cli("keygen", "--role", role, "--out", str(tmp_path / out), "--data-dir", str(first))
+        assert r.returncode == 0, r.stderr
+    for n in names[1:]:
+        (tmp_path / n).mkdir(mode=0o700)
+        shutil.copy(first / "trust.json", tmp_path / n / "trust.json")
+    first.chmod(0o700)
+
+
+def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tmp_path: Path) -> None:
+    names = ["a", "b", "c"]
+    _setup(tmp_path, names)
+    mesh = Mesh(procs, tmp_path)
+    zones = {"a": "eu/berlin/r1", "b": "eu/paris/r1", "c": "eu/berlin/r2"}
+    labels = {"a": ["tier=edge"], "b": ["tier=edge"], "c": ["tier=core"]}
+    extra = {n: ["--zone", zones[n]] + [x for lb in labels[n] for x in ("--label", lb)] for n in names}
+    seed = mesh.start("a", extra=extra["a"])
+    for n in names[1:]:
+        mesh.start(n, seeds=[seed.addr], extra=extra[n])
+    wait_until(lambda: mesh.converged({n: "alive" for n in names}), 20, "3 nodes joined")
+    ids = {m["name"]: m["id"] for m in mesh.nodes["a"].members()}
+
+    r = run_cli("module", "publish", str(HELLO), "--name", "hello", "--version", "1.0.0", "--key",
+                str(tmp_path / "pub.key"), "--data-dir", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("deploy", "web", "--module", "hello", "--version", "^1.0.0", "--replicas", "2", "--label", "tier=edge",
+                "--spread", "site", "--key", str(tmp_path / "op.key"), "--data-dir", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+
+    def check(n: str) -> dict:
+        res = run_cli("placements", "--check", "--json", "--data-dir", str(tmp_path / n))
+        assert res.returncode in (0, 1), res.stderr
+        return json.loads(res.stdout)
+
+    wait_until(lambda: all(check(n)["agree"] for n in names), 20, "every node sees all three digests agree")
+    res = check("c")
+    assert [g["reason"] for g in res["groups"]] == ["reference"]
+    assert sorted(res["groups"][0]["nodes"]) == sorted(ids.values())
+    digests = {row["agreement"] for row in res["nodes"]}
+    assert len(digests) == 1 and digests.pop().startswith("1:")
+
+    # The human table says the same, exit 0.
+    r = run_cli("placements", "--check", "--data-dir", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    assert "all nodes agree" in r.stdout and "agree: " in r.stdout
+
+    # --explain: c lacks the label; a and b are eligible, one replica each (different sites anyway).
+    r = run_cli("placements", "web", "--explain", "--json", "--data-dir", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    dep = json.loads(r.stdout)["deployments"][0]
+    assert dep["deployment"] == "web" and dep["replicas"] == 2 and dep["shortfall"] == 0
+    assert sorted(dep["target"]) == sorted([ids["a"], ids["b"]])
+    assert dep["running"] == []  # nothing claims a replica: no workload supervisor in this branch
+    cands = {c["name"]: c for c in dep["candidates"]}
+    assert cands["c"]["rejected"] == "label tier=edge missing" and cands["c"]["score"] is None
+    assert cands["c"]["replica"] is None
+    assert {cands["a"]["replica"], cands["b"]["replica"]} == {0, 1}
+    assert cands["a"]["rejected"] is None and cands["a"]["score"]["base"] > 0
+    r = run_cli("placements", "web", "--explain", "--data-dir", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    assert "label tier=edge missing" in r.stdout and "filtered" in r.stdout and "score" in r.stdout
+
+    # Every node computes the same target.
+    targets = set()
+    for n in names:
+        r = run_cli("placements", "--json", "--data-dir", str(tmp_path / n))
+        assert r.returncode == 0, r.stderr
+        targets.add(tuple(json.loads(r.stdout)["deployments"][0]["target"]))
+    assert len(targets) == 1
+
+    # A deployment nobody has: exit 1 with one line.
+    r = run_cli("placements", "nope", "--data-dir", str(tmp_path / "a"))
+    assert r.returncode == 1 and "nope" in r.stderr
+    r = run_cli("placements", "web", "--check", "--data-dir", str(tmp_path / "a"))
+    assert r.returncode == 2
