@@ -43,6 +43,14 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
     wait_until(lambda: mesh.converged({n: "alive" for n in names}), 20, "3 nodes joined")
     ids = {m["name"]: m["id"] for m in mesh.nodes["a"].members()}
 
+    def check(n: str) -> dict:
+        return mesh.nodes[n].client().get("/v1/placements/check")
+
+    # Before any deployment the nodes already agree (on an empty set of deployments).
+    wait_until(lambda: all(check(n)["agree"] for n in names), 20, "digests before the deploy")
+    before = {row["specs"] for row in check("a")["nodes"]}
+    assert len(before) == 1
+
     r = run_cli("module", "publish", str(HELLO), "--name", "hello", "--version", "1.0.0", "--key",
                 str(tmp_path / "pub.key"), "--data-dir", str(tmp_path / "a"))
     assert r.returncode == 0, r.stderr
@@ -50,13 +58,15 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
                 "--spread", "site", "--key", str(tmp_path / "op.key"), "--data-dir", str(tmp_path / "b"))
     assert r.returncode == 0, r.stderr
 
-    def check(n: str) -> dict:
-        res = run_cli("placements", "--check", "--json", "--data-dir", str(tmp_path / n))
-        assert res.returncode in (0, 1), res.stderr
-        return json.loads(res.stdout)
+    def agree_after_deploy(n: str) -> bool:
+        res = check(n)
+        return res["agree"] and {row["specs"] for row in res["nodes"]}.isdisjoint(before)
 
-    wait_until(lambda: all(check(n)["agree"] for n in names), 20, "every node sees all three digests agree")
-    res = check("c")
+    took = wait_until(lambda: all(agree_after_deploy(n) for n in names), 20, "every node sees all three new digests agree")
+    print(f"all 3 nodes agree {took:.2f} s after the deploy was acknowledged")
+    res = run_cli("placements", "--check", "--json", "--data-dir", str(tmp_path / "c"))
+    assert res.returncode == 0, res.stderr
+    res = json.loads(res.stdout)
     assert [g["reason"] for g in res["groups"]] == ["reference"]
     assert sorted(res["groups"][0]["nodes"]) == sorted(ids.values())
     digests = {row["agreement"] for row in res["nodes"]}
@@ -84,11 +94,7 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
     assert "label tier=edge missing" in r.stdout and "filtered" in r.stdout and "score" in r.stdout
 
     # Every node computes the same target.
-    targets = set()
-    for n in names:
-        r = run_cli("placements", "--json", "--data-dir", str(tmp_path / n))
-        assert r.returncode == 0, r.stderr
-        targets.add(tuple(json.loads(r.stdout)["deployments"][0]["target"]))
+    targets = {tuple(mesh.nodes[n].client().get("/v1/placements")["deployments"][0]["target"]) for n in names}
     assert len(targets) == 1
 
     # A deployment nobody has: exit 1 with one line.
