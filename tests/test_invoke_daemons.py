@@ -1,0 +1,164 @@
+"""Invocation across real daemons in one trio run (issue 11): local, forwarded, traceparent, breaker, retry.
+
+Three ``Daemon`` objects run in-process on loopback (real UDP/TCP sockets, Noise, membership, intent
+sync). The workload supervisor (mesh/daemon/workloads.py) is being built on another branch, so b and
+c get a small fake executor implementing the ``Workloads`` protocol and write their own placement
+entries (a running replica of ``echo``) the way the supervisor will; a hosts nothing. Everything
+else is the production path: target choice from the replicated placement document and membership,
+``InvokeRequest``/``InvokeReply`` frames over the pooled Noise stream, breakers, retries, logs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from crdt.schema import ReplicaClaim
+from mesh.daemon.config import load_config
+from mesh.daemon.node import Daemon
+from mesh.metrics import render
+from mesh.membership.state import MemberState
+from runtime.errors import WasmTrap
+from runtime.invocation import InvocationResult
+from tests.harness.promtool import promtool_check
+
+TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class FakeWorkloads:
+    """Implements mesh.daemon.invocation.Workloads: hosts ``echo``, answers ``NAME:payload``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[tuple[bytes, str | None]] = []
+
+    def hosts(self, deployment: str) -> bool:
+        return deployment == "echo"
+
+    async def invoke_local(self, deployment: str, payload: bytes, *, traceparent: str | None = None) -> Any:
+        self.calls.append((payload, traceparent))
+        if payload == b"trap":
+            raise WasmTrap("unreachable executed", "unreachable")
+        await trio.sleep(0)
+        return InvocationResult(0, self.name.encode() + b":" + payload)
+
+
+def _cfg(tmp: Path, name: str, seeds: list[str]) -> Any:
+    return load_config({"data_dir": str(tmp / name), "bind": "127.0.0.1:0", "insecure": True, "name": name,
+                        "seed": seeds, "profile": "lan", "log_level": "info"})
+
+
+async def _wait(pred: Any, timeout: float, what: str) -> None:
+    with trio.move_on_after(timeout):
+        while not pred():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def test_invoke_local_forwarded_traceparent_and_breaker_retry(tmp_path: Path) -> None:
+    with structlog.testing.capture_logs() as logs:
+        trio.run(_scenario, tmp_path, logs)
+
+
+async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    async with trio.open_nursery() as nursery:
+        a: Daemon = await nursery.start(Daemon(_cfg(tmp_path, "a", [])).run)
+        b: Daemon = await nursery.start(Daemon(_cfg(tmp_path, "b", [a.advertise])).run)
+        c: Daemon = await nursery.start(Daemon(_cfg(tmp_path, "c", [a.advertise])).run)
+        ds = {"a": a, "b": b, "c": c}
+        ids = {n: d.node_id for n, d in ds.items()}
+
+        def all_alive() -> bool:
+            return all(len([m for m in d.core.swim.members.values() if m.state == MemberState.ALIVE]) == 3 for d in ds.values())
+
+        await _wait(all_alive, 20, "3 daemons see each other alive")
+
+        # No replica anywhere yet: a fails with no_replica, nothing is tried.
+        res = await a.invocations.invoke("echo", b"x")
+        assert (res["ok"], res["code"], res["mode"], res["attempts"]) == (False, "no_replica", "none", [])
+
+        fakes = {n: FakeWorkloads(n) for n in ("b", "c")}
+        for n, fake in fakes.items():
+            d = ds[n]
+            d.workloads = fake
+            d.core.intent.set_placement([ReplicaClaim("echo", "1.0.0", "running", 0)], trio.current_time(), wall=time.time())
+            d.emit([])
+
+        def a_sees_replicas() -> bool:
+            entries = a.core.intent.doc.placements()
+            return all(ids[n] in entries for n in ("b", "c"))
+
+        await _wait(a_sees_replicas, 20, "a holds b's and c's placement entries")
+
+        # Local: b hosts a replica, runs it itself; the given traceparent is kept.
+        res = await b.invocations.invoke("echo", b"hi", TP)
+        assert res["ok"] and res["mode"] == "local" and res["node"] == ids["b"]
+        assert res["output_b64"] == "YjpoaQ=="  # base64("b:hi")
+        assert res["traceparent"] == TP and fakes["b"].calls[-1] == (b"hi", TP)
+
+        # Forwarded: a hosts nothing, the call runs on b or c over the mesh.
+        res = await a.invocations.invoke("echo", b"ping", TP)
+        assert res["ok"] and res["mode"] == "forwarded" and res["code"] == "ok"
+        target = next(n for n in ("b", "c") if ids[n] == res["node"])
+        other = "c" if target == "b" else "b"
+        assert res["node_name"] == target
+        import base64
+
+        assert base64.b64decode(res["output_b64"]) == f"{target}:ping".encode()
+        payload, served_tp = fakes[target].calls[-1]
+        assert payload == b"ping" and served_tp is not None
+        trace_id = TP.split("-")[1]
+        assert served_tp.split("-")[1] == trace_id and served_tp != TP  # same trace, a's span as parent
+        # The trace id is in both nodes' structured logs.
+        fwd = [e for e in logs if e["event"] == "invoke_forwarded" and e.get("trace_id") == trace_id]
+        served = [e for e in logs if e["event"] == "invoke_served" and e.get("trace_id") == trace_id]
+        assert [e["node_id"] for e in fwd] == [ids["a"]] and fwd[0]["target"] == ids[target]
+        assert [e["node_id"] for e in served] == [ids[target]] and served[0]["caller"] == ids["a"]
+        assert served[0]["traceparent"] == served_tp
+
+        # No traceparent given: a new trace is started and travels the same way.
+        res = await a.invocations.invoke("echo", b"new")
+        new_trace = res["traceparent"].split("-")[1]
+        assert res["ok"] and new_trace != trace_id and len(new_trace) == 32
+        assert any(e["event"] == "invoke_served" and e.get("trace_id") == new_trace for e in logs)
+
+        # A trap runs the guest: reported, never retried elsewhere, the target's breaker stays closed.
+        res = await a.invocations.invoke("echo", b"trap")
+        assert (res["ok"], res["code"], len(res["attempts"])) == (False, "trap", 1)
+        assert "unreachable" in res["message"]
+        assert a.invocations.invoker.states(trio.current_time()) == {ids[target]: "closed"}
+
+        # Kill the nearest replica's daemon (its sockets close; membership has not noticed yet).
+        ds[target].stop()
+        await _wait(lambda: ids[target] not in a.conns_out, 10, "a's stream to the stopped node closed")
+        outcomes = []
+        for i in range(4):
+            res = await a.invocations.invoke("echo", f"after-{i}".encode())
+            assert res["ok"] and res["node"] == ids[other], res
+            outcomes.append([(x["node"], x["code"]) for x in res["attempts"]])
+        dead, alive = ids[target], ids[other]
+        # Three connection failures, each retried on the other replica; then the breaker is open
+        # and the dead node is skipped without an attempt.
+        assert outcomes == [[(dead, "connect_failed"), (alive, "ok")]] * 3 + [[(alive, "ok")]]
+        assert a.invocations.invoker.states(trio.current_time())[dead] == "open"
+
+        text = render(a.registry)
+        promtool_check(text)
+        body = text.decode()
+        assert f'wasmatrix_invoke_breaker_state{{peer="{dead}"}} 2.0' in body
+        assert 'wasmatrix_invoke_retries_total 3.0' in body
+        assert 'wasmatrix_invoke_total{mode="forwarded"} 7.0' in body  # ping, new, trap, 4 after the kill
+        assert 'wasmatrix_invoke_total{mode="local"} 0.0' in body
+        assert 'wasmatrix_invoke_total{mode="local"} 1.0' in render(b.registry).decode()
+        assert 'wasmatrix_invoke_errors_total{reason="trap"} 1.0' in body
+        assert 'wasmatrix_invoke_errors_total{reason="no_replica"} 1.0' in body
+        assert 'wasmatrix_invoke_latency_seconds_count{mode="forwarded"} 7.0' in body
+        served_text = render(ds[other].registry).decode()
+        assert 'wasmatrix_invoke_served_total{outcome="ok"}' in served_text
+
+        nursery.cancel_scope.cancel()
