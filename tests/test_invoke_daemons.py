@@ -10,6 +10,7 @@ else is the production path: target choice from the replicated placement documen
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from mesh.metrics import render
 from mesh.membership.state import MemberState
 from runtime.errors import WasmTrap
 from runtime.invocation import InvocationResult
+from tests.harness.daemons import run_cli
 from tests.harness.promtool import promtool_check
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -133,7 +135,33 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         assert "unreachable" in res["message"]
         assert a.invocations.invoker.states(trio.current_time()) == {ids[target]: "closed"}
 
-        # Kill the nearest replica's daemon (its sockets close; membership has not noticed yet).
+        # Through the control API and the CLI, as an operator runs it.
+        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--data", "cli", "--api", a.api_addr,
+                                                          "--token", a.token))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout in ("b:cli", "c:cli")
+        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--data", "-", "--json", "--traceparent", TP,
+                                                          "--api", a.api_addr, "--token", a.token))
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["mode"] == "forwarded" and out["traceparent"] == TP and out["output"] in ("b:", "c:")
+        assert out["node_name"] in ("b", "c") and out["latency_ms"] > 0 and out["attempts"][-1]["code"] == "ok"
+        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--data", "trap", "--json", "--api",
+                                                          a.api_addr, "--token", a.token))
+        assert r.returncode == 1 and json.loads(r.stdout)["code"] == "trap"
+        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "nothing", "--api", a.api_addr, "--token", a.token))
+        assert r.returncode == 1 and "no replica of nothing" in r.stderr
+        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--traceparent", "00-bad", "--api",
+                                                          a.api_addr, "--token", a.token))
+        assert r.returncode == 2 and "traceparent" in r.stderr
+        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--data", f"@{tmp_path}/missing",
+                                                          "--api", a.api_addr, "--token", a.token))
+        assert r.returncode == 2 and "no such file" in r.stderr
+
+        # Kill the nearest replica's daemon (its sockets close; membership has not noticed yet). The
+        # RTT estimates a holds are pinned so the killed node stays the nearest (Vivaldi keeps moving).
+        pinned = {ids[target]: 0.001, ids[other]: 0.002}
+        a.core.estimate_rtt = lambda x, y: pinned.get(y)  # type: ignore[method-assign]
         ds[target].stop()
         await _wait(lambda: ids[target] not in a.conns_out, 10, "a's stream to the stopped node closed")
         outcomes = []
@@ -152,12 +180,13 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         body = text.decode()
         assert f'wasmatrix_invoke_breaker_state{{peer="{dead}"}} 2.0' in body
         assert 'wasmatrix_invoke_retries_total 3.0' in body
-        assert 'wasmatrix_invoke_total{mode="forwarded"} 7.0' in body  # ping, new, trap, 4 after the kill
+        # ping, new, trap, 3 through the CLI, 4 after the kill
+        assert 'wasmatrix_invoke_total{mode="forwarded"} 10.0' in body
         assert 'wasmatrix_invoke_total{mode="local"} 0.0' in body
         assert 'wasmatrix_invoke_total{mode="local"} 1.0' in render(b.registry).decode()
-        assert 'wasmatrix_invoke_errors_total{reason="trap"} 1.0' in body
-        assert 'wasmatrix_invoke_errors_total{reason="no_replica"} 1.0' in body
-        assert 'wasmatrix_invoke_latency_seconds_count{mode="forwarded"} 7.0' in body
+        assert 'wasmatrix_invoke_errors_total{reason="trap"} 2.0' in body
+        assert 'wasmatrix_invoke_errors_total{reason="no_replica"} 2.0' in body
+        assert 'wasmatrix_invoke_latency_seconds_count{mode="forwarded"} 10.0' in body
         served_text = render(ds[other].registry).decode()
         assert 'wasmatrix_invoke_served_total{outcome="ok"}' in served_text
 
