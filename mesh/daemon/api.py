@@ -11,6 +11,8 @@ POST     /v1/leave           graceful leave, then the daemon exits 0
 POST     /v1/meta            ``{"set": {"k": "v"}, "unset": ["k"]}``: change labels
 GET      /v1/intent/head     where a signer's next record goes (mesh/daemon/intentapi.py)
 POST     /v1/intent/records  client-signed records, answered once durable (crdt/client.py signs)
+POST     /v1/invoke          run a deployment here or on a replica (mesh/daemon/invocation.py)
+GET      /v1/placements      targets, claims, --explain; /v1/placements/check: agreement (mesh/daemon/placements.py)
 GET      /metrics            Prometheus text (no token: scrapers carry none; bind the API to loopback)
 =======  ==================  ====================================================
 
