@@ -135,6 +135,13 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         assert "unreachable" in res["message"]
         assert a.invocations.invoker.states(trio.current_time()) == {ids[target]: "closed"}
 
+        # The supervisor's digests replace the placements task's own, reach a through gossip and stay.
+        ds[other].set_placement_digest("aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc")
+        want = "1:aaaaaaaaaaaa:cccccccccccc:bbbbbbbbbbbb"
+        await _wait(lambda: a.core.swim.members.peek(ids[other]).meta.agreement == want, 10, "a sees the new digests")
+        await trio.sleep(1.5)  # the placements task ran again meanwhile: it no longer writes its own
+        assert ds[other].core.meta.agreement == want
+
         # Through the control API and the CLI, as an operator runs it.
         r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--data", "cli", "--api", a.api_addr,
                                                           "--token", a.token))
