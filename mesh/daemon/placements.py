@@ -56,6 +56,8 @@ class PlacementService:
 
     def _apply(self, now: float) -> None:
         core = self.d.core
+        if self.d._leaving or self.d._stopping:
+            return  # a metadata update now would gossip an Alive with a higher incarnation over our Left
         if not self.wanted or core.meta.agreement == self.wanted or now - self.last_update < MIN_DIGEST_INTERVAL:
             return
         from mesh.daemon.node import _meta_fields
