@@ -63,8 +63,13 @@ async def _wait(pred: Any, timeout: float, what: str) -> None:
 
 
 def test_invoke_local_forwarded_traceparent_and_breaker_retry(tmp_path: Path) -> None:
-    with structlog.testing.capture_logs() as logs:
-        trio.run(_scenario, tmp_path, logs)
+    saved = structlog.get_config()
+    structlog.reset_defaults()  # an earlier in-process CLI test may have filtered info logs out
+    try:
+        with structlog.testing.capture_logs() as logs:
+            trio.run(_scenario, tmp_path, logs)
+    finally:
+        structlog.configure(**saved)
 
 
 async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
