@@ -13,7 +13,10 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.harness.daemons import Mesh, run_cli, wait_until
+import pytest
+
+from mesh.cli import main
+from tests.harness.daemons import Mesh, wait_until
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
 
 HELLO = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "hello.wasm"
@@ -22,15 +25,22 @@ HELLO = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "hello.wa
 def _setup(tmp_path: Path, names: list[str]) -> None:
     first = tmp_path / names[0]
     for role, out in (("publisher", "pub.key"), ("operator", "op.key")):
-        r = run_cli("keygen", "--role", role, "--out", str(tmp_path / out), "--data-dir", str(first))
-        assert r.returncode == 0, r.stderr
+        assert main(["keygen", "--role", role, "--out", str(tmp_path / out), "--data-dir", str(first)]) == 0
     for n in names[1:]:
         (tmp_path / n).mkdir(mode=0o700)
         shutil.copy(first / "trust.json", tmp_path / n / "trust.json")
     first.chmod(0o700)
 
 
-def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tmp_path: Path) -> None:
+def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    def cli(*args: str) -> tuple[int, str, str]:
+        """The CLI in this process (a subprocess per command costs seconds on a loaded machine)."""
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
     names = ["a", "b", "c"]
     _setup(tmp_path, names)
     mesh = Mesh(procs, tmp_path)
@@ -51,12 +61,12 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
     before = {row["specs"] for row in check("a")["nodes"]}
     assert len(before) == 1
 
-    r = run_cli("module", "publish", str(HELLO), "--name", "hello", "--version", "1.0.0", "--key",
-                str(tmp_path / "pub.key"), "--data-dir", str(tmp_path / "a"))
-    assert r.returncode == 0, r.stderr
-    r = run_cli("deploy", "web", "--module", "hello", "--version", "^1.0.0", "--replicas", "2", "--label", "tier=edge",
-                "--spread", "site", "--key", str(tmp_path / "op.key"), "--data-dir", str(tmp_path / "b"))
-    assert r.returncode == 0, r.stderr
+    code, out, err = cli("module", "publish", str(HELLO), "--name", "hello", "--version", "1.0.0", "--key",
+                         str(tmp_path / "pub.key"), "--data-dir", str(tmp_path / "a"))
+    assert code == 0, err
+    code, out, err = cli("deploy", "web", "--module", "hello", "--version", "^1.0.0", "--replicas", "2", "--label",
+                         "tier=edge", "--spread", "site", "--key", str(tmp_path / "op.key"), "--data-dir", str(tmp_path / "b"))
+    assert code == 0, err
 
     def agree_after_deploy(n: str) -> bool:
         res = check(n)
@@ -64,23 +74,23 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
 
     took = wait_until(lambda: all(agree_after_deploy(n) for n in names), 20, "every node sees all three new digests agree")
     print(f"all 3 nodes agree {took:.2f} s after the deploy was acknowledged")
-    res = run_cli("placements", "--check", "--json", "--data-dir", str(tmp_path / "c"))
-    assert res.returncode == 0, res.stderr
-    res = json.loads(res.stdout)
+    code, out, err = cli("placements", "--check", "--json", "--data-dir", str(tmp_path / "c"))
+    assert code == 0, err
+    res = json.loads(out)
     assert [g["reason"] for g in res["groups"]] == ["reference"]
     assert sorted(res["groups"][0]["nodes"]) == sorted(ids.values())
     digests = {row["agreement"] for row in res["nodes"]}
     assert len(digests) == 1 and digests.pop().startswith("1:")
 
     # The human table says the same, exit 0.
-    r = run_cli("placements", "--check", "--data-dir", str(tmp_path / "b"))
-    assert r.returncode == 0, r.stderr
-    assert "all nodes agree" in r.stdout and "agree: " in r.stdout
+    code, out, err = cli("placements", "--check", "--data-dir", str(tmp_path / "b"))
+    assert code == 0, err
+    assert "all nodes agree" in out and "agree: " in out
 
     # --explain: c lacks the label; a and b are eligible, one replica each (different sites anyway).
-    r = run_cli("placements", "web", "--explain", "--json", "--data-dir", str(tmp_path / "c"))
-    assert r.returncode == 0, r.stderr
-    dep = json.loads(r.stdout)["deployments"][0]
+    code, out, err = cli("placements", "web", "--explain", "--json", "--data-dir", str(tmp_path / "c"))
+    assert code == 0, err
+    dep = json.loads(out)["deployments"][0]
     assert dep["deployment"] == "web" and dep["replicas"] == 2 and dep["shortfall"] == 0
     assert sorted(dep["target"]) == sorted([ids["a"], ids["b"]])
     assert dep["running"] == []  # nothing claims a replica: no workload supervisor in this branch
@@ -89,16 +99,16 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
     assert cands["c"]["replica"] is None
     assert {cands["a"]["replica"], cands["b"]["replica"]} == {0, 1}
     assert cands["a"]["rejected"] is None and cands["a"]["score"]["base"] > 0
-    r = run_cli("placements", "web", "--explain", "--data-dir", str(tmp_path / "a"))
-    assert r.returncode == 0, r.stderr
-    assert "label tier=edge missing" in r.stdout and "filtered" in r.stdout and "score" in r.stdout
+    code, out, err = cli("placements", "web", "--explain", "--data-dir", str(tmp_path / "a"))
+    assert code == 0, err
+    assert "label tier=edge missing" in out and "filtered" in out and "score" in out
 
     # Every node computes the same target.
     targets = {tuple(mesh.nodes[n].client().get("/v1/placements")["deployments"][0]["target"]) for n in names}
     assert len(targets) == 1
 
     # A deployment nobody has: exit 1 with one line.
-    r = run_cli("placements", "nope", "--data-dir", str(tmp_path / "a"))
-    assert r.returncode == 1 and "nope" in r.stderr
-    r = run_cli("placements", "web", "--check", "--data-dir", str(tmp_path / "a"))
-    assert r.returncode == 2
+    code, out, err = cli("placements", "nope", "--data-dir", str(tmp_path / "a"))
+    assert code == 1 and "nope" in err
+    code, out, err = cli("placements", "web", "--check", "--data-dir", str(tmp_path / "a"))
+    assert code == 2

@@ -11,14 +11,17 @@ else is the production path: target choice from the replicated placement documen
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 import trio
 
 from crdt.schema import ReplicaClaim
+from mesh.cli import main
 from mesh.daemon.config import load_config
 from mesh.daemon.node import Daemon
 from mesh.metrics import render
@@ -62,7 +65,9 @@ async def _wait(pred: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
-def test_invoke_local_forwarded_traceparent_and_breaker_retry(tmp_path: Path) -> None:
+def test_invoke_local_forwarded_traceparent_and_breaker_retry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    global _capsys
+    _capsys = capsys
     saved = structlog.get_config()
     structlog.reset_defaults()  # an earlier in-process CLI test may have filtered info logs out
     try:
@@ -70,6 +75,17 @@ def test_invoke_local_forwarded_traceparent_and_breaker_retry(tmp_path: Path) ->
             trio.run(_scenario, tmp_path, logs)
     finally:
         structlog.configure(**saved)
+
+
+_capsys: Any = None
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process, on a worker thread (a subprocess per command costs seconds on a loaded machine)."""
+    _capsys.readouterr()
+    code = await trio.to_thread.run_sync(main, list(args))
+    out, err = _capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
@@ -152,22 +168,21 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
                                                           "--token", a.token))
         assert r.returncode == 0, r.stderr
         assert r.stdout in ("b:cli", "c:cli")
-        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--data", "-", "--json", "--traceparent", TP,
-                                                          "--api", a.api_addr, "--token", a.token))
+        (tmp_path / "in.txt").write_bytes(b"from a file")
+        r = await _cli("invoke", "echo", "--data", f"@{tmp_path}/in.txt", "--json", "--traceparent", TP,
+                       "--api", a.api_addr, "--token", a.token)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
-        assert out["mode"] == "forwarded" and out["traceparent"] == TP and out["output"] in ("b:", "c:")
+        assert out["mode"] == "forwarded" and out["traceparent"] == TP
+        assert out["output"] in ("b:from a file", "c:from a file")
         assert out["node_name"] in ("b", "c") and out["latency_ms"] > 0 and out["attempts"][-1]["code"] == "ok"
-        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--data", "trap", "--json", "--api",
-                                                          a.api_addr, "--token", a.token))
+        r = await _cli("invoke", "echo", "--data", "trap", "--json", "--api", a.api_addr, "--token", a.token)
         assert r.returncode == 1 and json.loads(r.stdout)["code"] == "trap"
-        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "nothing", "--api", a.api_addr, "--token", a.token))
+        r = await _cli("invoke", "nothing", "--api", a.api_addr, "--token", a.token)
         assert r.returncode == 1 and "no replica of nothing" in r.stderr
-        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--traceparent", "00-bad", "--api",
-                                                          a.api_addr, "--token", a.token))
+        r = await _cli("invoke", "echo", "--traceparent", "00-bad", "--api", a.api_addr, "--token", a.token)
         assert r.returncode == 2 and "traceparent" in r.stderr
-        r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "echo", "--data", f"@{tmp_path}/missing",
-                                                          "--api", a.api_addr, "--token", a.token))
+        r = await _cli("invoke", "echo", "--data", f"@{tmp_path}/missing", "--api", a.api_addr, "--token", a.token)
         assert r.returncode == 2 and "no such file" in r.stderr
 
         # Kill the nearest replica's daemon (its sockets close; membership has not noticed yet). The
