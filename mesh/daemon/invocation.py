@@ -277,13 +277,18 @@ class InvokeService:
             return Attempt(self.d.node_id, code, executed, message=f"{type(exc).__name__}: {exc}"[:512])
         if scope.cancelled_caught:
             return Attempt(self.d.node_id, TIMEOUT, True, message=f"no result within {budget:.3f} s")
-        return Attempt(self.d.node_id, OK, True, status=int(res.status), output=bytes(res.body))
+        status = int(res.status)
+        if not -(2**31) <= status < 2**31:
+            return Attempt(self.d.node_id, INTERNAL, True, message=f"exit status {status} out of range")
+        return Attempt(self.d.node_id, OK, True, status=status, output=bytes(res.body))
 
     async def _forward(self, node: str, deployment: str, payload: bytes, tp: str, budget: float, log: Any) -> Attempt:
         m = self.d.core.swim.members.peek(node)
         if m is None or len(self.pending) >= MAX_PENDING:
             return Attempt(node, CONNECT_FAILED if m is None else OVERLOADED, False,
                            message="unknown node" if m is None else "too many calls in flight")
+        if len(payload) > MAX_INVOKE_PAYLOAD:
+            return Attempt(node, BAD_REQUEST, False, message=f"payload of {len(payload)} bytes exceeds {MAX_INVOKE_PAYLOAD} (one frame)")
         rid = self.next_id = (self.next_id + 1) % (2**63)
         deadline_ms = max(1, min(MAX_DEADLINE_MS, int(budget * 1000)))
         req = InvokeRequest(rid, deployment, payload, tp, deadline_ms)
@@ -334,26 +339,34 @@ class InvokeService:
 
     async def _serve(self, sender: str, req: InvokeRequest, stream: Any) -> None:
         try:
-            t0 = time.perf_counter()
-            m = self.d.core.swim.members.peek(sender)
-            ctx = parse_traceparent(req.traceparent)
-            assert ctx is not None  # InvokeRequest validates it
-            log = self.d.log.bind(deployment=req.deployment, trace_id=ctx.trace_id, traceparent=req.traceparent,
-                                  caller=sender, caller_name=m.meta.name if m is not None else "", request_id=req.request_id)
-            if not self._hosts(req.deployment):
-                att = Attempt(self.d.node_id, NOT_HOSTED, False, message=f"{self.d.node_id} runs no replica of {req.deployment}")
-            else:
-                att = await self._local(req.deployment, req.payload, req.traceparent, req.deadline_ms / 1000)
-            if len(att.output) > MAX_INVOKE_PAYLOAD:
-                att = Attempt(att.node, LIMIT, True, message=f"output of {len(att.output)} bytes exceeds {MAX_INVOKE_PAYLOAD}")
-            us = int((time.perf_counter() - t0) * 1e6)
-            self._reply(stream, InvokeReply(req.request_id, att.code, att.executed, att.status, att.output,
-                                            att.message[:512], us))
-            self.metrics.served["ok" if att.code == OK else "error"] += 1
-            (log.info if att.code == OK else log.warning)("invoke_served", code=att.code, executed=att.executed,
-                                                          duration_ms=round(us / 1000, 3))
+            await self._serve_one(sender, req, stream)
+        except Exception as exc:  # a bug here must not end the daemon's nursery: count, log, answer
+            self.metrics.served["error"] += 1
+            self.d.log.error("invoke_serve_failed", caller=sender, request_id=req.request_id,
+                             error=f"{type(exc).__name__}: {exc}")
+            self._reply(stream, InvokeReply(req.request_id, INTERNAL, True, message="internal error on the target"))
         finally:
             self.serving -= 1
+
+    async def _serve_one(self, sender: str, req: InvokeRequest, stream: Any) -> None:
+        t0 = time.perf_counter()
+        m = self.d.core.swim.members.peek(sender)
+        ctx = parse_traceparent(req.traceparent)
+        assert ctx is not None  # InvokeRequest validates it
+        log = self.d.log.bind(deployment=req.deployment, trace_id=ctx.trace_id, traceparent=req.traceparent,
+                              caller=sender, caller_name=m.meta.name if m is not None else "", request_id=req.request_id)
+        if not self._hosts(req.deployment):
+            att = Attempt(self.d.node_id, NOT_HOSTED, False, message=f"{self.d.node_id} runs no replica of {req.deployment}")
+        else:
+            att = await self._local(req.deployment, req.payload, req.traceparent, req.deadline_ms / 1000)
+        if len(att.output) > MAX_INVOKE_PAYLOAD:
+            att = Attempt(att.node, LIMIT, True, message=f"output of {len(att.output)} bytes exceeds {MAX_INVOKE_PAYLOAD}")
+        us = int((time.perf_counter() - t0) * 1e6)
+        self._reply(stream, InvokeReply(req.request_id, att.code, att.executed, att.status, att.output,
+                                        att.message[:512], us))
+        self.metrics.served["ok" if att.code == OK else "error"] += 1
+        (log.info if att.code == OK else log.warning)("invoke_served", code=att.code, executed=att.executed,
+                                                      duration_ms=round(us / 1000, 3))
 
     def _reply(self, stream: Any, reply: InvokeReply) -> None:
         stream.send_frame(encode(self.d.node_id, reply))
