@@ -10,6 +10,7 @@ else is the production path: target choice from the replicated placement documen
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
@@ -130,8 +131,6 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         target = next(n for n in ("b", "c") if ids[n] == res["node"])
         other = "c" if target == "b" else "b"
         assert res["node_name"] == target
-        import base64
-
         assert base64.b64decode(res["output_b64"]) == f"{target}:ping".encode()
         payload, served_tp = fakes[target].calls[-1]
         assert payload == b"ping" and served_tp is not None
@@ -184,6 +183,32 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         assert r.returncode == 2 and "traceparent" in r.stderr
         r = await _cli("invoke", "echo", "--data", f"@{tmp_path}/missing", "--api", a.api_addr, "--token", a.token)
         assert r.returncode == 2 and "no such file" in r.stderr
+
+        # Hostile or wrong API bodies: one clear error each, nothing runs.
+        from mesh.daemon.api import ApiClient, ApiClientError
+
+        client = ApiClient(a.api_addr, a.token)
+        for body, status, words in [
+            ({}, 400, "deployment"), ({"deployment": "a b"}, 400, "deployment"),
+            ({"deployment": "echo", "payload_b64": "!!"}, 400, "base64"),
+            ({"deployment": "echo", "payload_b64": 5}, 400, "base64"),
+            ({"deployment": "echo", "payload_b64": base64.b64encode(b"x" * 60_001).decode()}, 413, "60000"),
+            ({"deployment": "echo", "timeout_s": -1}, 400, "timeout_s"),
+            ({"deployment": "echo", "timeout_s": True}, 400, "timeout_s"),
+            ({"deployment": "echo", "traceparent": 7}, 400, "traceparent"),
+        ]:
+            calls_before = len(fakes["b"].calls) + len(fakes["c"].calls)
+            try:
+                await trio.to_thread.run_sync(client.post, "/v1/invoke", body)
+                raise AssertionError(f"{body} was accepted")
+            except ApiClientError as exc:
+                assert exc.status == status and words in str(exc), (body, exc.status, str(exc))
+            assert len(fakes["b"].calls) + len(fakes["c"].calls) == calls_before
+        try:
+            await trio.to_thread.run_sync(ApiClient(a.api_addr, "wrong").post, "/v1/invoke", {"deployment": "echo"})
+            raise AssertionError("accepted without the token")
+        except ApiClientError as exc:
+            assert exc.status == 401
 
         # Kill the nearest replica's daemon (its sockets close; membership has not noticed yet). The
         # RTT estimates a holds are pinned so the killed node stays the nearest (Vivaldi keeps moving).
