@@ -7,6 +7,7 @@ Expected values are worked out by hand from the documented thresholds (mesh/invo
 from __future__ import annotations
 
 import pytest
+import structlog
 
 from mesh import agreement
 from mesh.invoke.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig
@@ -197,3 +198,44 @@ def test_agreement_reference_is_the_same_whatever_the_row_order() -> None:
     assert agreement.groups(rows)[0].nodes == ("a",)
     assert agreement.groups(list(reversed(rows)))[0].nodes == ("a",)
     assert agreement.encode(V1, S1, P1) == f"1:{V1}:{S1}:{P1}"
+
+
+def test_digests_that_do_not_fit_the_metadata_bound_are_refused_not_raised() -> None:
+    import random
+
+    from mesh.daemon.placements import PlacementService
+    from mesh.membership import NodeMeta
+    from mesh.membership.config import profile
+    from mesh.membership.meta import MAX_META_BYTES
+    from mesh.node import NodeCore
+    from mesh.wire import pack
+
+    labels = tuple((f"k{i:02d}", "v" * 24) for i in range(16))
+    meta = NodeMeta(name="n", labels=labels)
+    assert len(pack(meta.to_wire())) + 42 > MAX_META_BYTES  # no room for a 40-character digest field
+
+    class Stub:
+        _leaving = _stopping = False
+        emitted = 0
+
+        def __init__(self) -> None:
+            self.core = NodeCore("n", "127.0.0.1:1", meta, profile("local"), random.Random(1))
+            self.log = structlog.get_logger("test")
+
+        def emit(self, outs: list) -> None:
+            self.emitted += 1
+
+    d = Stub()
+    svc = PlacementService(d)  # type: ignore[arg-type]
+    svc.wanted = agreement.encode(V1, S1, P1)
+    svc._apply(10.0)
+    assert svc.too_large == 1 and d.core.meta.agreement == "" and d.emitted == 0
+    d.core.update_meta(NodeMeta(name="n"), 10.0)  # labels removed: now it fits
+    svc._apply(10.5)  # rate limit: less than a second after the last attempt
+    assert d.core.meta.agreement == ""
+    svc._apply(11.0)
+    assert d.core.meta.agreement == f"1:{V1}:{S1}:{P1}" and d.emitted == 1
+    d._leaving = True
+    svc.wanted = agreement.encode(V2, S1, P1)
+    svc._apply(20.0)  # never while leaving
+    assert d.core.meta.agreement == f"1:{V1}:{S1}:{P1}"

@@ -23,6 +23,7 @@ import trio
 from crdt.errors import NotFound
 from mesh import agreement
 from mesh.daemon.api import ApiError, Request, json_answer
+from mesh.errors import ConfigError
 from mesh.daemon.schedview import build_spec, build_view, deployments_of, incumbents, spec_digest
 from mesh.membership.state import MemberState
 from scheduler import explain, place, placement_digest, view_digest
@@ -41,6 +42,8 @@ class PlacementService:
         self.wanted = ""  # the agreement field to publish
         self.last_update = -1e9
         self.computed = 0
+        self.too_large = 0  # digests refused because the metadata would exceed its bound
+        self._refused = ""
 
     def routes(self) -> dict[tuple[str, str], Any]:
         return {("GET", "/v1/placements"): self.api_placements, ("GET", "/v1/placements/check"): self.api_check}
@@ -63,7 +66,17 @@ class PlacementService:
         from mesh.daemon.node import _meta_fields
 
         self.last_update = now
-        core.update_meta(type(core.meta)(**{**_meta_fields(core.meta), "agreement": self.wanted}), now)
+        try:
+            meta = type(core.meta)(**{**_meta_fields(core.meta), "agreement": self.wanted})
+        except ConfigError as exc:
+            # The digests do not fit next to this node's labels (metadata is bounded): others see
+            # "no digest yet" for this node; said once per value, counted every time.
+            self.too_large += 1
+            if self.too_large == 1 or self.wanted != self._refused:
+                self.d.log.warning("placement_digest_not_gossiped", error=str(exc))
+            self._refused = self.wanted
+            return
+        core.update_meta(meta, now)
         self.d.emit([])
 
     def compute(self) -> tuple[str, str, str]:
