@@ -239,6 +239,18 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         assert 'wasmatrix_invoke_errors_total{reason="trap"} 2.0' in body
         assert 'wasmatrix_invoke_errors_total{reason="no_replica"} 2.0' in body
         assert 'wasmatrix_invoke_latency_seconds_count{mode="forwarded"} 10.0' in body
+        # Every invoke family, label and label value is in docs/METRICS.md.
+        from prometheus_client.parser import text_string_to_metric_families
+
+        doc = (Path(__file__).parent.parent / "docs" / "METRICS.md").read_text()
+        fams = [f for f in text_string_to_metric_families(body) if f.name.startswith("wasmatrix_invoke")]
+        assert len(fams) == 8
+        for fam in fams:
+            assert f"`{fam.name + '_total' if fam.type == 'counter' else fam.name}`" in doc, fam.name
+            for smp in fam.samples:
+                for label, v in smp.labels.items():
+                    if label not in ("le", "peer"):
+                        assert f"`{label}`" in doc and v in doc, (fam.name, label, v)
         served_text = render(ds[other].registry).decode()
         assert 'wasmatrix_invoke_served_total{outcome="ok"}' in served_text
 
