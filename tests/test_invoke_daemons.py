@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from runtime.invocation import InvocationResult
 from tests.harness.daemons import run_cli
 from tests.harness.promtool import promtool_check
 
+HELLO = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "hello.wasm"
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -55,7 +57,7 @@ class FakeWorkloads:
 
 def _cfg(tmp: Path, name: str, seeds: list[str]) -> Any:
     return load_config({"data_dir": str(tmp / name), "bind": "127.0.0.1:0", "insecure": True, "name": name,
-                        "seed": seeds, "profile": "lan", "log_level": "info"})
+                        "seed": seeds, "profile": "lan", "log_level": "info", "zone": f"eu/{name}"})
 
 
 async def _wait(pred: Any, timeout: float, what: str) -> None:
@@ -90,6 +92,13 @@ async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    # Operator and publisher keys trusted on every node (the offline way: one trust.json copied).
+    for role in ("publisher", "operator"):
+        assert main(["keygen", "--role", role, "--out", str(tmp_path / f"{role}.key"), "--data-dir", str(tmp_path / "a")]) == 0
+    for n in ("b", "c"):
+        (tmp_path / n).mkdir(mode=0o700)
+        shutil.copy(tmp_path / "a" / "trust.json", tmp_path / n / "trust.json")
+    (tmp_path / "a").chmod(0o700)
     async with trio.open_nursery() as nursery:
         a: Daemon = await nursery.start(Daemon(_cfg(tmp_path, "a", [])).run)
         b: Daemon = await nursery.start(Daemon(_cfg(tmp_path, "b", [a.advertise])).run)
@@ -183,6 +192,23 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         assert r.returncode == 2 and "traceparent" in r.stderr
         r = await _cli("invoke", "echo", "--data", f"@{tmp_path}/missing", "--api", a.api_addr, "--token", a.token)
         assert r.returncode == 2 and "no such file" in r.stderr
+
+        # `placements`: the claims b and c wrote, with names, zones, versions, states (an echo deployment now exists).
+        r = await _cli("module", "publish", str(HELLO), "--name", "echo", "--version", "1.0.0", "--key",
+                       str(tmp_path / "publisher.key"), "--data-dir", str(tmp_path / "b"))
+        assert r.returncode == 0, r.stderr
+        r = await _cli("deploy", "echo", "--module", "echo", "--version", "1.0.0", "--replicas", "2", "--key",
+                       str(tmp_path / "operator.key"), "--data-dir", str(tmp_path / "b"))
+        assert r.returncode == 0, r.stderr
+        await _wait(lambda: [d.name for d in a.core.intent.doc.deployments()] == ["echo"], 10, "a holds the deployment")
+        r = await _cli("placements", "echo", "--json", "--data-dir", str(tmp_path / "a"))
+        assert r.returncode == 0, r.stderr
+        dep = json.loads(r.stdout)["deployments"][0]
+        assert [(x["name"], x["version"], x["state"], x["index"], x["zone"]) for x in dep["running"]] == [
+            (n, "1.0.0", "running", 0, f"eu/{n}") for n in sorted(("b", "c"), key=lambda n: ids[n])]
+        r = await _cli("placements", "--data-dir", str(tmp_path / "a"))
+        assert r.returncode == 0, r.stderr
+        assert "echo" in r.stdout and "running" in r.stdout and "eu/b" in r.stdout and "eu/c" in r.stdout
 
         # Hostile or wrong API bodies: one clear error each, nothing runs.
         from mesh.daemon.api import ApiClient, ApiClientError
