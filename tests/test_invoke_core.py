@@ -86,6 +86,19 @@ def test_local_first_then_remote_replicas_nearest_first_unknown_rtt_last_at_most
     assert p.targets == ("b", "d")
 
 
+def test_a_node_that_can_start_on_demand_is_tried_only_when_no_replica_runs_anywhere() -> None:
+    inv = Invoker("a")
+    p = inv.plan("web", hosts_local=False, replicas=[], rtt=RTT.get, now=0.0, can_start_local=True)
+    assert p.targets == ("a",)
+    p = inv.plan("web", hosts_local=False, replicas=["b"], rtt=RTT.get, now=0.0, can_start_local=True)
+    assert p.targets == ("b",)
+    assert inv.plan("web", hosts_local=False, replicas=[], rtt=RTT.get, now=0.0).targets == ()
+    for t in (0.0, 0.1, 0.2):
+        inv.record("b", CONNECT_FAILED, False, t)
+    p = inv.plan("web", hosts_local=False, replicas=["b"], rtt=RTT.get, now=1.0, can_start_local=True)
+    assert p.targets == () and p.skipped == ("b",)  # a replica exists, behind its breaker: no cold start
+
+
 def test_a_target_whose_breaker_is_open_is_skipped_until_its_cooldown_ends() -> None:
     inv = Invoker("a")
     for t in (0.0, 0.1, 0.2):

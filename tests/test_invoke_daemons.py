@@ -55,6 +55,20 @@ class FakeWorkloads:
         return InvocationResult(0, self.name.encode() + b":" + payload)
 
 
+class NotHosted(Exception):
+    """Named like mesh/daemon/workloads.py's refusal (not a LookupError there)."""
+
+
+class Refusing:
+    """A supervisor that hosts nothing and cannot start anything on demand."""
+
+    def hosts(self, deployment: str) -> bool:
+        return False
+
+    async def invoke_local(self, deployment: str, payload: bytes, *, traceparent: str | None = None) -> Any:
+        raise NotHosted(f"deployment {deployment} has no running replica on this node")
+
+
 def _cfg(tmp: Path, name: str, seeds: list[str]) -> Any:
     return load_config({"data_dir": str(tmp / name), "bind": "127.0.0.1:0", "insecure": True, "name": name,
                         "seed": seeds, "profile": "lan", "log_level": "info", "zone": f"eu/{name}"})
@@ -114,6 +128,12 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         # No replica anywhere yet: a fails with no_replica, nothing is tried.
         res = await a.invocations.invoke("echo", b"x")
         assert (res["ok"], res["code"], res["mode"], res["attempts"]) == (False, "no_replica", "none", [])
+
+        # A supervisor that runs nothing here and refuses to start anything: one local try, no_replica.
+        a.workloads = Refusing()
+        res = await a.invocations.invoke("echo", b"x")
+        assert (res["ok"], res["code"], res["mode"]) == (False, "no_replica", "none")
+        assert [(x["node"], x["code"]) for x in res["attempts"]] == [(a.node_id, "not_hosted")]
 
         fakes = {n: FakeWorkloads(n) for n in ("b", "c")}
         for n, fake in fakes.items():
@@ -263,7 +283,7 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         assert 'wasmatrix_invoke_total{mode="local"} 0.0' in body
         assert 'wasmatrix_invoke_total{mode="local"} 1.0' in render(b.registry).decode()
         assert 'wasmatrix_invoke_errors_total{reason="trap"} 2.0' in body
-        assert 'wasmatrix_invoke_errors_total{reason="no_replica"} 2.0' in body
+        assert 'wasmatrix_invoke_errors_total{reason="no_replica"} 3.0' in body
         assert 'wasmatrix_invoke_latency_seconds_count{mode="forwarded"} 10.0' in body
         # Every invoke family, label and label value is in docs/METRICS.md.
         from prometheus_client.parser import text_string_to_metric_families

@@ -14,8 +14,10 @@ retry rule). Per call:
 Serving: an ``InvokeRequest`` from a peer runs locally (never forwarded again, so there are no
 loops) under the caller's remaining deadline; the answer says whether the guest ran.
 
-``daemon.workloads`` may be None (the workload supervisor not attached): then this node hosts
-nothing, forwards what it can and answers peers ``not_hosted``.
+``daemon.workloads`` may be absent or None (the workload supervisor not attached): then this node
+hosts nothing, forwards what it can and answers peers ``not_hosted``. When it is attached and no
+replica runs anywhere, the call goes to ``invoke_local`` here, which may cold-start an on-demand
+deployment (replicas = 0) or refuse with ``NotHosted``/``LookupError`` (then: ``no_replica``).
 """
 
 from __future__ import annotations
@@ -192,8 +194,12 @@ class InvokeService:
         entries = ((n, [(r.deployment, r.state) for r in e.replicas]) for n, e in intent.doc.placements().items())
         return replicas_of(deployment, entries, alive)
 
+    @property
+    def workloads(self) -> Workloads | None:
+        return getattr(self.d, "workloads", None)
+
     def _hosts(self, deployment: str) -> bool:
-        wl = self.d.workloads
+        wl = self.workloads
         if wl is None:
             return False
         try:
@@ -219,6 +225,7 @@ class InvokeService:
         plan = self.invoker.plan(
             deployment, hosts_local=self._hosts(deployment), replicas=self._replicas(deployment),
             rtt=lambda n: self.d.core.estimate_rtt(self.d.node_id, n), now=start,
+            can_start_local=self.workloads is not None,
         )
         attempts: list[Attempt] = []
         for node in plan.targets:
@@ -242,9 +249,13 @@ class InvokeService:
             log.info("invoke_retry", target=node, code=att.code)
         seconds = time.perf_counter() - t0
         last = next((a for a in reversed(attempts) if a.code != BREAKER_OPEN), None)
+        if last is not None and last.code == NOT_HOSTED and last.node == self.d.node_id and len(attempts) == 1 \
+                and not plan.skipped:
+            last = None  # the only try was a local start the supervisor refused: there is no replica
         if last is None:
-            code = BREAKER_OPEN if attempts or plan.skipped else NO_REPLICA
-            msg = (f"every replica of {deployment} is behind an open circuit breaker ({', '.join(plan.skipped)})"
+            behind = sorted(set(plan.skipped) | {a.node for a in attempts if a.code == BREAKER_OPEN})
+            code = BREAKER_OPEN if behind else NO_REPLICA
+            msg = (f"every replica of {deployment} is behind an open circuit breaker ({', '.join(behind)})"
                    if code == BREAKER_OPEN else f"no replica of {deployment} is running on an alive node")
             last = Attempt("", code, False, message=msg)
         mode = "none" if not last.node else "local" if last.node == self.d.node_id else "forwarded"
@@ -264,15 +275,15 @@ class InvokeService:
         return result
 
     async def _local(self, deployment: str, payload: bytes, tp: str, budget: float) -> Attempt:
-        wl = self.d.workloads
+        wl = self.workloads
         if wl is None:
             return Attempt(self.d.node_id, NOT_HOSTED, False, message="no workload supervisor on this node")
         try:
             with trio.move_on_after(budget) as scope:
                 res = await wl.invoke_local(deployment, payload, traceparent=tp)
-        except LookupError as exc:
-            return Attempt(self.d.node_id, NOT_HOSTED, False, message=str(exc)[:512])
         except Exception as exc:
+            if isinstance(exc, LookupError) or type(exc).__name__ == "NotHosted":  # the supervisor's refusal
+                return Attempt(self.d.node_id, NOT_HOSTED, False, message=str(exc)[:512])
             code, executed = _RUNTIME_CODES.get(getattr(exc, "code", ""), (INTERNAL, True))
             return Attempt(self.d.node_id, code, executed, message=f"{type(exc).__name__}: {exc}"[:512])
         if scope.cancelled_caught:

@@ -42,7 +42,7 @@ from crdt.trust import TrustConfig
 from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
 from mesh.daemon.intentapi import IntentApi
-from mesh.daemon.invocation import InvokeService, Workloads
+from mesh.daemon.invocation import InvokeService
 from mesh.daemon.placements import PlacementService
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
 from mesh.daemon.security import RefusalAuditor, stream_refusal
@@ -250,8 +250,6 @@ class Daemon:
         self.fatal: str | None = None
         self._audit_synced = -1
         self.revoked_seen: set[str] = set()
-        # The workload supervisor (mesh/daemon/workloads.py) when attached; None: this node hosts nothing.
-        self.workloads: Workloads | None = None
 
     # ------------------------------------------------------------------ start-up (sync, before the loop)
 

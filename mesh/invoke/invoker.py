@@ -1,6 +1,7 @@
 """``Invoker``: the sans-IO core that decides where one invocation runs and whether to retry.
 
-Target choice (``plan``): this node first when it hosts a replica; then the other replicas —
+Target choice (``plan``): this node first when it hosts a replica (or, when no replica runs
+anywhere, when it can start one on demand); then the other replicas —
 nodes whose placement entry claims a *running* replica of the deployment and that membership
 sees alive — nearest first by Vivaldi RTT estimate (unknown RTT last, node id breaks ties), each
 only while its circuit breaker lets calls through. The driver tries them in order, at most
@@ -74,8 +75,13 @@ class Invoker:
         replicas: Iterable[str],
         rtt: Callable[[str], float | None],
         now: float,
+        can_start_local: bool = False,
     ) -> Plan:
-        """The targets for one call of ``deployment`` (see the module docstring for the order)."""
+        """The targets for one call of ``deployment`` (see the module docstring for the order).
+
+        ``can_start_local``: this node could start a replica on demand; it is tried when no replica
+        runs anywhere (none claimed running, none behind an open breaker).
+        """
         remote: list[tuple[float, str]] = []
         skipped: list[str] = []
         for node in sorted(set(replicas)):
@@ -88,7 +94,8 @@ class Invoker:
             r = rtt(node)
             remote.append((r if r is not None and math.isfinite(r) else math.inf, node))
         remote.sort()
-        targets = ([self.node_id] if hosts_local else []) + [n for _, n in remote]
+        local = hosts_local or (can_start_local and not remote and not skipped)
+        targets = ([self.node_id] if local else []) + [n for _, n in remote]
         return Plan(deployment, tuple(targets[: self.config.max_attempts]), tuple(skipped))
 
     def allow(self, node: str, now: float) -> bool:
