@@ -3,8 +3,7 @@
 Three nodes in two zones, two of them labelled ``tier=edge``; a deployment of 2 replicas that
 needs ``tier=edge`` and spreads by site. Every node computes the placement over its own view and
 gossips the digests in its metadata; once the mesh converged all three agree. ``--explain`` shows
-the unlabelled node filtered for the missing label and the two others scored and chosen. No
-workload supervisor is attached in this branch, so the placement document holds no claims yet.
+the unlabelled node filtered for the missing label and the two others scored and chosen.
 """
 
 from __future__ import annotations
@@ -93,7 +92,9 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
     dep = json.loads(out)["deployments"][0]
     assert dep["deployment"] == "web" and dep["replicas"] == 2 and dep["shortfall"] == 0
     assert sorted(dep["target"]) == sorted([ids["a"], ids["b"]])
-    assert dep["running"] == []  # nothing claims a replica: no workload supervisor in this branch
+    # Claims come from the workload supervisor (none attached in this branch): any there are on target nodes.
+    for row in dep["running"]:
+        assert row["node"] in dep["target"] and row["version"] == "1.0.0" and row["zone"] == zones[row["name"]]
     cands = {c["name"]: c for c in dep["candidates"]}
     assert cands["c"]["rejected"] == "label tier=edge missing" and cands["c"]["score"] is None
     assert cands["c"]["replica"] is None
