@@ -58,6 +58,8 @@ class AuditEvent:
 
     ``root`` is ``"log"``, ``slot`` the position ``signer:seq`` (empty when the record did not
     even decode), ``reason`` one of the names counted in ``Counters.invalid_by_reason``.
+    ``root`` ``"store"`` reports the node's own store: ``reason`` ``store_damaged`` (what was
+    lost, at start-up) or ``store_recovered`` (peers' heads caught up; writes allowed again).
     """
 
     root: str

@@ -36,7 +36,7 @@ import structlog
 from crdt.documents import AuditSink, Deployment, IntentDoc, VisibleHook
 from crdt.errors import Conflict, KvLimitError, NotFound, PermissionDenied, ValidationError
 from crdt.keys import SigningKey
-from crdt.heads import RecordBatch
+from crdt.heads import MAX_HEADS_PER_MESSAGE, HeadsDigest, HeadsMessage, RecordBatch
 from crdt.metrics import Counters
 from crdt.records import check_key
 from crdt.schema import (
@@ -161,7 +161,8 @@ class IntentNode:
         self.store: UpdateStore = store if store is not None else MemoryStore(self.counters)
         prior = getattr(self.store, "counters", None)
         if prior is not None and prior is not self.counters:  # one set of counters per node
-            self.counters.store_corrupt_rows += prior.store_corrupt_rows
+            for f in ("store_corrupt_rows", "store_damaged", "store_rows_salvaged"):  # what opening the store found
+                setattr(self.counters, f, getattr(self.counters, f) + getattr(prior, f))
             self.store.counters = self.counters  # type: ignore[attr-defined]
         self.log = structlog.get_logger("crdt.intent").bind(node_id=node_id)
         rows = self.store.load()
@@ -190,6 +191,25 @@ class IntentNode:
             self.counters.store_corrupt_rows += corrupt
             self.log.error("crdt_store_rows_undecodable", count=corrupt)
         self.sync = SyncCore(node_id, self.doc, rng, sync_config, self.store, self.counters)
+        # Store recovery: a damaged or lost store may have lost records of our own signers, so
+        # the next seq we would hand out may already be held by peers (reusing it is
+        # equivocation and freezes the key mesh-wide). Until peers showed us that we hold
+        # everything they hold, every local write fails with StoreRecovering (see recovering()).
+        self._recovered_by: set[str] = set()
+        self._live_count = 2  # until tick() tells: assume peers, so one answer alone does not end recovery
+        damage = getattr(self.store, "damage", None)
+        if damage is not None or corrupt:
+            what = damage.describe() if damage is not None else f"{corrupt} stored records undecodable"
+            self.recovering = what
+            self.doc.records.write_gate = (
+                f"the intent store was damaged ({what}): local writes wait until peers' heads show "
+                "this node holds every record they hold (so it never reuses a sequence number); "
+                "the node catches up by anti-entropy within seconds once peers answer"
+            )
+            self.log.error("crdt_store_recovering", damage=what, intact_records=len(rows) - corrupt)
+            self._audit("store_damaged", what)
+        else:
+            self.recovering = None
         # Records adopted after a trust change (parked until their grant arrived) are stored too.
         self.doc.adopt_sink = self.store.append
 
@@ -205,6 +225,8 @@ class IntentNode:
         """
         self.now = max(self.now, now)
         out = self.sync.receive(src, msg, now, self._stamp(now, None))
+        if self.recovering is not None and isinstance(msg, (HeadsDigest, HeadsMessage)):
+            self._recovery_evidence(src, msg)
         if self._unacked and any(_carries_records(m) for _, m in out):
             if len(self._held) >= _MAX_HELD:
                 # The disk is not keeping up (or the driver stopped persisting): drop, the
@@ -216,9 +238,42 @@ class IntentNode:
             return []
         return out
 
+    def _recovery_evidence(self, src: str, msg: HeadsDigest | HeadsMessage) -> None:
+        """Peer ``src`` showed its heads: if we hold everything it holds, count it towards recovery.
+
+        Evidence is a digest equal to ours, or a complete heads page (one page: every signer
+        the peer has) from which we miss nothing. Recovery ends once ``min(2, live peers)``
+        distinct peers gave it (two, so one peer that lacks our newest records, e.g. a fresh
+        node, cannot end it alone where another could still hold them).
+        """
+        log = self.doc.records
+        if isinstance(msg, HeadsDigest):
+            ok = msg.digest == log.heads_digest()
+        else:
+            complete = len(msg.heads) + len(msg.forks) < MAX_HEADS_PER_MESSAGE
+            ok = complete and not log.missing_from(msg.as_heads(), msg.as_forks())
+        if not ok:
+            return
+        self._recovered_by.add(src)
+        if len(self._recovered_by) >= min(2, max(1, self._live_count)):
+            self.log.warning("crdt_store_recovered", damage=self.recovering, peers=sorted(self._recovered_by),
+                             heads={s: q for s, (q, _) in log.heads().items()})
+            self._audit("store_recovered", f"caught up with {', '.join(sorted(self._recovered_by))} after: {self.recovering}")
+            self.counters.store_recoveries += 1
+            self.recovering = None
+            log.write_gate = None
+
+    def _audit(self, reason: str, detail: str) -> None:
+        sink = self.doc.audit_sink
+        if sink is not None:
+            from crdt.documents import AuditEvent
+
+            sink(AuditEvent("store", "-", reason, detail[:400], None, None))
+
     def tick(self, now: float, live_peers: list[str]) -> list[Outgoing]:
         """Run the sync timers (eager push, anti-entropy) and apply held records that came due."""
         self.now = max(self.now, now)
+        self._live_count = sum(1 for p in live_peers if p != self.node_id)
         if self.doc.records.held_count():
             for data, res in self.doc.records.release_due_records(self._stamp(now, None)):
                 self.doc._digest(res, now)
@@ -318,6 +373,7 @@ class IntentNode:
 
         rec = LogRecord.decode(data)
         st = self.doc.records
+        st.check_gate()
         if rec.seq != st.next_seq_for(rec.signer) or rec.prev != st.chain_head(rec.signer):
             raise Conflict(f"key {rec.signer} wrote seq {rec.seq} meanwhile or the record is stale; prepare it again")
         self.now = max(self.now, now)

@@ -40,6 +40,10 @@ class Counters:
     store_appends: int = 0
     store_compactions: int = 0
     store_corrupt_rows: int = 0
+    store_damaged: int = 0  # stores found damaged or lost at open (each one recovers from peers)
+    store_rows_salvaged: int = 0  # intact rows copied out of a damaged store file
+    store_recoveries: int = 0  # damaged stores that caught up with peers (local writes allowed again)
+    store_writes_refused_recovering: int = 0  # local writes refused while the store recovers
     blob_bytes_fetched: int = 0
     blob_hash_mismatch: int = 0
     blob_fetch_failed: int = 0
@@ -52,6 +56,7 @@ class Counters:
     writes_acked_after_persist: int = 0
     sync_answers_held: int = 0
     sync_answers_dropped: int = 0
+    sync_requests_throttled: int = 0  # sync requests answered in part or not at all: the peer's serve bucket was short
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
 
     def invalid(self, reason: str) -> None:

@@ -64,6 +64,11 @@ class LogError(CrdtError):
     """A local write the signed log cannot take (our own chain has a gap or is frozen)."""
 
 
+class StoreRecovering(LogError):
+    """A local write refused because the node's store was damaged or lost and it has not yet
+    learned from peers what they hold of its signers (it could reuse a sequence number)."""
+
+
 @dataclass(slots=True, frozen=True)
 class Revocation:
     """A revoked key: its records with ``wall_ms >= at_ms`` or ``seq > through_seq`` leave the view.
@@ -250,6 +255,9 @@ class SignedLog:
         # that left the view since (fork, revocation, role removed) are filtered when read.
         self._slot_recs: dict[tuple[str, str], dict[bytes, LogRecord]] = {}
         self._kind_slots: dict[str, set[str]] = {}
+        # Set while the node's store recovers: every local write is refused with this reason
+        # (IntentNode sets and clears it; see IntentNode.recovering).
+        self.write_gate: str | None = None
 
     # --- intake ------------------------------------------------------------------------
 
@@ -461,6 +469,12 @@ class SignedLog:
             top = max([top] + [r.seq for r in self._held.values() if r.signer == signer])
         return top + 1
 
+    def check_gate(self) -> None:
+        """Raise StoreRecovering while local writes are gated (the store is recovering from peers)."""
+        if self.write_gate is not None:
+            self.counters.store_writes_refused_recovering += 1
+            raise StoreRecovering(self.write_gate)
+
     def chain_head(self, signer: str) -> bytes:
         """Id of ``signer``'s last connected record (b"" before its first): the ``prev`` of its next one."""
         st = self._signers.get(signer)
@@ -485,6 +499,7 @@ class SignedLog:
         tolerance), so a write made after seeing another wins over it. Raise LogError if the
         signer's chain has a gap here or is frozen (the next position is not known).
         """
+        self.check_gate()
         st = self._signers.get(signer)
         seq = self.next_seq_for(signer)
         if st is not None and (st.fork or st.contig != seq - 1):

@@ -16,6 +16,14 @@
   fill, so a squatted or hidden record is always found and fetched.
 * **Gap hints**: a record stored above a gap in its signer's chain names the missing range; we
   ask the sender for it at once.
+* **Serving is throttled per peer**: what we send in answer to a peer's requests
+  (``RecordsRequest`` batches, the heads pages a ``HeadsDigest`` asks for) is paid from a token
+  bucket per authenticated peer (``serve_burst`` bytes, refilled at ``serve_rate`` bytes/s on the
+  ``now`` the driver passes). A request the bucket cannot pay in full is answered with what it
+  can pay (when that is at least one batch) or not at all, and counted
+  (``sync_requests_throttled``); the peer asks again on a later round. Honest anti-entropy asks
+  at most ``byte_budget`` (1 MiB) per request and one round per ``anti_entropy_interval``, well
+  inside the default rate, so only a peer that keeps asking for large ranges is slowed.
 * **Backpressure**: eager pushes count against a per-peer budget of unacknowledged bytes; when
   it is full, the push to that peer is dropped (counted) and anti-entropy repairs later.
 * **Stream lifecycle** (driver input, :meth:`SyncCore.stream_event`): a peer whose stream
@@ -73,6 +81,11 @@ class SyncConfig:
     push_retry: float = 0.25
     # Bytes of records one RecordsRequest is answered with (a peer asks again next round).
     byte_budget: int = 1024 * 1024
+    # Bytes we serve one peer (answers to its RecordsRequests and HeadsDigests): a token bucket of
+    # serve_burst bytes refilled at serve_rate bytes/s. Honest catch-up pulls at most byte_budget
+    # per anti-entropy round (1 MiB / 2 s); a peer asking in a loop gets 1 MiB/s, not line rate.
+    serve_rate: float = 1024 * 1024
+    serve_burst: int = 4 * 1024 * 1024
     # Kept for compatibility with configurations written for the Yjs sync (no reassembly now).
     reassembly_timeout: float = 30.0
     max_reassembly_bytes_per_peer: int = 16 * 1024 * 1024
@@ -81,6 +94,8 @@ class SyncConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK:
             raise ValueError(f"chunk_size must be in [1, {MAX_CHUNK}] (one stream frame), got {self.chunk_size}")
+        if not (self.serve_rate > 0 and self.serve_burst >= BATCH_BYTES):
+            raise ValueError(f"serve_rate must be > 0 and serve_burst >= {BATCH_BYTES} (one batch)")
 
 
 @dataclass(slots=True)
@@ -131,6 +146,7 @@ class SyncCore:
         self._congested: dict[str, float] = {}  # peer -> until when the driver said it is backpressured
         self._ae_peer: str | None = None  # anti-entropy partner whose answer is still due
         self._ae_avoid: set[str] = set()  # peers whose stream just failed: skipped by the retry
+        self._serve: dict[str, tuple[float, float]] = {}  # peer -> (tokens in bytes, when last refilled)
 
     def stream_event(self, peer: str, kind: str, now: float) -> None:
         """Driver input: ``kind`` is connect_failed, timed_out, closed, backpressure or drained."""
@@ -265,7 +281,11 @@ class SyncCore:
                 if src == self._ae_peer:
                     self._ae_peer = None
                 return []
-            return [o for page in self._heads_pages(False) for o in self._send(src, page)]
+            pages = self._heads_pages(False)
+            cost = sum(48 * (len(p.heads) + len(p.forks)) for p in pages)
+            if not self._pay(src, cost, now, all_or_nothing=True):
+                return []
+            return [o for page in pages for o in self._send(src, page)]
         if isinstance(msg, HeadsMessage):
             if src == self._ae_peer:
                 self._ae_peer = None  # the partner answered
@@ -276,9 +296,16 @@ class SyncCore:
                     out += self._send(src, page)
             return out
         if isinstance(msg, RecordsRequest):
+            budget = min(self.config.byte_budget, int(self._tokens(src, now)))
+            if budget < self.config.byte_budget:
+                # Answered under a smaller budget, or (less than one batch left) not at all.
+                self.counters.sync_requests_throttled += 1
+                if budget < min(BATCH_BYTES, self.config.byte_budget):
+                    return []
             out = []
-            for batch in self.doc.records.records_for(msg.ranges, self.config.byte_budget):
+            for batch in self.doc.records.records_for(msg.ranges, budget):
                 out += self._send(src, batch)
+            self._pay(src, sum(len(r) + 5 for _, b in out for r in b.records), now)
             return out
         if isinstance(msg, SyncAck):
             pushes = self._outstanding.get(src)
@@ -291,6 +318,25 @@ class SyncCore:
         return []
 
     # --- internals -------------------------------------------------------------------
+
+    def _tokens(self, peer: str, now: float) -> float:
+        """Bytes ``peer`` may be served now (its bucket refilled up to ``now``)."""
+        cfg = self.config
+        tokens, at = self._serve.get(peer, (float(cfg.serve_burst), now))
+        return min(float(cfg.serve_burst), tokens + max(0.0, now - at) * cfg.serve_rate)
+
+    def _pay(self, peer: str, cost: int, now: float, all_or_nothing: bool = False) -> bool:
+        """Take ``cost`` bytes from ``peer``'s bucket; with ``all_or_nothing`` refuse (and count) if short."""
+        tokens = self._tokens(peer, now)
+        if all_or_nothing and cost > tokens:
+            self.counters.sync_requests_throttled += 1
+            return False
+        if len(self._serve) >= 4096 and peer not in self._serve:
+            # Bounded by peers, not requests: forget buckets that are full again (no debt to keep).
+            full = float(self.config.serve_burst)
+            self._serve = {p: v for p, v in self._serve.items() if self._tokens(p, now) < full}
+        self._serve[peer] = (tokens - cost, now)
+        return True
 
     def _add(self, records: tuple[bytes, ...], wall: float, now: float) -> tuple[list[bytes], list[Range]]:
         """Verify and store records; persist and return the new ones, and the gaps they revealed."""

@@ -40,6 +40,7 @@ PREFIX = "wasmatrix_"
 _NODE_COUNTERS: dict[str, tuple[str, str]] = {
     "bytes_received": ("received_bytes", "Bytes of membership, sync and blob messages received (plaintext)"),
     "stream_events": ("stream_events", "Stream transport events handed to the node core by its driver"),
+    "first_contacts": ("first_contacts", "Trial windows opened to members at addresses no authenticated session vouched for yet"),
 }
 # Received messages, one family labelled by the transport they came on.
 _NODE_RECEIVED = {"datagrams_received": "datagram", "frames_received": "stream"}
@@ -51,6 +52,8 @@ _NODE_DROPS = {
     "stream_events_unknown": "unknown_stream_event",
     "membership_errors": "membership_error",
     "invoke_datagrams_refused": "invoke_datagram",
+    "contacts_refused": "unvouched_address",
+    "indirect_pings_refused": "indirect_ping_target",
 }
 # NodeCore keeps these only when an intent or blob core is attached.
 _NODE_INTENT_COUNTERS: dict[str, tuple[str, str]] = {
@@ -227,6 +230,10 @@ _CRDT_COUNTERS: dict[str, tuple[str, str]] = {
     "store_appends": ("store_appends", "Updates appended to the durable store"),
     "store_compactions": ("store_compactions", "Store compactions into one snapshot"),
     "store_corrupt_rows": ("store_corrupt_rows", "Store rows dropped as corrupt or undecodable"),
+    "store_damaged": ("store_damaged", "Stores found damaged or lost at open (the node recovers from peers)"),
+    "store_rows_salvaged": ("store_salvaged_rows", "Intact rows copied out of a damaged store file"),
+    "store_recoveries": ("store_recoveries", "Damaged stores that caught up with peers (local writes allowed again)"),
+    "store_writes_refused_recovering": ("store_refused_writes_recovering", "Local writes refused while the store recovers from peers"),
     "blob_bytes_fetched": ("blob_fetched_bytes", "Blob bytes received from peers"),
     "blob_hash_mismatch": ("blob_hash_mismatches", "Fetched blobs whose hash did not match"),
     "blob_fetch_failed": ("blob_fetch_failures", "Blob fetches that failed on every peer"),
@@ -238,6 +245,7 @@ _CRDT_DROPS = {
     "reassembly_dropped": "reassembly",
     "blob_fetch_refused": "blob_fetch_refused",
     "sync_answers_dropped": "held_answers_full",
+    "sync_requests_throttled": "sync_throttled",
 }
 _CRDT_SPECIAL = frozenset({"records_invalid", "invalid_by_reason"})
 _INTENT_KINDS = ("deployments", "kv", "placement", "registry", "routes")

@@ -45,6 +45,21 @@ batch with one fsync) and then calls ``persisted(last_token, now)``; ``take_acks
 :class:`crdt.intent.WriteAck` of every write that is now durable. No write is acknowledged,
 none is pushed and no answer carrying it leaves before that call: acknowledged means durable.
 
+Reflection — nobody is contacted at an address no authenticated node vouched for
+(``docs/TRANSPORT.md``, "Reflection"). A member is *vouched at an address* once its key was
+proven there: an authenticated message from it arrived from that address, or the driver
+reported a completed handshake with it there (:meth:`NodeCore.vouch`); and a member the
+driver holds a session with (``session_with``) is reached over that session wherever it runs. Membership messages to a
+member at an address not vouched for are *first contacts*: a trial window of
+``FIRST_CONTACT_WINDOW`` seconds (one handshake and its retries; every message in it shares
+that handshake) opens at most ``FIRST_CONTACT_RATE`` times a second, and a trial that ended
+without a vouch is retried only after a per-address backoff (5 s doubling to 300 s); anything
+else to that address is dropped and counted (``contacts_refused``). Answers to the address an
+authenticated message came from, stream replies and the operator's seed addresses are never
+held back. An ``IndirectPing`` is relayed only to a target this node knows at that address
+(``indirect_pings_refused``). The simulator (``name_outgoing = False``: its network is the
+authenticator) skips all of this.
+
 Threads — the core belongs to one thread (the driver's loop). Worker threads (wasm host
 functions) reach the replicated KV through ``runtime.kv.LoopKV``, which marshals each call
 onto that loop and waits for durability there.
@@ -54,12 +69,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from mesh.errors import WireError
 from mesh.invoke.messages import INVOKE_TYPES
 from mesh.membership import MembershipConfig, NodeMeta, SwimCore
-from mesh.membership.messages import Alive, Dead, Suspect
+from mesh.membership.messages import Alive, Dead, IndirectPing, Suspect
 from mesh.membership.state import MemberEvent
 from mesh.protocol import BLOB_TYPES, SYNC_TYPES
 from mesh.wire import MAX_DATAGRAM, MAX_FRAME, Outgoing, StreamHandle, Unknown, decode, encode
@@ -78,6 +93,15 @@ STREAM_EVENTS = frozenset({"connect_failed", "timed_out", "closed", "backpressur
 # listed because it cannot arise here: trio raises it only at a checkpoint (an ``await``) and
 # the core never awaits; the module check below is defence in depth without importing trio.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
+# First contacts (see "Reflection" above). The window covers one Noise handshake with its
+# retransmissions (the transport gives a dial 1 s per attempt); the backoff bounds what a ghost
+# member at someone else's address costs that address: one handshake per node per 300 s at most.
+FIRST_CONTACT_WINDOW = 3.0
+FIRST_CONTACT_BACKOFF = 5.0
+FIRST_CONTACT_BACKOFF_MAX = 300.0
+FIRST_CONTACT_RATE = 10.0  # new trial windows per second (a token bucket of FIRST_CONTACT_BURST)
+FIRST_CONTACT_BURST = 32.0
+MAX_CONTACT_TRIALS = 4096  # addresses tracked at once; beyond it new first contacts wait
 
 
 def _must_propagate(exc: BaseException) -> bool:
@@ -140,13 +164,25 @@ class NodeCore:
         # serves invocations sets this to a list and drains it (``take_invocations``) after each
         # ``receive``; left None (the simulator), they are unknown types.
         self.invoke_inbox: list[tuple[str, Any, StreamHandle]] | None = None
+        # Reflection guard (daemon mode only, see the module docstring).
+        self._vouched: dict[str, str] = {}  # member name -> address its key was proven at
+        self._trials: dict[str, list[float]] = {}  # address -> [window end, next trial at, backoff]
+        self._trial_tokens = FIRST_CONTACT_BURST
+        self._trial_at = now
+        self.counters |= {"first_contacts": 0, "contacts_refused": 0, "indirect_pings_refused": 0}
+        # Driver query (optional): ``session_with(node, reliable)`` is True while an authenticated
+        # session (a datagram session, or a stream when ``reliable``) with ``node`` exists. What is
+        # sent to that node then rides the session to wherever it authenticated, whatever address
+        # membership names, so it is no first contact (a node behind NAT or a relay is never
+        # vouched at its advertised address by the nodes it dialled).
+        self.session_with: Callable[[str, bool], bool] | None = None
 
     # -- driver interface ---------------------------------------------------------
 
     def start(self, now: float) -> list[Outgoing]:
         """First call after construction: contact seeds."""
         if self.swim.seeds and self.swim.num_members() <= 1:
-            return self._name_nodes(self.swim.join(self.swim.seeds, now))
+            return self._first_contacts(self._name_nodes(self.swim.join(self.swim.seeds, now)), now)
         return []
 
     def receive(
@@ -183,6 +219,13 @@ class NodeCore:
             return []
         t = env.msg.TYPE
         if t in _MEMBERSHIP_TYPES:
+            if self.name_outgoing and isinstance(env.msg, IndirectPing):
+                target = self.swim.members.peek(env.msg.target)
+                if target is None or target.addr != env.msg.addr:
+                    # Relay a probe only to a member we know at that address: an IndirectPing
+                    # must not make us send to an address of the requester's choosing.
+                    self.counters["indirect_pings_refused"] += 1
+                    return []
             if self.blobs is None:
                 out = self._swim_guard(self.swim.handle, src, env, now)
             else:
@@ -195,7 +238,12 @@ class NodeCore:
                 # back on the request's stream instead.
                 key = self._key_of(sender)
                 out = [replace(o, node=sender, key=key, stream=stream) if o.reliable and o.dst == src else o for o in out]
-            return self._name_nodes(out, src, sender) if out and self.name_outgoing else out
+            if not self.name_outgoing:
+                return out
+            self._vouch_sender(sender, src)
+            return self._first_contacts(self._name_nodes(out, src, sender), now, src) if out else out
+        if self.name_outgoing:
+            self._vouch_sender(sender, src)
         if t in SYNC_TYPES and self.intent is not None:
             if not reliable:
                 # Sync is stream-only: a datagram cannot be answered on a stream, and a spoofable
@@ -221,7 +269,7 @@ class NodeCore:
             out = self._swim_guard(self.swim.handle, src, env, now)
             if self.blobs is not None:
                 out += self._membership_changed(mark, now)
-            return self._name_nodes(out, src, sender) if out else out
+            return self._first_contacts(self._name_nodes(out, src, sender), now, src) if out else out
         return []
 
     def tick(self, now: float, wall: float | None = None) -> list[Outgoing]:
@@ -232,9 +280,9 @@ class NodeCore:
                 self.intent.wall = wall
         if self.intent is None and self.blobs is None:
             out = self._swim_guard(self.swim.tick, now)
-            return self._name_nodes(out) if out and self.name_outgoing else out
+            return self._first_contacts(self._name_nodes(out), now) if out and self.name_outgoing else out
         mark = len(self.swim.events)
-        out = self._name_nodes(self._swim_guard(self.swim.tick, now))
+        out = self._first_contacts(self._name_nodes(self._swim_guard(self.swim.tick, now)), now)
         if self.blobs is not None:
             out += self._membership_changed(mark, now)
             d = self.blobs.next_deadline()
@@ -245,7 +293,7 @@ class NodeCore:
             d = intent.next_deadline()
             # Only when due: handing the live-peer list over costs O(members).
             if d is not None and d <= now:
-                out += self._translate(self._guard(lambda: intent.tick(now, self.swim.live_peers())), None, None)
+                out += self._first_contacts(self._translate(self._guard(lambda: intent.tick(now, self.swim.live_peers())), None, None), now)
         return out
 
     def stream_event(self, peer: str, kind: str, now: float) -> list[Outgoing]:
@@ -321,6 +369,72 @@ class NodeCore:
                 if e is not None and (d is None or e < d):
                     d = e
         return d
+
+    # -- reflection guard ---------------------------------------------------------
+
+    def vouch(self, node: str, addr: str) -> None:
+        """Driver input: a session with ``node`` (its key proven) runs at ``addr`` (a handshake completed).
+
+        From now on membership messages to ``node`` at ``addr`` are not first contacts.
+        """
+        m = self.swim.members.peek(node)
+        if m is None or m.addr != addr or self._vouched.get(node) == addr:
+            return
+        if len(self._vouched) >= 2 * len(self.swim.members) + 64:  # forget members gone or moved
+            members = self.swim.members
+            self._vouched = {n: a for n, a in self._vouched.items() if (x := members.peek(n)) is not None and x.addr == a}
+        self._vouched[node] = addr
+        self._trials.pop(addr, None)
+
+    def vouched(self, node: str) -> str | None:
+        """The address ``node``'s key was proven at, if any (read-only)."""
+        return self._vouched.get(node)
+
+    def _vouch_sender(self, sender: str, src: str) -> None:
+        """An authenticated message from ``sender`` came from ``src``: vouched there if that is its address."""
+        if self._vouched.get(sender) != src:
+            self.vouch(sender, src)
+
+    def _first_contacts(self, out: list[Outgoing], now: float, reply_addr: str | None = None) -> list[Outgoing]:
+        """Drop (and count) messages to members at addresses not vouched for, beyond the first-contact budget."""
+        if not out or not self.name_outgoing:
+            return out
+        vouched, session = self._vouched, self.session_with
+        keep: list[Outgoing] = []
+        for o in out:
+            node = o.node
+            # Unnamed: a seed address from the operator (the driver sends no unnamed datagram).
+            if node is None or o.stream is not None or o.dst == reply_addr or vouched.get(node) == o.dst:
+                keep.append(o)
+            elif session is not None and session(node, o.reliable):
+                keep.append(o)
+            elif self._may_contact(o.dst, now):
+                keep.append(o)
+            else:
+                self.counters["contacts_refused"] += 1
+        return keep
+
+    def _may_contact(self, addr: str, now: float) -> bool:
+        trial = self._trials.get(addr)
+        if trial is not None:
+            if now < trial[0]:
+                return True  # inside the trial window: shares its handshake
+            if now < trial[1]:
+                return False  # the trial ended without a vouch: back off
+        elif len(self._trials) >= MAX_CONTACT_TRIALS:
+            self._trials = {a: t for a, t in self._trials.items() if now < t[1]}  # expired backoffs
+            if len(self._trials) >= MAX_CONTACT_TRIALS:
+                return False
+        tokens = min(FIRST_CONTACT_BURST, self._trial_tokens + (now - self._trial_at) * FIRST_CONTACT_RATE)
+        self._trial_at = now
+        if tokens < 1.0:
+            self._trial_tokens = tokens
+            return False
+        self._trial_tokens = tokens - 1.0
+        backoff = FIRST_CONTACT_BACKOFF if trial is None else min(2 * trial[2], FIRST_CONTACT_BACKOFF_MAX)
+        self._trials[addr] = [now + FIRST_CONTACT_WINDOW, now + FIRST_CONTACT_WINDOW + backoff, backoff]
+        self.counters["first_contacts"] += 1
+        return True
 
     # -- intent plumbing ----------------------------------------------------------
 
@@ -463,9 +577,9 @@ class NodeCore:
         # Named like every other SwimCore output: a driver seals a datagram only for a named node,
         # so an unnamed leave gossip would be dropped and only the next gossip round would carry it.
         if self.blobs is None:
-            return self._name_nodes(self.swim.leave(now))
+            return self._first_contacts(self._name_nodes(self.swim.leave(now)), now)
         mark = len(self.swim.events)
-        out = self._name_nodes(self.swim.leave(now))
+        out = self._first_contacts(self._name_nodes(self.swim.leave(now)), now)
         return out + self._membership_changed(mark, now)
 
     def fetch_blob(

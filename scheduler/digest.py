@@ -36,8 +36,12 @@ def _row(n: NodeInfo) -> str:
     )
 
 
-def view_digest(view: View) -> str:
-    return _h(_row(n) for n in sorted(view.nodes, key=lambda n: n.node_id))
+def view_digest(view: View, with_coords: bool = False) -> str:
+    """Digest of the scheduling-relevant view; ``with_coords`` adds coordinates and load, for
+    views built from *published* coordinates (identical on every node, docs/SCHEDULER.md)."""
+    if not with_coords:
+        return _h(_row(n) for n in sorted(view.nodes, key=lambda n: n.node_id))
+    return _h(f"{_row(n)}|{n.coord!r}|{n.load!r}|{n.geo!r}" for n in sorted(view.nodes, key=lambda n: n.node_id))
 
 
 def placement_digest(placements: Iterable[Placement]) -> str:

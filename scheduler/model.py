@@ -21,6 +21,10 @@ STATUSES = frozenset({ALIVE, SUSPECT, DRAINING, DEAD, LEFT})
 FAULT_LEVELS = ("region", "site", "unit")
 
 
+class ScheduleError(ValueError):
+    """A view or spec the scheduler cannot work with (e.g. two rows with one node id)."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """What the scheduler knows of one node (one row of the view)."""
@@ -53,11 +57,17 @@ class View:
 class Weights:
     """Weights of the soft score (documented defaults; a spec may override them)."""
 
-    proximity: float = 1.0  # closeness to the origin / named location (RTT or geo distance)
-    locality: float = 0.5  # node already holds the module blob / the named KV namespace
-    spread: float = 2.0  # penalty per replica already placed in the same fault domain
-    load: float = 0.3  # prefer idle nodes
-    hysteresis: float = 0.25  # bonus for a node that already runs a replica (keeps placements stable)
+    proximity: float = 1.0  # closeness to the origin / named location (RTT or geo distance), score in [0, 1]
+    locality: float = 0.5  # node holds the module blob (+0.5) / the named KV namespace (+0.5)
+    # Fault-domain spread is a strict preference (no second replica in a domain while an
+    # eligible node in an unused domain exists); any value > 0 turns it on, 0 switches it off.
+    spread: float = 2.0
+    load: float = 0.3  # prefer idle nodes: score 1 - load (load clamped to [0, 1])
+    # Bonus of a node that already runs a replica: a challenger must beat an incumbent by more
+    # than this to take its place, so coordinate noise cannot flap a placement. With the default
+    # proximity scale (20 ms) an RTT error below hysteresis * 20 ms / (2 * proximity) = 3 ms
+    # never moves a replica.
+    hysteresis: float = 0.3
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from sim.scenario import INTENT_ACTIONS, Fault, LinkModel, Scenario, ScenarioErr
 
 if TYPE_CHECKING:
     from sim.intent import IntentHarness
+    from sim.placement import PlacementHarness
 
 _DELIVER = 0
 _TIMER = 1
@@ -163,6 +164,12 @@ class Simulation:
             from sim.intent import IntentHarness
 
             self.intent = IntentHarness(self, scenario.intent)
+        # Placement only when the scenario has deployments (sim/placement.py).
+        self.placement: PlacementHarness | None = None
+        if scenario.deployments:
+            from sim.placement import PlacementHarness
+
+            self.placement = PlacementHarness(self)
         self._build()
 
     # ------------------------------------------------------------------ setup
@@ -465,6 +472,8 @@ class Simulation:
         if swim.events:
             events, swim.events = swim.events, []
             self._observe(node, events)
+            if self.placement is not None:
+                self.placement.changed(node)
         # _schedule_timer, inlined: it runs after every event.
         if d is None or d == math.inf:
             return
@@ -592,14 +601,29 @@ class Simulation:
                 self._shared_members[at] = node.core.swim.bootstrap(self._initial_states(), at, self._shared_members.get(at))
             self._record(_STOP, name, "boot", b"")
             self._after(node, node.core.start(node.local(self.now)))
+            if self.placement is not None:
+                self.placement.booted(node)
         elif what == "stop" and gen == node.generation:
             node.up = False
             self._record(_STOP, name, "stop", b"")
+        elif isinstance(what, tuple) and what[0] == "placement":
+            if gen == node.generation and node.up and self.placement is not None:
+                self.placement.event(node, what)
         elif isinstance(what, tuple) and gen == node.generation and node.up and self.intent is not None:
             self.intent.driver_event(node, what)  # persist effects done, stream failures
 
     def _apply_fault(self, f: Fault) -> None:
         self._record(_FAULT, f.action, repr(sorted(f.args.items())), b"")
+        if self.placement is None:
+            self._do_fault(f)
+            return
+        before = {n: (self.nodes[n].up, self.nodes[n].left, self.nodes[n].generation) for n in self.order}
+        self._do_fault(f)
+        # The nodes whose process state the fault changed (random:K is drawn inside the fault).
+        nodes = [n for n in self.order if before.get(n) != (self.nodes[n].up, self.nodes[n].left, self.nodes[n].generation)]
+        self.placement.on_fault(f.action, nodes)
+
+    def _do_fault(self, f: Fault) -> None:
         a = f.args
         if f.action == "crash":
             for n in self._fault_nodes(f):

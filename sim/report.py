@@ -53,6 +53,9 @@ def build_report(sim: Simulation) -> dict[str, Any]:
     if sim.intent is not None:
         # Only intent runs carry these keys: membership-only reports stay exactly as before.
         report |= sim.intent.report()
+    if sim.placement is not None:
+        # Only scenarios with deployments carry it (sim/placement.py).
+        report["placement"] = sim.placement.report()
     return report
 
 
@@ -91,6 +94,8 @@ def render_text(report: dict[str, Any]) -> str:
             lines.append(f"  detection (all nodes agree dead): median {statistics.median(det):.2f}s, max {max(det):.2f}s")
     if "intent_converged" in r:
         lines.extend(_intent_lines(r))
+    if "placement" in r:
+        lines.extend(_placement_lines(r["placement"]))
     lines.append(f"  trace_hash {r['trace_hash']}")
     return "\n".join(lines)
 
@@ -115,4 +120,19 @@ def _intent_lines(r: dict[str, Any]) -> list[str]:
         lines.append(f"    blob fetches: {b['started']} started, {b['done']} done, {b['failed']} failed")
     for f in r["intent_failed_writes"][:5]:
         lines.append(f"    refused at {f['at']:.2f}s {f['action']} on {f['node']}: {f['error']}")
+    return lines
+
+
+def _placement_lines(p: dict[str, Any]) -> list[str]:
+    c = p["convergence_seconds"]
+    lines = [
+        f"  placement: all live nodes agree: {'yes' if p['agreed'] else 'NO'}; "
+        f"{p['replicas_started']} replicas started, {p['replicas_stopped']} stopped, {p['evaluations']} evaluations",
+        f"    convergence after a membership change: p50 {_secs(c['p50'])}, max {_secs(c['max'])}, never {c['never']}",
+    ]
+    for name, d in p["deployments"].items():
+        lines.append(f"    {name}: {len(d['running'])}/{d['replicas']} running ({d['eligible_live']} eligible) on {', '.join(d['running'][:8])}")
+    for ch in p["changes"][:12]:
+        lines.append(f"    {ch['at']:8.2f}s {ch['action']:<9} {','.join(ch['nodes'][:3]):<16} converged {'never' if ch['converged_after'] is None else '+' + _secs(ch['converged_after'])}"
+                     f"  started {ch['replicas_started']}, stopped {ch['replicas_stopped']}")
     return lines

@@ -17,6 +17,7 @@ from crdt.messages import MAX_BLOB_CHUNK
 from crdt.sync import SyncConfig
 from mesh.errors import ConfigError
 from mesh.membership.config import MembershipConfig, profile
+from scheduler import FAULT_LEVELS, PlacementSpec, Weights
 
 
 class ScenarioError(ValueError):
@@ -101,6 +102,22 @@ class IntentSpec:
 
 
 @dataclass(slots=True, frozen=True)
+class PlacementSimSpec:
+    """The ``[placement]`` table: how simulated nodes run what ``scheduler.place`` gives them."""
+
+    start_delay: float = 0.5  # a node runs an assigned replica this long after it computed it (fetch, compile, warm)
+    stop_delay: float = 0.0  # ... and stops one it is no longer assigned this long after (drain)
+    evaluate_delay: float = 0.1  # a node re-evaluates placement this long after a membership change (debounce)
+    incumbents: str = "gossip"  # gossip: running replicas ride node metadata and get the hysteresis bonus | none
+    # published: each node publishes its own Vivaldi coordinate in its metadata when it moved more
+    # than coord_threshold_ms (checked every coord_interval s), and views use those, so every node
+    # scores proximity from the same numbers | local: each node's own copies of others' coordinates
+    coordinates: str = "published"
+    coord_interval: float = 5.0
+    coord_threshold_ms: float = 2.0
+
+
+@dataclass(slots=True, frozen=True)
 class Fault:
     """One timed action of the scenario."""
 
@@ -125,6 +142,8 @@ class Scenario:
     arch_mix: tuple[str, ...] = ("x86_64",)
     bootstrap: str = "seeds"  # seeds: join through seed nodes | full: start with the full initial member list
     intent: IntentSpec | None = None  # None: pure membership, no crdt cost at all
+    deployments: tuple[PlacementSpec, ...] = ()  # [[deployments]]: each node places them (sim/placement.py)
+    placement: PlacementSimSpec | None = None  # set when there are deployments
 
     def node_name(self, i: int) -> str:
         """The canonical name of node i (zero-padded so names sort in index order)."""
@@ -247,20 +266,118 @@ _KNOWN_TOP = {
     "arch_mix",
     "bootstrap",
     "intent",
+    "deployments",
+    "placement",
 }
 
+_DEPLOYMENT_KEYS = {"name", "replicas", "arch", "min_memory_mb", "min_cores", "labels", "hardware", "spread", "near",
+                    "near_location", "near_label", "weights"}
 
-def _intent(doc: dict[str, Any], faults: list[Fault]) -> IntentSpec | None:
-    t = doc.get("intent")
-    if t is None and not any(f.action in INTENT_ACTIONS for f in faults):
+
+def _strs(d: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    v = d.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ScenarioError(f"{where}{key} must be a list of non-empty strings, got {_short(v)}")
+    return tuple(v)
+
+
+def _str_table(d: dict[str, Any], key: str, where: str) -> tuple[tuple[str, str], ...]:
+    v = d.get(key, {})
+    if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+        raise ScenarioError(f"{where}{key} must be a table of strings, e.g. {{ tier = \"edge\" }}, got {_short(v)}")
+    return tuple(sorted(v.items()))
+
+
+def _deployments(doc: dict[str, Any]) -> tuple[PlacementSpec, ...]:
+    out: list[PlacementSpec] = []
+    for i, d in enumerate(_tables(doc, "deployments")):
+        w = f"deployments[{i}]."
+        unknown = sorted(set(d) - _DEPLOYMENT_KEYS)
+        if unknown:
+            raise ScenarioError(f"unknown {w[:-1]} key(s): {', '.join(unknown)} (known: {', '.join(sorted(_DEPLOYMENT_KEYS))})")
+        name = d.get("name")
+        if not isinstance(name, str) or not name or "," in name or not name.isprintable() or len(name) > 64:
+            raise ScenarioError(f"{w}name must be 1-64 printable characters without commas, got {_short(name)}")
+        if name in {x.name for x in out}:
+            raise ScenarioError(f"{w}name {name!r} is used twice")
+        spread = d.get("spread")
+        if spread is not None and spread not in FAULT_LEVELS:
+            raise ScenarioError(f"{w}spread must be one of {', '.join(FAULT_LEVELS)}, got {_short(spread)}")
+        near = d.get("near")
+        if near is not None and (not isinstance(near, str) or not near):
+            raise ScenarioError(f"{w}near must be a node name, got {_short(near)}")
+        loc = d.get("near_location")
+        if loc is not None:
+            if not (isinstance(loc, list) and len(loc) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in loc)
+                    and -90 <= loc[0] <= 90 and -180 <= loc[1] <= 180):
+                raise ScenarioError(f"{w}near_location must be [latitude, longitude], got {_short(loc)}")
+            loc = (float(loc[0]), float(loc[1]))
+        near_label = _str_table(d, "near_label", w)
+        if len(near_label) > 1:
+            raise ScenarioError(f"{w}near_label must hold one key = value, got {len(near_label)}")
+        wt = d.get("weights", {})
+        if not isinstance(wt, dict) or set(wt) - set(Weights.__slots__):
+            raise ScenarioError(f"{w}weights must be a table of {', '.join(Weights.__slots__)}, got {_short(wt)}")
+        weights = Weights(**{k: _num(wt, k, 0.0, 0.0, 1e6, w + "weights.") for k in wt})
+        out.append(PlacementSpec(
+            name=name,
+            replicas=_int(d, "replicas", 1, 0, 10_000, w),
+            arch=_strs(d, "arch", w),
+            min_memory_mb=_int(d, "min_memory_mb", 0, 0, 1 << 40, w),
+            min_cores=_int(d, "min_cores", 0, 0, 1 << 16, w),
+            labels=_str_table(d, "labels", w),
+            hardware=_strs(d, "hardware", w),
+            near_node=near,
+            near_location=loc,
+            near_label=near_label[0] if near_label else None,
+            spread=spread,
+            weights=weights,
+        ))
+    return tuple(out)
+
+
+def _switch_table(doc: dict[str, Any], key: str, on: bool, known: set[str]) -> dict[str, Any] | None:
+    """The optional table ``doc[key]`` with only ``known`` keys; None when absent and not ``on``."""
+    t = doc.get(key)
+    if t is None and not on:
         return None
     t = {} if t is None else t
     if not isinstance(t, dict):
-        raise ScenarioError("intent must be a table")
-    known = {"fanout", "relay_ttl", "anti_entropy_interval", "blob_chunk_size", "blob_window", "blob_timeout", "compact_after_rows"}
+        raise ScenarioError(f"{key} must be a table")
     unknown = sorted(set(t) - known)
     if unknown:
-        raise ScenarioError(f"unknown intent key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise ScenarioError(f"unknown {key} key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return t
+
+
+def _placement(doc: dict[str, Any], deployments: tuple[PlacementSpec, ...]) -> PlacementSimSpec | None:
+    known = {"start_delay", "stop_delay", "evaluate_delay", "incumbents", "coordinates", "coord_interval", "coord_threshold_ms"}
+    t = _switch_table(doc, "placement", bool(deployments), known)
+    if t is None:
+        return None
+    inc = t.get("incumbents", "gossip")
+    if inc not in ("gossip", "none"):
+        raise ScenarioError(f"placement.incumbents must be 'gossip' or 'none', got {_short(inc)}")
+    coords = t.get("coordinates", "published")
+    if coords not in ("published", "local"):
+        raise ScenarioError(f"placement.coordinates must be 'published' or 'local', got {_short(coords)}")
+    w = "placement."
+    return PlacementSimSpec(
+        coordinates=coords,
+        coord_interval=_num(t, "coord_interval", 5.0, 0.1, 3600, w),
+        coord_threshold_ms=_num(t, "coord_threshold_ms", 2.0, 0, 10_000, w),
+        start_delay=_num(t, "start_delay", 0.5, 0, 3600, w),
+        stop_delay=_num(t, "stop_delay", 0.0, 0, 3600, w),
+        evaluate_delay=_num(t, "evaluate_delay", 0.1, 0, 3600, w),
+        incumbents=inc,
+    )
+
+
+def _intent(doc: dict[str, Any], faults: list[Fault]) -> IntentSpec | None:
+    known = {"fanout", "relay_ttl", "anti_entropy_interval", "blob_chunk_size", "blob_window", "blob_timeout", "compact_after_rows"}
+    t = _switch_table(doc, "intent", any(f.action in INTENT_ACTIONS for f in faults), known)
+    if t is None:
+        return None
     w = "intent."
     return IntentSpec(
         fanout=int(_num(t, "fanout", _SYNC.fanout, 1, 64, w)),
@@ -351,6 +468,8 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
         faults=tuple(faults),
         arch_mix=tuple(arch_mix),
         intent=_intent(doc, faults),
+        deployments=(deps := _deployments(doc)),
+        placement=_placement(doc, deps),
     )
 
 

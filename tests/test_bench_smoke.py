@@ -46,3 +46,15 @@ def test_every_bench_module_imports_without_running() -> None:
     assert result["failed"] == {}, "\n".join(f"{k}:\n{v}" for k, v in result["failed"].items())
     # Importing must not start a benchmark: nothing is printed.
     assert result["stdout"] == ""
+
+
+def test_bench_place_quick_run_prints_ratios_against_its_baseline() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_place.py"), "--quick", "--sizes", "50"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "baseline = filter(alive, memory) + heapq.nlargest" in lines[0]
+    rows = [ln.split() for ln in lines[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("50", "plain"), ("50", "full")]
+    assert all(r[-1].endswith("x") and float(r[-1][:-1]) > 0 for r in rows)

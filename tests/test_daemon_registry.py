@@ -8,13 +8,12 @@ replicated grants are tested in tests/test_daemon_trust.py.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.harness.daemons import Mesh, wait_until
+from tests.harness.daemons import Mesh, publisher_and_operator, wait_until
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
 
 HELLO = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "hello.wasm"
@@ -24,25 +23,23 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
     return subprocess.run([sys.executable, "-m", "mesh.cli", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
-def _setup(tmp_path: Path, names: list[str]) -> None:
-    first = tmp_path / names[0]
-    for role, out in (("publisher", "pub.key"), ("operator", "op.key")):
-        r = _cli("keygen", "--role", role, "--out", str(tmp_path / out), "--data-dir", str(first))
-        assert r.returncode == 0, r.stderr
+_setup = publisher_and_operator
+
+
+def three_nodes(procs: ProcessGroup, tmp_path: Path, names: list[str]) -> Mesh:
+    """Keys and trust for ``names``, their daemons started (all through the first) and joined."""
+    _setup(tmp_path, names)
+    mesh = Mesh(procs, tmp_path)
+    seed = mesh.start(names[0])
     for n in names[1:]:
-        (tmp_path / n).mkdir(mode=0o700)
-        shutil.copy(first / "trust.json", tmp_path / n / "trust.json")
-    first.chmod(0o700)
+        mesh.start(n, seeds=[seed.addr])
+    wait_until(lambda: mesh.converged({n: "alive" for n in names}), 20, f"{len(names)} nodes joined")
+    return mesh
 
 
 def test_a_write_on_one_node_is_visible_on_all_and_survives_sigkill(procs: ProcessGroup, tmp_path: Path) -> None:
     names = ["a", "b", "c"]
-    _setup(tmp_path, names)
-    mesh = Mesh(procs, tmp_path)
-    seed = mesh.start("a")
-    for n in names[1:]:
-        mesh.start(n, seeds=[seed.addr])
-    wait_until(lambda: mesh.converged({n: "alive" for n in names}), 20, "3 nodes joined")
+    mesh = three_nodes(procs, tmp_path, names)
 
     t0 = time.monotonic()
     r = _cli("module", "publish", str(HELLO), "--name", "hello", "--version", "1.0.0", "--key", str(tmp_path / "pub.key"),

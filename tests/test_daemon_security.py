@@ -372,7 +372,7 @@ def _mutate(rng: random.Random, real: list[bytes]) -> bytes:
     elif op == 4:  # type byte change
         src[0] = rng.choice((0, T_INIT, T_RESP, T_FINAL, T_DATA, T_IK_INIT, T_IK_RESP, 7, 255))
     elif op == 5:  # the right length for a type, random content (reaches the Noise code)
-        kind, length = rng.choice(((T_INIT, 54), (T_RESP, 202), (T_FINAL, 170), (T_IK_INIT, 198), (T_IK_RESP, 154),
+        kind, length = rng.choice(((T_INIT, 202), (T_RESP, 202), (T_FINAL, 170), (T_IK_INIT, 198), (T_IK_RESP, 154),
                                    (T_DATA, rng.randrange(29, 1229))))
         src = bytearray([kind]) + rng.randbytes(length - 1)
     else:  # a real DATA header (live session index) with another counter or body

@@ -572,6 +572,7 @@ def test_metadata_a_peer_could_not_decode_cannot_be_built(kwargs: dict, field: s
 def test_overlapping_relays_each_nack_once_at_80_percent_and_expire_at_the_timeout() -> None:
     c = core("c")
     T = LAN.probe_timeout
+    c.receive("b", encode("b", Alive(1, "b", "b", NodeMeta())), 9.0)  # c relays only to a member it knows at that address
     c.receive("a", encode("a", IndirectPing(1, "b", "b", True)), 10.0)
     c.receive("a", encode("a", IndirectPing(2, "b", "b", False)), 10.1)  # an origin that wants no nack
     c.receive("a", encode("a", IndirectPing(3, "b", "b", True)), 10.2)

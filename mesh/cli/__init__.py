@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "mesh.cli.trustcmd",
     "mesh.cli.democmd",
     "mesh.cli.invokecmd",
+    "mesh.cli.eventscmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh
 # must not import it) contribute their subcommands through this entry-point

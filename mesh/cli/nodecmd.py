@@ -35,6 +35,8 @@ def cmd_node_run(args: argparse.Namespace) -> int:
         "seed": args.seed, "mesh_secret": args.mesh_secret, "insecure": args.insecure, "mdns": args.mdns,
         "name": args.name, "zone": args.zone, "label": args.label, "geo": args.geo, "arch": args.arch,
         "profile": args.profile, "api": args.api, "log_level": args.log_level,
+        "max_members": args.max_members, "max_new_members_per_push_pull": args.max_new_members_per_push_pull,
+        "max_new_members_per_peer": args.max_new_members_per_peer,
     }
     try:
         cfg = load_config(flags)
@@ -233,6 +235,11 @@ def register(subparsers: Any) -> None:
     r.add_argument("--api", metavar="HOST:PORT", help="control API address (default 127.0.0.1 on a free port)")
     r.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
     r.add_argument("--log-level", help="debug, info (default), warning, error")
+    r.add_argument("--max-members", metavar="N", help="most members held, tombstones included (default 100000)")
+    r.add_argument("--max-new-members-per-push-pull", metavar="N",
+                   help="most unknown members one push-pull frame may add (default 10000)")
+    r.add_argument("--max-new-members-per-peer", metavar="N",
+                   help="unknown members one peer may introduce at once and per push-pull interval (default 20000)")
     r.set_defaults(handler=cmd_node_run)
     n.set_defaults(handler=lambda a: (n.print_help(sys.stderr), EXIT_USAGE)[1])
 

@@ -14,6 +14,9 @@ command exits 2 with one line. The TOML file uses the flag names with ``_`` for 
     geo = "52.52,13.40"
     profile = "vehicle"
     api = "127.0.0.1:7947"
+    max_members = 100000                   # membership flood bounds (mesh/membership/config.py)
+    max_new_members_per_push_pull = 10000
+    max_new_members_per_peer = 20000
 """
 
 from __future__ import annotations
@@ -28,13 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from mesh.errors import ConfigError, MeshError
-from mesh.membership.config import PROFILES
+from mesh.membership.config import PROFILES, MembershipConfig
+from mesh.membership.config import profile as profile_config
 from mesh.membership.meta import MAX_LABELS, MAX_NAME, NodeMeta
 
 MAX_CONFIG_BYTES = 256 << 10
 MAX_SEEDS = 64
 DEFAULT_PROFILE = "edge"
 ARCHES = ("x86_64", "aarch64", "riscv64", "armv7", "wasm32")
+# Membership settings an operator may change on top of the profile: the flood bounds. Each is a flag
+# (`--max-members N`) and a TOML key (`max_members = N`); `MembershipConfig.validate` checks the relations.
+MEMBERSHIP_KEYS = ("max_members", "max_new_members_per_push_pull", "max_new_members_per_peer")
+MAX_MEMBER_BOUND = 10_000_000
 
 
 class DaemonConfigError(MeshError):
@@ -95,6 +103,11 @@ class DaemonConfig:
     profile: str = DEFAULT_PROFILE
     api: tuple[str, int] = ("127.0.0.1", 0)
     log_level: str = "info"
+    membership: tuple[tuple[str, int], ...] = ()  # overrides of the profile's MEMBERSHIP_KEYS, sorted
+
+    def membership_config(self) -> MembershipConfig:
+        """The profile with the operator's membership overrides (validated by :func:`load_config`)."""
+        return profile_config(self.profile).with_overrides(**dict(self.membership))
 
     def meta(self) -> NodeMeta:
         """The node's metadata as membership carries it."""
@@ -165,9 +178,29 @@ def _geo(text: Any, what: str) -> tuple[float, float] | None:
     return lat, lon
 
 
+def _membership(merged: dict[str, Any], profile: str, what: Any) -> tuple[tuple[str, int], ...]:
+    """The membership overrides given, each an integer in 1..MAX_MEMBER_BOUND, valid together with the profile."""
+    out: dict[str, int] = {}
+    for key in MEMBERSHIP_KEYS:
+        v = merged.get(key)
+        if v is None:
+            continue
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_MEMBER_BOUND:
+            raise DaemonConfigError(f"{what(key)} {v!r:.40}: expected an integer in 1..{MAX_MEMBER_BOUND}")
+        out[key] = v
+    try:
+        profile_config(profile).with_overrides(**out)
+    except ConfigError as exc:
+        names = " and ".join(what(k) for k in sorted(out)) or "the profile"
+        raise DaemonConfigError(f"{names}: {exc}") from None
+    return tuple(sorted(out.items()))
+
+
 _KEYS = {
     "data_dir", "bind", "advertise", "seed", "mesh_secret", "insecure", "mdns", "name", "zone", "label",
-    "geo", "arch", "profile", "api", "log_level",
+    "geo", "arch", "profile", "api", "log_level", *MEMBERSHIP_KEYS,
 }
 
 
@@ -257,6 +290,7 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
     level = merged.get("log_level") or "info"
     if level not in ("debug", "info", "warning", "error"):
         raise DaemonConfigError(f"{what('log_level')} {level!r:.20}: debug, info, warning or error")
+    membership = _membership(merged, profile, what)
     cfg = DaemonConfig(
         data_dir=Path(data_dir),
         bind=bind,
@@ -273,6 +307,7 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
         profile=profile,
         api=api,
         log_level=level,
+        membership=membership,
     )
     cfg.meta()  # every metadata bound (sizes, characters) checked now, not at the first gossip
     return cfg

@@ -33,7 +33,7 @@ from crdt.errors import Conflict, CrdtError, NotFound, PermissionDenied, Validat
 from crdt.intent import PendingWrite
 from crdt.logrecord import LogRecord
 from crdt.records import KINDS
-from crdt.signedlog import LogError
+from crdt.signedlog import LogError, StoreRecovering
 from crdt.schema import DeploymentSpec, manifest_from_payload
 from crdt.views import deployment_view, module_view, modules_view
 from mesh.daemon.api import ApiError, Request, json_answer
@@ -51,6 +51,8 @@ DURABLE_TIMEOUT = 30.0
 
 def crdt_status(exc: CrdtError | SpecError) -> int:
     """The HTTP status of a refused intent operation."""
+    if isinstance(exc, StoreRecovering):
+        return 503  # the store is catching up with peers: retry in a few seconds
     if isinstance(exc, PermissionDenied):
         return 403
     if isinstance(exc, NotFound):
@@ -100,7 +102,7 @@ class IntentApi:
         try:
             seq, prev, wall_ms = self.intent.head(signer, kind or "registry", key or "-", trio.current_time(), time.time())
         except LogError as exc:
-            raise ApiError(409, str(exc)) from None
+            raise ApiError(crdt_status(exc) if isinstance(exc, StoreRecovering) else 409, str(exc)) from None
         return json_answer({"seq": seq, "prev": prev.hex(), "wall_ms": wall_ms, "signer": signer})
 
     async def trust(self, req: Request) -> tuple[int, str, bytes]:

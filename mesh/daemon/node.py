@@ -44,12 +44,12 @@ from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
 from mesh.daemon.intentapi import IntentApi
 from mesh.daemon.invocation import InvokeService
 from mesh.daemon.placements import PlacementService
+from mesh.daemon.workloads import Workloads, WorkloadsApi
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
 from mesh.daemon.security import RefusalAuditor, stream_refusal
 from mesh.datadir import DataDir
 from mesh.errors import ConfigError
 from mesh.membership import NodeMeta
-from mesh.membership.config import profile as profile_config
 from mesh.membership.state import MemberState
 from mesh.daemon.meshsecret import RELOAD_CHECK_SECONDS, MeshSecrets
 from mesh.meshfile import secret_fingerprint
@@ -246,7 +246,7 @@ class Daemon:
         self._leaving = False
         self.api_addr = ""
         self.token = secrets.token_urlsafe(32)
-        self.stream_timeout = profile_config(cfg.profile).stream_timeout
+        self.stream_timeout = cfg.membership_config().stream_timeout
         self.fatal: str | None = None
         self._audit_synced = -1
         self.revoked_seen: set[str] = set()
@@ -312,7 +312,7 @@ class Daemon:
         blobs = BlobTransfer(self.blob_store, counters=intent.counters, node_id=self.node_id, deferred_puts=True)
         seeds = list(cfg.seeds) + [a for a in self.known if a not in cfg.seeds and a != advertise]
         self.core = NodeCore(
-            self.node_id, advertise, cfg.meta(), profile_config(cfg.profile), self.rng, now=now, seeds=seeds,
+            self.node_id, advertise, cfg.meta(), cfg.membership_config(), self.rng, now=now, seeds=seeds,
             incarnation=self.incarnation, intent=intent, blobs=blobs, key=self.identity.public.ed25519_public,
         )
         self.refusals = RefusalAuditor(self.audit, self.counters)
@@ -320,6 +320,11 @@ class Daemon:
             self.identity, self.psk, self._admit, random.Random(self.rng.getrandbits(64)),
             TransportConfig(max_datagram=MAX_DATAGRAM + DATAGRAM_OVERHEAD), accepted_psks=self.accepted_psks,
             on_refused=lambda reason, addr: self.handshake_refused(reason, "udp", _addr_key(addr)),
+            on_established=lambda peer, addr: self.core.vouch(peer, _addr_key(addr)),
+        )
+        # Reflection guard: a message to a node we hold a session with rides that session (see NodeCore).
+        self.core.session_with = lambda node, reliable: (
+            node in self.conns_out if reliable else self.transport.peer_addr(node) is not None
         )
         self.stream_counters: Counter[str] = Counter()
         self.registry, self.metrics = node_registry(
@@ -335,11 +340,16 @@ class Daemon:
         # When each record became visible here, on the host's monotonic clock (CLOCK_MONOTONIC,
         # shared by every process on the machine): GET /v1/intent/visible, for propagation benches.
         self.visible_at[(rec.signer, rec.seq)] = time.monotonic()
+        if hasattr(self, "workloads"):
+            self.workloads.record_visible(rec.kind)
         if len(self.visible_at) > 10_000:
             self.visible_at.pop(next(iter(self.visible_at)))
 
     def _audit_record(self, ev: Any) -> None:
         """The intent audit sink: an invalid record or an equivocation, into the hash-chained audit log."""
+        if ev.root == "store":  # store_damaged / store_recovered
+            self.audit.append(ev.reason, {"detail": ev.detail[:400]}, now_wall=time.time())
+            return
         self.audit.append("record_" + ("equivocation" if ev.reason == "equivocation" else "invalid"), {
             "slot": ev.slot, "reason": ev.reason, "detail": ev.detail[:200], "signer": ev.signer, "seq": ev.seq,
         }, now_wall=time.time())
@@ -403,6 +413,7 @@ class Daemon:
             self.audit.append("node_started", {"addr": advertise, "incarnation": self.incarnation}, now_wall=time.time())
             from model.manifest import MAX_MODULE_BYTES
 
+            self.workloads = Workloads(self)
             api = ApiServer(self.token, self._routes(), self.counters, self.log, body_limits={"/v1/blobs": MAX_MODULE_BYTES})
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -416,6 +427,7 @@ class Daemon:
                 nursery.start_soon(api.serve, api_listeners)
                 nursery.start_soon(self.placements.loop)
                 self.invocations.running = True
+                await nursery.start(self.workloads.run)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
                 if self.secrets is not None:
@@ -536,6 +548,8 @@ class Daemon:
             self._snapshot_dirty = True
             for ev in events:
                 self._on_member_event(ev)
+            if hasattr(self, "workloads"):
+                self.workloads.member_events(events)
         self._wake.set()
 
     def _on_member_event(self, ev: Any) -> None:
@@ -906,6 +920,7 @@ class Daemon:
             **IntentApi(self).routes(),
             **self.invocations.routes(),
             **self.placements.routes(),
+            **WorkloadsApi(self).routes(),
         }
 
     def member_rows(self) -> list[dict[str, Any]]:
@@ -946,6 +961,8 @@ class Daemon:
             "version": VERSION,
             "pid": os.getpid(),
             "data_dir": str(self.dd.path),
+            # Set while a damaged or lost intent store catches up with peers (intent writes get 503).
+            "store_recovering": self.core.intent.recovering if self.core.intent is not None else None,
         }
 
     async def _api_status(self, req: Request) -> tuple[int, str, bytes]:
@@ -995,6 +1012,7 @@ class Daemon:
             raise ApiError(400, str(exc)) from None
         self.core.update_meta(meta, trio.current_time())
         self.emit([])
+        self.workloads.changed()
         self.audit.append("meta_changed", {"labels": dict(meta.labels)}, now_wall=time.time())
         return json_answer({"labels": dict(meta.labels), "incarnation": self.core.swim.incarnation})
 

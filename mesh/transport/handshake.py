@@ -31,10 +31,14 @@ PROLOGUE_UDP = b"wasmatrix/udp/1"
 PROLOGUE_TCP = b"wasmatrix/tcp/1"
 TAG_LEN = 16
 DH_LEN = 32
-HELLO_LEN = 1 + 4  # version, sender index
 IDENTITY_LEN = 1 + 4 + 32 + 64  # version, sender index, Ed25519 public key, binding signature
-MSG1_LEN = DH_LEN + HELLO_LEN + TAG_LEN  # e, payload
 MSG2_LEN = DH_LEN + DH_LEN + TAG_LEN + IDENTITY_LEN + TAG_LEN  # e, s, payload
+# Message 1's payload: version, sender index, then zeros so that message 1 is as long as the
+# message 2 it asks for (type + e + payload + tag == type + index + MSG2_LEN). A responder
+# never sends more bytes to an unauthenticated address than it received from it
+# (amplification <= 1), even to a PSK holder spoofing a victim's source address.
+HELLO_LEN = 4 + MSG2_LEN - DH_LEN - TAG_LEN  # 153: 1 + 4 + 148 zero bytes
+MSG1_LEN = DH_LEN + HELLO_LEN + TAG_LEN  # e, payload
 MSG3_LEN = DH_LEN + TAG_LEN + IDENTITY_LEN + TAG_LEN  # s, payload
 IK1_LEN = DH_LEN + DH_LEN + TAG_LEN + IDENTITY_LEN + TAG_LEN  # IKpsk2 message 1: e, s, payload
 IK2_LEN = DH_LEN + IDENTITY_LEN + TAG_LEN  # IKpsk2 message 2: e, payload
@@ -117,14 +121,17 @@ def remote_static(hs: HandshakeState) -> bytes:
     return bytes(hs.rs.public_bytes)
 
 
+_HELLO_PAD = bytes(HELLO_LEN - 5)
+
+
 def encode_hello(index: int) -> bytes:
-    """Message-1 payload."""
-    return bytes([VERSION]) + index.to_bytes(4, "big")
+    """Message-1 payload (padded: see HELLO_LEN)."""
+    return bytes([VERSION]) + index.to_bytes(4, "big") + _HELLO_PAD
 
 
 def decode_hello(payload: bytes) -> int | None:
     """Sender index from a message-1 payload, or None if it is not ours."""
-    if len(payload) != HELLO_LEN or payload[0] != VERSION:
+    if len(payload) != HELLO_LEN or payload[0] != VERSION or payload[5:] != _HELLO_PAD:
         return None
     return int.from_bytes(payload[1:5], "big")
 

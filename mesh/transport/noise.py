@@ -9,7 +9,7 @@ Wire layout (all integers big-endian, byte offsets)::
 
     0      1            5            13
     | type | ...
-    type 1 HANDSHAKE_INIT : [1:]   Noise message 1 (e 32, payload 5+16)                 = 54 bytes
+    type 1 HANDSHAKE_INIT : [1:]   Noise message 1 (e 32, payload 153+16, zero-padded)  = 202 bytes
     type 2 HANDSHAKE_RESP : [1:5]  receiver index (the initiator's), [5:] Noise msg 2   = 202 bytes
     type 3 HANDSHAKE_FINAL: [1:5]  receiver index (the responder's), [5:] Noise msg 3   = 170 bytes
     type 4 DATA           : [1:5]  receiver index, [5:13] counter, [13:] ciphertext+tag (16)
@@ -227,6 +227,7 @@ class SecureTransport:
         config: TransportConfig | None = None,
         accepted_psks: Sequence[bytes] | None = None,
         on_refused: Callable[[str, Addr], None] | None = None,
+        on_established: Callable[[str, Addr], None] | None = None,
     ) -> None:
         self.identity = identity
         self.psk = b""
@@ -236,6 +237,9 @@ class SecureTransport:
         # Told of every refused handshake as (reason, address): "psk_failure" or a check_peer reason
         # (not_admitted, unexpected_peer, bad_binding, ...). The daemon audits these; it must not raise.
         self.on_refused = on_refused
+        # Told of every completed handshake as (peer node id, address): the peer proved its key at
+        # that address (the node core stops treating messages to it there as first contacts).
+        self.on_established = on_established
         self.rng = rng
         self.config = config or TransportConfig()
         self.counters: Counter[str] = Counter()
@@ -702,6 +706,8 @@ class SecureTransport:
     def _install(self, s: _Session, now: float) -> list[Datagram]:
         """Make ``s`` the sending session for its peer and flush what was queued for it."""
         peer = s.peer.node_id
+        if self.on_established is not None:
+            self.on_established(peer, s.addr)
         old = self._current.get(peer)
         if (
             old is not None

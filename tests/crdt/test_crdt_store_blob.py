@@ -9,6 +9,8 @@ from crdt.blob import BlobTransfer, MemoryBlobStore
 from crdt.errors import StoreCorruptError
 from crdt.messages import BlobChunk, BlobMissing, BlobRequest
 from crdt.intent import IntentNode
+from crdt.heads import HeadsDigest
+from crdt.signedlog import StoreRecovering
 from crdt.store import DB_NAME, SqliteStore
 from crdt_helpers import PUBLISHER, key, manifest, trust_for
 
@@ -81,6 +83,13 @@ def test_flipped_bytes_in_a_row_are_detected_and_other_rows_kept(tmp_path):
         r.set("app", "new", b"x")
     share(peer, r)
     assert all(r.get("app", f"k{i}") is not None for i in range(10))
+    # A damaged row may have been our newest record: the node writes again only once a peer's
+    # heads show that it holds everything that peer holds (tests/crdt/test_store_recovery.py).
+    with pytest.raises(StoreRecovering):
+        r.set("app", "new", b"x")
+    r.tick(0.0, ["n001"])
+    r.receive("n001", HeadsDigest(peer.doc.records.heads_digest()), 0.0)
+    assert r.recovering is None
     r.set("app", "new", b"x")
     assert r.doc.effective("kv", "app/new").seq == 11
 
@@ -109,6 +118,11 @@ def test_garbage_database_file_is_quarantined(tmp_path):
     (d / DB_NAME).write_bytes(b"this is not sqlite" * 100)
     n = open_node(d)
     assert (d / f"{DB_NAME}.corrupt-0").exists()
+    assert n.store.damage is not None and n.store.damage.salvaged == 0
+    with pytest.raises(StoreRecovering):  # whatever the file held is gone: learn our seqs from peers first
+        n.set("app", "k", b"v")
+    n.tick(0.0, ["n001"])
+    n.receive("n001", HeadsDigest(IntentNode("n001", key("node:n001"), trust_for(["n000", "n001"]), random.Random(1)).doc.records.heads_digest()), 0.0)
     n.set("app", "k", b"v")
     with pytest.raises(StoreCorruptError):
         (tmp_path / "b").mkdir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +79,19 @@ def mesh_file(tmp_path: Path) -> Path:
     r = run_cli("mesh", "init", "--out", str(out))
     assert r.returncode == 0, r.stderr
     return out
+
+
+def publisher_and_operator(root: Path, names: list[str]) -> None:
+    """Keys ``root/pub.key`` (publisher) and ``root/op.key`` (operator) trusted by every data dir
+    ``root/NAME`` (the offline way: one trust.json copied into each before start)."""
+    first = root / names[0]
+    for role, out in (("publisher", "pub.key"), ("operator", "op.key")):
+        r = run_cli("keygen", "--role", role, "--out", str(root / out), "--data-dir", str(first), timeout=60)
+        assert r.returncode == 0, r.stderr
+    for n in names[1:]:
+        (root / n).mkdir(mode=0o700)
+        shutil.copy(first / "trust.json", root / n / "trust.json")
+    first.chmod(0o700)
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
