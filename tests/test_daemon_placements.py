@@ -2,7 +2,8 @@
 
 Three nodes in two zones, two of them labelled ``tier=edge``; a deployment of 2 replicas that
 needs ``tier=edge`` and spreads by site. Every node computes the placement over its own view and
-gossips the digests in its metadata; once the mesh converged all three agree. ``--explain`` shows
+gossips the digests of what its workload lifecycle placed in its metadata; once the mesh converged all
+three agree, and a and b run the replicas. ``--explain`` shows
 the unlabelled node filtered for the missing label and the two others scored and chosen.
 """
 
@@ -92,9 +93,13 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
     dep = json.loads(out)["deployments"][0]
     assert dep["deployment"] == "web" and dep["replicas"] == 2 and dep["shortfall"] == 0
     assert sorted(dep["target"]) == sorted([ids["a"], ids["b"]])
-    # Claims come from the workload supervisor (none attached in this branch): any there are on target nodes.
-    for row in dep["running"]:
-        assert row["node"] in dep["target"] and row["version"] == "1.0.0" and row["zone"] == zones[row["name"]]
+    # The claims the lifecycle wrote: a and b run it, as placed.
+    def running_rows() -> list[tuple[str, str, str, str]]:
+        d = mesh.nodes["c"].client().get("/v1/placements?deployment=web")["deployments"][0]
+        return sorted((r["name"], r["version"], r["state"], r["zone"]) for r in d["running"])
+
+    wait_until(lambda: running_rows() == [("a", "1.0.0", "running", zones["a"]), ("b", "1.0.0", "running", zones["b"])],
+               30, "a and b claim running replicas")
     cands = {c["name"]: c for c in dep["candidates"]}
     assert cands["c"]["rejected"] == "label tier=edge missing" and cands["c"]["score"] is None
     assert cands["c"]["replica"] is None
@@ -104,9 +109,10 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
     assert code == 0, err
     assert "label tier=edge missing" in out and "filtered" in out and "score" in out
 
-    # Every node computes the same target.
+    # Every node placed the same target, and with the replicas running they still agree.
     targets = {tuple(mesh.nodes[n].client().get("/v1/placements")["deployments"][0]["target"]) for n in names}
     assert len(targets) == 1
+    wait_until(lambda: all(check(n)["agree"] for n in names), 20, "digests agree with the replicas running")
 
     # A deployment nobody has: exit 1 with one line.
     code, out, err = cli("placements", "nope", "--data-dir", str(tmp_path / "a"))

@@ -14,10 +14,10 @@ retry rule). Per call:
 Serving: an ``InvokeRequest`` from a peer runs locally (never forwarded again, so there are no
 loops) under the caller's remaining deadline; the answer says whether the guest ran.
 
-``daemon.workloads`` may be absent or None (the workload supervisor not attached): then this node
-hosts nothing, forwards what it can and answers peers ``not_hosted``. When it is attached and no
-replica runs anywhere, the call goes to ``invoke_local`` here, which may cold-start an on-demand
-deployment (replicas = 0) or refuse with ``NotHosted``/``LookupError`` (then: ``no_replica``).
+Where no replica claims ``running`` (none placed yet, or every placed one still starting), the call
+goes to ``Workloads.invoke_local`` here: it cold-starts an on-demand deployment (replicas = 0) and
+waits for it, or refuses at once with ``NotHosted`` (a placed deployment whose replicas are still
+starting elsewhere: the call fails ``no_replica``, HTTP 502, without waiting; docs/DAEMON.md).
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator
 
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from mesh.daemon.api import ApiError, Request, json_answer
+from mesh.daemon.workloads import NotHosted
 from mesh.invoke.breaker import STATE_VALUE
 from mesh.invoke.invoker import (
     BREAKER_OPEN, CONNECT_FAILED, NO_ANSWER, NO_REPLICA, STREAM_CLOSED, Invoker, replicas_of,
@@ -70,22 +71,6 @@ _RUNTIME_CODES = {
 }
 # HTTP status of a failed call, by final reason (the API answers the rest 200 with ok: true).
 _HTTP = {BAD_REQUEST: 400, NO_ANSWER: 504, TIMEOUT: 504}
-
-
-class Workloads(Protocol):
-    """What invocation needs of the daemon's workload supervisor (mesh/daemon/workloads.py)."""
-
-    def hosts(self, deployment: str) -> bool:
-        """True when this node runs a replica of ``deployment`` that can take calls now."""
-        ...
-
-    async def invoke_local(self, deployment: str, payload: bytes, *, traceparent: str | None = None) -> Any:
-        """Run one call on the local replica; returns ``runtime.invocation.InvocationResult``.
-
-        Raises a ``runtime.errors.WasmError`` (its ``code`` says what failed) or ``LookupError``
-        when no local replica exists any more.
-        """
-        ...
 
 
 @dataclass(slots=True)
@@ -183,8 +168,7 @@ class InvokeService:
 
     def _replicas(self, deployment: str) -> list[str]:
         intent = self.d.core.intent
-        if intent is None:
-            return []
+        assert intent is not None  # a daemon always keeps the intent documents
         members = self.d.core.swim.members
 
         def alive(node: str) -> bool:
@@ -194,16 +178,9 @@ class InvokeService:
         entries = ((n, [(r.deployment, r.state) for r in e.replicas]) for n, e in intent.doc.placements().items())
         return replicas_of(deployment, entries, alive)
 
-    @property
-    def workloads(self) -> Workloads | None:
-        return getattr(self.d, "workloads", None)
-
     def _hosts(self, deployment: str) -> bool:
-        wl = self.workloads
-        if wl is None:
-            return False
         try:
-            return bool(wl.hosts(deployment))
+            return self.d.workloads.hosts(deployment)
         except Exception as exc:  # a supervisor bug must not fail the call path
             self.d.log.warning("workloads_hosts_failed", deployment=deployment, error=f"{type(exc).__name__}: {exc}")
             return False
@@ -225,7 +202,7 @@ class InvokeService:
         plan = self.invoker.plan(
             deployment, hosts_local=self._hosts(deployment), replicas=self._replicas(deployment),
             rtt=lambda n: self.d.core.estimate_rtt(self.d.node_id, n), now=start,
-            can_start_local=self.workloads is not None,
+            can_start_local=True,
         )
         attempts: list[Attempt] = []
         for node in plan.targets:
@@ -275,15 +252,12 @@ class InvokeService:
         return result
 
     async def _local(self, deployment: str, payload: bytes, tp: str, budget: float) -> Attempt:
-        wl = self.workloads
-        if wl is None:
-            return Attempt(self.d.node_id, NOT_HOSTED, False, message="no workload supervisor on this node")
         try:
             with trio.move_on_after(budget) as scope:
-                res = await wl.invoke_local(deployment, payload, traceparent=tp)
+                res = await self.d.workloads.invoke_local(deployment, payload, traceparent=tp)
+        except NotHosted as exc:  # the supervisor's refusal: the guest did not run
+            return Attempt(self.d.node_id, NOT_HOSTED, False, message=str(exc)[:512])
         except Exception as exc:
-            if isinstance(exc, LookupError) or type(exc).__name__ == "NotHosted":  # the supervisor's refusal
-                return Attempt(self.d.node_id, NOT_HOSTED, False, message=str(exc)[:512])
             code, executed = _RUNTIME_CODES.get(getattr(exc, "code", ""), (INTERNAL, True))
             return Attempt(self.d.node_id, code, executed, message=f"{type(exc).__name__}: {exc}"[:512])
         if scope.cancelled_caught:

@@ -707,8 +707,8 @@ class Daemon:
     def set_placement_digest(self, view_digest: str, placement_digest: str, spec_digest: str = "") -> None:
         """Gossip the digests of the view and placement this node computed (``placements --check``).
 
-        For whoever computes placements (the workload supervisor); rate-limited to one metadata
-        update per second. Once called, the placements service stops computing its own.
+        The workload lifecycle calls it after every evaluation with the inputs it placed over;
+        rate-limited to one metadata update per second (a newer value waits, the last one wins).
         """
         self.placements.set_digest(view_digest, placement_digest, spec_digest)
 

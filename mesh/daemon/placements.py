@@ -1,16 +1,17 @@
 """Placements on a running node: where replicas run, why the scheduler chose them, and whether nodes agree.
 
-* ``GET /v1/placements[?deployment=N&explain=1]``: per deployment its target (``scheduler.place``
-  over this node's view, ``mesh/daemon/schedview.py``), the replicas the placement document says
-  run (node, zone, version, state, index) and, with ``explain``, every candidate's filter verdict
-  or score (``scheduler.explain``).
+* ``GET /v1/placements[?deployment=N&explain=1]``: per deployment the target the workload lifecycle
+  placed at its last evaluation (``Workloads.last``, a :class:`mesh.lifecycle.Assignment`: the
+  same view, spec and incumbents it gave ``scheduler.place``), the replicas the placement
+  document says run (node, zone, version, state, index) and, with ``explain``, every candidate's
+  filter verdict or score over those same inputs (``scheduler.explain``).
 * ``GET /v1/placements/check``: the agreement digests every member gossips in its metadata
   (``NodeMeta.agreement``, mesh/agreement.py) grouped into agreeing sets, with why the others differ.
 
-The digests: whoever computes placements calls ``Daemon.set_placement_digest`` (the workload
-supervisor, once attached). Until somebody does, :meth:`PlacementService.loop` computes them
-itself once a second over the same inputs. A changed value reaches the node's metadata at most
-once per :data:`MIN_DIGEST_INTERVAL` (each change is an ``Alive`` gossiped to every member).
+The digests: the lifecycle calls ``Daemon.set_placement_digest`` after every evaluation
+(``mesh.lifecycle.digests``). A changed value reaches the node's metadata at most once per
+:data:`MIN_DIGEST_INTERVAL` (each change is an ``Alive`` gossiped to every member); a value that
+arrives sooner is applied by :meth:`PlacementService.loop` when the interval is over.
 """
 
 from __future__ import annotations
@@ -24,24 +25,21 @@ from crdt.errors import NotFound
 from mesh import agreement
 from mesh.daemon.api import ApiError, Request, json_answer
 from mesh.errors import ConfigError
-from mesh.daemon.schedview import build_spec, build_view, deployments_of, incumbents, spec_digest
 from mesh.membership.state import MemberState
-from scheduler import explain, place, placement_digest, view_digest
+from scheduler import explain
 
 if TYPE_CHECKING:
     from mesh.daemon.node import Daemon
 
 MIN_DIGEST_INTERVAL = 1.0  # seconds between two metadata updates carrying new digests
-COMPUTE_INTERVAL = 1.0  # how often the fallback loop recomputes placements
 
 
 class PlacementService:
     def __init__(self, daemon: "Daemon") -> None:
         self.d = daemon
-        self.external = False  # someone else (the workload supervisor) reports the digests
         self.wanted = ""  # the agreement field to publish
         self.last_update = -1e9
-        self.computed = 0
+        self._pending = trio.Event()  # set when ``wanted`` changed
         self.too_large = 0  # digests refused because the metadata would exceed its bound
         self._refused = ""
 
@@ -50,11 +48,12 @@ class PlacementService:
 
     # ------------------------------------------------------------------ digests
 
-    def set_digest(self, view: str, placement: str, specs: str = "", *, external: bool = True) -> None:
-        """Publish new digests (rate-limited); ``external`` stops the fallback computation."""
-        if external:
-            self.external = True
-        self.wanted = agreement.encode(view, specs or "0", placement)
+    def set_digest(self, view: str, placement: str, specs: str = "") -> None:
+        """Publish new digests (rate-limited: see the module docstring)."""
+        wanted = agreement.encode(view, specs or "0", placement)
+        if wanted != self.wanted:
+            self.wanted = wanted
+            self._pending.set()
         self._apply(trio.current_time())
 
     def _apply(self, now: float) -> None:
@@ -79,21 +78,12 @@ class PlacementService:
         core.update_meta(meta, now)
         self.d.emit([])
 
-    def compute(self) -> tuple[str, str, str]:
-        """(view, specs, placement) digests of this node's placement of every deployment."""
-        view = build_view(self.d.core)
-        intent = self.d.core.intent
-        deps = deployments_of(intent.doc) if intent is not None else []
-        placements = [place(build_spec(d, intent.doc), view, incumbents(intent.doc, d.name)) for d in deps]  # type: ignore[union-attr]
-        self.computed += 1
-        return view_digest(view), spec_digest(deps), placement_digest(placements)
-
     async def loop(self) -> None:
+        """Apply a value the rate limit held back once the interval is over."""
         while True:
-            await trio.sleep(COMPUTE_INTERVAL)
-            if not self.external:
-                v, s, p = self.compute()
-                self.wanted = agreement.encode(v, s, p)
+            await self._pending.wait()
+            self._pending = trio.Event()
+            await trio.sleep_until(self.last_update + MIN_DIGEST_INTERVAL)
             self._apply(trio.current_time())
 
     # ------------------------------------------------------------------ API
@@ -106,25 +96,22 @@ class PlacementService:
         q = parse_qs(req.query)
         name = (q.get("deployment") or [None])[0]
         want_explain = (q.get("explain") or ["0"])[0] in ("1", "true", "yes")
-        intent = self.d.core.intent
-        if intent is None:
-            raise ApiError(404, "this node keeps no intent documents")
-        doc = intent.doc
+        doc = self.d.core.intent.doc  # type: ignore[union-attr]
         if name is not None:
             try:
                 deps = [doc.deployment(name)]
             except NotFound as exc:
                 raise ApiError(404, str(exc)) from None
         else:
-            deps = deployments_of(doc)
+            deps = sorted(doc.deployments(), key=lambda d: d.name)
+        last = self.d.workloads.last  # None until the first evaluation (the loop runs one at start)
         names = self._names()
         entries = doc.placements()
-        view = build_view(self.d.core)
         out = []
         for dep in deps:
-            spec = build_spec(dep, doc)
-            inc = incumbents(doc, dep.name)
-            target = place(spec, view, inc)
+            target: tuple[str, ...] = ()
+            if last is not None and dep.name in last.placements:
+                target = last.placements[dep.name][0]
             running = []
             for node, entry in sorted(entries.items()):
                 for r in entry.replicas:
@@ -135,20 +122,29 @@ class PlacementService:
             running.sort(key=lambda r: (r["index"], r["node"]))
             item: dict[str, Any] = {
                 "deployment": dep.name, "replicas": dep.spec.replicas, "active_version": dep.active_version,
-                "target": list(target.nodes), "shortfall": target.shortfall, "running": running,
+                "target": list(target), "shortfall": max(0, dep.spec.replicas - len(target)), "running": running,
+                "error": (last.errors.get(dep.name) or None) if last is not None else None,
             }
+            spec = last.specs.get(dep.name) if last is not None else None
             if want_explain:
+                # Over the inputs the lifecycle placed with; its spec asks for replicas + standbys:
+                # the candidates chosen after the first ``replicas`` are standbys.
+                rows = explain(spec, last.view, last.incumbents[dep.name]) if spec is not None and last is not None else []
                 item["candidates"] = [
                     {"node": c.node_id, "name": names.get(c.node_id, ("", "", ""))[0],
-                     "zone": names.get(c.node_id, ("", "", ""))[1], "rejected": c.rejected, "replica": c.replica,
+                     "zone": names.get(c.node_id, ("", "", ""))[1], "rejected": c.rejected,
+                     "replica": c.replica if c.replica is not None and c.replica < dep.spec.replicas else None,
+                     "standby": c.replica is not None and c.replica >= dep.spec.replicas,
                      "score": None if c.score is None else {
                          "base": round(c.score.base, 6), "proximity": round(c.score.proximity, 6),
                          "locality": round(c.score.locality, 6), "load": round(c.score.load, 6),
                          "incumbent": c.score.incumbent}}
-                    for c in explain(spec, view, inc)
+                    for c in rows
                 ]
             out.append(item)
-        return json_answer({"node": self.d.node_id, "view_digest": view_digest(view), "deployments": out})
+        digest = agreement.parse(self.wanted)
+        return json_answer({"node": self.d.node_id, "view_digest": digest.view if digest else None,
+                            "evaluations": self.d.workloads.evaluations, "deployments": out})
 
     async def api_check(self, req: Request) -> tuple[int, str, bytes]:
         rows = []

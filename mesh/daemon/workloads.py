@@ -43,7 +43,7 @@ from runtime import Capabilities, Runtime, RuntimeConfig, SignedManifest
 from runtime.errors import HostResourceError, WasmError, WasmTrap
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import LoopKV
-from mesh.lifecycle import COORD_LABEL, COORD_THRESHOLD_S, active_version, assign, coord_moved, encode_coord
+from mesh.lifecycle import COORD_LABEL, COORD_THRESHOLD_S, Assignment, active_version, assign, coord_moved, digests, encode_coord
 from scheduler.supervisor import Action, Supervisor, SupervisorConfig, Target
 
 if TYPE_CHECKING:
@@ -168,6 +168,7 @@ class Workloads:
         self._blob_event = trio.Event()
         self._written = -1  # supervisor version of the last placement entry written
         self._placements: dict[str, tuple[str, ...]] = {}  # last placement computed, per deployment
+        self.last: Assignment | None = None  # the last evaluation (its inputs too): placements --explain, digests
         self._keys: dict[tuple[str, str], str] = {}  # (deployment, version) -> runtime module key
         self._users: dict[str, set[tuple[str, str]]] = {}  # runtime key -> (deployment, version) using it
         self._loading: dict[str, int] = {}  # runtime key -> loads in flight
@@ -358,6 +359,9 @@ class Workloads:
         placements = intent.doc.placements()
         self._note_claims(placements)
         a = assign(self.node_id, swim, intent.doc, placements, standbys=self.config.standbys)
+        self.last = a
+        view_d, specs_d, placement_d = digests(a)
+        self.d.set_placement_digest(view_d, placement_d, specs_d)  # what this evaluation placed over (rate-limited)
         for dep, err in sorted(a.errors.items()):
             if err:  # not a registry record still on its way: a real error
                 self.metrics.errors.labels(reason="evaluate").inc()
