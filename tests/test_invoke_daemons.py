@@ -108,6 +108,11 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
                        "--key", str(tmp_path / "operator.key"), "--data-dir", str(tmp_path / "a"))
         assert r.returncode == 0, r.stderr
 
+        # At once, while the replicas are still starting: the call waits for one (within its deadline).
+        res = await a.invocations.invoke("web", b"early", timeout=20)
+        assert res["ok"] and _body(res) == b"n=1:EARLY", res
+        assert [e for e in logs if e["event"] == "invoke_waited_for_start" and e["node_id"] == ids["a"]]
+
         def running_claims(viewer: Daemon, dep: str) -> set[str]:
             return {n for n, e in viewer.core.intent.doc.placements().items()
                     if any(c.deployment == dep and c.state == "running" for c in e.replicas)}
@@ -121,12 +126,20 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         (x_name,) = set(ds) - set(hosts)  # the node without a replica: its calls are forwarded
         x = ds[x_name]
         assert running_claims(x, "web") == {ids[h] for h in hosts}
+        # `placements --explain` shows what x's lifecycle placed: both hosts chosen, x their warm standby.
+        from mesh.daemon.api import ApiClient, ApiClientError
+
+        ex = await trio.to_thread.run_sync(ApiClient(x.api_addr, x.token).get, "/v1/placements?deployment=web&explain=1")
+        (dep,) = ex["deployments"]
+        assert sorted(dep["target"]) == sorted(ids[h] for h in hosts) and dep["error"] is None
+        assert {c["name"]: (c["replica"] is not None, c["standby"]) for c in dep["candidates"]} == {
+            **{h: (True, False) for h in hosts}, x_name: (False, True)}
 
         # Local: a host runs the call itself; the given traceparent is kept and logged with the call.
         h = ds[hosts[0]]
         res = await h.invocations.invoke("web", b"hi", TP)
         assert res["ok"] and res["mode"] == "local" and res["node"] == ids[hosts[0]], res
-        assert _body(res) == b"n=1:HI" and res["traceparent"] == TP
+        assert _body(res).endswith(b":HI") and res["traceparent"] == TP
         assert [(x_["node"], x_["code"]) for x_ in res["attempts"]] == [(ids[hosts[0]], "ok")]
         assert any(e["event"] == "invoke_local" and e["node_id"] == ids[hosts[0]] and e["traceparent"] == TP for e in logs)
 
@@ -167,26 +180,24 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
 
         # Through the control API and the CLI, as an operator runs it.
         r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "web", "--data", "cli", "--api", x.api_addr,
-                                                          "--token", x.token))
+                                                          f"--token={x.token}"))
         assert r.returncode == 0, r.stderr
         assert r.stdout.endswith(":CLI")
         (tmp_path / "in.txt").write_bytes(b"from a file")
         r = await _cli("invoke", "web", "--data", f"@{tmp_path}/in.txt", "--json", "--traceparent", TP,
-                       "--api", x.api_addr, "--token", x.token)
+                       "--api", x.api_addr, f"--token={x.token}")
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["mode"] == "forwarded" and out["traceparent"] == TP and out["output"].endswith(":FROM A FILE")
         assert out["node_name"] in hosts and out["latency_ms"] > 0 and out["attempts"][-1]["code"] == "ok"
-        r = await _cli("invoke", "nothing", "--api", x.api_addr, "--token", x.token)
+        r = await _cli("invoke", "nothing", "--api", x.api_addr, f"--token={x.token}")
         assert r.returncode == 1 and "no replica of nothing" in r.stderr
-        r = await _cli("invoke", "web", "--traceparent", "00-bad", "--api", x.api_addr, "--token", x.token)
+        r = await _cli("invoke", "web", "--traceparent", "00-bad", "--api", x.api_addr, f"--token={x.token}")
         assert r.returncode == 2 and "traceparent" in r.stderr
-        r = await _cli("invoke", "web", "--data", f"@{tmp_path}/missing", "--api", x.api_addr, "--token", x.token)
+        r = await _cli("invoke", "web", "--data", f"@{tmp_path}/missing", "--api", x.api_addr, f"--token={x.token}")
         assert r.returncode == 2 and "no such file" in r.stderr
 
         # Hostile or wrong API bodies: one clear error each, nothing runs.
-        from mesh.daemon.api import ApiClient, ApiClientError
-
         client = ApiClient(x.api_addr, x.token)
         invoked = sum(1 for e in logs if e["event"] == "invoke_done")
         for body, status, words in [

@@ -125,9 +125,9 @@ def cmd_placements(args: argparse.Namespace) -> int:
         if args.explain:
             for d in res["deployments"]:
                 print(f"\n{d['deployment']}: {d['replicas']} wanted, target {', '.join(d['target']) or '-'}"
-                      + (f" ({d['shortfall']} short)" if d["shortfall"] else ""))
+                      + (f" ({d['shortfall']} short)" if d["shortfall"] else "") + (f" — {d['error']}" if d.get("error") else ""))
                 _table([[c["name"] or c["node"], c["node"], c["zone"] or "-",
-                         "-" if c["replica"] is None else str(c["replica"]),
+                         "standby" if c.get("standby") else "-" if c["replica"] is None else str(c["replica"]),
                          c["rejected"] and "filtered" or "eligible",
                          c["rejected"] or _score(c["score"])] for c in d["candidates"]],
                        ["NODE", "ID", "ZONE", "REPLICA", "VERDICT", "WHY / SCORE"])

@@ -14,10 +14,12 @@ retry rule). Per call:
 Serving: an ``InvokeRequest`` from a peer runs locally (never forwarded again, so there are no
 loops) under the caller's remaining deadline; the answer says whether the guest ran.
 
-Where no replica claims ``running`` (none placed yet, or every placed one still starting), the call
-goes to ``Workloads.invoke_local`` here: it cold-starts an on-demand deployment (replicas = 0) and
-waits for it, or refuses at once with ``NotHosted`` (a placed deployment whose replicas are still
-starting elsewhere: the call fails ``no_replica``, HTTP 502, without waiting; docs/DAEMON.md).
+Where no replica claims ``running`` yet but the deployment is placed (``replicas`` > 0 and the
+lifecycle's last evaluation chose nodes, or has not evaluated it yet), the call waits — within its
+own deadline — for a replica to run (``Workloads.expects_replica``/``wait_change``), then proceeds.
+An on-demand deployment (replicas = 0) with no replica running anywhere goes to
+``Workloads.invoke_local`` here, which cold-starts it (``ensure_local``); a refusal (``NotHosted``:
+no such deployment, or a deployment no node can take) ends as ``no_replica`` (HTTP 502).
 """
 
 from __future__ import annotations
@@ -199,9 +201,18 @@ class InvokeService:
         budget = self.invoker.timeout(timeout)
         start = trio.current_time()
         deadline = start + budget
+        replicas = self._replicas(deployment)
+        if not replicas and not self._hosts(deployment) and self.d.workloads.expects_replica(deployment):
+            # Placed (or about to be) but no replica serves yet: wait for one, within the call's deadline.
+            with trio.move_on_at(deadline):
+                while not replicas and not self._hosts(deployment) and self.d.workloads.expects_replica(deployment):
+                    await self.d.workloads.wait_change()
+                    replicas = self._replicas(deployment)
+            log.info("invoke_waited_for_start", ms=round((trio.current_time() - start) * 1000, 3), replicas=len(replicas))
+        now = trio.current_time()
         plan = self.invoker.plan(
-            deployment, hosts_local=self._hosts(deployment), replicas=self._replicas(deployment),
-            rtt=lambda n: self.d.core.estimate_rtt(self.d.node_id, n), now=start,
+            deployment, hosts_local=self._hosts(deployment), replicas=replicas,
+            rtt=lambda n: self.d.core.estimate_rtt(self.d.node_id, n), now=now,
             can_start_local=True,
         )
         attempts: list[Attempt] = []

@@ -223,6 +223,25 @@ class Workloads:
         """True when a replica of ``deployment`` runs (and serves) on this node."""
         return self.sup.serving(deployment) is not None
 
+    def expects_replica(self, deployment: str) -> bool:
+        """True while a replica of ``deployment`` should come: the deployment asks for replicas and
+        the last evaluation placed it on some node, or has not evaluated it yet (a record just arrived)."""
+        intent = self.d.core.intent
+        try:
+            dep = intent.doc.deployment(deployment)  # type: ignore[union-attr]
+        except NotFound:
+            return False
+        if dep.spec.replicas == 0:
+            return False
+        last = self.last
+        if last is None or (deployment not in last.placements and not last.errors.get(deployment)):
+            return True  # not evaluated yet, or its registry record is still on its way
+        return bool(last.placements.get(deployment, ((), ""))[0])
+
+    async def wait_change(self) -> None:
+        """Return after the next evaluation or local replica state change."""
+        await self._state.wait()
+
     async def invoke_local(self, deployment: str, payload: bytes, *, traceparent: str | None = None) -> InvocationResult:
         """Run one call on this node's replica (on a worker thread); cold-starts an on-demand deployment.
 
