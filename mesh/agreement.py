@@ -1,11 +1,13 @@
 """Do all nodes agree? Parse the digests nodes gossip in their metadata and group them, with why.
 
-Every node that places puts ``FORMAT:VIEW:SPECS:PLACEMENT`` into its ``NodeMeta.agreement``:
+Every node's workload lifecycle puts, after each evaluation (``mesh.lifecycle.digests``),
+``FORMAT:VIEW:SPECS:PLACEMENT`` into its ``NodeMeta.agreement``:
 
 * ``FORMAT`` — the placement algorithm's format version (:data:`AGREEMENT_FORMAT`); nodes on
   different versions may place differently for the same inputs;
-* ``VIEW`` — ``scheduler.view_digest`` of the view it placed over (members, status, metadata);
-* ``SPECS`` — which deployment revisions and active versions it holds (``schedview.spec_digest``);
+* ``VIEW`` — ``scheduler.view_digest(with_coords=True)`` of the view it placed over (members that
+  can hold a replica, status, metadata, published coordinates, failed marks);
+* ``SPECS`` — which deployment revisions and active versions it holds (``mesh.lifecycle.spec_digest``);
 * ``PLACEMENT`` — ``scheduler.placement_digest`` of the targets it computed.
 
 :func:`groups` sorts nodes into agreeing groups; the largest is the reference and every other
