@@ -201,3 +201,38 @@ def test_assign_gives_every_node_the_same_placement_and_moves_only_the_dead_node
     after = assign(standbys[0], swim, writer.doc, standbys=1)
     assert set(after.placements["web"][0]) == {chosen[1], standbys[0]}
     assert "web" in after.targets
+
+
+def test_agreement_digests_follow_what_placement_depends_on_and_ignore_dead_members() -> None:
+    from crdt.schema import DeploymentSpec as Spec
+    from mesh.lifecycle import assign, digests
+    from tests.crdt.crdt_helpers import OPERATOR, PUBLISHER, make_nodes, manifest
+
+    nodes = make_nodes(4)
+    writer = nodes["n000"]
+    writer.publish(manifest("handler", "1.0.0"), PUBLISHER, 1.0)
+    writer.set_deployment(Spec("web", "handler", "^1.0.0", replicas=2), OPERATOR, 2.0)
+    names = sorted(nodes)
+    members = {n: _M(NodeMeta(), MemberState.ALIVE) for n in names}
+    swim = _Swim(members)
+    # every node digests the same evaluation alike (members listed in any order)
+    d = {n: digests(assign(n, swim, writer.doc)) for n in names}
+    assert len(set(d.values())) == 1
+    base = d[names[0]]
+    assert all(len(x) == 12 for x in base)
+    shuffled = _Swim(dict(reversed(list(members.items()))))
+    assert digests(assign(names[1], shuffled, writer.doc)) == base
+    # a dead member is never a candidate and nodes reap it at different times: not in the view digest
+    more = _Swim({**members, "zz-dead": _M(NodeMeta(), MemberState.DEAD)})
+    assert digests(assign(names[0], more, writer.doc))[0] == base[0]
+    # a published coordinate is part of the view (every node reads the same label)
+    coord = _Swim({**members, names[3]: _M(NodeMeta(labels=(("wasmatrix.coord", "1.00,2.00,0.00,0.10"),)), MemberState.ALIVE)})
+    assert digests(assign(names[0], coord, writer.doc))[0] != base[0]
+    # a failed mark in the placement document changes the view; the new deployment revision the specs
+    chosen = assign(names[0], swim, writer.doc).placements["web"][0]
+    failed = {chosen[0]: _entry(chosen[0], ("web", "1.0.0", "failed"))}
+    v, s, p = digests(assign(names[0], swim, writer.doc, failed))
+    assert v != base[0] and s == base[1] and p != base[2]  # the failed node no longer chosen
+    writer.set_deployment(Spec("web", "handler", "^1.0.0", replicas=3), OPERATOR, 3.0)
+    v, s, p = digests(assign(names[0], swim, writer.doc))
+    assert v == base[0] and s != base[1] and p != base[2]
