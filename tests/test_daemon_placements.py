@@ -100,6 +100,10 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
 
     wait_until(lambda: running_rows() == [("a", "1.0.0", "running", zones["a"]), ("b", "1.0.0", "running", zones["b"])],
                30, "a and b claim running replicas")
+    code, out, err = cli("placements", "--data-dir", str(tmp_path / "c"))
+    assert code == 0, err
+    rows = [ln for ln in out.splitlines() if "running" in ln]  # the table: one row per claim, with its zone
+    assert len(rows) == 2 and {zones["a"], zones["b"]} == {z for z in zones.values() for ln in rows if z in ln}
     cands = {c["name"]: c for c in dep["candidates"]}
     assert cands["c"]["rejected"] == "label tier=edge missing" and cands["c"]["score"] is None
     assert cands["c"]["replica"] is None
