@@ -109,6 +109,15 @@ class PackedTable:
         o = n * w
         return bytes(self._buf[o : o + w])
 
+    def unpacked(self, key: str, st: struct.Struct) -> tuple[Any, ...] | None:
+        """``st.unpack(self.get(key))`` without the copy (``st.size`` must be the width), or None."""
+        n = self.slots.get(key)
+        if n is None or n >= len(self.present) or not self.present[n]:
+            if self._odd and key in self._odd:
+                return st.unpack(self._odd[key])
+            return None
+        return st.unpack_from(self._buf, n * self.width)
+
     def __getitem__(self, key: str) -> bytes:
         v = self.get(key)
         if v is None:
@@ -273,37 +282,62 @@ class VivaldiClient:
             or not other.is_valid()
         ):
             return self.coord
-        rtt = self._filtered(node, rtt)
+        # Runs on every acked probe of every node: Serf's arithmetic, term for term (the
+        # same floats in the same order as _apply_force), with the common case inlined.
+        rtt = self._filtered(node, rtt) if self._keep else rtt
         c = self.coord
         vec = c.vec
+        height = c.height
         # Serf's updateVivaldi: a spring between us and the peer, weighted by relative error.
-        rtt = max(rtt, ZERO_THRESHOLD)
-        mag = math.dist(vec, ovec)
-        raw = mag + c.height + other.height
+        if rtt < ZERO_THRESHOLD:
+            rtt = ZERO_THRESHOLD
+        dist_ = math.dist
+        mag = dist_(vec, ovec)
+        oheight = other.height
+        raw = mag + height + oheight
         adjusted = raw + c.adjustment + other.adjustment
         dist = adjusted if adjusted > 0.0 else raw
         wrongness = abs(dist - rtt) / rtt
-        total_error = max(c.error + other.error, ZERO_THRESHOLD)
+        total_error = c.error + other.error
+        if total_error < ZERO_THRESHOLD:
+            total_error = ZERO_THRESHOLD
         weight = c.error / total_error
         error = min(cfg.ce * weight * wrongness + c.error * (1.0 - cfg.ce * weight), cfg.error_max)
         force = cfg.cc * weight * (rtt - dist)
-        vec, height = self._apply_force(vec, c.height, force, ovec, other.height, mag)
+        height_min = cfg.height_min
+        if mag > ZERO_THRESHOLD:
+            f = force / mag
+            vec = tuple([x + (x - y) * f for x, y in zip(vec, ovec)])
+            height = (height + oheight) * force / mag + height
+            if height < height_min:
+                height = height_min
+        else:
+            vec, height = self._apply_force(vec, height, force, ovec, oheight, mag)
         # updateAdjustment: a running mean of the residual over the window.
         adjustment = c.adjustment
         window = cfg.adjustment_window
         if window:
             samples = self._adjustment_samples
-            samples[self._adjustment_index] = rtt - (math.dist(vec, ovec) + height + other.height)
-            self._adjustment_index = (self._adjustment_index + 1) % window
+            i = self._adjustment_index
+            samples[i] = rtt - (dist_(vec, ovec) + height + oheight)
+            self._adjustment_index = (i + 1) % window
             adjustment = sum(samples) / (2.0 * window)
         # updateGravity: a weak pull towards the origin keeps the system from drifting.
-        origin = self._origin
         mag = math.hypot(*vec)
-        raw = mag + origin.height + height
+        oheight = self._origin.height
+        raw = mag + oheight + height
         adjusted = raw + adjustment
         dist = adjusted if adjusted > 0.0 else raw
         force = -1.0 * (dist / cfg.gravity_rho) ** 2
-        vec, height = self._apply_force(vec, height, force, origin.vec, origin.height, mag)
+        if mag > ZERO_THRESHOLD:
+            # the origin's vector is all zeros: x + (x - 0.0) * f is x + x * f, bit for bit
+            f = force / mag
+            vec = tuple([x + x * f for x in vec])
+            height = (height + oheight) * force / mag + height
+            if height < height_min:
+                height = height_min
+        else:
+            vec, height = self._apply_force(vec, height, force, self._origin.vec, oheight, mag)
         coord = Coordinate(vec, error, adjustment, height)
         if not coord.is_valid():
             # Serf resets on NaN/Inf rather than poisoning every peer's estimate.
@@ -319,15 +353,16 @@ class VivaldiClient:
         if keep == 0:
             return rtt
         table = self._latency_filter
-        raw = table.get(node)
-        if raw is None:
-            table[node] = _F64[keep].pack(*([_NAN] * (keep - 1)), rtt)
+        st = _F64[keep]
+        kept = table.unpacked(node, st)
+        if kept is None:
+            table[node] = st.pack(*([_NAN] * (keep - 1)), rtt)
             return rtt
         # rtt is finite (checked by update), so NaN marks only the slots not filled yet.
-        samples = [x for x in _F64[keep].unpack(raw) if x == x]
+        samples = [x for x in kept if x == x]
         samples.append(rtt)
         last = samples[-keep:]
-        table[node] = _F64[keep].pack(*([_NAN] * (keep - len(last))), *last)
+        table[node] = st.pack(*([_NAN] * (keep - len(last))), *last) if len(last) < keep else st.pack(*last)
         samples.sort()
         return samples[len(samples) // 2]
 

@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     from crdt.intent import IntentNode, WriteAck
     from crdt.store import PersistEffect
 
-_MEMBERSHIP_TYPES = frozenset(range(1, 16))
+_MEMBERSHIP_TYPES = frozenset(range(1, 16))  # see mesh.membership.messages
 _GONE = frozenset({"dead", "left"})
 STREAM_EVENTS = frozenset({"connect_failed", "timed_out", "closed", "backpressure", "drained"})
 # What a guard lets through: only the interpreter's own control-flow exceptions. Everything else

@@ -6,7 +6,7 @@ import random
 
 from mesh.coords import Coordinate
 from mesh.membership import NodeMeta
-from mesh.membership.messages import Ack, Alive, Dead, Gossip, IndirectPing, Ping, Suspect
+from mesh.membership.messages import Ack, Alive, Dead, Gossip, IndirectPing, Ping, PushPullState, Suspect
 from mesh.wire import encode, encode_broadcast
 
 
@@ -23,7 +23,7 @@ def base_datagrams() -> list[bytes]:
                 encode_broadcast(Dead(2, "n2", "b")),
             ],
         ),
-        encode("b", Ack(9, coord), [encode_broadcast(Suspect(5, "a", "b"))]),
+        encode("b", Ack(9, PushPullState.pack_coord(coord)), [encode_broadcast(Suspect(5, "a", "b"))]),
         encode("b", IndirectPing(5, "n3", "n3", True), [encode_broadcast(Alive(1, "n3", "n3", NodeMeta()))]),
     ]
 

@@ -72,8 +72,9 @@ def test_probe_ack_updates_vivaldi_and_finishes_probe() -> None:
     a.receive("b", ack.data, t + 0.020)
     assert a.swim.vivaldi.updates == 1
     assert a.swim._probe is not None and a.swim._probe.acked
-    # b's coordinate as received (stored at float32 precision is fine).
-    assert a.swim.coordinate_of("b").to_wire() == pytest.approx(env.msg.coord.to_wire(), rel=1e-6)
+    # b's coordinate as it sent it: packed float32s, kept as received.
+    assert a.swim.coords.get("b") == env.msg.coord
+    assert a.swim.coordinate_of("b").to_wire() == pytest.approx(nodes["b"].swim.vivaldi.coord.to_wire(), rel=1e-6)
     # no suspicion after the interval
     a.tick(t + 1.5)
     assert a.swim.view()["b"] == MemberState.ALIVE

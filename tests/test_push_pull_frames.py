@@ -116,7 +116,7 @@ def test_ack_with_a_coordinate_of_the_wrong_dimensionality_is_not_kept() -> None
     out = a.tick(5.0)  # probes b
     ping = decode(out[0].data).msg
     bad = Coordinate((0.01,) * 4, 0.5, 0.0, 0.00001)  # 4 dimensions; ours have 8
-    a.receive("b", encode("b", Ack(ping.seq, bad)), 5.01)
+    a.receive("b", encode("b", Ack(ping.seq, PushPullState.pack_coord(bad))), 5.01)
     assert "b" not in a.swim.coords
     assert a.estimate_rtt("a", "b") is None
 
@@ -165,3 +165,23 @@ def test_local_states_merge_in_process_into_a_peer_view() -> None:
     fresh.swim.merge_states(states, 0.0)
     assert fresh.swim.counters["bad_states"] == 0
     assert len(fresh.swim.live_peers()) == len(states)
+
+
+def test_ack_coordinate_travels_packed_and_a_non_finite_one_is_ignored_but_the_ack_counts() -> None:
+    import struct
+
+    from mesh.errors import WireError
+
+    a = NodeCore("a", "a", NodeMeta(), LAN, random.Random(4))
+    a.swim.bootstrap([PushPullState.of("b", "b", 0, 0, NodeMeta(), None)], 0.0)
+    ping = decode(a.tick(5.0)[0].data).msg
+    nan = struct.pack("<11f", *([0.001] * 8), float("nan"), 0.0, 0.00001)
+    a.receive("b", encode("b", Ack(ping.seq, nan)), 5.01)
+    assert a.swim._probe is not None and a.swim._probe.acked  # the probe succeeded
+    assert "b" not in a.swim.coords and a.swim.vivaldi.updates == 0
+    for bad in (b"\x00" * 13, b"\x00" * 12, b"\x00" * 144, [0.1] * 11):
+        try:
+            decode(encode("b", Ack(1, bad)))  # type: ignore[arg-type]
+        except WireError:
+            continue
+        raise AssertionError(f"ack coordinate {bad!r:.30} decoded")

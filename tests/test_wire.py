@@ -42,7 +42,7 @@ COORD = Coordinate((0.001,) * 8, 0.4, 0.0001, 0.00002)
 SAMPLES = [
     Ping(7, "n1"),
     IndirectPing(9, "n2", "127.0.0.1:7001", True),
-    Ack(7, COORD),
+    Ack(7, PushPullState.pack_coord(COORD)),
     Ack(8, None),
     Nack(9),
     Suspect(3, "n4", "n5"),

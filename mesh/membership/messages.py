@@ -1,4 +1,4 @@
-"""Membership wire messages (types 1–15).
+"""Membership wire messages (types 1–15; 1–11 in use).
 
 Names are validated with :func:`mesh.wire.v_name` and addresses with
 :func:`mesh.wire.v_addr` in every decoder, so no message can introduce a member
@@ -30,6 +30,7 @@ class _F32Structs(dict[int, struct.Struct]):
 _F32 = _F32Structs()  # n -> packer of n float32s (packed coordinates)
 
 _U32 = 2**32 - 1
+MAX_COORD_BYTES = 140  # a packed coordinate: at most 32 dimensions + error, adjustment, height
 _U64 = 2**63 - 1
 KEY_BYTES = 32
 
@@ -82,19 +83,28 @@ class IndirectPing:
 @message
 @dataclass(slots=True, frozen=True)
 class Ack:
-    """Probe answer; a direct ack carries the responder's Vivaldi coordinate."""
+    """Probe answer; a direct ack carries the responder's Vivaldi coordinate.
+
+    ``coord`` is packed as push-pull entries carry it (float32s: vec..., error,
+    adjustment, height; :meth:`PushPullState.pack_coord`) and stays packed: the
+    prober keeps it as is and checks its values (:func:`coord_ok`) before using
+    it. The decoder bounds its size.
+    """
 
     TYPE = 3
     seq: int
-    coord: Coordinate | None
+    coord: bytes | None
 
     def to_payload(self) -> list[Any]:
-        return [self.seq, self.coord.to_wire() if self.coord is not None else None]
+        return [self.seq, self.coord]
 
     @classmethod
     def from_payload(cls, p: list[Any]) -> "Ack":
         v_fields(p, 2)
-        return cls(v_int(p[0], 0, _U32), Coordinate.from_wire(p[1]) if p[1] is not None else None)
+        c = p[1]
+        if c is not None and (type(c) is not bytes or not 16 <= len(c) <= MAX_COORD_BYTES or len(c) % 4):
+            raise WireError("ack coordinate must be 4 to 35 packed float32s")
+        return cls(v_int(p[0], 0, _U32), c)
 
 
 @message
@@ -257,7 +267,7 @@ class PushPullState:
             raise WireError("push-pull entry has an invalid incarnation or state")
         if type(meta) is not bytes or len(meta) > 2048:
             raise WireError("metadata is not a bounded bin")
-        if coord is not None and (type(coord) is not bytes or len(coord) > 140):
+        if coord is not None and (type(coord) is not bytes or len(coord) > MAX_COORD_BYTES):
             raise WireError("invalid coordinate")
         return cls(node, addr, inc, state, meta, coord, key)
 
@@ -291,6 +301,12 @@ def coord_ok(raw: bytes, dims: int) -> bool:
     vals = _F32[n].unpack(raw)
     # A sum of finite floats is finite (float32 values cannot overflow a float64 sum).
     return math.isfinite(sum(vals)) and -1e6 <= min(vals) and max(vals) <= 1e6
+
+
+def coord_of_packed(raw: bytes) -> Coordinate:
+    """The coordinate of a packed record that :func:`coord_ok` accepted (no further checks)."""
+    v = _F32[len(raw) // 4].unpack(raw)
+    return Coordinate(v[:-3], v[-3], v[-2], v[-1])
 
 
 def decode_coord(raw: bytes, node: str = "") -> Coordinate:
@@ -338,6 +354,81 @@ class PushPull:
         v_fields(p, 5)
         parts = v_int(p[4], 1, _MAX_PARTS)
         return cls(v_bool(p[0]), v_bool(p[1]), v_list(p[2]), v_int(p[3], 0, parts - 1), parts)
+
+
+# Digest push-pull (types 10, 11): members are hashed into DIGEST_BUCKETS buckets by name.
+DIGEST_BUCKETS = 256
+DIGEST_BYTES = 8 * DIGEST_BUCKETS
+# Coordinates are reconciled in finer buckets (about one member each at 1000 members),
+# so that the coordinates sent are close to those the peer lacks.
+COORD_BUCKETS = 1024
+COORD_DIGEST_BYTES = 4 * COORD_BUCKETS
+# (name, coordinate) pairs per PushPullCoords frame: 200 of the longest names and widest
+# coordinates (128 + 2 + 140 + 2 bytes each, 54.4 KB) stay within one stream frame.
+MAX_COORD_PAIRS = 200
+
+
+@message
+@dataclass(slots=True, frozen=True)
+class PushPullDigest:
+    """The opening (``reply`` false) or answer of a digest push-pull, over a stream.
+
+    A periodic push-pull of a big mesh sends, instead of every member, a 64-bit
+    digest per bucket of members over their (name, incarnation, state)
+    (``DIGEST_BUCKETS`` buckets; see ``SwimCore.state_digest``) and a 32-bit one
+    per finer bucket (``COORD_BUCKETS``) over the names whose Vivaldi coordinate
+    the sender holds. The receiver
+    answers with its own digests and then, for every bucket whose state digest
+    differs, its entries as ``PushPull`` frames with ``reply`` set; for every
+    bucket whose coordinate digest alone differs, its coordinates as
+    ``PushPullCoords``. The opener, given the answer, does the same for the
+    buckets that still differ. Both sides end where a full exchange would leave
+    them; two nodes that agree exchange two frames of 6 KiB. A node of an older
+    version counts these types as unknown and answers nothing (that exchange is
+    lost, nothing else).
+    """
+
+    TYPE = 10
+    reply: bool
+    digests: bytes
+    coord_digests: bytes
+
+    def to_payload(self) -> list[Any]:
+        return [self.reply, self.digests, self.coord_digests]
+
+    @classmethod
+    def from_payload(cls, p: list[Any]) -> "PushPullDigest":
+        v_fields(p, 3)
+        if type(p[1]) is not bytes or len(p[1]) != DIGEST_BYTES:
+            raise WireError(f"state digest must be {DIGEST_BYTES} bytes")
+        if type(p[2]) is not bytes or len(p[2]) != COORD_DIGEST_BYTES:
+            raise WireError(f"coordinate digest must be {COORD_DIGEST_BYTES} bytes")
+        return cls(v_bool(p[0]), p[1], p[2])
+
+
+@message
+@dataclass(slots=True, frozen=True)
+class PushPullCoords:
+    """Coordinates of members, for a digest push-pull: ``pairs`` is [name, packed coordinate, ...].
+
+    Kept undecoded like push-pull entries: the receiver checks each pair when it
+    uses it (only for a member it holds and has no coordinate for), and a bad
+    pair is skipped and counted. It never creates a member.
+    """
+
+    TYPE = 11
+    pairs: list[Any]
+
+    def to_payload(self) -> list[Any]:
+        return [self.pairs]
+
+    @classmethod
+    def from_payload(cls, p: list[Any]) -> "PushPullCoords":
+        v_fields(p, 1)
+        pairs = v_list(p[0], 2 * MAX_COORD_PAIRS)
+        if len(pairs) % 2:
+            raise WireError("coordinate pairs must be name, coordinate")
+        return cls(pairs)
 
 
 @message

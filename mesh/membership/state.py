@@ -61,6 +61,8 @@ from __future__ import annotations
 
 import bisect
 import random
+import struct
+import zlib
 from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any, Iterable
@@ -71,6 +73,9 @@ from mesh.membership.awareness import Awareness
 from mesh.membership.broadcast import BroadcastQueue
 from mesh.membership.config import MembershipConfig
 from mesh.membership.messages import (
+    COORD_BUCKETS,
+    DIGEST_BUCKETS,
+    MAX_COORD_PAIRS,
     Ack,
     Alive,
     Dead,
@@ -79,9 +84,12 @@ from mesh.membership.messages import (
     Nack,
     Ping,
     PushPull,
+    PushPullCoords,
+    PushPullDigest,
     PushPullState,
     Suspect,
     coord_ok,
+    coord_of_packed,
     decode_coord,
     meta_wire,
 )
@@ -231,6 +239,24 @@ _INF = float("inf")
 _PP_FRAME_BUDGET = 60_000
 # Token buckets kept for senders of new members; beyond this, senders we have no bucket for share one.
 _MAX_BUCKETS = 1024
+# Above this many members a periodic push-pull opens with a digest (PushPullDigest) instead of
+# the full state: at or below it the full state is about as small as the digest.
+DIGEST_MIN_MEMBERS = 64
+_DIGEST = struct.Struct(f"<{DIGEST_BUCKETS}Q")
+_CDIGEST = struct.Struct(f"<{COORD_BUCKETS}I")
+_U64_MASK = 2**64 - 1
+# name -> CRC-32 of its UTF-8 bytes (its digest bucket is the low bits). Bounded; cleared when full.
+_NAME_CRC: dict[str, int] = {}
+_NAME_CRC_MAX = 65_536
+
+
+def _name_crc(name: str) -> int:
+    h = _NAME_CRC.get(name)
+    if h is None:
+        if len(_NAME_CRC) >= _NAME_CRC_MAX:
+            _NAME_CRC.clear()
+        h = _NAME_CRC[name] = zlib.crc32(name.encode())
+    return h
 
 
 class SwimCore:
@@ -264,6 +290,8 @@ class SwimCore:
         self.incarnation = incarnation
         self.meta = meta
         self.vivaldi = VivaldiClient(rng)
+        self._coord_src: Coordinate | None = None  # the coordinate _coord_raw packs
+        self._coord_raw: bytes | None = None
         # Peers' coordinates as packed float32s (their push-pull encoding): a node holds
         # one per member, so they are kept compact and re-sent without re-encoding.
         # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
@@ -446,7 +474,7 @@ class SwimCore:
             if msg.target != self.name:
                 self.counters["misdirected_pings"] += 1
             else:
-                out.append(self._datagram(src, Ack(msg.seq, self.vivaldi.coord)))
+                out.append(self._datagram(src, Ack(msg.seq, self._coord_wire())))
         elif isinstance(msg, Ack):
             self._on_ack(env.sender, msg, now, out)
         elif isinstance(msg, Nack):
@@ -457,6 +485,10 @@ class SwimCore:
             self._on_indirect_ping(src, msg, now, out)
         elif isinstance(msg, PushPull):
             self._on_push_pull(src, env.sender, msg, now, out)
+        elif isinstance(msg, PushPullDigest):
+            self._on_digest(src, msg, out)
+        elif isinstance(msg, PushPullCoords):
+            self._on_coords(msg)
         elif isinstance(msg, (Alive, Suspect, Dead)):
             self._apply_update(msg, now)
         elif isinstance(msg, Gossip):
@@ -495,7 +527,7 @@ class SwimCore:
                 if peers:
                     target = self.members.peek(peers[self.rng.randrange(len(peers))])
                     self.counters["push_pulls"] += 1
-                    out.extend(self._push_pull_to(target.addr, join=False, reply=False))
+                    out.extend(self._sync_to(target.addr))
             if now >= self._next_reconnect_at:
                 self._next_reconnect_at = now + self.config.reconnect_interval
                 self._reconnect(out)
@@ -634,14 +666,20 @@ class SwimCore:
         # Any successful probe, direct or relayed, is evidence our own link works
         # (memberlist applies -1 whenever probeNode returns on an ack).
         self.awareness.apply_delta(-1)
-        if ack.coord is not None and sender == p.target:
-            rtt = now - p.sent_at
-            coord = ack.coord
+        raw = ack.coord
+        # A coordinate of other dimensions or with non-finite values is ignored (the ack counts).
+        if raw is not None and sender == p.target and coord_ok(raw, self.vivaldi.config.dimensionality):
             # Keyed by p.target, the name object the member table holds, not the decoder's copy.
             target = p.target
-            if len(coord.vec) == self.vivaldi.config.dimensionality and coord.is_valid():
-                self.coords[target] = PushPullState.pack_coord(coord)  # type: ignore[assignment]
-            self.vivaldi.update(target, coord, rtt)
+            self.coords[target] = raw
+            self.vivaldi.update(target, coord_of_packed(raw), now - p.sent_at)
+
+    def _coord_wire(self) -> bytes:
+        """Our coordinate, packed (for acks and our push-pull entry): packed once per change."""
+        c = self.vivaldi.coord
+        if c is not self._coord_src:
+            self._coord_src, self._coord_raw = c, PushPullState.pack_coord(c)
+        return self._coord_raw  # type: ignore[return-value]
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
         if len(self._relays) >= _MAX_RELAYS:
@@ -694,7 +732,7 @@ class SwimCore:
             return
         target = self.members.peek(failed[self.rng.randrange(len(failed))])
         self.counters["reconnects"] += 1
-        out.extend(self._push_pull_to(target.addr, join=False, reply=False))
+        out.extend(self._sync_to(target.addr))
 
     def _reconnect_soon(self, now: float) -> None:
         """Evidence that members we hold dead are alive: reconnect within about a probe interval.
@@ -1001,14 +1039,19 @@ class SwimCore:
         # over in-process must carry the plain int that every decoder checks for.
         return tuple(PushPullState(*row[:3], int(row[3]), *row[4:]) for row in self._state_rows())
 
-    def _state_rows(self) -> list[list[Any]]:
+    def _state_rows(self, names: list[str] | None = None) -> list[list[Any]]:
+        """Push-pull entries of every member, or of ``names`` (members we hold)."""
         coords = self.coords
-        buf = coords.snapshot()
+        items: Any = self.members.items() if names is None else [(n, self.members.peek(n)) for n in names]
+        if names is not None and len(names) < 64:
+            buf = None  # a few entries: no copy of every packed coordinate
+        else:
+            buf = coords.snapshot()
         if buf is None:
             get = coords.get
             rows = [
                 [name, m.addr, m.incarnation, m.state, m.meta_wire or self._meta_wire(m), get(name), m.key]
-                for name, m in self.members.items()
+                for name, m in items
             ]
         else:
             # coords.get inlined over one copy of the packed records: this runs for every member
@@ -1024,12 +1067,12 @@ class SwimCore:
                     None if (i := slot(name)) is None or i >= size or not present[i] else buf[i * w : i * w + w],
                     m.key,
                 ]
-                for name, m in self.members.items()
+                for name, m in items
             ]
         # Our own row carries our own coordinate (we keep none for ourselves in ``coords``).
         for row in rows:
             if row[0] == self.name:
-                row[5] = PushPullState.pack_coord(self.vivaldi.coord)
+                row[5] = self._coord_wire()
                 break
         return rows
 
@@ -1040,7 +1083,10 @@ class SwimCore:
 
     def _push_pull_to(self, addr: str, join: bool, reply: bool) -> list[Outgoing]:
         """Our full state for ``addr``: one stream frame per chunk, each within MAX_FRAME."""
-        rows = self._state_rows()
+        return self._frames(addr, join, reply, self._state_rows())
+
+    def _frames(self, addr: str, join: bool, reply: bool, rows: list[list[Any]]) -> list[Outgoing]:
+        """Push-pull entries as stream frames for ``addr``, each within MAX_FRAME."""
         while True:
             per = max(1, int(_PP_FRAME_BUDGET / self._pp_row_bytes))
             chunks = [rows[i : i + per] for i in range(0, len(rows), per)]
@@ -1050,6 +1096,99 @@ class SwimCore:
                 return [Outgoing(addr, f, True) for f in frames]
             # Entries larger than estimated (long names, rich metadata): re-split.
             self._pp_row_bytes = max(self._pp_row_bytes * 1.25, len(big) / per)
+
+    def state_digest(self) -> tuple[list[int], list[int]]:
+        """Digests of our members: state per DIGEST_BUCKETS bucket, coordinates per COORD_BUCKETS bucket.
+
+        A member falls in bucket ``crc32(name) % DIGEST_BUCKETS``. A bucket's state
+        digest is the XOR over its members of ``hash((crc32(name), incarnation,
+        state))`` (Python's hash of a tuple of ints: the same on every 64-bit
+        CPython >= 3.8; another hash only makes every bucket differ, which costs a
+        full exchange, never a wrong one). Addresses, metadata and keys change only
+        with the incarnation, so two nodes whose state digests agree on a bucket
+        hold the same members there. The coordinate digest of bucket
+        ``crc32(name) % COORD_BUCKETS`` is the XOR of ``crc32(name)`` over its members
+        whose coordinate we hold (we hold our own).
+        """
+        d = [0] * DIGEST_BUCKETS
+        c = [0] * COORD_BUCKETS
+        mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
+        crc = _NAME_CRC.get
+        coords = self.coords
+        slot, present = coords.slots.get, coords.present  # `name in coords`, inlined
+        size = len(present)
+        for name, m in self.members.items():
+            h = crc(name)
+            if h is None:
+                h = _name_crc(name)
+            # (an IntEnum state hashes as its int)
+            d[h & mask] ^= hash((h, m.incarnation, m.state))
+            i = slot(name)
+            if i is not None and i < size and present[i]:
+                c[h & cmask] ^= h
+        h = _name_crc(self.name)  # our own coordinate (never kept in self.coords)
+        c[h & cmask] ^= h
+        return [x & _U64_MASK for x in d], c
+
+    def _sync_to(self, addr: str) -> list[Outgoing]:
+        """Open a periodic push-pull (or reconnect) with ``addr``: digests in a big mesh, else the full state."""
+        if len(self.members) > DIGEST_MIN_MEMBERS:
+            d, c = self.state_digest()
+            return [Outgoing(addr, encode(self.name, PushPullDigest(False, _DIGEST.pack(*d), _CDIGEST.pack(*c))), True)]
+        return self._push_pull_to(addr, join=False, reply=False)
+
+    def _on_digest(self, src: str, msg: PushPullDigest, out: list[Outgoing]) -> None:
+        """A peer's digests: answer an opening with ours, then send what differs (see PushPullDigest)."""
+        d, c = self.state_digest()
+        if not msg.reply:
+            out.append(Outgoing(src, encode(self.name, PushPullDigest(True, _DIGEST.pack(*d), _CDIGEST.pack(*c))), True))
+        theirs, their_c = _DIGEST.unpack(msg.digests), _CDIGEST.unpack(msg.coord_digests)
+        rows_in = {b for b in range(DIGEST_BUCKETS) if d[b] != theirs[b]}
+        coords_in = {b for b in range(COORD_BUCKETS) if c[b] != their_c[b]}
+        if not rows_in and not coords_in:
+            return
+        mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
+        crc = _NAME_CRC.get
+        entries: list[str] = []
+        pairs: list[Any] = []
+        coords = self.coords
+        me = self.name
+        for n in self.members:
+            h = crc(n)
+            if h is None:
+                h = _name_crc(n)
+            if h & mask in rows_in:
+                entries.append(n)  # an entry carries the coordinate too
+            elif h & cmask in coords_in:
+                raw = self._coord_wire() if n == me else coords.get(n)
+                if raw is not None:
+                    pairs += (n, raw)
+        if entries:
+            out.extend(self._frames(src, False, True, self._state_rows(entries)))
+        step = 2 * MAX_COORD_PAIRS
+        for i in range(0, len(pairs), step):
+            out.append(Outgoing(src, encode(me, PushPullCoords(pairs[i : i + step])), True))
+
+    def _on_coords(self, msg: PushPullCoords) -> None:
+        """Coordinates from a digest push-pull: kept for members we hold and have none for."""
+        pairs = msg.pairs
+        dims = self.vivaldi.config.dimensionality
+        peek, coords, me = self.members.peek, self.coords, self.name
+        slot, present = coords.slots.get, coords.present  # `name in coords`, inlined
+        for i in range(0, len(pairs), 2):
+            name, raw = pairs[i], pairs[i + 1]
+            if type(name) is not str or type(raw) is not bytes:
+                self.counters["bad_states"] += 1
+                continue
+            if (j := slot(name)) is not None and j < len(present) and present[j]:
+                continue  # we hold one: ours is as good (a push-pull only ever fills a gap)
+            m = peek(name)
+            if m is None or name == me:
+                continue
+            if not coord_ok(raw, dims):
+                self.counters["bad_states"] += 1
+                continue
+            coords[m.name] = raw  # keyed by the name object the table holds
 
     def _on_push_pull(self, src: str, sender: str, msg: PushPull, now: float, out: list[Outgoing]) -> None:
         if not msg.reply and msg.part == 0:

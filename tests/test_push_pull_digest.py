@@ -1,0 +1,164 @@
+"""Digest push-pull: a big mesh's periodic exchange sends bucket digests, then only what differs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mesh.coords import Coordinate
+from mesh.errors import WireError
+from mesh.membership import MemberState, NodeMeta, profile
+from mesh.membership.messages import (
+    COORD_DIGEST_BYTES,
+    DIGEST_BYTES,
+    MAX_COORD_PAIRS,
+    PushPull,
+    PushPullCoords,
+    PushPullDigest,
+    PushPullState,
+)
+from mesh.membership.state import DIGEST_MIN_MEMBERS, SwimCore
+from mesh.wire import MAX_FRAME, Outgoing, decode, encode
+
+LAN = profile("lan")
+N = 200  # members besides the two exchanging nodes: above DIGEST_MIN_MEMBERS
+NAMES = [f"m{i:04d}" for i in range(N)]
+
+
+def _coord(i: int) -> bytes:
+    c = Coordinate(tuple(0.001 * ((i + k) % 7) for k in range(8)), 0.4, 0.0, 0.00002)
+    return PushPullState.pack_coord(c)  # type: ignore[return-value]
+
+
+def _core(name: str, seed: int) -> SwimCore:
+    x = SwimCore(name, name, NodeMeta(), LAN, random.Random(seed))
+    peers = ["a", "b"]
+    states = [PushPullState.of(n, n, 0, 0, NodeMeta(), None) for n in [*NAMES, *peers] if n != name]
+    x.bootstrap(states, 0.0)
+    return x
+
+
+def _pair() -> tuple[SwimCore, SwimCore]:
+    a, b = _core("a", 1), _core("b", 2)
+    # Both know every coordinate, each other's included: agreement.
+    for x in (a, b):
+        for i, n in enumerate(NAMES):
+            x.coords[n] = _coord(i)
+    a.coords["b"] = PushPullState.pack_coord(b.vivaldi.coord)
+    b.coords["a"] = PushPullState.pack_coord(a.vivaldi.coord)
+    return a, b
+
+
+def _open(a: SwimCore, b: SwimCore) -> list[Outgoing]:
+    out = a._sync_to(b.addr)
+    assert len(out) == 1 and out[0].reliable
+    assert isinstance(decode(out[0].data, MAX_FRAME).msg, PushPullDigest)
+    return out
+
+
+def _deliver(dst: SwimCore, src: SwimCore, outs: list[Outgoing], now: float = 1.0) -> list[Outgoing]:
+    back: list[Outgoing] = []
+    for o in outs:
+        assert o.dst == dst.addr and len(o.data) <= MAX_FRAME
+        back += dst.handle(src.addr, decode(o.data, MAX_FRAME), now)
+    return back
+
+
+def _kinds(outs: list[Outgoing]) -> list[str]:
+    return [type(decode(o.data, MAX_FRAME).msg).__name__ for o in outs]
+
+
+def _rows(outs: list[Outgoing]) -> int:
+    return sum(len(m.rows) for o in outs if isinstance(m := decode(o.data, MAX_FRAME).msg, PushPull))
+
+
+def test_nodes_that_agree_exchange_two_digests_and_nothing_else() -> None:
+    a, b = _pair()
+    answer = _deliver(b, a, _open(a, b))
+    assert _kinds(answer) == ["PushPullDigest"]
+    assert _deliver(a, b, answer) == []
+
+
+def test_a_newer_member_flows_both_ways_in_its_bucket_only() -> None:
+    a, b = _pair()
+    # b heard of m0007's refutation (incarnation 1); a holds m0100 dead, b alive.
+    b.members["m0007"].incarnation = 1
+    a.members["m0100"].state = MemberState.DEAD
+    answer = _deliver(b, a, _open(a, b))
+    assert _kinds(answer)[0] == "PushPullDigest"
+    # Two buckets differ: b sends its entries of those buckets, not its 202 members.
+    assert 2 <= _rows(answer) <= 12
+    last = _deliver(a, b, answer)
+    assert 2 <= _rows(last) <= 12
+    _deliver(b, a, last)
+    assert a.members.peek("m0007").incarnation == 1
+    # a's dead verdict reached b as a (merge-derived) suspicion, as with a full push-pull.
+    assert b.members.peek("m0100").state == MemberState.SUSPECT
+    assert b.counters["merge_suspicions"] == 1
+
+
+def test_a_coordinate_one_side_lacks_is_sent_alone() -> None:
+    a, b = _pair()
+    b.coords.pop("m0042")
+    a.coords.pop("m0150")
+    answer = _deliver(b, a, _open(a, b))
+    assert "PushPullCoords" in _kinds(answer) and _rows(answer) == 0
+    last = _deliver(a, b, answer)
+    assert _kinds(last) == ["PushPullCoords"]
+    _deliver(b, a, last)
+    assert a.coords.get("m0150") == _coord(150)
+    assert b.coords.get("m0042") == _coord(42)
+
+
+def test_coordinate_pairs_never_create_members_and_bad_pairs_are_counted() -> None:
+    a, _ = _pair()
+    a.coords.pop("m0001")
+    msg = PushPullCoords(["stranger", _coord(1), "m0001", b"\x00" * 7, 5, _coord(2)])
+    a.handle("b", decode(encode("b", msg), MAX_FRAME), 1.0)
+    assert a.members.peek("stranger") is None and "stranger" not in a.coords
+    assert "m0001" not in a.coords
+    assert a.counters["bad_states"] == 2
+
+
+def test_small_meshes_keep_the_full_exchange() -> None:
+    x = SwimCore("a", "a", NodeMeta(), LAN, random.Random(1))
+    x.bootstrap([PushPullState.of(f"s{i}", f"s{i}", 0, 0, NodeMeta(), None) for i in range(DIGEST_MIN_MEMBERS - 1)], 0.0)
+    out = x._sync_to("s1")
+    assert {type(decode(o.data, MAX_FRAME).msg) for o in out} == {PushPull}
+
+
+def test_digest_decoder_is_strict() -> None:
+    good = PushPullDigest(False, bytes(DIGEST_BYTES), bytes(COORD_DIGEST_BYTES))
+    assert decode(encode("a", good), MAX_FRAME).msg == good
+    for bad in (
+        PushPullDigest(False, bytes(DIGEST_BYTES - 8), bytes(COORD_DIGEST_BYTES)),
+        PushPullDigest(False, bytes(DIGEST_BYTES), bytes(COORD_DIGEST_BYTES + 4)),
+        PushPullDigest(1, bytes(DIGEST_BYTES), bytes(COORD_DIGEST_BYTES)),  # type: ignore[arg-type]
+        PushPullCoords(["a"]),  # odd: a name without its coordinate
+        PushPullCoords(["a", b""] * (MAX_COORD_PAIRS + 1)),
+    ):
+        with pytest.raises(WireError):
+            decode(encode("a", bad), MAX_FRAME)
+
+
+def test_largest_coordinate_frame_fits_a_stream_frame() -> None:
+    name = "n" * 128
+    msg = PushPullCoords([name, b"\x00" * 140] * MAX_COORD_PAIRS)
+    assert len(encode(name, msg)) <= MAX_FRAME
+
+
+def test_a_node_that_does_not_know_the_digest_types_counts_them_and_answers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An older version (no types 10 and 11): the exchange is lost, the node keeps running.
+    import mesh.wire as wire
+    from mesh.node import NodeCore
+
+    a, b = _pair()
+    frames = [*_open(a, b), Outgoing("b", encode("a", PushPullCoords(["m0001", _coord(1)])), True)]
+    monkeypatch.delitem(wire._REGISTRY, PushPullDigest.TYPE)
+    monkeypatch.delitem(wire._REGISTRY, PushPullCoords.TYPE)
+    old = NodeCore("b", "b", NodeMeta(), LAN, random.Random(2))
+    for f in frames:
+        assert old.receive("a", f.data, 1.0, stream=("a", 1)) == []
+    assert old.swim.counters["unknown_messages"] == 2
+    assert old.counters["wire_errors"] == 0
