@@ -226,3 +226,38 @@ def test_standby_of_each_replica_is_the_node_that_replaces_it_in_its_own_fault_d
     gone = by_region["us"]
     rest = View(tuple(n for n in view.nodes if n.node_id != gone))
     assert set(place(spec, rest, frozenset(chosen) - {gone}).nodes) == {by_region["eu"], us_spare}
+
+
+def test_agreement_digests_follow_what_placement_depends_on_and_ignore_dead_members() -> None:
+    from crdt.schema import DeploymentSpec as Spec
+    from mesh.lifecycle import assign, digests
+    from tests.crdt.crdt_helpers import OPERATOR, PUBLISHER, make_nodes, manifest
+
+    nodes = make_nodes(4)
+    writer = nodes["n000"]
+    writer.publish(manifest("handler", "1.0.0"), PUBLISHER, 1.0)
+    writer.set_deployment(Spec("web", "handler", "^1.0.0", replicas=2), OPERATOR, 2.0)
+    names = sorted(nodes)
+    members = {n: _M(NodeMeta(), MemberState.ALIVE) for n in names}
+    swim = _Swim(members)
+    # every node digests the same evaluation alike (members listed in any order)
+    d = {n: digests(assign(n, swim, writer.doc)) for n in names}
+    assert len(set(d.values())) == 1
+    base = d[names[0]]
+    assert all(len(x) == 12 for x in base)
+    shuffled = _Swim(dict(reversed(list(members.items()))))
+    assert digests(assign(names[1], shuffled, writer.doc)) == base
+    # a dead member is never a candidate and nodes reap it at different times: not in the view digest
+    more = _Swim({**members, "zz-dead": _M(NodeMeta(), MemberState.DEAD)})
+    assert digests(assign(names[0], more, writer.doc))[0] == base[0]
+    # a published coordinate is part of the view (every node reads the same label)
+    coord = _Swim({**members, names[3]: _M(NodeMeta(labels=(("wasmatrix.coord", "1.00,2.00,0.00,0.10"),)), MemberState.ALIVE)})
+    assert digests(assign(names[0], coord, writer.doc))[0] != base[0]
+    # a failed mark in the placement document changes the view; the new deployment revision the specs
+    chosen = assign(names[0], swim, writer.doc).placements["web"][0]
+    failed = {chosen[0]: _entry(chosen[0], ("web", "1.0.0", "failed"))}
+    v, s, p = digests(assign(names[0], swim, writer.doc, failed))
+    assert v != base[0] and s == base[1] and p != base[2]  # the failed node no longer chosen
+    writer.set_deployment(Spec("web", "handler", "^1.0.0", replicas=3), OPERATOR, 3.0)
+    v, s, p = digests(assign(names[0], swim, writer.doc))
+    assert v == base[0] and s != base[1] and p != base[2]
