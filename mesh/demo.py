@@ -575,7 +575,7 @@ class Demo:
             return False
 
         self._wait(f"a replacement for {killed.name}'s replica runs", FAILOVER_TIMEOUT, replaced)
-        self.summary["workload"]["failover"] = {"from": killed.name, "to": found["node"]}
+        self.summary["workload"]["failover"] = {"from": killed.name, "to": found["node"], "start_ms": found["took_ms"]}
         self.summary["figures"]["failover_ms"] = found["ms"]
         self.say(f"[bold green]failover[/]: {found['node']} runs the replica {killed.name} had, "
                  f"{found['ms']:.1f} ms after the first survivor declared {killed.name} dead "
