@@ -178,23 +178,25 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
                     and ds[target].workloads.hosts("web") and len(running_claims(x, "web")) == 2, 15,
                     "the trapped replica restarted and claims running again")
 
-        # Through the control API and the CLI, as an operator runs it.
+        # Through the control API and the CLI, as an operator runs it. The token is hex: one that
+        # began with '-' (1 in 64 urlsafe tokens) read as an option in `--token TOKEN`.
+        assert len(x.token) == 64 and set(x.token) <= set("0123456789abcdef")
         r = await trio.to_thread.run_sync(lambda: run_cli("invoke", "web", "--data", "cli", "--api", x.api_addr,
-                                                          f"--token={x.token}"))
+                                                          "--token", x.token))
         assert r.returncode == 0, r.stderr
         assert r.stdout.endswith(":CLI")
         (tmp_path / "in.txt").write_bytes(b"from a file")
         r = await _cli("invoke", "web", "--data", f"@{tmp_path}/in.txt", "--json", "--traceparent", TP,
-                       "--api", x.api_addr, f"--token={x.token}")
+                       "--api", x.api_addr, "--token", x.token)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["mode"] == "forwarded" and out["traceparent"] == TP and out["output"].endswith(":FROM A FILE")
         assert out["node_name"] in hosts and out["latency_ms"] > 0 and out["attempts"][-1]["code"] == "ok"
-        r = await _cli("invoke", "nothing", "--api", x.api_addr, f"--token={x.token}")
+        r = await _cli("invoke", "nothing", "--api", x.api_addr, "--token", x.token)
         assert r.returncode == 1 and "no replica of nothing" in r.stderr
-        r = await _cli("invoke", "web", "--traceparent", "00-bad", "--api", x.api_addr, f"--token={x.token}")
+        r = await _cli("invoke", "web", "--traceparent", "00-bad", "--api", x.api_addr, "--token", x.token)
         assert r.returncode == 2 and "traceparent" in r.stderr
-        r = await _cli("invoke", "web", "--data", f"@{tmp_path}/missing", "--api", x.api_addr, f"--token={x.token}")
+        r = await _cli("invoke", "web", "--data", f"@{tmp_path}/missing", "--api", x.api_addr, "--token", x.token)
         assert r.returncode == 2 and "no such file" in r.stderr
 
         # Hostile or wrong API bodies: one clear error each, nothing runs.

@@ -245,7 +245,8 @@ class Daemon:
         self._stopping = False
         self._leaving = False
         self.api_addr = ""
-        self.token = secrets.token_urlsafe(32)
+        # Hex, not token_urlsafe: a token starting with '-' reads as an option in `--token TOKEN`.
+        self.token = secrets.token_hex(32)
         self.stream_timeout = cfg.membership_config().stream_timeout
         self.fatal: str | None = None
         self._audit_synced = -1
