@@ -127,7 +127,8 @@ def _placement_lines(p: dict[str, Any]) -> list[str]:
     c = p["convergence_seconds"]
     lines = [
         f"  placement: all live nodes agree: {'yes' if p['agreed'] else 'NO'}; "
-        f"{p['replicas_started']} replicas started, {p['replicas_stopped']} stopped, {p['evaluations']} evaluations",
+        f"{p['replicas_started']} replicas started, {p['replicas_stopped']} stopped, "
+        f"{p.get('restarts', 0)} restarts, {p.get('failed_marks', 0)} failed marks, {p['evaluations']} evaluations",
         f"    convergence after a membership change: p50 {_secs(c['p50'])}, max {_secs(c['max'])}, never {c['never']}",
     ]
     for name, d in p["deployments"].items():
