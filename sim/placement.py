@@ -14,12 +14,13 @@ placement"). Every simulated node runs the daemon's cores, driven by simulated t
   ``started``, or ``start_failed`` when a ``crash_replica`` fault made the next starts fail), a
   ``stop`` completes ``stop_delay`` later (``stopped``), ``next_deadline``/``tick`` run as timers
   (restarts with backoff, expiry of failed marks). A ``crash_replica`` fault reports ``crashed``;
-* **claims** — with ``incumbents = "gossip"`` (default) a node announces its supervisor's
-  ``claims()`` in its metadata (the simulator's stand-in for the replicated placement document):
-  label ``wasmatrix.run`` lists the deployments it claims ``starting``/``running`` (the daemon's
-  incumbent states, ``mesh.lifecycle.HOLDING``), label ``wasmatrix.failed`` the ones marked
-  failed. Every node passes the announced holders as incumbents (hysteresis) and reads the failed
-  marks into ``NodeInfo.failed``, which ``place`` treats as a hard filter: the replica moves.
+* **claims** — a node announces its supervisor's ``claims()`` in its metadata (the simulator's
+  stand-in for the replicated placement document): label ``wasmatrix.run`` lists the deployments
+  it claims ``starting``/``running`` (the daemon's incumbent states, ``mesh.lifecycle.HOLDING``;
+  only with ``incumbents = "gossip"``, the default), label ``wasmatrix.failed`` the ones marked
+  failed (always). Every node passes the announced holders as incumbents (hysteresis) and reads
+  the failed marks into ``NodeInfo.failed``, which ``place`` treats as a hard filter: the
+  replica moves.
 
 Measurements (in the report under ``placement``): after each membership change (``crash``,
 ``restart``, ``leave``, ``join``, ``partition``, ``heal`` and the initial start), the time until
@@ -327,11 +328,11 @@ class PlacementHarness:
         self._check()
 
     def _announce(self, node: SimNode, st: NodePlacement) -> None:
-        """Put the supervisor's claims in the node's metadata when they changed (holding, failed)."""
-        if self.cfg.incumbents != "gossip":
-            return
+        """Put the supervisor's claims in the node's metadata when they changed: the deployments it
+        holds (only with ``incumbents = "gossip"``) and its failed marks (always: placement needs them)."""
         claims = st.sup.claims()
-        now = (tuple(d for d, _, s, _ in claims if s in HOLDING), tuple(d for d, _, s, _ in claims if s == "failed"))
+        gossip = self.cfg.incumbents == "gossip"
+        now = (tuple(d for d, _, s, _ in claims if gossip and s in HOLDING), tuple(d for d, _, s, _ in claims if s == "failed"))
         if now == st.announced:
             return
         old, st.announced = st.announced, now
