@@ -135,5 +135,6 @@ def _placement_lines(p: dict[str, Any]) -> list[str]:
         lines.append(f"    {name}: {len(d['running'])}/{d['replicas']} running ({d['eligible_live']} eligible) on {', '.join(d['running'][:8])}")
     for ch in p["changes"][:12]:
         lines.append(f"    {ch['at']:8.2f}s {ch['action']:<9} {','.join(ch['nodes'][:3]):<16} converged {'never' if ch['converged_after'] is None else '+' + _secs(ch['converged_after'])}"
-                     f"  started {ch['replicas_started']}, stopped {ch['replicas_stopped']}")
+                     f"  started {ch['replicas_started']}, stopped {ch['replicas_stopped']}"
+                     + (f", {ch['restarts']} restarts, {ch['failed_marks']} failed marks" if ch.get("restarts") or ch.get("failed_marks") else ""))
     return lines
