@@ -52,7 +52,7 @@ _KNOWN_PREFIXES = (STORE_FILE + ".corrupt-", STORE_FILE + "-wal.corrupt-", STORE
                    AUDIT_FILE + ".torn.", ".")
 
 API_INFO_VERSION = 1
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,256}$")  # secrets.token_urlsafe alphabet
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,256}$")  # hex today (secrets.token_hex); urlsafe tokens of older nodes still read
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)$")
 
 

@@ -1,4 +1,4 @@
-"""`wasmatrix demo`: a real mesh of local daemons on loopback, a crash, a graceful leave.
+"""`wasmatrix demo`: a real mesh of local daemons on loopback running a workload through a crash.
 
 The demo creates a fresh mesh file (:func:`mesh.meshfile.init_mesh`) in a temp dir, starts N
 ``wasmatrix node run`` processes (``sys.executable -m mesh.cli``) bound to ``127.0.0.1:0``: the
@@ -7,6 +7,17 @@ Once every node sees all N alive it SIGKILLs one node and polls every survivor's
 showing which node saw it ``suspect``, then ``dead``, and when; then it SIGTERMs another (a
 graceful leave, shown as ``left``). It prints the seed's view of the mesh and the measured figures
 (join time; detection time by every survivor: min/median/max).
+
+Between the join and the leave it runs a workload the way a user would, with the same CLI
+commands (run in-process, shown as ``$ wasmatrix ...``): keys are made and trusted before the
+daemons start; ``greeter`` 1.0.0 (the bundled ``hello`` WASI command) is published and deployed as
+``web`` with 2 replicas, a proximity preference for the seed and spread over regions; the demo
+waits until two nodes claim running replicas in the placement document, invokes ``web`` from every
+node (local on a host, forwarded over a Noise stream elsewhere), SIGKILLs the *other* host, and
+measures from the daemons' own lifecycle events the time from the first death declaration to the
+replacement running; then invokes again from every survivor. It publishes 1.1.0 (the bundled
+``handler``, direct ABI), rolls the deployment forward, rolls it back and reports each host's
+warm switch time.
 
 Every process is started by this module and stopped by the PID it started (SIGTERM, then SIGKILL
 after a bounded wait), also on Ctrl-C, SIGTERM or any error; the temp dir is removed unless
@@ -18,6 +29,9 @@ at most one poll sweep (a few ms per node on loopback).
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -37,6 +51,7 @@ from mesh.daemon.config import DEFAULT_PROFILE
 from mesh.datadir import API_FILE, DataDirError, read_api_info
 from mesh.errors import MeshError
 from mesh.membership.config import PROFILES, MembershipConfig
+from runtime.bundled import example_path
 
 MIN_NODES = 3
 MAX_NODES = 20
@@ -46,6 +61,13 @@ START_TIMEOUT = 30.0  # a daemon process writes api.json (Python start-up on a l
 JOIN_TIMEOUT = 30.0  # every node sees every other alive
 LEAVE_TIMEOUT = 10.0  # a SIGTERMed node exits and every remaining node shows it left
 STOP_GRACE = 5.0  # SIGTERM at cleanup, then SIGKILL
+PLACE_TIMEOUT = 30.0  # a deployment's replicas fetched, compiled and running (a compile on a loaded machine)
+FAILOVER_TIMEOUT = 20.0  # after every survivor declared the host dead, its replacement runs
+INVOKES_PER_NODE = 5
+DEPLOYMENT = "web"
+MODULE = "greeter"
+# Zones ("region/site/unit") and a kind label per node, cycled: two regions so spread can separate.
+ZONES = ("eu/berlin/bus-1", "us/austin/truck-7", "eu/paris/depot-1", "us/austin/truck-9", "eu/berlin/bus-2")
 
 
 class DemoError(Exception):
@@ -153,9 +175,11 @@ class Demo:
         assert self.root is not None
         data_dir = self.root / name
         log_path = self.root / f"{name}.log"
+        zone = self.zone_of(name)
         args = [sys.executable, "-m", "mesh.cli", "node", "run", "--data-dir", str(data_dir),
                 "--bind", "127.0.0.1:0", "--mesh-secret", str(self.root / "mesh.json"),
-                "--name", name, "--profile", self.profile]
+                "--name", name, "--profile", self.profile, "--zone", zone,
+                "--label", f"kind={zone.split('/')[-1].split('-')[0]}"]
         if seed:
             args += ["--seed", seed]
         with open(log_path, "wb") as log:
@@ -165,6 +189,34 @@ class Demo:
         node = DemoNode(name, data_dir, log_path, popen, time.monotonic())
         self.started.append(node)
         return node
+
+    def zone_of(self, name: str) -> str:
+        i = int(name[1:]) - 1
+        z = ZONES[i % len(ZONES)]
+        return z if i < len(ZONES) else f"{z}-{i // len(ZONES)}"
+
+    def cli(self, *args: str) -> Any:
+        """Run ``wasmatrix ARGS --json`` in this process (as a user would in a shell); its JSON answer."""
+        from mesh.cli import main as cli_main
+
+        self.say("[dim]$ wasmatrix " + " ".join(a if " " not in a else repr(a) for a in args) + "[/]")
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli_main([*args, "--json"])
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 2
+        if code != 0:
+            raise DemoError(f"wasmatrix {' '.join(args)} exited with {code}: {(err.getvalue() or out.getvalue()).strip()[-400:]}")
+        text = out.getvalue().strip()
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+        try:
+            return json.loads(text.splitlines()[-1])
+        except (ValueError, IndexError):
+            raise DemoError(f"wasmatrix {' '.join(args)} printed no JSON: {out.getvalue()[-200:]!r}") from None
 
     def _try_ready(self, node: DemoNode) -> bool:
         """True once the node's api.json exists and its status answers (reads id and addr)."""
@@ -222,15 +274,15 @@ class Demo:
         t_start = time.monotonic()
         self.root = Path(tempfile.mkdtemp(prefix="wasmatrix-demo-"))
         names = [f"n{i}" for i in range(1, self.nodes + 1)]
-        seed_name, killed_name, leaver_name = names[0], names[self.nodes // 2], names[-1]
+        seed_name = names[0]
         self.summary = {
             "ok": False, "error": None, "nodes": self.nodes, "profile": self.profile,
-            "seed": seed_name, "killed": killed_name, "left": leaver_name,
+            "seed": seed_name, "killed": None, "left": None,
             "detect_bound_s": detection_bound(cfg, self.nodes), "members": [], "detection": {}, "leave": {},
-            "figures": {}, "pids": [], "data_dir": str(self.root) if self.keep else None,
+            "workload": {}, "figures": {}, "pids": [], "data_dir": str(self.root) if self.keep else None,
         }
         try:
-            self._run(names, seed_name, killed_name, leaver_name, cfg)
+            self._run(names, seed_name, cfg)
             self.summary["ok"] = True
         except DemoError as exc:
             self.summary["error"] = str(exc)
@@ -245,13 +297,26 @@ class Demo:
                     shutil.rmtree(self.root, ignore_errors=True)
         return self.summary
 
-    def _run(self, names: list[str], seed_name: str, killed_name: str, leaver_name: str, cfg: MembershipConfig) -> None:
+    def _keys(self, names: list[str]) -> None:
+        """A publisher and an operator key, trusted by every data dir before its daemon starts."""
+        assert self.root is not None
+        first = self.root / names[0]
+        for role in ("publisher", "operator"):
+            key = self.cli("keygen", "--role", role, "--out", str(self.root / f"{role}.key"), "--data-dir", str(first))
+            self.say(f"  {role} key {key['key_id']} in {self.root / (role + '.key')}")
+        for name in names[1:]:
+            (self.root / name).mkdir(mode=0o700)
+            shutil.copy(first / "trust.json", self.root / name / "trust.json")
+        first.chmod(0o700)
+
+    def _run(self, names: list[str], seed_name: str, cfg: MembershipConfig) -> None:
         from mesh.meshfile import init_mesh
 
         assert self.root is not None
         mesh, _ = init_mesh(self.root / "mesh.json", now_wall=time.time())
         self.say(f"mesh [bold]{mesh.mesh_id}[/]: a fresh secret in {self.root}/mesh.json; "
                  f"{self.nodes} daemons on 127.0.0.1, profile {self.profile}")
+        self._keys(names)
 
         # 1. The seed, then everyone else through it.
         seed = self._spawn(seed_name, None)
@@ -295,7 +360,30 @@ class Demo:
         self.say(f"[bold green]mesh formed[/]: {self.nodes} nodes in {join_s:.2f} s from spawning the joiners "
                  f"(their APIs were up after {startup_s:.2f} s)")
 
-        # 2. SIGKILL one node: which survivor sees it suspect, then dead, and when.
+        # 2. A workload: publish, deploy 2 replicas near the seed spread over regions, invoke from everywhere.
+        seed_dir = str(seed.data_dir)
+        self.cli("module", "publish", str(example_path("hello")), "--name", MODULE, "--version", "1.0.0",
+                 "--key", str(self.root / "publisher.key"), "--data-dir", seed_dir)
+        t_deploy = time.monotonic()
+        dep = self.cli("deploy", DEPLOYMENT, "--module", MODULE, "--version", "^1.0.0", "--replicas", "2",
+                       "--near-node", seed_name, "--spread", "region", "--key", str(self.root / "operator.key"),
+                       "--data-dir", seed_dir)
+        self.say(f"deployed [bold]{DEPLOYMENT}[/] = {MODULE} {dep['active_version']}: 2 replicas, near {seed_name}, "
+                 f"spread over regions")
+        hosts = self._wait_running(everyone, "1.0.0", 2)
+        place_s = time.monotonic() - t_deploy
+        self.summary["workload"]["hosts"] = sorted(hosts)
+        self.summary["figures"]["placed_s"] = round(place_s, 3)
+        self.say(f"[bold green]placed[/]: replicas running on {', '.join(f'{h} ({self.zone_of(h)})' for h in sorted(hosts))} "
+                 f"{place_s:.2f} s after the deploy (blob fetched from a peer, verified, compiled, warmed)")
+        rows = self._invoke_all(everyone, b"ping", "from every node")
+        self.summary["workload"]["invokes"] = rows
+        for mode in ("local", "forwarded"):
+            self.summary["figures"][f"invoke_{mode}_ms"] = _stats([r["latency_ms"] for r in rows if r["mode"] == mode])
+
+        # 3. SIGKILL the host that is not the seed: detection, then failover to a replacement.
+        killed_name = next((h for h in sorted(hosts) if h != seed_name), sorted(hosts)[-1])
+        self.summary["killed"] = killed_name
         killed = next(n for n in everyone if n.name == killed_name)
         survivors = [n for n in everyone if n is not killed]
         bound = self.summary["detect_bound_s"]
@@ -339,8 +427,15 @@ class Demo:
         st = self.summary["figures"]["detection_s"]
         self.say(f"[bold green]crash detected[/] by all {len(survivors)} survivors: "
                  f"min {st['min']:.2f} s, median {st['median']:.2f} s, max {st['max']:.2f} s")
+        self._failover(survivors, killed, hosts)
+        self.summary["workload"]["invokes_after_failover"] = self._invoke_all(survivors, b"still there?", "after the failover")
 
-        # 3. SIGTERM another: a graceful leave, shown as left (never dead).
+        # 4. Roll forward to 1.1.0, then back: the previous version is still warm on every host.
+        self._roll(survivors)
+
+        # 5. SIGTERM another: a graceful leave, shown as left (never dead).
+        leaver_name = next(n.name for n in reversed(survivors) if n.name != seed_name)
+        self.summary["left"] = leaver_name
         leaver = next(n for n in everyone if n.name == leaver_name)
         remaining = [n for n in survivors if n is not leaver]
         leave: dict[str, float | None] = {n.name: None for n in remaining}
@@ -376,7 +471,7 @@ class Demo:
             raise DemoError(f"{leaver_name} exited with {leaver.exit_code} after SIGTERM, expected 0:\n{leaver.log_tail()}")
         self.summary["figures"]["leave_s"] = _stats([v for v in leave.values() if v is not None])
 
-        # 4. The seed's view of the mesh.
+        # 6. The seed's view of the mesh.
         try:
             view = seed.view()
         except ApiClientError as exc:
@@ -389,6 +484,139 @@ class Demo:
         ]
         if {m["name"]: m["status"] for m in self.summary["members"]}.get(killed_name) != "dead":
             raise DemoError(f"the seed no longer shows {killed_name} dead")
+
+
+    # ------------------------------------------------------------------ workload steps
+
+    def _running(self, node: DemoNode) -> list[dict[str, Any]]:
+        """The placement document's rows for the demo deployment as ``node`` sees it."""
+        assert node.api is not None
+        items = node.api.get(f"/v1/placements?deployment={DEPLOYMENT}")
+        items = items.get("deployments", items) if isinstance(items, dict) else items
+        return [r for item in items if item["deployment"] == DEPLOYMENT for r in item["running"]]
+
+    def _wait_running(self, nodes: list[DemoNode], version: str, count: int) -> set[str]:
+        """Until every node in ``nodes`` sees ``count`` alive members claim ``version`` running; their names."""
+        hosts: set[str] = set()
+
+        def placed() -> bool:
+            seen = []
+            for n in nodes:
+                try:
+                    rows = self._running(n)
+                except ApiClientError:
+                    return False
+                seen.append({r["name"] or r["node"] for r in rows
+                             if r["state"] == "running" and r["version"] == version and r["member"] == "alive"})
+            self.status(f"waiting for {count} replicas of {DEPLOYMENT} {version} to run: "
+                        f"{len(seen[0]) if seen else 0}/{count} seen by {nodes[0].name}")
+            if all(len(x) == count for x in seen) and all(x == seen[0] for x in seen):
+                hosts.clear()
+                hosts.update(seen[0])
+                return True
+            return False
+
+        self._wait(f"{count} replicas of {DEPLOYMENT} {version} running as every node sees it", PLACE_TIMEOUT, placed)
+        return hosts
+
+    def _invoke(self, node: DemoNode, payload: bytes) -> dict[str, Any]:
+        assert node.api is not None
+        try:
+            return node.api.post("/v1/invoke", {"deployment": DEPLOYMENT, "payload_b64": base64.b64encode(payload).decode(),
+                                               "timeout_s": 10})
+        except ApiClientError as exc:
+            raise DemoError(f"invoke {DEPLOYMENT} on {node.name} failed: {exc}") from None
+
+    def _invoke_all(self, nodes: list[DemoNode], payload: bytes, what: str) -> list[dict[str, Any]]:
+        """``INVOKES_PER_NODE`` calls of the deployment through each node's API; one row per node."""
+        rows = []
+        for n in nodes:
+            self.status(f"invoking {DEPLOYMENT} on {n.name}")
+            results = [self._invoke(n, payload) for _ in range(INVOKES_PER_NODE)]
+            last = results[-1]
+            out = base64.b64decode(last["output_b64"]).decode(errors="replace").strip().splitlines()
+            rows.append({"from": n.name, "ran_on": last["node_name"], "mode": last["mode"],
+                         "ok": all(r["ok"] for r in results), "calls": len(results),
+                         "latency_ms": round(statistics.median(r["latency_ms"] for r in results), 3),
+                         "output": out[0][:60] if out else "", "traceparent": last["traceparent"]})
+        modes = {r["mode"] for r in rows}
+        self.say(f"[bold green]invoked[/] {DEPLOYMENT} {INVOKES_PER_NODE}x {what}: "
+                 + ", ".join(f"{r['from']}→{r['ran_on']} ({r['mode']}, {r['latency_ms']:.2f} ms)" for r in rows))
+        if not all(r["ok"] for r in rows):
+            bad = next(r for r in rows if not r["ok"])
+            raise DemoError(f"an invoke of {DEPLOYMENT} from {bad['from']} failed")
+        if "local" not in modes or ("forwarded" not in modes and len(nodes) > 2):
+            raise DemoError(f"expected local calls on hosts and forwarded calls elsewhere, got modes {sorted(modes)}")
+        return rows
+
+    def _events(self, node: DemoNode) -> list[dict[str, Any]]:
+        assert node.api is not None
+        return node.api.get("/v1/events")["events"]
+
+    def _failover(self, survivors: list[DemoNode], killed: DemoNode, hosts: set[str]) -> None:
+        """Until a survivor runs the replacement; the time from the first death declaration to it running."""
+        found: dict[str, Any] = {}
+
+        def replaced() -> bool:
+            declared, runs = [], []
+            for n in survivors:
+                try:
+                    evs = self._events(n)
+                except ApiClientError:
+                    continue
+                declared += [e["mono"] for e in evs if e["kind"] == "node_dead" and e.get("member") == killed.id]
+                runs += [(e, n) for e in evs if e["kind"] == "running" and e.get("deployment") == DEPLOYMENT
+                         and e.get("failover_from") == killed.id]
+            self.status(f"waiting for a replacement of {killed.name}'s replica")
+            if declared and runs:
+                ev, node = min(runs, key=lambda x: x[0]["mono"])
+                found.update(node=node.name, ms=round((ev["mono"] - min(declared)) * 1000, 3), took_ms=ev.get("took_ms"))
+                return True
+            return False
+
+        self._wait(f"a replacement for {killed.name}'s replica runs", FAILOVER_TIMEOUT, replaced)
+        self.summary["workload"]["failover"] = {"from": killed.name, "to": found["node"], "start_ms": found["took_ms"]}
+        self.summary["figures"]["failover_ms"] = found["ms"]
+        self.say(f"[bold green]failover[/]: {found['node']} runs the replica {killed.name} had, "
+                 f"{found['ms']:.1f} ms after the first survivor declared {killed.name} dead "
+                 f"(its start took {found['took_ms'] or 0:.1f} ms)")
+        self._wait_running(survivors, "1.0.0", 2)
+
+    def _roll(self, nodes: list[DemoNode]) -> None:
+        """Publish 1.1.0 and roll forward; roll back to 1.0.0 (still warm): each host's switch time."""
+        assert self.root is not None
+        seed_dir = str(nodes[0].data_dir)
+        self.cli("module", "publish", str(example_path("handler")), "--name", MODULE, "--version", "1.1.0",
+                 "--abi", "direct", "--key", str(self.root / "publisher.key"), "--data-dir", seed_dir)
+        t0 = time.monotonic()
+        dep = self.cli("deploy", DEPLOYMENT, "--module", MODULE, "--version", "^1.0.0", "--replicas", "2",
+                       "--near-node", nodes[0].name, "--spread", "region", "--key", str(self.root / "operator.key"),
+                       "--data-dir", seed_dir)
+        hosts = self._wait_running(nodes, dep["active_version"], 2)
+        forward_s = time.monotonic() - t0
+        out = base64.b64decode(self._invoke(nodes[0], b"ping")["output_b64"]).decode(errors="replace")
+        self.say(f"[bold green]rolled forward[/] to {dep['active_version']} on {', '.join(sorted(hosts))} in {forward_s:.2f} s "
+                 f"(a cold start of the new version); it answers {out.strip()!r}")
+        by_name = {n.name: n for n in nodes}
+        marks = {h: max((e["seq"] for e in self._events(by_name[h])), default=0) for h in hosts}
+        t1 = time.monotonic()
+        back = self.cli("rollback", DEPLOYMENT, "--key", str(self.root / "operator.key"), "--data-dir", seed_dir)
+        hosts_back = self._wait_running(nodes, back["active_version"], 2)
+        back_s = time.monotonic() - t1
+        switches = {}
+        for h in sorted(hosts_back & set(marks)):
+            evs = [e for e in self._events(by_name[h]) if e["seq"] > marks[h] and e["kind"] == "switch"
+                   and e.get("version") == back["active_version"] and e.get("since_change_ms") is not None]
+            if evs:
+                switches[h] = evs[0]["since_change_ms"]
+        out = base64.b64decode(self._invoke(nodes[0], b"ping")["output_b64"]).decode(errors="replace")
+        self.summary["workload"]["rollback"] = {"from": dep["active_version"], "to": back["active_version"],
+                                                "hosts": sorted(hosts_back), "switch_ms": switches}
+        self.summary["figures"].update(roll_forward_s=round(forward_s, 3), rollback_visible_s=round(back_s, 3))
+        self.say(f"[bold green]rolled back[/] to {back['active_version']}: every node sees both hosts serve it "
+                 f"{back_s:.2f} s after the rollback was acknowledged; warm switch on each host: "
+                 + (", ".join(f"{h} {ms:.2f} ms" for h, ms in switches.items()) or "-")
+                 + f"; it answers {out.strip().splitlines()[0] if out.strip() else ''!r}")
 
 
 # ---------------------------------------------------------------------- rendering
@@ -408,6 +636,15 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
                       "-" if m["rtt_ms"] is None else f"{m['rtt_ms']:.2f}")
         console.print(t)
     f = s["figures"]
+    w = s.get("workload") or {}
+    if w.get("invokes"):
+        t = Table(title=f"{DEPLOYMENT} invoked {INVOKES_PER_NODE}x from every node (replicas on {', '.join(w['hosts'])})",
+                  title_justify="left", header_style="bold")
+        for col in ("from", "ran on", "mode", "median latency", "answer"):
+            t.add_column(col, no_wrap=col != "answer", justify="right" if col == "median latency" else "left")
+        for r in w["invokes"]:
+            t.add_row(r["from"], r["ran_on"] or "-", r["mode"], f"{r['latency_ms']:.2f} ms", r["output"])
+        console.print(t)
     if s["detection"]:
         t = Table(title=f"{s['killed']} SIGKILLed: seen by each survivor", title_justify="left", header_style="bold")
         t.add_column("survivor")
@@ -426,6 +663,20 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         st = f.get(key)
         if st:
             lines.append(f"{what}: min {st['min']:.2f} s, median {st['median']:.2f} s, max {st['max']:.2f} s")
+    if "placed_s" in f:
+        lines.append(f"placement: 2 replicas of {DEPLOYMENT} running {f['placed_s']:.2f} s after the deploy")
+    for mode in ("local", "forwarded"):
+        st = f.get(f"invoke_{mode}_ms")
+        if st:
+            lines.append(f"invoke {mode} (measured by the node): median {st['median']:.2f} ms (min {st['min']:.2f}, max {st['max']:.2f})")
+    if "failover_ms" in f:
+        fo = w["failover"]
+        lines.append(f"failover: {fo['to']} ran {fo['from']}'s replica {f['failover_ms']:.1f} ms after the first death declaration")
+    if "rollback_visible_s" in f:
+        rb = w["rollback"]
+        sw = ", ".join(f"{h} {ms:.2f} ms" for h, ms in rb["switch_ms"].items()) or "-"
+        lines.append(f"rollback {rb['from']} -> {rb['to']}: warm switch {sw}; seen on every node after {f['rollback_visible_s']:.2f} s "
+                     f"(roll forward, a cold start: {f['roll_forward_s']:.2f} s)")
     lines.append(f"detection bound for {s['nodes']} nodes, {s['profile']} profile: {s['detect_bound_s']:g} s; "
                  f"demo wall time {f['total_s']:.1f} s")
     for line in lines:

@@ -10,17 +10,23 @@ nodes holding the same membership and documents compute the same placement.
   Vivaldi coordinates) and the placement document (failed marks, blobs held).
 * :func:`placement_spec`: a deployment's constraints and preferences as a :class:`scheduler.PlacementSpec`.
 * :func:`incumbents`: the nodes claiming a deployment in the placement document.
+* :func:`digests`: what a node gossips so anyone can check that all nodes agree
+  (``NodeMeta.agreement``, ``wasmatrix placements --check``, mesh/agreement.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from crdt.errors import CrdtError, NotFound
 from mesh.membership.state import MemberState
-from scheduler import ALIVE, DEAD, DRAINING, FAULT_LEVELS, LEFT, SUSPECT, NodeInfo, PlacementSpec, View, place
+from scheduler import (
+    ALIVE, DEAD, DRAINING, FAULT_LEVELS, LEFT, SUSPECT, NodeInfo, Placement, PlacementSpec, View, place, placement_digest,
+    view_digest,
+)
 from scheduler.supervisor import Target
 
 # Claim states that make a node an incumbent of a deployment (it holds or is starting a replica).
@@ -149,6 +155,25 @@ class Assignment:
     on_demand: frozenset[str] = frozenset()  # deployments with replicas = 0
     errors: dict[str, str] = field(default_factory=dict)  # deployments not placed now: "" (waiting) or the error
     uses_rtt: bool = False  # some deployment scores RTT proximity: nodes should publish their coordinates
+    # The inputs it placed over (``wasmatrix placements --explain`` and the agreement digests show these):
+    view: View = View(())
+    specs: dict[str, PlacementSpec] = field(default_factory=dict)  # deployment -> spec placed
+    spares: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deployment -> its standbys (``replacements``)
+    incumbents: dict[str, frozenset[str]] = field(default_factory=dict)
+    revisions: str = ""  # spec_digest of the deployments it read
+
+
+def replacements(spec: PlacementSpec, view: View, inc: frozenset[str], chosen: tuple[str, ...]) -> tuple[str, ...]:
+    """For each node of ``chosen`` (in order), the node ``place`` picks in its stead when it is gone
+    from the view; nodes already chosen or already listed are not repeated."""
+    out: list[str] = []
+    for gone in chosen:
+        rest = View(tuple(n for n in view.nodes if n.node_id != gone))
+        for n in place(spec, rest, inc - {gone}).nodes:
+            if n not in chosen and n not in out:
+                out.append(n)
+                break
+    return tuple(out)
 
 
 def active_version(doc: Any, dep: Any) -> str | None:
@@ -164,9 +189,12 @@ def active_version(doc: Any, dep: Any) -> str | None:
 def assign(node_id: str, swim: Any, doc: Any, placements: dict[str, Any] | None = None, *, standbys: int = 1) -> Assignment:
     """Place every deployment of ``doc`` over ``swim``'s membership; this node's targets and standbys.
 
-    For each deployment ``place(spec with replicas + standbys, view, incumbents)``: the first
-    ``replicas`` nodes are its placement (the greedy choice makes them exactly ``place(spec)``),
-    the next ``standbys`` nodes prepare the module so a failover admits from a warm cache.
+    For each deployment ``place(spec, view, incumbents)`` is its placement. With ``standbys`` > 0
+    the standbys are :func:`replacements`: for each chosen node, the node ``place`` picks in its
+    stead once it is gone. They prepare the module (blob fetched, compiled) so a failover admits
+    from a warm cache. Asking ``place`` for ``replicas + 1`` nodes instead would pick the next node
+    in *spread* order, which is in another fault domain than the replica that fails over when the
+    spread is strict (a dead replica in region A is replaced in region A).
     """
     placements = doc.placements() if placements is None else placements
     deps = sorted(doc.deployments(), key=lambda d: d.name)
@@ -192,7 +220,7 @@ def assign(node_id: str, swim: Any, doc: Any, placements: dict[str, Any] | None 
                     pass
     view = build_view(swim, placements, module_of, sha_of)
     names = {m.meta.name: n for n, m in swim.members.items() if m.meta.name}
-    out = Assignment(uses_rtt=any(uses_rtt(d.spec) for d in deps))
+    out = Assignment(uses_rtt=any(uses_rtt(d.spec) for d in deps), view=view, revisions=spec_digest(deps))
     on_demand: set[str] = set()
     for d in deps:
         version = versions.get(d.name)
@@ -207,21 +235,48 @@ def assign(node_id: str, swim: Any, doc: Any, placements: dict[str, Any] | None 
             mv = doc.manifest(d.spec.module, version)
             caps = mv.manifest.capabilities if mv.manifest else None
             spec = placement_spec(d, mv.sha256, caps.kv_namespaces[0] if caps and caps.kv_namespaces else None, names)
-            p = place(replace(spec, replicas=spec.replicas + max(0, standbys)), view, incumbents(d.name, placements))
+            inc = incumbents(d.name, placements)
+            chosen = place(spec, view, inc).nodes
+            spare = replacements(spec, view, inc, chosen)[: max(0, standbys) * len(chosen)] if standbys > 0 else ()
         except Exception as exc:  # one deployment that cannot be placed now leaves the others alone
             out.errors[d.name] = "" if isinstance(exc, CrdtError) else f"{type(exc).__name__}: {exc}"[:300]
             continue
-        chosen = p.nodes[:spec.replicas]
+        out.specs[d.name], out.incumbents[d.name], out.spares[d.name] = spec, inc, spare
         out.placements[d.name] = (chosen, version)
         if node_id in chosen:
             out.targets[d.name] = Target(d.name, version, chosen.index(node_id))
-        elif node_id in p.nodes[spec.replicas:]:
+        elif node_id in spare:
             out.standby[d.name] = version
     out.on_demand = frozenset(on_demand)
     return out
 
 
+def spec_digest(deployments: list[Any]) -> str:
+    """A short digest of which deployment revisions (and active versions) a node holds."""
+    h = hashlib.blake2b(digest_size=6)
+    for d in sorted(deployments, key=lambda d: d.name):
+        cur = d.history[-1] if d.history else None
+        sig = f"{cur.signer}.{cur.seq}" if cur is not None else "-"
+        h.update(f"{d.name}={sig}@{d.active_version or '-'}".encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def digests(a: Assignment) -> tuple[str, str, str]:
+    """(view, specs, placement) digests of one evaluation, for ``NodeMeta.agreement``.
+
+    The view digest covers the members that can hold a replica (dead and departed members are
+    never candidates, and nodes reap them at different times) with their *published* coordinates,
+    load and position, which are the same numbers on every node. The placement digest covers the
+    nodes chosen per deployment (standbys excluded; an on-demand deployment places none).
+    """
+    live = View(tuple(n for n in a.view.nodes if n.status not in (DEAD, LEFT)))
+    chosen = [Placement(name, len(nodes), nodes) for name, (nodes, _) in a.placements.items()]
+    return view_digest(live, with_coords=True), a.revisions, placement_digest(chosen)
+
+
 __all__ = [
     "COORD_LABEL", "COORD_THRESHOLD_S", "Assignment", "DRAIN_LABEL", "HOLDING", "SPREAD_ALIASES", "active_version", "assign",
-    "build_view", "coord_moved", "decode_coord", "encode_coord", "incumbents", "placement_spec", "uses_rtt",
+    "build_view", "coord_moved", "decode_coord", "digests", "encode_coord", "incumbents", "placement_spec", "replacements",
+    "spec_digest", "uses_rtt",
 ]

@@ -51,6 +51,7 @@ _NODE_DROPS = {
     "sender_mismatch": "sender_mismatch",
     "stream_events_unknown": "unknown_stream_event",
     "membership_errors": "membership_error",
+    "invoke_datagrams_refused": "invoke_datagram",
     "contacts_refused": "unvouched_address",
     "indirect_pings_refused": "indirect_ping_target",
 }

@@ -72,6 +72,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from mesh.errors import WireError
+from mesh.invoke.messages import INVOKE_TYPES
 from mesh.membership import MembershipConfig, NodeMeta, SwimCore
 from mesh.membership.messages import Alive, Dead, IndirectPing, Suspect
 from mesh.membership.state import MemberEvent
@@ -159,6 +160,10 @@ class NodeCore:
         self._by_addr: dict[str, str] = {}
         self._by_addr_size: tuple[int, int] = (-1, -1)  # (members, address moves) the index was built at
         self._acks: list[WriteAck] = []
+        # Invocation messages (mesh/invoke) are for the driver, which runs workloads: a driver that
+        # serves invocations sets this to a list and drains it (``take_invocations``) after each
+        # ``receive``; left None (the simulator), they are unknown types.
+        self.invoke_inbox: list[tuple[str, Any, StreamHandle]] | None = None
         # Reflection guard (daemon mode only, see the module docstring).
         self._vouched: dict[str, str] = {}  # member name -> address its key was proven at
         self._trials: dict[str, list[float]] = {}  # address -> [window end, next trial at, backoff]
@@ -249,6 +254,13 @@ class NodeCore:
             return self._translate(self._guard(lambda: intent.receive(sender, msg, now, reply_to)), sender, src, stream)
         if t in BLOB_TYPES and self.blobs is not None:
             return self._run_intent(self.blobs.receive, env.msg, sender, src, stream, now)
+        if t in INVOKE_TYPES and self.invoke_inbox is not None:
+            if stream is None:
+                # Stream-only, like sync: a reply must go back on the request's stream.
+                self.counters["invoke_datagrams_refused"] = self.counters.get("invoke_datagrams_refused", 0) + 1
+                return []
+            self.invoke_inbox.append((sender, env.msg, stream))
+            return []
         self.counters["unknown_type"] += 1
         if env.piggyback and isinstance(env.msg, Unknown) and stream is None:
             # A newer peer's message type: its piggybacked membership updates are still
@@ -327,6 +339,13 @@ class NodeCore:
         """Writes acknowledged (durable) since the last call, oldest first."""
         acks, self._acks = self._acks, []
         return acks
+
+    def take_invocations(self) -> list[tuple[str, Any, StreamHandle]]:
+        """Invocation requests and replies received since the last call: ``(sender, message, stream)``."""
+        if not self.invoke_inbox:
+            return []
+        got, self.invoke_inbox = self.invoke_inbox, []
+        return got
 
     def take_blob_puts(self) -> list[BlobPut]:
         """Verified blobs the driver must store durably off its loop (then call :meth:`blob_stored`)."""

@@ -1,4 +1,5 @@
-"""`wasmatrix demo` (issue 10): real daemons on loopback, a SIGKILL detected by every survivor, a leave.
+"""`wasmatrix demo` (issues 10, 11): real daemons on loopback running a workload; a SIGKILLed host
+detected by every survivor and its replica failed over; a roll forward and back; a leave.
 
 The demo runs as a subprocess, as a user runs it (bounded 90 s). Its daemons are started by the
 demo in their own sessions; the test checks that every PID the demo reports is gone once it exits,
@@ -73,6 +74,25 @@ def test_demo_json_three_nodes_crash_detected_by_every_survivor_leave_shown_and_
     dead = sorted(d["dead_s"] for d in s["detection"].values())
     assert s["figures"]["detection_s"] == {"min": dead[0], "median": pytest.approx((dead[0] + dead[1]) / 2, abs=1e-3), "max": dead[1]}
     assert s["figures"]["join_s"] > 0 and s["figures"]["total_s"] < DEMO_TIMEOUT
+
+    # The workload (issue 11): 2 replicas near n1 spread over regions -> n1 (eu) and n2, the only node in us.
+    w = s["workload"]
+    assert w["hosts"] == ["n1", "n2"]
+    calls = {r["from"]: r for r in w["invokes"]}
+    assert sorted(calls) == ["n1", "n2", "n3"]
+    assert {n: (r["ok"], r["mode"], r["ran_on"]) for n, r in calls.items() if n != "n3"} == {
+        "n1": (True, "local", "n1"), "n2": (True, "local", "n2")}
+    assert calls["n3"]["ok"] and calls["n3"]["mode"] == "forwarded" and calls["n3"]["ran_on"] in ("n1", "n2")
+    assert all(r["output"] == "hello from wasm" and r["calls"] == 5 for r in calls.values()), calls
+    assert all(re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", r["traceparent"]) for r in calls.values())
+    # n2 (the host that is not the seed) was killed; its replica moved to n3, the only other node.
+    assert (w["failover"]["from"], w["failover"]["to"]) == ("n2", "n3") and s["figures"]["failover_ms"] > 0
+    after = {r["from"]: (r["ok"], r["mode"]) for r in w["invokes_after_failover"]}
+    assert after == {"n1": (True, "local"), "n3": (True, "local")}
+    # Rolled forward to 1.1.0 and back to 1.0.0, which both hosts still held warm: each switched.
+    rb = w["rollback"]
+    assert (rb["from"], rb["to"], rb["hosts"]) == ("1.1.0", "1.0.0", ["n1", "n3"])
+    assert sorted(rb["switch_ms"]) == ["n1", "n3"] and all(ms >= 0 for ms in rb["switch_ms"].values())
 
     # n3 left gracefully: exit 0, shown as left by the remaining node (the seed).
     assert s["leave"]["exit_code"] == 0

@@ -243,5 +243,21 @@ def test_meta_display_name_round_trips_and_old_eight_field_meta_still_decodes():
     assert NodeMeta.from_wire(m.to_wire()) == m
     old = m.to_wire()[:8]  # a peer from before the display name existed
     assert NodeMeta.from_wire(old).name == ""
-    newer = m.to_wire() + ["a field from a newer peer"]
+    newer = m.to_wire() + ["", "a field from a newer peer"]  # 10th: agreement (empty), 11th: unknown
     assert NodeMeta.from_wire(newer) == m
+
+
+def test_meta_agreement_field_round_trips_and_is_absent_from_the_wire_when_empty():
+    from mesh.errors import ConfigError, WireError
+    from mesh.membership.meta import NodeMeta
+
+    plain = NodeMeta(name="n1")
+    assert len(plain.to_wire()) == 9  # byte-identical to the encoding before the field existed
+    m = NodeMeta(name="n1", agreement="1:0123456789ab:ba9876543210:00112233aabb")
+    assert len(m.to_wire()) == 10
+    assert NodeMeta.from_wire(m.to_wire()) == m
+    assert NodeMeta.from_wire(m.to_wire()[:9]).agreement == ""
+    with pytest.raises(ConfigError):
+        NodeMeta(agreement="x" * 65)
+    with pytest.raises(WireError):
+        NodeMeta.from_wire(plain.to_wire() + ["x" * 65])

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from crdt.schema import Constraints, DeploymentSpec, PlacementEntry, Preferences, ReplicaClaim
-from mesh.lifecycle import build_view, incumbents, placement_spec
+from mesh.lifecycle import build_view, incumbents, placement_spec, replacements
 from mesh.membership import NodeMeta
 from mesh.membership.state import MemberState
-from scheduler import ALIVE, DEAD, DRAINING, LEFT, SUSPECT, place
+from scheduler import ALIVE, DEAD, DRAINING, LEFT, SUSPECT, PlacementSpec, View, place
 
 
 @dataclass
@@ -201,3 +201,63 @@ def test_assign_gives_every_node_the_same_placement_and_moves_only_the_dead_node
     after = assign(standbys[0], swim, writer.doc, standbys=1)
     assert set(after.placements["web"][0]) == {chosen[1], standbys[0]}
     assert "web" in after.targets
+
+
+def test_standby_of_each_replica_is_the_node_that_replaces_it_in_its_own_fault_domain() -> None:
+    """Spread over regions, 2 replicas: one in eu, one in us. When the us host dies its replacement
+    must be in us (strict spread), so the us host's standby is the other us node, not the third node
+    in spread order (which is back in eu)."""
+    from scheduler import NodeInfo
+
+    zones = {"e1": "eu/a/1", "e2": "eu/a/2", "e3": "eu/b/3", "u1": "us/c/1", "u2": "us/c/2"}
+    view = View(tuple(NodeInfo(n, zone=z) for n, z in sorted(zones.items())))
+    spec = PlacementSpec("web", 2, spread="region")
+    chosen = place(spec, view).nodes
+    by_region = {zones[n].split("/")[0]: n for n in chosen}
+    assert sorted(by_region) == ["eu", "us"]
+    spare = replacements(spec, view, frozenset(chosen), chosen)
+    assert len(spare) == 2
+    us_spare = spare[chosen.index(by_region["us"])]
+    eu_spare = spare[chosen.index(by_region["eu"])]
+    # the other us node stands by for the us replica; an eu node for the eu one
+    assert us_spare == ({"u1", "u2"} - {by_region["us"]}).pop()
+    assert zones[eu_spare].startswith("eu/") and eu_spare != by_region["eu"]
+    # and it is what place() really does once the host is gone
+    gone = by_region["us"]
+    rest = View(tuple(n for n in view.nodes if n.node_id != gone))
+    assert set(place(spec, rest, frozenset(chosen) - {gone}).nodes) == {by_region["eu"], us_spare}
+
+
+def test_agreement_digests_follow_what_placement_depends_on_and_ignore_dead_members() -> None:
+    from crdt.schema import DeploymentSpec as Spec
+    from mesh.lifecycle import assign, digests
+    from tests.crdt.crdt_helpers import OPERATOR, PUBLISHER, make_nodes, manifest
+
+    nodes = make_nodes(4)
+    writer = nodes["n000"]
+    writer.publish(manifest("handler", "1.0.0"), PUBLISHER, 1.0)
+    writer.set_deployment(Spec("web", "handler", "^1.0.0", replicas=2), OPERATOR, 2.0)
+    names = sorted(nodes)
+    members = {n: _M(NodeMeta(), MemberState.ALIVE) for n in names}
+    swim = _Swim(members)
+    # every node digests the same evaluation alike (members listed in any order)
+    d = {n: digests(assign(n, swim, writer.doc)) for n in names}
+    assert len(set(d.values())) == 1
+    base = d[names[0]]
+    assert all(len(x) == 12 for x in base)
+    shuffled = _Swim(dict(reversed(list(members.items()))))
+    assert digests(assign(names[1], shuffled, writer.doc)) == base
+    # a dead member is never a candidate and nodes reap it at different times: not in the view digest
+    more = _Swim({**members, "zz-dead": _M(NodeMeta(), MemberState.DEAD)})
+    assert digests(assign(names[0], more, writer.doc))[0] == base[0]
+    # a published coordinate is part of the view (every node reads the same label)
+    coord = _Swim({**members, names[3]: _M(NodeMeta(labels=(("wasmatrix.coord", "1.00,2.00,0.00,0.10"),)), MemberState.ALIVE)})
+    assert digests(assign(names[0], coord, writer.doc))[0] != base[0]
+    # a failed mark in the placement document changes the view; the new deployment revision the specs
+    chosen = assign(names[0], swim, writer.doc).placements["web"][0]
+    failed = {chosen[0]: _entry(chosen[0], ("web", "1.0.0", "failed"))}
+    v, s, p = digests(assign(names[0], swim, writer.doc, failed))
+    assert v != base[0] and s == base[1] and p != base[2]  # the failed node no longer chosen
+    writer.set_deployment(Spec("web", "handler", "^1.0.0", replicas=3), OPERATOR, 3.0)
+    v, s, p = digests(assign(names[0], swim, writer.doc))
+    assert v == base[0] and s != base[1] and p != base[2]

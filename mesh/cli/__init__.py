@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "mesh.cli.nodecmd",
     "mesh.cli.trustcmd",
     "mesh.cli.democmd",
+    "mesh.cli.invokecmd",
     "mesh.cli.eventscmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh

@@ -11,6 +11,8 @@ POST     /v1/leave           graceful leave, then the daemon exits 0
 POST     /v1/meta            ``{"set": {"k": "v"}, "unset": ["k"]}``: change labels
 GET      /v1/intent/head     where a signer's next record goes (mesh/daemon/intentapi.py)
 POST     /v1/intent/records  client-signed records, answered once durable (crdt/client.py signs)
+POST     /v1/invoke          run a deployment here or on a replica (mesh/daemon/invocation.py)
+GET      /v1/placements      targets, claims, --explain; /v1/placements/check: agreement (mesh/daemon/placements.py)
 GET      /metrics            Prometheus text (no token: scrapers carry none; bind the API to loopback)
 =======  ==================  ====================================================
 
@@ -226,9 +228,10 @@ def json_answer(obj: Any, status: int = 200) -> tuple[int, str, bytes]:
 class ApiClientError(Exception):
     """The node could not be reached, or answered with an error (``status`` 0 when unreachable)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
         super().__init__(message)
         self.status = status
+        self.body = body  # the decoded JSON error answer, when there was one
 
 
 class ApiClient:
@@ -264,7 +267,7 @@ class ApiClient:
             obj = None
         if resp.status >= 400:
             msg = obj.get("error") if isinstance(obj, dict) else data[:200].decode("utf-8", "replace")
-            raise ApiClientError(resp.status, str(msg))
+            raise ApiClientError(resp.status, str(msg), obj)
         return obj
 
     def get(self, path: str) -> Any:

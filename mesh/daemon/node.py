@@ -42,6 +42,8 @@ from crdt.trust import TrustConfig
 from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
 from mesh.daemon.intentapi import IntentApi
+from mesh.daemon.invocation import InvokeService
+from mesh.daemon.placements import PlacementService
 from mesh.daemon.workloads import Workloads, WorkloadsApi
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
 from mesh.daemon.security import RefusalAuditor, stream_refusal
@@ -243,7 +245,8 @@ class Daemon:
         self._stopping = False
         self._leaving = False
         self.api_addr = ""
-        self.token = secrets.token_urlsafe(32)
+        # Hex, not token_urlsafe: a token starting with '-' reads as an option in `--token TOKEN`.
+        self.token = secrets.token_hex(32)
         self.stream_timeout = cfg.membership_config().stream_timeout
         self.fatal: str | None = None
         self._audit_synced = -1
@@ -329,6 +332,10 @@ class Daemon:
             self.core, transport=self.transport, stream_counters=self.stream_counters,
             driver_counters=self.counters, audit_counters=self.audit.counters,
         )
+        self.core.invoke_inbox = []
+        self.invocations = InvokeService(self)
+        self.placements = PlacementService(self)
+        self.registry.register(self.invocations.metrics)
 
     def _on_visible(self, rec: Any, now: float) -> None:
         # When each record became visible here, on the host's monotonic clock (CLOCK_MONOTONIC,
@@ -419,6 +426,8 @@ class Daemon:
                 nursery.start_soon(self._snapshot_loop)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(api.serve, api_listeners)
+                nursery.start_soon(self.placements.loop)
+                self.invocations.running = True
                 await nursery.start(self.workloads.run)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
@@ -630,6 +639,8 @@ class Daemon:
         for k in [k for k, c in self.conns_out.items() if c is conn]:
             del self.conns_out[k]
         self.conns_in.discard(conn)
+        if hasattr(self, "invocations"):
+            self.invocations.conn_gone(conn)
         if conn.peer and not self._stopping:
             self.stream_event(conn.peer, "closed")
 
@@ -691,6 +702,16 @@ class Daemon:
 
     def deliver_frame(self, conn: Conn, plaintext: bytes) -> None:
         self.emit(self.core.receive(conn.addr, plaintext, trio.current_time(), True, peer=conn.peer, stream=conn))
+        for sender, msg, stream in self.core.take_invocations():
+            self.invocations.receive(sender, msg, stream)
+
+    def set_placement_digest(self, view_digest: str, placement_digest: str, spec_digest: str = "") -> None:
+        """Gossip the digests of the view and placement this node computed (``placements --check``).
+
+        The workload lifecycle calls it after every evaluation with the inputs it placed over;
+        rate-limited to one metadata update per second (a newer value waits, the last one wins).
+        """
+        self.placements.set_digest(view_digest, placement_digest, spec_digest)
 
     # ------------------------------------------------------------------ timers and disk
 
@@ -898,6 +919,8 @@ class Daemon:
             ("GET", "/v1/sessions"): self._api_sessions,
             ("GET", "/metrics"): self._api_metrics,
             **IntentApi(self).routes(),
+            **self.invocations.routes(),
+            **self.placements.routes(),
             **WorkloadsApi(self).routes(),
         }
 

@@ -43,7 +43,7 @@ from runtime import Capabilities, Runtime, RuntimeConfig, SignedManifest
 from runtime.errors import HostResourceError, WasmError, WasmTrap
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import LoopKV
-from mesh.lifecycle import COORD_LABEL, COORD_THRESHOLD_S, active_version, assign, coord_moved, encode_coord
+from mesh.lifecycle import COORD_LABEL, COORD_THRESHOLD_S, Assignment, active_version, assign, coord_moved, digests, encode_coord
 from scheduler.supervisor import Action, Supervisor, SupervisorConfig, Target
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class WorkloadsConfig:
     """Daemon-side lifecycle settings (the supervisor's own policy is in ``supervisor``)."""
 
     supervisor: SupervisorConfig = SupervisorConfig()
-    standbys: int = 1  # nodes ranked after the chosen ones that pre-fetch and pre-compile (warm failover)
+    standbys: int = 1  # 0: none; else each replica's replacement pre-fetches and pre-compiles (warm failover)
     fetch_timeout_s: float = 30.0
     drain_timeout_s: float = 30.0
     ensure_timeout_s: float = 30.0
@@ -168,6 +168,7 @@ class Workloads:
         self._blob_event = trio.Event()
         self._written = -1  # supervisor version of the last placement entry written
         self._placements: dict[str, tuple[str, ...]] = {}  # last placement computed, per deployment
+        self.last: Assignment | None = None  # the last evaluation (its inputs too): placements --explain, digests
         self._keys: dict[tuple[str, str], str] = {}  # (deployment, version) -> runtime module key
         self._users: dict[str, set[tuple[str, str]]] = {}  # runtime key -> (deployment, version) using it
         self._loading: dict[str, int] = {}  # runtime key -> loads in flight
@@ -221,6 +222,25 @@ class Workloads:
     def hosts(self, deployment: str) -> bool:
         """True when a replica of ``deployment`` runs (and serves) on this node."""
         return self.sup.serving(deployment) is not None
+
+    def expects_replica(self, deployment: str) -> bool:
+        """True while a replica of ``deployment`` should come: the deployment asks for replicas and
+        the last evaluation placed it on some node, or has not evaluated it yet (a record just arrived)."""
+        intent = self.d.core.intent
+        try:
+            dep = intent.doc.deployment(deployment)  # type: ignore[union-attr]
+        except NotFound:
+            return False
+        if dep.spec.replicas == 0:
+            return False
+        last = self.last
+        if last is None or (deployment not in last.placements and not last.errors.get(deployment)):
+            return True  # not evaluated yet, or its registry record is still on its way
+        return bool(last.placements.get(deployment, ((), ""))[0])
+
+    async def wait_change(self) -> None:
+        """Return after the next evaluation or local replica state change."""
+        await self._state.wait()
 
     async def invoke_local(self, deployment: str, payload: bytes, *, traceparent: str | None = None) -> InvocationResult:
         """Run one call on this node's replica (on a worker thread); cold-starts an on-demand deployment.
@@ -358,6 +378,9 @@ class Workloads:
         placements = intent.doc.placements()
         self._note_claims(placements)
         a = assign(self.node_id, swim, intent.doc, placements, standbys=self.config.standbys)
+        self.last = a
+        view_d, specs_d, placement_d = digests(a)
+        self.d.set_placement_digest(view_d, placement_d, specs_d)  # what this evaluation placed over (rate-limited)
         for dep, err in sorted(a.errors.items()):
             if err:  # not a registry record still on its way: a real error
                 self.metrics.errors.labels(reason="evaluate").inc()

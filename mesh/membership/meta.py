@@ -26,6 +26,7 @@ MAX_META_BYTES = 512
 MAX_LOAD = 1e6
 LOAD_DECIMALS = 3
 MAX_NAME = 64  # display name
+MAX_AGREEMENT = 64  # the agreement digests field
 MAX_META_FIELDS = 16  # fields a decoder accepts (newer peers may append some)
 
 
@@ -70,6 +71,9 @@ class NodeMeta:
     load: float = 0.0
     hardware: tuple[str, ...] = field(default=())
     name: str = ""  # display name (``--name``); the member's identity is its node id
+    # "FORMAT:VIEW:SPECS:PLACEMENT" digests of what this node schedules over and computed
+    # (``wasmatrix placements --check``, mesh/agreement.py); empty until it first placed.
+    agreement: str = ""
 
     def __post_init__(self) -> None:
         # Normalise once, here, so the held value equals the decoded one.
@@ -103,13 +107,14 @@ class NodeMeta:
             raise ConfigError(f"node metadata hardware must be at most {MAX_TAGS} tags")
         put(self, "hardware", tuple(sorted(_text("hardware tag", t, 64) for t in hardware)))
         put(self, "name", _text("name", self.name, MAX_NAME, allow_empty=True))
+        put(self, "agreement", _text("agreement", self.agreement, MAX_AGREEMENT, allow_empty=True))
         size = len(pack(self.to_wire()))
         if size > MAX_META_BYTES:
             raise ConfigError(f"node metadata encodes to {size} bytes, more than {MAX_META_BYTES}")
 
     def to_wire(self) -> list[Any]:
-        """Encode as a msgpack-friendly list."""
-        return [
+        """Encode as a msgpack-friendly list (the 10th field only when set: older encodings stay byte-identical)."""
+        wire = [
             self.arch,
             self.cores,
             self.memory_mb,
@@ -120,6 +125,9 @@ class NodeMeta:
             list(self.hardware),
             self.name,
         ]
+        if self.agreement:
+            wire.append(self.agreement)
+        return wire
 
     @classmethod
     def from_wire(cls, x: Any) -> "NodeMeta":
@@ -149,6 +157,7 @@ class NodeMeta:
                 load=v_float(f[6], 0.0, MAX_LOAD),
                 hardware=tuple(v_str(t, 64) for t in v_list(f[7], MAX_TAGS)),
                 name=v_str(f[8], MAX_NAME, allow_empty=True) if len(f) > 8 else "",
+                agreement=v_str(f[9], MAX_AGREEMENT, allow_empty=True) if len(f) > 9 else "",
             )
         except ConfigError as exc:
             raise WireError(str(exc)) from None
