@@ -104,6 +104,7 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
     assert code == 0, err
     rows = [ln for ln in out.splitlines() if "running" in ln]  # the table: one row per claim, with its zone
     assert len(rows) == 2 and {zones["a"], zones["b"]} == {z for z in zones.values() for ln in rows if z in ln}
+    assert all(ln.split()[-2:] == ["running", "alive"] for ln in rows), rows  # STATE, then the claimant's MEMBER status
     cands = {c["name"]: c for c in dep["candidates"]}
     assert cands["c"]["rejected"] == "label tier=edge missing" and cands["c"]["score"] is None
     assert cands["c"]["replica"] is None

@@ -114,14 +114,16 @@ def cmd_placements(args: argparse.Namespace) -> int:
         rows = []
         for d in res["deployments"]:
             if not d["running"]:
-                rows.append([d["deployment"], "-", "-", "-", "-", "-", "-"])
+                rows.append([d["deployment"], "-", "-", "-", "-", "-", "-", "-"])
+            # A dead node's last claim stays in the document (only it may rewrite its entry): the
+            # MEMBER column says whether the claimant is alive, so a stale "running" is not mistaken.
             for r in d["running"]:
                 rows.append([d["deployment"], str(r["index"]), r["name"] or r["node"], r["node"], r["zone"] or "-",
-                             r["version"], r["state"]])
+                             r["version"], r["state"], r.get("member") or "-"])
         if not rows:
             print("no deployments")
         else:
-            _table(rows, ["DEPLOYMENT", "INDEX", "NODE", "ID", "ZONE", "VERSION", "STATE"])
+            _table(rows, ["DEPLOYMENT", "INDEX", "NODE", "ID", "ZONE", "VERSION", "STATE", "MEMBER"])
         if args.explain:
             for d in res["deployments"]:
                 print(f"\n{d['deployment']}: {d['replicas']} wanted, target {', '.join(d['target']) or '-'}"
