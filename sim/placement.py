@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 # The daemon's encodings and claim states: one definition for both.
-from mesh.lifecycle import _STATUS, COORD_LABEL, HOLDING, coord_moved, decode_coord, encode_coord
+from mesh.lifecycle import COORD_LABEL, HOLDING, MEMBER_STATUS, coord_moved, decode_coord, encode_coord
 from mesh.membership.meta import NodeMeta
 from scheduler import ALIVE, NodeInfo, Placement, PlacementSpec, View, place, placement_digest, reject_reason
 from scheduler.supervisor import Action, Supervisor, SupervisorConfig, Target
@@ -76,7 +76,7 @@ def build_view(core: NodeCore, published: bool = True) -> tuple[View, dict[str, 
     running: dict[str, set[str]] = {}
     for name, m in sorted(dict.items(swim.members)):  # read-only: no private copies of shared records
         meta = swim.meta if name == swim.name else m.meta
-        status = _STATUS[m.state]
+        status = MEMBER_STATUS[m.state]
         hit = _ROWS.get((name, status, published)) if published else None
         if hit is not None and (hit[0] is meta or hit[0] == meta):
             info, deps = hit[1], hit[2]
