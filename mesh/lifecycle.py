@@ -31,7 +31,7 @@ from scheduler.supervisor import Target
 
 # Claim states that make a node an incumbent of a deployment (it holds or is starting a replica).
 HOLDING = frozenset({"claimed", "fetching", "starting", "running"})
-_STATUS = {MemberState.ALIVE: ALIVE, MemberState.SUSPECT: SUSPECT, MemberState.DEAD: DEAD, MemberState.LEFT: LEFT}
+MEMBER_STATUS = {MemberState.ALIVE: ALIVE, MemberState.SUSPECT: SUSPECT, MemberState.DEAD: DEAD, MemberState.LEFT: LEFT}
 # Published Vivaldi coordinates (docs/SCHEDULER.md, "published coordinates"): every node scores RTT
 # proximity from the coordinate each node put in its own metadata, so all nodes use the same numbers.
 COORD_LABEL = "wasmatrix.coord"  # metadata label: the node's published Vivaldi coordinate (ms)
@@ -107,7 +107,7 @@ def build_view(swim: Any, placements: dict[str, Any], module_of: dict[str, str],
                     sha = sha_of.get((module_of.get(c.deployment, ""), c.version))
                     if sha:
                         blobs.add(sha)
-        status = _STATUS.get(m.state, DEAD)
+        status = MEMBER_STATUS.get(m.state, DEAD)
         if status == ALIVE and DRAIN_LABEL in meta.labels:
             status = DRAINING
         rows.append(NodeInfo(
@@ -276,7 +276,7 @@ def digests(a: Assignment) -> tuple[str, str, str]:
 
 
 __all__ = [
-    "COORD_LABEL", "COORD_THRESHOLD_S", "Assignment", "DRAIN_LABEL", "HOLDING", "SPREAD_ALIASES", "active_version", "assign",
+    "COORD_LABEL", "COORD_THRESHOLD_S", "Assignment", "DRAIN_LABEL", "HOLDING", "MEMBER_STATUS", "SPREAD_ALIASES", "active_version", "assign",
     "build_view", "coord_moved", "decode_coord", "digests", "encode_coord", "incumbents", "placement_spec", "replacements",
     "spec_digest", "uses_rtt",
 ]

@@ -699,6 +699,10 @@ class Simulation:
         elif f.action in INTENT_ACTIONS:
             assert self.intent is not None  # any intent action switches intent on at load
             self.intent.apply(f)
+        elif f.action == "crash_replica":
+            assert self.placement is not None  # the scenario names one of its deployments
+            for n in self._fault_nodes(f):
+                self.placement.crash_replica(self.nodes[n], str(a["deployment"]), int(a.get("fail_starts", 0)))
         elif f.action == "meta":
             for n in self._fault_nodes(f):
                 node = self.nodes[n]

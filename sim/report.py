@@ -127,12 +127,14 @@ def _placement_lines(p: dict[str, Any]) -> list[str]:
     c = p["convergence_seconds"]
     lines = [
         f"  placement: all live nodes agree: {'yes' if p['agreed'] else 'NO'}; "
-        f"{p['replicas_started']} replicas started, {p['replicas_stopped']} stopped, {p['evaluations']} evaluations",
+        f"{p['replicas_started']} replicas started, {p['replicas_stopped']} stopped, "
+        f"{p.get('restarts', 0)} restarts, {p.get('failed_marks', 0)} failed marks, {p['evaluations']} evaluations",
         f"    convergence after a membership change: p50 {_secs(c['p50'])}, max {_secs(c['max'])}, never {c['never']}",
     ]
     for name, d in p["deployments"].items():
         lines.append(f"    {name}: {len(d['running'])}/{d['replicas']} running ({d['eligible_live']} eligible) on {', '.join(d['running'][:8])}")
     for ch in p["changes"][:12]:
         lines.append(f"    {ch['at']:8.2f}s {ch['action']:<9} {','.join(ch['nodes'][:3]):<16} converged {'never' if ch['converged_after'] is None else '+' + _secs(ch['converged_after'])}"
-                     f"  started {ch['replicas_started']}, stopped {ch['replicas_stopped']}")
+                     f"  started {ch['replicas_started']}, stopped {ch['replicas_stopped']}"
+                     + (f", {ch['restarts']} restarts, {ch['failed_marks']} failed marks" if ch.get("restarts") or ch.get("failed_marks") else ""))
     return lines

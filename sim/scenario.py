@@ -42,6 +42,7 @@ ACTIONS = frozenset(
         "clock",
         "meta",
         "link",
+        "crash_replica",
     }
 )
 
@@ -455,6 +456,10 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
     for key in ("name", "description"):
         if not isinstance(doc.get(key, ""), str):
             raise ScenarioError(f"{key} must be a string, got {_short(doc[key])}")
+    deps = _deployments(doc)
+    for f in faults:
+        if f.action == "crash_replica" and f.args["deployment"] not in {d.name for d in deps}:
+            raise ScenarioError(f"crash_replica at {f.at}s: deployment {f.args['deployment']!r} is not in [[deployments]]")
     return Scenario(
         bootstrap=bootstrap,
         name=str(doc.get("name", default_name)),
@@ -468,13 +473,13 @@ def parse(doc: dict[str, Any], default_name: str = "scenario") -> Scenario:
         faults=tuple(faults),
         arch_mix=tuple(arch_mix),
         intent=_intent(doc, faults),
-        deployments=(deps := _deployments(doc)),
+        deployments=deps,
         placement=_placement(doc, deps),
     )
 
 
 def _check_fault_args(action: str, args: dict[str, Any], where: str) -> None:
-    needs_nodes = {"crash", "restart", "leave", "slow", "clock", "meta"}
+    needs_nodes = {"crash", "restart", "leave", "slow", "clock", "meta", "crash_replica"}
     if action in needs_nodes and "node" not in args and "nodes" not in args:
         raise ScenarioError(f"{where}{action} needs 'node' or 'nodes'")
     for key in ("node", "nodes", "from", "to"):
@@ -510,6 +515,12 @@ def _check_fault_args(action: str, args: dict[str, Any], where: str) -> None:
     if action == "clock":
         _num(args, "skew", 0.0, -1e6, 1e6, where)
         _num(args, "drift", 0.0, -0.5, 0.5, where)
+    if action == "crash_replica":
+        _need_str(args, "deployment", where, action)
+        _int(args, "fail_starts", 0, 0, 1_000_000, where)
+        unknown = sorted(set(args) - {"node", "nodes", "deployment", "fail_starts"})
+        if unknown:
+            raise ScenarioError(f"{where}crash_replica: unknown key(s) {', '.join(unknown)} (known: deployment, fail_starts, node, nodes)")
     if action in INTENT_ACTIONS:
         _check_intent_args(action, args, where)
 
