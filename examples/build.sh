@@ -2,6 +2,9 @@
 # Build every C source in examples/wasm/ into runtime/examples/NAME.wasm
 # (shipped as package data). Sources whose first line mentions "reactor" or
 # that are listed in REACTORS are built as WASI reactors (no main, exports only).
+# Every Rust source (examples/wasm/*.rs) is built as a WASI command when rustc
+# and a wasm32 WASI std are installed (Debian: rustc libstd-rust-dev-wasm32,
+# whose target is wasm32-wasi; newer rustc calls it wasm32-wasip1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CC=${CC:-clang}
@@ -17,4 +20,26 @@ for src in examples/wasm/*.c; do
   fi
   "$CC" "${flags[@]}" "$src" -o "$OUT/$name.wasm"
   echo "built $OUT/$name.wasm ($(wc -c <"$OUT/$name.wasm") bytes)"
+done
+
+RUSTC=${RUSTC:-rustc}
+rust_target=""
+if command -v "$RUSTC" >/dev/null 2>&1; then
+  for t in wasm32-wasi wasm32-wasip1; do
+    libdir=$("$RUSTC" --print target-libdir --target "$t" 2>/dev/null || true)
+    if [ -n "$libdir" ] && compgen -G "$libdir/libstd-*.rlib" >/dev/null; then
+      rust_target=$t
+      break
+    fi
+  done
+fi
+for src in examples/wasm/*.rs; do
+  [ -e "$src" ] || continue
+  name=$(basename "$src" .rs)
+  if [ -z "$rust_target" ]; then
+    echo "skipped $src: no rustc with a wasm32-wasi(p1) std (apt-get install rustc libstd-rust-dev-wasm32)" >&2
+    continue
+  fi
+  "$RUSTC" --target "$rust_target" -O -C strip=symbols --edition 2021 "$src" -o "$OUT/$name.wasm"
+  echo "built $OUT/$name.wasm ($(wc -c <"$OUT/$name.wasm") bytes, $rust_target)"
 done

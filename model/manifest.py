@@ -66,12 +66,26 @@ class Abi(str, enum.Enum):
     DIRECT = "direct"
 
 
+# CLI spelling of opting out of a capability granted by default -> the field it clears.
+_DENY_FLAGS = {"no-clocks": "clocks", "no-random": "random"}
+
+
 @dataclass(slots=True, frozen=True)
 class CapabilityRequest:
     """The capabilities a manifest asks for, by name (no host paths or secret values).
 
     The CLI spelling of one item (``--capability``) is ``env:NAME``, ``dir:/guest/path[:rw]``,
-    ``kv:NAMESPACE``, ``http:HOST``, ``log``, ``clocks`` or ``random``.
+    ``kv:NAMESPACE``, ``http:HOST``, ``log``, ``no-clocks`` or ``no-random``.
+
+    Clocks and random are requested by default (issue 12, seed 004 lists wall-clock and random
+    among the allowed capabilities: Rust's std seeds ``HashMap`` from WASI random and most
+    languages read the clock); ``no-clocks`` / ``no-random`` opt out. ``clocks`` / ``random`` are
+    still accepted on the command line and request the default. Filesystem, network and
+    environment stay deny-by-default.
+
+    The signed plain-data form (``to_payload``) is unchanged from before the new default: it lists
+    ``clocks`` / ``random`` when requested and an absent item means not requested, so records
+    signed earlier keep their bytes and their meaning.
     """
 
     env: tuple[str, ...] = ()
@@ -79,8 +93,8 @@ class CapabilityRequest:
     kv_namespaces: tuple[str, ...] = ()
     http_hosts: tuple[str, ...] = ()
     log: bool = False
-    clocks: bool = False
-    random: bool = False
+    clocks: bool = True
+    random: bool = True
 
     def __post_init__(self) -> None:
         for name in ("env", "dirs", "kv_namespaces", "http_hosts"):
@@ -107,19 +121,29 @@ class CapabilityRequest:
 
     @classmethod
     def from_strings(cls, items: Iterable[str]) -> CapabilityRequest:
-        """Parse the CLI spelling (``env:NAME``, ``dir:/p[:rw]``, ``kv:NS``, ``http:HOST``, ``log``, ...)."""
+        """Parse the CLI spelling (``env:NAME``, ``dir:/p[:rw]``, ``kv:NS``, ``http:HOST``, ``log``, ``no-clocks``, ...).
+
+        Clocks and random are requested unless ``no-clocks`` / ``no-random`` is given.
+        """
+        return cls._parse(items, defaults=True)
+
+    @classmethod
+    def _parse(cls, items: Iterable[str], *, defaults: bool) -> CapabilityRequest:
+        """``defaults``: clocks/random start requested (CLI) or absent-means-not (the signed payload)."""
         lists: dict[str, list[str]] = {"env": [], "dir": [], "kv": [], "http": []}
-        flags = {"log": False, "clocks": False, "random": False}
+        flags = {"log": False, "clocks": defaults, "random": defaults}
         for item in items:
             kind, sep, value = item.partition(":")
             if not sep and kind in flags:
                 flags[kind] = True
+            elif defaults and not sep and kind in _DENY_FLAGS:
+                flags[_DENY_FLAGS[kind]] = False
             elif sep and value and kind in lists:
                 lists[kind].append(value)
             else:
                 raise SpecError(
                     f"capability {item!r:.60} is not one of env:NAME, dir:/path[:rw], kv:NAMESPACE, "
-                    "http:HOST, log, clocks, random"
+                    "http:HOST, log, no-clocks, no-random"
                 )
         return cls(
             env=tuple(lists["env"]), dirs=tuple(lists["dir"]), kv_namespaces=tuple(lists["kv"]),
@@ -127,18 +151,23 @@ class CapabilityRequest:
         )
 
     def to_strings(self) -> list[str]:
-        """The CLI spelling of every item, in field order."""
+        """The CLI spelling of every item, in field order (``no-clocks`` / ``no-random`` when opted out)."""
         out = [f"env:{e}" for e in self.env] + [f"dir:{d}" for d in self.dirs]
         out += [f"kv:{n}" for n in self.kv_namespaces] + [f"http:{h}" for h in self.http_hosts]
-        return out + [f for f in ("log", "clocks", "random") if getattr(self, f)]
+        out += ["log"] if self.log else []
+        return out + [deny for deny, flag in _DENY_FLAGS.items() if not getattr(self, flag)]
 
     def to_payload(self) -> list[str]:
-        """Plain-data form (inside the signed manifest): the CLI spelling, in canonical order.
+        """Plain-data form (inside the signed manifest): the items requested, in canonical order.
 
         A list of strings rather than a map of seven fields: a manifest rides in every registry
-        record every node receives, and most request nothing (an empty list is one byte).
+        record every node receives. ``clocks`` and ``random`` are listed when requested (the
+        encoding records signed before they became the default used), so a default request is
+        ``["clocks", "random"]``.
         """
-        return self.to_strings()
+        out = self.to_strings()
+        out = [item for item in out if item not in _DENY_FLAGS]
+        return out + [f for f in ("clocks", "random") if getattr(self, f)]
 
     @classmethod
     def from_payload(cls, data: Any) -> CapabilityRequest:
@@ -147,8 +176,8 @@ class CapabilityRequest:
             raise SpecError("capabilities must be a list of strings such as env:NAME, kv:NAMESPACE, log")
         if len(data) > 4 * MAX_ITEMS + 3:
             raise SpecError(f"capabilities lists {len(data)} items; at most {MAX_ITEMS} of each kind")
-        request = cls.from_strings(data)
-        if request.to_strings() != list(data):
+        request = cls._parse(data, defaults=False)
+        if request.to_payload() != list(data):
             raise SpecError(
                 "capabilities must list each item once, env first, then dir, kv, http, log, clocks, random"
             )

@@ -1,11 +1,11 @@
-"""The example modules shipped as package data (built from examples/wasm/*.c)."""
+"""The example modules shipped as package data (built from examples/wasm/*.c and *.rs)."""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
-EXAMPLES = ("hello", "handler", "kvcounter", "loop", "membomb", "escape", "recurse")
+EXAMPLES = ("hello", "handler", "kvcounter", "loop", "membomb", "escape", "recurse", "wordcount")
 
 
 def example_path(name: str) -> Path:

@@ -1,8 +1,11 @@
 """Capabilities: what a module requests, what a node grants, and the import check.
 
-Deny by default. A module gets WASI stdio, args and its granted environment;
-everything else (preopened directories, clocks, random, key-value namespaces,
-guest logging, outbound HTTP hosts) must be granted. The effective grant is
+Deny by default, except clocks and random. A module gets WASI stdio, args, its
+granted environment, and (unless denied) WASI clocks and random: seed 004 lists
+wall-clock and random among the allowed capabilities, Rust's std seeds ``HashMap``
+from WASI random and most language runtimes read the clock (issue 12). Everything
+else (preopened directories, key-value namespaces, guest logging, outbound HTTP
+hosts, environment values) must be granted. The effective grant is
 the intersection of the manifest's request and the node's policy; anything
 requested but not granted is a denial (counted and audited) and the module
 runs without it. A module whose *imports* need more than the effective grant
@@ -122,8 +125,8 @@ class Capabilities:
     kv_namespaces: tuple[str, ...] = ()
     http_hosts: tuple[str, ...] = ()
     log: bool = False
-    clocks: bool = False
-    random: bool = False
+    clocks: bool = True  # granted unless denied (issue 12)
+    random: bool = True
     stdout_max_bytes: int = DEFAULT_STDOUT_MAX
     stderr_max_bytes: int = DEFAULT_STDERR_MAX
 
@@ -146,8 +149,8 @@ class Capabilities:
         kv_namespaces: Sequence[str] = (),
         http_hosts: Sequence[str] = (),
         log: bool = False,
-        clocks: bool = False,
-        random: bool = False,
+        clocks: bool = True,
+        random: bool = True,
         stdout_max_bytes: int = DEFAULT_STDOUT_MAX,
         stderr_max_bytes: int = DEFAULT_STDERR_MAX,
     ) -> Capabilities:

@@ -23,6 +23,7 @@ from tests.harness.procs import ProcessGroup
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "runtime" / "examples" / "handler.wasm"
 KVCOUNTER = ROOT / "runtime" / "examples" / "kvcounter.wasm"
+WORDCOUNT = ROOT / "runtime" / "examples" / "wordcount.wasm"  # Rust, std HashMap: imports random_get + clock_time_get
 NAMES = ["a", "b", "c", "d"]
 
 
@@ -310,3 +311,32 @@ def test_a_proximity_deployment_runs_near_its_origin_and_nodes_publish_coordinat
     # RTT proximity is scored from published coordinates: every live node put its own in its metadata
     wait_until(lambda: all("wasmatrix.coord" in m["labels"] for m in world.node("a").members() if m["status"] == "alive"), 20,
                "coordinates published")
+
+
+# Last in the file: the refused deployment below keeps failing its starts (until it is scaled to zero).
+def test_a_rust_hashmap_module_runs_under_default_grants_and_no_random_refuses_it(world: World) -> None:
+    # Issue 12: published and deployed with no --capability at all, clocks and random are granted.
+    _ok("module", "publish", str(WORDCOUNT), "--name", "wordcount", "--version", "1.0.0",
+        "--key", str(world.root / "pub.key"), "--data-dir", str(world.root / "a"))
+    world.deploy("words", "--module", "wordcount", "--version", "1.0.0", "--replicas", "1")
+    wait_until(lambda: len(world.running_on("words")) == 1, 30, "wordcount running")
+    (host,) = world.running_on("words")
+    code, out = world.invoke(host, "words", b"the cat and the hat\nThe end\n")
+    assert code == 200 and base64.b64decode(out["body"]) == b"3 the\n1 and\n1 cat\n1 end\n1 hat\n", out
+    # A deployment that denies random: the start is refused (the import named), counted, and nothing runs.
+    # (Another version: a node shares one loaded module among the deployments of one module@version,
+    # with the grant of the first to load it; see the report of the issue-12 branch.)
+    _ok("module", "publish", str(WORDCOUNT), "--name", "wordcount", "--version", "1.0.1",
+        "--key", str(world.root / "pub.key"), "--data-dir", str(world.root / "a"))
+    world.deploy("words-norandom", "--module", "wordcount", "--version", "1.0.1", "--replicas", "1",
+                 "--capability", "no-random")
+
+    def refused() -> list[dict[str, Any]]:
+        return [e for n in world.live() for e in n.client().get("/v1/events")["events"]
+                if e["kind"] == "start_failed" and e["deployment"] == "words-norandom"]
+
+    wait_until(lambda: refused() != [], 30, "words-norandom start refused")
+    assert "random_get" in refused()[0]["error"], refused()[0]
+    assert world.running_on("words-norandom") == {}
+    assert sum(n.metric("wasmatrix_replica_starts_total", 'outcome="error"') for n in world.live()) >= 1
+    world.deploy("words-norandom", "--module", "wordcount", "--version", "1.0.1", "--replicas", "0")

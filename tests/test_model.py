@@ -39,9 +39,33 @@ def test_manifest_payload_round_trip_is_exact() -> None:
         Limits(timeout_ms=500, fuel=10), Abi.DIRECT, created_at=12.5, description="d",
     )
     assert Manifest.from_payload(m.to_payload()) == m
-    assert m.to_payload()["capabilities"] == ["env:A", "dir:/data:rw", "kv:counter", "http:*.example.com", "log"]
-    assert Manifest("hello", "1.0.0", SHA, 100).to_payload()["capabilities"] == []
+    # Clocks and random are requested by default (issue 12) and listed in the signed form.
+    assert m.to_payload()["capabilities"] == ["env:A", "dir:/data:rw", "kv:counter", "http:*.example.com", "log", "clocks", "random"]
+    assert Manifest("hello", "1.0.0", SHA, 100).to_payload()["capabilities"] == ["clocks", "random"]
     assert m.key == "hello@1.2.3-rc.1"
+
+
+def test_clocks_and_random_default_on_with_deny_spellings() -> None:
+    assert CapabilityRequest().clocks and CapabilityRequest().random
+    assert CapabilityRequest.from_strings([]) == CapabilityRequest()
+    assert CapabilityRequest.from_strings(["clocks", "random"]) == CapabilityRequest()  # the old spelling still works
+    opted_out = CapabilityRequest.from_strings(["log", "no-clocks", "no-random"])
+    assert (opted_out.log, opted_out.clocks, opted_out.random) == (True, False, False)
+    assert opted_out.to_strings() == ["log", "no-clocks", "no-random"]
+    assert CapabilityRequest.from_strings(opted_out.to_strings()) == opted_out
+    assert opted_out.to_payload() == ["log"]
+    assert CapabilityRequest.from_payload(["log"]) == opted_out
+    assert CapabilityRequest.from_strings(["no-random"]).to_payload() == ["clocks"]
+
+
+def test_payload_signed_before_the_new_default_keeps_its_meaning() -> None:
+    # A registry record signed before issue 12 lists "clocks"/"random" only when requested:
+    # [] still means neither, and it re-encodes to the same bytes (its signature still verifies).
+    old = CapabilityRequest.from_payload([])
+    assert (old.clocks, old.random) == (False, False) and old.to_payload() == []
+    assert CapabilityRequest.from_payload(["kv:a", "clocks"]).to_payload() == ["kv:a", "clocks"]
+    with pytest.raises(SpecError, match="is not one of"):
+        CapabilityRequest.from_payload(["no-clocks"])  # a CLI spelling, not the signed form
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ PLAIN = re.compile(r"wasmatrix [^|;&$<>`]*")  # no shell syntax: the same argv i
 EXPECT = {
     "wasmatrix run runtime/examples/hello.wasm": r"env: GREETING=hi",
     "echo ping | wasmatrix run runtime/examples/handler.wasm": r"PING",
+    'echo "a b a" | wasmatrix run runtime/examples/wordcount.wasm': r"\A2 a\n1 b\n\Z",  # counted by hand
     "wasmatrix run runtime/examples/loop.wasm --timeout-ms 100; echo $?": r"(?m)^124$",
     "wasmatrix module list": r"hello\s+1\.1\.0\s+2\s+0",
     "wasmatrix rollback web": r"from_version\s+1\.1\.0\n.*active_version\s+1\.0\.0",

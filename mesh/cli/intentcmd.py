@@ -401,7 +401,8 @@ def register(subparsers: Any) -> None:
     pp.add_argument("--key", required=True, help="publisher private key file")
     pp.add_argument("--description")
     pp.add_argument("--capability", action="append", metavar="CAP",
-                    help="capability requested (repeatable): env:NAME, dir:/path[:rw], kv:NAMESPACE, http:HOST, log, clocks, random")
+                    help="capability requested (repeatable): env:NAME, dir:/path[:rw], kv:NAMESPACE, http:HOST, log; "
+                         "clocks and random are requested by default, no-clocks / no-random opt out")
     pp.add_argument("--limit", action="append", metavar="NAME=N",
                     help="resource limit (repeatable): memory_bytes, table_elements, max_concurrency, timeout_ms, fuel")
     pp.add_argument("--abi", choices=[a.value for a in Abi], default=Abi.WASI_COMMAND.value,
@@ -432,7 +433,8 @@ def register(subparsers: Any) -> None:
     d.add_argument("--near-node")
     d.add_argument("--spread", help="fault-domain level to spread across, e.g. site")
     d.add_argument("--capability", action="append", metavar="CAP",
-                   help="capability the deployment may use (repeatable; spelled as for module publish)")
+                   help="capability the deployment may use (repeatable; spelled as for module publish: "
+                        "clocks and random are granted unless no-clocks / no-random is given)")
     d.add_argument("--limit", action="append", metavar="NAME=N",
                    help="resource ceiling below the manifest's limits (repeatable; as for module publish)")
     common(d)

@@ -1,7 +1,8 @@
 """``wasmatrix run``: run a local WebAssembly module once, like ``wasmtime run``.
 
 Development mode: the module is a local file, unsigned, and gets exactly the
-capabilities given on the command line.
+capabilities given on the command line, plus WASI clocks and random unless
+``--no-clocks`` / ``--no-random`` deny them.
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-http", metavar="HOST", action="append", default=[],
                    help="allow outbound HTTP to HOST (allowlist check only)")
     p.add_argument("--log", action="store_true", help="grant the guest logging host function")
-    p.add_argument("--clocks", action="store_true", help="grant WASI clocks")
-    p.add_argument("--random", action="store_true", help="grant WASI random")
+    p.add_argument("--clocks", action=argparse.BooleanOptionalAction, default=True,
+                   help="grant WASI clocks (default: granted; --no-clocks denies them)")
+    p.add_argument("--random", action=argparse.BooleanOptionalAction, default=True,
+                   help="grant WASI random (default: granted; --no-random denies it)")
     p.add_argument("--abi", choices=["auto", "wasi-command", "direct"], default="auto",
                    help="handler ABI (default: detect from exports)")
     p.add_argument("--invoke", action="store_true", help="shorthand for --abi direct: stdin bytes in, "

@@ -47,7 +47,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def wasm() -> dict[str, bytes]:
-    names = ("hello", "handler", "kvcounter", "loop", "membomb", "escape", "recurse")
+    names = ("hello", "handler", "kvcounter", "loop", "membomb", "escape", "recurse", "wordcount")
     return {name: example_bytes(name) for name in names}
 
 

@@ -82,10 +82,26 @@ def test_import_classification() -> None:
         ("other", "f", "func"),
         ("wasmatrix", "nope", "func"),
     ]
-    report = check_imports(imports, Capabilities(clocks=True))
+    # Issue 12: clocks and random are granted by default; denying random refuses random_get only.
+    report = check_imports(imports, Capabilities(random=False))
     assert report.allowed == ("wasi_snapshot_preview1.fd_write", "wasi_snapshot_preview1.clock_time_get")
     assert len(report.offending) == 5
     assert "wasi_snapshot_preview1.sock_accept (never granted)" in report.offending
+    assert "wasi_snapshot_preview1.random_get (needs the random capability)" in report.offending
+
+
+def test_clocks_and_random_are_granted_by_default_and_deniable() -> None:
+    imports = [("wasi_snapshot_preview1", "clock_time_get", "func"), ("wasi_snapshot_preview1", "random_get", "func")]
+    assert check_imports(imports, Capabilities()).offending == ()
+    assert check_imports(imports, Capabilities.build()).offending == ()
+    denied = check_imports(imports, Capabilities.build(clocks=False, random=False)).offending
+    assert denied == (
+        "wasi_snapshot_preview1.clock_time_get (needs the clocks capability)",
+        "wasi_snapshot_preview1.random_get (needs the random capability)",
+    )
+    # Filesystem, network and environment stay deny-by-default.
+    default = Capabilities()
+    assert (default.env, default.dirs, default.kv_namespaces, default.http_hosts, default.log) == ((), (), (), (), False)
 
 
 def test_kv_counter_through_host_api(rt: Runtime, audit: MemoryAuditSink, wasm: dict[str, bytes]) -> None:
@@ -103,7 +119,9 @@ def test_kv_counter_through_host_api(rt: Runtime, audit: MemoryAuditSink, wasm: 
 
 
 def test_requested_but_ungranted_capabilities_are_denied() -> None:
-    policy = Capabilities.build(env={"A": "1"}, dirs=[DirGrant("/tmp", "/data")], kv_namespaces=["ns"], log=True)
+    # clocks are granted by default (issue 12); this policy denies them explicitly.
+    policy = Capabilities.build(env={"A": "1"}, dirs=[DirGrant("/tmp", "/data")], kv_namespaces=["ns"], log=True,
+                                clocks=False)
     request = CapabilityRequest(
         env=("A", "B"), dirs=("/data:rw", "/etc"), kv_namespaces=("ns", "x"), http_hosts=("h.example",),
         log=True, clocks=True,
@@ -112,7 +130,16 @@ def test_requested_but_ungranted_capabilities_are_denied() -> None:
     assert effective.env == (("A", "1"),)
     assert effective.dirs == (DirGrant("/tmp", "/data", writable=False),)
     assert effective.kv_namespaces == ("ns",) and effective.log and not effective.clocks
+    assert effective.random  # requested by default, granted by default
     assert denied == ["env:B", "dir_write:/data", "dir:/etc", "kv:x", "http:h.example", "clocks"]
+
+
+def test_default_request_and_default_policy_grant_clocks_and_random() -> None:
+    effective, denied = Capabilities().restrict(CapabilityRequest())
+    assert (effective.clocks, effective.random, denied) == (True, True, [])
+    # A manifest that opts out does not get them, and nothing is counted as denied.
+    effective, denied = Capabilities().restrict(CapabilityRequest.from_strings(["no-clocks", "no-random"]))
+    assert (effective.clocks, effective.random, denied) == (False, False, [])
 
 
 @pytest.mark.parametrize(
