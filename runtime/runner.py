@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import hashlib
 import threading
 import time
 import weakref
@@ -175,9 +176,10 @@ class LoadedModule:
         pre: InstancePre,
         signed: bool,
         metrics: RuntimeMetrics,
+        key: str | None = None,
     ) -> None:
         self.manifest = manifest
-        self.key = manifest.key
+        self.key = key or manifest.key  # name@version, plus ~GRANT when that version also runs under another grant
         self.abi = abi
         self.limits = limits
         self.capabilities = capabilities
@@ -356,9 +358,17 @@ class Runtime:
         with self._lock:
             existing = self._modules.get(key)
         if existing is not None:
-            if existing.manifest.sha256 == manifest.sha256:
+            if existing.manifest.sha256 != manifest.sha256:
+                raise ArtifactError(f"{key} is already loaded with different bytes; versions are immutable, bump it")
+            if existing.capabilities == caps:
                 return existing
-            raise ArtifactError(f"{key} is already loaded with different bytes; versions are immutable, bump it")
+            # The same version under another grant (two deployments, one denying random or without a
+            # KV grant) is another loaded module: sharing one would hand it the first one's grant.
+            key = f"{manifest.key}~{grant_fingerprint(caps)}"
+            with self._lock:
+                other = self._modules.get(key)
+            if other is not None:
+                return other
         limits = manifest.limits.clamp(self.config.limit_ceiling)
         engine = self._engine(fuel=limits.fuel is not None)
         max_bytes = self.config.max_module_bytes
@@ -399,7 +409,7 @@ class Runtime:
             raise
         if manifest.abi is not abi:
             manifest = replace(manifest, abi=abi)
-        lm = LoadedModule(manifest, abi, limits, caps, engine, module, pre, signed, self.metrics)
+        lm = LoadedModule(manifest, abi, limits, caps, engine, module, pre, signed, self.metrics, key=key)
         with self._lock:
             if key in self._modules:  # lost a race with an identical load
                 return self._modules[key]
@@ -732,6 +742,11 @@ class Runtime:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def grant_fingerprint(caps: Capabilities) -> str:
+    """8 hex characters naming an effective grant (a frozen dataclass: its repr is canonical)."""
+    return hashlib.blake2b(repr(caps).encode(), digest_size=4).hexdigest()
 
 
 def _reject_reason(exc: ValidationError) -> str:

@@ -93,3 +93,20 @@ def test_wasmatrix_run_subprocess_piped_stdin() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == COUNTS
+
+
+def test_one_version_under_two_grants_is_two_loaded_modules(rt: Runtime, wasm: dict[str, bytes]) -> None:
+    """Two deployments of one module version on one node: the second one's grant must hold, not the first's."""
+    granted = rt.load_unsigned(wasm["hello"], name="hello", version="1.0.0")
+    same = rt.load_unsigned(wasm["hello"], name="hello", version="1.0.0")
+    assert same is granted  # same version, same grant: one loaded module
+    env = Capabilities.build(env={"GREETING": "hi"})
+    other = rt.load_unsigned(wasm["hello"], name="hello", version="1.0.0", capabilities=env)
+    assert other is not granted and other.key != granted.key and other.key.startswith("hello@1.0.0~")
+    assert dict(other.capabilities.env) == {"GREETING": "hi"} and granted.capabilities.env == ()
+    assert b"env: GREETING=hi" in rt.run_command(other.key).body
+    assert b"GREETING" not in rt.run_command(granted.key).body
+    # and a version loaded with random first cannot lend it to a later load that denies it
+    rt.load_unsigned(wasm["wordcount"], name="wordcount", version="1.0.0")
+    with pytest.raises(CapabilityDenied):
+        rt.load_unsigned(wasm["wordcount"], name="wordcount", version="1.0.0", capabilities=Capabilities.build(random=False))
