@@ -22,17 +22,20 @@ for src in examples/wasm/*.c; do
   echo "built $OUT/$name.wasm ($(wc -c <"$OUT/$name.wasm") bytes)"
 done
 
-RUSTC=${RUSTC:-rustc}
+# The first rustc (RUSTC, else the one on PATH, else Debian's /usr/bin/rustc: a rustup toolchain
+# earlier on PATH often lacks the wasm std) with a wasm32 WASI std installed.
 rust_target=""
-if command -v "$RUSTC" >/dev/null 2>&1; then
+for cand in ${RUSTC:-} rustc /usr/bin/rustc; do
+  command -v "$cand" >/dev/null 2>&1 || continue
   for t in wasm32-wasi wasm32-wasip1; do
-    libdir=$("$RUSTC" --print target-libdir --target "$t" 2>/dev/null || true)
+    libdir=$("$cand" --print target-libdir --target "$t" 2>/dev/null || true)
     if [ -n "$libdir" ] && compgen -G "$libdir/libstd-*.rlib" >/dev/null; then
+      RUSTC=$cand
       rust_target=$t
-      break
+      break 2
     fi
   done
-fi
+done
 for src in examples/wasm/*.rs; do
   [ -e "$src" ] || continue
   name=$(basename "$src" .rs)
