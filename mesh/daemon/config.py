@@ -17,6 +17,14 @@ command exits 2 with one line. The TOML file uses the flag names with ``_`` for 
     max_members = 100000                   # membership flood bounds (mesh/membership/config.py)
     max_new_members_per_push_pull = 10000
     max_new_members_per_peer = 20000
+
+    [mqtt]                                 # the MQTT bridge (docs/EVENTS.md "MQTT bridge"); off without it
+    broker = "127.0.0.1:1883"
+    in = ["sensors/#"]                     # broker topic filters published into the mesh
+    out = ["out/#"]                        # mesh topic patterns published to the broker
+    client_id = "truck-7-bridge"           # fixed: the broker keeps this client's QoS-1 session
+    qos = 1
+    keepalive = 60
 """
 
 from __future__ import annotations
@@ -47,6 +55,23 @@ MAX_MEMBER_BOUND = 10_000_000
 
 class DaemonConfigError(MeshError):
     """A flag or config-file value is wrong (exit 2)."""
+
+
+@dataclass(slots=True, frozen=True)
+class MqttConfig:
+    """``--mqtt HOST:PORT`` / ``[mqtt]``: the MQTT bridge settings (mesh/mqtt/bridge.py)."""
+
+    broker: tuple[str, int]
+    inputs: tuple[str, ...] = ()  # MQTT topic filters subscribed on the broker, published into the mesh
+    outputs: tuple[str, ...] = ()  # mesh topic patterns whose events are published to the broker
+    client_id: str | None = None  # None: wasmatrix-<node id prefix>
+    qos: int = 1
+    keepalive: int = 60
+
+
+MQTT_KEYS = ("broker", "in", "out", "client_id", "qos", "keepalive")
+MAX_MQTT_FILTERS = 64
+MAX_FILTER = 256
 
 
 def parse_hostport(text: Any, what: str, *, allow_port_zero: bool = False, need_ip: bool = False) -> tuple[str, int]:
@@ -104,6 +129,7 @@ class DaemonConfig:
     api: tuple[str, int] = ("127.0.0.1", 0)
     log_level: str = "info"
     membership: tuple[tuple[str, int], ...] = ()  # overrides of the profile's MEMBERSHIP_KEYS, sorted
+    mqtt: MqttConfig | None = None  # the MQTT bridge, off unless --mqtt / [mqtt] broker is given
 
     def membership_config(self) -> MembershipConfig:
         """The profile with the operator's membership overrides (validated by :func:`load_config`)."""
@@ -198,10 +224,70 @@ def _membership(merged: dict[str, Any], profile: str, what: Any) -> tuple[tuple[
     return tuple(sorted(out.items()))
 
 
+def _topic_filter(text: Any, what: str) -> str:
+    """An MQTT topic filter / mesh topic pattern: 1-256 printable characters in '/'-separated levels,
+    ``+`` only as a whole level, ``#`` only as the whole last level."""
+    if not isinstance(text, str) or not 1 <= len(text) <= MAX_FILTER or not text.isprintable():
+        raise DaemonConfigError(f"{what} {text!r:.60}: expected a topic filter of 1-{MAX_FILTER} printable characters")
+    levels = text.split("/")
+    for i, level in enumerate(levels):
+        if ("+" in level or "#" in level) and len(level) != 1:
+            raise DaemonConfigError(f"{what} {text!r:.60}: '+' and '#' must fill a whole level")
+        if level == "#" and i != len(levels) - 1:
+            raise DaemonConfigError(f"{what} {text!r:.60}: '#' must be the last level")
+    return text
+
+
+def _mqtt(base: dict[str, Any], flags: dict[str, Any]) -> MqttConfig | None:
+    """The bridge settings: ``[mqtt]`` in the TOML file, overridden by the --mqtt* flags."""
+    table = base.get("mqtt", {})
+    if not isinstance(table, dict):
+        raise DaemonConfigError(f"mqtt (in {flags.get('config')}): expected a [mqtt] table")
+    table = {str(k).replace("-", "_"): v for k, v in table.items()}
+    unknown = sorted(set(table) - set(MQTT_KEYS))
+    if unknown:
+        raise DaemonConfigError(f"[mqtt] (in {flags.get('config')}): unknown key(s) {', '.join(unknown)}")
+    given = {"broker": "mqtt", "in": "mqtt_in", "out": "mqtt_out", "client_id": "mqtt_client_id"}
+    s = dict(table)
+    names = {k: f"mqtt.{k} (in {flags.get('config')})" for k in MQTT_KEYS}
+    for key, flag in given.items():
+        if flags.get(flag) not in (None, [], ()):
+            s[key] = flags[flag]
+            names[key] = "--" + flag.replace("_", "-")
+    if s.get("broker") is None:
+        extra = [names[k] for k in MQTT_KEYS if k in s]
+        if extra:
+            raise DaemonConfigError(f"{extra[0]} needs the broker: --mqtt HOST:PORT (or broker in [mqtt])")
+        return None
+    broker = parse_hostport(s["broker"], names["broker"])
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in ("in", "out"):
+        items = s.get(key) or []
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, (list, tuple)) or len(items) > MAX_MQTT_FILTERS:
+            raise DaemonConfigError(f"{names[key]}: a list of at most {MAX_MQTT_FILTERS} topic filters")
+        lists[key] = tuple(dict.fromkeys(_topic_filter(f, names[key]) for f in items))
+    if not lists["in"] and not lists["out"]:
+        raise DaemonConfigError(f"{names['broker']}: bridges nothing; add --mqtt-in FILTER and/or --mqtt-out PATTERN")
+    client_id = s.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or not 1 <= len(client_id) <= 64
+                                  or not all(c.isascii() and c.isprintable() and c != " " for c in client_id)):
+        raise DaemonConfigError(f"{names['client_id']} {client_id!r:.70}: 1-64 printable ASCII characters, no spaces")
+    qos = s.get("qos", 1)
+    if qos not in (0, 1) or isinstance(qos, bool):
+        raise DaemonConfigError(f"{names['qos']} {qos!r:.20}: 0 or 1 (1: at least once, the default)")
+    keepalive = s.get("keepalive", 60)
+    if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 5 <= keepalive <= 3600:
+        raise DaemonConfigError(f"{names['keepalive']} {keepalive!r:.20}: seconds, an integer in 5..3600")
+    return MqttConfig(broker, lists["in"], lists["out"], client_id, qos, keepalive)
+
+
 _KEYS = {
     "data_dir", "bind", "advertise", "seed", "mesh_secret", "insecure", "mdns", "name", "zone", "label",
-    "geo", "arch", "profile", "api", "log_level", *MEMBERSHIP_KEYS,
+    "geo", "arch", "profile", "api", "log_level", "mqtt", *MEMBERSHIP_KEYS,
 }
+_MQTT_FLAGS = ("mqtt_in", "mqtt_out", "mqtt_client_id")
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -235,7 +321,7 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
     base: dict[str, Any] = read_toml(flags["config"]) if flags.get("config") else {}
     merged = dict(base)
     for k, v in flags.items():
-        if k == "config" or v is None or (isinstance(v, (list, tuple)) and not v) or v is False:
+        if k in ("config", "mqtt", *_MQTT_FLAGS) or v is None or (isinstance(v, (list, tuple)) and not v) or v is False:
             continue
         merged[k] = v
     def what(key: str) -> str:
@@ -291,6 +377,7 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
     if level not in ("debug", "info", "warning", "error"):
         raise DaemonConfigError(f"{what('log_level')} {level!r:.20}: debug, info, warning or error")
     membership = _membership(merged, profile, what)
+    mqtt = _mqtt(base, flags)
     cfg = DaemonConfig(
         data_dir=Path(data_dir),
         bind=bind,
@@ -308,6 +395,7 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
         api=api,
         log_level=level,
         membership=membership,
+        mqtt=mqtt,
     )
     cfg.meta()  # every metadata bound (sizes, characters) checked now, not at the first gossip
     return cfg
