@@ -240,9 +240,9 @@ def test_broker_restart_mid_stream_loses_no_acknowledged_message(broker: Broker)
             for i in range(n_msgs):
                 payload = f"m{i:03d}".encode()
                 infos.append((payload, pub.publish("sensors/t1", payload)))
-                if i == n_msgs // 2:
-                    await trio.to_thread.run_sync(broker.restart, 0.3)
-                await trio.sleep(0.01)
+                if i == n_msgs // 3:  # down for 0.5 s while the publisher keeps going (its client queues)
+                    n.start_soon(trio.to_thread.run_sync, broker.restart, 0.5)
+                await trio.sleep(0.02)
             await _until(lambda: all(pub.is_acked(mid) for _, mid in infos), "the broker acknowledged every publish")
             want = {p.upper() for p, _ in infos}
             await _until(lambda: want <= set(out.payloads("out/t1")), "every acknowledged message's output")
