@@ -42,6 +42,8 @@ from mesh.errors import ConfigError, MeshError
 from mesh.membership.config import PROFILES, MembershipConfig
 from mesh.membership.config import profile as profile_config
 from mesh.membership.meta import MAX_LABELS, MAX_NAME, NodeMeta
+from model.errors import SpecError
+from model.topics import validate_pattern
 
 MAX_CONFIG_BYTES = 256 << 10
 MAX_SEEDS = 64
@@ -71,7 +73,6 @@ class MqttConfig:
 
 MQTT_KEYS = ("broker", "in", "out", "client_id", "qos", "keepalive")
 MAX_MQTT_FILTERS = 64
-MAX_FILTER = 256
 
 
 def parse_hostport(text: Any, what: str, *, allow_port_zero: bool = False, need_ip: bool = False) -> tuple[str, int]:
@@ -225,17 +226,11 @@ def _membership(merged: dict[str, Any], profile: str, what: Any) -> tuple[tuple[
 
 
 def _topic_filter(text: Any, what: str) -> str:
-    """An MQTT topic filter / mesh topic pattern: 1-256 printable characters in '/'-separated levels,
-    ``+`` only as a whole level, ``#`` only as the whole last level."""
-    if not isinstance(text, str) or not 1 <= len(text) <= MAX_FILTER or not text.isprintable():
-        raise DaemonConfigError(f"{what} {text!r:.60}: expected a topic filter of 1-{MAX_FILTER} printable characters")
-    levels = text.split("/")
-    for i, level in enumerate(levels):
-        if ("+" in level or "#" in level) and len(level) != 1:
-            raise DaemonConfigError(f"{what} {text!r:.60}: '+' and '#' must fill a whole level")
-        if level == "#" and i != len(levels) - 1:
-            raise DaemonConfigError(f"{what} {text!r:.60}: '#' must be the last level")
-    return text
+    """An MQTT topic filter / mesh topic pattern (model/topics.py: the MQTT grammar)."""
+    try:
+        return validate_pattern(text)
+    except SpecError as exc:
+        raise DaemonConfigError(f"{what}: {exc}") from None
 
 
 def _mqtt(base: dict[str, Any], flags: dict[str, Any]) -> MqttConfig | None:
