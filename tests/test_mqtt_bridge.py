@@ -21,6 +21,7 @@ from mesh.events import Backpressure, Event
 from mesh.events.topics import matches
 from mesh.metrics import render
 from mesh.mqtt import MqttBridge
+from tests.harness.promtool import promtool_check
 from tests.harness.mosquitto import Broker, MqttClient, broker  # noqa: F401  (fixture)
 
 TIMEOUT = 30.0
@@ -134,12 +135,31 @@ def test_in_and_out_through_mosquitto(broker: Broker) -> None:
             assert _sample(text, 'wasmatrix_mqtt_messages_total{direction="out",result="acked"}') == 2
             assert _sample(text, 'wasmatrix_mqtt_messages_total{direction="out",result="looped"}') == 1
             assert _sample(text, 'wasmatrix_mqtt_pending_acks{direction="out"}') == 0
+            promtool_check(text.encode())
+            _documented(text)
             n.cancel_scope.cancel()
 
     try:
         trio.run(main)
     finally:
         ext.close()
+
+
+def _documented(text: str) -> None:
+    """docs/METRICS.md lists every MQTT family, label and label value the bridge exports."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    doc = (Path(__file__).parent.parent / "docs" / "METRICS.md").read_text()
+    section = doc[doc.index("### MQTT bridge"):]
+    section = section[:section.index("\n### ")]
+    fams = list(text_string_to_metric_families(text))
+    assert len(fams) == 5
+    for fam in fams:
+        shown = fam.name + "_total" if fam.type == "counter" else fam.name
+        assert f"`{shown}`" in section, shown
+        for smp in fam.samples:
+            for label, v in smp.labels.items():
+                assert f"`{label}`" in section and v in section, (fam.name, label, v)
 
 
 def _registry(bridge: MqttBridge) -> Any:
