@@ -163,6 +163,10 @@ class EventBus:
         Raises :class:`Backpressure` (a full queue, the storm policy) and ``ValueError`` (a bad
         topic, data or meta); ``EventStoreError`` when the store cannot be written (not acknowledged).
         """
+        return (await self.publish_counted(topic, data, meta, source=source))[0]
+
+    async def publish_counted(self, topic: Any, data: Any, meta: Any = None, *, source: str = "api") -> tuple[Event, list[str]]:
+        """:meth:`publish`, also returning the subscriptions the event was queued in."""
         topic, data, meta = check_event_input(topic, data, meta)
         if not isinstance(source, str) or not 1 <= len(source) <= 64:
             raise ValueError("source must be a string of 1-64 characters")
@@ -182,7 +186,7 @@ class EventBus:
         for t in list(self._taps):
             if matches(t.pattern, topic):
                 t.offer(ev)
-        return ev
+        return ev, names
 
     def tap(self, pattern: str, maxlen: int = 1000) -> Tap:
         """Observe every event published on this node whose topic matches ``pattern`` (ValueError if invalid)."""
