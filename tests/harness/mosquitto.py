@@ -50,6 +50,7 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            "set_tcp_nodelay true\n"
             "persistence true\n"
             f"persistence_location {root / 'data'}/\n"
             "autosave_on_changes true\n"
@@ -117,6 +118,8 @@ class MqttClient:
 
         from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv311
 
+        from mesh.mqtt.bridge import no_delay
+
         self.received: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
@@ -153,6 +156,7 @@ class MqttClient:
 
         c.on_connect, c.on_subscribe, c.on_disconnect, c.on_message = on_connect, on_subscribe, on_disconnect, on_message
         c.on_publish = on_publish
+        c.on_socket_open = lambda client, userdata, sock: no_delay(sock)
         self.client = c
         c.connect_async("127.0.0.1", broker.port, keepalive=10)
         c.loop_start()
