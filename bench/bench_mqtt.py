@@ -8,6 +8,8 @@ One mosquitto on loopback (persistence off, ``set_tcp_nodelay true``; every clie
 * baseline: a separate Python process with a paho client subscribed to ``sensors/#`` that, for each
   message, publishes the upper-cased payload prefixed ``n=0:`` on ``out/<rest>`` (QoS 1 both ways):
   two broker hops and one client, no mesh, no wasm — what MQTT round trips cost on this machine.
+* bridge: the bridge alone, in its own process: ``MqttBridge`` over an in-memory bus whose publish
+  on ``sensors/X`` emits the upper-cased data on ``out/X`` to the taps (no event queue, no wasm);
 * mesh: a ``wasmatrix node run --mqtt`` daemon (separate process) bridging ``sensors/#`` in and
   ``out/#`` out; a subscription on ``sensors/t1`` runs ``runtime/examples/handler.wasm`` (direct ABI:
   answers ``n=<calls>:<INPUT UPPERCASED>``) and replies on ``out/t1``. Each message: PUBLISH to the
@@ -55,6 +57,53 @@ c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_messag
 c.on_socket_open = lambda client, userdata, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 c.connect("127.0.0.1", port, keepalive=30)
 c.loop_forever()
+"""
+
+# The bridge alone: MqttBridge over an in-memory bus whose publish on sensors/X emits, to the taps, the
+# upper-cased data as a reply event on out/X (what the subscription + module do, minus queue and wasm).
+BRIDGE_ONLY = r"""
+import sys, trio
+from mesh.daemon.config import MqttConfig
+from mesh.events import Event
+from mesh.events.topics import matches
+from mesh.mqtt import MqttBridge
+
+class Tap:
+    def __init__(self, pattern):
+        self.pattern = pattern
+        self.send, self.recv = trio.open_memory_channel(1000)
+    def __aiter__(self):
+        return self
+    async def __anext__(self):
+        return await self.recv.receive()
+    def close(self):
+        pass
+
+class EchoBus:
+    def __init__(self):
+        self.taps, self.n = [], 0
+    async def publish(self, topic, data, meta=None, *, source="api"):
+        self.n += 1
+        ev = Event(f"e-{self.n}", topic, data, meta or {}, source, 0.0)
+        out = Event(f"r-{self.n}", "out/" + topic.split("/", 1)[1], b"n=0:" + data.upper(), {"reply_to": ev.id}, "reply", 0.0)
+        for e in (ev, out):
+            for t in self.taps:
+                if matches(t.pattern, e.topic):
+                    t.send.send_nowait(e)
+        return ev
+    def tap(self, pattern, maxlen=1000):
+        t = Tap(pattern)
+        self.taps.append(t)
+        return t
+
+async def main():
+    bridge = MqttBridge(MqttConfig(("127.0.0.1", int(sys.argv[1])), ("sensors/#",), ("out/#",)), EchoBus(), "bench-bridge")
+    async with trio.open_nursery() as n:
+        await n.start(bridge.run)
+        await bridge.wait_connected()
+        print("ready", flush=True)
+
+trio.run(main)
 """
 
 
@@ -138,6 +187,15 @@ def main() -> None:
         drv.client.close()
         group.stop(echo)
 
+        # The bridge alone (in-memory echo bus, no event queue, no wasm).
+        only = group.start([sys.executable, "-c", BRIDGE_ONLY, str(broker.port)], name="bridge-only")
+        only.wait_for_line("ready", timeout=10)
+        drv = Driver(broker, "bench-driver-3")
+        drv.run("w", args.warmup, 10, args.window)
+        bridge_only = drv.run("o", args.messages, args.seconds, args.window)
+        drv.client.close()
+        group.stop(only)
+
         # Mesh: a daemon with the bridge, a subscription running handler.wasm.
         publisher_and_operator(root, ["a"])
         mesh = Mesh(group, root, profile="local", extra=["--log-level", "warning"])
@@ -166,9 +224,12 @@ def main() -> None:
     print("baseline = a bare paho echo client (separate process) republishing each message upper-cased: no mesh, no wasm")
     print(f"{'run':<10} {'done':>7} {'msgs/s':>10} {'p50_ms':>9} {'p99_ms':>9}")
     rb, b50, b99 = _report("baseline", *base)
+    ro, o50, o99 = _report("bridge", *bridge_only)
     rm, m50, m99 = _report("mesh", *res)
     if rb and rm:
         print(f"ratio mesh/baseline: throughput {rm / rb:.3f}x, p50 {m50 / b50:.1f}x, p99 {m99 / b99:.1f}x")
+        print(f"ratio bridge/baseline: throughput {ro / rb:.3f}x, p50 {o50 / b50:.1f}x, p99 {o99 / b99:.1f}x "
+              "(bridge = MqttBridge over an in-memory echo bus: the bridge's own cost, no event queue, no wasm)")
 
 
 if __name__ == "__main__":
