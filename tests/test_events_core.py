@@ -89,6 +89,8 @@ def test_subscription_spec_validation() -> None:
         SubscriptionSpec("s", "a/b", "d", queue=0)
     with pytest.raises(ValidationError):
         SubscriptionSpec("S p", "a/b", "d")
+    with pytest.raises(ValidationError, match="forever"):
+        SubscriptionSpec("s", "a/+", "d", reply_topic="a/out")  # its own replies would match it
     s = SubscriptionSpec("s", "a/+", "d", {"k": "v*"}, "x", "out/a", 7, 10)
     assert SubscriptionSpec.from_payload(s.to_payload()) == s
 
@@ -262,5 +264,35 @@ def test_tap_is_bounded_and_counts_drops() -> None:
         await bus.publish("zzz", b"not matched")
         assert [e.data for e in tap.queue] == [b"0", b"1"]
         assert tap.dropped == 3 and bus.tap_drops == 3
+
+    trio.run(main)
+
+
+def test_a_cycle_of_subscriptions_through_reply_topics_is_cut_after_8_hops() -> None:
+    calls: list[str] = []
+
+    async def invoke(dep: str, data: bytes, timeout: float) -> dict[str, object]:
+        calls.append(dep)
+        return {"ok": True, "code": "ok", "output": data}
+
+    # ping replies on b, pong (subscribed to b) replies on a: a cycle
+    subs = [SubscriptionSpec("ping", "a", "p1", reply_topic="b"), SubscriptionSpec("pong", "b", "p2", reply_topic="a")]
+
+    async def main() -> None:
+        bus = EventBus("n", invoke=invoke, subscriptions=lambda: subs, rng=random.Random(1))
+        tap = bus.tap("#", maxlen=100)
+        async with trio.open_nursery() as n:
+            await n.start(bus.run)
+            await bus.publish("a", b"x")
+            with trio.fail_after(5):
+                while bus.core.shed["reply_loop"] == 0:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.05)
+            n.cancel_scope.cancel()
+        hops = [e.meta.get("hops") for e in tap.queue]
+        # the event, its reply (no hops), then replies of replies numbered 2..8; the 9th is cut
+        assert hops == [None, None, "2", "3", "4", "5", "6", "7", "8"]
+        assert [e.topic for e in tap.queue] == ["a", "b", "a", "b", "a", "b", "a", "b", "a"]
+        assert len(calls) == 9 and bus.core.shed["reply_loop"] == 1
 
     trio.run(main)
