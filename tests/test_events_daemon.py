@@ -111,7 +111,8 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         # filters: another room, or data without the text, matches no subscription
         assert (await _ok("publish", "home/b1/temp", "--data", "hot bath", "--meta", "room=bath",
                           "--data-dir", str(dd)))["subscriptions"] == 0
-        assert (await _ok("publish", "home/k1/temp", "--data", "cold", "--meta", "room=kitchen-1",
+        (tmp_path / "cold.txt").write_bytes(b"cold")
+        assert (await _ok("publish", "home/k1/temp", "--data", f"@{tmp_path / 'cold.txt'}", "--meta", "room=kitchen-1",
                           "--data-dir", str(dd)))["subscriptions"] == 0
         assert (await _ok("publish", "home/k1/temp/x", "--data", "hot", "--meta", "room=kitchen",
                           "--data-dir", str(dd)))["subscriptions"] == 0
