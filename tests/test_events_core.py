@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import trio
@@ -12,6 +13,7 @@ from crdt.schema import SubscriptionSpec
 from mesh.events import Backpressure, Event
 from mesh.events.bus import EventBus
 from mesh.events.delivery import DEAD, DELIVERED, RETRY, DeliveryCore, RetryPolicy, StormPolicy, accepts
+from mesh.events.store import EventStore
 from mesh.events.topics import matches, validate_pattern, validate_topic
 from model.errors import SpecError
 
@@ -296,3 +298,45 @@ def test_a_cycle_of_subscriptions_through_reply_topics_is_cut_after_8_hops() -> 
         assert len(calls) == 9 and bus.core.shed["reply_loop"] == 1
 
     trio.run(main)
+
+
+def test_store_keeps_queued_events_across_a_bus_restart_and_forgets_them_once_delivered(tmp_path: Path) -> None:
+    subs = [SubscriptionSpec("s", "jobs/#", "d", max_attempts=100)]
+    fail = [True]
+
+    async def invoke(dep: str, data: bytes, timeout: float) -> dict[str, object]:
+        return {"ok": False, "code": "no_replica", "message": "none"} if fail[0] else {"ok": True, "code": "ok", "output": b""}
+
+    async def first() -> str:
+        store = EventStore(tmp_path)
+        bus = EventBus("n1", invoke=invoke, store=store, subscriptions=lambda: subs, rng=random.Random(2))
+        async with trio.open_nursery() as n:
+            await n.start(bus.run)
+            ev = await bus.publish("jobs/1", b"payload", {"k": "v"})
+            assert store.count() == 1  # acknowledged: the row is committed
+            await bus.publish("other", b"no subscriber")
+            with trio.fail_after(5):
+                while bus.status()[0]["failures"] < 2:
+                    await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+        store.close()
+        return ev.id
+
+    async def second(eid: str) -> None:
+        fail[0] = False
+        store = EventStore(tmp_path)
+        rows, damaged = store.load()
+        assert [(s, e.id, e.data, e.meta) for s, e in rows] == [("s", eid, b"payload", {"k": "v"})] and damaged == 0
+        bus = EventBus("n1", invoke=invoke, store=store, subscriptions=lambda: subs, rng=random.Random(3))
+        async with trio.open_nursery() as n:
+            await n.start(bus.run)
+            assert bus.restored == 1
+            with trio.fail_after(5):
+                while store.count():
+                    await trio.sleep(0.01)
+            assert bus.status()[0]["delivered"] == 1
+            n.cancel_scope.cancel()
+        store.close()
+
+    eid = trio.run(first)
+    trio.run(second, eid)

@@ -178,7 +178,7 @@ class EventBus:
         if names and self.store is not None:
             try:
                 await self._persist([(n, ev) for n in names], [])
-            except BaseException:
+            except EventStoreError:
                 self.core.abort(ev.id, names)
                 raise
         self.core.durable(ev.id, names, trio.current_time())
@@ -212,7 +212,10 @@ class EventBus:
         if not self._writer_running:
             await self._flush()
         if wait:
-            await w.done.wait()
+            # Shielded: once handed to the writer the rows commit anyway, so the event stays queued
+            # (delivered, at least once) rather than lingering in the store unknown to the core.
+            with trio.CancelScope(shield=True):
+                await w.done.wait()
             if w.error is not None:
                 raise w.error
 
