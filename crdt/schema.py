@@ -503,6 +503,11 @@ class SubscriptionSpec:
         v_text(self.contains, "contains", 1024)
         if self.reply_topic is not None:
             _model(validate_topic, self.reply_topic)
+            from model.topics import matches
+
+            if matches(self.topic, self.reply_topic):
+                raise ValidationError(f"reply topic {self.reply_topic!r} matches the subscription's own pattern "
+                                      f"{self.topic!r}: every reply would run the deployment again, forever")
         v_int(self.max_attempts, "max_attempts", 1, MAX_SUB_ATTEMPTS)
         v_int(self.queue, "queue", 1, MAX_SUB_QUEUE)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import trio
@@ -12,6 +13,7 @@ from crdt.schema import SubscriptionSpec
 from mesh.events import Backpressure, Event
 from mesh.events.bus import EventBus
 from mesh.events.delivery import DEAD, DELIVERED, RETRY, DeliveryCore, RetryPolicy, StormPolicy, accepts
+from mesh.events.store import EventStore
 from mesh.events.topics import matches, validate_pattern, validate_topic
 from model.errors import SpecError
 
@@ -89,6 +91,8 @@ def test_subscription_spec_validation() -> None:
         SubscriptionSpec("s", "a/b", "d", queue=0)
     with pytest.raises(ValidationError):
         SubscriptionSpec("S p", "a/b", "d")
+    with pytest.raises(ValidationError, match="forever"):
+        SubscriptionSpec("s", "a/+", "d", reply_topic="a/out")  # its own replies would match it
     s = SubscriptionSpec("s", "a/+", "d", {"k": "v*"}, "x", "out/a", 7, 10)
     assert SubscriptionSpec.from_payload(s.to_payload()) == s
 
@@ -264,3 +268,75 @@ def test_tap_is_bounded_and_counts_drops() -> None:
         assert tap.dropped == 3 and bus.tap_drops == 3
 
     trio.run(main)
+
+
+def test_a_cycle_of_subscriptions_through_reply_topics_is_cut_after_8_hops() -> None:
+    calls: list[str] = []
+
+    async def invoke(dep: str, data: bytes, timeout: float) -> dict[str, object]:
+        calls.append(dep)
+        return {"ok": True, "code": "ok", "output": data}
+
+    # ping replies on b, pong (subscribed to b) replies on a: a cycle
+    subs = [SubscriptionSpec("ping", "a", "p1", reply_topic="b"), SubscriptionSpec("pong", "b", "p2", reply_topic="a")]
+
+    async def main() -> None:
+        bus = EventBus("n", invoke=invoke, subscriptions=lambda: subs, rng=random.Random(1))
+        tap = bus.tap("#", maxlen=100)
+        async with trio.open_nursery() as n:
+            await n.start(bus.run)
+            await bus.publish("a", b"x")
+            with trio.fail_after(5):
+                while bus.core.shed["reply_loop"] == 0:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.05)
+            n.cancel_scope.cancel()
+        hops = [e.meta.get("hops") for e in tap.queue]
+        # the event, its reply (no hops), then replies of replies numbered 2..8; the 9th is cut
+        assert hops == [None, None, "2", "3", "4", "5", "6", "7", "8"]
+        assert [e.topic for e in tap.queue] == ["a", "b", "a", "b", "a", "b", "a", "b", "a"]
+        assert len(calls) == 9 and bus.core.shed["reply_loop"] == 1
+
+    trio.run(main)
+
+
+def test_store_keeps_queued_events_across_a_bus_restart_and_forgets_them_once_delivered(tmp_path: Path) -> None:
+    subs = [SubscriptionSpec("s", "jobs/#", "d", max_attempts=100)]
+    fail = [True]
+
+    async def invoke(dep: str, data: bytes, timeout: float) -> dict[str, object]:
+        return {"ok": False, "code": "no_replica", "message": "none"} if fail[0] else {"ok": True, "code": "ok", "output": b""}
+
+    async def first() -> str:
+        store = EventStore(tmp_path)
+        bus = EventBus("n1", invoke=invoke, store=store, subscriptions=lambda: subs, rng=random.Random(2))
+        async with trio.open_nursery() as n:
+            await n.start(bus.run)
+            ev = await bus.publish("jobs/1", b"payload", {"k": "v"})
+            assert store.count() == 1  # acknowledged: the row is committed
+            await bus.publish("other", b"no subscriber")
+            with trio.fail_after(5):
+                while bus.status()[0]["failures"] < 2:
+                    await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+        store.close()
+        return ev.id
+
+    async def second(eid: str) -> None:
+        fail[0] = False
+        store = EventStore(tmp_path)
+        rows, damaged = store.load()
+        assert [(s, e.id, e.data, e.meta) for s, e in rows] == [("s", eid, b"payload", {"k": "v"})] and damaged == 0
+        bus = EventBus("n1", invoke=invoke, store=store, subscriptions=lambda: subs, rng=random.Random(3))
+        async with trio.open_nursery() as n:
+            await n.start(bus.run)
+            assert bus.restored == 1
+            with trio.fail_after(5):
+                while store.count():
+                    await trio.sleep(0.01)
+            assert bus.status()[0]["delivered"] == 1
+            n.cancel_scope.cancel()
+        store.close()
+
+    eid = trio.run(first)
+    trio.run(second, eid)

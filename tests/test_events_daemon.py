@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 import trio
 
 from mesh.cli import main
@@ -27,6 +28,7 @@ from mesh.events import Event
 from mesh.metrics import render
 from tests.harness.daemons import Mesh, publisher_and_operator, run_cli, wait_until
 from tests.harness.procs import ProcessGroup
+from tests.harness.promtool import promtool_check
 
 HANDLER = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "handler.wasm"
 
@@ -109,7 +111,8 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         # filters: another room, or data without the text, matches no subscription
         assert (await _ok("publish", "home/b1/temp", "--data", "hot bath", "--meta", "room=bath",
                           "--data-dir", str(dd)))["subscriptions"] == 0
-        assert (await _ok("publish", "home/k1/temp", "--data", "cold", "--meta", "room=kitchen-1",
+        (tmp_path / "cold.txt").write_bytes(b"cold")
+        assert (await _ok("publish", "home/k1/temp", "--data", f"@{tmp_path / 'cold.txt'}", "--meta", "room=kitchen-1",
                           "--data-dir", str(dd)))["subscriptions"] == 0
         assert (await _ok("publish", "home/k1/temp/x", "--data", "hot", "--meta", "room=kitchen",
                           "--data-dir", str(dd)))["subscriptions"] == 0
@@ -143,6 +146,16 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         assert 'wasmatrix_event_deliveries_total{result="delivered",subscription="kitchen"} 1.0' in text
         assert 'wasmatrix_events_shed_total{reason="queue_full"} 2.0' in text
         assert 'wasmatrix_event_queue_depth{subscription="tiny"} 2.0' in text
+        promtool_check(text.encode())
+        # Every event family, label and label value (but subscription names) is in docs/METRICS.md.
+        doc = (Path(__file__).parent.parent / "docs" / "METRICS.md").read_text()
+        fams = [f for f in text_string_to_metric_families(text) if f.name.startswith(("wasmatrix_event", "wasmatrix_events"))]
+        assert len(fams) == 8
+        for fam in fams:
+            assert f"`{fam.name + '_total' if fam.type == 'counter' else fam.name}`" in doc, fam.name
+            for smp in fam.samples:
+                for label, v in smp.labels.items():
+                    assert f"`{label}`" in doc and (label == "subscription" or v in doc), (fam.name, label, v)
 
         # rm: the subscription and its queue are gone
         await _ok("subscription", "rm", "tiny", *op)

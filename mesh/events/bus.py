@@ -45,6 +45,7 @@ InvokeFn = Callable[[str, bytes, float], Awaitable[dict[str, Any]]]
 INVOKE_TIMEOUT = 30.0  # seconds one delivery attempt may take
 REFRESH_SECONDS = 5.0  # subscriptions re-read at least this often (besides on every subscription record)
 PREFIX = "wasmatrix_"
+MAX_HOPS = 8  # replies of replies (subscriptions chained through reply topics) before the chain is cut
 
 
 class Tap:
@@ -177,7 +178,7 @@ class EventBus:
         if names and self.store is not None:
             try:
                 await self._persist([(n, ev) for n in names], [])
-            except BaseException:
+            except EventStoreError:
                 self.core.abort(ev.id, names)
                 raise
         self.core.durable(ev.id, names, trio.current_time())
@@ -211,7 +212,10 @@ class EventBus:
         if not self._writer_running:
             await self._flush()
         if wait:
-            await w.done.wait()
+            # Shielded: once handed to the writer the rows commit anyway, so the event stays queued
+            # (delivered, at least once) rather than lingering in the store unknown to the core.
+            with trio.CancelScope(shield=True):
+                await w.done.wait()
             if w.error is not None:
                 raise w.error
 
@@ -351,8 +355,16 @@ class EventBus:
                 import base64
 
                 out = base64.b64decode(res.get("output_b64") or "")
+            meta = {"reply_to": d.event.id, "deployment": d.deployment}
+            if "reply_to" in d.event.meta:  # a reply to a reply: count the chain, cut a cycle of subscriptions
+                hops = int(d.event.meta.get("hops", "1")) + 1 if d.event.meta.get("hops", "1").isdigit() else MAX_HOPS + 1
+                if hops > MAX_HOPS:
+                    self.core.shed["reply_loop"] = self.core.shed.get("reply_loop", 0) + 1
+                    self.log.warning("event_reply_loop", subscription=d.subscription, event_id=d.event.id, hops=hops)
+                    return True, "", 0.0
+                meta["hops"] = str(hops)
             try:
-                await self.publish(spec.reply_topic, bytes(out), {"reply_to": d.event.id, "deployment": d.deployment}, source="reply")
+                await self.publish(spec.reply_topic, bytes(out), meta, source="reply")
             except Backpressure as bp:
                 return False, f"reply refused: {bp}", trio.current_time() + bp.retry_after_s
             except (ValueError, EventStoreError) as exc:
@@ -416,7 +428,8 @@ class EventMetrics(Collector):
             q.add_metric([name], len(core.subs[name].queue))
         yield q
         s = CounterMetricFamily(PREFIX + "events_shed", "Events refused or dropped, by reason (queue_full, storm: the "
-                                "publisher got 429; unsubscribed: queued for a removed subscription; deadletter_loop)",
+                                "publisher got 429; unsubscribed: queued for a removed subscription; deadletter_loop, "
+                                "reply_loop)",
                                 labels=["reason"])
         for reason in sorted(core.shed):
             s.add_metric([reason], core.shed[reason])

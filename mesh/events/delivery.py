@@ -134,7 +134,7 @@ class DeliveryCore:
         self.concurrency = concurrency  # deliveries in flight per subscription
         self.subs: dict[str, _Sub] = {}
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # topic -> (tokens, at)
-        self.shed: dict[str, int] = {"queue_full": 0, "storm": 0, "unsubscribed": 0, "deadletter_loop": 0}
+        self.shed: dict[str, int] = {"queue_full": 0, "storm": 0, "unsubscribed": 0, "deadletter_loop": 0, "reply_loop": 0}
         self.published = 0
         self._seq = 0
 
