@@ -18,6 +18,7 @@ import trio
 
 from mesh.daemon.config import DaemonConfigError, MqttConfig, load_config
 from mesh.events import Backpressure, Event
+from mesh.events.store import EventStoreError
 from mesh.events.topics import matches
 from mesh.metrics import render
 from mesh.mqtt import MqttBridge
@@ -55,6 +56,7 @@ class FakeBus:
         self.events: list[Event] = []
         self.taps: list[FakeTap] = []
         self.refuse = 0  # the next N publishes raise Backpressure
+        self.store_fail = 0  # the next N publishes raise EventStoreError (after the Backpressure ones)
         self.gate: trio.Event | None = None  # publish waits for it (never returns while unset)
         self.calls = 0
 
@@ -65,6 +67,9 @@ class FakeBus:
         if self.refuse:
             self.refuse -= 1
             raise Backpressure("subscription queue full", 0.05)
+        if self.store_fail:
+            self.store_fail -= 1
+            raise EventStoreError("events.sqlite: disk I/O error")
         if topic.endswith("/bad"):  # stands in for the bus's topic and data checks
             raise ValueError(f"topic {topic!r} refused")
         return self.emit(topic, data, meta or {}, source)
@@ -170,7 +175,11 @@ def _registry(bridge: MqttBridge) -> Any:
     return reg
 
 
-def test_ack_only_after_publish_returned_and_backpressure_holds_the_message(broker: Broker) -> None:
+def test_ack_only_after_publish_returned_and_backpressure_holds_the_message(broker: Broker,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import mesh.mqtt.bridge as bridge_module
+
+    monkeypatch.setattr(bridge_module, "ERROR_RETRY", 0.05)
     ext = MqttClient(broker, "ext-2")
 
     async def main() -> None:
@@ -187,15 +196,17 @@ def test_ack_only_after_publish_returned_and_backpressure_holds_the_message(brok
             assert len(bridge.pending_in) == 1
             n.cancel_scope.cancel()
         # 2. A new bridge process with the same client id: the broker redelivers the unacknowledged message.
-        #    This bus refuses it twice (Backpressure): the bridge waits and retries, then acks.
+        #    This bus refuses it twice (Backpressure), then fails to store it once: the bridge waits and
+        #    retries each time, then acks.
         bus = FakeBus()
-        bus.refuse = 2
+        bus.refuse, bus.store_fail = 2, 1
         bridge = _bridge(broker, bus, outputs=())
         async with trio.open_nursery() as n:
             await n.start(bridge.run)
             await _until(lambda: [e.data for e in bus.events] == [b"first"], "the redelivered message published")
             assert bridge.counts.messages[("in", "backpressure")] == 2
-            assert bus.calls == 3
+            assert bridge.counts.messages[("in", "error")] == 1
+            assert bus.calls == 4
             await _until(lambda: not bridge.pending_in, "acknowledged")
             n.cancel_scope.cancel()
         # 3. Acknowledged now: a third bridge gets nothing again.

@@ -53,11 +53,12 @@ MAX_PENDING_OUT = 10_000  # messages handed to paho and not yet acknowledged; th
 MAX_IN_QUEUE = 10_000  # received messages waiting for the bus; beyond it a message is not acked (redelivered)
 IN_CONCURRENCY = 16  # bus publishes in flight at once (acks still go out in arrival order)
 MAX_RETRY_WAIT = 5.0  # cap on one Backpressure wait
+ERROR_RETRY = 1.0  # wait after any other publish failure (e.g. the event store could not be written)
 MAX_INFLIGHT = 100  # paho's window of unacknowledged outgoing QoS-1 messages on the wire
 SENT_IDS = 4096  # event ids remembered to send an event matching two out patterns once
 TAP_MAXLEN = 1000
 
-IN_RESULTS = ("published", "backpressure", "rejected", "overflow", "stale")
+IN_RESULTS = ("published", "backpressure", "rejected", "error", "overflow", "stale")
 OUT_RESULTS = ("sent", "acked", "looped", "error")
 
 
@@ -248,6 +249,11 @@ class MqttBridge:
                 except ValueError as exc:
                     self.counts.add("in", "rejected")
                     self.log.warning("mqtt_message_rejected", topic=item.topic[:120], error=str(exc)[:200])
+                except Exception as exc:  # e.g. EventStoreError: not queued, so not acknowledged; try again
+                    self.counts.add("in", "error")
+                    self.log.warning("mqtt_publish_error", topic=item.topic[:120], error=f"{type(exc).__name__}: {exc}"[:200])
+                    await trio.sleep(ERROR_RETRY)
+                    continue
                 else:
                     self.counts.add("in", "published")
                 break
