@@ -178,23 +178,19 @@ def main() -> None:
         broker = Broker(group, root / "broker", mosquitto_binary() or "")
         broker.conf.write_text(broker.conf.read_text().replace("persistence true", "persistence false"))
         broker.start()
-        # Baseline: the echo client through the same broker.
-        echo = group.start([sys.executable, "-c", ECHO, str(broker.port)], name="echo")
-        echo.wait_for_line("ready", timeout=10)
-        drv = Driver(broker, "bench-driver-1")
-        drv.run("w", args.warmup, 10, args.window)
-        base = drv.run("b", args.messages, args.seconds, args.window)
-        drv.client.close()
-        group.stop(echo)
+        def against(script: str, name: str) -> tuple[int, float, list[float]]:
+            """Measure with ``script`` (a Python process printing ``ready``) answering on the broker."""
+            proc = group.start([sys.executable, "-c", script, str(broker.port)], name=name)
+            proc.wait_for_line("ready", timeout=10)
+            drv = Driver(broker, f"bench-driver-{name}")
+            drv.run("w", args.warmup, 10, args.window)
+            out = drv.run(name[0], args.messages, args.seconds, args.window)
+            drv.client.close()
+            group.stop(proc)
+            return out
 
-        # The bridge alone (in-memory echo bus, no event queue, no wasm).
-        only = group.start([sys.executable, "-c", BRIDGE_ONLY, str(broker.port)], name="bridge-only")
-        only.wait_for_line("ready", timeout=10)
-        drv = Driver(broker, "bench-driver-3")
-        drv.run("w", args.warmup, 10, args.window)
-        bridge_only = drv.run("o", args.messages, args.seconds, args.window)
-        drv.client.close()
-        group.stop(only)
+        base = against(ECHO, "echo")  # the baseline: a bare echo client through the same broker
+        bridge_only = against(BRIDGE_ONLY, "bridge")  # the bridge alone (in-memory echo bus, no queue, no wasm)
 
         # Mesh: a daemon with the bridge, a subscription running handler.wasm.
         publisher_and_operator(root, ["a"])

@@ -9,7 +9,8 @@ event bus, subscription and module in a daemon.
 
 from __future__ import annotations
 
-import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,18 @@ def _bridge(b: Broker, bus: FakeBus, inputs: tuple[str, ...] = ("sensors/#",), o
                       reconnect_min=0.1, reconnect_max=0.5)  # type: ignore[arg-type]
 
 
+@asynccontextmanager
+async def _running(bridge: MqttBridge, *, connected: bool = True) -> AsyncIterator[trio.Nursery]:
+    """The bridge running (and, with ``connected``, subscribed) for the block; stopped after it."""
+    async with trio.open_nursery() as n:
+        await n.start(bridge.run)
+        if connected:
+            with trio.fail_after(TIMEOUT):
+                await bridge.wait_connected()
+        yield n
+        n.cancel_scope.cancel()
+
+
 async def _until(pred: Any, what: str, timeout: float = TIMEOUT) -> None:
     with trio.move_on_after(timeout):
         while not pred():
@@ -117,10 +130,7 @@ def test_in_and_out_through_mosquitto(broker: Broker) -> None:
 
     async def main() -> None:
         bridge = _bridge(broker, bus)
-        async with trio.open_nursery() as n:
-            await n.start(bridge.run)
-            with trio.fail_after(TIMEOUT):
-                await bridge.wait_connected()
+        async with _running(bridge):
             ext.publish("sensors/t1", b"hello")
             await _until(lambda: ext.payloads("out/t1") == [b"HELLO"], "the echo of sensors/t1 on out/t1")
             # The broker message became one bus event with the contract's meta and source.
@@ -142,7 +152,6 @@ def test_in_and_out_through_mosquitto(broker: Broker) -> None:
             assert _sample(text, 'wasmatrix_mqtt_pending_acks{direction="out"}') == 0
             promtool_check(text.encode())
             _documented(text)
-            n.cancel_scope.cancel()
 
     try:
         trio.run(main)
@@ -187,38 +196,28 @@ def test_ack_only_after_publish_returned_and_backpressure_holds_the_message(brok
         stuck = FakeBus()
         stuck.gate = trio.Event()
         bridge = _bridge(broker, stuck, outputs=())
-        async with trio.open_nursery() as n:
-            await n.start(bridge.run)
-            with trio.fail_after(TIMEOUT):
-                await bridge.wait_connected()
+        async with _running(bridge):
             ext.publish("sensors/a", b"first")
             await _until(lambda: stuck.calls == 1, "the bridge handed the message to the bus")
             assert len(bridge.pending_in) == 1
-            n.cancel_scope.cancel()
         # 2. A new bridge process with the same client id: the broker redelivers the unacknowledged message.
         #    This bus refuses it twice (Backpressure), then fails to store it once: the bridge waits and
         #    retries each time, then acks.
         bus = FakeBus()
         bus.refuse, bus.store_fail = 2, 1
         bridge = _bridge(broker, bus, outputs=())
-        async with trio.open_nursery() as n:
-            await n.start(bridge.run)
+        async with _running(bridge, connected=False):
             await _until(lambda: [e.data for e in bus.events] == [b"first"], "the redelivered message published")
             assert bridge.counts.messages[("in", "backpressure")] == 2
             assert bridge.counts.messages[("in", "error")] == 1
             assert bus.calls == 4
             await _until(lambda: not bridge.pending_in, "acknowledged")
-            n.cancel_scope.cancel()
         # 3. Acknowledged now: a third bridge gets nothing again.
         bus3 = FakeBus()
         bridge = _bridge(broker, bus3, outputs=())
-        async with trio.open_nursery() as n:
-            await n.start(bridge.run)
-            with trio.fail_after(TIMEOUT):
-                await bridge.wait_connected()
+        async with _running(bridge):
             ext.publish("sensors/b", b"second")
             await _until(lambda: [e.data for e in bus3.events] == [b"second"], "the next message")
-            n.cancel_scope.cancel()
 
     try:
         trio.run(main)
@@ -232,14 +231,10 @@ def test_invalid_message_is_acked_counted_and_not_redelivered(broker: Broker) ->
 
     async def run_once(bus: FakeBus, send: list[tuple[str, bytes]]) -> MqttBridge:
         bridge = _bridge(broker, bus, outputs=())
-        async with trio.open_nursery() as n:
-            await n.start(bridge.run)
-            with trio.fail_after(TIMEOUT):
-                await bridge.wait_connected()
+        async with _running(bridge):
             for topic, data in send:
                 ext.publish(topic, data)
             await _until(lambda: bus.calls == len(send) and not bridge.pending_in, "every message handled")
-            n.cancel_scope.cancel()
         return bridge
 
     async def main() -> None:
@@ -264,10 +259,7 @@ def test_broker_restart_mid_stream_loses_no_acknowledged_message(broker: Broker)
 
     async def main() -> None:
         bridge = _bridge(broker, bus)
-        async with trio.open_nursery() as n:
-            await n.start(bridge.run)
-            with trio.fail_after(TIMEOUT):
-                await bridge.wait_connected()
+        async with _running(bridge) as n:
             for i in range(n_msgs):
                 payload = f"m{i:03d}".encode()
                 infos.append((payload, pub.publish("sensors/t1", payload)))
@@ -279,7 +271,6 @@ def test_broker_restart_mid_stream_loses_no_acknowledged_message(broker: Broker)
             await _until(lambda: want <= set(out.payloads("out/t1")), "every acknowledged message's output")
             assert bridge.counts.reconnects >= 1
             await _until(lambda: not bridge.pending_out, "the bridge's outputs all acknowledged")
-            n.cancel_scope.cancel()
 
     try:
         trio.run(main)
