@@ -340,3 +340,13 @@ def test_store_keeps_queued_events_across_a_bus_restart_and_forgets_them_once_de
 
     eid = trio.run(first)
     trio.run(second, eid)
+
+
+def test_a_damaged_event_store_is_set_aside_and_a_fresh_one_opened(tmp_path: Path) -> None:
+    (tmp_path / "events.sqlite").write_bytes(b"this is not a database" * 100)
+    store = EventStore(tmp_path)
+    assert store.moved_aside == tmp_path / "events.sqlite.corrupt-1"
+    assert store.moved_aside.read_bytes().startswith(b"this is not a database")
+    store.apply([("s", _ev("e1", "t", b"x"))], [])
+    assert store.count() == 1
+    store.close()

@@ -289,6 +289,9 @@ class EventBus:
                 self._delete(name, eid)
             if rows or damaged:
                 self.log.info("events_restored", queued=self.restored, dropped=len(gone), damaged=damaged)
+            if self.store.moved_aside is not None:
+                self.log.error("event_store_damaged", moved_to=str(self.store.moved_aside),
+                               detail="the event store was not a database: set aside, queued events in it are lost")
         self.running = True
         try:
             async with trio.open_nursery() as nursery:
