@@ -401,8 +401,16 @@ class EventBus:
         return self.core.status()
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        """At shutdown (after the tasks ended): write what the writer had not yet (deletions of
+        delivered events, so a clean restart does not deliver them again), then close the store."""
+        if self.store is None:
+            return
+        batch, self._writes = self._writes, []
+        try:
+            self.store.apply([a for w in batch for a in w.adds], [d for w in batch for d in w.deletes])
+        except EventStoreError as exc:
+            self.log.error("event_store_failed", error=str(exc), at="shutdown")
+        self.store.close()
 
 
 class EventMetrics(Collector):
