@@ -13,6 +13,7 @@ import base64
 import http.client
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -198,5 +199,9 @@ def test_an_acknowledged_event_survives_kill_9_and_is_delivered_after_restart(tm
         assert a.proc is not None
         restored = [json.loads(line) for line in a.proc.stderr().splitlines() if '"events_restored"' in line]
         assert [(e["queued"], e["damaged"]) for e in restored] == [(1, 0)]
-        # delivered exactly once here (the first run never succeeded), reply published by the restarted node
-        assert eid.rsplit("-", 2)[0] == a.status()["id"][:12]
+        assert eid.rsplit("-", 2)[0] == a.status()["id"][:12]  # ids name the publishing node
+        # data from stdin (`--data -`)
+        r = subprocess.run([sys.executable, "-m", "mesh.cli", "publish", "jobs/2", "--data", "-", "--json", "--data-dir", str(dd)],
+                           input="from stdin", capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and json.loads(r.stdout)["subscriptions"] == 1, r.stderr
+        wait_until(lambda: a.client().get("/v1/subscriptions")[0]["delivered"] == 2, 30, "the stdin event delivered")
