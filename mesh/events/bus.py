@@ -232,15 +232,20 @@ class EventBus:
             return
         adds = [a for w in batch for a in w.adds]
         deletes = [d for w in batch for d in w.deletes]
+        err: Exception | None = None
         try:
             await trio.to_thread.run_sync(self.store.apply, adds, deletes)
         except EventStoreError as exc:
+            err = exc
             self.store_errors += 1
             self.log.error("event_store_failed", error=str(exc), adds=len(adds), deletes=len(deletes))
+        except BaseException:  # cancelled before the thread ran it: nothing was written
+            err = EventStoreError("the event bus stopped before the event was written")
+            raise
+        finally:
             for w in batch:
-                w.error = exc
-        for w in batch:
-            w.done.set()
+                w.error = err
+                w.done.set()
 
     async def _writer(self) -> None:
         self._writer_running = True
@@ -251,6 +256,12 @@ class EventBus:
                 await self._flush()
         finally:
             self._writer_running = False
+            # Publishers still waiting would wait for ever (their wait is shielded): refuse them;
+            # deletions stay for close().
+            for w in [w for w in self._writes if w.adds]:
+                w.error = EventStoreError("the event bus stopped before the event was written")
+                w.done.set()
+            self._writes = [w for w in self._writes if not w.adds]
 
     # ------------------------------------------------------------------ subscriptions
 
