@@ -362,11 +362,18 @@ def route_key(host: str, path: str, method: str) -> str:
     return f"{method} {host}{path}"
 
 
+def _deleted(key: str, p: Any, what: str) -> bool:
+    """True for a valid deletion payload ``{deleted: true, key}`` (routes, subscriptions)."""
+    if not (isinstance(p, dict) and p.get("deleted") is True):
+        return False
+    _fields(p, f"{what} tombstone", {"deleted", "key"})
+    if p["key"] != key:
+        raise ValidationError(f"{what} tombstone key mismatch")
+    return True
+
+
 def validate_route_payload(key: str, p: Any) -> None:
-    if isinstance(p, dict) and p.get("deleted") is True:
-        _fields(p, "route tombstone", {"deleted", "key"})
-        if p["key"] != key:
-            raise ValidationError("route tombstone key mismatch")
+    if _deleted(key, p, "route"):
         return
     r = RouteSpec.from_payload(p)
     if r.key != key:
@@ -523,10 +530,7 @@ class SubscriptionSpec:
 
 def validate_subscription_payload(key: str, p: Any) -> None:
     """A subscription record is a spec or a tombstone ``{deleted: true, key}``."""
-    if isinstance(p, dict) and p.get("deleted") is True:
-        _fields(p, "subscription tombstone", {"deleted", "key"})
-        if p["key"] != key:
-            raise ValidationError("subscription tombstone key mismatch")
+    if _deleted(key, p, "subscription"):
         return
     s = SubscriptionSpec.from_payload(p)
     if s.name != key:

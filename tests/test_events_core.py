@@ -340,3 +340,28 @@ def test_store_keeps_queued_events_across_a_bus_restart_and_forgets_them_once_de
 
     eid = trio.run(first)
     trio.run(second, eid)
+
+
+def test_a_damaged_event_store_is_set_aside_and_a_fresh_one_opened(tmp_path: Path) -> None:
+    (tmp_path / "events.sqlite").write_bytes(b"this is not a database" * 100)
+    store = EventStore(tmp_path)
+    assert store.moved_aside == tmp_path / "events.sqlite.corrupt-1"
+    assert store.moved_aside.read_bytes().startswith(b"this is not a database")
+    store.apply([("s", _ev("e1", "t", b"x"))], [])
+    assert store.count() == 1
+    store.close()
+
+
+def test_retry_after_of_a_full_queue_is_the_time_to_its_next_scheduled_attempt() -> None:
+    core = _core()
+    core.set_subscriptions([SubscriptionSpec("s", "t", "d", queue=1)])
+    core.admit(_ev("e", "t"), 0.0)
+    core.durable("e", ["s"], 0.0)
+    core.take_due(0.0)
+    core.complete("s", "e", 1.0, False, "quota", not_before=12.0)
+    with pytest.raises(Backpressure) as bp:
+        core.admit(_ev("f", "t"), 2.0)
+    assert bp.value.retry_after_s == pytest.approx(10.0)  # due at 12, asked at 2
+    with pytest.raises(Backpressure) as bp:
+        core.admit(_ev("g", "t"), 11.9)
+    assert bp.value.retry_after_s == 1.0  # at least 1 s

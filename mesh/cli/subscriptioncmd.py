@@ -16,7 +16,7 @@ from typing import Any
 
 from crdt.schema import SubscriptionSpec
 from mesh.cli.intentcmd import (
-    EXIT_OK, EXIT_USAGE, UsageError, _err, _guard, _kv_pairs, _open, _out, _remote, _remote_write, _signing_key,
+    EXIT_OK, EXIT_USAGE, UsageError, _err, common_flags, _guard, _kv_pairs, _open, _out, _remote, _remote_write, _signing_key,
     read_input_file,
 )
 from mesh.events.event import MAX_DATA
@@ -98,13 +98,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``subscription add|list|rm`` and ``publish``."""
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", help="node data directory (default $WASMATRIX_DATA_DIR or ./wasmatrix-data); "
-                       "when a node runs on it, the command talks to that node")
-        p.add_argument("--api", help="a running node's API HOST:PORT (with --token) instead of --data-dir")
-        p.add_argument("--token", help="API token (with --api)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+    common = common_flags
 
     s = subparsers.add_parser("subscription", help="event subscriptions: a deployment run for each matching event")
     ssub = s.add_subparsers(dest="subscription_command", metavar="SUBCOMMAND", parser_class=type(s))

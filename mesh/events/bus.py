@@ -232,15 +232,20 @@ class EventBus:
             return
         adds = [a for w in batch for a in w.adds]
         deletes = [d for w in batch for d in w.deletes]
+        err: Exception | None = None
         try:
             await trio.to_thread.run_sync(self.store.apply, adds, deletes)
         except EventStoreError as exc:
+            err = exc
             self.store_errors += 1
             self.log.error("event_store_failed", error=str(exc), adds=len(adds), deletes=len(deletes))
+        except BaseException:  # cancelled before the thread ran it: nothing was written
+            err = EventStoreError("the event bus stopped before the event was written")
+            raise
+        finally:
             for w in batch:
-                w.error = exc
-        for w in batch:
-            w.done.set()
+                w.error = err
+                w.done.set()
 
     async def _writer(self) -> None:
         self._writer_running = True
@@ -251,6 +256,12 @@ class EventBus:
                 await self._flush()
         finally:
             self._writer_running = False
+            # Publishers still waiting would wait for ever (their wait is shielded): refuse them;
+            # deletions stay for close().
+            for w in [w for w in self._writes if w.adds]:
+                w.error = EventStoreError("the event bus stopped before the event was written")
+                w.done.set()
+            self._writes = [w for w in self._writes if not w.adds]
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -289,6 +300,9 @@ class EventBus:
                 self._delete(name, eid)
             if rows or damaged:
                 self.log.info("events_restored", queued=self.restored, dropped=len(gone), damaged=damaged)
+            if self.store.moved_aside is not None:
+                self.log.error("event_store_damaged", moved_to=str(self.store.moved_aside),
+                               detail="the event store was not a database: set aside, queued events in it are lost")
         self.running = True
         try:
             async with trio.open_nursery() as nursery:
@@ -398,8 +412,16 @@ class EventBus:
         return self.core.status()
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        """At shutdown (after the tasks ended): write what the writer had not yet (deletions of
+        delivered events, so a clean restart does not deliver them again), then close the store."""
+        if self.store is None:
+            return
+        batch, self._writes = self._writes, []
+        try:
+            self.store.apply([a for w in batch for a in w.adds], [d for w in batch for d in w.deletes])
+        except EventStoreError as exc:
+            self.log.error("event_store_failed", error=str(exc), at="shutdown")
+        self.store.close()
 
 
 class EventMetrics(Collector):

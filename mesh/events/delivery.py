@@ -200,9 +200,11 @@ class DeliveryCore:
             self.buckets.popitem(last=False)
 
     def _retry_after(self, sub: _Sub, now: float) -> float:
-        """When the full queue may have room: the earliest due retry, at least 1 s, at most the backoff cap."""
-        due = [p.due for p in sub.queue.values() if not p.in_flight]
-        soonest = min(due) - now if due else 1.0
+        """When the full queue may have room: the earliest scheduled attempt, at least 1 s, at most the backoff cap.
+
+        O(1) (the heap's top, possibly a stale entry: an estimate): it runs on every refused publish of a storm.
+        """
+        soonest = sub.heap[0][0] - now if sub.heap else 1.0
         return max(1.0, min(self.retry.cap, soonest))
 
     def durable(self, event_id: str, names: Iterable[str], now: float) -> None:

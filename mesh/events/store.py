@@ -29,15 +29,37 @@ class EventStore:
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / FILE
         self._lock = threading.Lock()
+        self.moved_aside: Path | None = None  # a damaged file set aside at open (its events are lost)
         try:
-            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute(
+            self.db = self._connect()
+        except sqlite3.DatabaseError:
+            # Not a database any more (a torn or overwritten file): keep it for inspection, start empty.
+            n = 1
+            while self.path.with_name(f"{FILE}.corrupt-{n}").exists():
+                n += 1
+            self.moved_aside = self.path.with_name(f"{FILE}.corrupt-{n}")
+            self.path.rename(self.moved_aside)
+            for tail in ("-wal", "-shm"):
+                self.path.with_name(FILE + tail).unlink(missing_ok=True)
+            try:
+                self.db = self._connect()
+            except sqlite3.Error as exc:
+                raise EventStoreError(f"cannot open the event store {self.path}: {exc}") from None
+        except (sqlite3.Error, OSError) as exc:
+            raise EventStoreError(f"cannot open the event store {self.path}: {exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(
                 "CREATE TABLE IF NOT EXISTS queue (n INTEGER PRIMARY KEY AUTOINCREMENT, sub TEXT NOT NULL, "
                 "eid TEXT NOT NULL, event BLOB NOT NULL, UNIQUE(sub, eid))")
-        except sqlite3.Error as exc:
-            raise EventStoreError(f"cannot open the event store {self.path}: {exc}") from None
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def load(self) -> tuple[list[tuple[str, Event]], int]:
         """Every queued ``(subscription, event)`` oldest first, and how many rows could not be decoded."""
