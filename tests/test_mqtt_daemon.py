@@ -21,6 +21,8 @@ from tests.harness.daemons import Mesh, publisher_and_operator, wait_until
 from tests.harness.mosquitto import Broker, MqttClient, broker  # noqa: F401  (fixture)
 from tests.harness.procs import ProcessGroup
 
+pytestmark = pytest.mark.slow  # a real daemon process: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
+
 HANDLER = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "handler.wasm"
 N = 50
 
