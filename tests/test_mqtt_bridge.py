@@ -9,6 +9,7 @@ event bus, subscription and module in a daemon.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -323,3 +324,35 @@ def test_config_errors_are_one_line(tmp_path: Path, flags: dict[str, Any], toml:
         _load(tmp_path, toml, **flags)
     text = str(ei.value)
     assert msg in text and "\n" not in text, text
+
+
+def test_outgoing_kept_while_the_broker_is_down_and_bounded(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events published while the broker is away wait in paho (at most MAX_PENDING_OUT unacknowledged;
+    the out loop waits for room) and all reach the broker after it came back."""
+    import mesh.mqtt.bridge as bridge_module
+
+    monkeypatch.setattr(bridge_module, "MAX_PENDING_OUT", 2)
+    listener = MqttClient(broker, "ext-4", subscribe=("out/#",))
+    bus = FakeBus()
+
+    async def main() -> None:
+        bridge = _bridge(broker, bus, inputs=())
+        async with _running(bridge):
+            await trio.to_thread.run_sync(broker.stop)
+            await _until(lambda: not bridge.connected, "the bridge saw the broker go")
+            for i in range(5):
+                bus.emit(f"out/k{i}", f"v{i}".encode(), {}, "api")
+            await _until(lambda: len(bridge.pending_out) == 2, "two messages waiting for a PUBACK")
+            await trio.sleep(0.2)
+            assert len(bridge.pending_out) == 2 and bridge.counts.messages[("out", "sent")] == 2  # the rest wait
+            await trio.to_thread.run_sync(broker.start)
+            await _until(lambda: bridge.counts.messages.get(("out", "acked")) == 5, "all five acknowledged")
+
+    try:
+        trio.run(main)
+        wait_for = time.monotonic() + TIMEOUT
+        while sorted(listener.payloads()) != [f"v{i}".encode() for i in range(5)] and time.monotonic() < wait_for:
+            time.sleep(0.05)
+        assert sorted(listener.payloads()) == [f"v{i}".encode() for i in range(5)]
+    finally:
+        listener.close()

@@ -221,7 +221,8 @@ class MqttBridge:
     def _on_puback(self, mid: int) -> None:
         if self.pending_out.pop(mid, None) is not None:
             self.counts.add("out", "acked")
-            self._out_room.set()
+            self._out_room.set()  # wakes every waiting out loop; the next waiters wait on a fresh event
+            self._out_room = trio.Event()
 
     # ------------------------------------------------------------------ in: broker -> bus
 
@@ -283,7 +284,6 @@ class MqttBridge:
                 if len(self._sent) > SENT_IDS:
                     self._sent.popitem(last=False)
                 while len(self.pending_out) >= MAX_PENDING_OUT:
-                    self._out_room = trio.Event()
                     await self._out_room.wait()
                 self._send(ev)
         finally:
