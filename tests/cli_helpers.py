@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from typing import Any
+
 
 def one_line_naming(err: str, *words: str) -> None:
     """Assert ``err`` holds exactly one error line, no traceback, and that line names every word."""
@@ -11,3 +14,15 @@ def one_line_naming(err: str, *words: str) -> None:
     assert len(lines) == 1, err
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+async def cli_on_thread(capsys: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """``wasmatrix ARGS`` in this process on a worker thread (from a trio test): (code, stdout, stderr)."""
+    import trio
+
+    from mesh.cli import main
+
+    capsys.readouterr()
+    code = await trio.to_thread.run_sync(main, list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)

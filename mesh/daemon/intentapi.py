@@ -141,6 +141,10 @@ class IntentApi:
                 name, version = _text(args.get("name"), "name"), _text(args.get("version"), "version")
                 reason = str(args.get("reason") or "")[:200]
                 write = lambda k: node.remove_version(name, version, k, now, reason, wall=wall)  # noqa: E731
+            elif op in ("subscribe", "unsubscribe"):  # events (mesh/events/api.py)
+                from mesh.events.api import prepare_write
+
+                write = prepare_write(node, op, args, now, wall)
             else:
                 raise ApiError(400, "op must be publish, deploy, rollback or remove")
             prepared = node.prepare(signer, write)

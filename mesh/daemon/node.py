@@ -45,6 +45,8 @@ from mesh.daemon.intentapi import IntentApi
 from mesh.daemon.invocation import InvokeService
 from mesh.daemon.placements import PlacementService
 from mesh.daemon.workloads import Workloads, WorkloadsApi
+from mesh.events.api import EventsApi
+from mesh.events.bus import EventBus
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
 from mesh.daemon.security import RefusalAuditor, stream_refusal
 from mesh.datadir import DataDir
@@ -343,6 +345,8 @@ class Daemon:
         self.visible_at[(rec.signer, rec.seq)] = time.monotonic()
         if hasattr(self, "workloads"):
             self.workloads.record_visible(rec.kind)
+        if rec.kind == "subscriptions" and hasattr(self, "bus"):
+            self.bus.subscriptions_changed()
         if len(self.visible_at) > 10_000:
             self.visible_at.pop(next(iter(self.visible_at)))
 
@@ -415,6 +419,8 @@ class Daemon:
             from model.manifest import MAX_MODULE_BYTES
 
             self.workloads = Workloads(self)
+            self.bus = EventBus.for_daemon(self)  # events (mesh/events, docs/EVENTS.md)
+            self.registry.register(self.bus.metrics)
             api = ApiServer(self.token, self._routes(), self.counters, self.log, body_limits={"/v1/blobs": MAX_MODULE_BYTES})
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -429,6 +435,7 @@ class Daemon:
                 nursery.start_soon(self.placements.loop)
                 self.invocations.running = True
                 await nursery.start(self.workloads.run)
+                await nursery.start(self.bus.run)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
                 if self.secrets is not None:
@@ -492,6 +499,8 @@ class Daemon:
                     pass
             if hasattr(self, "store"):
                 self.store.close()
+            if hasattr(self, "bus"):
+                self.bus.close()
             if hasattr(self, "_udp_raw"):
                 self._udp_raw.close()
             if hasattr(self, "dd"):
@@ -922,6 +931,7 @@ class Daemon:
             **self.invocations.routes(),
             **self.placements.routes(),
             **WorkloadsApi(self).routes(),
+            **EventsApi(self).routes(),
         }
 
     def member_rows(self) -> list[dict[str, Any]]:
