@@ -153,11 +153,12 @@ class _Instance:
     ``in_ptr``/``in_cap`` in guest memory for their whole life.
     """
 
-    __slots__ = ("store", "mem", "alloc", "handle", "dealloc", "version", "stderr", "set_deadline",
+    __slots__ = ("store", "exports", "mem", "alloc", "handle", "dealloc", "version", "stderr", "set_deadline",
                  "one_call", "in_ptr", "in_cap")
 
     def __init__(self, store: Store, exports: Any, stderr: OutputBuffer, fast: bool) -> None:
         self.store = store
+        self.exports = exports
         self.mem = GuestMemory(store, exports["memory"], fast=fast)
         self.alloc = GuestCall(store, exports["alloc"], 1, 1, fast=fast).call
         self.handle = GuestCall(store, exports["handle"], 2, 1, result_i64=True, fast=fast).call
