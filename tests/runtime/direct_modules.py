@@ -61,3 +61,30 @@ def counting_module(version: int | None) -> bytes:
         f'(func (export "wmx_abi_version") (result i32) (call $count) (i32.const {version}))'
     )
     return wat2wasm(_TEMPLATE.replace("{version}", export))
+
+
+_GATED = """
+(module
+  (import "wasmatrix" "kv_get" (func $kv_get (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "nk")
+  (func (export "wmx_abi_version") (result i32) (i32.const 2))
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "handle") (param $in i32) (param $len i32) (result i64) (local $c i32)
+    (if (i32.gt_u (local.get $len) (i32.const 0))
+      (then
+        (local.set $c (i32.load8_u (local.get $in)))
+        (if (i32.or (i32.eq (local.get $c) (i32.const 119)) (i32.eq (local.get $c) (i32.const 115)))
+          (then (drop (call $kv_get (i32.const 16) (i32.const 1) (i32.const 17) (i32.const 1)
+                                    (i32.const 32) (i32.const 16)))))
+        (if (i32.eq (local.get $c) (i32.const 115)) (then (loop $spin (br $spin))))))
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $in)) (i64.const 32)) (i64.extend_i32_u (local.get $len))))
+)
+"""
+
+
+def gated_module() -> bytes:
+    """A version-2 echo handler: input ``w...`` first reads KV key ``k`` of namespace ``n`` (a test's gated
+    store parks it there), ``s...`` reads it and then spins until the epoch deadline; anything else is
+    echoed at once."""
+    return wat2wasm(_GATED)
