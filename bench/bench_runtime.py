@@ -79,7 +79,7 @@ BASELINE_HOT_CAPI = (
 BASELINE_COLD_DIRECT = (
     "raw wasmtime-py: module linked once (define_wasi + instantiate_pre); per call Store with the same limits "
     "and epoch deadline, WasiConfig(argv, stdout/stderr callbacks), instantiate, _initialize, wmx_abi_version, "
-    "alloc(16 KiB), write, handle, read (C API via ctypes for these calls, as the project), close"
+    "alloc(16 KiB), write, handle, read (these calls and copies through the C API via ctypes, as the project), close"
 )
 BASELINE_CONCURRENCY = (
     "raw threads, each with its own instance made like the pool's, calling handle through the C API via ctypes "
@@ -152,11 +152,17 @@ class RawInstance:
         self.deadline = deadline_ticks
         self.store = raw_store(engine, limits, deadline_ticks, ["handler"], self.out, self.err)
         ex = pre.instantiate(self.store).exports(self.store)
-        ex["_initialize"](self.store)  # type: ignore[operator]
-        assert ex["wmx_abi_version"](self.store) == 2  # type: ignore[operator]
         self.mem, self.handle = ex["memory"], ex["handle"]
         self.cap = INITIAL_INPUT_CAPACITY
-        self.ptr = ex["alloc"](self.store, self.cap) & 0xFFFFFFFF  # type: ignore[operator]
+        if capi:
+            ctx = self.store._context()
+            _capi_call(ctx, ex["_initialize"], [], 0)
+            assert _capi_call(ctx, ex["wmx_abi_version"], [], 1) == 2
+            self.ptr = _capi_call(ctx, ex["alloc"], [self.cap], 1) & 0xFFFFFFFF
+        else:
+            ex["_initialize"](self.store)  # type: ignore[operator]
+            assert ex["wmx_abi_version"](self.store) == 2  # type: ignore[operator]
+            self.ptr = ex["alloc"](self.store, self.cap) & 0xFFFFFFFF  # type: ignore[operator]
         if capi:
             self.ctx = self.store._context()
             self.fref = ctypes.byref(self.handle._func)  # type: ignore[union-attr]
@@ -216,6 +222,17 @@ _mem_data = _capi_function("wasmtime_memory_data", ctypes.c_void_p, [_CTX, ctype
 _mem_size = _capi_function("wasmtime_memory_data_size", ctypes.c_size_t,
                            [_CTX, ctypes.POINTER(_capi.wasmtime_memory_t)])
 _set_deadline = _capi_function("wasmtime_context_set_epoch_deadline", None, [_CTX, ctypes.c_uint64])
+
+
+def _capi_call(ctx: Any, func: Any, params: list[int], nresults: int) -> int:
+    """One call through the C API with a fresh argument array (instance setup, not the hot path)."""
+    args = (_capi.wasmtime_val_raw_t * max(len(params), nresults, 1))()
+    for i, v in enumerate(params):
+        args[i].i32 = v
+    trap = ctypes.POINTER(_capi.wasm_trap_t)()
+    if _call_unchecked(ctx, ctypes.byref(func._func), args, len(args), ctypes.byref(trap)) or trap:
+        raise RuntimeError("raw call failed")
+    return args[0].i32 if nresults else 0
 
 
 # -- measurement -----------------------------------------------------------------------------------------
@@ -387,8 +404,9 @@ CLIENTS = (1, 2, 4, 8)
 HEAVY = b"spin:500000"  # about 1 ms of wasm per call on this machine
 
 
-def _threads_rate(clients: int, per_client: int, call: Callable[[int], object]) -> float:
-    """Requests/s of ``clients`` threads each making ``per_client`` calls (``call(client_index)``)."""
+def _threads_rate(clients: int, per_client: int, call: Callable[[int], object]) -> tuple[float, float]:
+    """Requests/s of ``clients`` threads each making ``per_client`` calls (``call(client_index)``), and the
+    cores the process actually got meanwhile (CPU seconds / wall seconds)."""
     start = threading.Barrier(clients + 1)
 
     def run(i: int) -> None:
@@ -400,39 +418,42 @@ def _threads_rate(clients: int, per_client: int, call: Callable[[int], object]) 
     for t in threads:
         t.start()
     start.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    return clients * per_client / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return clients * per_client / wall, (time.process_time() - c0) / wall
 
 
-def _trio_rate(rt: Runtime, key: str, payload: bytes, clients: int, per_client: int) -> float:
+def _trio_rate(rt: Runtime, key: str, payload: bytes, clients: int, per_client: int) -> tuple[float, float]:
     import trio
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         request = Request(body=payload)
 
         async def client() -> None:
             for _ in range(per_client):
                 await rt.invoke(key, request)
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         async with trio.open_nursery() as nursery:
             for _ in range(clients):
                 nursery.start_soon(client)
-        return clients * per_client / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        return clients * per_client / wall, (time.process_time() - c0) / wall
 
     return trio.run(main)
 
 
 @dataclass(slots=True)
 class Rates:
-    """Requests/s of one workload by client count: project threads, project trio, raw threads."""
+    """Requests/s of one workload by client count (project threads, project trio, raw threads), each with the
+    cores the process got while it ran (on a shared machine that share, not the code, often sets the rate)."""
 
     label: str
-    threads: dict[int, float]
-    trio: dict[int, float]
-    raw: dict[int, float]
+    threads: dict[int, tuple[float, float]]
+    trio: dict[int, tuple[float, float]]
+    raw: dict[int, tuple[float, float]]
 
 
 def concurrency(total_light: int, total_heavy: int) -> list[Rates]:
@@ -450,11 +471,20 @@ def concurrency(total_light: int, total_heavy: int) -> list[Rates]:
                 assert rt.invoke_sync(lm.key, request).body.split(b":")[1] == raws[0].call(payload).split(b":")[1]
                 rates = Rates(label, {}, {}, {})
                 for clients in CLIENTS:
-                    per = max(1, total // clients)
-                    # Alternate sides so machine load hits all alike.
-                    rates.raw[clients] = _threads_rate(clients, per, lambda i: raws[i].call(payload))
-                    rates.threads[clients] = _threads_rate(clients, per, lambda i: rt.invoke_sync(lm.key, request))
-                    rates.trio[clients] = _trio_rate(rt, lm.key, payload, clients, per)
+                    # Three short rounds per side, the sides alternating, so machine load hits all alike.
+                    per = max(1, total // clients // 3)
+                    got: dict[str, list[tuple[float, float]]] = {"raw": [], "threads": [], "trio": []}
+                    for _ in range(3):
+                        got["raw"].append(_threads_rate(clients, per, lambda i: raws[i].call(payload)))
+                        got["threads"].append(
+                            _threads_rate(clients, per, lambda i: rt.invoke_sync(lm.key, request)))
+                        got["trio"].append(_trio_rate(rt, lm.key, payload, clients, per))
+                    for side, vals in got.items():
+                        # requests over wall time summed across rounds; cores = CPU time over wall time
+                        walls = [per * clients / r for r, _ in vals]
+                        rate = 3 * per * clients / sum(walls)
+                        cores = sum(c * w for (_, c), w in zip(vals, walls)) / sum(walls)
+                        getattr(rates, side)[clients] = (rate, cores)
                 out.append(rates)
             stats = rt.pools.stats(lm.key)
             assert stats.created == max(CLIENTS), f"the pool made {stats.created} instances for 8 clients"
@@ -467,14 +497,18 @@ def concurrency(total_light: int, total_heavy: int) -> list[Rates]:
 
 def show_rates(rates: Rates) -> None:
     print(f"concurrency, {rates.label} call (`handler` {'spin:500000' if rates.label != 'trivial' else 'hello'}): "
-          "requests/s by concurrent clients, one module, pool of 8")
+          "requests/s by concurrent clients, one module, pool of 8 (cores = CPU s / wall s the process got)")
     print(f"  baseline: {BASELINE_CONCURRENCY}")
-    print(f"  {'clients':>8} {'invoke_sync':>12} {'trio invoke':>12} {'raw threads':>12} {'sync/raw':>9} "
+    print(f"  {'clients':>8} {'invoke_sync':>18} {'trio invoke':>18} {'raw threads':>18} {'sync/raw':>9} "
           f"{'sync scaling':>13}")
-    one = rates.threads[CLIENTS[0]]
+    one = rates.threads[CLIENTS[0]][0]
+
+    def cell(v: tuple[float, float]) -> str:
+        return f"{v[0]:>9,.0f} ({v[1]:.2f} c)"
+
     for c in CLIENTS:
-        print(f"  {c:>8} {rates.threads[c]:>12,.0f} {rates.trio[c]:>12,.0f} {rates.raw[c]:>12,.0f} "
-              f"{rates.threads[c] / rates.raw[c]:>8.2f}x {rates.threads[c] / one:>12.2f}x")
+        print(f"  {c:>8} {cell(rates.threads[c]):>18} {cell(rates.trio[c]):>18} {cell(rates.raw[c]):>18} "
+              f"{rates.threads[c][0] / rates.raw[c][0]:>8.2f}x {rates.threads[c][0] / one:>12.2f}x")
 
 
 def module_load(rounds: int) -> tuple[Figure, Figure]:
@@ -671,8 +705,10 @@ def main() -> None:
         for c in CLIENTS:
             cols = []
             for name in ("threads", "trio", "raw"):
-                vals = [getattr(rs[j], name)[c] for rs in all_rates]
-                cols.append(f"{name} {statistics.median(vals):,.0f} [{min(vals):,.0f}-{max(vals):,.0f}]")
+                vals = [getattr(rs[j], name)[c][0] for rs in all_rates]
+                cores = [getattr(rs[j], name)[c][1] for rs in all_rates]
+                cols.append(f"{name} {statistics.median(vals):,.0f} [{min(vals):,.0f}-{max(vals):,.0f}] "
+                            f"on {statistics.median(cores):.2f} cores")
             print(f"    {c} clients: " + "; ".join(cols))
     print(f"  (this machine: {os.cpu_count()} cores; guests run without the GIL, the Python around each call "
           "holds it)")

@@ -29,7 +29,10 @@ from wasmtime import FuncType, MemoryType, ValType
 
 from model.manifest import Abi  # the manifest names the ABI; the checks below need wasmtime
 
-__all__ = ["ABI_VERSION_EXPORT", "Abi", "DIRECT_OPTIONAL", "INITIAL_INPUT_CAPACITY", "ONE_CALL_VERSION", "DIRECT_REQUIRED", "detect_abi", "export_problems", "pack_result", "unpack_result"]
+__all__ = [
+    "ABI_VERSION_EXPORT", "DIRECT_OPTIONAL", "DIRECT_REQUIRED", "INITIAL_INPUT_CAPACITY", "ONE_CALL_VERSION", "Abi",
+    "detect_abi", "export_problems", "pack_result", "unpack_result",
+]
 
 
 _I32 = ValType.i32()

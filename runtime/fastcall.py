@@ -80,6 +80,7 @@ class GuestCall:
     """
 
     __slots__ = ("_store", "_func", "_ctx", "_fref", "_args", "_n", "_trap", "_tref", "_i64", "_nres", "call")
+    call: Callable[..., Any]  # the bound fast or public path, chosen once
 
     def __init__(self, store: Store, func: Func, nparams: int, nresults: int, *, result_i64: bool = False,
                  fast: bool = FAST) -> None:
@@ -120,6 +121,9 @@ class GuestMemory:
     """Bounds-checked copies into and out of one instance's linear memory."""
 
     __slots__ = ("_store", "_memory", "_ctx", "_mref", "size", "write", "read")
+    size: Callable[[], int]
+    write: Callable[[int, bytes], bool]
+    read: Callable[[int, int], bytes | None]
 
     def __init__(self, store: Store, memory: Memory, *, fast: bool = FAST) -> None:
         self._store = store

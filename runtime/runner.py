@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry
-from wasmtime import ExitTrap, InstancePre, Linker, Memory, Module, Store, Trap, TrapCode, WasmtimeError
+from wasmtime import ExitTrap, Instance, InstancePre, Linker, Memory, Module, Store, Trap, TrapCode, WasmtimeError
 
 from model.manifest import Manifest, sha256_hex
 from runtime.abi import ABI_VERSION_EXPORT, INITIAL_INPUT_CAPACITY, ONE_CALL_VERSION, Abi, detect_abi
@@ -153,19 +153,17 @@ class _Instance:
     ``in_ptr``/``in_cap`` in guest memory for their whole life.
     """
 
-    __slots__ = ("store", "exports", "mem", "alloc", "handle", "dealloc", "version", "stderr", "set_deadline",
+    __slots__ = ("store", "instance", "mem", "alloc", "handle", "dealloc", "stderr", "set_deadline",
                  "one_call", "in_ptr", "in_cap")
 
-    def __init__(self, store: Store, exports: Any, stderr: OutputBuffer, fast: bool) -> None:
+    def __init__(self, store: Store, instance: Instance, exports: Any, stderr: OutputBuffer, fast: bool) -> None:
         self.store = store
-        self.exports = exports
+        self.instance = instance
         self.mem = GuestMemory(store, exports["memory"], fast=fast)
         self.alloc = GuestCall(store, exports["alloc"], 1, 1, fast=fast).call
         self.handle = GuestCall(store, exports["handle"], 2, 1, result_i64=True, fast=fast).call
         dealloc = exports.get("dealloc")
         self.dealloc = GuestCall(store, dealloc, 2, 0, fast=fast).call if dealloc is not None else None
-        version = exports.get(ABI_VERSION_EXPORT)
-        self.version = GuestCall(store, version, 0, 1, fast=fast).call if version is not None else None
         self.stderr = stderr
         self.set_deadline = epoch_setter(store, fast=fast)
         self.one_call = False
@@ -490,10 +488,11 @@ class Runtime:
             exports = instance.exports(store)
             init = exports.get("_initialize")
             if init is not None:
-                init(store)
-            inst = _Instance(store, exports, stderr, self._fast)
-            if inst.version is not None:
-                version = inst.version()
+                GuestCall(store, init, 0, 0, fast=self._fast).call()
+            inst = _Instance(store, instance, exports, stderr, self._fast)
+            version_fn = exports.get(ABI_VERSION_EXPORT)
+            if version_fn is not None:
+                version = GuestCall(store, version_fn, 0, 1, fast=self._fast).call()  # once per instance
                 if version != ONE_CALL_VERSION:
                     raise WasmTrap(f"module {lm.key} exports {ABI_VERSION_EXPORT}() = {version}; this host speaks "
                                    f"direct ABI versions 1 (no such export) and {ONE_CALL_VERSION}", "abi_version")
@@ -507,6 +506,7 @@ class Runtime:
             store.close()
             raise
         lm.m_instantiations.inc()
+        assert inst is not None
         return inst
 
     def _grow_input(self, lm: LoadedModule, inst: _Instance, needed: int) -> None:

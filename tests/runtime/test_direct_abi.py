@@ -40,7 +40,7 @@ def guest_calls(rt: Runtime, key: str) -> int:
     """The ``calls`` global of the pool's only idle instance (read from the host: not a call into wasm)."""
     inst = rt.pools.acquire(key)
     try:
-        return int(inst.exports["calls"].value(inst.store))
+        return int(inst.instance.exports(inst.store)["calls"].value(inst.store))
     finally:
         rt.pools.release(key, inst, reusable=True)
 
