@@ -35,6 +35,7 @@ Run: ``python bench/bench_runtime.py [--runs 3] [--quick]`` (about 3 minutes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -45,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,65 +335,59 @@ HOT_GOAL = (35e-6, 100e-6)
 COLD_GOAL = (float("inf"), 400e-6)
 
 
-def _handler_runtime(pool: PoolConfig) -> tuple[Runtime, Any]:
-    rt = Runtime(RuntimeConfig(allow_unsigned=True))
-    return rt, rt.load_unsigned(example_bytes("handler"), name="handler", pool=pool)
+@contextlib.contextmanager
+def _handler_pair(pool: PoolConfig) -> Iterator[tuple[Runtime, Any, RawEngine, wasmtime.InstancePre]]:
+    """The project's runtime with ``handler`` loaded under ``pool``, and a raw engine with ``handler`` pre-linked."""
+    handler = example_bytes("handler")
+    with Runtime(RuntimeConfig(allow_unsigned=True)) as rt:
+        lm = rt.load_unsigned(handler, name="handler", pool=pool)
+        raw_engine = RawEngine(rt.config.epoch_tick_ms)
+        try:
+            yield rt, lm, raw_engine, raw_pre(raw_engine.engine, wasmtime.Module(raw_engine.engine, handler))
+        finally:
+            raw_engine.close()
 
 
 def hot_call(rounds: int, n: int) -> list[Figure]:
-    handler = example_bytes("handler")
-    rt, lm = _handler_runtime(PoolConfig(min_instances=1, max_instances=1))
     figs = []
-    with rt:
-        raw_engine = RawEngine(rt.config.epoch_tick_ms)
-        try:
-            pre = raw_pre(raw_engine.engine, wasmtime.Module(raw_engine.engine, handler))
-            request = Request(body=PAYLOAD)
+    with _handler_pair(PoolConfig(min_instances=1, max_instances=1)) as (rt, lm, raw_engine, pre):
+        request = Request(body=PAYLOAD)
 
-            def project_hot() -> bytes:
-                return rt.invoke_sync(lm.key, request).body
+        def project_hot() -> bytes:
+            return rt.invoke_sync(lm.key, request).body
 
-            for capi, baseline, what in ((False, BASELINE_HOT_PUBLIC, "public API"),
-                                         (True, BASELINE_HOT_CAPI, "C API floor")):
-                raw = RawInstance(raw_engine.engine, pre, lm.limits, lm.deadline_ticks, capi=capi)
-                # Both count their calls ("n=<calls>:..."); the answers past the count are the same work.
-                assert raw.call(PAYLOAD).split(b":")[1] == project_hot().split(b":")[1] == b"HELLO WORLD"
-                p, r = interleaved(project_hot, lambda raw=raw: raw.call(PAYLOAD), rounds, n, warmup=200)
-                raw.close()
-                figs.append(Figure(
-                    f"hot call vs {what}",
-                    f"hot call: direct ABI v2 `handler` on a warm pooled instance (Runtime.invoke_sync), vs {what}",
-                    baseline, (pct(p, 0.5), pct(p, 0.99)), (pct(r, 0.5), pct(r, 0.99)), abs_goal=HOT_GOAL))
-        finally:
-            raw_engine.close()
+        for capi, baseline, what in ((False, BASELINE_HOT_PUBLIC, "public API"),
+                                     (True, BASELINE_HOT_CAPI, "C API floor")):
+            raw = RawInstance(raw_engine.engine, pre, lm.limits, lm.deadline_ticks, capi=capi)
+            # Both count their calls ("n=<calls>:..."); the answers past the count are the same work.
+            assert raw.call(PAYLOAD).split(b":")[1] == project_hot().split(b":")[1] == b"HELLO WORLD"
+            p, r = interleaved(project_hot, lambda raw=raw: raw.call(PAYLOAD), rounds, n, warmup=200)
+            raw.close()
+            figs.append(Figure(
+                f"hot call vs {what}",
+                f"hot call: direct ABI v2 `handler` on a warm pooled instance (Runtime.invoke_sync), vs {what}",
+                baseline, (pct(p, 0.5), pct(p, 0.99)), (pct(r, 0.5), pct(r, 0.99)), abs_goal=HOT_GOAL))
     return figs
 
 
 def cold_direct(rounds: int, n: int) -> Figure:
     """Instantiate + first call of the direct-ABI handler: a pool that never reuses forces it every call."""
-    handler = example_bytes("handler")
-    rt, lm = _handler_runtime(PoolConfig(min_instances=0, max_instances=1, reuse=False))
-    with rt:
-        raw_engine = RawEngine(rt.config.epoch_tick_ms)
-        try:
-            pre = raw_pre(raw_engine.engine, wasmtime.Module(raw_engine.engine, handler))
-            request = Request(body=PAYLOAD)
+    with _handler_pair(PoolConfig(min_instances=0, max_instances=1, reuse=False)) as (rt, lm, raw_engine, pre):
+        request = Request(body=PAYLOAD)
 
-            def raw_cold() -> bytes:
-                inst = RawInstance(raw_engine.engine, pre, lm.limits, lm.deadline_ticks, capi=True)
-                try:
-                    return inst.call(PAYLOAD)
-                finally:
-                    inst.close()
+        def raw_cold() -> bytes:
+            inst = RawInstance(raw_engine.engine, pre, lm.limits, lm.deadline_ticks, capi=True)
+            try:
+                return inst.call(PAYLOAD)
+            finally:
+                inst.close()
 
-            def project_cold() -> bytes:
-                return rt.invoke_sync(lm.key, request).body
+        def project_cold() -> bytes:
+            return rt.invoke_sync(lm.key, request).body
 
-            assert raw_cold() == project_cold() == b"n=1:HELLO WORLD"
-            p, r = interleaved(project_cold, raw_cold, rounds, n, warmup=50)
-            assert rt.pools.stats(lm.key).reused == 0
-        finally:
-            raw_engine.close()
+        assert raw_cold() == project_cold() == b"n=1:HELLO WORLD"
+        p, r = interleaved(project_cold, raw_cold, rounds, n, warmup=50)
+        assert rt.pools.stats(lm.key).reused == 0
     return Figure("cold start, direct", "cold start: direct ABI v2 `handler`, new instance + first call per request "
                   "(Runtime.invoke_sync, pool without reuse)", BASELINE_COLD_DIRECT,
                   (pct(p, 0.5), pct(p, 0.99)), (pct(r, 0.5), pct(r, 0.99)), abs_goal=COLD_GOAL)
@@ -457,41 +452,35 @@ class Rates:
 
 
 def concurrency(total_light: int, total_heavy: int) -> list[Rates]:
-    handler = example_bytes("handler")
-    rt, lm = _handler_runtime(PoolConfig(min_instances=max(CLIENTS), max_instances=max(CLIENTS)))
     out = []
-    with rt:
-        raw_engine = RawEngine(rt.config.epoch_tick_ms)
-        try:
-            pre = raw_pre(raw_engine.engine, wasmtime.Module(raw_engine.engine, handler))
-            raws = [RawInstance(raw_engine.engine, pre, lm.limits, lm.deadline_ticks, capi=True)
-                    for _ in range(max(CLIENTS))]
-            for label, payload, total in (("trivial", PAYLOAD, total_light), ("cpu-heavy", HEAVY, total_heavy)):
-                request = Request(body=payload)
-                assert rt.invoke_sync(lm.key, request).body.split(b":")[1] == raws[0].call(payload).split(b":")[1]
-                rates = Rates(label, {}, {}, {})
-                for clients in CLIENTS:
-                    # Three short rounds per side, the sides alternating, so machine load hits all alike.
-                    per = max(1, total // clients // 3)
-                    got: dict[str, list[tuple[float, float]]] = {"raw": [], "threads": [], "trio": []}
-                    for _ in range(3):
-                        got["raw"].append(_threads_rate(clients, per, lambda i: raws[i].call(payload)))
-                        got["threads"].append(
-                            _threads_rate(clients, per, lambda i: rt.invoke_sync(lm.key, request)))
-                        got["trio"].append(_trio_rate(rt, lm.key, payload, clients, per))
-                    for side, vals in got.items():
-                        # requests over wall time summed across rounds; cores = CPU time over wall time
-                        walls = [per * clients / r for r, _ in vals]
-                        rate = 3 * per * clients / sum(walls)
-                        cores = sum(c * w for (_, c), w in zip(vals, walls)) / sum(walls)
-                        getattr(rates, side)[clients] = (rate, cores)
-                out.append(rates)
-            stats = rt.pools.stats(lm.key)
-            assert stats.created == max(CLIENTS), f"the pool made {stats.created} instances for 8 clients"
-            for raw in raws:
-                raw.close()
-        finally:
-            raw_engine.close()
+    pool = PoolConfig(min_instances=max(CLIENTS), max_instances=max(CLIENTS))
+    with _handler_pair(pool) as (rt, lm, raw_engine, pre):
+        raws = [RawInstance(raw_engine.engine, pre, lm.limits, lm.deadline_ticks, capi=True)
+                for _ in range(max(CLIENTS))]
+        for label, payload, total in (("trivial", PAYLOAD, total_light), ("cpu-heavy", HEAVY, total_heavy)):
+            request = Request(body=payload)
+            assert rt.invoke_sync(lm.key, request).body.split(b":")[1] == raws[0].call(payload).split(b":")[1]
+            rates = Rates(label, {}, {}, {})
+            for clients in CLIENTS:
+                # Three short rounds per side, the sides alternating, so machine load hits all alike.
+                per = max(1, total // clients // 3)
+                got: dict[str, list[tuple[float, float]]] = {"raw": [], "threads": [], "trio": []}
+                for _ in range(3):
+                    got["raw"].append(_threads_rate(clients, per, lambda i: raws[i].call(payload)))
+                    got["threads"].append(
+                        _threads_rate(clients, per, lambda i: rt.invoke_sync(lm.key, request)))
+                    got["trio"].append(_trio_rate(rt, lm.key, payload, clients, per))
+                for side, vals in got.items():
+                    # requests over wall time summed across rounds; cores = CPU time over wall time
+                    walls = [per * clients / r for r, _ in vals]
+                    rate = 3 * per * clients / sum(walls)
+                    cores = sum(c * w for (_, c), w in zip(vals, walls)) / sum(walls)
+                    getattr(rates, side)[clients] = (rate, cores)
+            out.append(rates)
+        stats = rt.pools.stats(lm.key)
+        assert stats.created == max(CLIENTS), f"the pool made {stats.created} instances for 8 clients"
+        for raw in raws:
+            raw.close()
     return out
 
 
