@@ -696,11 +696,14 @@ def main() -> None:
             for name in ("threads", "trio", "raw"):
                 vals = [getattr(rs[j], name)[c][0] for rs in all_rates]
                 cores = [getattr(rs[j], name)[c][1] for rs in all_rates]
+                per_core = [v / c for v, c in zip(vals, cores) if c > 0]
                 cols.append(f"{name} {statistics.median(vals):,.0f} [{min(vals):,.0f}-{max(vals):,.0f}] "
-                            f"on {statistics.median(cores):.2f} cores")
+                            f"on {statistics.median(cores):.2f} cores, "
+                            f"{statistics.median(per_core):,.0f} per CPU-second")
             print(f"    {c} clients: " + "; ".join(cols))
-    print(f"  (this machine: {os.cpu_count()} cores; guests run without the GIL, the Python around each call "
-          "holds it)")
+    print(f"  (this machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; guests run without the "
+          "GIL, the Python around each call holds it; requests per CPU-second is what the code costs, requests/s "
+          "also depends on the share of the cores the process got)")
 
 
 if __name__ == "__main__":
