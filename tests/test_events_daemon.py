@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
 import trio
 
@@ -27,7 +26,7 @@ from mesh.daemon.config import load_config
 from mesh.daemon.node import Daemon
 from mesh.events import Event
 from mesh.metrics import render
-from tests.cli_helpers import cli_on_thread
+from tests.cli_helpers import captured_logs, cli_on_thread
 from tests.harness.daemons import Mesh, publisher_and_operator, run_cli, wait_until
 from tests.harness.procs import ProcessGroup
 from tests.harness.promtool import promtool_check
@@ -69,13 +68,8 @@ def _raw_publish(d: Daemon, topic: str, data: bytes) -> tuple[int, dict[str, str
 def test_events_on_a_daemon_reply_filters_dead_letter_and_backpressure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     global _capsys
     _capsys = capsys
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    try:
-        with structlog.testing.capture_logs() as logs:
-            trio.run(_scenario, tmp_path, logs)
-    finally:
-        structlog.configure(**saved)
+    with captured_logs() as logs:
+        trio.run(_scenario, tmp_path, logs)
 
 
 async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:

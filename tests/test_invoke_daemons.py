@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 import trio
 
 from mesh.cli import main
@@ -27,6 +26,7 @@ from mesh.daemon.config import load_config
 from mesh.daemon.node import Daemon
 from mesh.metrics import render
 from mesh.membership.state import MemberState
+from tests.cli_helpers import captured_logs
 from tests.harness.daemons import run_cli
 from tests.harness.promtool import promtool_check
 
@@ -62,13 +62,8 @@ def test_invoke_end_to_end_local_forwarded_trap_on_demand_and_failover(tmp_path:
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     global _capsys
     _capsys = capsys
-    saved = structlog.get_config()
-    structlog.reset_defaults()  # an earlier in-process CLI test may have filtered info logs out
-    try:
-        with structlog.testing.capture_logs() as logs:
-            trio.run(_scenario, tmp_path, logs)
-    finally:
-        structlog.configure(**saved)
+    with captured_logs() as logs:
+        trio.run(_scenario, tmp_path, logs)
 
 
 def _body(res: dict[str, Any]) -> bytes:
