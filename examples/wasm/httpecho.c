@@ -3,9 +3,9 @@
  *
  * The input is the request as HTTP/1.1 text ("GET /path?q HTTP/1.1\r\nname: value\r\n\r\nbody");
  * the output is a CGI-style answer: header lines, a blank line, the body. It answers
- *   Status: 200 (or NNN for a path /status/NNN), Content-Type: text/plain, X-Echo-Method: METHOD
+ *   Status: 200 (or NNN for a path containing /status/NNN), Content-Type: text/plain, X-Echo-Method: METHOD
  * and a body of the request line, the number of request headers and the request body.
- * The path /trap traps (the ingress answers 500). */
+ * A path ending in /trap traps (the ingress answers 500). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,9 +33,11 @@ EXPORT("handle") int64_t wmx_handle(const uint8_t *in, uint32_t len) {
     if (!sp1) return -1;
     uint32_t method_len = (uint32_t)(sp1 - in);
     const uint8_t *path = sp1 + 1;
-    if (line_len - method_len > 6 && memcmp(path, "/trap ", 6) == 0) __builtin_trap();
+    uint32_t target_len = line_len - method_len - 1;
+    if (find(path, target_len, "/trap ")) __builtin_trap();
     int status = 200;
-    if (line_len - method_len > 12 && memcmp(path, "/status/", 8) == 0) status = atoi((const char *)path + 8);
+    const uint8_t *st = find(path, target_len, "/status/");
+    if (st && st + 11 <= in + line_len) status = atoi((const char *)st + 8);
     if (status < 100 || status > 599) status = 200;
     unsigned headers = 0;
     for (const uint8_t *p = eol; p < end; p++)

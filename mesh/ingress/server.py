@@ -190,8 +190,7 @@ class Ingress:
             pass
         finally:
             m.connections -= 1
-            with trio.move_on_after(1.0):
-                await stream.aclose()
+            await _linger_close(stream)
 
     async def _serve_conn(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.cfg.max_head_bytes)
@@ -233,6 +232,10 @@ class Ingress:
                         conn.receive_data(data)
                         continue
                     if isinstance(event, h11.Request):
+                        # h11 bounds only an incomplete head; one that arrived whole is measured here.
+                        size = len(event.method) + len(event.target) + 12 + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                        if size > self.cfg.max_head_bytes:
+                            raise _Reject(431, "head_too_large", f"request head larger than {self.cfg.max_head_bytes} bytes")
                         return event
                     return None  # ConnectionClosed (or a client that half-closed mid-head)
         except trio.TooSlowError:
@@ -385,6 +388,25 @@ class Ingress:
         with trio.move_on_after(self.cfg.request_timeout_s) as scope:
             await stream.send_all(data)
         return not scope.cancelled_caught
+
+
+async def _linger_close(stream: trio.SocketStream) -> None:
+    """Close after a refusal without losing the answer: send FIN, then read and drop what the client
+    still sends (at most 1 s and 1 MiB) so that unread data does not turn the close into a reset
+    that destroys the 413 before the client read it."""
+    with trio.move_on_after(1.0):
+        try:
+            await stream.send_eof()
+            n = 0
+            while n < (1 << 20):
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                n += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    with trio.move_on_after(1.0):
+        await stream.aclose()
 
 
 def _iso(wall: float) -> str:
