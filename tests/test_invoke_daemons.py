@@ -268,12 +268,13 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
 
         doc = (Path(__file__).parent.parent / "docs" / "METRICS.md").read_text()
         fams = [f for f in text_string_to_metric_families(body) if f.name.startswith("wasmatrix_invoke")]
-        assert len(fams) == 8
+        assert len(fams) == 9
+        assert 'wasmatrix_invoke_calls_total{caller="api",code="trap",deployment="web"} 1.0' in body
         for fam in fams:
             assert f"`{fam.name + '_total' if fam.type == 'counter' else fam.name}`" in doc, fam.name
             for smp in fam.samples:
                 for label, v in smp.labels.items():
-                    if label not in ("le", "peer"):
+                    if label not in ("le", "peer", "deployment"):  # peer, deployment: ids and names
                         assert f"`{label}`" in doc and v in doc, (fam.name, label, v)
         assert 'wasmatrix_invoke_served_total{outcome="ok"}' in render(ds[other].registry).decode()
 

@@ -123,6 +123,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("node", f"{st['name']} ({st['id']})"),
             ("address", st["addr"]),
             ("api", st["api"]),
+            ("http", st.get("http") or "-"),
             ("mesh", "INSECURE (no mesh secret: anyone can join)" if st["insecure"] else st["mesh_id"]),
             ("profile", st["profile"]),
             ("zone", st["zone"] or "-"),

@@ -302,7 +302,7 @@ class Ingress:
                     ans = HttpAnswer(405, ans.headers + (("allow", ", ".join(allowed).encode()),), ans.body)
                 else:
                     ans = _text(404, f"no route for {method} {host or '-'}{path}")
-                error = f"{ans.status}"
+                error = ans.body.decode().strip()
                 # Drain a small body so the connection stays usable; a big one closes it.
                 close = not await self._discard_body(conn, stream, length, deadline)
             else:
