@@ -24,6 +24,8 @@ from mesh.cli import main
 from mesh.daemon.config import load_config
 from mesh.daemon.node import Daemon
 from mesh.membership.state import MemberState
+from tests.harness.inproc import cli_in_thread
+from tests.harness.inproc import wait_for as _wait
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "runtime" / "examples"
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -35,22 +37,11 @@ def _cfg(tmp: Path, name: str, seeds: list[str], **http: Any) -> Any:
                         "seed": seeds, "profile": "local", "log_level": "info", "http": "127.0.0.1:0", **http})
 
 
-async def _wait(pred: Any, timeout: float, what: str) -> None:
-    with trio.move_on_after(timeout):
-        while not pred():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
 _capsys: Any = None
 
 
 async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    _capsys.readouterr()
-    code = await trio.to_thread.run_sync(main, list(args))
-    out, err = _capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, out, err)
+    return await cli_in_thread(_capsys, *args)
 
 
 def _port(d: Daemon) -> int:

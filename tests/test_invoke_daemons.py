@@ -28,6 +28,8 @@ from mesh.daemon.node import Daemon
 from mesh.metrics import render
 from mesh.membership.state import MemberState
 from tests.harness.daemons import run_cli
+from tests.harness.inproc import cli_in_thread
+from tests.harness.inproc import wait_for as _wait
 from tests.harness.promtool import promtool_check
 
 HANDLER = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "handler.wasm"
@@ -39,23 +41,12 @@ def _cfg(tmp: Path, name: str, seeds: list[str]) -> Any:
                         "seed": seeds, "profile": "local", "log_level": "info", "zone": f"eu/{name}"})
 
 
-async def _wait(pred: Any, timeout: float, what: str) -> None:
-    with trio.move_on_after(timeout):
-        while not pred():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
 _capsys: Any = None
 
 
 async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in this process, on a worker thread (a subprocess per command costs seconds on a loaded machine)."""
-    _capsys.readouterr()
-    code = await trio.to_thread.run_sync(main, list(args))
-    out, err = _capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, out, err)
+    return await cli_in_thread(_capsys, *args)
 
 
 def test_invoke_end_to_end_local_forwarded_trap_on_demand_and_failover(tmp_path: Path,

@@ -13,24 +13,22 @@ import time
 from typing import Any
 
 from crdt.schema import METHODS, ROUTE_FORMATS, RouteSpec
-from mesh.cli.intentcmd import EXIT_OK, EXIT_USAGE, _b64_msgpack, _guard, _open, _out, _remote, _remote_write, _signing_key
+from mesh.cli.intentcmd import (
+    EXIT_OK, EXIT_USAGE, UsageError, _b64_msgpack, _guard, _open, _out, _remote, _remote_write, _signing_key, target_flags,
+)
 
 
 def _methods(args: argparse.Namespace) -> list[str]:
     methods = [m.upper() for m in (args.method or ["*"])]
     bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise ValueError(f"--method {bad[0]}: one of {', '.join(sorted(METHODS))}")
+        raise UsageError(f"--method {bad[0]}: one of {', '.join(sorted(METHODS))}")
     return list(dict.fromkeys(methods))
 
 
 @_guard
 def cmd_route_add(args: argparse.Namespace) -> int:
-    try:
-        methods = _methods(args)
-    except ValueError as exc:
-        print(f"wasmatrix: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    methods = _methods(args)
     # Validated before the key is read or anything is signed (a bad host/path is a usage error).
     routes = [RouteSpec(args.host.lower(), args.path, m, args.deployment, args.priority, args.format) for m in methods]
     key = _signing_key(args.key)
@@ -67,11 +65,7 @@ def cmd_route_list(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_route_rm(args: argparse.Namespace) -> int:
-    try:
-        methods = _methods(args)
-    except ValueError as exc:
-        print(f"wasmatrix: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    methods = _methods(args)
     key = _signing_key(args.key)
     host = args.host.lower()
     remote = _remote(args)
@@ -110,13 +104,7 @@ def _table(rows: list[list[str]], title: str) -> None:
 def register(subparsers: Any) -> None:
     """Add the ``route`` command family."""
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", help="node data directory (default $WASMATRIX_DATA_DIR or ./wasmatrix-data); "
-                       "when a node runs on it, the command talks to that node")
-        p.add_argument("--api", help="a running node's API HOST:PORT (with --token) instead of --data-dir")
-        p.add_argument("--token", help="API token (with --api)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-
+    common = target_flags
     rt = subparsers.add_parser("route", help="HTTP routes served by every node's --http ingress")
     sub = rt.add_subparsers(dest="route_command", metavar="SUBCOMMAND", parser_class=type(rt))
     a = sub.add_parser("add", help="route requests for a host and path (and methods) to a deployment")

@@ -245,9 +245,9 @@ class Ingress:
                 raise _Reject(431, "head_too_large", f"request head larger than {self.cfg.max_head_bytes} bytes") from None
             raise _Reject(exc.error_status_hint or 400, "bad_request", f"bad request: {exc}") from None
 
-    async def _read_body(self, conn: h11.Connection, stream: trio.SocketStream) -> bytes:
+    async def _read_body(self, conn: h11.Connection, stream: trio.SocketStream, limit: int) -> bytes:
+        """The request body; ``_Reject`` 413 once it passes ``limit`` bytes (counted while read)."""
         body = bytearray()
-        limit = self.cfg.max_body_bytes
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -313,7 +313,7 @@ class Ingress:
                 if conn.they_are_waiting_for_100_continue:
                     await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
                 with trio.move_on_at(deadline) as scope:
-                    body = await self._read_body(conn, stream)
+                    body = await self._read_body(conn, stream, self.cfg.max_body_bytes)
                 if scope.cancelled_caught:
                     raise _Reject(408, "body_timeout", "request body too slow")
                 if fmt == "body" and len(body) > MAX_INVOKE_PAYLOAD:
@@ -353,18 +353,11 @@ class Ingress:
         if conn.they_are_waiting_for_100_continue:
             return False
         with trio.move_on_at(deadline):
-            n = 0
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                    continue
-                if isinstance(event, h11.Data):
-                    n += len(event.data)
-                    if n > 65536:
-                        return False
-                    continue
-                return isinstance(event, h11.EndOfMessage)
+            try:
+                await self._read_body(conn, stream, 65536)
+                return True
+            except _Reject:
+                return False
         return False
 
     async def _send(self, conn: h11.Connection, stream: trio.SocketStream, ans: HttpAnswer,
@@ -378,7 +371,8 @@ class Ingress:
         if close:
             headers.append(("connection", b"close"))
         try:
-            data = conn.send(h11.Response(status_code=ans.status, headers=headers, reason=_REASON.get(ans.status, "")))
+            data = conn.send(h11.Response(status_code=ans.status, headers=[(n.encode("ascii"), v) for n, v in headers],
+                                          reason=_REASON.get(ans.status, "")))
             if not head_only:
                 data += conn.send(h11.Data(data=ans.body))
             data += conn.send(h11.EndOfMessage())
