@@ -202,6 +202,21 @@ async def _scenario(tmp: Path, logs: list[dict[str, Any]]) -> None:
                      b"env: GATEWAY_INTERFACE=CGI/1.1"):
             assert want in body, (want, body)
 
+        # The same HTTP calls forwarded over the mesh (InvokeRequest kind 1: the request as HTTP/1.1 text):
+        # hecho now runs on b, cgi on a; ask the other node.
+        def claims(viewer: Daemon, dep: str) -> set[str]:
+            return {n for n, e in viewer.core.intent.doc.placements().items()
+                    if any(c.deployment == dep and c.state == "running" for c in e.replicas)}
+
+        await _wait(lambda: claims(a, "hecho") == {b.node_id} and claims(b, "cgi") == {a.node_id}, 10,
+                    "on-demand claims replicated")
+        st, hd, body = await _http(pa, "POST", "/h/status/202", b"fwd", {"x-request-id": "fwd-http"})
+        assert (st, hd["x-echo-method"], body) == (202, "POST", b"POST /h/status/202 HTTP/1.1\nheaders: 3\nbody: fwd")
+        st, hd, body = await _http(pb, "GET", "/cgi?via=b", headers={"x-request-id": "fwd-cgi", "x-custom": "b"})
+        assert st == 200 and b"env: QUERY_STRING=via=b" in body and b"env: HTTP_X_CUSTOM=b" in body, body
+        modes = {e["request_id"]: (e["mode"], e["node"]) for e in logs if e["event"] == "http_request"}
+        assert modes["fwd-http"] == ("forwarded", b.node_id) and modes["fwd-cgi"] == ("forwarded", a.node_id)
+
         # Status codes.
         st, hd, body = await _http(pa, "GET", "/nothing-here")
         assert st == 404 and b"no route" in body
@@ -300,5 +315,11 @@ async def _scenario(tmp: Path, logs: list[dict[str, Any]]) -> None:
         assert 'wasmatrix_http_requests_total{code="404",deployment=""}' in text
         assert 'wasmatrix_http_rejected_total{reason="connections"} 1.0' in text
         assert 'wasmatrix_invoke_calls_total{caller="http",code="ok",deployment="cgi"} 1.0' in text
+
+        # A leaving node answers 503 (its clients retry elsewhere), counted as draining.
+        nursery.start_soon(b.leave)
+        await _wait(lambda: b._leaving, 5, "b leaving")
+        st, _, body = await _http(pb, "POST", "/echo", b"late")
+        assert st == 503 and b"leaving" in body and b.ingress.metrics.rejected["draining"] == 1
         for d in ds.values():
             d.stop()
