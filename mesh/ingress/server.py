@@ -48,7 +48,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 REJECT_REASONS = ("bad_request", "body_timeout", "body_too_large", "connections", "draining", "head_timeout",
                   "head_too_large")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
-_CODE_STATUS = {
+# The serving contract's table: invoke result code -> HTTP status (ok: the handler's own status).
+CODE_STATUS = {
     "quota": 429, "overloaded": 429,
     "trap": 500, "internal": 500, "guest_error": 500, "limit_exceeded": 500,
     "no_replica": 502, "connect_failed": 502, "breaker_open": 502, "stream_closed": 502, "not_hosted": 502,
@@ -132,7 +133,7 @@ def answer_for(res: dict[str, Any], fmt: str) -> tuple[HttpAnswer, str]:
             return parse_output(out), ""
         except CgiError as exc:
             return _text(500, str(exc)), str(exc)
-    status = _CODE_STATUS.get(code, 502)
+    status = CODE_STATUS.get(code, 502)
     msg = _public_message(code, res.get("message") or "")
     ans = _text(status, msg)
     if status == 429:
