@@ -99,3 +99,23 @@ def test_any_output_parses_or_fails_cleanly(out: bytes) -> None:
     assert out.endswith(a.body)
     for name, value in a.headers:
         assert name == name.lower() and b"\r" not in value and b"\n" not in value and b"\x00" not in value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.from_regex(rb"[A-Za-z][A-Za-z0-9-]{0,10}", fullmatch=True), st.binary(max_size=30)),
+                max_size=5), st.binary(max_size=50))
+def test_any_parsed_header_block_is_sendable_by_h11(headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    import h11
+
+    out = b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + body
+    try:
+        a = parse_output(out)
+    except CgiError:
+        return
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    hs = [(n.encode(), v) for n, v in a.headers] + [(b"content-length", str(len(a.body)).encode())]
+    conn.send(h11.Response(status_code=a.status, headers=hs))  # raises LocalProtocolError if not
+    conn.send(h11.Data(data=a.body))
+    conn.send(h11.EndOfMessage())
