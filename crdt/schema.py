@@ -320,6 +320,7 @@ def revision_from(rec: Any) -> DeploymentRevision:
 
 # --- routes ----------------------------------------------------------------------------
 
+ROUTE_FORMATS = ("body", "http")
 HOST_RE = re.compile(r"^(\*|(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*)$")
 
 
@@ -332,6 +333,7 @@ class RouteSpec:
     method: str
     deployment: str
     priority: int = 0
+    format: str = "body"  # what the handler gets: "body" (request body in, response body out) or "http" (docs/ABI.md)
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or self.host != self.host.lower() or not HOST_RE.match(self.host) or len(self.host) > 253:
@@ -344,18 +346,23 @@ class RouteSpec:
             raise ValidationError(f"route method {self.method!r:.20} must be one of {', '.join(sorted(METHODS))}")
         v_name(self.deployment, "deployment name")
         v_int(self.priority, "priority", -1000, 1000)
+        if self.format not in ROUTE_FORMATS:
+            raise ValidationError(f"route format {self.format!r:.20} must be one of {', '.join(ROUTE_FORMATS)}")
 
     @property
     def key(self) -> str:
         return route_key(self.host, self.path, self.method)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"host": self.host, "path": self.path, "method": self.method, "deployment": self.deployment, "priority": self.priority}
+        p = {"host": self.host, "path": self.path, "method": self.method, "deployment": self.deployment, "priority": self.priority}
+        if self.format != "body":  # older records carry no format; "body" is written as they were
+            p["format"] = self.format
+        return p
 
     @classmethod
     def from_payload(cls, p: Any) -> "RouteSpec":
-        _fields(p, "route", {"host", "path", "method", "deployment", "priority"})
-        return cls(p["host"], p["path"], p["method"], p["deployment"], p["priority"])
+        _fields(p, "route", {"host", "path", "method", "deployment", "priority"}, {"format"})
+        return cls(p["host"], p["path"], p["method"], p["deployment"], p["priority"], p.get("format", "body"))
 
 
 def route_key(host: str, path: str, method: str) -> str:

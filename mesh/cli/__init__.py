@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "mesh.cli.invokecmd",
     "mesh.cli.eventscmd",
     "mesh.cli.subscriptioncmd",
+    "mesh.cli.routecmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh
 # must not import it) contribute their subcommands through this entry-point

@@ -16,7 +16,7 @@ from typing import Any
 
 from crdt.schema import SubscriptionSpec
 from mesh.cli.intentcmd import (
-    EXIT_OK, EXIT_USAGE, UsageError, _err, common_flags, _guard, _kv_pairs, _open, _out, _remote, _remote_write, _signing_key,
+    EXIT_OK, EXIT_USAGE, UsageError, _err, target_flags, _guard, _kv_pairs, _open, _out, _remote, _remote_write, _signing_key,
     read_input_file,
 )
 from mesh.events.event import MAX_DATA
@@ -98,7 +98,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``subscription add|list|rm`` and ``publish``."""
-    common = common_flags
+    common = target_flags
 
     s = subparsers.add_parser("subscription", help="event subscriptions: a deployment run for each matching event")
     ssub = s.add_subparsers(dest="subscription_command", metavar="SUBCOMMAND", parser_class=type(s))

@@ -247,6 +247,7 @@ class Daemon:
         self._stopping = False
         self._leaving = False
         self.api_addr = ""
+        self.http_addr = ""
         # Hex, not token_urlsafe: a token starting with '-' reads as an option in `--token TOKEN`.
         self.token = secrets.token_hex(32)
         self.stream_timeout = cfg.membership_config().stream_timeout
@@ -336,6 +337,7 @@ class Daemon:
         )
         self.core.invoke_inbox = []
         self.invocations = InvokeService(self)
+        self.invoke = self.invocations  # the serving contract's name: daemon.invoke.invoke(...)
         self.placements = PlacementService(self)
         self.registry.register(self.invocations.metrics)
 
@@ -422,6 +424,7 @@ class Daemon:
             self.bus = EventBus.for_daemon(self)  # events (mesh/events, docs/EVENTS.md)
             self.registry.register(self.bus.metrics)
             api = ApiServer(self.token, self._routes(), self.counters, self.log, body_limits={"/v1/blobs": MAX_MODULE_BYTES})
+            http_listeners = await self._open_http()
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.udp = udp
@@ -432,6 +435,8 @@ class Daemon:
                 nursery.start_soon(self._snapshot_loop)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(api.serve, api_listeners)
+                if http_listeners:
+                    nursery.start_soon(self.ingress.serve, http_listeners)
                 nursery.start_soon(self.placements.loop)
                 self.invocations.running = True
                 await nursery.start(self.workloads.run)
@@ -929,6 +934,20 @@ class Daemon:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(disc.close)
 
+    async def _open_http(self) -> list[trio.SocketListener]:
+        """The HTTP ingress's listeners when ``--http`` is given (mesh/ingress/server.py)."""
+        if self.cfg.http is None:
+            return []
+        from mesh.ingress.server import Ingress
+
+        host, port = self.cfg.http
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.http_addr = format_hostport(host, listeners[0].socket.getsockname()[1])
+        self.ingress = Ingress(self, self.cfg.http_bounds)
+        self.registry.register(self.ingress.metrics)
+        self.log.info("http_ingress_listening", http=self.http_addr)
+        return listeners
+
     # ------------------------------------------------------------------ control API
 
     def _routes(self) -> dict[tuple[str, str], Any]:
@@ -972,6 +991,7 @@ class Daemon:
             "name": self.cfg.name,
             "addr": self.advertise,
             "api": self.api_addr,
+            "http": self.http_addr or None,
             "incarnation": swim.incarnation,
             "profile": self.cfg.profile,
             "zone": self.cfg.zone,
