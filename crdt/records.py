@@ -22,7 +22,7 @@ from model.errors import SpecError
 
 __all__ = ["DOMAIN", "KINDS", "SEP", "canonical", "check_key", "pack", "signing_bytes", "unpack_bounded"]
 
-KINDS = ("registry", "deployments", "routes", "placement", "kv", "trust")
+KINDS = ("registry", "deployments", "routes", "placement", "kv", "trust", "tenant")
 SEP = "\x1f"  # separates parts of a slot key; forbidden in keys
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 

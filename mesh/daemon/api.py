@@ -114,6 +114,7 @@ class ApiServer:
             request_id = ""
             structlog.contextvars.clear_contextvars()
             status, ctype, body = 500, "application/json", b""
+            extra: list[tuple[str, str]] = []
             try:
                 with trio.fail_after(IDLE_TIMEOUT if conn.their_state is h11.IDLE else REQUEST_TIMEOUT):
                     req = await self._read_request(conn, stream)
@@ -124,7 +125,9 @@ class ApiServer:
                 # per trio task, and each connection is one task); the client gets it back.
                 request_id = secrets.token_hex(8)
                 structlog.contextvars.bind_contextvars(request_id=request_id)
-                status, ctype, body = await self._dispatch(req, conn)
+                # A handler answers (status, content type, body) or that plus extra headers.
+                status, ctype, body, *more = await self._dispatch(req, conn)
+                extra = list(more[0]) if more else []
                 # A handler's own error answer (e.g. 504 from join) is "failed", not a server error.
                 self.counters["api_ok" if status < 400 else "api_failed"] += 1
             except trio.TooSlowError:
@@ -148,7 +151,7 @@ class ApiServer:
                     "api_request", method=req.method, path=req.path, status=status)
             if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
                 return
-            headers = [("content-type", ctype), ("content-length", str(len(body)))]
+            headers = [("content-type", ctype), ("content-length", str(len(body))), *extra]
             if request_id:
                 headers.append(("x-request-id", request_id))
             if status >= 400 and req is None:
@@ -199,7 +202,7 @@ class ApiServer:
                 auth = dict(head.headers).get(b"authorization", b"")
                 return Request(head.method.decode("ascii", "replace"), path, query, bytes(body), auth)
 
-    async def _dispatch(self, req: Request, conn: h11.Connection) -> tuple[int, str, bytes]:
+    async def _dispatch(self, req: Request, conn: h11.Connection) -> Any:
         if req.path.startswith("/v1/"):
             expected = f"Bearer {self.token}".encode()
             if not hmac.compare_digest(req.auth, expected):

@@ -43,6 +43,7 @@ from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
 from mesh.daemon.intentapi import IntentApi
 from mesh.daemon.invocation import InvokeService
+from mesh.daemon.quotas import QuotaService
 from mesh.daemon.placements import PlacementService
 from mesh.daemon.workloads import Workloads, WorkloadsApi
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
@@ -333,9 +334,11 @@ class Daemon:
             driver_counters=self.counters, audit_counters=self.audit.counters,
         )
         self.core.invoke_inbox = []
+        self.quotas = QuotaService(self)
         self.invocations = InvokeService(self)
         self.placements = PlacementService(self)
         self.registry.register(self.invocations.metrics)
+        self.registry.register(self.quotas.metrics)
 
     def _on_visible(self, rec: Any, now: float) -> None:
         # When each record became visible here, on the host's monotonic clock (CLOCK_MONOTONIC,
@@ -427,6 +430,7 @@ class Daemon:
                 nursery.start_soon(self._signals)
                 nursery.start_soon(api.serve, api_listeners)
                 nursery.start_soon(self.placements.loop)
+                nursery.start_soon(self.quotas.loop)
                 self.invocations.running = True
                 await nursery.start(self.workloads.run)
                 if cfg.mdns:
@@ -920,6 +924,7 @@ class Daemon:
             ("GET", "/metrics"): self._api_metrics,
             **IntentApi(self).routes(),
             **self.invocations.routes(),
+            **self.quotas.routes(),
             **self.placements.routes(),
             **WorkloadsApi(self).routes(),
         }

@@ -36,7 +36,8 @@ TIMEOUT = "timeout"
 LIMIT = "limit_exceeded"
 GUEST_ERROR = "guest_error"
 INTERNAL = "internal"
-ERROR_CODES = frozenset({OK, NOT_HOSTED, OVERLOADED, BAD_REQUEST, UNAVAILABLE, TRAP, TIMEOUT, LIMIT, GUEST_ERROR, INTERNAL})
+QUOTA = "quota"  # refused by a tenant quota (mesh/invoke/quota.py): not executed, never retried
+ERROR_CODES = frozenset({OK, NOT_HOSTED, OVERLOADED, BAD_REQUEST, UNAVAILABLE, TRAP, TIMEOUT, LIMIT, GUEST_ERROR, INTERNAL, QUOTA})
 _CODE_MAX = 32
 
 
