@@ -14,6 +14,8 @@ Private keys never leave the CLI. A write is two calls:
 
 Module bytes go first with ``POST /v1/blobs?sha256=HEX`` (raw body, checked against the hash).
 Reads: ``GET /v1/modules``, ``GET /v1/module?name=N``, ``GET /v1/deployment?name=N``.
+Tenant quotas are written the same way (ops ``tenant``, ``tenant_rm``); ``GET /v1/tenants``
+(mesh/daemon/quotas.py) lists them with this node's view of their usage.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from crdt.intent import PendingWrite
 from crdt.logrecord import LogRecord
 from crdt.records import KINDS
 from crdt.signedlog import LogError, StoreRecovering
-from crdt.schema import DeploymentSpec, manifest_from_payload
+from crdt.schema import DeploymentSpec, TenantQuota, manifest_from_payload
 from crdt.views import deployment_view, module_view, modules_view
 from mesh.daemon.api import ApiError, Request, json_answer
 from model import SpecError
@@ -141,8 +143,14 @@ class IntentApi:
                 name, version = _text(args.get("name"), "name"), _text(args.get("version"), "version")
                 reason = str(args.get("reason") or "")[:200]
                 write = lambda k: node.remove_version(name, version, k, now, reason, wall=wall)  # noqa: E731
+            elif op == "tenant":
+                quota = TenantQuota.from_payload(args.get("quota"))
+                write = lambda k: node.set_tenant(quota, k, now, wall=wall)  # noqa: E731
+            elif op == "tenant_rm":
+                tname = _text(args.get("name"), "name")
+                write = lambda k: node.delete_tenant(tname, k, now, wall=wall)  # noqa: E731
             else:
-                raise ApiError(400, "op must be publish, deploy, rollback or remove")
+                raise ApiError(400, "op must be publish, deploy, rollback, remove, tenant or tenant_rm")
             prepared = node.prepare(signer, write)
         except (CrdtError, SpecError) as exc:
             raise ApiError(crdt_status(exc), str(exc)) from None
