@@ -1,0 +1,170 @@
+"""Tenant quotas on real daemons (issue 12, seed 003 R14): concurrency and per-minute limits answer 429
+with Retry-After on the control API, and a daily CPU budget burnt on one node refuses calls on another
+once its usage arrived by gossip.
+
+Two ``Daemon`` objects in one trio run on loopback (real sockets, Noise, membership, intent sync, the
+workload lifecycle). Quotas and deployments are written with the CLI against the running node.
+Modules: ``runtime/examples/loop.wasm`` (a WASI command that never ends: every call runs until its
+``timeout_ms`` limit) and ``hello.wasm`` (answers at once).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from mesh.cli import main
+from mesh.daemon.config import load_config
+from mesh.daemon.node import Daemon
+from mesh.membership.state import MemberState
+from mesh.metrics import render
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "runtime" / "examples"
+
+
+def _cfg(tmp: Path, name: str, seeds: list[str]) -> Any:
+    return load_config({"data_dir": str(tmp / name), "bind": "127.0.0.1:0", "insecure": True, "name": name,
+                        "seed": seeds, "profile": "local", "log_level": "warning"})
+
+
+async def _wait(pred: Any, timeout: float, what: str) -> None:
+    with trio.move_on_after(timeout):
+        while not pred():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+_capsys: Any = None
+
+
+async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    _capsys.readouterr()
+    code = await trio.to_thread.run_sync(main, list(args))
+    out, err = _capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+def _post_invoke(d: Daemon, deployment: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """POST /v1/invoke over HTTP (blocking: run on a worker thread): status, headers, JSON body."""
+    host, _, port = d.api_addr.rpartition(":")
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=30)
+    try:
+        conn.request("POST", "/v1/invoke", body=json.dumps({"deployment": deployment}),
+                     headers={"Authorization": f"Bearer {d.token}", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def _metric(d: Daemon, line_start: str) -> float | None:
+    for line in render(d.registry).decode().splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@pytest.mark.slow
+def test_tenant_quotas_on_two_daemons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    global _capsys
+    _capsys = capsys
+    trio.run(_scenario, tmp_path)
+
+
+async def _scenario(tmp: Path) -> None:
+    for role in ("publisher", "operator"):
+        assert main(["keygen", "--role", role, "--out", str(tmp / f"{role}.key"), "--data-dir", str(tmp / "a")]) == 0
+    (tmp / "b").mkdir(mode=0o700)
+    shutil.copy(tmp / "a" / "trust.json", tmp / "b" / "trust.json")
+    (tmp / "a").chmod(0o700)
+    op, pub, on_a = str(tmp / "operator.key"), str(tmp / "publisher.key"), ("--data-dir", str(tmp / "a"))
+    async with trio.open_nursery() as nursery:
+        a: Daemon = await nursery.start(Daemon(_cfg(tmp, "a", [])).run)
+        b: Daemon = await nursery.start(Daemon(_cfg(tmp, "b", [a.advertise])).run)
+        ds = (a, b)
+        await _wait(lambda: all(sum(m.state == MemberState.ALIVE for m in d.core.swim.members.values()) == 2 for d in ds),
+                    20, "2 daemons see each other alive")
+
+        for tenant, flag, value in (("slow", "--concurrency", "1"), ("rate", "--per-minute", "3"),
+                                    ("burn", "--cpu-seconds-per-day", "1")):
+            r = await _cli("tenant", "set", tenant, flag, value, "--key", op, *on_a)
+            assert r.returncode == 0, r.stderr
+        for mod, limit in (("loop", "timeout_ms=1500"), ("hello", "timeout_ms=5000")):
+            r = await _cli("module", "publish", str(EXAMPLES / f"{mod}.wasm"), "--name", mod, "--version", "1.0.0",
+                           "--limit", limit, "--key", pub, *on_a)
+            assert r.returncode == 0, r.stderr
+        # Two replicas on two nodes: every call runs on the node that admitted it.
+        for dep, mod, tenant in (("slowdep", "loop", "slow"), ("fast", "hello", "rate"), ("burner", "loop", "burn")):
+            r = await _cli("deploy", dep, "--module", mod, "--version", "1.0.0", "--replicas", "2", "--tenant", tenant,
+                           "--key", op, *on_a)
+            assert r.returncode == 0, r.stderr
+        await _wait(lambda: all(d.workloads.hosts(dep) for d in ds for dep in ("slowdep", "fast", "burner"))
+                    and all(d.core.intent.doc.tenant("burn") is not None for d in ds), 60, "every replica runs on both")
+
+        # --- concurrency 1: a second call while the first runs is refused, 429 + Retry-After: 1.
+        first: dict[str, Any] = {}
+
+        async def slow_call() -> None:
+            first.update(await a.invocations.invoke("slowdep", b""))
+
+        nursery.start_soon(slow_call)
+        await _wait(lambda: a.quotas.core.in_flight("slow") == 1, 5, "the first slow call is in flight")
+        status, headers, body = await trio.to_thread.run_sync(_post_invoke, a, "slowdep")
+        assert (status, headers.get("retry-after"), body["code"], body["tenant"]) == (429, "1", "quota", "slow"), body
+        assert body["attempts"] == [] and body["retry_after_s"] == 1.0
+        await _wait(lambda: bool(first), 10, "the first slow call ends")
+        assert first["code"] == "timeout" and first["tenant"] == "slow", first  # it ran (and hit its 1.5 s limit)
+        assert a.quotas.core.in_flight("slow") == 0
+
+        # --- 3 per minute: the 4th call is 429 with the exact wait until the oldest second leaves the window.
+        for i in range(3):
+            res = await a.invocations.invoke("fast", b"")
+            assert res["ok"] and res["tenant"] == "rate", res
+        t4 = trio.current_time()
+        status, headers, body = await trio.to_thread.run_sync(_post_invoke, a, "fast")
+        assert (status, body["code"], body["quota_reason"]) == (429, "quota", "rate"), body
+        # The first call's second bucket leaves 61 s after it began: between 59 and 61 s from now.
+        assert 59.0 < body["retry_after_s"] <= 61.0 and headers["retry-after"] == str(math.ceil(body["retry_after_s"]))
+        assert trio.current_time() - t4 < 59.0
+        res = await b.invocations.invoke("fast", b"")  # per node: b admitted none of those calls
+        assert res["ok"], res
+        assert _metric(a, 'wasmatrix_quota_rejections_total{reason="rate",tenant="rate"}') == 1.0
+        assert _metric(a, 'wasmatrix_quota_rejections_total{reason="concurrency",tenant="slow"}') == 1.0
+
+        # --- CPU budget of 1 s a day, mesh-wide: one 1.5 s call on a; b refuses once a's usage reached it.
+        res = await b.invocations.invoke("burner", b"")  # nothing used yet anywhere: admitted on b too
+        assert res["code"] == "timeout", res
+        assert b.quotas.core.own["burn"] >= 1.0
+        ended = time.monotonic()
+        await _wait(lambda: a.quotas.core.cpu_used("burn", time.time()) >= 1.0, 10, "b's CPU usage reaches a by gossip")
+        arrived = time.monotonic() - ended
+        res = await a.invocations.invoke("burner", b"")
+        assert (res["code"], res["quota_reason"], res["attempts"]) == ("quota", "cpu", []), res
+        midnight = (math.floor(time.time() / 86400) + 1) * 86400
+        assert abs(res["retry_after_s"] - (midnight - time.time())) < 5
+        assert a.quotas.core.own.get("burn", 0.0) == 0.0  # a never ran it: all the usage is b's, via gossip
+        gauge = _metric(a, 'wasmatrix_tenant_cpu_seconds_today{tenant="burn"}')
+        assert gauge is not None and gauge >= 1.0
+
+        # `tenant list --json` against the node: the limits and a's view of the usage.
+        r = await _cli("tenant", "list", "--json", *on_a)
+        assert r.returncode == 0, r.stderr
+        # The daemons of this process log to stdout too: the command's JSON is the array in it.
+        doc, _ = json.JSONDecoder().raw_decode(r.stdout[r.stdout.index("[\n  {"):])
+        rows = {row["tenant"]: row for row in doc}
+        assert (rows["rate"]["per_minute"], rows["rate"]["calls_last_minute"]) == (3, 3)
+        assert rows["burn"]["cpu_seconds_today"] >= 1.0 and rows["burn"]["cpu_seconds_today_here"] == 0.0
+        assert rows["default"]["record"] is False and rows["default"]["max_concurrency"] == 100
+        print(f"\nCPU usage of node b reached node a {arrived:.2f} s after the call ended", file=sys.__stderr__)
+        nursery.cancel_scope.cancel()
