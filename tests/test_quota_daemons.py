@@ -166,5 +166,22 @@ async def _scenario(tmp: Path) -> None:
         assert (rows["rate"]["per_minute"], rows["rate"]["calls_last_minute"]) == (3, 3)
         assert rows["burn"]["cpu_seconds_today"] >= 1.0 and rows["burn"]["cpu_seconds_today_here"] == 0.0
         assert rows["default"]["record"] is False and rows["default"]["max_concurrency"] == 100
+        # The quota families pass promtool, and every family, label and value is in docs/METRICS.md.
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from tests.harness.promtool import promtool_check
+
+        text = render(a.registry)
+        promtool_check(text)
+        doc = (Path(__file__).parent.parent / "docs" / "METRICS.md").read_text()
+        fams = [f for f in text_string_to_metric_families(text.decode()) if f.name.startswith(("wasmatrix_quota", "wasmatrix_tenant"))]
+        assert sorted(f.name for f in fams) == ["wasmatrix_quota_bad_labels", "wasmatrix_quota_rejections",
+                                                "wasmatrix_tenant_cpu_seconds_today"]
+        for fam in fams:
+            assert f"`{fam.name + '_total' if fam.type == 'counter' else fam.name}`" in doc, fam.name
+            for smp in fam.samples:
+                for label, v in smp.labels.items():
+                    assert f"`{label}`" in doc and (label == "tenant" or v in doc), (fam.name, label, v)
+        assert 'wasmatrix_invoke_errors_total{reason="quota"} 3.0' in text.decode()
         print(f"\nCPU usage of node b reached node a {arrived:.2f} s after the call ended", file=sys.__stderr__)
         nursery.cancel_scope.cancel()
