@@ -162,17 +162,19 @@ def test_encode_decode_and_size_bound() -> None:
 def test_publication_rate_limit_and_threshold() -> None:
     c = core()
     wall = MIDNIGHT + 100.0
-    assert c.publication(0.0, wall) == f"{DAY}:"
-    c.published(f"{DAY}:", 0.0)
+    assert c.publication(0.0, wall) is None  # no usage yet: no label
+    c.charge("other", 0.5, wall)
+    assert c.publication(0.0, wall) == f"{DAY}:other=0.5"
+    c.published(f"{DAY}:other=0.5", 0.0)
     c.charge("acme", 2.0, wall)
     assert c.publication(0.5, wall) is None  # at most once a second
-    assert c.publication(1.0, wall) == f"{DAY}:acme=2"
-    c.published(f"{DAY}:acme=2", 1.0)
+    assert c.publication(1.0, wall) == f"{DAY}:acme=2,other=0.5"
+    c.published(f"{DAY}:acme=2,other=0.5", 1.0)
     c.charge("acme", 0.015, wall)  # 0.75 %: below 1 %
     assert c.publication(5.0, wall) is None
     c.charge("acme", 0.01, wall)  # 2.025: 1.25 % over what was published
-    assert c.publication(5.0, wall) == f"{DAY}:acme=2.02"
-    c.published(f"{DAY}:acme=2.02", 5.0)
+    assert c.publication(5.0, wall) == f"{DAY}:acme=2.02,other=0.5"
+    c.published(f"{DAY}:acme=2.02,other=0.5", 5.0)
     assert c.publication(10.0, MIDNIGHT + 86_400.0) == f"{DAY + 1}:"  # the day changed: usage reset
 
 

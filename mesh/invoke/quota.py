@@ -278,6 +278,8 @@ class QuotaCore:
             return None
         cur = {t: v for t, v in self.own.items() if v >= 0.005}
         last = self._published
+        if last is None and not cur:
+            return None  # nothing used since start: no label at all (membership shows only the operator's)
         if last is not None and last[0] == self.day and not force:
             old = last[1]
             moved = any(
