@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from crdt.schema import DEFAULT_TENANT, TenantQuota
 from mesh.daemon.api import ApiError, Request, json_answer
 from mesh.errors import ConfigError
-from mesh.invoke.quota import CPU_LABEL, MAX_LABEL_CHARS, REASONS, QuotaCore, Rejected
+from mesh.invoke.quota import CPU_LABEL, MAX_LABEL_CHARS, REASONS, QuotaCore, Rejected, default_limits
 from mesh.membership.state import MemberState
 from mesh.metrics import PREFIX
 
@@ -62,7 +62,7 @@ class QuotaService:
         """The tenant's replicated quota record, or the defaults."""
         rec = self._doc.effective("tenant", tenant)
         if rec is None or rec.payload.get("deleted") is True:
-            return TenantQuota(tenant)
+            return default_limits(tenant)
         ident = (rec.signer, rec.seq)
         hit = self._limits.get(tenant)
         if hit is not None and hit[0] == ident:
@@ -196,7 +196,8 @@ def _refused(svc: Any, deployment: str, r: Rejected, traceparent: str | None) ->
     svc.d.log.warning("invoke_quota_refused", deployment=deployment, tenant=r.tenant, reason=r.reason,
                       retry_after_s=r.retry_after_s, traceparent=tp)
     return {
-        "deployment": deployment, "ok": False, "code": QUOTA, "status": 0, "output_b64": "", "message": r.message,
+        "deployment": deployment, "ok": False, "code": QUOTA, "status": 0, "output_b64": "",
+        "message": f"{r.message}; retry in {r.retry_after_s:g} s",
         "node": None, "node_name": None, "mode": "none", "latency_ms": 0.0, "traceparent": tp, "attempts": [],
         "tenant": r.tenant, "retry_after_s": r.retry_after_s, "quota_reason": r.reason,
     }

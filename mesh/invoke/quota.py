@@ -126,6 +126,19 @@ def decode_usage(text: str) -> tuple[int, dict[str, float]]:
     return int(day_s), usage
 
 
+_DEFAULTS: dict[str, TenantQuota] = {}
+
+
+def default_limits(tenant: str) -> TenantQuota:
+    """The defaults for ``tenant`` (built and validated once per name; bounded)."""
+    q = _DEFAULTS.get(tenant)
+    if q is None:
+        if len(_DEFAULTS) >= 4096:
+            _DEFAULTS.clear()
+        q = _DEFAULTS[tenant] = TenantQuota(tenant)
+    return q
+
+
 @dataclass(slots=True)
 class _Tenant:
     in_flight: int = 0
@@ -137,7 +150,7 @@ class QuotaCore:
     """One node's quota state. ``limits_of(tenant)`` gives a tenant's :class:`TenantQuota` (the intent's)."""
 
     def __init__(self, limits_of: Callable[[str], TenantQuota] | None = None) -> None:
-        self.limits_of = limits_of or (lambda t: TenantQuota(t))
+        self.limits_of = limits_of or default_limits
         self._t: dict[str, _Tenant] = {}
         self.day: int | None = None
         self.own: dict[str, float] = {}  # CPU seconds used on this node today, by tenant
@@ -158,7 +171,7 @@ class QuotaCore:
         return t
 
     def _roll(self, wall: float) -> None:
-        day = utc_day(wall)
+        day = int(wall // DAY_S)
         if day != self.day:
             self.day = day
             self.own.clear()
@@ -172,8 +185,14 @@ class QuotaCore:
     def cpu_used(self, tenant: str, wall: float) -> float:
         """CPU seconds ``tenant`` used today, mesh-wide as this node knows it."""
         self._roll(wall)
-        day = self.day
-        return self.own.get(tenant, 0.0) + sum(u.get(tenant, 0.0) for d, u in self.peers.values() if d == day)
+        return self._used(tenant)
+
+    def _used(self, tenant: str) -> float:
+        used = self.own.get(tenant, 0.0)
+        if self.peers:
+            day = self.day
+            used += sum(u.get(tenant, 0.0) for d, u in self.peers.values() if d == day)
+        return used
 
     def admit(self, tenant: str, now: float, wall: float) -> Admitted | Rejected:
         """Admit one call of ``tenant`` (then :meth:`release` it exactly once) or refuse it."""
@@ -181,7 +200,7 @@ class QuotaCore:
         self._roll(wall)
         t = self._tenant(tenant)
         self._prune(t, now)
-        used = self.cpu_used(tenant, wall)
+        used = self._used(tenant)
         if used >= q.cpu_seconds_per_day:
             assert self.day is not None
             wait = (self.day + 1) * DAY_S - wall
