@@ -14,7 +14,6 @@ import http.client
 import json
 import math
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,35 +23,16 @@ import pytest
 import trio
 
 from mesh.cli import main
-from mesh.daemon.config import load_config
 from mesh.daemon.node import Daemon
 from mesh.membership.state import MemberState
 from mesh.metrics import render
+from tests import test_invoke_daemons as tid
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "runtime" / "examples"
 
 
-def _cfg(tmp: Path, name: str, seeds: list[str]) -> Any:
-    return load_config({"data_dir": str(tmp / name), "bind": "127.0.0.1:0", "insecure": True, "name": name,
-                        "seed": seeds, "profile": "local", "log_level": "warning"})
-
-
-async def _wait(pred: Any, timeout: float, what: str) -> None:
-    with trio.move_on_after(timeout):
-        while not pred():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
-_capsys: Any = None
-
-
-async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    _capsys.readouterr()
-    code = await trio.to_thread.run_sync(main, list(args))
-    out, err = _capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, out, err)
+# The daemon config, the polling wait and the in-process CLI of the invocation end-to-end test.
+_cfg, _wait, _cli = tid._cfg, tid._wait, tid._cli
 
 
 def _post_invoke(d: Daemon, deployment: str) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -77,8 +57,7 @@ def _metric(d: Daemon, line_start: str) -> float | None:
 
 @pytest.mark.slow
 def test_tenant_quotas_on_two_daemons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    global _capsys
-    _capsys = capsys
+    tid._capsys = capsys  # tid._cli reads the command's output through it
     trio.run(_scenario, tmp_path)
 
 

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from crdt.schema import DEFAULT_CPU_SECONDS_PER_DAY, DEFAULT_MAX_CONCURRENCY, DEFAULT_PER_MINUTE, DEFAULT_TENANT, TenantQuota
-from mesh.cli.intentcmd import EXIT_OK, _err, _guard, _open, _remote, _remote_write, _signing_key
+from mesh.cli.intentcmd import EXIT_OK, _guard, _open, _remote, _remote_write, _signing_key, common_args
 
 
 def _current(args: argparse.Namespace, remote: Any, name: str) -> TenantQuota:
@@ -121,13 +121,7 @@ def _non_negative(kind: type) -> Any:
 
 
 def register(subparsers: Any) -> None:
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", help="node data directory (default $WASMATRIX_DATA_DIR or ./wasmatrix-data); "
-                       "when a node runs on it, the command talks to that node")
-        p.add_argument("--api", help="a running node's API HOST:PORT (with --token) instead of --data-dir")
-        p.add_argument("--token", help="API token (with --api)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-
+    common = common_args
     ten = subparsers.add_parser("tenant", help="per-tenant quotas: concurrency, calls per minute, CPU seconds per day")
     sub = ten.add_subparsers(dest="tenant_command", metavar="SUBCOMMAND", parser_class=type(ten))
     s = sub.add_parser("set", help="create or change a tenant's quotas (flags not given keep their value)")
