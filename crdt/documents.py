@@ -20,7 +20,7 @@ nor disappear by a raw delete: there is no delete operation on the wire.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import structlog
 
@@ -47,11 +47,16 @@ from crdt.meshtrust import MeshTrust
 from crdt.signedlog import AddResult, LogAudit, Revocation, SignedLog, schema_validator
 from crdt.trust import TrustConfig
 
+if TYPE_CHECKING:
+    from crdt.schema import SubscriptionSpec
+
 # Refusals that a later trust record can lift: such records are parked and offered again.
 _PARK_REASONS = frozenset({"unknown_signer", "role"})
 MAX_PARKED = 1024
 
-KINDS = ("registry", "deployments", "routes", "placement", "kv", "trust", "tenant")
+KINDS = ("registry", "deployments", "routes", "placement", "kv", "trust")
+KINDS += ("subscriptions",)  # events: operator-signed subscriptions (crdt.schema.SubscriptionSpec)
+KINDS += ("tenant",)  # quotas: operator-signed tenant limits (crdt.schema.TenantQuota)
 
 
 @dataclass(slots=True, frozen=True)
@@ -378,6 +383,17 @@ class IntentDoc:
 
     def routes(self) -> list[RouteSpec]:
         return self.route_table().routes()
+
+    def subscriptions(self) -> list[SubscriptionSpec]:
+        """The live event subscriptions of the view, by name."""
+        from crdt.schema import SubscriptionSpec
+
+        out = []
+        for key in self.records.slots("subscriptions"):
+            rec = self.effective("subscriptions", key)
+            if rec is not None and rec.payload.get("deleted") is not True:
+                out.append(SubscriptionSpec.from_payload(rec.payload))
+        return sorted(out, key=lambda s: s.name)
 
     def match(self, host: str, path: str, method: str) -> RouteSpec | None:
         """The route a request goes to, or None (not found)."""

@@ -335,6 +335,7 @@ def revision_from(rec: Any) -> DeploymentRevision:
 
 # --- routes ----------------------------------------------------------------------------
 
+ROUTE_FORMATS = ("body", "http")
 HOST_RE = re.compile(r"^(\*|(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*)$")
 
 
@@ -347,6 +348,7 @@ class RouteSpec:
     method: str
     deployment: str
     priority: int = 0
+    format: str = "body"  # what the handler gets: "body" (request body in, response body out) or "http" (docs/ABI.md)
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or self.host != self.host.lower() or not HOST_RE.match(self.host) or len(self.host) > 253:
@@ -359,29 +361,41 @@ class RouteSpec:
             raise ValidationError(f"route method {self.method!r:.20} must be one of {', '.join(sorted(METHODS))}")
         v_name(self.deployment, "deployment name")
         v_int(self.priority, "priority", -1000, 1000)
+        if self.format not in ROUTE_FORMATS:
+            raise ValidationError(f"route format {self.format!r:.20} must be one of {', '.join(ROUTE_FORMATS)}")
 
     @property
     def key(self) -> str:
         return route_key(self.host, self.path, self.method)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"host": self.host, "path": self.path, "method": self.method, "deployment": self.deployment, "priority": self.priority}
+        p = {"host": self.host, "path": self.path, "method": self.method, "deployment": self.deployment, "priority": self.priority}
+        if self.format != "body":  # older records carry no format; "body" is written as they were
+            p["format"] = self.format
+        return p
 
     @classmethod
     def from_payload(cls, p: Any) -> "RouteSpec":
-        _fields(p, "route", {"host", "path", "method", "deployment", "priority"})
-        return cls(p["host"], p["path"], p["method"], p["deployment"], p["priority"])
+        _fields(p, "route", {"host", "path", "method", "deployment", "priority"}, {"format"})
+        return cls(p["host"], p["path"], p["method"], p["deployment"], p["priority"], p.get("format", "body"))
 
 
 def route_key(host: str, path: str, method: str) -> str:
     return f"{method} {host}{path}"
 
 
+def _deleted(key: str, p: Any, what: str) -> bool:
+    """True for a valid deletion payload ``{deleted: true, key}`` (routes, subscriptions)."""
+    if not (isinstance(p, dict) and p.get("deleted") is True):
+        return False
+    _fields(p, f"{what} tombstone", {"deleted", "key"})
+    if p["key"] != key:
+        raise ValidationError(f"{what} tombstone key mismatch")
+    return True
+
+
 def validate_route_payload(key: str, p: Any) -> None:
-    if isinstance(p, dict) and p.get("deleted") is True:
-        _fields(p, "route tombstone", {"deleted", "key"})
-        if p["key"] != key:
-            raise ValidationError("route tombstone key mismatch")
+    if _deleted(key, p, "route"):
         return
     r = RouteSpec.from_payload(p)
     if r.key != key:
@@ -523,3 +537,69 @@ def range_best(spec_version: str, versions: list[str]) -> str | None:
     """The highest version in ``versions`` satisfying an exact version or range."""
     best: str | None = _model(best_match, spec_version, versions)
     return best
+
+
+# --- subscriptions (events) ------------------------------------------------------------
+
+MAX_SUB_QUEUE = 100_000
+MAX_SUB_ATTEMPTS = 100
+
+
+@dataclass(slots=True, frozen=True)
+class SubscriptionSpec:
+    """A deployment subscribed to events: topic pattern, filters, reply topic, retry and queue bounds.
+
+    ``where`` maps event metadata keys to shell-style globs (every one must match); ``contains`` is
+    a substring the event data must contain ("" = any); ``reply_topic`` (None = none) receives the
+    deployment's output of each successful delivery.
+    """
+
+    name: str
+    topic: str
+    deployment: str
+    where: dict[str, str] = field(default_factory=dict)
+    contains: str = ""
+    reply_topic: str | None = None
+    max_attempts: int = 5
+    queue: int = 1000
+
+    def __post_init__(self) -> None:
+        from model.topics import META_KEY_RE, validate_pattern, validate_topic
+
+        v_name(self.name, "subscription name")
+        _model(validate_pattern, self.topic)
+        v_name(self.deployment, "deployment name")
+        if not isinstance(self.where, dict) or len(self.where) > 32:
+            raise ValidationError("subscription where must be a map of at most 32 KEY: GLOB filters")
+        for k, g in self.where.items():
+            if not isinstance(k, str) or not META_KEY_RE.match(k):
+                raise ValidationError(f"where key {k!r:.40} must be 1-64 of [A-Za-z0-9_.:-]")
+            v_text(g, f"where[{k}]", 256)
+        v_text(self.contains, "contains", 1024)
+        if self.reply_topic is not None:
+            _model(validate_topic, self.reply_topic)
+            from model.topics import matches
+
+            if matches(self.topic, self.reply_topic):
+                raise ValidationError(f"reply topic {self.reply_topic!r} matches the subscription's own pattern "
+                                      f"{self.topic!r}: every reply would run the deployment again, forever")
+        v_int(self.max_attempts, "max_attempts", 1, MAX_SUB_ATTEMPTS)
+        v_int(self.queue, "queue", 1, MAX_SUB_QUEUE)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"name": self.name, "topic": self.topic, "deployment": self.deployment, "where": dict(sorted(self.where.items())),
+                "contains": self.contains, "reply_topic": self.reply_topic, "max_attempts": self.max_attempts, "queue": self.queue}
+
+    @classmethod
+    def from_payload(cls, p: Any) -> "SubscriptionSpec":
+        _fields(p, "subscription", {"name", "topic", "deployment", "where", "contains", "reply_topic", "max_attempts", "queue"})
+        return cls(p["name"], p["topic"], p["deployment"], p["where"], p["contains"], p["reply_topic"], p["max_attempts"], p["queue"])
+
+
+def validate_subscription_payload(key: str, p: Any) -> None:
+    """A subscription record is a spec or a tombstone ``{deleted: true, key}``."""
+    if _deleted(key, p, "subscription"):
+        return
+    s = SubscriptionSpec.from_payload(p)
+    if s.name != key:
+        raise ValidationError(f"subscription key {key!r:.60} does not match its name {s.name!r}")

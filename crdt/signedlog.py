@@ -143,6 +143,9 @@ def schema_validator(kv_limits: KvLimits = KvLimits(), tolerance_ms: int = FUTUR
     from crdt.meshtrust import validate_trust_payload  # meshtrust builds on this module
 
     checks["trust"] = validate_trust_payload
+    from crdt.schema import validate_subscription_payload
+
+    checks["subscriptions"] = validate_subscription_payload
 
     def validate(rec: LogRecord) -> None:
         if rec.tombstone:

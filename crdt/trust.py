@@ -38,6 +38,7 @@ WRITE_ROLES: dict[str, frozenset[Role]] = {
     "kv": frozenset({Role.NODE, Role.ADMIN}),
     "placement": frozenset({Role.NODE}),
 }
+WRITE_ROLES["subscriptions"] = frozenset({Role.OPERATOR, Role.ADMIN})  # events (docs/EVENTS.md)
 
 
 @dataclass(slots=True, frozen=True)

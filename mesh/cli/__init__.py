@@ -30,6 +30,8 @@ _COMMAND_MODULES = (
     "mesh.cli.democmd",
     "mesh.cli.invokecmd",
     "mesh.cli.eventscmd",
+    "mesh.cli.subscriptioncmd",
+    "mesh.cli.routecmd",
     "mesh.cli.tenantcmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh

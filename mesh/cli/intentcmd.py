@@ -375,8 +375,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def common_args(p: argparse.ArgumentParser) -> None:
-    """--data-dir / --api / --token / --json: where an intent command runs, and its output."""
+def target_flags(p: argparse.ArgumentParser) -> None:
+    """--data-dir / --api / --token / --json: where an intent command works (a running node or a data dir)."""
     p.add_argument("--data-dir", help="node data directory (default $WASMATRIX_DATA_DIR or ./wasmatrix-data); "
                    "when a node runs on it, the command talks to that node")
     p.add_argument("--api", help="a running node's API HOST:PORT (with --token) instead of --data-dir")
@@ -386,7 +386,7 @@ def common_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add keygen, module, deploy and rollback subcommands."""
-    common = common_args
+    common = target_flags
 
     p = subparsers.add_parser("keygen", help="generate an Ed25519 key and trust it with a role")
     p.add_argument("--role", required=True, choices=[r.value for r in Role if r is not Role.NODE])

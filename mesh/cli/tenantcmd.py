@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from crdt.schema import DEFAULT_CPU_SECONDS_PER_DAY, DEFAULT_MAX_CONCURRENCY, DEFAULT_PER_MINUTE, DEFAULT_TENANT, TenantQuota
-from mesh.cli.intentcmd import EXIT_OK, _guard, _open, _remote, _remote_write, _signing_key, common_args
+from mesh.cli.intentcmd import EXIT_OK, _guard, _open, _remote, _remote_write, _signing_key, target_flags
 
 
 def _current(args: argparse.Namespace, remote: Any, name: str) -> TenantQuota:
@@ -121,7 +121,7 @@ def _non_negative(kind: type) -> Any:
 
 
 def register(subparsers: Any) -> None:
-    common = common_args
+    common = target_flags
     ten = subparsers.add_parser("tenant", help="per-tenant quotas: concurrency, calls per minute, CPU seconds per day")
     sub = ten.add_subparsers(dest="tenant_command", metavar="SUBCOMMAND", parser_class=type(ten))
     s = sub.add_parser("set", help="create or change a tenant's quotas (flags not given keep their value)")

@@ -44,10 +44,11 @@ IDLE_TIMEOUT = 30.0
 class ApiError(Exception):
     """An error answer: ``status`` and a one-line message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or []  # extra response headers, e.g. Retry-After on a 429
 
 
 @dataclass(slots=True)
@@ -138,6 +139,7 @@ class ApiServer:
                 else:
                     self.counters["api_bad_requests"] += 1
                 status, body = exc.status, _err(exc.message)
+                extra = exc.headers
             except h11.RemoteProtocolError as exc:
                 self.counters["api_bad_requests"] += 1
                 status, body = exc.error_status_hint, _err(f"bad request: {exc}")
@@ -151,9 +153,10 @@ class ApiServer:
                     "api_request", method=req.method, path=req.path, status=status)
             if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
                 return
-            headers = [("content-type", ctype), ("content-length", str(len(body))), *extra]
+            headers = [("content-type", ctype), ("content-length", str(len(body)))]
             if request_id:
                 headers.append(("x-request-id", request_id))
+            headers.extend(extra)
             if status >= 400 and req is None:
                 headers.append(("connection", "close"))
             try:

@@ -170,7 +170,7 @@ def quota_guard(fn: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., A
             return res
         decision = q.core.admit(tenant, trio.current_time(), time.time())
         if isinstance(decision, Rejected):
-            return _refused(self, deployment, decision, traceparent)
+            return _refused(self, deployment, decision, traceparent, str(kw.get("caller", "api")))
         cpu = 0.0
         try:
             res = await fn(self, deployment, payload, traceparent, timeout, **kw)
@@ -184,7 +184,7 @@ def quota_guard(fn: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., A
     return invoke
 
 
-def _refused(svc: Any, deployment: str, r: Rejected, traceparent: str | None) -> dict[str, Any]:
+def _refused(svc: Any, deployment: str, r: Rejected, traceparent: str | None, caller: str) -> dict[str, Any]:
     """The result of a call a quota refused (not executed): the shape ``invoke`` answers."""
     from mesh.invoke.trace import new_traceparent, parse_traceparent
 
@@ -193,10 +193,13 @@ def _refused(svc: Any, deployment: str, r: Rejected, traceparent: str | None) ->
         raise ApiError(400, "traceparent is not a valid W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
     tp = ctx.header() if ctx is not None else new_traceparent(os.urandom(16), os.urandom(8))
     svc.metrics.observe("none", 0.0, QUOTA, 0)
+    from mesh.daemon.invocation import CALLERS
+
+    svc.metrics.calls[(deployment, caller if caller in CALLERS else "api", QUOTA)] += 1
     svc.d.log.warning("invoke_quota_refused", deployment=deployment, tenant=r.tenant, reason=r.reason,
                       retry_after_s=r.retry_after_s, traceparent=tp)
     return {
-        "deployment": deployment, "ok": False, "code": QUOTA, "status": 0, "output_b64": "",
+        "deployment": deployment, "ok": False, "code": QUOTA, "status": 0, "output_b64": "", "output": b"",
         "message": f"{r.message}; retry in {r.retry_after_s:g} s",
         "node": None, "node_name": None, "mode": "none", "latency_ms": 0.0, "traceparent": tp, "attempts": [],
         "tenant": r.tenant, "retry_after_s": r.retry_after_s, "quota_reason": r.reason,
