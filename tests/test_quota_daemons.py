@@ -11,6 +11,7 @@ Modules: ``runtime/examples/loop.wasm`` (a WASI command that never ends: every c
 from __future__ import annotations
 
 import http.client
+from dataclasses import replace
 import json
 import math
 import shutil
@@ -48,6 +49,17 @@ def _post_invoke(d: Daemon, deployment: str) -> tuple[int, dict[str, str], dict[
         conn.close()
 
 
+def _get(addr: str, path: str) -> tuple[int, dict[str, str], str]:
+    host, _, port = addr.rpartition(":")
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": "quota.test"})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
 def _metric(d: Daemon, line_start: str) -> float | None:
     for line in render(d.registry).decode().splitlines():
         if line.startswith(line_start):
@@ -69,7 +81,7 @@ async def _scenario(tmp: Path) -> None:
     (tmp / "a").chmod(0o700)
     op, pub, on_a = str(tmp / "operator.key"), str(tmp / "publisher.key"), ("--data-dir", str(tmp / "a"))
     async with trio.open_nursery() as nursery:
-        a: Daemon = await nursery.start(Daemon(_cfg(tmp, "a", [])).run)
+        a: Daemon = await nursery.start(Daemon(replace(_cfg(tmp, "a", []), http=("127.0.0.1", 0))).run)  # + HTTP ingress
         b: Daemon = await nursery.start(Daemon(_cfg(tmp, "b", [a.advertise])).run)
         ds = (a, b)
         await _wait(lambda: all(sum(m.state == MemberState.ALIVE for m in d.core.swim.members.values()) == 2 for d in ds),
@@ -90,6 +102,8 @@ async def _scenario(tmp: Path) -> None:
             r = await _cli("deploy", dep, "--module", mod, "--version", "1.0.0", "--replicas", n, "--tenant", tenant,
                            "--key", op, *on_a)
             assert r.returncode == 0, r.stderr
+        r = await _cli("route", "add", "--host", "*", "--path", "/fast", "--deployment", "fast", "--key", op, *on_a)
+        assert r.returncode == 0, r.stderr
 
         def burner_claimed(d: Daemon) -> bool:
             return any(c.deployment == "burner" and c.state == "running"
@@ -124,9 +138,13 @@ async def _scenario(tmp: Path) -> None:
         # The first call's second bucket leaves 61 s after it began: between 59 and 61 s from now.
         assert 59.0 < body["retry_after_s"] <= 61.0 and headers["retry-after"] == str(math.ceil(body["retry_after_s"]))
         assert trio.current_time() - t4 < 59.0
+        # The same refusal through the HTTP ingress: 429 with Retry-After (mesh/ingress maps code quota).
+        status, headers, text = await trio.to_thread.run_sync(_get, a.http_addr, "/fast")
+        assert status == 429 and 59 <= int(headers["retry-after"]) <= 61, (status, headers, text)
         res = await b.invocations.invoke("fast", b"")  # per node: b admitted none of those calls
         assert res["ok"], res
-        assert _metric(a, 'wasmatrix_quota_rejections_total{reason="rate",tenant="rate"}') == 1.0
+        assert _metric(a, 'wasmatrix_quota_rejections_total{reason="rate",tenant="rate"}') == 2.0  # API + HTTP
+        assert _metric(a, 'wasmatrix_invoke_calls_total{caller="http",code="quota",deployment="fast"}') == 1.0
         assert _metric(a, 'wasmatrix_quota_rejections_total{reason="concurrency",tenant="slow"}') == 1.0
 
         # --- CPU budget of 1 s a day, mesh-wide. The node without the replica (caller) forwards one call
@@ -176,6 +194,6 @@ async def _scenario(tmp: Path) -> None:
             for smp in fam.samples:
                 for label, v in smp.labels.items():
                     assert f"`{label}`" in doc and (label == "tenant" or v in doc), (fam.name, label, v)
-        assert f'wasmatrix_invoke_errors_total{{reason="quota"}} {3.0 if host is a else 4.0}' in text.decode()
+        assert f'wasmatrix_invoke_errors_total{{reason="quota"}} {4.0 if host is a else 5.0}' in text.decode()
         print(f"\nCPU usage of the host reached the caller {arrived:.2f} s after the call ended", file=sys.__stderr__)
         nursery.cancel_scope.cancel()
