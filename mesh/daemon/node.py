@@ -445,6 +445,8 @@ class Daemon:
                 self.invocations.running = True
                 await nursery.start(self.workloads.run)
                 await nursery.start(self.bus.run)
+                if cfg.mqtt is not None:
+                    await nursery.start(self._mqtt_bridge)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
                 if self.secrets is not None:
@@ -459,6 +461,17 @@ class Daemon:
             return 1
         self.log.info("node_stopped", reason="left" if self._leaving else "shutdown")
         return 0
+
+    async def _mqtt_bridge(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The MQTT bridge between ``cfg.mqtt.broker`` and ``self.bus`` (mesh/mqtt, docs/EVENTS.md)."""
+        from mesh.mqtt import MqttBridge
+
+        assert self.cfg.mqtt is not None
+        bridge = MqttBridge(self.cfg.mqtt, self.bus, self.cfg.mqtt.client_id or f"wasmatrix-{self.node_id[:16]}",
+                            log=self.log)
+        self.mqtt = bridge
+        self.registry.register(bridge.metrics)
+        await bridge.run(task_status=task_status)
 
     async def _bind(self) -> tuple[trio.socket.SocketType, list[trio.SocketListener], str]:
         cfg = self.cfg
