@@ -171,22 +171,66 @@ class MemberTable(dict[str, Member]):
     records; bootstrapped alike, they share one record per member until a node
     touches it (``get``/``[]``), which swaps in the node's own copy. Bulk reads
     (iteration, ``peek``) do not copy.
+
+    Every record is changed after a ``get``/``[]`` (``peek`` and iteration hand out
+    records to read), so those and every change of the table itself set ``touched``:
+    while it stays False, no member was added, removed or changed, and a digest of
+    the table computed before is still right (see ``SwimCore.state_digest``).
     """
 
-    __slots__ = ()
+    __slots__ = ("touched",)
     peek = dict.get  # read-only lookup that never copies
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.touched = True
+
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.touched = True
         m = dict.get(self, key, default)
         if type(m) is _SharedMember:
             m = self._own(key, m)
         return m
 
     def __getitem__(self, key: str) -> Member:
+        self.touched = True
         m = dict.__getitem__(self, key)
         if type(m) is _SharedMember:
             m = self._own(key, m)
         return m
+
+    def __setitem__(self, key: str, value: Member) -> None:
+        self.touched = True
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.touched = True
+        dict.__delitem__(self, key)
+
+    def pop(self, *args: Any) -> Any:  # type: ignore[override]
+        self.touched = True
+        return dict.pop(self, *args)
+
+    def popitem(self) -> Any:
+        self.touched = True
+        return dict.popitem(self)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.touched = True
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
+        self.touched = True
+        dict.update(self, *args, **kw)
+
+    def clear(self) -> None:
+        self.touched = True
+        dict.clear(self)
+
+    def __ior__(self, other: Any) -> "MemberTable":  # type: ignore[override]
+        self.touched = True
+        dict.update(self, other)
+        return self
 
     def _own(self, key: str, m: Member) -> Member:
         c = Member(*[getattr(m, f) for f in _MEMBER_FIELDS])
@@ -297,6 +341,8 @@ class SwimCore:
         # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
         self.coords = PackedTable(4 * (self.vivaldi.config.dimensionality + 3))
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
+        # (coords table, state digest, coordinate digest): see state_digest
+        self._digest: tuple[PackedTable, list[int], list[int]] | None = None
         self.members: MemberTable = MemberTable(
             {name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now, key=key)}
         )
@@ -1110,14 +1156,29 @@ class SwimCore:
         ``crc32(name) % COORD_BUCKETS`` is the XOR of ``crc32(name)`` over its members
         whose coordinate we hold (we hold our own).
         """
+        # Both digests are kept until a member changes (MemberTable.touched); coordinates
+        # gained or dropped meanwhile are folded into the coordinate digest one by one
+        # (PackedTable.changed). A steady mesh's push-pulls then walk no table.
+        members, coords = self.members, self.coords
+        mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
+        cached = self._digest
+        changed = coords.changed
+        if cached is not None and not members.touched and cached[0] is coords and changed is not None:
+            _, d, c = cached
+            if changed:
+                for name in changed:
+                    # a member's coordinate came or went (members are unchanged: `in` reads only)
+                    if name in members:
+                        h = _name_crc(name)
+                        c[h & cmask] ^= h
+                changed.clear()
+            return list(d), list(c)
         d = [0] * DIGEST_BUCKETS
         c = [0] * COORD_BUCKETS
-        mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
         crc = _NAME_CRC.get
-        coords = self.coords
         slot, present = coords.slots.get, coords.present  # `name in coords`, inlined
         size = len(present)
-        for name, m in self.members.items():
+        for name, m in members.items():
             h = crc(name)
             if h is None:
                 h = _name_crc(name)
@@ -1128,7 +1189,11 @@ class SwimCore:
                 c[h & cmask] ^= h
         h = _name_crc(self.name)  # our own coordinate (never kept in self.coords)
         c[h & cmask] ^= h
-        return [x & _U64_MASK for x in d], c
+        d = [x & _U64_MASK for x in d]
+        members.touched = False
+        coords.changed = []
+        self._digest = (coords, d, c)
+        return list(d), list(c)
 
     def _sync_to(self, addr: str) -> list[Outgoing]:
         """Open a periodic push-pull (or reconnect) with ``addr``: digests in a big mesh, else the full state."""
@@ -1335,6 +1400,7 @@ class SwimCore:
                 continue
             room -= 1
             dict.__setitem__(members, st.node, m)
+            members.touched = True
             self._recent_dead.pop(st.node, None)
             added.append(st.node)
         if added:
