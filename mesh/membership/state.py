@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from array import array
 import struct
 import zlib
 from dataclasses import dataclass, fields
@@ -342,7 +343,7 @@ class SwimCore:
         self.coords = PackedTable(4 * (self.vivaldi.config.dimensionality + 3))
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
         # (coords table, state digest, coordinate digest): see state_digest
-        self._digest: tuple[PackedTable, list[int], list[int]] | None = None
+        self._digest: tuple[PackedTable, array[int], array[int]] | None = None
         self.members: MemberTable = MemberTable(
             {name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now, key=key)}
         )
@@ -1192,8 +1193,9 @@ class SwimCore:
         d = [x & _U64_MASK for x in d]
         members.touched = False
         coords.changed = []
-        self._digest = (coords, d, c)
-        return list(d), list(c)
+        # Kept as machine words (6 KiB), not lists of int objects (~40 KiB at 1000 members).
+        self._digest = (coords, array("Q", d), array("I", c))
+        return d, c
 
     def _sync_to(self, addr: str) -> list[Outgoing]:
         """Open a periodic push-pull (or reconnect) with ``addr``: digests in a big mesh, else the full state."""
