@@ -292,15 +292,23 @@ class VivaldiClient:
 
     def update(self, node: str, other: Coordinate, rtt: float) -> Coordinate:
         """Feed one RTT sample (seconds) towards ``node`` at ``other``; return the new coordinate."""
+        if len(other.vec) != self.config.dimensionality or not other.is_valid():
+            return self.coord
+        return self.update_values(node, other.vec, other.error, other.adjustment, other.height, rtt)
+
+    def update_packed(self, node: str, values: tuple[float, ...], rtt: float) -> Coordinate:
+        """:meth:`update` with the peer's coordinate as its flat values (vec..., error,
+        adjustment, height: a packed coordinate unpacked), already known to have
+        ``dimensionality`` dimensions and finite values (e.g. ``coord_ok``): no
+        ``Coordinate`` is built for it."""
+        return self.update_values(node, values[:-3], values[-3], values[-2], values[-1], rtt)
+
+    def update_values(
+        self, node: str, ovec: tuple[float, ...], oerror: float, oadjustment: float, oheight: float, rtt: float
+    ) -> Coordinate:
+        """:meth:`update` on a peer coordinate of the right dimensionality and finite values."""
         cfg = self.config
-        ovec = other.vec
-        if (
-            rtt < 0
-            or not math.isfinite(rtt)
-            or rtt > 10.0
-            or len(ovec) != cfg.dimensionality
-            or not other.is_valid()
-        ):
+        if rtt < 0 or not math.isfinite(rtt) or rtt > 10.0:
             return self.coord
         # Runs on every acked probe of every node: Serf's arithmetic, term for term (the
         # same floats in the same order as _apply_force), with the common case inlined.
@@ -313,12 +321,11 @@ class VivaldiClient:
             rtt = ZERO_THRESHOLD
         dist_ = math.dist
         mag = dist_(vec, ovec)
-        oheight = other.height
         raw = mag + height + oheight
-        adjusted = raw + c.adjustment + other.adjustment
+        adjusted = raw + c.adjustment + oadjustment
         dist = adjusted if adjusted > 0.0 else raw
         wrongness = abs(dist - rtt) / rtt
-        total_error = c.error + other.error
+        total_error = c.error + oerror
         if total_error < ZERO_THRESHOLD:
             total_error = ZERO_THRESHOLD
         weight = c.error / total_error
@@ -358,11 +365,15 @@ class VivaldiClient:
                 height = height_min
         else:
             vec, height = self._apply_force(vec, height, force, self._origin.vec, oheight, mag)
-        coord = Coordinate(vec, error, adjustment, height)
-        if not coord.is_valid():
-            # Serf resets on NaN/Inf rather than poisoning every peer's estimate.
-            coord = Coordinate.origin(cfg)
-            self.resets += 1
+        # Coordinate.is_valid's test, before building it: a finite sum means all finite.
+        if math.isfinite(sum(vec) + error + adjustment + height):
+            coord = Coordinate(vec, error, adjustment, height)
+        else:
+            coord = Coordinate(vec, error, adjustment, height)
+            if not coord.is_valid():
+                # Serf resets on NaN/Inf rather than poisoning every peer's estimate.
+                coord = Coordinate.origin(cfg)
+                self.resets += 1
         self.coord = coord
         self.updates += 1
         return coord

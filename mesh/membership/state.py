@@ -90,7 +90,7 @@ from mesh.membership.messages import (
     PushPullState,
     Suspect,
     coord_ok,
-    coord_of_packed,
+    coord_values,
     decode_coord,
     meta_wire,
 )
@@ -715,11 +715,13 @@ class SwimCore:
         self.awareness.apply_delta(-1)
         raw = ack.coord
         # A coordinate of other dimensions or with non-finite values is ignored (the ack counts).
-        if raw is not None and sender == p.target and coord_ok(raw, self.vivaldi.config.dimensionality):
-            # Keyed by p.target, the name object the member table holds, not the decoder's copy.
-            target = p.target
-            self.coords[target] = raw
-            self.vivaldi.update(target, coord_of_packed(raw), now - p.sent_at)
+        if raw is not None and sender == p.target:
+            values = coord_values(raw, self.vivaldi.config.dimensionality)
+            if values is not None:
+                # Keyed by p.target, the name object the member table holds, not the decoder's copy.
+                target = p.target
+                self.coords[target] = raw
+                self.vivaldi.update_packed(target, values, now - p.sent_at)
 
     def _coord_wire(self) -> bytes:
         """Our coordinate, packed (for acks and our push-pull entry): packed once per change."""
