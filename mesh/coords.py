@@ -389,6 +389,17 @@ class VivaldiClient:
         if kept is None:
             table[node] = st.pack(*([_NAN] * (keep - 1)), rtt)
             return rtt
+        if keep == 2:
+            # Serf's default filter (3 samples), without the lists: what the general case gives.
+            a, b = kept
+            if b == b:
+                table[node] = st.pack(b, rtt)
+                if a != a:  # one sample kept: the larger of two
+                    return b if b > rtt else rtt
+                # median of three
+                if a > b:
+                    a, b = b, a
+                return b if rtt >= b else (a if rtt <= a else rtt)
         # rtt is finite (checked by update), so NaN marks only the slots not filled yet.
         samples = [x for x in kept if x == x]
         samples.append(rtt)
