@@ -255,13 +255,17 @@ class Unknown:
         return self.type_id
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Envelope:
     """A decoded envelope: who sent it, the message, and its usable piggybacked updates.
 
     ``bad_items`` and ``unknown_items`` count piggybacked items that were skipped
     (undecodable, or of a type this version does not know); ``skipped_items`` those
     beyond :data:`MAX_PIGGYBACK`, dropped without being decoded.
+
+    Not frozen: one is built per datagram received, and a frozen dataclass's
+    ``__init__`` (``object.__setattr__`` per field) costs twice a plain one. Treat it as
+    read-only all the same.
     """
 
     sender: str
