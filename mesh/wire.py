@@ -164,6 +164,12 @@ def encode(sender: str, msg: WireMessage, piggyback: list[bytes] | tuple[bytes, 
     return pack([PROTOCOL_VERSION, msg.TYPE, sender, msg.to_payload(), list(piggyback)])
 
 
+def encode_payload(sender: str, type_id: int, payload: list[Any]) -> bytes:
+    """``encode(sender, msg)`` from ``msg.TYPE`` and ``msg.to_payload()``, for a hot path
+    that has the fields at hand and need not build the message object first."""
+    return pack([PROTOCOL_VERSION, type_id, sender, payload, []])
+
+
 _BIN8 = [bytes((0xC4, n)) for n in range(256)]
 _FIXARRAY = [bytes((0x90 | n,)) for n in range(16)]
 

@@ -104,6 +104,7 @@ from mesh.wire import (
     Unknown,
     encode,
     encode_broadcast,
+    encode_payload,
     envelope_overhead,
     with_piggyback,
     is_valid_addr,
@@ -277,6 +278,7 @@ class _Relay:
 
 
 _SEQ_MASK = 2**32 - 1
+_PING, _ACK = Ping.TYPE, Ack.TYPE
 _MAX_INCARNATION = 2**63 - 1  # what every decoder accepts
 _MAX_RELAYS = 512  # indirect probes in flight for others; more is a flood
 _INF = float("inf")
@@ -521,7 +523,8 @@ class SwimCore:
             if msg.target != self.name:
                 self.counters["misdirected_pings"] += 1
             else:
-                out.append(self._datagram(src, Ack(msg.seq, self._coord_wire())))
+                # Ack(msg.seq, coordinate), encoded without building it: one per probe received
+                out.append(self._datagram_bytes(src, encode_payload(self.name, _ACK, [msg.seq, self._coord_wire()])))
         elif isinstance(msg, Ack):
             self._on_ack(env.sender, msg, now, out)
         elif isinstance(msg, Nack):
@@ -661,7 +664,8 @@ class SwimCore:
         if target.state == MemberState.SUSPECT:
             # Tell a suspect it is suspected so it can refute right away.
             extra.append(encode_broadcast(Suspect(target.incarnation, target.name, self.name)))
-        out.append(self._datagram(target.addr, Ping(seq, target.name), extra))
+        # Ping(seq, target.name), encoded without building it: one per probe
+        out.append(self._datagram_bytes(target.addr, encode_payload(self.name, _PING, [seq, target.name]), extra))
 
     def _send_indirect(self, p: _Probe, now: float, out: list[Outgoing]) -> None:
         p.indirect_sent = True
@@ -802,7 +806,10 @@ class SwimCore:
     # ------------------------------------------------------------------ dissemination
 
     def _datagram(self, dst: str, msg: Any, extra: list[bytes] | None = None) -> Outgoing:
-        base = encode(self.name, msg)
+        return self._datagram_bytes(dst, encode(self.name, msg), extra)
+
+    def _datagram_bytes(self, dst: str, base: bytes, extra: list[bytes] | None = None) -> Outgoing:
+        """A datagram of the envelope ``base`` (no piggyback yet) with what fits of our broadcasts."""
         budget = MAX_DATAGRAM - (len(base) + 4)
         if extra:
             pig = list(extra)
