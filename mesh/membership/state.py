@@ -121,6 +121,11 @@ class MemberState(IntEnum):
     LEFT = 3
 
 
+# The states as module constants: ``MemberState.ALIVE`` is a class attribute lookup through
+# the enum's metaclass (~10x a global's cost), and these comparisons run per probe and message.
+_ALIVE, _SUSPECT, _DEAD, _LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
+
+
 @dataclass(slots=True)
 class Member:
     """One node's knowledge about one member."""
@@ -347,7 +352,7 @@ class SwimCore:
         # (coords table, state digest, coordinate digest): see state_digest
         self._digest: tuple[PackedTable, array[int], array[int]] | None = None
         self.members: MemberTable = MemberTable(
-            {name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now, key=key)}
+            {name: Member(name, addr, meta, incarnation, _ALIVE, now, key=key)}
         )
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.broadcasts = BroadcastQueue(lambda: config.retransmit_limit(self.num_members()))
@@ -482,7 +487,7 @@ class SwimCore:
         """Announce a graceful leave; the driver should keep running briefly to spread it."""
         self.leaving = True
         me = self.members[self.name]
-        me.state = MemberState.LEFT
+        me.state = _LEFT
         me.state_change = now
         self.broadcasts.queue(self.name, encode_broadcast(Dead(self.incarnation, self.name, self.name)), urgent=True)
         self._next_gossip_at = min(self._next_gossip_at, now)
@@ -557,7 +562,7 @@ class SwimCore:
                 if now >= s.deadline:
                     del self._suspicions[name]
                     m = self.members.peek(name)
-                    if m is not None and m.state == MemberState.SUSPECT and m.incarnation == s.incarnation:
+                    if m is not None and m.state == _SUSPECT and m.incarnation == s.incarnation:
                         self._apply_dead(Dead(s.incarnation, name, self.name), now)
         if self._relays and now >= self._relay_next:
             self._tick_relays(now, out)
@@ -638,7 +643,7 @@ class SwimCore:
                 name = self._probe_order[self._probe_index]
                 self._probe_index += 1
                 m = self.members.peek(name)  # read-only: a probe changes no record
-                if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                if m is not None and m.state in (_ALIVE, _SUSPECT):
                     return m
             # Wrapped around: reshuffle the current membership (memberlist's resetNodes).
             self._probe_order = list(self._alive_names)
@@ -661,7 +666,7 @@ class SwimCore:
         # indirect probes and their nacks more time.
         self._probe = _Probe(target.name, seq, now, now + self.config.probe_timeout, now + interval)
         extra: list[bytes] = []
-        if target.state == MemberState.SUSPECT:
+        if target.state == _SUSPECT:
             # Tell a suspect it is suspected so it can refute right away.
             extra.append(encode_broadcast(Suspect(target.incarnation, target.name, self.name)))
         # Ping(seq, target.name), encoded without building it: one per probe
@@ -702,7 +707,7 @@ class SwimCore:
         else:
             self.awareness.apply_delta(1)
         m = self.members.peek(p.target)
-        if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+        if m is not None and m.state in (_ALIVE, _SUSPECT):
             self._apply_suspect(Suspect(m.incarnation, m.name, self.name), now)
 
     def _on_ack(self, sender: str, ack: Ack, now: float, out: list[Outgoing]) -> None:
@@ -780,7 +785,7 @@ class SwimCore:
         r = 0.0 if boosted else self.rng.random()
         if r > gone / live:
             return
-        failed = sorted(n for n, m in self.members.items() if m.state == MemberState.DEAD)
+        failed = sorted(n for n, m in self.members.items() if m.state == _DEAD)
         if not failed or r > len(failed) / live:
             return
         target = self.members.peek(failed[self.rng.randrange(len(failed))])
@@ -907,7 +912,7 @@ class SwimCore:
         """Dead or left for longer than the reclaim time: its name may take a new address or key."""
         return (
             self.config.dead_node_reclaim_time > 0
-            and m.state in (MemberState.DEAD, MemberState.LEFT)
+            and m.state in (_DEAD, _LEFT)
             and now - m.state_change > self.config.dead_node_reclaim_time
         )
 
@@ -915,7 +920,7 @@ class SwimCore:
         self.incarnation = max(self.incarnation, accused_incarnation) + 1
         me = self.members[self.name]
         me.incarnation = self.incarnation
-        me.state = MemberState.ALIVE
+        me.state = _ALIVE
         self.counters["refutes"] += 1
         self.awareness.apply_delta(1)
         self._emit("refute", self.name, now)
@@ -964,7 +969,7 @@ class SwimCore:
                 return
             if not self._admit_new(now):
                 return
-            self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now, key=a.key)
+            self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, _ALIVE, now, key=a.key)
             self._set_live(a.node, True)
             self._emit("join", a.node, now)
             self._queue(a.node, a, now)
@@ -997,13 +1002,13 @@ class SwimCore:
         m.addr, m.meta, m.incarnation, m.key = a.addr, a.meta, a.incarnation, a.key
         if changed_meta:
             m.meta_wire = None
-        if was != MemberState.ALIVE:
-            m.state = MemberState.ALIVE
+        if was != _ALIVE:
+            m.state = _ALIVE
             m.state_change = now
             self._set_live(a.node, True)
-            if was == MemberState.DEAD and not self.leaving:
+            if was == _DEAD and not self.leaving:
                 self._reconnect_soon(now)
-            self._emit("alive" if was == MemberState.SUSPECT else "join", a.node, now)
+            self._emit("alive" if was == _SUSPECT else "join", a.node, now)
         elif changed_meta:
             self._emit("update", a.node, now)
         self._queue(a.node, a, now)
@@ -1024,19 +1029,19 @@ class SwimCore:
             return
         if s.incarnation > m.incarnation and self._jump_refused(s.incarnation, m.incarnation):
             return
-        if m.state == MemberState.SUSPECT:
+        if m.state == _SUSPECT:
             timer = self._suspicions.get(s.node)
             if timer is not None and timer.confirm(s.sender):
                 self._queue(s.node, s, now)
             return
-        if m.state != MemberState.ALIVE:
+        if m.state != _ALIVE:
             return
         self._start_suspicion(self.members[s.node], s.incarnation, s.sender, now)
         self._queue(s.node, s, now)
 
     def _start_suspicion(self, m: Member, incarnation: int, suspector: str, now: float, origin: str = "") -> None:
         m.incarnation = incarnation
-        m.state = MemberState.SUSPECT
+        m.state = _SUSPECT
         m.state_change = now
         n = self._num_live
         lo, hi = self.config.suspicion_timeouts(n)
@@ -1053,7 +1058,7 @@ class SwimCore:
         Applied and gossiped like the end of a suspicion; True if the member was alive or suspect.
         """
         m = self.members.get(name)
-        if m is None or name == self.name or m.state in (MemberState.DEAD, MemberState.LEFT):
+        if m is None or name == self.name or m.state in (_DEAD, _LEFT):
             return False
         self._apply_dead(Dead(m.incarnation, name, self.name), now)
         return True
@@ -1072,19 +1077,19 @@ class SwimCore:
         m = self.members.peek(d.node)
         if m is None or d.incarnation < m.incarnation:
             return
-        if m.state in (MemberState.DEAD, MemberState.LEFT):
+        if m.state in (_DEAD, _LEFT):
             return
         if d.incarnation > m.incarnation and self._jump_refused(d.incarnation, m.incarnation):
             return
         m = self.members[d.node]  # our own copy: the verdict changes it
         self._suspicions.pop(d.node, None)
         m.incarnation = d.incarnation
-        m.state = MemberState.LEFT if d.sender == d.node else MemberState.DEAD
+        m.state = _LEFT if d.sender == d.node else _DEAD
         m.state_change = now
         self._set_live(d.node, False)
         self._recent_dead[d.node] = now
         self.vivaldi.forget(d.node)
-        self._emit("left" if m.state == MemberState.LEFT else "dead", d.node, now, d.sender)
+        self._emit("left" if m.state == _LEFT else "dead", d.node, now, d.sender)
         self._queue(d.node, d, now)
 
     # ------------------------------------------------------------------ push-pull
@@ -1310,7 +1315,7 @@ class SwimCore:
         # `node in coords` inlined (no Python-level __contains__ per row)
         coord_slot, coord_present = coords.slots.get, coords.present
         me = self.name
-        dead = MemberState.DEAD
+        dead = _DEAD
         hearsay: list[Member] = []
         for row in rows:
             # Fast path: an entry equal to what we hold (most of a steady mesh's state) is
@@ -1345,21 +1350,21 @@ class SwimCore:
                     else:
                         decode_coord(st.coord_raw, st.node)  # malformed: WireError, as ever; other dimensions: ignored
                 state = MemberState(st.state)
-                if state == MemberState.ALIVE:
-                    if m is not None and st.incarnation == m.incarnation and m.state != MemberState.DEAD:
+                if state == _ALIVE:
+                    if m is not None and st.incarnation == m.incarnation and m.state != _DEAD:
                         continue
                     self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.decoded_meta(), st.key), now)
-                elif state == MemberState.LEFT:
+                elif state == _LEFT:
                     self._apply_dead(Dead(st.incarnation, st.node, st.node), now)
                 elif st.node == self.name:
                     # Others hold us suspect or dead: refute (and, if dead, reconnect soon).
-                    if state == MemberState.DEAD:
+                    if state == _DEAD:
                         self._apply_dead(Dead(st.incarnation, st.node, peer or self.name), now)
                     else:
                         self._apply_suspect(Suspect(st.incarnation, st.node, peer or self.name), now)
                 elif (
                     m is not None
-                    and m.state == MemberState.ALIVE
+                    and m.state == _ALIVE
                     and st.incarnation >= m.incarnation
                     and not (st.incarnation > m.incarnation and self._jump_refused(st.incarnation, m.incarnation))
                 ):
@@ -1397,7 +1402,7 @@ class SwimCore:
         if shared is None or len(shared) != len(states):
             shared = []
             for st in states:
-                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now, key=st.key)
+                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, _ALIVE, now, key=st.key)
                 m.meta_wire = st.meta_raw
                 shared.append(shared_member(m))
         added = []
@@ -1438,7 +1443,7 @@ class SwimCore:
     def reap(self, now: float) -> None:
         """Forget dead/left members whose tombstone has expired, everywhere they are referenced."""
         cutoff = now - self.config.tombstone_time
-        for name in sorted(n for n, m in self.members.items() if n != self.name and m.state >= MemberState.DEAD):
+        for name in sorted(n for n, m in self.members.items() if n != self.name and m.state >= _DEAD):
             if self.members[name].state_change < cutoff:
                 del self.members[name]
                 # A reaped member must not stay a gossip-to-the-dead target (that raised KeyError).
