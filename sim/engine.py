@@ -125,11 +125,8 @@ class Simulation:
         self.fault_rng = random.Random(f"{seed}:faults")
         self.nodes: dict[str, SimNode] = {}
         self.order: list[str] = []
-        # The event queue: a heap of distinct virtual times, and per time its events in the
-        # order they were queued (what ordering by (time, sequence number) gives, for less:
-        # the heap compares bare floats, and most times hold one event).
-        self._heap: list[float] = []
-        self._due: dict[float, list[tuple[int, Any]]] = {}
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = 0
         self._stream_seq = 0
         self._trace = hashlib.blake2b(digest_size=16)
         self._trace_file = trace
@@ -277,12 +274,8 @@ class Simulation:
     # ------------------------------------------------------------------ event queue
 
     def _push(self, t: float, kind: int, data: Any) -> None:
-        due = self._due.get(t)
-        if due is None:
-            self._due[t] = [(kind, data)]
-            heapq.heappush(self._heap, t)
-        else:
-            due.append((kind, data))
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, data))
 
     def _schedule_timer(self, node: SimNode) -> None:
         d = node.core.next_deadline()
@@ -391,14 +384,8 @@ class Simulation:
                 continue
             if model.reorder > 0 and rnd() < model.reorder:
                 delay += rnd() * model.reorder_ms / 1000.0
-            # self._push, inlined
-            at = now + delay
-            due = self._due.get(at)
-            if due is None:
-                self._due[at] = [(_DELIVER, (dst, name, o.data, None, False))]
-                heapq.heappush(self._heap, at)
-            else:
-                due.append((_DELIVER, (dst, name, o.data, None, False)))
+            self._seq += 1
+            heapq.heappush(self._heap, (now + delay, self._seq, _DELIVER, (dst, name, o.data, None, False)))
             if model.duplicate > 0 and self.net_rng.random() < model.duplicate:
                 self._push(self.now + delay + self._latency(node.name, dst, model), _DELIVER, (dst, node.name, o.data, None, False))
         if node.sec_count > self.max_msgs_per_node_sec:
@@ -430,48 +417,45 @@ class Simulation:
         update = self._trace.update
         pack_t = _T.pack
         heappop = heapq.heappop
-        pop_due = self._due.pop
-        while heap and heap[0] <= end:
-            t = heappop(heap)
+        while heap and heap[0][0] <= end:
+            t, _, kind, data = heappop(heap)
             self.now = t
-            # Events queued for t while these run go into a new list, after them.
-            for kind, data in pop_due(t):
-                self.events_processed += 1
-                if kind == _DELIVER:
-                    dst, src, payload, stream, delayed = data
-                    node = nodes[dst]
-                    if not node.up:
-                        if stream is not None and self.intent is not None:
-                            self.intent.stream_failed(nodes[src], dst)
-                        continue
-                    if node.slow > 0 and not delayed:
-                        # A slow node processes each message late.
-                        self._push(t + node.slow, _DELIVER, (dst, src, payload, stream, True))
-                        continue
-                    if trace_file is None:
-                        # _record, inlined for the hottest event (same bytes hashed)
-                        update(b"".join((pack_t(t, kind), src.encode(), b"\0", dst.encode(), payload)))
-                    else:
-                        self._record(kind, src, dst, payload)
-                    if stream is not None:
-                        self.frames_delivered += 1
-                    else:
-                        self.datagrams_delivered += 1
-                    # The simulated network is the authenticator: `src` is who really sent it.
-                    outs = node.core.receive(src, payload, t if node.plain else node.local(t), stream is not None, peer=src, stream=stream)
-                    self._after(node, outs)
-                elif kind == _TIMER:
-                    name, gen = data
-                    node = nodes[name]
-                    if not node.up or gen != node.generation or t != node.timer_at:
-                        continue
-                    node.timer_at = math.inf
-                    outs = node.core.tick(t if node.plain else node.local(t), node.wall(t))
-                    self._after(node, outs)
-                elif kind == _FAULT:
-                    self._apply_fault(self.scenario.faults[data])
+            self.events_processed += 1
+            if kind == _DELIVER:
+                dst, src, payload, stream, delayed = data
+                node = nodes[dst]
+                if not node.up:
+                    if stream is not None and self.intent is not None:
+                        self.intent.stream_failed(nodes[src], dst)
+                    continue
+                if node.slow > 0 and not delayed:
+                    # A slow node processes each message late.
+                    self._push(t + node.slow, _DELIVER, (dst, src, payload, stream, True))
+                    continue
+                if trace_file is None:
+                    # _record, inlined for the hottest event (same bytes hashed)
+                    update(b"".join((pack_t(t, kind), src.encode(), b"\0", dst.encode(), payload)))
                 else:
-                    self._lifecycle(*data)
+                    self._record(kind, src, dst, payload)
+                if stream is not None:
+                    self.frames_delivered += 1
+                else:
+                    self.datagrams_delivered += 1
+                # The simulated network is the authenticator: `src` is who really sent it.
+                outs = node.core.receive(src, payload, t if node.plain else node.local(t), stream is not None, peer=src, stream=stream)
+                self._after(node, outs)
+            elif kind == _TIMER:
+                name, gen = data
+                node = nodes[name]
+                if not node.up or gen != node.generation or t != node.timer_at:
+                    continue
+                node.timer_at = math.inf
+                outs = node.core.tick(t if node.plain else node.local(t), node.wall(t))
+                self._after(node, outs)
+            elif kind == _FAULT:
+                self._apply_fault(self.scenario.faults[data])
+            else:
+                self._lifecycle(*data)
         self.now = max(self.now, end)
         self.wall_seconds += time.perf_counter() - wall0
 
@@ -502,12 +486,8 @@ class Simulation:
         # of ticking a core that has nothing due.
         if t != node.timer_at:
             node.timer_at = t
-            due = self._due.get(t)  # self._push, inlined
-            if due is None:
-                self._due[t] = [(_TIMER, (node.name, node.generation))]
-                heapq.heappush(self._heap, t)
-            else:
-                due.append((_TIMER, (node.name, node.generation)))
+            self._seq += 1
+            heapq.heappush(self._heap, (t, self._seq, _TIMER, (node.name, node.generation)))
 
     # ------------------------------------------------------------------ observation
 
