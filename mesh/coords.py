@@ -22,7 +22,7 @@ import random
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from mesh.wire import v_float, v_list
 
@@ -54,9 +54,6 @@ def _slot_int(i: int) -> int:
     return _SLOTS[i]
 
 
-CHANGES_MAX = 1024
-
-
 class PackedTable:
     """A dict of name -> fixed-width ``bytes`` record, the records packed in one bytearray.
 
@@ -73,7 +70,7 @@ class PackedTable:
     dict is ~37 KiB per table). Tables sharing an index must be used from one thread.
     """
 
-    __slots__ = ("width", "slots", "present", "_shared", "_buf", "_free", "_odd", "_count", "changed")
+    __slots__ = ("width", "slots", "present", "_shared", "_buf", "_free", "_odd", "_count", "on_change")
 
     def __init__(self, width: int, index: dict[str, int] | None = None) -> None:
         self.width = width
@@ -86,11 +83,10 @@ class PackedTable:
         self._free: list[int] = []
         self._odd: dict[str, bytes] = {}
         self._count = 0
-        # Set to a list by a reader that keeps something derived from the set of keys of
-        # ``width`` records: every such key added or removed since is appended (overwriting
-        # a record is no change; values of another width are not tracked). Past
-        # CHANGES_MAX entries it goes back to None, which tells the reader to start over.
-        self.changed: list[str] | None = None
+        # Set by a reader that keeps something derived from the set of keys of ``width``
+        # records: called with the key whenever one is added or removed (overwriting a
+        # record is no change; values of another width are not tracked).
+        self.on_change: Callable[[str], None] | None = None
 
     def _number(self, key: object) -> int | None:
         n = self.slots.get(key)  # type: ignore[call-overload]
@@ -159,16 +155,8 @@ class PackedTable:
         if not present[n]:
             present[n] = 1
             self._count += 1
-            if self.changed is not None:
-                self._note(key)
-
-    def _note(self, key: str) -> None:
-        changed = self.changed
-        if changed is not None:
-            if len(changed) < CHANGES_MAX:
-                changed.append(key)
-            else:
-                self.changed = None
+            if self.on_change is not None:
+                self.on_change(key)
 
     def snapshot(self) -> bytes | None:
         """A copy of the packed records for many reads in a row (building a push-pull):
@@ -182,8 +170,8 @@ class PackedTable:
         n = self._number(key)
         if n is None:
             return self._odd.pop(key, default) if self._odd else default
-        if self.changed is not None:
-            self._note(key)
+        if self.on_change is not None:
+            self.on_change(key)
         w = self.width
         o = n * w
         self.present[n] = 0

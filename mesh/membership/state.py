@@ -311,6 +311,23 @@ def _name_crc(name: str) -> int:
     return h
 
 
+class _CoordDigest:
+    """A node's coordinate digest (see ``SwimCore.state_digest``), kept current as
+    coordinates of members come and go: the ``on_change`` of its coordinate table.
+    Holds the member table, not the core, so it makes no reference cycle."""
+
+    __slots__ = ("members", "c")
+
+    def __init__(self, members: MemberTable, c: array[int]) -> None:
+        self.members = members
+        self.c = c
+
+    def __call__(self, name: str) -> None:
+        if name in self.members:  # `in` reads only: a member table's digest state is untouched
+            h = _name_crc(name)
+            self.c[h & (COORD_BUCKETS - 1)] ^= h
+
+
 class SwimCore:
     """Membership for one node: probe, suspect, refute, disseminate, push-pull."""
 
@@ -349,8 +366,8 @@ class SwimCore:
         # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
         self.coords = PackedTable(4 * (self.vivaldi.config.dimensionality + 3))
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
-        # (coords table, state digest, coordinate digest): see state_digest
-        self._digest: tuple[PackedTable, array[int], array[int]] | None = None
+        # (coords table, state digest, coordinate digest kept current): see state_digest
+        self._digest: tuple[PackedTable, array[int], _CoordDigest] | None = None
         self.members: MemberTable = MemberTable(
             {name: Member(name, addr, meta, incarnation, _ALIVE, now, key=key)}
         )
@@ -1172,22 +1189,13 @@ class SwimCore:
         whose coordinate we hold (we hold our own).
         """
         # Both digests are kept until a member changes (MemberTable.touched); coordinates
-        # gained or dropped meanwhile are folded into the coordinate digest one by one
-        # (PackedTable.changed). A steady mesh's push-pulls then walk no table.
+        # gained or dropped meanwhile are folded into the coordinate digest as they come
+        # (PackedTable.on_change). A steady mesh's push-pulls then walk no table.
         members, coords = self.members, self.coords
         mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
         cached = self._digest
-        changed = coords.changed
-        if cached is not None and not members.touched and cached[0] is coords and changed is not None:
-            _, d, c = cached
-            if changed:
-                for name in changed:
-                    # a member's coordinate came or went (members are unchanged: `in` reads only)
-                    if name in members:
-                        h = _name_crc(name)
-                        c[h & cmask] ^= h
-                changed.clear()
-            return list(d), list(c)
+        if cached is not None and not members.touched and cached[0] is coords and coords.on_change is cached[2]:
+            return cached[1].tolist(), cached[2].c.tolist()
         d = [0] * DIGEST_BUCKETS
         c = [0] * COORD_BUCKETS
         crc = _NAME_CRC.get
@@ -1206,9 +1214,9 @@ class SwimCore:
         c[h & cmask] ^= h
         d = [x & _U64_MASK for x in d]
         members.touched = False
-        coords.changed = []
         # Kept as machine words (6 KiB), not lists of int objects (~40 KiB at 1000 members).
-        self._digest = (coords, array("Q", d), array("I", c))
+        folder = coords.on_change = _CoordDigest(members, array("I", c))
+        self._digest = (coords, array("Q", d), folder)
         return d, c
 
     def _sync_to(self, addr: str) -> list[Outgoing]:
