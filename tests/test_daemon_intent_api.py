@@ -21,6 +21,8 @@ from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
 
 from crdt.schema import RouteSpec
 
+pytestmark = pytest.mark.slow  # real daemon processes: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
+
 
 def _route(path: str) -> tuple[str, dict]:
     p = {"host": "*", "path": path, "method": "*", "deployment": "web", "priority": 0}

@@ -19,6 +19,8 @@ from mesh.cli import main
 from tests.harness.daemons import Mesh, wait_until
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.slow  # real daemon processes: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
+
 HELLO = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "hello.wasm"
 
 

@@ -21,6 +21,8 @@ import pytest
 from tests.harness.daemons import Mesh, mesh_file, run_cli, wait_until  # noqa: F401  (mesh_file: fixture)
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.slow  # real daemon processes: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
+
 # lan: a crash is detected after one failed probe (<= 1 s + 0.5 s timeout) plus the suspicion
 # timeout, 4 s at this size with confirmations, at most 6 x 4 = 24 s without any.
 DETECT_BOUND = 30.0

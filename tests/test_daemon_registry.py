@@ -13,8 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.harness.daemons import Mesh, publisher_and_operator, wait_until
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow  # real daemon processes: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
 
 HELLO = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "hello.wasm"
 

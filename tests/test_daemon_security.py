@@ -42,6 +42,8 @@ from tests.harness.daemons import Mesh, Node, wait_until
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
 from tests.harness.relay import Relays, UdpRelay, relays  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.slow  # real daemon processes: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
+
 JOIN_BOUND = 20.0
 T_INIT, T_RESP, T_FINAL, T_DATA, T_IK_INIT, T_IK_RESP = 1, 2, 3, 4, 5, 6
 # mesh.transport.noise.TransportConfig.max_datagram as the daemon sets it (wire.MAX_DATAGRAM + 29).

@@ -12,9 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from crdt.keys import load_signing_key
 from tests.harness.daemons import Mesh, Node, wait_until
 from tests.harness.procs import ProcessGroup, procs  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow  # real daemon processes: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
 
 JOIN_BOUND = 20.0
 # lan profile: a member is declared dead at once on revocation; a bound for gossip and probes.

@@ -20,6 +20,8 @@ from mesh.daemon.api import ApiClientError
 from tests.harness.daemons import Mesh, Node, publisher_and_operator, wait_until
 from tests.harness.procs import ProcessGroup
 
+pytestmark = pytest.mark.slow  # real daemon processes: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
+
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "runtime" / "examples" / "handler.wasm"
 KVCOUNTER = ROOT / "runtime" / "examples" / "kvcounter.wasm"

@@ -21,6 +21,8 @@ import pytest
 from mesh.cli import build_parser
 from tests.harness.procs import ProcessGroup, pid_alive, procs  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.slow  # real daemon processes: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
+
 DEMO_TIMEOUT = 90.0
 # The demo runs the daemon's default profile, edge (mesh/membership/config.py, docs/DAEMON.md):
 # probe interval 0.4 s, probe timeout 0.2 s, suspicion 4 x max(1, log10 n) probe intervals, at most

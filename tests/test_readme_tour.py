@@ -17,6 +17,8 @@ import pytest
 from mesh.cli import main
 from tests.harness.procs import ProcessGroup, free_port, procs  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.slow  # real daemon processes: run in CI and with WASMATRIX_SLOW=1 (docs/TESTING.md)
+
 ROOT = Path(__file__).resolve().parent.parent
 # Only in the slow run: `demo` starts 5 daemons for ~15 s (tests/test_demo.py runs it with 3 in the
 # default suite), `sim` simulates hundreds of nodes.
