@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import structlog
 
@@ -46,6 +46,7 @@ from crdt.schema import (
     PlacementEntry,
     ReplicaClaim,
     RouteSpec,
+    TenantQuota,
     deployment_payload,
     kv_record_key,
     manifest_from_payload,
@@ -56,6 +57,9 @@ from crdt.schema import (
 from crdt.store import MemoryStore, PersistEffect, UpdateStore
 from crdt.sync import Outgoing, SyncConfig, SyncCore
 from crdt.trust import TrustConfig
+
+if TYPE_CHECKING:
+    from crdt.schema import SubscriptionSpec
 
 
 @dataclass(slots=True, frozen=True)
@@ -506,6 +510,30 @@ class IntentNode:
         if rec is None or rec.payload.get("deleted") is True:
             raise NotFound(f"no route {key}")
         return self._commit("routes", key, {"deleted": True, "key": key}, signer, now)
+
+    def set_tenant(self, quota: TenantQuota, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Create or replace a tenant's quotas (operator or admin)."""
+        return self._commit("tenant", quota.name, quota.to_payload(), signer, now, wall)
+
+    def delete_tenant(self, name: str, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Remove a tenant's quota record (a signed tombstone): the defaults apply again."""
+        if self.doc.tenant(name) is None:
+            raise NotFound(f"no quota record for tenant {name!r} (it has the defaults)")
+        return self._commit("tenant", name, {"deleted": True, "name": name}, signer, now, wall)
+
+    def set_subscription(self, spec: "SubscriptionSpec", signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Create or replace an event subscription (operators; docs/EVENTS.md)."""
+        from crdt.schema import validate_subscription_payload
+
+        validate_subscription_payload(spec.name, spec.to_payload())
+        return self._commit("subscriptions", spec.name, spec.to_payload(), signer, now, wall)
+
+    def delete_subscription(self, name: str, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Delete a subscription (a signed tombstone record)."""
+        rec = self.doc.effective("subscriptions", name)
+        if rec is None or rec.payload.get("deleted") is True:
+            raise NotFound(f"no subscription {name} (see `wasmatrix subscription list`)")
+        return self._commit("subscriptions", name, {"deleted": True, "key": name}, signer, now, wall)
 
     def set_placement(self, replicas: list[ReplicaClaim], now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
         """Replace this node's own placement entry."""

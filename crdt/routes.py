@@ -79,3 +79,9 @@ class RouteTable:
             if (r.method == "*" or r.method == m) and host_matches(r.host, h) and path_matches(r.path, p):
                 return r
         return None
+
+    def allowed(self, host: str, path: str) -> list[str]:
+        """The methods some route takes for this host and path, sorted (the ``Allow`` of a 405; [] → 404)."""
+        h = normalise_host(host)
+        p = path.split("?", 1)[0] or "/"
+        return sorted({r.method for r in self._routes if host_matches(r.host, h) and path_matches(r.path, p)})

@@ -15,9 +15,9 @@ from model.semver import Range, Version, best_match
 
 __all__ = [  # Manifest is the shared model's, re-exported for the registry's readers
     "Constraints", "DeploymentRevision", "DeploymentSpec", "KvLimits", "Manifest", "ModuleVersion", "PlacementEntry",
-    "Preferences", "ReplicaClaim", "RouteSpec", "deployment_payload", "kv_record_key", "manifest_from_payload",
+    "Preferences", "ReplicaClaim", "RouteSpec", "TenantQuota", "deployment_payload", "kv_record_key", "manifest_from_payload",
     "range_best", "registry_key", "revision_from", "route_key", "v_namespace", "validate_deployment_payload",
-    "validate_kv_payload", "validate_placement_payload", "validate_registry_payload", "validate_route_payload",
+    "validate_kv_payload", "validate_placement_payload", "validate_registry_payload", "validate_route_payload", "validate_tenant_payload",
 ]
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
@@ -167,6 +167,14 @@ def validate_registry_payload(key: str, p: Any) -> None:
         raise ValidationError(f"registry key {key!r:.80} does not match {name}@{version}")
 
 
+DEFAULT_TENANT = "default"
+# Seed 003 R14: 100 concurrent executions, 10,000 invocations a minute, one CPU-hour a day.
+DEFAULT_MAX_CONCURRENCY = 100
+DEFAULT_PER_MINUTE = 10_000
+DEFAULT_CPU_SECONDS_PER_DAY = 3600.0
+MAX_QUOTA = 10**9
+
+
 # --- deployments -----------------------------------------------------------------------
 
 
@@ -236,9 +244,11 @@ class DeploymentSpec:
     # module the intersection of its manifest's request, this, and the node's policy.
     capabilities: CapabilityRequest = field(default_factory=CapabilityRequest)
     limits: Limits | None = None  # a ceiling below the manifest's limits; None: the manifest's
+    tenant: str = DEFAULT_TENANT  # whose quotas (kind "tenant" records) the deployment's calls count against
 
     def __post_init__(self) -> None:
         v_name(self.name, "deployment name")
+        v_name(self.tenant, "tenant name")
         v_name(self.module, "module name")
         v_version_or_range(self.version)
         v_int(self.replicas, "replicas", 0, MAX_REPLICAS)
@@ -257,11 +267,15 @@ class DeploymentSpec:
             "preferences": self.preferences.to_payload(),
             "capabilities": self.capabilities.to_payload(),
             "limits": self.limits.to_payload() if self.limits is not None else None,
+            # Only when not the default: a default-tenant spec encodes (and digests) as before tenants.
+            **({"tenant": self.tenant} if self.tenant != DEFAULT_TENANT else {}),
         }
 
     @classmethod
     def from_payload(cls, p: Any) -> "DeploymentSpec":
-        _fields(p, "deployment spec", {"name", "module", "version", "replicas", "constraints", "preferences", "capabilities", "limits"})
+        # ``tenant`` is optional: a payload written before tenants existed belongs to "default".
+        _fields(p, "deployment spec", {"name", "module", "version", "replicas", "constraints", "preferences", "capabilities", "limits"},
+                {"tenant"})
         return cls(
             name=p["name"],
             module=p["module"],
@@ -271,6 +285,7 @@ class DeploymentSpec:
             preferences=Preferences.from_payload(p["preferences"]),
             capabilities=_model(CapabilityRequest.from_payload, p["capabilities"]),
             limits=None if p["limits"] is None else _model(Limits.from_payload, p["limits"]),
+            tenant=p.get("tenant", DEFAULT_TENANT),
         )
 
 
@@ -320,6 +335,7 @@ def revision_from(rec: Any) -> DeploymentRevision:
 
 # --- routes ----------------------------------------------------------------------------
 
+ROUTE_FORMATS = ("body", "http")
 HOST_RE = re.compile(r"^(\*|(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*)$")
 
 
@@ -332,6 +348,7 @@ class RouteSpec:
     method: str
     deployment: str
     priority: int = 0
+    format: str = "body"  # what the handler gets: "body" (request body in, response body out) or "http" (docs/ABI.md)
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or self.host != self.host.lower() or not HOST_RE.match(self.host) or len(self.host) > 253:
@@ -344,33 +361,91 @@ class RouteSpec:
             raise ValidationError(f"route method {self.method!r:.20} must be one of {', '.join(sorted(METHODS))}")
         v_name(self.deployment, "deployment name")
         v_int(self.priority, "priority", -1000, 1000)
+        if self.format not in ROUTE_FORMATS:
+            raise ValidationError(f"route format {self.format!r:.20} must be one of {', '.join(ROUTE_FORMATS)}")
 
     @property
     def key(self) -> str:
         return route_key(self.host, self.path, self.method)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"host": self.host, "path": self.path, "method": self.method, "deployment": self.deployment, "priority": self.priority}
+        p = {"host": self.host, "path": self.path, "method": self.method, "deployment": self.deployment, "priority": self.priority}
+        if self.format != "body":  # older records carry no format; "body" is written as they were
+            p["format"] = self.format
+        return p
 
     @classmethod
     def from_payload(cls, p: Any) -> "RouteSpec":
-        _fields(p, "route", {"host", "path", "method", "deployment", "priority"})
-        return cls(p["host"], p["path"], p["method"], p["deployment"], p["priority"])
+        _fields(p, "route", {"host", "path", "method", "deployment", "priority"}, {"format"})
+        return cls(p["host"], p["path"], p["method"], p["deployment"], p["priority"], p.get("format", "body"))
 
 
 def route_key(host: str, path: str, method: str) -> str:
     return f"{method} {host}{path}"
 
 
+def _deleted(key: str, p: Any, what: str) -> bool:
+    """True for a valid deletion payload ``{deleted: true, key}`` (routes, subscriptions)."""
+    if not (isinstance(p, dict) and p.get("deleted") is True):
+        return False
+    _fields(p, f"{what} tombstone", {"deleted", "key"})
+    if p["key"] != key:
+        raise ValidationError(f"{what} tombstone key mismatch")
+    return True
+
+
 def validate_route_payload(key: str, p: Any) -> None:
-    if isinstance(p, dict) and p.get("deleted") is True:
-        _fields(p, "route tombstone", {"deleted", "key"})
-        if p["key"] != key:
-            raise ValidationError("route tombstone key mismatch")
+    if _deleted(key, p, "route"):
         return
     r = RouteSpec.from_payload(p)
     if r.key != key:
         raise ValidationError(f"route key {key!r:.60} does not match {r.key!r:.60}")
+
+
+# --- tenants ---------------------------------------------------------------------------
+
+
+
+@dataclass(slots=True, frozen=True)
+class TenantQuota:
+    """A tenant's limits (kind ``tenant``, key = name, operator-signed). A tenant without a record has the defaults.
+
+    ``max_concurrency`` and ``per_minute`` hold per node (each node counts the calls it admits);
+    ``cpu_seconds_per_day`` holds mesh-wide (usage is gossiped), per UTC day.
+    """
+
+    name: str
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    per_minute: int = DEFAULT_PER_MINUTE
+    cpu_seconds_per_day: float = DEFAULT_CPU_SECONDS_PER_DAY
+
+    def __post_init__(self) -> None:
+        v_name(self.name, "tenant name")
+        v_int(self.max_concurrency, "max_concurrency", 0, MAX_QUOTA)
+        v_int(self.per_minute, "per_minute", 0, MAX_QUOTA)
+        object.__setattr__(self, "cpu_seconds_per_day", v_num(self.cpu_seconds_per_day, "cpu_seconds_per_day", 0, 1e12))
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"name": self.name, "max_concurrency": self.max_concurrency, "per_minute": self.per_minute,
+                "cpu_seconds_per_day": self.cpu_seconds_per_day}
+
+    @classmethod
+    def from_payload(cls, p: Any) -> "TenantQuota":
+        _fields(p, "tenant quota", {"name", "max_concurrency", "per_minute", "cpu_seconds_per_day"})
+        return cls(p["name"], p["max_concurrency"], p["per_minute"], p["cpu_seconds_per_day"])
+
+
+def validate_tenant_payload(key: str, p: Any) -> None:
+    """A tenant record is a :class:`TenantQuota` or a removal ``{deleted: true, name}`` (back to the defaults)."""
+    if isinstance(p, dict) and p.get("deleted") is True:
+        _fields(p, "tenant tombstone", {"deleted", "name"})
+        if p["name"] != key:
+            raise ValidationError("tenant tombstone name mismatch")
+        v_name(key, "tenant name")
+        return
+    q = TenantQuota.from_payload(p)
+    if q.name != key:
+        raise ValidationError(f"tenant key {key!r:.60} does not match {q.name!r}")
 
 
 # --- placement -------------------------------------------------------------------------
@@ -462,3 +537,69 @@ def range_best(spec_version: str, versions: list[str]) -> str | None:
     """The highest version in ``versions`` satisfying an exact version or range."""
     best: str | None = _model(best_match, spec_version, versions)
     return best
+
+
+# --- subscriptions (events) ------------------------------------------------------------
+
+MAX_SUB_QUEUE = 100_000
+MAX_SUB_ATTEMPTS = 100
+
+
+@dataclass(slots=True, frozen=True)
+class SubscriptionSpec:
+    """A deployment subscribed to events: topic pattern, filters, reply topic, retry and queue bounds.
+
+    ``where`` maps event metadata keys to shell-style globs (every one must match); ``contains`` is
+    a substring the event data must contain ("" = any); ``reply_topic`` (None = none) receives the
+    deployment's output of each successful delivery.
+    """
+
+    name: str
+    topic: str
+    deployment: str
+    where: dict[str, str] = field(default_factory=dict)
+    contains: str = ""
+    reply_topic: str | None = None
+    max_attempts: int = 5
+    queue: int = 1000
+
+    def __post_init__(self) -> None:
+        from model.topics import META_KEY_RE, validate_pattern, validate_topic
+
+        v_name(self.name, "subscription name")
+        _model(validate_pattern, self.topic)
+        v_name(self.deployment, "deployment name")
+        if not isinstance(self.where, dict) or len(self.where) > 32:
+            raise ValidationError("subscription where must be a map of at most 32 KEY: GLOB filters")
+        for k, g in self.where.items():
+            if not isinstance(k, str) or not META_KEY_RE.match(k):
+                raise ValidationError(f"where key {k!r:.40} must be 1-64 of [A-Za-z0-9_.:-]")
+            v_text(g, f"where[{k}]", 256)
+        v_text(self.contains, "contains", 1024)
+        if self.reply_topic is not None:
+            _model(validate_topic, self.reply_topic)
+            from model.topics import matches
+
+            if matches(self.topic, self.reply_topic):
+                raise ValidationError(f"reply topic {self.reply_topic!r} matches the subscription's own pattern "
+                                      f"{self.topic!r}: every reply would run the deployment again, forever")
+        v_int(self.max_attempts, "max_attempts", 1, MAX_SUB_ATTEMPTS)
+        v_int(self.queue, "queue", 1, MAX_SUB_QUEUE)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"name": self.name, "topic": self.topic, "deployment": self.deployment, "where": dict(sorted(self.where.items())),
+                "contains": self.contains, "reply_topic": self.reply_topic, "max_attempts": self.max_attempts, "queue": self.queue}
+
+    @classmethod
+    def from_payload(cls, p: Any) -> "SubscriptionSpec":
+        _fields(p, "subscription", {"name", "topic", "deployment", "where", "contains", "reply_topic", "max_attempts", "queue"})
+        return cls(p["name"], p["topic"], p["deployment"], p["where"], p["contains"], p["reply_topic"], p["max_attempts"], p["queue"])
+
+
+def validate_subscription_payload(key: str, p: Any) -> None:
+    """A subscription record is a spec or a tombstone ``{deleted: true, key}``."""
+    if _deleted(key, p, "subscription"):
+        return
+    s = SubscriptionSpec.from_payload(p)
+    if s.name != key:
+        raise ValidationError(f"subscription key {key!r:.60} does not match its name {s.name!r}")

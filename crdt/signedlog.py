@@ -39,6 +39,7 @@ from crdt.schema import (
     validate_placement_payload,
     validate_registry_payload,
     validate_route_payload,
+    validate_tenant_payload,
 )
 from crdt.trust import TrustConfig
 
@@ -134,6 +135,7 @@ def schema_validator(kv_limits: KvLimits = KvLimits(), tolerance_ms: int = FUTUR
         "registry": validate_registry_payload,
         "deployments": validate_deployment_payload,
         "routes": validate_route_payload,
+        "tenant": validate_tenant_payload,
         "placement": validate_placement_payload,
         "kv": lambda k, p: validate_kv_payload(k, p, kv_limits),
     }
@@ -141,6 +143,9 @@ def schema_validator(kv_limits: KvLimits = KvLimits(), tolerance_ms: int = FUTUR
     from crdt.meshtrust import validate_trust_payload  # meshtrust builds on this module
 
     checks["trust"] = validate_trust_payload
+    from crdt.schema import validate_subscription_payload
+
+    checks["subscriptions"] = validate_subscription_payload
 
     def validate(rec: LogRecord) -> None:
         if rec.tombstone:

@@ -34,9 +34,11 @@ WRITE_ROLES: dict[str, frozenset[Role]] = {
     "registry": frozenset({Role.PUBLISHER, Role.DEVELOPER, Role.ADMIN}),
     "deployments": frozenset({Role.OPERATOR, Role.ADMIN}),
     "routes": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "tenant": frozenset({Role.OPERATOR, Role.ADMIN}),
     "kv": frozenset({Role.NODE, Role.ADMIN}),
     "placement": frozenset({Role.NODE}),
 }
+WRITE_ROLES["subscriptions"] = frozenset({Role.OPERATOR, Role.ADMIN})  # events (docs/EVENTS.md)
 
 
 @dataclass(slots=True, frozen=True)

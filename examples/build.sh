@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 CC=${CC:-clang}
 SYSROOT=${WASI_SYSROOT:-/usr}
 OUT=runtime/examples
-REACTORS=" handler "
+REACTORS=" handler httpecho "
 mkdir -p "$OUT"
 for src in examples/wasm/*.c; do
   name=$(basename "$src" .c)

@@ -3,11 +3,20 @@
 * ``wasi-command`` (WAGI style): request body on stdin, argv and env from the
   request, stdout is the response, the exit code is the status. A fresh
   instance per request, because a command's state after ``_start`` is spent.
-* ``direct``: the host calls ``alloc(len) -> ptr``, writes the request there,
-  calls ``handle(ptr, len) -> i64`` and reads ``(out_ptr << 32) | out_len``
-  (a negative result is the guest's own error status). Optional
-  ``dealloc(ptr, len)`` frees both buffers and optional ``_initialize`` runs
-  once per instance. Instances are pooled and reused.
+* ``direct``: ``handle(ptr, len) -> i64`` gets the request in guest memory and
+  answers ``(out_ptr << 32) | out_len`` (a negative result is the guest's own
+  error status); optional ``_initialize`` runs once per instance. Instances are
+  pooled and reused. Two contracts, told apart by the ``wmx_abi_version``
+  export (read once per instance):
+
+  - version 2 (``wmx_abi_version() -> i32`` returns 2), **one call into wasm
+    per invocation**: the host obtains an input buffer with ``alloc`` when the
+    instance is created (and again only when a larger request arrives), writes
+    each request there from the host side and calls ``handle``; the output
+    buffer belongs to the guest and stays valid until its next call on that
+    instance, so the host never calls ``dealloc`` on the hot path.
+  - version 1 (no such export): per call ``alloc(len)``, ``handle``, and
+    ``dealloc(ptr, len)`` on both buffers when exported (four calls).
 
 See docs/ABI.md.
 """
@@ -20,7 +29,10 @@ from wasmtime import FuncType, MemoryType, ValType
 
 from model.manifest import Abi  # the manifest names the ABI; the checks below need wasmtime
 
-__all__ = ["Abi", "DIRECT_OPTIONAL", "DIRECT_REQUIRED", "detect_abi", "export_problems", "pack_result", "unpack_result"]
+__all__ = [
+    "ABI_VERSION_EXPORT", "DIRECT_OPTIONAL", "DIRECT_REQUIRED", "INITIAL_INPUT_CAPACITY", "ONE_CALL_VERSION", "Abi",
+    "detect_abi", "export_problems", "pack_result", "unpack_result",
+]
 
 
 _I32 = ValType.i32()
@@ -28,7 +40,13 @@ _I64 = ValType.i64()
 
 # export name -> (params, results) for the direct ABI
 DIRECT_REQUIRED = {"alloc": ([_I32], [_I32]), "handle": ([_I32, _I32], [_I64])}
-DIRECT_OPTIONAL = {"dealloc": ([_I32, _I32], []), "_initialize": ([], [])}
+DIRECT_OPTIONAL = {"dealloc": ([_I32, _I32], []), "_initialize": ([], []), "wmx_abi_version": ([], [_I32])}
+
+# The direct-ABI contract versions this host speaks (docs/ABI.md §2).
+ABI_VERSION_EXPORT = "wmx_abi_version"
+ONE_CALL_VERSION = 2
+# The input buffer a version-2 instance gets at creation; larger requests grow it (doubling).
+INITIAL_INPUT_CAPACITY = 16 * 1024
 
 
 def _sig_ok(ty: object, params: list[ValType], results: list[ValType]) -> bool:

@@ -6,7 +6,13 @@ own, so tests can build many runtimes without duplicate-registration errors.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from runtime.pool import PoolStats
 
 # Invocation latency buckets: the targets are 0.5 ms p50 / 2 ms p99 (seed 004),
 # timeouts reach 300 s.
@@ -68,17 +74,12 @@ class RuntimeMetrics:
         self.cache_bytes = Gauge(
             "wasmatrix_runtime_cache_bytes", "Bytes held by the on-disk compiled cache", registry=r,
         )
-        self.pool_instances = Gauge(
-            "wasmatrix_runtime_pool_instances", "Hot instances by state",
-            ["module", "state"], registry=r,
-        )
         self.pool_evictions = Counter(
-            "wasmatrix_runtime_pool_evictions_total", "Hot instances destroyed by reason",
-            ["reason"], registry=r,
+            "wasmatrix_runtime_pool_evictions_total", "Hot instances destroyed, by module and reason",
+            ["module", "reason"], registry=r,
         )
-        self.pool_memory_bytes = Gauge(
-            "wasmatrix_runtime_pool_memory_bytes", "Linear memory held by pooled instances", registry=r,
-        )
+        # pool_instances, pool_memory_bytes, pool_hits_total, pool_misses_total: read from the pools at
+        # scrape time (attach_pools), so the call path pays nothing for them and they are never stale.
         self.concurrency_rejections = Counter(
             "wasmatrix_runtime_concurrency_rejections_total", "Calls refused at the concurrency cap",
             ["module"], registry=r,
@@ -87,7 +88,49 @@ class RuntimeMetrics:
             "wasmatrix_runtime_artifact_written_bytes_total", "Bytes of verified blobs stored", registry=r,
         )
 
+    def attach_pools(self, stats: Callable[[], Mapping[Hashable, PoolStats]], memory: Callable[[], int]) -> None:
+        """Export the hot pools' live state, read at every scrape from ``stats()`` and ``memory()``."""
+        self.registry.register(_PoolCollector(stats, memory))
+
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Read one sample (0.0 when absent); a convenience for tests and the CLI."""
         got = self.registry.get_sample_value(name, labels or {})
         return 0.0 if got is None else got
+
+
+class _PoolCollector(Collector):
+    """The hot pools as metric families, built from a snapshot at scrape time."""
+
+    def __init__(self, stats: Callable[[], Mapping[Hashable, PoolStats]], memory: Callable[[], int]) -> None:
+        self._stats = stats
+        self._memory = memory
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families({}, 0))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families(self._stats(), self._memory()))
+
+    @staticmethod
+    def _families(stats: Mapping[Hashable, PoolStats], memory: int) -> list[Metric]:
+        instances = GaugeMetricFamily(
+            "wasmatrix_runtime_pool_instances",
+            "Hot instances by module and state (idle = the hot-pool size, in_use = serving a call)",
+            labels=["module", "state"])
+        hits = CounterMetricFamily(
+            "wasmatrix_runtime_pool_hits",
+            "Direct-ABI calls served by an idle pooled instance (warm), by module", labels=["module"])
+        misses = CounterMetricFamily(
+            "wasmatrix_runtime_pool_misses",
+            "Direct-ABI calls that found no idle instance and created one (cold start), by module",
+            labels=["module"])
+        for key in sorted(stats, key=str):
+            s = stats[key]
+            module = str(key)
+            instances.add_metric([module, "idle"], s.idle)
+            instances.add_metric([module, "in_use"], s.in_use)
+            hits.add_metric([module], s.reused)
+            misses.add_metric([module], s.missed)
+        mem = GaugeMetricFamily("wasmatrix_runtime_pool_memory_bytes",
+                                "Linear memory held by idle pooled instances", value=memory)
+        return [instances, hits, misses, mem]

@@ -39,7 +39,9 @@ class _Pool(Generic[T]):
     in_use: int = 0
     created: int = 0
     reused: int = 0
+    missed: int = 0  # acquires that found no idle instance and created one (cold starts)
     evicted: dict[str, int] = field(default_factory=dict)
+    idle_bytes: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,6 +54,7 @@ class PoolStats:
     reused: int
     evicted: dict[str, int]
     idle_bytes: int
+    missed: int = 0
 
 
 class PoolManager(Generic[T]):
@@ -79,6 +82,22 @@ class PoolManager(Generic[T]):
         self._on_evict = on_evict
         self._lock = threading.Lock()
         self._pools: dict[Hashable, _Pool[T]] = {}
+        # Running totals over every pool's idle list, so a release does not walk all pools.
+        self._idle_count = 0
+        self._idle_bytes = 0
+
+    def _push_idle_locked(self, pool: _Pool[T], entry: _Idle[T]) -> None:
+        pool.idle.append(entry)
+        pool.idle_bytes += entry.size
+        self._idle_count += 1
+        self._idle_bytes += entry.size
+
+    def _pop_idle_locked(self, pool: _Pool[T], index: int) -> _Idle[T]:
+        entry = pool.idle.pop(index)
+        pool.idle_bytes -= entry.size
+        self._idle_count -= 1
+        self._idle_bytes -= entry.size
+        return entry
 
     # -- registration ---------------------------------------------------------------------------
 
@@ -108,6 +127,9 @@ class PoolManager(Generic[T]):
         """Destroy every idle instance of ``key`` and forget the pool; in-use ones close on release."""
         with self._lock:
             pool = self._pools.pop(key, None)
+            if pool is not None:
+                self._idle_count -= len(pool.idle)
+                self._idle_bytes -= pool.idle_bytes
         if pool is not None:
             for entry in pool.idle:
                 self._destroy(key, pool, entry.instance, "unload")
@@ -120,9 +142,9 @@ class PoolManager(Generic[T]):
             pool = self._pools[key]
             pool.in_use += 1
             if pool.idle:
-                entry = pool.idle.pop()
                 pool.reused += 1
-                return entry.instance
+                return self._pop_idle_locked(pool, -1).instance
+            pool.missed += 1
         return self._create(pool)
 
     def _create(self, pool: _Pool[T]) -> T:
@@ -151,10 +173,11 @@ class PoolManager(Generic[T]):
                     doomed.append((key, pool, inst, "discarded" if not reusable else "no_reuse"))
                 else:
                     if len(pool.idle) >= pool.config.max_instances:
-                        victim = pool.idle.pop(0)
+                        victim = self._pop_idle_locked(pool, 0)
                         doomed.append((key, pool, victim.instance, "lru"))
-                    pool.idle.append(_Idle(inst, self._clock(), size))
-                    doomed.extend(self._enforce_global_locked())
+                    self._push_idle_locked(pool, _Idle(inst, self._clock(), size))
+                    if self._idle_count > self.max_total_idle or self._idle_bytes > self._pressure_bytes:
+                        doomed.extend(self._enforce_global_locked())
         for k, p, i, reason in doomed:
             self._destroy(k, p, i, reason)
 
@@ -171,7 +194,7 @@ class PoolManager(Generic[T]):
                     oldest = pool.idle[0]
                     if now - oldest.last_used < pool.config.idle_timeout_s:
                         break
-                    pool.idle.pop(0)
+                    self._pop_idle_locked(pool, 0)
                     doomed.append((key, pool, oldest.instance, "idle"))
             doomed.extend(self._enforce_global_locked())
         for k, p, i, reason in doomed:
@@ -180,11 +203,10 @@ class PoolManager(Generic[T]):
 
     def _enforce_global_locked(self) -> list[tuple[Hashable, _Pool[T], T, str]]:
         doomed: list[tuple[Hashable, _Pool[T], T, str]] = []
-        while self._total_idle_locked() > self.max_total_idle:
+        while self._idle_count > self.max_total_idle:
             doomed.append(self._pop_global_lru_locked("lru_global"))
-        threshold = self.memory_budget_bytes * self.pressure_ratio
         # Under pressure even min_instances go: memory safety of the node comes first.
-        while self._memory_locked() > threshold and self._total_idle_locked() > 0:
+        while self._idle_bytes > self._pressure_bytes and self._idle_count > 0:
             doomed.append(self._pop_global_lru_locked("pressure"))
         return doomed
 
@@ -194,13 +216,11 @@ class PoolManager(Generic[T]):
             if pool.idle and (best_pool is None or pool.idle[0].last_used < best_pool.idle[0].last_used):
                 best_key, best_pool = key, pool
         assert best_pool is not None
-        return best_key, best_pool, best_pool.idle.pop(0).instance, reason
+        return best_key, best_pool, self._pop_idle_locked(best_pool, 0).instance, reason
 
-    def _total_idle_locked(self) -> int:
-        return sum(len(p.idle) for p in self._pools.values())
-
-    def _memory_locked(self) -> int:
-        return sum(e.size for p in self._pools.values() for e in p.idle)
+    @property
+    def _pressure_bytes(self) -> float:
+        return self.memory_budget_bytes * self.pressure_ratio
 
     def _destroy(self, key: Hashable, pool: _Pool[T], inst: T, reason: str) -> None:
         pool.evicted[reason] = pool.evicted.get(reason, 0) + 1
@@ -218,13 +238,25 @@ class PoolManager(Generic[T]):
             p = self._pools[key]
             return PoolStats(
                 idle=len(p.idle), in_use=p.in_use, created=p.created, reused=p.reused,
-                evicted=dict(p.evicted), idle_bytes=sum(e.size for e in p.idle),
+                evicted=dict(p.evicted), idle_bytes=p.idle_bytes, missed=p.missed,
             )
+
+    def all_stats(self) -> dict[Hashable, PoolStats]:
+        """Counters of every registered pool (for the metrics collector)."""
+        with self._lock:
+            keys = list(self._pools)
+        out = {}
+        for key in keys:
+            try:
+                out[key] = self.stats(key)
+            except KeyError:  # unregistered meanwhile
+                continue
+        return out
 
     def memory_bytes(self) -> int:
         """Linear memory held by idle pooled instances (measured when each was released)."""
         with self._lock:
-            return self._memory_locked()
+            return self._idle_bytes
 
     def keys(self) -> list[Hashable]:
         """Registered pool keys."""

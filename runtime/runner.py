@@ -22,15 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry
-from wasmtime import ExitTrap, InstancePre, Linker, Memory, Module, Store, Trap, TrapCode, WasmtimeError
+from wasmtime import ExitTrap, Instance, InstancePre, Linker, Memory, Module, Store, Trap, TrapCode, WasmtimeError
 
 from model.manifest import Manifest, sha256_hex
-from runtime.abi import Abi, detect_abi, unpack_result
+from runtime.abi import ABI_VERSION_EXPORT, INITIAL_INPUT_CAPACITY, ONE_CALL_VERSION, Abi, detect_abi
 from runtime.artifacts import DEFAULT_MAX_BLOB_BYTES, ArtifactStore
 from runtime.audit import AuditSink, NullAuditSink
 from runtime.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_ENTRIES, CompiledCache, load_or_create_key
 from runtime.capabilities import Capabilities
 from runtime.engine import DEFAULT_TICK_MS, EngineHandle, EngineSettings
+from runtime.fastcall import FAST, GuestCall, GuestMemory, epoch_setter
 from runtime.errors import (
     ArtifactError,
     CapabilityDenied,
@@ -131,6 +132,9 @@ class RuntimeConfig:
     compile_isolation: str = "process"
     compile_memory_bytes: int = DEFAULT_COMPILE_MEMORY_BYTES
     compile_timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S
+    # Direct-ABI calls through wasmtime's C API in one FFI call each (runtime/fastcall.py); False (or a
+    # wasmtime-py without the internals it uses) takes wasmtime-py's public API: same behaviour, slower.
+    fast_calls: bool = True
 
     def __post_init__(self) -> None:
         if self.compile_isolation not in ("process", "inline"):
@@ -143,20 +147,31 @@ class RuntimeConfig:
 
 
 class _Instance:
-    """One live direct-ABI instance in its own store (a store is used by one thread at a time)."""
+    """One live direct-ABI instance in its own store (a store is used by one thread at a time).
 
-    __slots__ = ("store", "memory", "alloc", "handle", "dealloc", "stderr")
+    ``one_call`` instances (ABI version 2) keep a host-owned input buffer
+    ``in_ptr``/``in_cap`` in guest memory for their whole life.
+    """
 
-    def __init__(self, store: Store, exports: Any, stderr: OutputBuffer) -> None:
+    __slots__ = ("store", "instance", "mem", "alloc", "handle", "dealloc", "stderr", "set_deadline",
+                 "one_call", "in_ptr", "in_cap")
+
+    def __init__(self, store: Store, instance: Instance, exports: Any, stderr: OutputBuffer, fast: bool) -> None:
         self.store = store
-        self.memory: Memory = exports["memory"]
-        self.alloc = exports["alloc"]
-        self.handle = exports["handle"]
-        self.dealloc = exports.get("dealloc")
+        self.instance = instance
+        self.mem = GuestMemory(store, exports["memory"], fast=fast)
+        self.alloc = GuestCall(store, exports["alloc"], 1, 1, fast=fast).call
+        self.handle = GuestCall(store, exports["handle"], 2, 1, result_i64=True, fast=fast).call
+        dealloc = exports.get("dealloc")
+        self.dealloc = GuestCall(store, dealloc, 2, 0, fast=fast).call if dealloc is not None else None
         self.stderr = stderr
+        self.set_deadline = epoch_setter(store, fast=fast)
+        self.one_call = False
+        self.in_ptr = 0
+        self.in_cap = 0
 
     def memory_bytes(self) -> int:
-        return self.memory.data_len(self.store)
+        return self.mem.size()
 
     def close(self) -> None:
         self.store.close()
@@ -240,6 +255,7 @@ class Runtime:
             memory_entries=self.config.cache_memory_entries,
             compiler=self._compile_in_worker if self.config.compile_isolation == "process" else None,
         )
+        self._fast = self.config.fast_calls and FAST
         self.pools: PoolManager[_Instance] = PoolManager(
             clock=clock,
             size_of=lambda inst: inst.memory_bytes(),
@@ -249,6 +265,7 @@ class Runtime:
             max_total_idle=self.config.max_total_idle,
             on_evict=self._on_evict,
         )
+        self.metrics.attach_pools(self.pools.all_stats, self.pools.memory_bytes)
         _live_runtimes.add(self)
 
     # -- engines -------------------------------------------------------------------------------
@@ -422,7 +439,6 @@ class Runtime:
             except WasmError:
                 self.unload(key)
                 raise
-        self._update_pool_gauges(key)
         log.info("module_loaded", module=key, abi=abi.value, signed=signed, sha256=manifest.sha256,
                  memory_mib=limits.memory_bytes // MIB, timeout_ms=limits.timeout_ms, fuel=limits.fuel)
         return lm
@@ -466,18 +482,48 @@ class Runtime:
         stderr = OutputBuffer(lm.capabilities.stderr_max_bytes)
         store.set_wasi(make_wasi(lm.capabilities, argv=[lm.manifest.name], env=lm.capabilities.env,
                                  stdin=b"", stdout=stdout, stderr=stderr))
+        inst: _Instance | None = None
         try:
             instance = lm.pre.instantiate(store)
             exports = instance.exports(store)
             init = exports.get("_initialize")
             if init is not None:
-                init(store)
+                GuestCall(store, init, 0, 0, fast=self._fast).call()
+            inst = _Instance(store, instance, exports, stderr, self._fast)
+            version_fn = exports.get(ABI_VERSION_EXPORT)
+            if version_fn is not None:
+                version = GuestCall(store, version_fn, 0, 1, fast=self._fast).call()  # once per instance
+                if version != ONE_CALL_VERSION:
+                    raise WasmTrap(f"module {lm.key} exports {ABI_VERSION_EXPORT}() = {version}; this host speaks "
+                                   f"direct ABI versions 1 (no such export) and {ONE_CALL_VERSION}", "abi_version")
+                inst.one_call = True
+                self._grow_input(lm, inst, INITIAL_INPUT_CAPACITY)
         except (Trap, WasmtimeError) as exc:
-            err = self._map_failure(lm, exc, None)
+            err = self._map_failure(lm, exc, inst.mem.size() if inst is not None else None)
             store.close()
             raise err from None
+        except WasmError:
+            store.close()
+            raise
         lm.m_instantiations.inc()
-        return _Instance(store, exports, stderr)
+        assert inst is not None
+        return inst
+
+    def _grow_input(self, lm: LoadedModule, inst: _Instance, needed: int) -> None:
+        """Give a version-2 instance an input buffer of at least ``needed`` bytes (doubling, 4 KiB pages);
+        the old one is handed to ``dealloc`` when exported. Raises a WasmError when the guest has no room."""
+        want = max(needed, 2 * inst.in_cap, INITIAL_INPUT_CAPACITY)
+        want = (want + 4095) & ~4095
+        ptr = inst.alloc(want) & 0xFFFFFFFF
+        if ptr == 0 and want > needed:  # doubling did not fit: try for exactly what this request needs
+            want = needed
+            ptr = inst.alloc(want) & 0xFFFFFFFF
+        if ptr == 0 or ptr + want > inst.mem.size():
+            raise self._map_failure(lm, None, inst.mem.size(), b"",
+                                    f"alloc({want}) returned an unusable pointer {ptr} for the input buffer")
+        if inst.in_cap and inst.dealloc is not None:
+            inst.dealloc(inst.in_ptr, inst.in_cap)
+        inst.in_ptr, inst.in_cap = ptr, want
 
     # -- invocation ----------------------------------------------------------------------------
 
@@ -594,45 +640,56 @@ class Runtime:
         inst = self.pools.acquire(lm.key)
         reusable = False
         try:
-            store = inst.store
-            store.set_epoch_deadline(lm.deadline_ticks)
-            if lm.limits.fuel is not None:
-                store.set_fuel(lm.limits.fuel)
-            inst.stderr.reset()
+            inst.set_deadline(lm.deadline_ticks)
+            fuel = lm.limits.fuel
+            if fuel is not None:
+                inst.store.set_fuel(fuel)
+            stderr = inst.stderr
+            if stderr.size or stderr.truncated:
+                stderr.reset()
             data = request.body
             n = len(data)
+            one_call = inst.one_call
             try:
-                ptr = inst.alloc(store, n) & 0xFFFFFFFF
-                if n:
-                    if ptr == 0 or ptr + n > inst.memory.data_len(store):
-                        raise self._map_failure(lm, None, inst.memory.data_len(store), b"",
+                if one_call:
+                    # Version 2: the request goes straight into the instance's input buffer; handle() is the
+                    # only call into wasm unless this request is larger than any before it.
+                    if n > inst.in_cap:
+                        self._grow_input(lm, inst, n)
+                    ptr = inst.in_ptr
+                    if n and not inst.mem.write(ptr, data):
+                        raise WasmTrap(f"module {lm.key}: its input buffer left linear memory", "bad_alloc")
+                else:
+                    ptr = inst.alloc(n) & 0xFFFFFFFF
+                    if n and (ptr == 0 or not inst.mem.write(ptr, data)):
+                        raise self._map_failure(lm, None, inst.mem.size(), b"",
                                                 f"alloc({n}) returned an unusable pointer {ptr}")
-                    inst.memory.write(store, data, ptr)
-                packed = inst.handle(store, ptr, n)
+                packed = inst.handle(ptr, n)
                 if packed < 0:
-                    if inst.dealloc is not None:
-                        inst.dealloc(store, ptr, n)
+                    if not one_call and inst.dealloc is not None:
+                        inst.dealloc(ptr, n)
                     reusable = True
                     raise GuestError(f"module {lm.key} handler returned error status {packed}", packed)
-                out_ptr, out_len = unpack_result(packed)
+                out_ptr = (packed >> 32) & 0xFFFFFFFF
+                out_len = packed & 0xFFFFFFFF
                 if out_len > MAX_DIRECT_OUTPUT:
                     raise WasmLimitExceeded(
                         f"module {lm.key} returned {out_len} bytes, over the {MAX_DIRECT_OUTPUT} byte output limit",
                         "output",
                     )
-                if out_ptr + out_len > inst.memory.data_len(store):
+                body = inst.mem.read(out_ptr, out_len)
+                if body is None:
                     raise WasmTrap(f"module {lm.key} returned an out-of-bounds buffer", "bad_result")
-                body = bytes(inst.memory.read(store, out_ptr, out_ptr + out_len)) if out_len else b""
-                if inst.dealloc is not None:
-                    inst.dealloc(store, ptr, n)
+                if not one_call and inst.dealloc is not None:
+                    inst.dealloc(ptr, n)
                     if out_len:
-                        inst.dealloc(store, out_ptr, out_len)
-                fuel_used = lm.limits.fuel - store.get_fuel() if lm.limits.fuel is not None else None
+                        inst.dealloc(out_ptr, out_len)
+                fuel_used = fuel - inst.store.get_fuel() if fuel is not None else None
             except (Trap, WasmtimeError) as exc:
-                raise self._map_failure(lm, exc, inst.memory.data_len(store), inst.stderr.value()) from None
+                raise self._map_failure(lm, exc, inst.mem.size(), stderr.value()) from None
             reusable = True
             return InvocationResult(
-                status=0, body=body, stderr=inst.stderr.value(), truncated=inst.stderr.truncated,
+                status=0, body=body, stderr=stderr.value() if stderr.size else b"", truncated=stderr.truncated,
                 duration_s=time.perf_counter() - started, fuel_consumed=fuel_used,
             )
         finally:
@@ -690,23 +747,12 @@ class Runtime:
 
     def tick(self) -> int:
         """Run pool maintenance (idle and pressure eviction); call it periodically. Returns evictions."""
-        evicted = self.pools.tick()
-        for key in self.pools.keys():
-            self._update_pool_gauges(key)
-        return evicted
+        return self.pools.tick()
 
     def _on_evict(self, key: Hashable, reason: str) -> None:
-        self.metrics.pool_evictions.labels(reason=reason).inc()
+        self.metrics.pool_evictions.labels(module=str(key), reason=reason).inc()
         if reason not in ("discarded", "no_reuse"):
             log.info("pool_instance_evicted", module=str(key), reason=reason)
-
-    def _update_pool_gauges(self, key: str) -> None:
-        if key not in self.pools.keys():
-            return
-        stats = self.pools.stats(key)
-        self.metrics.pool_instances.labels(module=key, state="idle").set(stats.idle)
-        self.metrics.pool_instances.labels(module=key, state="in_use").set(stats.in_use)
-        self.metrics.pool_memory_bytes.set(self.pools.memory_bytes())
 
     def _deny(self, module: str, capability: str, detail: str, *, stage: str) -> None:
         self.metrics.capability_denials.labels(module=module, capability=capability).inc()

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 import trio
 
 from mesh.cli import main
@@ -27,7 +26,10 @@ from mesh.daemon.config import load_config
 from mesh.daemon.node import Daemon
 from mesh.metrics import render
 from mesh.membership.state import MemberState
+from tests.cli_helpers import captured_logs
 from tests.harness.daemons import run_cli
+from tests.harness.inproc import cli_in_thread
+from tests.harness.inproc import wait_for as _wait
 from tests.harness.promtool import promtool_check
 
 HANDLER = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "handler.wasm"
@@ -39,36 +41,20 @@ def _cfg(tmp: Path, name: str, seeds: list[str]) -> Any:
                         "seed": seeds, "profile": "local", "log_level": "info", "zone": f"eu/{name}"})
 
 
-async def _wait(pred: Any, timeout: float, what: str) -> None:
-    with trio.move_on_after(timeout):
-        while not pred():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
 _capsys: Any = None
 
 
 async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in this process, on a worker thread (a subprocess per command costs seconds on a loaded machine)."""
-    _capsys.readouterr()
-    code = await trio.to_thread.run_sync(main, list(args))
-    out, err = _capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, out, err)
+    return await cli_in_thread(_capsys, *args)
 
 
 def test_invoke_end_to_end_local_forwarded_trap_on_demand_and_failover(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     global _capsys
     _capsys = capsys
-    saved = structlog.get_config()
-    structlog.reset_defaults()  # an earlier in-process CLI test may have filtered info logs out
-    try:
-        with structlog.testing.capture_logs() as logs:
-            trio.run(_scenario, tmp_path, logs)
-    finally:
-        structlog.configure(**saved)
+    with captured_logs() as logs:
+        trio.run(_scenario, tmp_path, logs)
 
 
 def _body(res: dict[str, Any]) -> bytes:
@@ -268,12 +254,13 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
 
         doc = (Path(__file__).parent.parent / "docs" / "METRICS.md").read_text()
         fams = [f for f in text_string_to_metric_families(body) if f.name.startswith("wasmatrix_invoke")]
-        assert len(fams) == 8
+        assert len(fams) == 9
+        assert 'wasmatrix_invoke_calls_total{caller="api",code="trap",deployment="web"} 1.0' in body
         for fam in fams:
             assert f"`{fam.name + '_total' if fam.type == 'counter' else fam.name}`" in doc, fam.name
             for smp in fam.samples:
                 for label, v in smp.labels.items():
-                    if label not in ("le", "peer"):
+                    if label not in ("le", "peer", "deployment"):  # peer, deployment: ids and names
                         assert f"`{label}`" in doc and v in doc, (fam.name, label, v)
         assert 'wasmatrix_invoke_served_total{outcome="ok"}' in render(ds[other].registry).decode()
 

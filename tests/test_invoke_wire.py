@@ -27,6 +27,16 @@ def test_request_and_reply_round_trip_and_the_largest_fit_one_stream_frame() -> 
     assert decode(encode("b", small), MAX_FRAME).msg == small
 
 
+def test_http_kind_round_trips_and_a_raw_call_keeps_the_five_field_form() -> None:
+    from mesh.invoke.messages import KIND_HTTP
+
+    http = InvokeRequest(3, "web", b"GET / HTTP/1.1\r\n\r\n", TP, 1000, KIND_HTTP)
+    assert decode(encode("b", http), MAX_FRAME).msg == http
+    assert http.to_payload()[5] == 1
+    raw = InvokeRequest(4, "web", b"x", TP, 1000)
+    assert len(raw.to_payload()) == 5 and decode(encode("b", raw), MAX_FRAME).msg.kind == 0
+
+
 def _env(type_id: int, payload: object) -> bytes:
     return pack([PROTOCOL_VERSION, type_id, "peer", payload, []])
 
@@ -37,7 +47,10 @@ GOOD_REP = [1, "ok", True, 0, b"out", "", 5]
 
 @pytest.mark.parametrize("payload", [
     GOOD_REQ[:4],  # too few fields
-    GOOD_REQ + [1],  # too many
+    GOOD_REQ + [1, 1],  # too many
+    GOOD_REQ + [2],  # unknown kind
+    GOOD_REQ + [True],  # bool is not a kind
+    GOOD_REQ + ["http"],
     [-1, "web", b"", TP, 1000],  # negative id
     [True, "web", b"", TP, 1000],  # bool is not an id
     [1, "we b", b"", TP, 1000],  # invalid deployment name

@@ -30,6 +30,9 @@ _COMMAND_MODULES = (
     "mesh.cli.democmd",
     "mesh.cli.invokecmd",
     "mesh.cli.eventscmd",
+    "mesh.cli.subscriptioncmd",
+    "mesh.cli.routecmd",
+    "mesh.cli.tenantcmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh
 # must not import it) contribute their subcommands through this entry-point

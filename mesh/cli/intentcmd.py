@@ -332,6 +332,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         Preferences(near, args.near_label, args.near_node, args.spread),
         CapabilityRequest.from_strings(args.capability or ()),
         Limits.from_strings(args.limit) if args.limit else None,
+        tenant=args.tenant,
     )
     from urllib.parse import quote
 
@@ -345,7 +346,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         node = _open(args)
         signer = node.set_deployment(spec, key, time.time()).signer
         view = deployment_view(node.doc, args.name)
-    _out(args, {**view, "module": spec.module, "version": spec.version, "replicas": spec.replicas, "signer": signer})
+    _out(args, {**view, "module": spec.module, "version": spec.version, "replicas": spec.replicas, "tenant": spec.tenant,
+                "signer": signer})
     return EXIT_OK
 
 
@@ -373,15 +375,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def target_flags(p: argparse.ArgumentParser) -> None:
+    """--data-dir / --api / --token / --json: where an intent command works (a running node or a data dir)."""
+    p.add_argument("--data-dir", help="node data directory (default $WASMATRIX_DATA_DIR or ./wasmatrix-data); "
+                   "when a node runs on it, the command talks to that node")
+    p.add_argument("--api", help="a running node's API HOST:PORT (with --token) instead of --data-dir")
+    p.add_argument("--token", help="API token (with --api)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def register(subparsers: Any) -> None:
     """Add keygen, module, deploy and rollback subcommands."""
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", help="node data directory (default $WASMATRIX_DATA_DIR or ./wasmatrix-data); "
-                       "when a node runs on it, the command talks to that node")
-        p.add_argument("--api", help="a running node's API HOST:PORT (with --token) instead of --data-dir")
-        p.add_argument("--token", help="API token (with --api)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+    common = target_flags
 
     p = subparsers.add_parser("keygen", help="generate an Ed25519 key and trust it with a role")
     p.add_argument("--role", required=True, choices=[r.value for r in Role if r is not Role.NODE])
@@ -437,6 +442,8 @@ def register(subparsers: Any) -> None:
                         "clocks and random are granted unless no-clocks / no-random is given)")
     d.add_argument("--limit", action="append", metavar="NAME=N",
                    help="resource ceiling below the manifest's limits (repeatable; as for module publish)")
+    d.add_argument("--tenant", default="default",
+                   help="tenant whose quotas the deployment's calls count against (default: default; see `wasmatrix tenant`)")
     common(d)
     d.set_defaults(handler=cmd_deploy)
 

@@ -25,7 +25,7 @@ def _err(msg: str, code: int = EXIT_FAILURE) -> int:
 def cmd_node_run(args: argparse.Namespace) -> int:
     import trio
 
-    from mesh.daemon.config import DaemonConfigError, load_config
+    from mesh.daemon.config import HTTP_KEYS, DaemonConfigError, load_config
     from mesh.daemon.node import Daemon, configure_logging
     from mesh.datadir import DataDirError, DataDirLocked
     from mesh.errors import MeshError
@@ -37,6 +37,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
         "profile": args.profile, "api": args.api, "log_level": args.log_level,
         "max_members": args.max_members, "max_new_members_per_push_pull": args.max_new_members_per_push_pull,
         "max_new_members_per_peer": args.max_new_members_per_peer,
+        "http": args.http, **{k: getattr(args, k) for k in HTTP_KEYS},
     }
     try:
         cfg = load_config(flags)
@@ -122,6 +123,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("node", f"{st['name']} ({st['id']})"),
             ("address", st["addr"]),
             ("api", st["api"]),
+            ("http", st.get("http") or "-"),
             ("mesh", "INSECURE (no mesh secret: anyone can join)" if st["insecure"] else st["mesh_id"]),
             ("profile", st["profile"]),
             ("zone", st["zone"] or "-"),
@@ -240,6 +242,13 @@ def register(subparsers: Any) -> None:
                    help="most unknown members one push-pull frame may add (default 10000)")
     r.add_argument("--max-new-members-per-peer", metavar="N",
                    help="unknown members one peer may introduce at once and per push-pull interval (default 20000)")
+    r.add_argument("--http", metavar="HOST:PORT", help="serve the HTTP ingress (the replicated routes) here; off unless given")
+    for flag, default, unit in (("max-head-bytes", "16384: 431 above", "N"), ("max-body-bytes", "1048576: 413 above", "N"),
+                                ("max-connections", "512: 503 above", "N"),
+                                ("head-timeout", "10: the whole request head within it (slowloris)", "S"),
+                                ("idle-timeout", "30: idle keep-alive connections closed after it", "S"),
+                                ("request-timeout", "30: body and call deadline, 504 past it", "S")):
+        r.add_argument(f"--http-{flag}", metavar=unit, help=f"HTTP ingress bound (default {default})")
     r.set_defaults(handler=cmd_node_run)
     n.set_defaults(handler=lambda a: (n.print_help(sys.stderr), EXIT_USAGE)[1])
 

@@ -44,10 +44,11 @@ IDLE_TIMEOUT = 30.0
 class ApiError(Exception):
     """An error answer: ``status`` and a one-line message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or []  # extra response headers, e.g. Retry-After on a 429
 
 
 @dataclass(slots=True)
@@ -114,6 +115,7 @@ class ApiServer:
             request_id = ""
             structlog.contextvars.clear_contextvars()
             status, ctype, body = 500, "application/json", b""
+            extra: list[tuple[str, str]] = []
             try:
                 with trio.fail_after(IDLE_TIMEOUT if conn.their_state is h11.IDLE else REQUEST_TIMEOUT):
                     req = await self._read_request(conn, stream)
@@ -124,7 +126,9 @@ class ApiServer:
                 # per trio task, and each connection is one task); the client gets it back.
                 request_id = secrets.token_hex(8)
                 structlog.contextvars.bind_contextvars(request_id=request_id)
-                status, ctype, body = await self._dispatch(req, conn)
+                # A handler answers (status, content type, body) or that plus extra headers.
+                status, ctype, body, *more = await self._dispatch(req, conn)
+                extra = list(more[0]) if more else []
                 # A handler's own error answer (e.g. 504 from join) is "failed", not a server error.
                 self.counters["api_ok" if status < 400 else "api_failed"] += 1
             except trio.TooSlowError:
@@ -135,6 +139,7 @@ class ApiServer:
                 else:
                     self.counters["api_bad_requests"] += 1
                 status, body = exc.status, _err(exc.message)
+                extra = exc.headers
             except h11.RemoteProtocolError as exc:
                 self.counters["api_bad_requests"] += 1
                 status, body = exc.error_status_hint, _err(f"bad request: {exc}")
@@ -151,6 +156,7 @@ class ApiServer:
             headers = [("content-type", ctype), ("content-length", str(len(body)))]
             if request_id:
                 headers.append(("x-request-id", request_id))
+            headers.extend(extra)
             if status >= 400 and req is None:
                 headers.append(("connection", "close"))
             try:
@@ -199,7 +205,7 @@ class ApiServer:
                 auth = dict(head.headers).get(b"authorization", b"")
                 return Request(head.method.decode("ascii", "replace"), path, query, bytes(body), auth)
 
-    async def _dispatch(self, req: Request, conn: h11.Connection) -> tuple[int, str, bytes]:
+    async def _dispatch(self, req: Request, conn: h11.Connection) -> Any:
         if req.path.startswith("/v1/"):
             expected = f"Bearer {self.token}".encode()
             if not hmac.compare_digest(req.auth, expected):

@@ -14,6 +14,10 @@ command exits 2 with one line. The TOML file uses the flag names with ``_`` for 
     geo = "52.52,13.40"
     profile = "vehicle"
     api = "127.0.0.1:7947"
+    http = "127.0.0.1:8080"                # HTTP ingress (off unless given) and its bounds:
+    http_max_head_bytes = 16384            # 431 above; http_max_body_bytes = 1048576 (413 above),
+    http_max_connections = 512             # http_head_timeout = 10, http_idle_timeout = 30,
+    http_request_timeout = 30              # (seconds; docs/DAEMON.md "HTTP ingress")
     max_members = 100000                   # membership flood bounds (mesh/membership/config.py)
     max_new_members_per_push_pull = 10000
     max_new_members_per_peer = 20000
@@ -26,11 +30,12 @@ import os
 import platform
 import socket
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mesh.errors import ConfigError, MeshError
+from mesh.ingress.server import IngressConfig
 from mesh.membership.config import PROFILES, MembershipConfig
 from mesh.membership.config import profile as profile_config
 from mesh.membership.meta import MAX_LABELS, MAX_NAME, NodeMeta
@@ -104,6 +109,8 @@ class DaemonConfig:
     api: tuple[str, int] = ("127.0.0.1", 0)
     log_level: str = "info"
     membership: tuple[tuple[str, int], ...] = ()  # overrides of the profile's MEMBERSHIP_KEYS, sorted
+    http: tuple[str, int] | None = None  # HTTP ingress address (mesh/ingress), off when None
+    http_bounds: IngressConfig = field(default_factory=IngressConfig)
 
     def membership_config(self) -> MembershipConfig:
         """The profile with the operator's membership overrides (validated by :func:`load_config`)."""
@@ -198,9 +205,40 @@ def _membership(merged: dict[str, Any], profile: str, what: Any) -> tuple[tuple[
     return tuple(sorted(out.items()))
 
 
+# HTTP ingress bounds: TOML key / flag (--http-max-head-bytes ...) -> (IngressConfig field, type, min, max).
+HTTP_KEYS = {
+    "http_max_head_bytes": ("max_head_bytes", int, 1024, 1 << 20),
+    "http_max_body_bytes": ("max_body_bytes", int, 0, 1 << 30),
+    "http_max_connections": ("max_connections", int, 1, 100_000),
+    "http_head_timeout": ("head_timeout_s", float, 0.1, 3600.0),
+    "http_idle_timeout": ("idle_timeout_s", float, 0.1, 86400.0),
+    "http_request_timeout": ("request_timeout_s", float, 0.1, 600.0),
+}
+
+
+def _http_bounds(merged: dict[str, Any], what: Any) -> IngressConfig:
+    out: dict[str, Any] = {}
+    for key, (attr, typ, lo, hi) in HTTP_KEYS.items():
+        raw = merged.get(key)
+        if raw is None:
+            continue
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = typ(raw)
+            if typ is int and isinstance(raw, float) and raw != value:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise DaemonConfigError(f"{what(key)} {raw!r:.40}: expected a number") from None
+        if not lo <= value <= hi:
+            raise DaemonConfigError(f"{what(key)} {raw!r:.40}: must be in {lo}..{hi}")
+        out[attr] = value
+    return IngressConfig(**out)
+
+
 _KEYS = {
     "data_dir", "bind", "advertise", "seed", "mesh_secret", "insecure", "mdns", "name", "zone", "label",
-    "geo", "arch", "profile", "api", "log_level", *MEMBERSHIP_KEYS,
+    "geo", "arch", "profile", "api", "log_level", *MEMBERSHIP_KEYS, "http", *HTTP_KEYS,
 }
 
 
@@ -291,6 +329,8 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
     if level not in ("debug", "info", "warning", "error"):
         raise DaemonConfigError(f"{what('log_level')} {level!r:.20}: debug, info, warning or error")
     membership = _membership(merged, profile, what)
+    http = parse_hostport(merged["http"], what("http"), allow_port_zero=True, need_ip=True) if merged.get("http") else None
+    http_bounds = _http_bounds(merged, what)
     cfg = DaemonConfig(
         data_dir=Path(data_dir),
         bind=bind,
@@ -308,6 +348,8 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
         api=api,
         log_level=level,
         membership=membership,
+        http=http,
+        http_bounds=http_bounds,
     )
     cfg.meta()  # every metadata bound (sizes, characters) checked now, not at the first gossip
     return cfg

@@ -13,7 +13,10 @@ Private keys never leave the CLI. A write is two calls:
    write is durable, and pushes it to peers.
 
 Module bytes go first with ``POST /v1/blobs?sha256=HEX`` (raw body, checked against the hash).
-Reads: ``GET /v1/modules``, ``GET /v1/module?name=N``, ``GET /v1/deployment?name=N``.
+Reads: ``GET /v1/modules``, ``GET /v1/module?name=N``, ``GET /v1/deployment?name=N``,
+``GET /v1/routes`` (the HTTP routes in match order). Route writes are the ops ``route`` and ``route_rm``.
+Tenant quotas are written the same way (ops ``tenant``, ``tenant_rm``); ``GET /v1/tenants``
+(mesh/daemon/quotas.py) lists them with this node's view of their usage.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from crdt.intent import PendingWrite
 from crdt.logrecord import LogRecord
 from crdt.records import KINDS
 from crdt.signedlog import LogError, StoreRecovering
-from crdt.schema import DeploymentSpec, manifest_from_payload
+from crdt.schema import DeploymentSpec, RouteSpec, TenantQuota, manifest_from_payload
 from crdt.views import deployment_view, module_view, modules_view
 from mesh.daemon.api import ApiError, Request, json_answer
 from model import SpecError
@@ -85,6 +88,7 @@ class IntentApi:
             ("GET", "/v1/intent/visible"): self.visible,
             ("GET", "/v1/intent/head"): self.head,
             ("GET", "/v1/trust"): self.trust,
+            ("GET", "/v1/routes"): self.routes_list,
         }
 
     async def head(self, req: Request) -> tuple[int, str, bytes]:
@@ -141,8 +145,25 @@ class IntentApi:
                 name, version = _text(args.get("name"), "name"), _text(args.get("version"), "version")
                 reason = str(args.get("reason") or "")[:200]
                 write = lambda k: node.remove_version(name, version, k, now, reason, wall=wall)  # noqa: E731
+            elif op in ("subscribe", "unsubscribe"):  # events (mesh/events/api.py)
+                from mesh.events.api import prepare_write
+
+                write = prepare_write(node, op, args, now, wall)
+            elif op == "route":
+                route = RouteSpec.from_payload(_unb64_msgpack(args.get("route"), "route"))
+                write = lambda k: node.set_route(route, k, now)  # noqa: E731
+            elif op == "route_rm":
+                host, path, method = _text(args.get("host"), "host"), _text(args.get("path"), "path"), _text(args.get("method"), "method")
+                write = lambda k: node.delete_route(host, path, method, k, now)  # noqa: E731
+            elif op == "tenant":
+                quota = TenantQuota.from_payload(args.get("quota"))
+                write = lambda k: node.set_tenant(quota, k, now, wall=wall)  # noqa: E731
+            elif op == "tenant_rm":
+                tname = _text(args.get("name"), "name")
+                write = lambda k: node.delete_tenant(tname, k, now, wall=wall)  # noqa: E731
             else:
-                raise ApiError(400, "op must be publish, deploy, rollback or remove")
+                raise ApiError(400, "op must be publish, deploy, rollback, remove, subscribe, unsubscribe, route, route_rm, "
+                                    "tenant or tenant_rm")
             prepared = node.prepare(signer, write)
         except (CrdtError, SpecError) as exc:
             raise ApiError(crdt_status(exc), str(exc)) from None
@@ -190,6 +211,10 @@ class IntentApi:
         if not _KEY_ID.match(signer) or not seq.isdigit() or len(seq) > 16:
             raise ApiError(400, "signer (key id) and seq (number) are required")
         return json_answer({"at": self.d.visible_at.get((signer, int(seq)))})
+
+    async def routes_list(self, req: Request) -> tuple[int, str, bytes]:
+        """The replicated routes in match order (priority, then specificity)."""
+        return json_answer([r.to_payload() | {"format": r.format} for r in self.intent.doc.routes()])
 
     async def modules(self, req: Request) -> tuple[int, str, bytes]:
         return json_answer(modules_view(self.intent.doc))

@@ -29,6 +29,7 @@ import binascii
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -44,8 +45,10 @@ from mesh.invoke.invoker import (
 )
 from mesh.invoke.messages import (
     BAD_REQUEST, GUEST_ERROR, INTERNAL, LIMIT, MAX_DEADLINE_MS, MAX_INVOKE_PAYLOAD, NOT_HOSTED, OK, OVERLOADED,
-    TIMEOUT, TRAP, UNAVAILABLE, InvokeReply, InvokeRequest,
+    KIND_HTTP, KIND_RAW, QUOTA, TIMEOUT, TRAP, UNAVAILABLE, InvokeReply, InvokeRequest,
 )
+from mesh.daemon.quotas import quota_guard
+from mesh.ingress.cgi import CgiError, HttpCall
 from mesh.invoke.trace import child_traceparent, new_traceparent, parse_traceparent
 from mesh.membership.state import MemberState
 from mesh.metrics import PREFIX, FsyncHistogram
@@ -54,12 +57,13 @@ from mesh.wire import Outgoing, encode, is_valid_name
 if TYPE_CHECKING:
     from mesh.daemon.node import Conn, Daemon
 
+CALLERS = ("api", "http", "event")  # who asked for a call (the caller label of wasmatrix_invoke_calls_total)
 MAX_SERVING = 256  # peer calls run at once; more are answered "overloaded" (not executed)
 MAX_PENDING = 1024  # forwarded calls awaiting replies
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ERROR_REASONS = (
     BAD_REQUEST, BREAKER_OPEN, CONNECT_FAILED, GUEST_ERROR, INTERNAL, LIMIT, NO_ANSWER, NO_REPLICA, NOT_HOSTED,
-    OVERLOADED, STREAM_CLOSED, TIMEOUT, TRAP, UNAVAILABLE,
+    OVERLOADED, QUOTA, STREAM_CLOSED, TIMEOUT, TRAP, UNAVAILABLE,
 )
 # runtime error codes (runtime/errors.py WasmError.code) -> (reply code, executed)
 _RUNTIME_CODES = {
@@ -72,7 +76,7 @@ _RUNTIME_CODES = {
     "module_not_loaded": (NOT_HOSTED, False),
 }
 # HTTP status of a failed call, by final reason (the API answers the rest 200 with ok: true).
-_HTTP = {BAD_REQUEST: 400, NO_ANSWER: 504, TIMEOUT: 504}
+_HTTP = {BAD_REQUEST: 400, NO_ANSWER: 504, TIMEOUT: 504, QUOTA: 429}
 
 
 @dataclass(slots=True)
@@ -84,9 +88,11 @@ class Attempt:
     output: bytes = b""
     message: str = ""
     seconds: float = 0.0
+    cpu_s: float = 0.0  # guest run time on this node (a local attempt): what the tenant's CPU budget is charged
 
     def row(self) -> dict[str, Any]:
-        return {"node": self.node, "code": self.code, "executed": self.executed, "ms": round(self.seconds * 1000, 3)}
+        return {"node": self.node, "code": self.code, "executed": self.executed, "ms": round(self.seconds * 1000, 3),
+                "cpu_ms": round(self.cpu_s * 1000, 3)}
 
 
 @dataclass(slots=True)
@@ -109,6 +115,7 @@ class InvokeMetrics(Collector):
         self.retries = 0
         self.served = {"ok": 0, "error": 0}
         self.stray_replies = 0
+        self.calls: Counter[tuple[str, str, str]] = Counter()  # (deployment, caller, code) -> calls
 
     def observe(self, mode: str, seconds: float, code: str, retries: int) -> None:
         self.total[mode] += 1
@@ -132,6 +139,11 @@ class InvokeMetrics(Collector):
         for r in sorted(self.errors):
             e.add_metric([r], self.errors[r])
         yield e
+        c = CounterMetricFamily(PREFIX + "invoke_calls", "Invocations requested on this node, by function "
+                                "(deployment), caller (api, http, event) and final code", labels=["deployment", "caller", "code"])
+        for (dep, who, code), n in sorted(self.calls.items()):
+            c.add_metric([dep, who, code], n)
+        yield c
         yield CounterMetricFamily(PREFIX + "invoke_retries", "Attempts moved to another replica after a safe failure",
                                   value=self.retries)
         sv = CounterMetricFamily(PREFIX + "invoke_served", "Invocations run here for a peer, by outcome", labels=["outcome"])
@@ -187,9 +199,16 @@ class InvokeService:
             self.d.log.warning("workloads_hosts_failed", deployment=deployment, error=f"{type(exc).__name__}: {exc}")
             return False
 
+    @quota_guard  # tenant quotas (mesh/daemon/quotas.py): admit before planning, release after
     async def invoke(self, deployment: str, payload: bytes, traceparent: str | None = None,
-                     timeout: float | None = None) -> dict[str, Any]:
-        """Run ``deployment`` once somewhere; the result object the API answers (see docs/DAEMON.md)."""
+                     timeout: float | None = None, *, http: HttpCall | None = None,
+                     caller: str = "api") -> dict[str, Any]:
+        """Run ``deployment`` once somewhere; the result object the API answers (see docs/DAEMON.md).
+
+        With ``http`` the call runs in HTTP form (docs/ABI.md "HTTP handlers": CGI env for a WASI
+        command, HTTP/1.1 text for a direct handler; ``payload`` is then unused) and is forwarded
+        as such. ``caller`` ("api", "http", "event") labels the metrics.
+        """
         t0 = time.perf_counter()
         ctx = parse_traceparent(traceparent) if traceparent else None
         if traceparent and ctx is None:
@@ -225,10 +244,11 @@ class InvokeService:
                 continue
             a0 = time.perf_counter()
             if node == self.d.node_id:
-                att = await self._local(deployment, payload, tp, deadline - now)
+                att = await self._local(deployment, payload, tp, deadline - now, http)
             else:
-                att = await self._forward(node, deployment, payload, child_traceparent(ctx, os.urandom(8)),
-                                          deadline - now, log)
+                att = await self._forward(node, deployment, http.to_text() if http is not None else payload,
+                                          child_traceparent(ctx, os.urandom(8)), deadline - now, log,
+                                          KIND_HTTP if http is not None else KIND_RAW)
             att.seconds = time.perf_counter() - a0
             attempts.append(att)
             retry = self.invoker.record(node, att.code, att.executed, trio.current_time())
@@ -249,10 +269,11 @@ class InvokeService:
         mode = "none" if not last.node else "local" if last.node == self.d.node_id else "forwarded"
         retries = sum(1 for a in attempts if a.code != BREAKER_OPEN) - 1 if attempts else 0
         self.metrics.observe(mode, seconds, last.code, max(0, retries))
+        self.metrics.calls[(deployment, caller if caller in CALLERS else "api", last.code)] += 1
         m = self.d.core.swim.members.peek(last.node) if last.node else None
         result = {
             "deployment": deployment, "ok": last.code == OK, "code": last.code, "status": last.status,
-            "output_b64": base64.b64encode(last.output).decode(), "message": last.message,
+            "output_b64": base64.b64encode(last.output).decode(), "output": last.output, "message": last.message,
             "node": last.node or None, "node_name": (m.meta.name if m is not None else "") or None,
             "mode": mode, "latency_ms": round(seconds * 1000, 3), "traceparent": tp,
             "attempts": [a.row() for a in attempts],
@@ -262,23 +283,28 @@ class InvokeService:
             latency_ms=result["latency_ms"])
         return result
 
-    async def _local(self, deployment: str, payload: bytes, tp: str, budget: float) -> Attempt:
+    async def _local(self, deployment: str, payload: bytes, tp: str, budget: float,
+                     http: HttpCall | None = None) -> Attempt:
+        c0 = time.perf_counter()
         try:
             with trio.move_on_after(budget) as scope:
-                res = await self.d.workloads.invoke_local(deployment, payload, traceparent=tp)
+                res = await self.d.workloads.invoke_local(deployment, payload, traceparent=tp, http=http)
         except NotHosted as exc:  # the supervisor's refusal: the guest did not run
             return Attempt(self.d.node_id, NOT_HOSTED, False, message=str(exc)[:512])
         except Exception as exc:
             code, executed = _RUNTIME_CODES.get(getattr(exc, "code", ""), (INTERNAL, True))
-            return Attempt(self.d.node_id, code, executed, message=f"{type(exc).__name__}: {exc}"[:512])
+            return Attempt(self.d.node_id, code, executed, message=f"{type(exc).__name__}: {exc}"[:512],
+                           cpu_s=time.perf_counter() - c0 if executed else 0.0)
         if scope.cancelled_caught:
-            return Attempt(self.d.node_id, TIMEOUT, True, message=f"no result within {budget:.3f} s")
+            return Attempt(self.d.node_id, TIMEOUT, True, message=f"no result within {budget:.3f} s",
+                           cpu_s=time.perf_counter() - c0)
         status = int(res.status)
         if not -(2**31) <= status < 2**31:
             return Attempt(self.d.node_id, INTERNAL, True, message=f"exit status {status} out of range")
-        return Attempt(self.d.node_id, OK, True, status=status, output=bytes(res.body))
+        return Attempt(self.d.node_id, OK, True, status=status, output=bytes(res.body), cpu_s=res.duration_s)
 
-    async def _forward(self, node: str, deployment: str, payload: bytes, tp: str, budget: float, log: Any) -> Attempt:
+    async def _forward(self, node: str, deployment: str, payload: bytes, tp: str, budget: float, log: Any,
+                       kind: int = KIND_RAW) -> Attempt:
         m = self.d.core.swim.members.peek(node)
         if m is None or len(self.pending) >= MAX_PENDING:
             return Attempt(node, CONNECT_FAILED if m is None else OVERLOADED, False,
@@ -287,7 +313,7 @@ class InvokeService:
             return Attempt(node, BAD_REQUEST, False, message=f"payload of {len(payload)} bytes exceeds {MAX_INVOKE_PAYLOAD} (one frame)")
         rid = self.next_id = (self.next_id + 1) % (2**63)
         deadline_ms = max(1, min(MAX_DEADLINE_MS, int(budget * 1000)))
-        req = InvokeRequest(rid, deployment, payload, tp, deadline_ms)
+        req = InvokeRequest(rid, deployment, payload, tp, deadline_ms, kind)
         conn = self.d._stream_to(Outgoing(m.addr, b"", True, node, m.key or None))
         p = self.pending[rid] = _Pending(node, conn)
         log.info("invoke_forwarded", target=node, target_name=m.meta.name, request_id=rid, forwarded_traceparent=tp)
@@ -351,10 +377,20 @@ class InvokeService:
         assert ctx is not None  # InvokeRequest validates it
         log = self.d.log.bind(deployment=req.deployment, trace_id=ctx.trace_id, traceparent=req.traceparent,
                               caller=sender, caller_name=m.meta.name if m is not None else "", request_id=req.request_id)
-        if not self._hosts(req.deployment):
+        http: HttpCall | None = None
+        bad = ""
+        if req.kind == KIND_HTTP:
+            try:
+                http = HttpCall.from_text(req.payload)
+            except CgiError as exc:
+                bad = f"HTTP call: {exc}"
+        if bad:
+            att = Attempt(self.d.node_id, BAD_REQUEST, False, message=bad)
+        elif not self._hosts(req.deployment):
             att = Attempt(self.d.node_id, NOT_HOSTED, False, message=f"{self.d.node_id} runs no replica of {req.deployment}")
         else:
-            att = await self._local(req.deployment, req.payload, req.traceparent, req.deadline_ms / 1000)
+            att = await self._local(req.deployment, req.payload, req.traceparent, req.deadline_ms / 1000, http)
+        self.d.quotas.charge(req.deployment, att.cpu_s)  # the caller charges nothing for a forwarded call
         if len(att.output) > MAX_INVOKE_PAYLOAD:
             att = Attempt(att.node, LIMIT, True, message=f"output of {len(att.output)} bytes exceeds {MAX_INVOKE_PAYLOAD}")
         us = int((time.perf_counter() - t0) * 1e6)
@@ -369,7 +405,7 @@ class InvokeService:
 
     # ------------------------------------------------------------------ API
 
-    async def api_invoke(self, req: Request) -> tuple[int, str, bytes]:
+    async def api_invoke(self, req: Request) -> Any:
         body = req.json()
         dep = body.get("deployment")
         if not is_valid_name(dep):
@@ -391,7 +427,11 @@ class InvokeService:
                                     or not math.isfinite(timeout) or timeout <= 0):
             raise ApiError(400, "timeout_s must be a positive number")
         res = await self.invoke(dep, payload, tp, timeout)
+        del res["output"]  # bytes: the JSON answer carries output_b64
         if res["ok"]:
             return json_answer(res)
         res["error"] = res["message"] or res["code"]
-        return json_answer(res, _HTTP.get(res["code"], 502))
+        status, ctype, out = json_answer(res, _HTTP.get(res["code"], 502))
+        if res["code"] == QUOTA:  # RFC 9110 Retry-After: whole seconds, rounded up
+            return status, ctype, out, [("retry-after", str(max(1, math.ceil(res.get("retry_after_s") or 1))))]
+        return status, ctype, out

@@ -43,8 +43,11 @@ from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
 from mesh.daemon.intentapi import IntentApi
 from mesh.daemon.invocation import InvokeService
+from mesh.daemon.quotas import QuotaService
 from mesh.daemon.placements import PlacementService
 from mesh.daemon.workloads import Workloads, WorkloadsApi
+from mesh.events.api import EventsApi
+from mesh.events.bus import EventBus
 from mesh.daemon.config import DaemonConfig, format_hostport, parse_hostport, DaemonConfigError
 from mesh.daemon.security import RefusalAuditor, stream_refusal
 from mesh.datadir import DataDir
@@ -245,6 +248,7 @@ class Daemon:
         self._stopping = False
         self._leaving = False
         self.api_addr = ""
+        self.http_addr = ""
         # Hex, not token_urlsafe: a token starting with '-' reads as an option in `--token TOKEN`.
         self.token = secrets.token_hex(32)
         self.stream_timeout = cfg.membership_config().stream_timeout
@@ -333,9 +337,12 @@ class Daemon:
             driver_counters=self.counters, audit_counters=self.audit.counters,
         )
         self.core.invoke_inbox = []
+        self.quotas = QuotaService(self)
         self.invocations = InvokeService(self)
+        self.invoke = self.invocations  # the serving contract's name: daemon.invoke.invoke(...)
         self.placements = PlacementService(self)
         self.registry.register(self.invocations.metrics)
+        self.registry.register(self.quotas.metrics)
 
     def _on_visible(self, rec: Any, now: float) -> None:
         # When each record became visible here, on the host's monotonic clock (CLOCK_MONOTONIC,
@@ -343,6 +350,8 @@ class Daemon:
         self.visible_at[(rec.signer, rec.seq)] = time.monotonic()
         if hasattr(self, "workloads"):
             self.workloads.record_visible(rec.kind)
+        if rec.kind == "subscriptions" and hasattr(self, "bus"):
+            self.bus.subscriptions_changed()
         if len(self.visible_at) > 10_000:
             self.visible_at.pop(next(iter(self.visible_at)))
 
@@ -415,7 +424,10 @@ class Daemon:
             from model.manifest import MAX_MODULE_BYTES
 
             self.workloads = Workloads(self)
+            self.bus = EventBus.for_daemon(self)  # events (mesh/events, docs/EVENTS.md)
+            self.registry.register(self.bus.metrics)
             api = ApiServer(self.token, self._routes(), self.counters, self.log, body_limits={"/v1/blobs": MAX_MODULE_BYTES})
+            http_listeners = await self._open_http()
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.udp = udp
@@ -426,9 +438,13 @@ class Daemon:
                 nursery.start_soon(self._snapshot_loop)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(api.serve, api_listeners)
+                if http_listeners:
+                    nursery.start_soon(self.ingress.serve, http_listeners)
                 nursery.start_soon(self.placements.loop)
+                nursery.start_soon(self.quotas.loop)
                 self.invocations.running = True
                 await nursery.start(self.workloads.run)
+                await nursery.start(self.bus.run)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
                 if self.secrets is not None:
@@ -492,6 +508,8 @@ class Daemon:
                     pass
             if hasattr(self, "store"):
                 self.store.close()
+            if hasattr(self, "bus"):
+                self.bus.close()
             if hasattr(self, "_udp_raw"):
                 self._udp_raw.close()
             if hasattr(self, "dd"):
@@ -907,6 +925,20 @@ class Daemon:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(disc.close)
 
+    async def _open_http(self) -> list[trio.SocketListener]:
+        """The HTTP ingress's listeners when ``--http`` is given (mesh/ingress/server.py)."""
+        if self.cfg.http is None:
+            return []
+        from mesh.ingress.server import Ingress
+
+        host, port = self.cfg.http
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.http_addr = format_hostport(host, listeners[0].socket.getsockname()[1])
+        self.ingress = Ingress(self, self.cfg.http_bounds)
+        self.registry.register(self.ingress.metrics)
+        self.log.info("http_ingress_listening", http=self.http_addr)
+        return listeners
+
     # ------------------------------------------------------------------ control API
 
     def _routes(self) -> dict[tuple[str, str], Any]:
@@ -920,8 +952,10 @@ class Daemon:
             ("GET", "/metrics"): self._api_metrics,
             **IntentApi(self).routes(),
             **self.invocations.routes(),
+            **self.quotas.routes(),
             **self.placements.routes(),
             **WorkloadsApi(self).routes(),
+            **EventsApi(self).routes(),
         }
 
     def member_rows(self) -> list[dict[str, Any]]:
@@ -949,6 +983,7 @@ class Daemon:
             "name": self.cfg.name,
             "addr": self.advertise,
             "api": self.api_addr,
+            "http": self.http_addr or None,
             "incarnation": swim.incarnation,
             "profile": self.cfg.profile,
             "zone": self.cfg.zone,

@@ -38,9 +38,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from crdt.errors import CrdtError, NotFound
 from crdt.schema import ReplicaClaim
+from mesh.ingress.cgi import HttpCall, cgi_env
 from mesh.membership.state import MemberState
 from runtime import Capabilities, Runtime, RuntimeConfig, SignedManifest
 from runtime.errors import HostResourceError, WasmError, WasmTrap
+from runtime.abi import Abi
 from runtime.invocation import InvocationResult, Request
 from runtime.kv import LoopKV
 from mesh.lifecycle import COORD_LABEL, COORD_THRESHOLD_S, Assignment, active_version, assign, coord_moved, digests, encode_coord
@@ -242,12 +244,15 @@ class Workloads:
         """Return after the next evaluation or local replica state change."""
         await self._state.wait()
 
-    async def invoke_local(self, deployment: str, payload: bytes, *, traceparent: str | None = None) -> InvocationResult:
+    async def invoke_local(self, deployment: str, payload: bytes, *, traceparent: str | None = None,
+                           http: HttpCall | None = None) -> InvocationResult:
         """Run one call on this node's replica (on a worker thread); cold-starts an on-demand deployment.
 
         Raises :class:`NotHosted` when no replica runs here and the deployment is not on demand,
         or a ``runtime.errors.WasmError`` from the guest. A trap counts as a crash of the replica
-        (kill and restart with backoff).
+        (kill and restart with backoff). With ``http`` the guest gets the request in HTTP form
+        (docs/ABI.md "HTTP handlers"): CGI env + body on stdin for a WASI command, the HTTP/1.1
+        text for a direct handler; ``payload`` is then unused.
         """
         version = self.sup.serving(deployment)
         if version is None:
@@ -260,7 +265,13 @@ class Workloads:
         self._inflight[deployment] = self._inflight.get(deployment, 0) + 1
         self.sup.touch(deployment, trio.current_time())
         try:
-            res = await self.rt.invoke(key, Request(body=bytes(payload)))
+            if http is None:
+                request = Request(body=bytes(payload))
+            elif self.rt.module(key).abi is Abi.DIRECT:
+                request = Request(body=http.to_text())
+            else:
+                request = Request.build(http.body, env=cgi_env(http))
+            res = await self.rt.invoke(key, request)
             if traceparent:
                 self.log.info("invoke_local", deployment=deployment, version=version, traceparent=traceparent,
                               ms=round(res.duration_s * 1000, 3), status=res.status)

@@ -36,7 +36,11 @@ TIMEOUT = "timeout"
 LIMIT = "limit_exceeded"
 GUEST_ERROR = "guest_error"
 INTERNAL = "internal"
-ERROR_CODES = frozenset({OK, NOT_HOSTED, OVERLOADED, BAD_REQUEST, UNAVAILABLE, TRAP, TIMEOUT, LIMIT, GUEST_ERROR, INTERNAL})
+# What an InvokeRequest's payload is: the guest's raw input, or an HTTP request (HTTP/1.1 text).
+KIND_RAW = 0
+KIND_HTTP = 1
+QUOTA = "quota"  # refused by a tenant quota (mesh/invoke/quota.py): not executed, never retried
+ERROR_CODES = frozenset({OK, NOT_HOSTED, OVERLOADED, BAD_REQUEST, UNAVAILABLE, TRAP, TIMEOUT, LIMIT, GUEST_ERROR, INTERNAL, QUOTA})
 _CODE_MAX = 32
 
 
@@ -58,6 +62,7 @@ class InvokeRequest:
     payload: bytes
     traceparent: str
     deadline_ms: int  # the caller's remaining budget, relative (clocks of two nodes differ)
+    kind: int = KIND_RAW  # KIND_HTTP: payload is the request as HTTP/1.1 text (mesh/ingress/cgi.py)
 
     def __post_init__(self) -> None:
         v_int(self.request_id, 0, MAX_REQUEST_ID)
@@ -66,14 +71,19 @@ class InvokeRequest:
         if parse_traceparent(self.traceparent) is None:
             raise WireError("invalid traceparent")
         v_int(self.deadline_ms, 1, MAX_DEADLINE_MS)
+        if type(self.kind) is not int or self.kind not in (KIND_RAW, KIND_HTTP):
+            raise WireError(f"unknown invoke kind {self.kind!r:.20}")
 
     def to_payload(self) -> list[Any]:
-        return [self.request_id, self.deployment, self.payload, self.traceparent, self.deadline_ms]
+        p = [self.request_id, self.deployment, self.payload, self.traceparent, self.deadline_ms]
+        # A raw call keeps the 5-field form older nodes decode; an HTTP call adds the kind.
+        return p + [self.kind] if self.kind != KIND_RAW else p
 
     @classmethod
     def from_payload(cls, p: list[Any]) -> "InvokeRequest":
-        v_fields(p, 5)
-        return cls(p[0], p[1], p[2], v_str(p[3], 55), p[4])
+        if len(p) != 6:
+            v_fields(p, 5)
+        return cls(p[0], p[1], p[2], v_str(p[3], 55), p[4], *(p[5:6]))
 
 
 @message

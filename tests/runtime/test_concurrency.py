@@ -20,6 +20,7 @@ from runtime import (
     WasmTimeout,
 )
 from tests.runtime.conftest import counter
+from tests.runtime.direct_modules import gated_module
 
 # A bound on "it finished" (no hang, no deadlock), never a performance figure: benchmarks live in bench/.
 GENEROUS_S = 30.0
@@ -56,6 +57,7 @@ class GatedKV(MemoryKVStore):
         super().__init__()
         self.gate = threading.Event()
         self.waiting = 0
+        self.returned = 0
         self._cond = threading.Condition()
 
     def get(self, ns: str, key: str) -> bytes | None:
@@ -63,11 +65,18 @@ class GatedKV(MemoryKVStore):
             self.waiting += 1
             self._cond.notify_all()
         self.gate.wait(GATE_S)  # bounded: a broken cap (a third call let in) fails instead of hanging
+        with self._cond:
+            self.returned += 1
+            self._cond.notify_all()
         return super().get(ns, key)
 
     def wait_for_waiting(self, n: int) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self.waiting >= n, timeout=GENEROUS_S)
+
+    def wait_for_returned(self, n: int) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.returned >= n, timeout=GENEROUS_S)
 
 
 def test_concurrency_cap_rejects_immediately(wasm: dict[str, bytes]) -> None:
@@ -174,3 +183,64 @@ async def test_async_invoke_keeps_event_loop_responsive(wasm: dict[str, bytes]) 
             assert ticks >= 3, f"loop starved while the guest ran on a worker: {ticks} ticks, worst lag {lag:.3f} s"
             assert sorted(r.split(b":")[1] for r in results) == sorted(f"X{i}".encode() for i in range(50))
             assert rt.pools.stats(lm.key).in_use == 0 and lm.inflight == 0 and loop.inflight == 0
+
+
+def _start(fn: Callable[[], object], results: list[object]) -> threading.Thread:
+    def target() -> None:
+        try:
+            results.append(fn())
+        except BaseException as exc:  # handed to the test, which asserts on it
+            results.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_n_concurrent_calls_use_n_instances(n: int) -> None:
+    kv = GatedKV()
+    with Runtime(RuntimeConfig(allow_unsigned=True), kv=kv) as rt:
+        lm = rt.load_unsigned(gated_module(), name="gated", capabilities=Capabilities.build(kv_namespaces=["n"]),
+                              pool=PoolConfig(min_instances=1, max_instances=8))
+        results: list[object] = []
+        threads = [_start(lambda i=i: rt.call(lm.key, b"w%d" % i), results) for i in range(n)]
+        # All n calls are inside their guests at once (parked in kv_get): n instances are in use.
+        assert kv.wait_for_waiting(n), f"only {kv.waiting} of {n} concurrent calls reached the guest"
+        stats = rt.pools.stats(lm.key)
+        assert stats.in_use == n and stats.created == n and stats.idle == 0
+        kv.gate.set()
+        for t in threads:
+            t.join(GENEROUS_S)
+            assert not t.is_alive()
+        assert sorted(results) == sorted(b"w%d" % i for i in range(n))  # type: ignore[type-var]
+        assert rt.pools.stats(lm.key).idle == n and lm.inflight == 0
+
+
+def test_a_slow_call_does_not_block_a_fast_one() -> None:
+    """One call parked in a host function (inside wasm's handle), then one spinning in wasm itself: a call
+    on another instance of the same module completes meanwhile (no lock, and no GIL, held across the call)."""
+    kv = GatedKV()
+    with Runtime(RuntimeConfig(allow_unsigned=True), kv=kv) as rt:
+        lm = rt.load_unsigned(gated_module(), name="gated", capabilities=Capabilities.build(kv_namespaces=["n"]),
+                              limits=Limits(timeout_ms=300_000), pool=PoolConfig(min_instances=1, max_instances=4))
+        slow: list[object] = []
+        slow_thread = _start(lambda: rt.call(lm.key, b"s"), slow)
+        assert kv.wait_for_waiting(1)
+        fast: list[object] = []
+        fast_thread = _start(lambda: rt.call(lm.key, b"fast"), fast)
+        fast_thread.join(GENEROUS_S)
+        assert fast == [b"fast"], "a fast call waited for a slow call parked in a host function"
+        kv.gate.set()  # the slow call now spins in wasm until its 300 s deadline
+        assert kv.wait_for_returned(1)
+        fast2: list[object] = []
+        fast_thread = _start(lambda: rt.call(lm.key, b"fast2"), fast2)
+        fast_thread.join(GENEROUS_S)
+        assert fast2 == [b"fast2"], "a fast call waited for a slow call spinning in wasm"
+        assert slow_thread.is_alive() and slow == []  # only the epoch deadline ends the spin
+        for _ in range(lm.deadline_ticks + 1):
+            lm.engine.engine.increment_epoch()
+        slow_thread.join(GENEROUS_S)
+        assert not slow_thread.is_alive() and len(slow) == 1 and isinstance(slow[0], WasmTimeout)
+        stats = rt.pools.stats(lm.key)
+        assert stats.created == 2 and stats.in_use == 0 and stats.evicted == {"discarded": 1}

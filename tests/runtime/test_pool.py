@@ -118,9 +118,13 @@ def test_real_pools_with_handler_module(clock: FakeClock, wasm: dict[str, bytes]
         rt.tick()
         assert rt.pools.stats(a.key).idle == 2  # min kept
         assert rt.pools.stats(b.key).idle == 0  # idle past 60 s
-        assert counter(rt, "wasmatrix_runtime_pool_evictions_total", reason="idle") == 1
+        assert counter(rt, "wasmatrix_runtime_pool_evictions_total", module=b.key, reason="idle") == 1
+        assert counter(rt, "wasmatrix_runtime_pool_instances", module=b.key, state="idle") == 0
+        # b's two calls: the first found no idle instance (min 0), the second reused it.
+        assert counter(rt, "wasmatrix_runtime_pool_misses_total", module=b.key) == 1
+        assert counter(rt, "wasmatrix_runtime_pool_hits_total", module=b.key) == 1
         rt.unload(a.key)
-        assert counter(rt, "wasmatrix_runtime_pool_evictions_total", reason="unload") == 2
+        assert counter(rt, "wasmatrix_runtime_pool_evictions_total", module=a.key, reason="unload") == 2
 
 
 def test_real_memory_pressure(clock: FakeClock, wasm: dict[str, bytes]) -> None:

@@ -1,0 +1,1 @@
+"""HTTP ingress: every node serves the replicated routes on ``--http HOST:PORT`` (docs/DAEMON.md)."""
