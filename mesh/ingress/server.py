@@ -24,6 +24,7 @@ Bounds (:class:`IngressConfig`, flags ``--http-*`` / TOML ``http_*``), each refu
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -337,13 +338,16 @@ class Ingress:
         sent = await self._send(conn, stream, ans, extra, close=close, head_only=method == "HEAD")
         seconds = time.perf_counter() - t0
         self.metrics.observe(deployment, ans.status, seconds)
-        node = res.get("node") if res else None
-        fields = dict(request_id=request_id, method=method, host=host, path=path, deployment=deployment or None,
-                      node=node, node_name=res.get("node_name") if res else None,
-                      tenant=res.get("tenant") if res else None, mode=res.get("mode") if res else None,
-                      start=_iso(start_wall), end=_iso(time.time()), status=ans.status, ms=round(seconds * 1000, 3),
-                      traceparent=tp, error=error or None)
-        (self.d.log.info if ans.status < 500 else self.d.log.warning)("http_request", **fields)
+        log = self.d.log
+        level = logging.INFO if ans.status < 500 else logging.WARNING
+        if getattr(log, "is_enabled_for", None) is None or log.is_enabled_for(level):  # else: no line to build
+            node = res.get("node") if res else None
+            fields = dict(request_id=request_id, method=method, host=host, path=path, deployment=deployment or None,
+                          node=node, node_name=res.get("node_name") if res else None,
+                          tenant=res.get("tenant") if res else None, mode=res.get("mode") if res else None,
+                          start=_iso(start_wall), end=_iso(time.time()), status=ans.status,
+                          ms=round(seconds * 1000, 3), traceparent=tp, error=error or None)
+            (log.info if level == logging.INFO else log.warning)("http_request", **fields)
         return sent and not close
 
     async def _discard_body(self, conn: h11.Connection, stream: trio.SocketStream, length: bytes | None,
