@@ -226,20 +226,19 @@ class Ingress:
             if not conn.trailing_data[0] and not conn.trailing_data[1]:
                 return None  # idle timeout
         try:
-            with trio.fail_after(self.cfg.head_timeout_s):
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        data = await stream.receive_some(65536)
-                        conn.receive_data(data)
-                        continue
-                    if isinstance(event, h11.Request):
-                        # h11 bounds only an incomplete head; one that arrived whole is measured here.
-                        size = len(event.method) + len(event.target) + 12 + sum(len(n) + len(v) + 4 for n, v in event.headers)
-                        if size > self.cfg.max_head_bytes:
-                            raise _Reject(431, "head_too_large", f"request head larger than {self.cfg.max_head_bytes} bytes")
-                        return event
-                    return None  # ConnectionClosed (or a client that half-closed mid-head)
+            event = conn.next_event()
+            if event is h11.NEED_DATA:  # a head in several pieces: the rest within head_timeout_s
+                with trio.fail_after(self.cfg.head_timeout_s):
+                    while event is h11.NEED_DATA:
+                        conn.receive_data(await stream.receive_some(65536))
+                        event = conn.next_event()
+            if isinstance(event, h11.Request):
+                # h11 bounds only an incomplete head; one that arrived whole is measured here.
+                size = len(event.method) + len(event.target) + 12 + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                if size > self.cfg.max_head_bytes:
+                    raise _Reject(431, "head_too_large", f"request head larger than {self.cfg.max_head_bytes} bytes")
+                return event
+            return None  # ConnectionClosed (or a client that half-closed mid-head)
         except trio.TooSlowError:
             raise _Reject(0, "head_timeout", "request head too slow") from None
         except h11.RemoteProtocolError as exc:
@@ -247,18 +246,23 @@ class Ingress:
                 raise _Reject(431, "head_too_large", f"request head larger than {self.cfg.max_head_bytes} bytes") from None
             raise _Reject(exc.error_status_hint or 400, "bad_request", f"bad request: {exc}") from None
 
-    async def _read_body(self, conn: h11.Connection, stream: trio.SocketStream, limit: int) -> bytes:
-        """The request body; ``_Reject`` 413 once it passes ``limit`` bytes (counted while read)."""
+    async def _read_body(self, conn: h11.Connection, stream: trio.SocketStream, limit: int,
+                         event: Any = None) -> bytes:
+        """The request body (``event``: h11's next event when the caller already took it); ``_Reject``
+        413 once it passes ``limit`` bytes (counted while read)."""
         body = bytearray()
         while True:
-            event = conn.next_event()
+            if event is None:
+                event = conn.next_event()
             if event is h11.NEED_DATA:
                 conn.receive_data(await stream.receive_some(65536))
+                event = None
                 continue
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > limit:
                     raise _Reject(413, "body_too_large", f"body larger than {limit} bytes")
+                event = None
                 continue
             if isinstance(event, h11.EndOfMessage):
                 return bytes(body)
@@ -314,10 +318,14 @@ class Ingress:
                     raise _Reject(413, "body_too_large", f"body larger than {limit} bytes")
                 if conn.they_are_waiting_for_100_continue:
                     await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-                with trio.move_on_at(deadline) as scope:
-                    body = await self._read_body(conn, stream, self.cfg.max_body_bytes)
-                if scope.cancelled_caught:
-                    raise _Reject(408, "body_timeout", "request body too slow")
+                event = conn.next_event()
+                if type(event) is h11.EndOfMessage:  # no body (a GET): no timer needed
+                    body = b""
+                else:
+                    with trio.move_on_at(deadline) as scope:
+                        body = await self._read_body(conn, stream, self.cfg.max_body_bytes, event)
+                    if scope.cancelled_caught:
+                        raise _Reject(408, "body_timeout", "request body too slow")
                 if fmt == "body" and len(body) > MAX_INVOKE_PAYLOAD:
                     raise _Reject(413, "body_too_large", f"body larger than {MAX_INVOKE_PAYLOAD} bytes")
                 call = HttpCall(method, path, query, tuple((n.decode("ascii"), bytes(v)) for n, v in hdrs), body, host) \
