@@ -8,6 +8,7 @@ signed record (:mod:`crdt.logrecord`) in a slot ``(kind, key)``:
 * ``routes``      key ``"<route key>"``         a route, or ``{deleted: true}``
 * ``placement``   key ``"<node id>"``           written only by that node's key
 * ``kv``          key ``"<ns>/<key>"``          ``{v: bytes}`` or ``{v: null}`` (deleted)
+* ``tenant``      key ``"<tenant name>"``        a :class:`~crdt.schema.TenantQuota`, or ``{deleted: true, name}``
 
 The view is a deterministic function of the set of records this node has verified, which no
 remote operation can shrink (see :mod:`crdt.signedlog`): per slot, each signer's own latest
@@ -35,6 +36,7 @@ from crdt.schema import (
     ModuleVersion,
     PlacementEntry,
     RouteSpec,
+    TenantQuota,
     kv_record_key,
     manifest_from_payload,
     range_best,
@@ -54,6 +56,7 @@ MAX_PARKED = 1024
 
 KINDS = ("registry", "deployments", "routes", "placement", "kv", "trust")
 KINDS += ("subscriptions",)  # events: operator-signed subscriptions (crdt.schema.SubscriptionSpec)
+KINDS += ("tenant",)  # quotas: operator-signed tenant limits (crdt.schema.TenantQuota)
 
 
 @dataclass(slots=True, frozen=True)
@@ -399,6 +402,19 @@ class IntentDoc:
     def match(self, host: str, path: str, method: str) -> RouteSpec | None:
         """The route a request goes to, or None (not found)."""
         return self.route_table().match(host, path, method)
+
+    # --- tenants ------------------------------------------------------------------
+
+    def tenant(self, name: str) -> TenantQuota | None:
+        """The tenant's quota record, or None (no record, or removed: the defaults apply)."""
+        rec = self.effective("tenant", name)
+        if rec is None or rec.payload.get("deleted") is True:
+            return None
+        return TenantQuota.from_payload(rec.payload)
+
+    def tenants(self) -> list[TenantQuota]:
+        """Every tenant with a quota record, by name."""
+        return [q for k in self.records.slots("tenant") if (q := self.tenant(k)) is not None]
 
     # --- placement ----------------------------------------------------------------
 

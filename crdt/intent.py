@@ -46,6 +46,7 @@ from crdt.schema import (
     PlacementEntry,
     ReplicaClaim,
     RouteSpec,
+    TenantQuota,
     deployment_payload,
     kv_record_key,
     manifest_from_payload,
@@ -509,6 +510,16 @@ class IntentNode:
         if rec is None or rec.payload.get("deleted") is True:
             raise NotFound(f"no route {key}")
         return self._commit("routes", key, {"deleted": True, "key": key}, signer, now)
+
+    def set_tenant(self, quota: TenantQuota, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Create or replace a tenant's quotas (operator or admin)."""
+        return self._commit("tenant", quota.name, quota.to_payload(), signer, now, wall)
+
+    def delete_tenant(self, name: str, signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
+        """Remove a tenant's quota record (a signed tombstone): the defaults apply again."""
+        if self.doc.tenant(name) is None:
+            raise NotFound(f"no quota record for tenant {name!r} (it has the defaults)")
+        return self._commit("tenant", name, {"deleted": True, "name": name}, signer, now, wall)
 
     def set_subscription(self, spec: "SubscriptionSpec", signer: SigningKey, now: float, *, wall: float | None = None) -> WriteAck | PendingWrite:
         """Create or replace an event subscription (operators; docs/EVENTS.md)."""

@@ -24,6 +24,7 @@ __all__ = ["DOMAIN", "KINDS", "SEP", "canonical", "check_key", "pack", "signing_
 
 KINDS = ("registry", "deployments", "routes", "placement", "kv", "trust")
 KINDS += ("subscriptions",)  # events: operator-signed subscriptions (crdt.schema.SubscriptionSpec)
+KINDS += ("tenant",)  # quotas: operator-signed tenant limits (crdt.schema.TenantQuota)
 SEP = "\x1f"  # separates parts of a slot key; forbidden in keys
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 

@@ -15,9 +15,9 @@ from model.semver import Range, Version, best_match
 
 __all__ = [  # Manifest is the shared model's, re-exported for the registry's readers
     "Constraints", "DeploymentRevision", "DeploymentSpec", "KvLimits", "Manifest", "ModuleVersion", "PlacementEntry",
-    "Preferences", "ReplicaClaim", "RouteSpec", "deployment_payload", "kv_record_key", "manifest_from_payload",
+    "Preferences", "ReplicaClaim", "RouteSpec", "TenantQuota", "deployment_payload", "kv_record_key", "manifest_from_payload",
     "range_best", "registry_key", "revision_from", "route_key", "v_namespace", "validate_deployment_payload",
-    "validate_kv_payload", "validate_placement_payload", "validate_registry_payload", "validate_route_payload",
+    "validate_kv_payload", "validate_placement_payload", "validate_registry_payload", "validate_route_payload", "validate_tenant_payload",
 ]
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
@@ -167,6 +167,14 @@ def validate_registry_payload(key: str, p: Any) -> None:
         raise ValidationError(f"registry key {key!r:.80} does not match {name}@{version}")
 
 
+DEFAULT_TENANT = "default"
+# Seed 003 R14: 100 concurrent executions, 10,000 invocations a minute, one CPU-hour a day.
+DEFAULT_MAX_CONCURRENCY = 100
+DEFAULT_PER_MINUTE = 10_000
+DEFAULT_CPU_SECONDS_PER_DAY = 3600.0
+MAX_QUOTA = 10**9
+
+
 # --- deployments -----------------------------------------------------------------------
 
 
@@ -236,9 +244,11 @@ class DeploymentSpec:
     # module the intersection of its manifest's request, this, and the node's policy.
     capabilities: CapabilityRequest = field(default_factory=CapabilityRequest)
     limits: Limits | None = None  # a ceiling below the manifest's limits; None: the manifest's
+    tenant: str = DEFAULT_TENANT  # whose quotas (kind "tenant" records) the deployment's calls count against
 
     def __post_init__(self) -> None:
         v_name(self.name, "deployment name")
+        v_name(self.tenant, "tenant name")
         v_name(self.module, "module name")
         v_version_or_range(self.version)
         v_int(self.replicas, "replicas", 0, MAX_REPLICAS)
@@ -257,11 +267,15 @@ class DeploymentSpec:
             "preferences": self.preferences.to_payload(),
             "capabilities": self.capabilities.to_payload(),
             "limits": self.limits.to_payload() if self.limits is not None else None,
+            # Only when not the default: a default-tenant spec encodes (and digests) as before tenants.
+            **({"tenant": self.tenant} if self.tenant != DEFAULT_TENANT else {}),
         }
 
     @classmethod
     def from_payload(cls, p: Any) -> "DeploymentSpec":
-        _fields(p, "deployment spec", {"name", "module", "version", "replicas", "constraints", "preferences", "capabilities", "limits"})
+        # ``tenant`` is optional: a payload written before tenants existed belongs to "default".
+        _fields(p, "deployment spec", {"name", "module", "version", "replicas", "constraints", "preferences", "capabilities", "limits"},
+                {"tenant"})
         return cls(
             name=p["name"],
             module=p["module"],
@@ -271,6 +285,7 @@ class DeploymentSpec:
             preferences=Preferences.from_payload(p["preferences"]),
             capabilities=_model(CapabilityRequest.from_payload, p["capabilities"]),
             limits=None if p["limits"] is None else _model(Limits.from_payload, p["limits"]),
+            tenant=p.get("tenant", DEFAULT_TENANT),
         )
 
 
@@ -385,6 +400,52 @@ def validate_route_payload(key: str, p: Any) -> None:
     r = RouteSpec.from_payload(p)
     if r.key != key:
         raise ValidationError(f"route key {key!r:.60} does not match {r.key!r:.60}")
+
+
+# --- tenants ---------------------------------------------------------------------------
+
+
+
+@dataclass(slots=True, frozen=True)
+class TenantQuota:
+    """A tenant's limits (kind ``tenant``, key = name, operator-signed). A tenant without a record has the defaults.
+
+    ``max_concurrency`` and ``per_minute`` hold per node (each node counts the calls it admits);
+    ``cpu_seconds_per_day`` holds mesh-wide (usage is gossiped), per UTC day.
+    """
+
+    name: str
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    per_minute: int = DEFAULT_PER_MINUTE
+    cpu_seconds_per_day: float = DEFAULT_CPU_SECONDS_PER_DAY
+
+    def __post_init__(self) -> None:
+        v_name(self.name, "tenant name")
+        v_int(self.max_concurrency, "max_concurrency", 0, MAX_QUOTA)
+        v_int(self.per_minute, "per_minute", 0, MAX_QUOTA)
+        object.__setattr__(self, "cpu_seconds_per_day", v_num(self.cpu_seconds_per_day, "cpu_seconds_per_day", 0, 1e12))
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"name": self.name, "max_concurrency": self.max_concurrency, "per_minute": self.per_minute,
+                "cpu_seconds_per_day": self.cpu_seconds_per_day}
+
+    @classmethod
+    def from_payload(cls, p: Any) -> "TenantQuota":
+        _fields(p, "tenant quota", {"name", "max_concurrency", "per_minute", "cpu_seconds_per_day"})
+        return cls(p["name"], p["max_concurrency"], p["per_minute"], p["cpu_seconds_per_day"])
+
+
+def validate_tenant_payload(key: str, p: Any) -> None:
+    """A tenant record is a :class:`TenantQuota` or a removal ``{deleted: true, name}`` (back to the defaults)."""
+    if isinstance(p, dict) and p.get("deleted") is True:
+        _fields(p, "tenant tombstone", {"deleted", "name"})
+        if p["name"] != key:
+            raise ValidationError("tenant tombstone name mismatch")
+        v_name(key, "tenant name")
+        return
+    q = TenantQuota.from_payload(p)
+    if q.name != key:
+        raise ValidationError(f"tenant key {key!r:.60} does not match {q.name!r}")
 
 
 # --- placement -------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from crdt.schema import (
     validate_placement_payload,
     validate_registry_payload,
     validate_route_payload,
+    validate_tenant_payload,
 )
 from crdt.trust import TrustConfig
 
@@ -134,6 +135,7 @@ def schema_validator(kv_limits: KvLimits = KvLimits(), tolerance_ms: int = FUTUR
         "registry": validate_registry_payload,
         "deployments": validate_deployment_payload,
         "routes": validate_route_payload,
+        "tenant": validate_tenant_payload,
         "placement": validate_placement_payload,
         "kv": lambda k, p: validate_kv_payload(k, p, kv_limits),
     }

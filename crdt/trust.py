@@ -34,6 +34,7 @@ WRITE_ROLES: dict[str, frozenset[Role]] = {
     "registry": frozenset({Role.PUBLISHER, Role.DEVELOPER, Role.ADMIN}),
     "deployments": frozenset({Role.OPERATOR, Role.ADMIN}),
     "routes": frozenset({Role.OPERATOR, Role.ADMIN}),
+    "tenant": frozenset({Role.OPERATOR, Role.ADMIN}),
     "kv": frozenset({Role.NODE, Role.ADMIN}),
     "placement": frozenset({Role.NODE}),
 }

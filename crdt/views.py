@@ -42,5 +42,6 @@ def deployment_view(doc: IntentDoc, name: str) -> dict[str, Any]:
         "version": spec.version if spec else None,
         "active_version": d.active_version,
         "replicas": spec.replicas if spec else 0,
+        "tenant": spec.tenant if spec else None,
         "revision": d.revision,
     }

@@ -22,7 +22,7 @@ import random
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from mesh.wire import v_float, v_list
 
@@ -70,7 +70,7 @@ class PackedTable:
     dict is ~37 KiB per table). Tables sharing an index must be used from one thread.
     """
 
-    __slots__ = ("width", "slots", "present", "_shared", "_buf", "_free", "_odd", "_count")
+    __slots__ = ("width", "slots", "present", "_shared", "_buf", "_free", "_odd", "_count", "on_change")
 
     def __init__(self, width: int, index: dict[str, int] | None = None) -> None:
         self.width = width
@@ -83,6 +83,10 @@ class PackedTable:
         self._free: list[int] = []
         self._odd: dict[str, bytes] = {}
         self._count = 0
+        # Set by a reader that keeps something derived from the set of keys of ``width``
+        # records: called with the key whenever one is added or removed (overwriting a
+        # record is no change; values of another width are not tracked).
+        self.on_change: Callable[[str], None] | None = None
 
     def _number(self, key: object) -> int | None:
         n = self.slots.get(key)  # type: ignore[call-overload]
@@ -151,6 +155,8 @@ class PackedTable:
         if not present[n]:
             present[n] = 1
             self._count += 1
+            if self.on_change is not None:
+                self.on_change(key)
 
     def snapshot(self) -> bytes | None:
         """A copy of the packed records for many reads in a row (building a push-pull):
@@ -164,6 +170,8 @@ class PackedTable:
         n = self._number(key)
         if n is None:
             return self._odd.pop(key, default) if self._odd else default
+        if self.on_change is not None:
+            self.on_change(key)
         w = self.width
         o = n * w
         self.present[n] = 0
@@ -272,15 +280,23 @@ class VivaldiClient:
 
     def update(self, node: str, other: Coordinate, rtt: float) -> Coordinate:
         """Feed one RTT sample (seconds) towards ``node`` at ``other``; return the new coordinate."""
+        if len(other.vec) != self.config.dimensionality or not other.is_valid():
+            return self.coord
+        return self.update_values(node, other.vec, other.error, other.adjustment, other.height, rtt)
+
+    def update_packed(self, node: str, values: tuple[float, ...], rtt: float) -> Coordinate:
+        """:meth:`update` with the peer's coordinate as its flat values (vec..., error,
+        adjustment, height: a packed coordinate unpacked), already known to have
+        ``dimensionality`` dimensions and finite values (e.g. ``coord_ok``): no
+        ``Coordinate`` is built for it."""
+        return self.update_values(node, values[:-3], values[-3], values[-2], values[-1], rtt)
+
+    def update_values(
+        self, node: str, ovec: tuple[float, ...], oerror: float, oadjustment: float, oheight: float, rtt: float
+    ) -> Coordinate:
+        """:meth:`update` on a peer coordinate of the right dimensionality and finite values."""
         cfg = self.config
-        ovec = other.vec
-        if (
-            rtt < 0
-            or not math.isfinite(rtt)
-            or rtt > 10.0
-            or len(ovec) != cfg.dimensionality
-            or not other.is_valid()
-        ):
+        if rtt < 0 or not math.isfinite(rtt) or rtt > 10.0:
             return self.coord
         # Runs on every acked probe of every node: Serf's arithmetic, term for term (the
         # same floats in the same order as _apply_force), with the common case inlined.
@@ -293,12 +309,11 @@ class VivaldiClient:
             rtt = ZERO_THRESHOLD
         dist_ = math.dist
         mag = dist_(vec, ovec)
-        oheight = other.height
         raw = mag + height + oheight
-        adjusted = raw + c.adjustment + other.adjustment
+        adjusted = raw + c.adjustment + oadjustment
         dist = adjusted if adjusted > 0.0 else raw
         wrongness = abs(dist - rtt) / rtt
-        total_error = c.error + other.error
+        total_error = c.error + oerror
         if total_error < ZERO_THRESHOLD:
             total_error = ZERO_THRESHOLD
         weight = c.error / total_error
@@ -338,11 +353,15 @@ class VivaldiClient:
                 height = height_min
         else:
             vec, height = self._apply_force(vec, height, force, self._origin.vec, oheight, mag)
-        coord = Coordinate(vec, error, adjustment, height)
-        if not coord.is_valid():
-            # Serf resets on NaN/Inf rather than poisoning every peer's estimate.
-            coord = Coordinate.origin(cfg)
-            self.resets += 1
+        # Coordinate.is_valid's test, before building it: a finite sum means all finite.
+        if math.isfinite(sum(vec) + error + adjustment + height):
+            coord = Coordinate(vec, error, adjustment, height)
+        else:
+            coord = Coordinate(vec, error, adjustment, height)
+            if not coord.is_valid():
+                # Serf resets on NaN/Inf rather than poisoning every peer's estimate.
+                coord = Coordinate.origin(cfg)
+                self.resets += 1
         self.coord = coord
         self.updates += 1
         return coord
@@ -358,6 +377,17 @@ class VivaldiClient:
         if kept is None:
             table[node] = st.pack(*([_NAN] * (keep - 1)), rtt)
             return rtt
+        if keep == 2:
+            # Serf's default filter (3 samples), without the lists: what the general case gives.
+            a, b = kept
+            if b == b:
+                table[node] = st.pack(b, rtt)
+                if a != a:  # one sample kept: the larger of two
+                    return b if b > rtt else rtt
+                # median of three
+                if a > b:
+                    a, b = b, a
+                return b if rtt >= b else (a if rtt <= a else rtt)
         # rtt is finite (checked by update), so NaN marks only the slots not filled yet.
         samples = [x for x in kept if x == x]
         samples.append(rtt)

@@ -65,6 +65,7 @@ PLACE_TIMEOUT = 30.0  # a deployment's replicas fetched, compiled and running (a
 FAILOVER_TIMEOUT = 20.0  # after every survivor declared the host dead, its replacement runs
 INVOKES_PER_NODE = 5
 DEPLOYMENT = "web"
+HTTP_PATH = "/hello/*"  # the demo's route: POST /hello/... on any node's ingress runs the deployment
 MODULE = "greeter"
 # Zones ("region/site/unit") and a kind label per node, cycled: two regions so spread can separate.
 ZONES = ("eu/berlin/bus-1", "us/austin/truck-7", "eu/paris/depot-1", "us/austin/truck-9", "eu/berlin/bus-2")
@@ -98,6 +99,7 @@ class DemoNode:
     started: float
     id: str = ""
     addr: str = ""
+    http: str = ""  # the node's HTTP ingress address (every demo node serves --http on a free port)
     api: ApiClient | None = None
     ready_s: float | None = None
     exit_code: int | None = None
@@ -179,7 +181,7 @@ class Demo:
         args = [sys.executable, "-m", "mesh.cli", "node", "run", "--data-dir", str(data_dir),
                 "--bind", "127.0.0.1:0", "--mesh-secret", str(self.root / "mesh.json"),
                 "--name", name, "--profile", self.profile, "--zone", zone,
-                "--label", f"kind={zone.split('/')[-1].split('-')[0]}"]
+                "--label", f"kind={zone.split('/')[-1].split('-')[0]}", "--http", "127.0.0.1:0"]
         if seed:
             args += ["--seed", seed]
         with open(log_path, "wb") as log:
@@ -231,7 +233,7 @@ class Demo:
             st = api.get("/v1/status")
         except (DataDirError, ApiClientError):
             return False  # written a moment ago, or not answering yet
-        node.api, node.id, node.addr = api, st["id"], st["addr"]
+        node.api, node.id, node.addr, node.http = api, st["id"], st["addr"], st.get("http") or ""
         node.ready_s = time.monotonic() - node.started
         return True
 
@@ -380,6 +382,7 @@ class Demo:
         self.summary["workload"]["invokes"] = rows
         for mode in ("local", "forwarded"):
             self.summary["figures"][f"invoke_{mode}_ms"] = _stats([r["latency_ms"] for r in rows if r["mode"] == mode])
+        self._http(everyone)
 
         # 3. SIGKILL the host that is not the seed: detection, then failover to a replacement.
         killed_name = next((h for h in sorted(hosts) if h != seed_name), sorted(hosts)[-1])
@@ -549,6 +552,37 @@ class Demo:
             raise DemoError(f"expected local calls on hosts and forwarded calls elsewhere, got modes {sorted(modes)}")
         return rows
 
+    def _http(self, nodes: list[DemoNode]) -> None:
+        """A replicated route to the deployment, then HTTP requests through every node's ingress."""
+        self.cli("route", "add", "--host", "*", "--path", HTTP_PATH, "--method", "POST", "--deployment", DEPLOYMENT,
+                 "--key", str(self.root / "operator.key"), "--data-dir", str(nodes[0].data_dir))  # type: ignore[operator]
+        self.say(f"route [bold]POST *{HTTP_PATH}[/] → {DEPLOYMENT}: replicated to every node's --http ingress")
+        rows: dict[str, dict[str, Any]] = {}
+
+        def served() -> bool:
+            for n in nodes:
+                if n.name in rows:
+                    continue
+                try:
+                    status, headers, body, ms = _http_post(n.http, HTTP_PATH.replace("*", "demo"), b"http")
+                except OSError:
+                    continue
+                if status == 404:  # the route has not reached this node yet
+                    continue
+                rows[n.name] = {"via": n.name, "http": n.http, "status": status, "ms": round(ms, 3),
+                                "body": body.decode(errors="replace").strip().splitlines()[0][:60] if body.strip() else "",
+                                "traceparent": headers.get("traceparent", ""), "request_id": headers.get("x-request-id", "")}
+                if status != 200:
+                    raise DemoError(f"POST {HTTP_PATH} through {n.name}'s ingress ({n.http}) answered {status}: {body[:200]!r}")
+                self.say(f"  {n.name} ingress {n.http}: {status} in {ms:.2f} ms: {rows[n.name]['body']}")
+            self.status(f"waiting for the route on every ingress: {len(rows)}/{len(nodes)}")
+            return len(rows) == len(nodes)
+
+        self._wait(f"POST {HTTP_PATH} answered 200 through every node's ingress", PLACE_TIMEOUT, served)
+        self.summary["workload"]["http"] = [rows[n.name] for n in nodes]
+        self.summary["figures"]["http_ms"] = _stats([r["ms"] for r in rows.values()])
+        self.say(f"[bold green]served over HTTP[/] through all {len(nodes)} ingresses (run here or forwarded to a replica)")
+
     def _events(self, node: DemoNode) -> list[dict[str, Any]]:
         assert node.api is not None
         return node.api.get("/v1/events")["events"]
@@ -622,6 +656,22 @@ class Demo:
 # ---------------------------------------------------------------------- rendering
 
 
+def _http_post(addr: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes, float]:
+    """POST ``body`` to ``http://ADDR/PATH`` (loopback): status, lower-case headers, body, milliseconds."""
+    import http.client
+
+    host, port = addr.rsplit(":", 1)
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "text/plain"})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, (time.perf_counter() - t0) * 1000
+    finally:
+        conn.close()
+
+
 def _print_summary(console: Any, s: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -644,6 +694,14 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
             t.add_column(col, no_wrap=col != "answer", justify="right" if col == "median latency" else "left")
         for r in w["invokes"]:
             t.add_row(r["from"], r["ran_on"] or "-", r["mode"], f"{r['latency_ms']:.2f} ms", r["output"])
+        console.print(t)
+    if w.get("http"):
+        t = Table(title=f"POST {HTTP_PATH.replace('*', 'demo')} through every node's HTTP ingress", title_justify="left",
+                  header_style="bold")
+        for col in ("via", "ingress", "status", "latency", "answer"):
+            t.add_column(col, no_wrap=col != "answer", justify="right" if col in ("status", "latency") else "left")
+        for r in w["http"]:
+            t.add_row(r["via"], r["http"], str(r["status"]), f"{r['ms']:.2f} ms", r["body"])
         console.print(t)
     if s["detection"]:
         t = Table(title=f"{s['killed']} SIGKILLed: seen by each survivor", title_justify="left", header_style="bold")
@@ -669,6 +727,10 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         st = f.get(f"invoke_{mode}_ms")
         if st:
             lines.append(f"invoke {mode} (measured by the node): median {st['median']:.2f} ms (min {st['min']:.2f}, max {st['max']:.2f})")
+    st = f.get("http_ms")
+    if st:
+        lines.append(f"HTTP through the ingress (client side, one connection each): median {st['median']:.2f} ms "
+                     f"(min {st['min']:.2f}, max {st['max']:.2f})")
     if "failover_ms" in f:
         fo = w["failover"]
         lines.append(f"failover: {fo['to']} ran {fo['from']}'s replica {f['failover_ms']:.1f} ms after the first death declaration")

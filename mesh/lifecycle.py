@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdt.errors import CrdtError, NotFound
+from mesh.invoke.quota import CPU_LABEL
 from mesh.membership.state import MemberState
 from scheduler import (
     ALIVE, DEAD, DRAINING, FAULT_LEVELS, LEFT, SUSPECT, NodeInfo, Placement, PlacementSpec, View, place, placement_digest,
@@ -96,6 +97,8 @@ def build_view(swim: Any, placements: dict[str, Any], module_of: dict[str, str],
         if any(k == COORD_LABEL for k, _ in labels):
             coord = decode_coord(dict(labels)[COORD_LABEL])
             labels = tuple(kv for kv in labels if kv[0] != COORD_LABEL)
+        if any(k == CPU_LABEL for k, _ in labels):  # tenant CPU usage (quotas): not a placement property
+            labels = tuple(kv for kv in labels if kv[0] != CPU_LABEL)
         entry = placements.get(name)
         failed: set[str] = set()
         blobs: set[str] = set()

@@ -248,7 +248,7 @@ _CRDT_DROPS = {
     "sync_requests_throttled": "sync_throttled",
 }
 _CRDT_SPECIAL = frozenset({"records_invalid", "invalid_by_reason"})
-_INTENT_KINDS = ("deployments", "kv", "placement", "registry", "routes")
+_INTENT_KINDS = ("deployments", "kv", "placement", "registry", "routes", "tenant")
 
 # Store fsync latency: sqlite commits on local disks take ~0.1-10 ms, a stalled disk seconds.
 FSYNC_BUCKETS: tuple[float, ...] = (

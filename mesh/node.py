@@ -227,7 +227,14 @@ class NodeCore:
                     self.counters["indirect_pings_refused"] += 1
                     return []
             if self.blobs is None:
-                out = self._swim_guard(self.swim.handle, src, env, now)
+                # self._swim_guard(self.swim.handle, ...), inlined: this runs for every datagram
+                try:
+                    out = self.swim.handle(src, env, now)
+                except BaseException as exc:
+                    if _must_propagate(exc):
+                        raise
+                    self._count_error("membership_errors", exc)
+                    out = []
             else:
                 mark = len(self.swim.events)
                 out = self._swim_guard(self.swim.handle, src, env, now)
@@ -279,7 +286,13 @@ class NodeCore:
             if self.intent is not None:
                 self.intent.wall = wall
         if self.intent is None and self.blobs is None:
-            out = self._swim_guard(self.swim.tick, now)
+            try:  # self._swim_guard(self.swim.tick, now), inlined: this runs for every timer
+                out = self.swim.tick(now)
+            except BaseException as exc:
+                if _must_propagate(exc):
+                    raise
+                self._count_error("membership_errors", exc)
+                out = []
             return self._first_contacts(self._name_nodes(out), now) if out and self.name_outgoing else out
         mark = len(self.swim.events)
         out = self._first_contacts(self._name_nodes(self._swim_guard(self.swim.tick, now)), now)

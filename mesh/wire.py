@@ -164,6 +164,12 @@ def encode(sender: str, msg: WireMessage, piggyback: list[bytes] | tuple[bytes, 
     return pack([PROTOCOL_VERSION, msg.TYPE, sender, msg.to_payload(), list(piggyback)])
 
 
+def encode_payload(sender: str, type_id: int, payload: list[Any]) -> bytes:
+    """``encode(sender, msg)`` from ``msg.TYPE`` and ``msg.to_payload()``, for a hot path
+    that has the fields at hand and need not build the message object first."""
+    return pack([PROTOCOL_VERSION, type_id, sender, payload, []])
+
+
 _BIN8 = [bytes((0xC4, n)) for n in range(256)]
 _FIXARRAY = [bytes((0x90 | n,)) for n in range(16)]
 
@@ -255,13 +261,17 @@ class Unknown:
         return self.type_id
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Envelope:
     """A decoded envelope: who sent it, the message, and its usable piggybacked updates.
 
     ``bad_items`` and ``unknown_items`` count piggybacked items that were skipped
     (undecodable, or of a type this version does not know); ``skipped_items`` those
     beyond :data:`MAX_PIGGYBACK`, dropped without being decoded.
+
+    Not frozen: one is built per datagram received, and a frozen dataclass's
+    ``__init__`` (``object.__setattr__`` per field) costs twice a plain one. Treat it as
+    read-only all the same.
     """
 
     sender: str

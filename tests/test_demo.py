@@ -87,6 +87,12 @@ def test_demo_json_three_nodes_crash_detected_by_every_survivor_leave_shown_and_
     assert calls["n3"]["ok"] and calls["n3"]["mode"] == "forwarded" and calls["n3"]["ran_on"] in ("n1", "n2")
     assert all(r["output"] == "hello from wasm" and r["calls"] == 5 for r in calls.values()), calls
     assert all(re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", r["traceparent"]) for r in calls.values())
+    # A replicated route, then POST /hello/demo through every node's HTTP ingress: 200 and the module's answer.
+    http = {r["via"]: r for r in w["http"]}
+    assert sorted(http) == ["n1", "n2", "n3"]
+    assert all(r["status"] == 200 and r["body"] == "hello from wasm" for r in http.values()), http
+    assert all(re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", r["traceparent"]) and r["request_id"] for r in http.values())
+    assert len({r["http"] for r in http.values()}) == 3
     # n2 (the host that is not the seed) was killed; its replica moved to n3, the only other node.
     assert (w["failover"]["from"], w["failover"]["to"]) == ("n2", "n3") and s["figures"]["failover_ms"] > 0
     after = {r["from"]: (r["ok"], r["mode"]) for r in w["invokes_after_failover"]}

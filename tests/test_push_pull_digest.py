@@ -162,3 +162,39 @@ def test_a_node_that_does_not_know_the_digest_types_counts_them_and_answers_noth
         assert old.receive("a", f.data, 1.0, stream=("a", 1)) == []
     assert old.swim.counters["unknown_messages"] == 2
     assert old.counters["wire_errors"] == 0
+
+
+def test_digest_follows_changes_made_after_it_was_computed() -> None:
+    """The digest is kept between exchanges: a member or coordinate change after one must show in the next."""
+    import zlib
+
+    from mesh.membership.messages import COORD_BUCKETS, DIGEST_BUCKETS, Alive
+
+    a, _ = _pair()
+    d0, c0 = a.state_digest()
+    assert a.state_digest() == (d0, c0)  # nothing changed: the same digests
+    # A coordinate gained: its bucket's coordinate digest flips by crc32(name) (the documented rule).
+    name = "m0003"
+    h = zlib.crc32(name.encode())
+    raw = a.coords.pop(name)
+    d1, c1 = a.state_digest()
+    assert d1 == d0 and c1[h % COORD_BUCKETS] == c0[h % COORD_BUCKETS] ^ h
+    assert [x for i, x in enumerate(c1) if i != h % COORD_BUCKETS] == [x for i, x in enumerate(c0) if i != h % COORD_BUCKETS]
+    a.coords[name] = raw
+    assert a.state_digest() == (d0, c0)
+    # A member's new incarnation (an Alive through the protocol): only its state bucket changes,
+    # to the XOR of hash((crc, incarnation, state)) over the bucket's members.
+    a._apply_alive(Alive(1, name, name, NodeMeta()), 2.0)
+    d2, c2 = a.state_digest()
+    b = h % DIGEST_BUCKETS
+    assert c2 == c0 and d2[b] != d0[b]
+    assert [x for i, x in enumerate(d2) if i != b] == [x for i, x in enumerate(d0) if i != b]
+    expect = 0
+    for n, m in a.members.items():
+        hn = zlib.crc32(n.encode())
+        if hn % DIGEST_BUCKETS == b:
+            expect ^= hash((hn, m.incarnation, int(m.state)))
+    assert d2[b] == expect & (2**64 - 1)
+    # A record changed by hand through the table (get/[]) counts too.
+    a.members["m0004"].incarnation = 7
+    assert a.state_digest()[0] != d2

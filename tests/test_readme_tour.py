@@ -32,6 +32,7 @@ EXPECT = {
     "wasmatrix run runtime/examples/loop.wasm --timeout-ms 100; echo $?": r"(?m)^124$",
     "wasmatrix module list": r"hello\s+1\.1\.0\s+2\s+0",
     "wasmatrix rollback web": r"from_version\s+1\.1\.0\n.*active_version\s+1\.0\.0",
+    "wasmatrix tenant list": r"acme\s+record\s+-\s+-\s+-",  # offline: limits only
 }
 
 

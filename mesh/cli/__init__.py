@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "mesh.cli.eventscmd",
     "mesh.cli.subscriptioncmd",
     "mesh.cli.routecmd",
+    "mesh.cli.tenantcmd",
 )
 # Packages layered above ``mesh`` (the simulator drives mesh's node core, so mesh
 # must not import it) contribute their subcommands through this entry-point

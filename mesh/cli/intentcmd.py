@@ -332,6 +332,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         Preferences(near, args.near_label, args.near_node, args.spread),
         CapabilityRequest.from_strings(args.capability or ()),
         Limits.from_strings(args.limit) if args.limit else None,
+        tenant=args.tenant,
     )
     from urllib.parse import quote
 
@@ -345,7 +346,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         node = _open(args)
         signer = node.set_deployment(spec, key, time.time()).signer
         view = deployment_view(node.doc, args.name)
-    _out(args, {**view, "module": spec.module, "version": spec.version, "replicas": spec.replicas, "signer": signer})
+    _out(args, {**view, "module": spec.module, "version": spec.version, "replicas": spec.replicas, "tenant": spec.tenant,
+                "signer": signer})
     return EXIT_OK
 
 
@@ -440,6 +442,8 @@ def register(subparsers: Any) -> None:
                         "clocks and random are granted unless no-clocks / no-random is given)")
     d.add_argument("--limit", action="append", metavar="NAME=N",
                    help="resource ceiling below the manifest's limits (repeatable; as for module publish)")
+    d.add_argument("--tenant", default="default",
+                   help="tenant whose quotas the deployment's calls count against (default: default; see `wasmatrix tenant`)")
     common(d)
     d.set_defaults(handler=cmd_deploy)
 

@@ -37,6 +37,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
         "profile": args.profile, "api": args.api, "log_level": args.log_level,
         "max_members": args.max_members, "max_new_members_per_push_pull": args.max_new_members_per_push_pull,
         "max_new_members_per_peer": args.max_new_members_per_peer,
+        "mqtt": args.mqtt, "mqtt_in": args.mqtt_in, "mqtt_out": args.mqtt_out, "mqtt_client_id": args.mqtt_client_id,
         "http": args.http, **{k: getattr(args, k) for k in HTTP_KEYS},
     }
     try:
@@ -242,6 +243,12 @@ def register(subparsers: Any) -> None:
                    help="most unknown members one push-pull frame may add (default 10000)")
     r.add_argument("--max-new-members-per-peer", metavar="N",
                    help="unknown members one peer may introduce at once and per push-pull interval (default 20000)")
+    r.add_argument("--mqtt", metavar="HOST:PORT", help="bridge events with this MQTT broker (docs/EVENTS.md)")
+    r.add_argument("--mqtt-in", metavar="FILTER", action="append",
+                   help="broker topic filter published into the mesh as events (repeatable)")
+    r.add_argument("--mqtt-out", metavar="PATTERN", action="append",
+                   help="mesh topic pattern whose events are published to the broker (repeatable)")
+    r.add_argument("--mqtt-client-id", metavar="ID", help="MQTT client id (default wasmatrix-<node id prefix>)")
     r.add_argument("--http", metavar="HOST:PORT", help="serve the HTTP ingress (the replicated routes) here; off unless given")
     for flag, default, unit in (("max-head-bytes", "16384: 431 above", "N"), ("max-body-bytes", "1048576: 413 above", "N"),
                                 ("max-connections", "512: 503 above", "N"),

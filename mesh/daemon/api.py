@@ -126,7 +126,9 @@ class ApiServer:
                 # per trio task, and each connection is one task); the client gets it back.
                 request_id = secrets.token_hex(8)
                 structlog.contextvars.bind_contextvars(request_id=request_id)
-                status, ctype, body = await self._dispatch(req, conn)
+                # A handler answers (status, content type, body) or that plus extra headers.
+                status, ctype, body, *more = await self._dispatch(req, conn)
+                extra = list(more[0]) if more else []
                 # A handler's own error answer (e.g. 504 from join) is "failed", not a server error.
                 self.counters["api_ok" if status < 400 else "api_failed"] += 1
             except trio.TooSlowError:
@@ -203,7 +205,7 @@ class ApiServer:
                 auth = dict(head.headers).get(b"authorization", b"")
                 return Request(head.method.decode("ascii", "replace"), path, query, bytes(body), auth)
 
-    async def _dispatch(self, req: Request, conn: h11.Connection) -> tuple[int, str, bytes]:
+    async def _dispatch(self, req: Request, conn: h11.Connection) -> Any:
         if req.path.startswith("/v1/"):
             expected = f"Bearer {self.token}".encode()
             if not hmac.compare_digest(req.auth, expected):

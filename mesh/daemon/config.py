@@ -21,6 +21,14 @@ command exits 2 with one line. The TOML file uses the flag names with ``_`` for 
     max_members = 100000                   # membership flood bounds (mesh/membership/config.py)
     max_new_members_per_push_pull = 10000
     max_new_members_per_peer = 20000
+
+    [mqtt]                                 # the MQTT bridge (docs/EVENTS.md "MQTT bridge"); off without it
+    broker = "127.0.0.1:1883"
+    in = ["sensors/#"]                     # broker topic filters published into the mesh
+    out = ["out/#"]                        # mesh topic patterns published to the broker
+    client_id = "truck-7-bridge"           # fixed: the broker keeps this client's QoS-1 session
+    qos = 1
+    keepalive = 60
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from mesh.ingress.server import IngressConfig
 from mesh.membership.config import PROFILES, MembershipConfig
 from mesh.membership.config import profile as profile_config
 from mesh.membership.meta import MAX_LABELS, MAX_NAME, NodeMeta
+from model.errors import SpecError
+from model.topics import validate_pattern
 
 MAX_CONFIG_BYTES = 256 << 10
 MAX_SEEDS = 64
@@ -52,6 +62,22 @@ MAX_MEMBER_BOUND = 10_000_000
 
 class DaemonConfigError(MeshError):
     """A flag or config-file value is wrong (exit 2)."""
+
+
+@dataclass(slots=True, frozen=True)
+class MqttConfig:
+    """``--mqtt HOST:PORT`` / ``[mqtt]``: the MQTT bridge settings (mesh/mqtt/bridge.py)."""
+
+    broker: tuple[str, int]
+    inputs: tuple[str, ...] = ()  # MQTT topic filters subscribed on the broker, published into the mesh
+    outputs: tuple[str, ...] = ()  # mesh topic patterns whose events are published to the broker
+    client_id: str | None = None  # None: wasmatrix-<node id prefix>
+    qos: int = 1
+    keepalive: int = 60
+
+
+MQTT_KEYS = ("broker", "in", "out", "client_id", "qos", "keepalive")
+MAX_MQTT_FILTERS = 64
 
 
 def parse_hostport(text: Any, what: str, *, allow_port_zero: bool = False, need_ip: bool = False) -> tuple[str, int]:
@@ -109,6 +135,7 @@ class DaemonConfig:
     api: tuple[str, int] = ("127.0.0.1", 0)
     log_level: str = "info"
     membership: tuple[tuple[str, int], ...] = ()  # overrides of the profile's MEMBERSHIP_KEYS, sorted
+    mqtt: MqttConfig | None = None  # the MQTT bridge, off unless --mqtt / [mqtt] broker is given
     http: tuple[str, int] | None = None  # HTTP ingress address (mesh/ingress), off when None
     http_bounds: IngressConfig = field(default_factory=IngressConfig)
 
@@ -205,6 +232,59 @@ def _membership(merged: dict[str, Any], profile: str, what: Any) -> tuple[tuple[
     return tuple(sorted(out.items()))
 
 
+def _topic_filter(text: Any, what: str) -> str:
+    """An MQTT topic filter / mesh topic pattern (model/topics.py: the MQTT grammar)."""
+    try:
+        return validate_pattern(text)
+    except SpecError as exc:
+        raise DaemonConfigError(f"{what}: {exc}") from None
+
+
+def _mqtt(base: dict[str, Any], flags: dict[str, Any]) -> MqttConfig | None:
+    """The bridge settings: ``[mqtt]`` in the TOML file, overridden by the --mqtt* flags."""
+    table = base.get("mqtt", {})
+    if not isinstance(table, dict):
+        raise DaemonConfigError(f"mqtt (in {flags.get('config')}): expected a [mqtt] table")
+    table = {str(k).replace("-", "_"): v for k, v in table.items()}
+    unknown = sorted(set(table) - set(MQTT_KEYS))
+    if unknown:
+        raise DaemonConfigError(f"[mqtt] (in {flags.get('config')}): unknown key(s) {', '.join(unknown)}")
+    given = {"broker": "mqtt", "in": "mqtt_in", "out": "mqtt_out", "client_id": "mqtt_client_id"}
+    s = dict(table)
+    names = {k: f"mqtt.{k} (in {flags.get('config')})" for k in MQTT_KEYS}
+    for key, flag in given.items():
+        if flags.get(flag) not in (None, [], ()):
+            s[key] = flags[flag]
+            names[key] = "--" + flag.replace("_", "-")
+    if s.get("broker") is None:
+        extra = [names[k] for k in MQTT_KEYS if k in s]
+        if extra:
+            raise DaemonConfigError(f"{extra[0]} needs the broker: --mqtt HOST:PORT (or broker in [mqtt])")
+        return None
+    broker = parse_hostport(s["broker"], names["broker"])
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in ("in", "out"):
+        items = s.get(key) or []
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, (list, tuple)) or len(items) > MAX_MQTT_FILTERS:
+            raise DaemonConfigError(f"{names[key]}: a list of at most {MAX_MQTT_FILTERS} topic filters")
+        lists[key] = tuple(dict.fromkeys(_topic_filter(f, names[key]) for f in items))
+    if not lists["in"] and not lists["out"]:
+        raise DaemonConfigError(f"{names['broker']}: bridges nothing; add --mqtt-in FILTER and/or --mqtt-out PATTERN")
+    client_id = s.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or not 1 <= len(client_id) <= 64
+                                  or not all(c.isascii() and c.isprintable() and c != " " for c in client_id)):
+        raise DaemonConfigError(f"{names['client_id']} {client_id!r:.70}: 1-64 printable ASCII characters, no spaces")
+    qos = s.get("qos", 1)
+    if qos not in (0, 1) or isinstance(qos, bool):
+        raise DaemonConfigError(f"{names['qos']} {qos!r:.20}: 0 or 1 (1: at least once, the default)")
+    keepalive = s.get("keepalive", 60)
+    if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 5 <= keepalive <= 3600:
+        raise DaemonConfigError(f"{names['keepalive']} {keepalive!r:.20}: seconds, an integer in 5..3600")
+    return MqttConfig(broker, lists["in"], lists["out"], client_id, qos, keepalive)
+
+
 # HTTP ingress bounds: TOML key / flag (--http-max-head-bytes ...) -> (IngressConfig field, type, min, max).
 HTTP_KEYS = {
     "http_max_head_bytes": ("max_head_bytes", int, 1024, 1 << 20),
@@ -238,8 +318,9 @@ def _http_bounds(merged: dict[str, Any], what: Any) -> IngressConfig:
 
 _KEYS = {
     "data_dir", "bind", "advertise", "seed", "mesh_secret", "insecure", "mdns", "name", "zone", "label",
-    "geo", "arch", "profile", "api", "log_level", *MEMBERSHIP_KEYS, "http", *HTTP_KEYS,
+    "geo", "arch", "profile", "api", "log_level", "mqtt", *MEMBERSHIP_KEYS, "http", *HTTP_KEYS,
 }
+_MQTT_FLAGS = ("mqtt_in", "mqtt_out", "mqtt_client_id")
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -273,7 +354,7 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
     base: dict[str, Any] = read_toml(flags["config"]) if flags.get("config") else {}
     merged = dict(base)
     for k, v in flags.items():
-        if k == "config" or v is None or (isinstance(v, (list, tuple)) and not v) or v is False:
+        if k in ("config", "mqtt", *_MQTT_FLAGS) or v is None or (isinstance(v, (list, tuple)) and not v) or v is False:
             continue
         merged[k] = v
     def what(key: str) -> str:
@@ -329,6 +410,7 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
     if level not in ("debug", "info", "warning", "error"):
         raise DaemonConfigError(f"{what('log_level')} {level!r:.20}: debug, info, warning or error")
     membership = _membership(merged, profile, what)
+    mqtt = _mqtt(base, flags)
     http = parse_hostport(merged["http"], what("http"), allow_port_zero=True, need_ip=True) if merged.get("http") else None
     http_bounds = _http_bounds(merged, what)
     cfg = DaemonConfig(
@@ -348,6 +430,7 @@ def load_config(flags: dict[str, Any]) -> DaemonConfig:
         api=api,
         log_level=level,
         membership=membership,
+        mqtt=mqtt,
         http=http,
         http_bounds=http_bounds,
     )

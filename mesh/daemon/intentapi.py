@@ -15,6 +15,8 @@ Private keys never leave the CLI. A write is two calls:
 Module bytes go first with ``POST /v1/blobs?sha256=HEX`` (raw body, checked against the hash).
 Reads: ``GET /v1/modules``, ``GET /v1/module?name=N``, ``GET /v1/deployment?name=N``,
 ``GET /v1/routes`` (the HTTP routes in match order). Route writes are the ops ``route`` and ``route_rm``.
+Tenant quotas are written the same way (ops ``tenant``, ``tenant_rm``); ``GET /v1/tenants``
+(mesh/daemon/quotas.py) lists them with this node's view of their usage.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from crdt.intent import PendingWrite
 from crdt.logrecord import LogRecord
 from crdt.records import KINDS
 from crdt.signedlog import LogError, StoreRecovering
-from crdt.schema import DeploymentSpec, RouteSpec, manifest_from_payload
+from crdt.schema import DeploymentSpec, RouteSpec, TenantQuota, manifest_from_payload
 from crdt.views import deployment_view, module_view, modules_view
 from mesh.daemon.api import ApiError, Request, json_answer
 from model import SpecError
@@ -153,8 +155,15 @@ class IntentApi:
             elif op == "route_rm":
                 host, path, method = _text(args.get("host"), "host"), _text(args.get("path"), "path"), _text(args.get("method"), "method")
                 write = lambda k: node.delete_route(host, path, method, k, now)  # noqa: E731
+            elif op == "tenant":
+                quota = TenantQuota.from_payload(args.get("quota"))
+                write = lambda k: node.set_tenant(quota, k, now, wall=wall)  # noqa: E731
+            elif op == "tenant_rm":
+                tname = _text(args.get("name"), "name")
+                write = lambda k: node.delete_tenant(tname, k, now, wall=wall)  # noqa: E731
             else:
-                raise ApiError(400, "op must be publish, deploy, rollback, remove, subscribe, unsubscribe, route or route_rm")
+                raise ApiError(400, "op must be publish, deploy, rollback, remove, subscribe, unsubscribe, route, route_rm, "
+                                    "tenant or tenant_rm")
             prepared = node.prepare(signer, write)
         except (CrdtError, SpecError) as exc:
             raise ApiError(crdt_status(exc), str(exc)) from None

@@ -45,8 +45,9 @@ from mesh.invoke.invoker import (
 )
 from mesh.invoke.messages import (
     BAD_REQUEST, GUEST_ERROR, INTERNAL, LIMIT, MAX_DEADLINE_MS, MAX_INVOKE_PAYLOAD, NOT_HOSTED, OK, OVERLOADED,
-    KIND_HTTP, KIND_RAW, TIMEOUT, TRAP, UNAVAILABLE, InvokeReply, InvokeRequest,
+    KIND_HTTP, KIND_RAW, QUOTA, TIMEOUT, TRAP, UNAVAILABLE, InvokeReply, InvokeRequest,
 )
+from mesh.daemon.quotas import quota_guard
 from mesh.ingress.cgi import CgiError, HttpCall
 from mesh.invoke.trace import child_traceparent, new_traceparent, parse_traceparent
 from mesh.membership.state import MemberState
@@ -62,7 +63,7 @@ MAX_PENDING = 1024  # forwarded calls awaiting replies
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ERROR_REASONS = (
     BAD_REQUEST, BREAKER_OPEN, CONNECT_FAILED, GUEST_ERROR, INTERNAL, LIMIT, NO_ANSWER, NO_REPLICA, NOT_HOSTED,
-    OVERLOADED, STREAM_CLOSED, TIMEOUT, TRAP, UNAVAILABLE,
+    OVERLOADED, QUOTA, STREAM_CLOSED, TIMEOUT, TRAP, UNAVAILABLE,
 )
 # runtime error codes (runtime/errors.py WasmError.code) -> (reply code, executed)
 _RUNTIME_CODES = {
@@ -75,7 +76,7 @@ _RUNTIME_CODES = {
     "module_not_loaded": (NOT_HOSTED, False),
 }
 # HTTP status of a failed call, by final reason (the API answers the rest 200 with ok: true).
-_HTTP = {BAD_REQUEST: 400, NO_ANSWER: 504, TIMEOUT: 504}
+_HTTP = {BAD_REQUEST: 400, NO_ANSWER: 504, TIMEOUT: 504, QUOTA: 429}
 
 
 @dataclass(slots=True)
@@ -87,9 +88,11 @@ class Attempt:
     output: bytes = b""
     message: str = ""
     seconds: float = 0.0
+    cpu_s: float = 0.0  # guest run time on this node (a local attempt): what the tenant's CPU budget is charged
 
     def row(self) -> dict[str, Any]:
-        return {"node": self.node, "code": self.code, "executed": self.executed, "ms": round(self.seconds * 1000, 3)}
+        return {"node": self.node, "code": self.code, "executed": self.executed, "ms": round(self.seconds * 1000, 3),
+                "cpu_ms": round(self.cpu_s * 1000, 3)}
 
 
 @dataclass(slots=True)
@@ -196,6 +199,7 @@ class InvokeService:
             self.d.log.warning("workloads_hosts_failed", deployment=deployment, error=f"{type(exc).__name__}: {exc}")
             return False
 
+    @quota_guard  # tenant quotas (mesh/daemon/quotas.py): admit before planning, release after
     async def invoke(self, deployment: str, payload: bytes, traceparent: str | None = None,
                      timeout: float | None = None, *, http: HttpCall | None = None,
                      caller: str = "api") -> dict[str, Any]:
@@ -282,6 +286,7 @@ class InvokeService:
 
     async def _local(self, deployment: str, payload: bytes, tp: str, budget: float,
                      http: HttpCall | None = None, *, quiet: bool = False) -> Attempt:
+        c0 = time.perf_counter()
         try:
             with trio.move_on_after(budget) as scope:
                 res = await self.d.workloads.invoke_local(deployment, payload, traceparent=tp, http=http, quiet=quiet)
@@ -289,13 +294,15 @@ class InvokeService:
             return Attempt(self.d.node_id, NOT_HOSTED, False, message=str(exc)[:512])
         except Exception as exc:
             code, executed = _RUNTIME_CODES.get(getattr(exc, "code", ""), (INTERNAL, True))
-            return Attempt(self.d.node_id, code, executed, message=f"{type(exc).__name__}: {exc}"[:512])
+            return Attempt(self.d.node_id, code, executed, message=f"{type(exc).__name__}: {exc}"[:512],
+                           cpu_s=time.perf_counter() - c0 if executed else 0.0)
         if scope.cancelled_caught:
-            return Attempt(self.d.node_id, TIMEOUT, True, message=f"no result within {budget:.3f} s")
+            return Attempt(self.d.node_id, TIMEOUT, True, message=f"no result within {budget:.3f} s",
+                           cpu_s=time.perf_counter() - c0)
         status = int(res.status)
         if not -(2**31) <= status < 2**31:
             return Attempt(self.d.node_id, INTERNAL, True, message=f"exit status {status} out of range")
-        return Attempt(self.d.node_id, OK, True, status=status, output=bytes(res.body))
+        return Attempt(self.d.node_id, OK, True, status=status, output=bytes(res.body), cpu_s=res.duration_s)
 
     async def _forward(self, node: str, deployment: str, payload: bytes, tp: str, budget: float, log: Any,
                        kind: int = KIND_RAW) -> Attempt:
@@ -384,6 +391,7 @@ class InvokeService:
             att = Attempt(self.d.node_id, NOT_HOSTED, False, message=f"{self.d.node_id} runs no replica of {req.deployment}")
         else:
             att = await self._local(req.deployment, req.payload, req.traceparent, req.deadline_ms / 1000, http)
+        self.d.quotas.charge(req.deployment, att.cpu_s)  # the caller charges nothing for a forwarded call
         if len(att.output) > MAX_INVOKE_PAYLOAD:
             att = Attempt(att.node, LIMIT, True, message=f"output of {len(att.output)} bytes exceeds {MAX_INVOKE_PAYLOAD}")
         us = int((time.perf_counter() - t0) * 1e6)
@@ -398,7 +406,7 @@ class InvokeService:
 
     # ------------------------------------------------------------------ API
 
-    async def api_invoke(self, req: Request) -> tuple[int, str, bytes]:
+    async def api_invoke(self, req: Request) -> Any:
         body = req.json()
         dep = body.get("deployment")
         if not is_valid_name(dep):
@@ -424,4 +432,7 @@ class InvokeService:
         if res["ok"]:
             return json_answer(res)
         res["error"] = res["message"] or res["code"]
-        return json_answer(res, _HTTP.get(res["code"], 502))
+        status, ctype, out = json_answer(res, _HTTP.get(res["code"], 502))
+        if res["code"] == QUOTA:  # RFC 9110 Retry-After: whole seconds, rounded up
+            return status, ctype, out, [("retry-after", str(max(1, math.ceil(res.get("retry_after_s") or 1))))]
+        return status, ctype, out

@@ -43,6 +43,7 @@ from mesh.audit import AuditLog
 from mesh.daemon.api import ApiError, ApiServer, Request, json_answer
 from mesh.daemon.intentapi import IntentApi
 from mesh.daemon.invocation import InvokeService
+from mesh.daemon.quotas import QuotaService
 from mesh.daemon.placements import PlacementService
 from mesh.daemon.workloads import Workloads, WorkloadsApi
 from mesh.events.api import EventsApi
@@ -336,10 +337,12 @@ class Daemon:
             driver_counters=self.counters, audit_counters=self.audit.counters,
         )
         self.core.invoke_inbox = []
+        self.quotas = QuotaService(self)
         self.invocations = InvokeService(self)
         self.invoke = self.invocations  # the serving contract's name: daemon.invoke.invoke(...)
         self.placements = PlacementService(self)
         self.registry.register(self.invocations.metrics)
+        self.registry.register(self.quotas.metrics)
 
     def _on_visible(self, rec: Any, now: float) -> None:
         # When each record became visible here, on the host's monotonic clock (CLOCK_MONOTONIC,
@@ -438,9 +441,12 @@ class Daemon:
                 if http_listeners:
                     nursery.start_soon(self.ingress.serve, http_listeners)
                 nursery.start_soon(self.placements.loop)
+                nursery.start_soon(self.quotas.loop)
                 self.invocations.running = True
                 await nursery.start(self.workloads.run)
                 await nursery.start(self.bus.run)
+                if cfg.mqtt is not None:
+                    await nursery.start(self._mqtt_bridge)
                 if cfg.mdns:
                     nursery.start_soon(self._mdns)
                 if self.secrets is not None:
@@ -455,6 +461,17 @@ class Daemon:
             return 1
         self.log.info("node_stopped", reason="left" if self._leaving else "shutdown")
         return 0
+
+    async def _mqtt_bridge(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The MQTT bridge between ``cfg.mqtt.broker`` and ``self.bus`` (mesh/mqtt, docs/EVENTS.md)."""
+        from mesh.mqtt import MqttBridge
+
+        assert self.cfg.mqtt is not None
+        bridge = MqttBridge(self.cfg.mqtt, self.bus, self.cfg.mqtt.client_id or f"wasmatrix-{self.node_id[:16]}",
+                            log=self.log)
+        self.mqtt = bridge
+        self.registry.register(bridge.metrics)
+        await bridge.run(task_status=task_status)
 
     async def _bind(self) -> tuple[trio.socket.SocketType, list[trio.SocketListener], str]:
         cfg = self.cfg
@@ -948,6 +965,7 @@ class Daemon:
             ("GET", "/metrics"): self._api_metrics,
             **IntentApi(self).routes(),
             **self.invocations.routes(),
+            **self.quotas.routes(),
             **self.placements.routes(),
             **WorkloadsApi(self).routes(),
             **EventsApi(self).routes(),

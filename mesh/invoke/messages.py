@@ -39,7 +39,8 @@ INTERNAL = "internal"
 # What an InvokeRequest's payload is: the guest's raw input, or an HTTP request (HTTP/1.1 text).
 KIND_RAW = 0
 KIND_HTTP = 1
-ERROR_CODES = frozenset({OK, NOT_HOSTED, OVERLOADED, BAD_REQUEST, UNAVAILABLE, TRAP, TIMEOUT, LIMIT, GUEST_ERROR, INTERNAL})
+QUOTA = "quota"  # refused by a tenant quota (mesh/invoke/quota.py): not executed, never retried
+ERROR_CODES = frozenset({OK, NOT_HOSTED, OVERLOADED, BAD_REQUEST, UNAVAILABLE, TRAP, TIMEOUT, LIMIT, GUEST_ERROR, INTERNAL, QUOTA})
 _CODE_MAX = 32
 
 

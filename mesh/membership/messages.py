@@ -295,12 +295,19 @@ def decode_meta(raw: bytes, node: str = "") -> NodeMeta:
 
 def coord_ok(raw: bytes, dims: int) -> bool:
     """True when ``raw`` is a packed coordinate of ``dims`` dimensions with finite, bounded values."""
+    return coord_values(raw, dims) is not None
+
+
+def coord_values(raw: bytes, dims: int) -> tuple[float, ...] | None:
+    """The values of ``raw`` (vec..., error, adjustment, height) if :func:`coord_ok` accepts it, else None."""
     n = len(raw) // 4
     if n != dims + 3 or n * 4 != len(raw):
-        return False
+        return None
     vals = _F32[n].unpack(raw)
     # A sum of finite floats is finite (float32 values cannot overflow a float64 sum).
-    return math.isfinite(sum(vals)) and -1e6 <= min(vals) and max(vals) <= 1e6
+    if math.isfinite(sum(vals)) and -1e6 <= min(vals) and max(vals) <= 1e6:
+        return vals
+    return None
 
 
 def coord_of_packed(raw: bytes) -> Coordinate:

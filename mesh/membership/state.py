@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from array import array
 import struct
 import zlib
 from dataclasses import dataclass, fields
@@ -89,7 +90,7 @@ from mesh.membership.messages import (
     PushPullState,
     Suspect,
     coord_ok,
-    coord_of_packed,
+    coord_values,
     decode_coord,
     meta_wire,
 )
@@ -103,6 +104,7 @@ from mesh.wire import (
     Unknown,
     encode,
     encode_broadcast,
+    encode_payload,
     envelope_overhead,
     with_piggyback,
     is_valid_addr,
@@ -117,6 +119,11 @@ class MemberState(IntEnum):
     SUSPECT = 1
     DEAD = 2
     LEFT = 3
+
+
+# The states as module constants: ``MemberState.ALIVE`` is a class attribute lookup through
+# the enum's metaclass (~10x a global's cost), and these comparisons run per probe and message.
+_ALIVE, _SUSPECT, _DEAD, _LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
 
 
 @dataclass(slots=True)
@@ -171,22 +178,66 @@ class MemberTable(dict[str, Member]):
     records; bootstrapped alike, they share one record per member until a node
     touches it (``get``/``[]``), which swaps in the node's own copy. Bulk reads
     (iteration, ``peek``) do not copy.
+
+    Every record is changed after a ``get``/``[]`` (``peek`` and iteration hand out
+    records to read), so those and every change of the table itself set ``touched``:
+    while it stays False, no member was added, removed or changed, and a digest of
+    the table computed before is still right (see ``SwimCore.state_digest``).
     """
 
-    __slots__ = ()
+    __slots__ = ("touched",)
     peek = dict.get  # read-only lookup that never copies
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.touched = True
+
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.touched = True
         m = dict.get(self, key, default)
         if type(m) is _SharedMember:
             m = self._own(key, m)
         return m
 
     def __getitem__(self, key: str) -> Member:
+        self.touched = True
         m = dict.__getitem__(self, key)
         if type(m) is _SharedMember:
             m = self._own(key, m)
         return m
+
+    def __setitem__(self, key: str, value: Member) -> None:
+        self.touched = True
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.touched = True
+        dict.__delitem__(self, key)
+
+    def pop(self, *args: Any) -> Any:  # type: ignore[override]
+        self.touched = True
+        return dict.pop(self, *args)
+
+    def popitem(self) -> Any:
+        self.touched = True
+        return dict.popitem(self)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.touched = True
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
+        self.touched = True
+        dict.update(self, *args, **kw)
+
+    def clear(self) -> None:
+        self.touched = True
+        dict.clear(self)
+
+    def __ior__(self, other: Any) -> "MemberTable":  # type: ignore[override]
+        self.touched = True
+        dict.update(self, other)
+        return self
 
     def _own(self, key: str, m: Member) -> Member:
         c = Member(*[getattr(m, f) for f in _MEMBER_FIELDS])
@@ -232,6 +283,7 @@ class _Relay:
 
 
 _SEQ_MASK = 2**32 - 1
+_PING, _ACK = Ping.TYPE, Ack.TYPE
 _MAX_INCARNATION = 2**63 - 1  # what every decoder accepts
 _MAX_RELAYS = 512  # indirect probes in flight for others; more is a flood
 _INF = float("inf")
@@ -257,6 +309,23 @@ def _name_crc(name: str) -> int:
             _NAME_CRC.clear()
         h = _NAME_CRC[name] = zlib.crc32(name.encode())
     return h
+
+
+class _CoordDigest:
+    """A node's coordinate digest (see ``SwimCore.state_digest``), kept current as
+    coordinates of members come and go: the ``on_change`` of its coordinate table.
+    Holds the member table, not the core, so it makes no reference cycle."""
+
+    __slots__ = ("members", "c")
+
+    def __init__(self, members: MemberTable, c: array[int]) -> None:
+        self.members = members
+        self.c = c
+
+    def __call__(self, name: str) -> None:
+        if name in self.members:  # `in` reads only: a member table's digest state is untouched
+            h = _name_crc(name)
+            self.c[h & (COORD_BUCKETS - 1)] ^= h
 
 
 class SwimCore:
@@ -297,8 +366,10 @@ class SwimCore:
         # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
         self.coords = PackedTable(4 * (self.vivaldi.config.dimensionality + 3))
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
+        # (coords table, state digest, coordinate digest kept current): see state_digest
+        self._digest: tuple[PackedTable, array[int], _CoordDigest] | None = None
         self.members: MemberTable = MemberTable(
-            {name: Member(name, addr, meta, incarnation, MemberState.ALIVE, now, key=key)}
+            {name: Member(name, addr, meta, incarnation, _ALIVE, now, key=key)}
         )
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.broadcasts = BroadcastQueue(lambda: config.retransmit_limit(self.num_members()))
@@ -433,7 +504,7 @@ class SwimCore:
         """Announce a graceful leave; the driver should keep running briefly to spread it."""
         self.leaving = True
         me = self.members[self.name]
-        me.state = MemberState.LEFT
+        me.state = _LEFT
         me.state_change = now
         self.broadcasts.queue(self.name, encode_broadcast(Dead(self.incarnation, self.name, self.name)), urgent=True)
         self._next_gossip_at = min(self._next_gossip_at, now)
@@ -474,7 +545,8 @@ class SwimCore:
             if msg.target != self.name:
                 self.counters["misdirected_pings"] += 1
             else:
-                out.append(self._datagram(src, Ack(msg.seq, self._coord_wire())))
+                # Ack(msg.seq, coordinate), encoded without building it: one per probe received
+                out.append(self._datagram_bytes(src, encode_payload(self.name, _ACK, [msg.seq, self._coord_wire()])))
         elif isinstance(msg, Ack):
             self._on_ack(env.sender, msg, now, out)
         elif isinstance(msg, Nack):
@@ -507,7 +579,7 @@ class SwimCore:
                 if now >= s.deadline:
                     del self._suspicions[name]
                     m = self.members.peek(name)
-                    if m is not None and m.state == MemberState.SUSPECT and m.incarnation == s.incarnation:
+                    if m is not None and m.state == _SUSPECT and m.incarnation == s.incarnation:
                         self._apply_dead(Dead(s.incarnation, name, self.name), now)
         if self._relays and now >= self._relay_next:
             self._tick_relays(now, out)
@@ -588,7 +660,7 @@ class SwimCore:
                 name = self._probe_order[self._probe_index]
                 self._probe_index += 1
                 m = self.members.peek(name)  # read-only: a probe changes no record
-                if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                if m is not None and m.state in (_ALIVE, _SUSPECT):
                     return m
             # Wrapped around: reshuffle the current membership (memberlist's resetNodes).
             self._probe_order = list(self._alive_names)
@@ -611,10 +683,11 @@ class SwimCore:
         # indirect probes and their nacks more time.
         self._probe = _Probe(target.name, seq, now, now + self.config.probe_timeout, now + interval)
         extra: list[bytes] = []
-        if target.state == MemberState.SUSPECT:
+        if target.state == _SUSPECT:
             # Tell a suspect it is suspected so it can refute right away.
             extra.append(encode_broadcast(Suspect(target.incarnation, target.name, self.name)))
-        out.append(self._datagram(target.addr, Ping(seq, target.name), extra))
+        # Ping(seq, target.name), encoded without building it: one per probe
+        out.append(self._datagram_bytes(target.addr, encode_payload(self.name, _PING, [seq, target.name]), extra))
 
     def _send_indirect(self, p: _Probe, now: float, out: list[Outgoing]) -> None:
         p.indirect_sent = True
@@ -651,7 +724,7 @@ class SwimCore:
         else:
             self.awareness.apply_delta(1)
         m = self.members.peek(p.target)
-        if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+        if m is not None and m.state in (_ALIVE, _SUSPECT):
             self._apply_suspect(Suspect(m.incarnation, m.name, self.name), now)
 
     def _on_ack(self, sender: str, ack: Ack, now: float, out: list[Outgoing]) -> None:
@@ -668,11 +741,13 @@ class SwimCore:
         self.awareness.apply_delta(-1)
         raw = ack.coord
         # A coordinate of other dimensions or with non-finite values is ignored (the ack counts).
-        if raw is not None and sender == p.target and coord_ok(raw, self.vivaldi.config.dimensionality):
-            # Keyed by p.target, the name object the member table holds, not the decoder's copy.
-            target = p.target
-            self.coords[target] = raw
-            self.vivaldi.update(target, coord_of_packed(raw), now - p.sent_at)
+        if raw is not None and sender == p.target:
+            values = coord_values(raw, self.vivaldi.config.dimensionality)
+            if values is not None:
+                # Keyed by p.target, the name object the member table holds, not the decoder's copy.
+                target = p.target
+                self.coords[target] = raw
+                self.vivaldi.update_packed(target, values, now - p.sent_at)
 
     def _coord_wire(self) -> bytes:
         """Our coordinate, packed (for acks and our push-pull entry): packed once per change."""
@@ -727,7 +802,7 @@ class SwimCore:
         r = 0.0 if boosted else self.rng.random()
         if r > gone / live:
             return
-        failed = sorted(n for n, m in self.members.items() if m.state == MemberState.DEAD)
+        failed = sorted(n for n, m in self.members.items() if m.state == _DEAD)
         if not failed or r > len(failed) / live:
             return
         target = self.members.peek(failed[self.rng.randrange(len(failed))])
@@ -753,7 +828,10 @@ class SwimCore:
     # ------------------------------------------------------------------ dissemination
 
     def _datagram(self, dst: str, msg: Any, extra: list[bytes] | None = None) -> Outgoing:
-        base = encode(self.name, msg)
+        return self._datagram_bytes(dst, encode(self.name, msg), extra)
+
+    def _datagram_bytes(self, dst: str, base: bytes, extra: list[bytes] | None = None) -> Outgoing:
+        """A datagram of the envelope ``base`` (no piggyback yet) with what fits of our broadcasts."""
         budget = MAX_DATAGRAM - (len(base) + 4)
         if extra:
             pig = list(extra)
@@ -851,7 +929,7 @@ class SwimCore:
         """Dead or left for longer than the reclaim time: its name may take a new address or key."""
         return (
             self.config.dead_node_reclaim_time > 0
-            and m.state in (MemberState.DEAD, MemberState.LEFT)
+            and m.state in (_DEAD, _LEFT)
             and now - m.state_change > self.config.dead_node_reclaim_time
         )
 
@@ -859,7 +937,7 @@ class SwimCore:
         self.incarnation = max(self.incarnation, accused_incarnation) + 1
         me = self.members[self.name]
         me.incarnation = self.incarnation
-        me.state = MemberState.ALIVE
+        me.state = _ALIVE
         self.counters["refutes"] += 1
         self.awareness.apply_delta(1)
         self._emit("refute", self.name, now)
@@ -908,7 +986,7 @@ class SwimCore:
                 return
             if not self._admit_new(now):
                 return
-            self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now, key=a.key)
+            self.members[a.node] = Member(a.node, a.addr, a.meta, a.incarnation, _ALIVE, now, key=a.key)
             self._set_live(a.node, True)
             self._emit("join", a.node, now)
             self._queue(a.node, a, now)
@@ -941,13 +1019,13 @@ class SwimCore:
         m.addr, m.meta, m.incarnation, m.key = a.addr, a.meta, a.incarnation, a.key
         if changed_meta:
             m.meta_wire = None
-        if was != MemberState.ALIVE:
-            m.state = MemberState.ALIVE
+        if was != _ALIVE:
+            m.state = _ALIVE
             m.state_change = now
             self._set_live(a.node, True)
-            if was == MemberState.DEAD and not self.leaving:
+            if was == _DEAD and not self.leaving:
                 self._reconnect_soon(now)
-            self._emit("alive" if was == MemberState.SUSPECT else "join", a.node, now)
+            self._emit("alive" if was == _SUSPECT else "join", a.node, now)
         elif changed_meta:
             self._emit("update", a.node, now)
         self._queue(a.node, a, now)
@@ -968,19 +1046,19 @@ class SwimCore:
             return
         if s.incarnation > m.incarnation and self._jump_refused(s.incarnation, m.incarnation):
             return
-        if m.state == MemberState.SUSPECT:
+        if m.state == _SUSPECT:
             timer = self._suspicions.get(s.node)
             if timer is not None and timer.confirm(s.sender):
                 self._queue(s.node, s, now)
             return
-        if m.state != MemberState.ALIVE:
+        if m.state != _ALIVE:
             return
         self._start_suspicion(self.members[s.node], s.incarnation, s.sender, now)
         self._queue(s.node, s, now)
 
     def _start_suspicion(self, m: Member, incarnation: int, suspector: str, now: float, origin: str = "") -> None:
         m.incarnation = incarnation
-        m.state = MemberState.SUSPECT
+        m.state = _SUSPECT
         m.state_change = now
         n = self._num_live
         lo, hi = self.config.suspicion_timeouts(n)
@@ -997,7 +1075,7 @@ class SwimCore:
         Applied and gossiped like the end of a suspicion; True if the member was alive or suspect.
         """
         m = self.members.get(name)
-        if m is None or name == self.name or m.state in (MemberState.DEAD, MemberState.LEFT):
+        if m is None or name == self.name or m.state in (_DEAD, _LEFT):
             return False
         self._apply_dead(Dead(m.incarnation, name, self.name), now)
         return True
@@ -1016,19 +1094,19 @@ class SwimCore:
         m = self.members.peek(d.node)
         if m is None or d.incarnation < m.incarnation:
             return
-        if m.state in (MemberState.DEAD, MemberState.LEFT):
+        if m.state in (_DEAD, _LEFT):
             return
         if d.incarnation > m.incarnation and self._jump_refused(d.incarnation, m.incarnation):
             return
         m = self.members[d.node]  # our own copy: the verdict changes it
         self._suspicions.pop(d.node, None)
         m.incarnation = d.incarnation
-        m.state = MemberState.LEFT if d.sender == d.node else MemberState.DEAD
+        m.state = _LEFT if d.sender == d.node else _DEAD
         m.state_change = now
         self._set_live(d.node, False)
         self._recent_dead[d.node] = now
         self.vivaldi.forget(d.node)
-        self._emit("left" if m.state == MemberState.LEFT else "dead", d.node, now, d.sender)
+        self._emit("left" if m.state == _LEFT else "dead", d.node, now, d.sender)
         self._queue(d.node, d, now)
 
     # ------------------------------------------------------------------ push-pull
@@ -1110,14 +1188,20 @@ class SwimCore:
         ``crc32(name) % COORD_BUCKETS`` is the XOR of ``crc32(name)`` over its members
         whose coordinate we hold (we hold our own).
         """
+        # Both digests are kept until a member changes (MemberTable.touched); coordinates
+        # gained or dropped meanwhile are folded into the coordinate digest as they come
+        # (PackedTable.on_change). A steady mesh's push-pulls then walk no table.
+        members, coords = self.members, self.coords
+        mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
+        cached = self._digest
+        if cached is not None and not members.touched and cached[0] is coords and coords.on_change is cached[2]:
+            return cached[1].tolist(), cached[2].c.tolist()
         d = [0] * DIGEST_BUCKETS
         c = [0] * COORD_BUCKETS
-        mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
         crc = _NAME_CRC.get
-        coords = self.coords
         slot, present = coords.slots.get, coords.present  # `name in coords`, inlined
         size = len(present)
-        for name, m in self.members.items():
+        for name, m in members.items():
             h = crc(name)
             if h is None:
                 h = _name_crc(name)
@@ -1128,7 +1212,12 @@ class SwimCore:
                 c[h & cmask] ^= h
         h = _name_crc(self.name)  # our own coordinate (never kept in self.coords)
         c[h & cmask] ^= h
-        return [x & _U64_MASK for x in d], c
+        d = [x & _U64_MASK for x in d]
+        members.touched = False
+        # Kept as machine words (6 KiB), not lists of int objects (~40 KiB at 1000 members).
+        folder = coords.on_change = _CoordDigest(members, array("I", c))
+        self._digest = (coords, array("Q", d), folder)
+        return d, c
 
     def _sync_to(self, addr: str) -> list[Outgoing]:
         """Open a periodic push-pull (or reconnect) with ``addr``: digests in a big mesh, else the full state."""
@@ -1234,7 +1323,7 @@ class SwimCore:
         # `node in coords` inlined (no Python-level __contains__ per row)
         coord_slot, coord_present = coords.slots.get, coords.present
         me = self.name
-        dead = MemberState.DEAD
+        dead = _DEAD
         hearsay: list[Member] = []
         for row in rows:
             # Fast path: an entry equal to what we hold (most of a steady mesh's state) is
@@ -1269,21 +1358,21 @@ class SwimCore:
                     else:
                         decode_coord(st.coord_raw, st.node)  # malformed: WireError, as ever; other dimensions: ignored
                 state = MemberState(st.state)
-                if state == MemberState.ALIVE:
-                    if m is not None and st.incarnation == m.incarnation and m.state != MemberState.DEAD:
+                if state == _ALIVE:
+                    if m is not None and st.incarnation == m.incarnation and m.state != _DEAD:
                         continue
                     self._apply_alive(Alive(st.incarnation, st.node, st.addr, st.decoded_meta(), st.key), now)
-                elif state == MemberState.LEFT:
+                elif state == _LEFT:
                     self._apply_dead(Dead(st.incarnation, st.node, st.node), now)
                 elif st.node == self.name:
                     # Others hold us suspect or dead: refute (and, if dead, reconnect soon).
-                    if state == MemberState.DEAD:
+                    if state == _DEAD:
                         self._apply_dead(Dead(st.incarnation, st.node, peer or self.name), now)
                     else:
                         self._apply_suspect(Suspect(st.incarnation, st.node, peer or self.name), now)
                 elif (
                     m is not None
-                    and m.state == MemberState.ALIVE
+                    and m.state == _ALIVE
                     and st.incarnation >= m.incarnation
                     and not (st.incarnation > m.incarnation and self._jump_refused(st.incarnation, m.incarnation))
                 ):
@@ -1321,7 +1410,7 @@ class SwimCore:
         if shared is None or len(shared) != len(states):
             shared = []
             for st in states:
-                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, MemberState.ALIVE, now, key=st.key)
+                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, _ALIVE, now, key=st.key)
                 m.meta_wire = st.meta_raw
                 shared.append(shared_member(m))
         added = []
@@ -1335,6 +1424,7 @@ class SwimCore:
                 continue
             room -= 1
             dict.__setitem__(members, st.node, m)
+            members.touched = True
             self._recent_dead.pop(st.node, None)
             added.append(st.node)
         if added:
@@ -1361,7 +1451,7 @@ class SwimCore:
     def reap(self, now: float) -> None:
         """Forget dead/left members whose tombstone has expired, everywhere they are referenced."""
         cutoff = now - self.config.tombstone_time
-        for name in sorted(n for n, m in self.members.items() if n != self.name and m.state >= MemberState.DEAD):
+        for name in sorted(n for n, m in self.members.items() if n != self.name and m.state >= _DEAD):
             if self.members[name].state_change < cutoff:
                 del self.members[name]
                 # A reaped member must not stay a gossip-to-the-dead target (that raised KeyError).
