@@ -197,6 +197,17 @@ INLINE_TICKS = 2  # the interrupt comes 1..2 ticks after the call starts (5..10 
 INLINE_AFTER = 32
 INLINE_MAX_S = 0.001
 INLINE_PENALTY = 1024
+INLINE_STREAK_CAP = 4 * INLINE_AFTER
+
+
+def next_streak(streak: int, seconds: float) -> int:
+    """A module's fast-call streak after a call that took ``seconds``: +1 when fast (up to the cap);
+    halved when slow, so a call the OS preempted now and then keeps a hot module inline while a
+    module slow three times in a row (from the cap) goes back to worker threads; a negative streak
+    (after the inline bound was hit) is never raised by a slow call."""
+    if seconds <= INLINE_MAX_S:
+        return min(streak + 1, INLINE_STREAK_CAP)
+    return streak // 2 if streak > 0 else streak
 
 
 def _inline_safe(module: Module) -> bool:
@@ -617,7 +628,7 @@ class Runtime:
                     raise
                 else:
                     self.metrics.inline_calls.labels(outcome="ok").inc()
-                    lm.fast_streak = lm.fast_streak + 1 if result.duration_s <= INLINE_MAX_S else 0
+                    lm.fast_streak = next_streak(lm.fast_streak, result.duration_s)
                     return result
             if limiter is None:
                 if self._limiter is None:
@@ -629,7 +640,7 @@ class Runtime:
                 lm.fast_streak = min(lm.fast_streak, 0)
                 raise
             if lm.inline_ok:
-                lm.fast_streak = lm.fast_streak + 1 if result.duration_s <= INLINE_MAX_S else min(lm.fast_streak, 0)
+                lm.fast_streak = next_streak(lm.fast_streak, result.duration_s)
             return result
         finally:
             self._leave(lm)

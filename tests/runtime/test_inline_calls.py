@@ -15,7 +15,7 @@ import trio
 from wasmtime import wat2wasm
 
 from runtime import Capabilities, Limits, PoolConfig, Runtime, RuntimeConfig, WasmTimeout
-from runtime.runner import INLINE_AFTER, INLINE_PENALTY
+from runtime.runner import INLINE_AFTER, INLINE_MAX_S, INLINE_PENALTY, INLINE_STREAK_CAP, next_streak
 from tests.runtime.conftest import counter
 from tests.runtime.direct_modules import gated_module
 
@@ -119,3 +119,16 @@ async def test_a_cancelled_caller_does_not_run_inline() -> None:
             scope.cancel()
             await rt.invoke(lm.key, b"x")
         assert scope.cancelled_caught and inline(rt, "ok") == 0 and lm.inflight == 0
+
+
+def test_streak_policy() -> None:
+    fast, slow = INLINE_MAX_S / 2, INLINE_MAX_S * 3
+    assert next_streak(0, fast) == 1 and next_streak(INLINE_STREAK_CAP, fast) == INLINE_STREAK_CAP
+    # From the cap: two slow calls keep a hot module inline, the third sends it back to worker threads.
+    s = INLINE_STREAK_CAP
+    for expected_inline in (True, True, False):
+        s = next_streak(s, slow)
+        assert (s >= INLINE_AFTER) is expected_inline
+    assert next_streak(1, slow) == 0 and next_streak(0, slow) == 0
+    assert next_streak(-INLINE_PENALTY, slow) == -INLINE_PENALTY  # a slow call never shortens a penalty
+    assert next_streak(-INLINE_PENALTY, fast) == -INLINE_PENALTY + 1
