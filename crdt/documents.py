@@ -119,6 +119,7 @@ class IntentDoc:
         self.adapter = MeshTrust(trust, roots, revocations)
         self.records = SignedLog(self.adapter, validator=schema_validator(kv_limits), counters=self.counters)
         self._routes: RouteTable | None = None
+        self._placements: dict[str, PlacementEntry] | None = None  # placements(), rebuilt like the route table
         # Running KV usage: namespace -> [live keys, bytes of keys + values], and what each
         # document key currently contributes, so a write never rescans its namespace.
         self._kv_usage: dict[str, list[int]] = {}
@@ -212,6 +213,8 @@ class IntentDoc:
                 kv_keys.add(r.key)
             elif r.kind == "routes":
                 self._routes = None
+            elif r.kind == "placement":
+                self._placements = None
         if recount:
             self.refresh()
         else:
@@ -233,6 +236,7 @@ class IntentDoc:
     def refresh(self) -> None:
         """Recompute every cached derivation (route table, KV usage): after a fork, a revocation or a trust change."""
         self._routes = None
+        self._placements = None
         self._kv_usage.clear()
         self._kv_counted.clear()
         for k in self.records.slots("kv"):
@@ -419,7 +423,11 @@ class IntentDoc:
         return PlacementEntry.from_payload(rec.payload) if rec else None
 
     def placements(self) -> dict[str, PlacementEntry]:
-        return {k: PlacementEntry.from_payload(r.payload) for k in self.records.slots("placement") if (r := self.effective("placement", k))}
+        """Every node's placement entry; parsed once per change of the view (every invocation reads it)."""
+        if self._placements is None:
+            self._placements = {k: PlacementEntry.from_payload(r.payload) for k in self.records.slots("placement")
+                                if (r := self.effective("placement", k))}
+        return dict(self._placements)
 
     # --- KV -----------------------------------------------------------------------
 

@@ -39,6 +39,13 @@ class RuntimeMetrics:
             "wasmatrix_runtime_invoke_seconds", "Wall time of a guest invocation",
             ["module"], buckets=_LATENCY_BUCKETS, registry=r,
         )
+        self.inline_calls = Counter(
+            "wasmatrix_runtime_inline_calls_total", "Direct-ABI calls run on the event loop's thread (proven-fast "
+            "modules), by outcome: ok, or expired (hit the inline bound and re-ran on a worker thread)",
+            ["outcome"], registry=r,
+        )
+        for o in ("ok", "expired"):
+            self.inline_calls.labels(outcome=o)
         self.instantiations = Counter(
             "wasmatrix_runtime_instantiations_total", "Instances created from pre-linked modules",
             ["module"], registry=r,

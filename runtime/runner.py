@@ -135,6 +135,10 @@ class RuntimeConfig:
     # Direct-ABI calls through wasmtime's C API in one FFI call each (runtime/fastcall.py); False (or a
     # wasmtime-py without the internals it uses) takes wasmtime-py's public API: same behaviour, slower.
     fast_calls: bool = True
+    # Direct-ABI calls of a module that has proven fast run on the caller's (trio) thread instead of a
+    # worker thread (``Runtime.invoke``; docs/RUNTIME.md "Inline calls"), each under a deadline of
+    # INLINE_TICKS epoch ticks: the event loop is never blocked longer than that by a guest.
+    inline_calls: bool = True
 
     def __post_init__(self) -> None:
         if self.compile_isolation not in ("process", "inline"):
@@ -177,6 +181,43 @@ class _Instance:
         self.store.close()
 
 
+# Inline calls (Runtime.invoke). Only a module whose imports are all in INLINE_SAFE_IMPORTS (pure
+# WASI output to per-call buffers, clocks, random: nothing that sleeps, blocks, or calls back into the
+# node like KV or HTTP) may run inline, and only after INLINE_AFTER consecutive calls each within
+# INLINE_MAX_S. An inline call runs under min(INLINE_TICKS, its own) epoch ticks; one interrupted by
+# that bound (not by its own timeout) is re-run from scratch on a worker thread under its full
+# timeout (safe: with these imports the first attempt had no effect outside its discarded instance)
+# and the module needs INLINE_PENALTY + INLINE_AFTER fast calls before it runs inline again.
+INLINE_SAFE_IMPORTS = frozenset({
+    "fd_write", "fd_close", "fd_seek", "fd_fdstat_get", "fd_prestat_get", "fd_prestat_dir_name",
+    "args_get", "args_sizes_get", "environ_get", "environ_sizes_get", "clock_time_get", "clock_res_get",
+    "random_get", "proc_exit",
+})
+INLINE_TICKS = 2  # the interrupt comes 1..2 ticks after the call starts (5..10 ms with the default tick)
+INLINE_AFTER = 32
+INLINE_MAX_S = 0.001
+INLINE_PENALTY = 1024
+INLINE_STREAK_CAP = 4 * INLINE_AFTER
+
+
+def next_streak(streak: int, seconds: float) -> int:
+    """A module's fast-call streak after a call that took ``seconds``: +1 when fast (up to the cap);
+    halved when slow, so a call the OS preempted now and then keeps a hot module inline while a
+    module slow three times in a row (from the cap) goes back to worker threads; a negative streak
+    (after the inline bound was hit) is never raised by a slow call."""
+    if seconds <= INLINE_MAX_S:
+        return min(streak + 1, INLINE_STREAK_CAP)
+    return streak // 2 if streak > 0 else streak
+
+
+def _inline_safe(module: Module) -> bool:
+    return all(i.module == "wasi_snapshot_preview1" and i.name in INLINE_SAFE_IMPORTS for i in module.imports)
+
+
+class _InlineExpired(Exception):
+    """An inline call reached the inline bound (not its own timeout): run it again on a thread."""
+
+
 class LoadedModule:
     """A compiled, pre-linked module version with its effective grant and limits."""
 
@@ -203,6 +244,11 @@ class LoadedModule:
         self.pre = pre
         self.signed = signed
         self.deadline_ticks = engine.deadline_ticks(limits.timeout_ms)
+        # Inline calls (see INLINE_SAFE_IMPORTS): eligible at all, and the streak of fast calls
+        # (negative after an inline call hit the bound). Written on the event loop's thread only.
+        self.inline_ok = abi is Abi.DIRECT and _inline_safe(module)
+        self.inline_ticks = min(INLINE_TICKS, self.deadline_ticks)
+        self.fast_streak = 0
         self._inflight = 0
         self._lock = threading.Lock()
         # Pre-bound metric children: label lookup off the hot path.
@@ -567,12 +613,35 @@ class Runtime:
         lm = self.module(key)
         self._enter(lm)
         try:
+            req = request if isinstance(request, Request) else Request(body=bytes(request))
+            if lm.inline_ok and lm.fast_streak >= INLINE_AFTER and self.config.inline_calls:
+                # Hot and proven fast: run here, bounded by inline_ticks (see INLINE_SAFE_IMPORTS).
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    result = self._run(lm, req, lm.inline_ticks)
+                except _InlineExpired:
+                    lm.fast_streak = -INLINE_PENALTY
+                    self.metrics.inline_calls.labels(outcome="expired").inc()
+                    log.info("inline_call_expired", module=lm.key, bound_ticks=lm.inline_ticks)
+                except BaseException:
+                    lm.fast_streak = 0
+                    raise
+                else:
+                    self.metrics.inline_calls.labels(outcome="ok").inc()
+                    lm.fast_streak = next_streak(lm.fast_streak, result.duration_s)
+                    return result
             if limiter is None:
                 if self._limiter is None:
                     self._limiter = trio.CapacityLimiter(self.config.max_workers)
                 limiter = self._limiter
-            req = request if isinstance(request, Request) else Request(body=bytes(request))
-            return await trio.to_thread.run_sync(self._run, lm, req, limiter=limiter)
+            try:
+                result = await trio.to_thread.run_sync(self._run, lm, req, limiter=limiter)
+            except BaseException:
+                lm.fast_streak = min(lm.fast_streak, 0)
+                raise
+            if lm.inline_ok:
+                lm.fast_streak = next_streak(lm.fast_streak, result.duration_s)
+            return result
         finally:
             self._leave(lm)
 
@@ -586,14 +655,16 @@ class Runtime:
         """Call a direct-ABI handler: bytes in, bytes out."""
         return self.invoke_sync(key, Request(body=payload)).body
 
-    def _run(self, lm: LoadedModule, request: Request) -> InvocationResult:
+    def _run(self, lm: LoadedModule, request: Request, inline_ticks: int = 0) -> InvocationResult:
         started = time.perf_counter()
         try:
             if lm.abi is Abi.DIRECT:
-                result = self._call_direct(lm, request, started)
+                result = self._call_direct(lm, request, started, inline_ticks or lm.deadline_ticks)
             else:
                 result = self._run_command(lm, request, started)
         except WasmError as exc:
+            if inline_ticks and inline_ticks < lm.deadline_ticks and isinstance(exc, WasmTimeout):
+                raise _InlineExpired() from None  # the inline bound, not the module's timeout
             lm.m_failed.inc()
             self.metrics.invoke_errors.labels(module=lm.key, code=exc.code).inc()
             lm.m_seconds.observe(time.perf_counter() - started)
@@ -636,11 +707,11 @@ class Runtime:
             duration_s=time.perf_counter() - started, fuel_consumed=fuel_used,
         )
 
-    def _call_direct(self, lm: LoadedModule, request: Request, started: float) -> InvocationResult:
+    def _call_direct(self, lm: LoadedModule, request: Request, started: float, ticks: int) -> InvocationResult:
         inst = self.pools.acquire(lm.key)
         reusable = False
         try:
-            inst.set_deadline(lm.deadline_ticks)
+            inst.set_deadline(ticks)
             fuel = lm.limits.fuel
             if fuel is not None:
                 inst.store.set_fuel(fuel)

@@ -10,6 +10,8 @@ in/out and across forwarding, the head-size, body-size, slowloris and connection
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -307,6 +309,23 @@ async def _scenario(tmp: Path, logs: list[dict[str, Any]]) -> None:
         await _wait(lambda: a.ingress.metrics.connections == 0, 5, "held connections gone")
         st, _, _ = await _http(pa, "GET", "/nothing-here")
         assert st == 404
+
+        # Idle keep-alive: a connection silent after its answer is closed after idle_timeout_s (1 s here),
+        # not before; one that keeps sending is served across that time (the timer re-arms per request).
+        a.ingress.cfg = dataclasses.replace(a.ingress.cfg, idle_timeout_s=1.0)
+        for quiet in (True, False):
+            conn = await trio.open_tcp_stream("127.0.0.1", pa)
+            async with conn:
+                for i in range(1 if quiet else 4):
+                    if i:
+                        await trio.sleep(0.4)  # 3 x 0.4 s on one connection: more than the idle timeout
+                    await conn.send_all(b"GET /nothing-here HTTP/1.1\r\nhost: app.test\r\n\r\n")
+                    ((st, _, _),) = await _responses(conn, 1)
+                    assert st == 404
+                t0 = trio.current_time()
+                assert await _closed_within(conn, 5) == b""
+                assert trio.current_time() - t0 >= 0.9
+        a.ingress.cfg = dataclasses.replace(a.ingress.cfg, idle_timeout_s=30.0)
 
         # Metrics.
         from mesh.metrics import render

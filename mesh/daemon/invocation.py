@@ -244,7 +244,7 @@ class InvokeService:
                 continue
             a0 = time.perf_counter()
             if node == self.d.node_id:
-                att = await self._local(deployment, payload, tp, deadline - now, http)
+                att = await self._local(deployment, payload, tp, deadline - now, http, quiet=caller == "http")
             else:
                 att = await self._forward(node, deployment, http.to_text() if http is not None else payload,
                                           child_traceparent(ctx, os.urandom(8)), deadline - now, log,
@@ -278,17 +278,18 @@ class InvokeService:
             "mode": mode, "latency_ms": round(seconds * 1000, 3), "traceparent": tp,
             "attempts": [a.row() for a in attempts],
         }
-        (log.info if last.code == OK else log.warning)(
+        # A call from the HTTP ingress is logged by its http_request line: invoke_done only at debug when ok.
+        (log.warning if last.code != OK else log.debug if caller == "http" else log.info)(
             "invoke_done", mode=mode, target=last.node or None, code=last.code, attempts=len(attempts),
             latency_ms=result["latency_ms"])
         return result
 
     async def _local(self, deployment: str, payload: bytes, tp: str, budget: float,
-                     http: HttpCall | None = None) -> Attempt:
+                     http: HttpCall | None = None, *, quiet: bool = False) -> Attempt:
         c0 = time.perf_counter()
         try:
             with trio.move_on_after(budget) as scope:
-                res = await self.d.workloads.invoke_local(deployment, payload, traceparent=tp, http=http)
+                res = await self.d.workloads.invoke_local(deployment, payload, traceparent=tp, http=http, quiet=quiet)
         except NotHosted as exc:  # the supervisor's refusal: the guest did not run
             return Attempt(self.d.node_id, NOT_HOSTED, False, message=str(exc)[:512])
         except Exception as exc:

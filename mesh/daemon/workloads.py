@@ -245,14 +245,15 @@ class Workloads:
         await self._state.wait()
 
     async def invoke_local(self, deployment: str, payload: bytes, *, traceparent: str | None = None,
-                           http: HttpCall | None = None) -> InvocationResult:
+                           http: HttpCall | None = None, quiet: bool = False) -> InvocationResult:
         """Run one call on this node's replica (on a worker thread); cold-starts an on-demand deployment.
 
         Raises :class:`NotHosted` when no replica runs here and the deployment is not on demand,
         or a ``runtime.errors.WasmError`` from the guest. A trap counts as a crash of the replica
         (kill and restart with backoff). With ``http`` the guest gets the request in HTTP form
         (docs/ABI.md "HTTP handlers"): CGI env + body on stdin for a WASI command, the HTTP/1.1
-        text for a direct handler; ``payload`` is then unused.
+        text for a direct handler; ``payload`` is then unused. ``quiet``: the caller writes its own
+        line for the call (the HTTP ingress): ``invoke_local`` is then at debug level.
         """
         version = self.sup.serving(deployment)
         if version is None:
@@ -273,7 +274,7 @@ class Workloads:
                 request = Request.build(http.body, env=cgi_env(http))
             res = await self.rt.invoke(key, request)
             if traceparent:
-                self.log.info("invoke_local", deployment=deployment, version=version, traceparent=traceparent,
+                (self.log.debug if quiet else self.log.info)("invoke_local", deployment=deployment, version=version, traceparent=traceparent,
                               ms=round(res.duration_s * 1000, 3), status=res.status)
             return res
         except WasmError as exc:

@@ -122,6 +122,24 @@ def test_placement_single_writer():
     assert b.counters.invalid_by_reason.get("not_owner") == 1
 
 
+def test_placements_follow_every_change_of_the_view():
+    """placements() is parsed once per change: a cached read must still see each new entry and update."""
+    nodes = make_nodes(2)
+    a, b = nodes["n000"], nodes["n001"]
+    assert a.doc.placements() == {}
+    a.set_placement([ReplicaClaim("web", "1.0.0", "running", 0)], 1)
+    assert [c.state for c in a.doc.placements()["n000"].replicas] == ["running"]
+    a.set_placement([ReplicaClaim("web", "1.0.0", "stopping", 0)], 2)
+    assert [c.state for c in a.doc.placements()["n000"].replicas] == ["stopping"]
+    b.set_placement([], 3)
+    assert sorted(b.doc.placements()) == ["n001"]
+    share(a, b)  # entries arriving by sync, both ways
+    share(b, a)
+    assert sorted(a.doc.placements()) == ["n000", "n001"] and sorted(b.doc.placements()) == ["n000", "n001"]
+    a.doc.placements().clear()  # the caller's copy, not the cache
+    assert sorted(a.doc.placements()) == ["n000", "n001"]
+
+
 def test_forged_unknown_and_wrong_role_records_are_ignored_and_counted():
     audit = []
     nodes = make_nodes(2, audit_sink=audit.append)
