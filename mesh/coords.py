@@ -122,6 +122,14 @@ class PackedTable:
             return None
         return st.unpack_from(self._buf, n * self.width)
 
+    def pack_into(self, key: str, st: struct.Struct, *values: Any) -> None:
+        """``self[key] = st.pack(*values)``, written in place when ``key`` already holds a record of this width."""
+        n = self.slots.get(key)
+        if n is None or n >= len(self.present) or not self.present[n] or st.size != self.width:
+            self[key] = st.pack(*values)
+            return
+        st.pack_into(self._buf, n * self.width, *values)
+
     def __getitem__(self, key: str) -> bytes:
         v = self.get(key)
         if v is None:
@@ -381,7 +389,7 @@ class VivaldiClient:
             # Serf's default filter (3 samples), without the lists: what the general case gives.
             a, b = kept
             if b == b:
-                table[node] = st.pack(b, rtt)
+                table.pack_into(node, st, b, rtt)
                 if a != a:  # one sample kept: the larger of two
                     return b if b > rtt else rtt
                 # median of three

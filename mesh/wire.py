@@ -408,7 +408,9 @@ def v_fields(payload: list[Any], n: int) -> list[Any]:
 StreamHandle = Hashable
 
 
-@dataclass(slots=True, frozen=True)
+# Not frozen (a frozen dataclass's __init__ sets each field through object.__setattr__, and
+# cores build one per message sent); hashable all the same, by value. Nobody mutates one.
+@dataclass(slots=True, unsafe_hash=True)
 class Outgoing:
     """What a core asks its driver to send: bytes to an address, on a datagram or a stream.
 

@@ -75,6 +75,10 @@ class SimNode:
     sec_count: int = 0
     wall_skew: float = 0.0
     plain: bool = True  # no skew or drift: local time is virtual time
+    to_me: bytes = b""  # b"\0" + the name encoded: the tail of a delivery's trace record
+
+    def __post_init__(self) -> None:
+        self.to_me = b"\0" + self.name.encode()
 
     def local(self, t: float) -> float:
         """This node's (possibly skewed, drifting) clock reading at virtual time t."""
@@ -125,7 +129,10 @@ class Simulation:
         self.fault_rng = random.Random(f"{seed}:faults")
         self.nodes: dict[str, SimNode] = {}
         self.order: list[str] = []
-        self._heap: list[tuple[float, int, int, Any]] = []
+        # Entries are flat: (time, seq, kind, data, src, payload, stream, delayed); a delivery
+        # has data = its destination, a timer data = node name and src = its generation, the
+        # other kinds leave the last four unset. One tuple per event, none nested.
+        self._heap: list[tuple[Any, ...]] = []
         self._seq = 0
         self._stream_seq = 0
         self._trace = hashlib.blake2b(digest_size=16)
@@ -275,7 +282,11 @@ class Simulation:
 
     def _push(self, t: float, kind: int, data: Any) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, data))
+        heapq.heappush(self._heap, (t, self._seq, kind, data, None, None, None, False))
+
+    def _push_delivery(self, t: float, dst: str, src: str, payload: bytes, stream: Any, delayed: bool) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, _DELIVER, dst, src, payload, stream, delayed))
 
     def _schedule_timer(self, node: SimNode) -> None:
         d = node.core.next_deadline()
@@ -290,7 +301,8 @@ class Simulation:
         t += node.slow
         if t != node.timer_at:
             node.timer_at = t
-            self._push(t, _TIMER, (node.name, node.generation))
+            self._seq += 1
+            heapq.heappush(self._heap, (t, self._seq, _TIMER, node.name, node.generation, None, None, False))
 
     def _record(self, kind: int, a: str, b: str, data: bytes) -> None:
         # One hash update per event (the fields joined): each update call has a fixed cost.
@@ -337,10 +349,11 @@ class Simulation:
         simple = not self.link_overrides and self.partition is None and not (net.topology == "plane" and net.plane_ms > 0)
         default = net.default
         rnd = self.net_rng.random
+        self.messages_sent += len(outs)
+        node.sec_count += len(outs)
+        nbytes = 0
         for o in outs:
-            self.messages_sent += 1
-            self.bytes_sent += len(o.data)
-            node.sec_count += 1
+            nbytes += len(o.data)
             # A reply rides the request's stream back to its other end, whatever dst says.
             stream = o.stream
             dst = stream.other(name) if stream is not None else o.dst
@@ -373,7 +386,7 @@ class Simulation:
                 bw = self.scenario.network.bandwidth_kbps
                 if bw > 0:
                     delay += len(o.data) * 8 / (bw * 1000.0)
-                self._push(self.now + delay, _DELIVER, (dst, node.name, o.data, stream, False))
+                self._push_delivery(self.now + delay, dst, name, o.data, stream, False)
                 continue
             loss = model.loss
             ow = self.one_way.get((name, dst)) if self.one_way else None
@@ -385,9 +398,10 @@ class Simulation:
             if model.reorder > 0 and rnd() < model.reorder:
                 delay += rnd() * model.reorder_ms / 1000.0
             self._seq += 1
-            heapq.heappush(self._heap, (now + delay, self._seq, _DELIVER, (dst, name, o.data, None, False)))
+            heapq.heappush(self._heap, (now + delay, self._seq, _DELIVER, dst, name, o.data, None, False))
             if model.duplicate > 0 and self.net_rng.random() < model.duplicate:
-                self._push(self.now + delay + self._latency(node.name, dst, model), _DELIVER, (dst, node.name, o.data, None, False))
+                self._push_delivery(self.now + delay + self._latency(name, dst, model), dst, name, o.data, None, False)
+        self.bytes_sent += nbytes
         if node.sec_count > self.max_msgs_per_node_sec:
             self.max_msgs_per_node_sec = node.sec_count
 
@@ -417,45 +431,51 @@ class Simulation:
         update = self._trace.update
         pack_t = _T.pack
         heappop = heapq.heappop
-        while heap and heap[0][0] <= end:
-            t, _, kind, data = heappop(heap)
-            self.now = t
-            self.events_processed += 1
-            if kind == _DELIVER:
-                dst, src, payload, stream, delayed = data
-                node = nodes[dst]
-                if not node.up:
-                    if stream is not None and self.intent is not None:
-                        self.intent.stream_failed(nodes[src], dst)
-                    continue
-                if node.slow > 0 and not delayed:
-                    # A slow node processes each message late.
-                    self._push(t + node.slow, _DELIVER, (dst, src, payload, stream, True))
-                    continue
-                if trace_file is None:
-                    # _record, inlined for the hottest event (same bytes hashed)
-                    update(b"".join((pack_t(t, kind), src.encode(), b"\0", dst.encode(), payload)))
+        # Event counters kept in locals, written back once (nothing reads them mid-run).
+        events = datagrams = frames = 0
+        try:
+            while heap and heap[0][0] <= end:
+                t, _, kind, data, src, payload, stream, delayed = heappop(heap)
+                self.now = t
+                events += 1
+                if kind == _DELIVER:
+                    dst = data
+                    node = nodes[dst]
+                    if not node.up:
+                        if stream is not None and self.intent is not None:
+                            self.intent.stream_failed(nodes[src], dst)
+                        continue
+                    if node.slow > 0 and not delayed:
+                        # A slow node processes each message late.
+                        self._push_delivery(t + node.slow, dst, src, payload, stream, True)
+                        continue
+                    if trace_file is None:
+                        # _record, inlined for the hottest event (same bytes hashed)
+                        update(b"".join((pack_t(t, kind), src.encode(), node.to_me, payload)))
+                    else:
+                        self._record(kind, src, dst, payload)
+                    if stream is not None:
+                        frames += 1
+                    else:
+                        datagrams += 1
+                    # The simulated network is the authenticator: `src` is who really sent it.
+                    outs = node.core.receive(src, payload, t if node.plain else node.local(t), stream is not None, peer=src, stream=stream)
+                    self._after(node, outs)
+                elif kind == _TIMER:
+                    node = nodes[data]
+                    if not node.up or src != node.generation or t != node.timer_at:
+                        continue
+                    node.timer_at = math.inf
+                    outs = node.core.tick(t if node.plain else node.local(t), node.wall(t))
+                    self._after(node, outs)
+                elif kind == _FAULT:
+                    self._apply_fault(self.scenario.faults[data])
                 else:
-                    self._record(kind, src, dst, payload)
-                if stream is not None:
-                    self.frames_delivered += 1
-                else:
-                    self.datagrams_delivered += 1
-                # The simulated network is the authenticator: `src` is who really sent it.
-                outs = node.core.receive(src, payload, t if node.plain else node.local(t), stream is not None, peer=src, stream=stream)
-                self._after(node, outs)
-            elif kind == _TIMER:
-                name, gen = data
-                node = nodes[name]
-                if not node.up or gen != node.generation or t != node.timer_at:
-                    continue
-                node.timer_at = math.inf
-                outs = node.core.tick(t if node.plain else node.local(t), node.wall(t))
-                self._after(node, outs)
-            elif kind == _FAULT:
-                self._apply_fault(self.scenario.faults[data])
-            else:
-                self._lifecycle(*data)
+                    self._lifecycle(*data)
+        finally:
+            self.events_processed += events
+            self.datagrams_delivered += datagrams
+            self.frames_delivered += frames
         self.now = max(self.now, end)
         self.wall_seconds += time.perf_counter() - wall0
 
@@ -487,7 +507,7 @@ class Simulation:
         if t != node.timer_at:
             node.timer_at = t
             self._seq += 1
-            heapq.heappush(self._heap, (t, self._seq, _TIMER, (node.name, node.generation)))
+            heapq.heappush(self._heap, (t, self._seq, _TIMER, node.name, node.generation, None, None, False))
 
     # ------------------------------------------------------------------ observation
 

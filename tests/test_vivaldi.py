@@ -131,3 +131,21 @@ def _check_packed_table(t: object) -> None:
         assert len(t) == len(ref)  # type: ignore[arg-type]
     assert sorted(t) == sorted(ref)  # type: ignore[call-overload]
     assert all(type(t[k]) is bytes and t[k] == v for k, v in ref.items())  # type: ignore[index]
+
+
+def test_packed_table_pack_into_writes_like_setitem() -> None:
+    import struct
+
+    from mesh.coords import PackedTable
+
+    st = struct.Struct("<2d")
+    t = PackedTable(16)
+    changed: list[str] = []
+    t.on_change = changed.append
+    t.pack_into("a", st, 1.0, 2.0)  # a new key: added, reported
+    assert t["a"] == struct.pack("<2d", 1.0, 2.0) and changed == ["a"]
+    t.pack_into("a", st, 3.0, 4.0)  # overwritten in place: no change reported
+    assert t.unpacked("a", st) == (3.0, 4.0) and changed == ["a"] and len(t) == 1
+    t["b"] = b"odd"  # a value of another width, kept aside
+    t.pack_into("b", st, 5.0, 6.0)
+    assert t.get("b") == struct.pack("<2d", 5.0, 6.0) and len(t) == 2

@@ -43,7 +43,7 @@ def v_key(x: Any) -> bytes:
 
 
 @message
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: one is decoded per probe; nobody mutates one
 class Ping:
     """Direct probe. ``target`` lets a restarted node ignore pings meant for its predecessor."""
 
@@ -81,7 +81,7 @@ class IndirectPing:
 
 
 @message
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: one is decoded per probe; nobody mutates one
 class Ack:
     """Probe answer; a direct ack carries the responder's Vivaldi coordinate.
 
