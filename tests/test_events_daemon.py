@@ -29,7 +29,7 @@ from mesh.metrics import render
 from tests.cli_helpers import captured_logs, cli_on_thread
 from tests.harness.daemons import Mesh, publisher_and_operator, run_cli, wait_until
 from tests.harness.procs import ProcessGroup
-from tests.harness.promtool import promtool_check
+from tests.harness.promtool import assert_documented, promtool_check
 
 HANDLER = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "handler.wasm"
 
@@ -147,11 +147,7 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         doc = (Path(__file__).parent.parent / "docs" / "METRICS.md").read_text()
         fams = [f for f in text_string_to_metric_families(text) if f.name.startswith(("wasmatrix_event", "wasmatrix_events"))]
         assert len(fams) == 8
-        for fam in fams:
-            assert f"`{fam.name + '_total' if fam.type == 'counter' else fam.name}`" in doc, fam.name
-            for smp in fam.samples:
-                for label, v in smp.labels.items():
-                    assert f"`{label}`" in doc and (label == "subscription" or v in doc), (fam.name, label, v)
+        assert_documented(fams, doc, free=("subscription",), skip=())
 
         # rm: the subscription and its queue are gone
         await _ok("subscription", "rm", "tiny", *op)

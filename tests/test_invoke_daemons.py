@@ -30,7 +30,7 @@ from tests.cli_helpers import captured_logs
 from tests.harness.daemons import run_cli
 from tests.harness.inproc import cli_in_thread
 from tests.harness.inproc import wait_for as _wait
-from tests.harness.promtool import promtool_check
+from tests.harness.promtool import assert_documented, promtool_check
 
 HANDLER = Path(__file__).resolve().parents[1] / "runtime" / "examples" / "handler.wasm"
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -256,12 +256,7 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         fams = [f for f in text_string_to_metric_families(body) if f.name.startswith("wasmatrix_invoke")]
         assert len(fams) == 9
         assert 'wasmatrix_invoke_calls_total{caller="api",code="trap",deployment="web"} 1.0' in body
-        for fam in fams:
-            assert f"`{fam.name + '_total' if fam.type == 'counter' else fam.name}`" in doc, fam.name
-            for smp in fam.samples:
-                for label, v in smp.labels.items():
-                    if label not in ("le", "peer", "deployment"):  # peer, deployment: ids and names
-                        assert f"`{label}`" in doc and v in doc, (fam.name, label, v)
+        assert_documented(fams, doc, skip=("le", "peer", "deployment"))  # peer, deployment: ids and names
         assert 'wasmatrix_invoke_served_total{outcome="ok"}' in render(ds[other].registry).decode()
 
         # Failover: once membership declares the node dead, the survivors place web again; x (the

@@ -24,7 +24,7 @@ from mesh.events.store import EventStoreError
 from mesh.events.topics import matches
 from mesh.metrics import render
 from mesh.mqtt import MqttBridge
-from tests.harness.promtool import promtool_check
+from tests.harness.promtool import assert_documented, promtool_check
 from tests.harness.mosquitto import Broker, MqttClient, broker  # noqa: F401  (fixture)
 
 TIMEOUT = 30.0
@@ -169,12 +169,7 @@ def _documented(text: str) -> None:
     section = section[:section.index("\n### ")]
     fams = list(text_string_to_metric_families(text))
     assert len(fams) == 5
-    for fam in fams:
-        shown = fam.name + "_total" if fam.type == "counter" else fam.name
-        assert f"`{shown}`" in section, shown
-        for smp in fam.samples:
-            for label, v in smp.labels.items():
-                assert f"`{label}`" in section and v in section, (fam.name, label, v)
+    assert_documented(fams, section)
 
 
 def _registry(bridge: MqttBridge) -> Any:

@@ -181,7 +181,7 @@ async def _scenario(tmp: Path) -> None:
         # The quota families pass promtool, and every family, label and value is in docs/METRICS.md.
         from prometheus_client.parser import text_string_to_metric_families
 
-        from tests.harness.promtool import promtool_check
+        from tests.harness.promtool import assert_documented, promtool_check
 
         text = render(a.registry)
         promtool_check(text)
@@ -189,11 +189,7 @@ async def _scenario(tmp: Path) -> None:
         fams = [f for f in text_string_to_metric_families(text.decode()) if f.name.startswith(("wasmatrix_quota", "wasmatrix_tenant"))]
         assert sorted(f.name for f in fams) == ["wasmatrix_quota_bad_labels", "wasmatrix_quota_rejections",
                                                 "wasmatrix_tenant_cpu_seconds_today"]
-        for fam in fams:
-            assert f"`{fam.name + '_total' if fam.type == 'counter' else fam.name}`" in doc, fam.name
-            for smp in fam.samples:
-                for label, v in smp.labels.items():
-                    assert f"`{label}`" in doc and (label == "tenant" or v in doc), (fam.name, label, v)
+        assert_documented(fams, doc, free=("tenant",), skip=())
         # a refused 4 calls by quota: concurrency (API), per-minute (API and HTTP), and the CPU budget, whichever
         # node hosts the burner (the host refuses its own call; the caller refuses before forwarding).
         quota_errors = [ln for ln in text.decode().splitlines() if ln.startswith('wasmatrix_invoke_errors_total{reason="quota"}')]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from typing import Any, Iterable
 
 import pytest
 
@@ -19,3 +20,21 @@ def promtool_check(text: bytes) -> None:
     res = subprocess.run([exe, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
     assert res.stdout.decode().strip() == "" and res.stderr.decode().strip() == "", res.stdout + res.stderr
+
+
+def assert_documented(families: Iterable[Any], doc: str, *, free: Iterable[str] = (), skip: Iterable[str] = ("le",)) -> None:
+    """Every family (counters as ``NAME_total``), label and label value in ``families`` is named in ``doc``.
+
+    Names and labels must appear in backticks. ``free`` labels (ids, names chosen by users) need their
+    name documented but not their values; ``skip`` labels are not checked at all.
+    """
+    free, skip = set(free), set(skip)
+    for fam in families:
+        shown = fam.name + "_total" if fam.type == "counter" else fam.name
+        assert f"`{shown}`" in doc, shown
+        for smp in fam.samples:
+            for label, v in smp.labels.items():
+                if label in skip:
+                    continue
+                assert f"`{label}`" in doc, (fam.name, label)
+                assert label in free or v in doc, (fam.name, label, v)
