@@ -339,7 +339,6 @@ class Daemon:
         self.core.invoke_inbox = []
         self.quotas = QuotaService(self)
         self.invocations = InvokeService(self)
-        self.invoke = self.invocations  # the serving contract's name: daemon.invoke.invoke(...)
         self.placements = PlacementService(self)
         self.registry.register(self.invocations.metrics)
         self.registry.register(self.quotas.metrics)

@@ -6,7 +6,7 @@
   :class:`~mesh.events.Backpressure`), persists those rows (group commit on a worker thread,
   fsync) and only then returns: an acknowledged event survives a crash of this node;
 * the dispatcher starts the deliveries the core says are due, at most ``concurrency`` in flight
-  per subscription, each through ``daemon.invoke.invoke(deployment, data, caller="event")``
+  per subscription, each through ``daemon.invocations.invoke(deployment, data, caller="event")``
   (which runs locally, forwards to the nearest replica or cold-starts an on-demand deployment);
 * a success deletes the row and publishes the output on the subscription's ``reply_topic``; a
   failure is retried per the core's schedule; the last failure publishes the event on
@@ -18,7 +18,6 @@ Without a store (tests, benches) events live in memory only.
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
@@ -142,16 +141,10 @@ class EventBus:
         def subs() -> list[SubscriptionSpec]:
             return intent.doc.subscriptions()
 
-        svc = getattr(daemon, "invoke", None)
-        if not hasattr(svc, "invoke"):
-            svc = daemon.invocations
-        # The serving contract's `caller` keyword (a metrics label): passed once the service takes it.
-        takes_caller = "caller" in inspect.signature(svc.invoke).parameters
+        svc = daemon.invocations
 
         async def call(deployment: str, data: bytes, timeout: float) -> dict[str, Any]:
-            if takes_caller:
-                return await svc.invoke(deployment, data, timeout=timeout, caller="event")  # type: ignore[no-any-return]
-            return await svc.invoke(deployment, data, timeout=timeout)  # type: ignore[no-any-return]
+            return await svc.invoke(deployment, data, timeout=timeout, caller="event")  # type: ignore[no-any-return]
 
         return cls(daemon.node_id, invoke=call, store=EventStore(daemon.dd.path), subscriptions=subs,
                    rng=random.Random(daemon.rng.getrandbits(64)), log=daemon.log)
@@ -364,11 +357,7 @@ class EventBus:
             return False, f"{res.get('code')}: {res.get('message') or ''}".rstrip(": "), not_before
         spec = self.core.subs[d.subscription].spec if d.subscription in self.core.subs else None
         if spec is not None and spec.reply_topic:
-            out = res.get("output")
-            if not isinstance(out, (bytes, bytearray)):
-                import base64
-
-                out = base64.b64decode(res.get("output_b64") or "")
+            out = res.get("output") or b""
             meta = {"reply_to": d.event.id, "deployment": d.deployment}
             if "reply_to" in d.event.meta:  # a reply to a reply: count the chain, cut a cycle of subscriptions
                 hops = int(d.event.meta.get("hops", "1")) + 1 if d.event.meta.get("hops", "1").isdigit() else MAX_HOPS + 1

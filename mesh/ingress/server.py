@@ -2,7 +2,7 @@
 
 Per request: the head is read (bounded in bytes and time), the route is matched by Host, path and
 method (``crdt/routes.py``: priority, then specificity), the body is read (bounded), and the call
-goes through ``daemon.invoke.invoke(..., caller="http")`` — local when this node hosts a replica,
+goes through ``daemon.invocations.invoke(..., caller="http")`` — local when this node hosts a replica,
 else forwarded to the nearest healthy one, else an on-demand cold start. The result maps to a
 status (:func:`answer_for`, docs/DAEMON.md "HTTP ingress"). Keep-alive and pipelining are h11's:
 requests on one connection are answered one after another, in order.
@@ -339,7 +339,7 @@ class Ingress:
                     if fmt == "http" else None
                 if call is not None and len(call.to_text()) > MAX_INVOKE_PAYLOAD:
                     raise _Reject(413, "body_too_large", f"request larger than {MAX_INVOKE_PAYLOAD} bytes as HTTP text")
-                res = await self.d.invoke.invoke(deployment, body, tp, max(0.001, deadline - trio.current_time()),
+                res = await self.d.invocations.invoke(deployment, body, tp, max(0.001, deadline - trio.current_time()),
                                                       http=call, caller="http")
                 tp = res.get("traceparent") or tp
                 ans, error = answer_for(res, fmt)
