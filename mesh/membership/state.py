@@ -359,8 +359,6 @@ class SwimCore:
         self.incarnation = incarnation
         self.meta = meta
         self.vivaldi = VivaldiClient(rng)
-        self._coord_src: Coordinate | None = None  # the coordinate _coord_raw packs
-        self._coord_raw: bytes | None = None
         # Peers' coordinates as packed float32s (their push-pull encoding): a node holds
         # one per member, so they are kept compact and re-sent without re-encoding.
         # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
@@ -751,10 +749,7 @@ class SwimCore:
 
     def _coord_wire(self) -> bytes:
         """Our coordinate, packed (for acks and our push-pull entry): packed once per change."""
-        c = self.vivaldi.coord
-        if c is not self._coord_src:
-            self._coord_src, self._coord_raw = c, PushPullState.pack_coord(c)
-        return self._coord_raw  # type: ignore[return-value]
+        return self.vivaldi.packed()
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
         if len(self._relays) >= _MAX_RELAYS:
