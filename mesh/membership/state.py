@@ -521,7 +521,22 @@ class SwimCore:
 
     def handle(self, src: str, env: Envelope, now: float) -> list[Outgoing]:
         """Process one decoded envelope from ``src`` (an address)."""
-        out: list[Outgoing] = []
+        if not env.piggyback and not (env.bad_items or env.unknown_items or env.skipped_items):
+            # A bare probe or ack (most datagrams): what _handle does for it, without the
+            # piggyback loop and the introducer (only piggybacked updates admit members).
+            msg = env.msg
+            cls = type(msg)
+            if cls is Ping:
+                if msg.target != self.name:
+                    self.counters["misdirected_pings"] += 1
+                    return []
+                # Ack(msg.seq, coordinate), encoded without building it: one per probe received
+                return [self._datagram_bytes(src, encode_payload(self.name, _ACK, [msg.seq, self.vivaldi.packed()]))]
+            if cls is Ack:
+                out: list[Outgoing] = []
+                self._on_ack(env.sender, msg, now, out)
+                return out
+        out = []
         if env.bad_items:
             self.counters["piggyback_bad"] += env.bad_items
         if env.unknown_items:
