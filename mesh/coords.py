@@ -21,6 +21,7 @@ import math
 import random
 import struct
 import threading
+from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -282,7 +283,9 @@ class VivaldiClient:
         self._rng = rng
         self._origin = Coordinate.origin(cfg)
         self._set(self._origin)
-        self._adjustment_samples = [0.0] * cfg.adjustment_window
+        # Packed doubles, not a list of floats: each update replaces one sample, so a list's
+        # float objects end up scattered over the heap and sum() would touch as many cache lines.
+        self._adjustment_samples = array("d", bytes(8 * cfg.adjustment_window))
         self._adjustment_index = 0
         # node -> the samples the filter keeps between updates (the last size - 1; NaN where
         # there are fewer yet), packed float64s: a node keeps one filter per peer it probes,
