@@ -641,9 +641,10 @@ class SwimCore:
         j = self._next_join_at
         if j is not None and j < d:
             d = j
-        for s in self._suspicions.values():
-            if s.deadline < d:
-                d = s.deadline
+        if self._suspicions:
+            for s in self._suspicions.values():
+                if s.deadline < d:
+                    d = s.deadline
         if self._relays and self._relay_next < d:
             d = self._relay_next
         return d
@@ -668,12 +669,14 @@ class SwimCore:
             self._start_probe(now, out)
 
     def _pick_probe_target(self) -> Member | None:
+        peek = self.members.peek  # read-only: a probe changes no record
         for _ in range(2):
-            while self._probe_index < len(self._probe_order):
-                name = self._probe_order[self._probe_index]
-                self._probe_index += 1
-                m = self.members.peek(name)  # read-only: a probe changes no record
+            order, i = self._probe_order, self._probe_index
+            while i < len(order):
+                m = peek(order[i])
+                i += 1
                 if m is not None and m.state in (_ALIVE, _SUSPECT):
+                    self._probe_index = i
                     return m
             # Wrapped around: reshuffle the current membership (memberlist's resetNodes).
             self._probe_order = list(self._alive_names)
@@ -684,12 +687,12 @@ class SwimCore:
         return None
 
     def _start_probe(self, now: float, out: list[Outgoing]) -> None:
-        interval = self.awareness.scale(self.config.probe_interval)
+        interval = self.config.probe_interval * (self.awareness.score + 1)  # awareness.scale(), inlined
         self._next_probe_at = now + interval
         target = self._pick_probe_target()
         if target is None:
             return
-        seq = self._next_seq()
+        seq = self._seq = (self._seq + 1) & _SEQ_MASK  # _next_seq(), inlined
         self.counters["probes"] += 1
         # Only the interval is scaled by local health, as in memberlist: waiting longer
         # for a UDP ack does not make it arrive, while a longer interval gives the
@@ -750,8 +753,9 @@ class SwimCore:
             return
         p.acked = True
         # Any successful probe, direct or relayed, is evidence our own link works
-        # (memberlist applies -1 whenever probeNode returns on an ack).
-        self.awareness.apply_delta(-1)
+        # (memberlist applies -1 whenever probeNode returns on an ack); at 0 it stays 0.
+        if self.awareness.score:
+            self.awareness.apply_delta(-1)
         raw = ack.coord
         # A coordinate of other dimensions or with non-finite values is ignored (the ack counts).
         if raw is not None and sender == p.target:
