@@ -268,6 +268,9 @@ class Coordinate:
         return cls(tuple(vals[:-3]), vals[-3], vals[-2], vals[-1])
 
 
+_DEFAULT_CONFIG = VivaldiConfig()
+
+
 class VivaldiClient:
     """Maintains one node's coordinate from observed RTTs (Serf's coordinate.Client).
 
@@ -278,8 +281,18 @@ class VivaldiClient:
     adjustment window, gravity).
     """
 
+    # Slots: a node reads a dozen of these per acked probe, from one object instead of an
+    # object and its attribute values stored apart.
+    __slots__ = (
+        "config", "_rng", "_origin", "_vec", "_error", "_adjustment", "_height", "_coord", "_packed",
+        "_adjustment_samples", "_adjustment_index", "_keep", "_latency_filter", "_packer", "updates", "resets",
+    )
+    _coord: Coordinate | None  # built from the fields on first read after a change
+    _packed: bytes | None  # likewise, its float32 form
+
     def __init__(self, rng: random.Random, config: VivaldiConfig | None = None) -> None:
-        self.config = cfg = config or VivaldiConfig()
+        # Frozen: every client without a config of its own shares the default one.
+        self.config = cfg = config or _DEFAULT_CONFIG
         self._rng = rng
         self._origin = Coordinate.origin(cfg)
         self._set(self._origin)
@@ -301,8 +314,8 @@ class VivaldiClient:
         self._error = c.error
         self._adjustment = c.adjustment
         self._height = c.height
-        self._coord: Coordinate | None = c
-        self._packed: bytes | None = None
+        self._coord = c
+        self._packed = None
 
     @property
     def coord(self) -> Coordinate:
