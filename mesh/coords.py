@@ -445,12 +445,8 @@ class VivaldiClient:
                 self._set(self._origin)
                 self.resets += 1
                 return
-        self._vec = vec
-        self._error = error
-        self._adjustment = adjustment
-        self._height = height
-        self._coord = None
-        self._packed = None
+        self._vec, self._error, self._adjustment, self._height = vec, error, adjustment, height
+        self._coord = self._packed = None  # rebuilt when read
 
     def _filtered(self, node: str, rtt: float) -> float:
         """The median of the last ``latency_filter_size`` samples towards ``node``, this one included."""
