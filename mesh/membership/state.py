@@ -63,6 +63,7 @@ import bisect
 import random
 from array import array
 import struct
+import sys
 import zlib
 from dataclasses import dataclass, fields
 from enum import IntEnum
@@ -179,63 +180,83 @@ class MemberTable(dict[str, Member]):
     touches it (``get``/``[]``), which swaps in the node's own copy. Bulk reads
     (iteration, ``peek``) do not copy.
 
-    Every record is changed after a ``get``/``[]`` (``peek`` and iteration hand out
-    records to read), so those and every change of the table itself set ``touched``:
-    while it stays False, no member was added, removed or changed, and a digest of
-    the table computed before is still right (see ``SwimCore.state_digest``).
+    Every record is changed right after a ``get``/``[]`` (``peek`` and iteration hand
+    out records to read). So the push-pull digests (``digest``, see
+    ``SwimCore.state_digest``) are kept current here: a record handed out by
+    ``get``/``[]`` or replaced has its part taken out of the digest until the next
+    read of it puts it back as it is then, and a member added or removed adds or
+    removes its part. Bulk changes (``update``, ``clear``, ...) drop the digest
+    (``digest = None``): the next read recomputes it over the whole table.
     """
 
-    __slots__ = ("touched",)
+    __slots__ = ("digest",)
     peek = dict.get  # read-only lookup that never copies
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.touched = True
+        self.digest: _Digest | None = None
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        self.touched = True
-        m = dict.get(self, key, default)
+        m = dict.get(self, key)
+        if m is None:
+            return default
+        dg = self.digest
+        if dg is not None and key not in dg.out:
+            dg.take_out(key, m)
         if type(m) is _SharedMember:
             m = self._own(key, m)
         return m
 
     def __getitem__(self, key: str) -> Member:
-        self.touched = True
         m = dict.__getitem__(self, key)
+        dg = self.digest
+        if dg is not None and key not in dg.out:
+            dg.take_out(key, m)
         if type(m) is _SharedMember:
             m = self._own(key, m)
         return m
 
     def __setitem__(self, key: str, value: Member) -> None:
-        self.touched = True
+        dg = self.digest
+        if dg is not None and key not in dg.out:
+            old = dict.get(self, key)
+            if old is None:
+                dg.coord_flip(key)  # a new member: its coordinate, if we hold one, now counts
+                dg.out.add(key)
+            else:
+                dg.take_out(key, old)
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: str) -> None:
-        self.touched = True
+        m = dict.__getitem__(self, key)
+        if self.digest is not None:
+            self.digest.remove(key, m)
         dict.__delitem__(self, key)
 
-    def pop(self, *args: Any) -> Any:  # type: ignore[override]
-        self.touched = True
-        return dict.pop(self, *args)
+    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+        m = dict.get(self, key)
+        if m is not None and self.digest is not None:
+            self.digest.remove(key, m)
+        return dict.pop(self, key, *default)
 
     def popitem(self) -> Any:
-        self.touched = True
+        self.digest = None
         return dict.popitem(self)
 
     def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        self.touched = True
+        self.digest = None
         return dict.setdefault(self, key, default)
 
     def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
-        self.touched = True
+        self.digest = None
         dict.update(self, *args, **kw)
 
     def clear(self) -> None:
-        self.touched = True
+        self.digest = None
         dict.clear(self)
 
     def __ior__(self, other: Any) -> "MemberTable":  # type: ignore[override]
-        self.touched = True
+        self.digest = None
         dict.update(self, other)
         return self
 
@@ -296,6 +317,19 @@ _MAX_BUCKETS = 1024
 DIGEST_MIN_MEMBERS = 64
 _DIGEST = struct.Struct(f"<{DIGEST_BUCKETS}Q")
 _CDIGEST = struct.Struct(f"<{COORD_BUCKETS}I")
+# Digests are kept as arrays of machine words ('Q' and 'I' are 8 and 4 bytes on every CPython
+# platform we run on); on a big-endian CPU their wire form (little-endian) is byte-swapped.
+if array("Q").itemsize != 8 or array("I").itemsize != 4:
+    raise ImportError("mesh.membership.state needs 8-byte 'Q' and 4-byte 'I' arrays")
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _words_out(a: array[int]) -> bytes:
+    """A digest array in its wire form (little-endian words)."""
+    if _BIG_ENDIAN:
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
 _U64_MASK = 2**64 - 1
 # name -> CRC-32 of its UTF-8 bytes (its digest bucket is the low bits). Bounded; cleared when full.
 _NAME_CRC: dict[str, int] = {}
@@ -311,19 +345,76 @@ def _name_crc(name: str) -> int:
     return h
 
 
+def _member_part(h: int, m: Member) -> int:
+    """A member's part of its bucket's state digest (``h``: the CRC-32 of its name)."""
+    # (an IntEnum state hashes as its int)
+    return hash((h, m.incarnation, m.state)) & _U64_MASK
+
+
+class _Digest:
+    """A member table's push-pull digests (see ``SwimCore.state_digest``), kept current
+    by the table (:class:`MemberTable`) as members change, come and go.
+
+    ``d`` and ``c`` are the state and coordinate digests as machine words (6 KiB,
+    not lists of int objects). ``out`` names the records handed out for change:
+    their parts are out of ``d`` until :meth:`sync` puts them back as they are
+    then. Whether we hold a member's coordinate is read from the coordinate
+    table's ``slots`` and ``present`` (see PackedTable). Holds neither the member
+    table nor the core, so it makes no reference cycle.
+    """
+
+    __slots__ = ("d", "c", "out", "slots", "present")
+
+    def __init__(self, d: array[int], c: array[int], coords: PackedTable) -> None:
+        self.d, self.c = d, c
+        self.out: set[str] = set()
+        self.slots, self.present = coords.slots, coords.present
+
+    def take_out(self, name: str, m: Member) -> None:
+        """Record ``m`` of ``name`` is about to change: its part leaves the digest until :meth:`sync`."""
+        h = _name_crc(name)
+        self.d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, m)
+        self.out.add(name)
+
+    def remove(self, name: str, m: Member) -> None:
+        """Member ``name`` (record ``m``) leaves the table."""
+        if name in self.out:
+            self.out.discard(name)  # its part is out already
+        else:
+            h = _name_crc(name)
+            self.d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, m)
+        self.coord_flip(name)
+
+    def coord_flip(self, name: str) -> None:
+        """Member ``name`` joins or leaves the table: its coordinate, if we hold one, counts or stops counting."""
+        i = self.slots.get(name)
+        if i is not None and i < len(self.present) and self.present[i]:
+            h = _name_crc(name)
+            self.c[h & (COORD_BUCKETS - 1)] ^= h
+
+    def sync(self, members: MemberTable) -> None:
+        """Put the parts of the records handed out since the last call back, as they are now."""
+        d, mask, peek = self.d, DIGEST_BUCKETS - 1, members.peek
+        for name in self.out:
+            h = _name_crc(name)
+            d[h & mask] ^= _member_part(h, peek(name))
+        self.out.clear()
+
+
 class _CoordDigest:
-    """A node's coordinate digest (see ``SwimCore.state_digest``), kept current as
-    coordinates of members come and go: the ``on_change`` of its coordinate table.
-    Holds the member table, not the core, so it makes no reference cycle."""
+    """A node's coordinate digest kept current as coordinates of members come and go:
+    the ``on_change`` of its coordinate table. Holds the member table and its digest,
+    not the core, so it makes no reference cycle."""
 
-    __slots__ = ("members", "c")
+    __slots__ = ("members", "dg", "c")
 
-    def __init__(self, members: MemberTable, c: array[int]) -> None:
+    def __init__(self, members: MemberTable, dg: _Digest) -> None:
         self.members = members
-        self.c = c
+        self.dg = dg
+        self.c = dg.c
 
     def __call__(self, name: str) -> None:
-        if name in self.members:  # `in` reads only: a member table's digest state is untouched
+        if name in self.members:  # `in` reads only: the member table's digest is unchanged
             h = _name_crc(name)
             self.c[h & (COORD_BUCKETS - 1)] ^= h
 
@@ -366,8 +457,6 @@ class SwimCore:
         # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
         self.coords = PackedTable(4 * (self.vivaldi.config.dimensionality + 3))
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
-        # (coords table, state digest, coordinate digest kept current): see state_digest
-        self._digest: tuple[PackedTable, array[int], _CoordDigest] | None = None
         self.members: MemberTable = MemberTable(
             {name: Member(name, addr, meta, incarnation, _ALIVE, now, key=key)}
         )
@@ -1188,14 +1277,24 @@ class SwimCore:
         ``crc32(name) % COORD_BUCKETS`` is the XOR of ``crc32(name)`` over its members
         whose coordinate we hold (we hold our own).
         """
-        # Both digests are kept until a member changes (MemberTable.touched); coordinates
-        # gained or dropped meanwhile are folded into the coordinate digest as they come
-        # (PackedTable.on_change). A steady mesh's push-pulls then walk no table.
+        dg = self._digests()
+        return dg.d.tolist(), dg.c.tolist()
+
+    def _digests(self) -> _Digest:
+        """Our digests (see :meth:`state_digest`), current.
+
+        Computed over every member once, then kept current as members change
+        (:class:`MemberTable`, its ``digest``) and as coordinates are gained or dropped
+        (``PackedTable.on_change``): a push-pull walks no table.
+        """
         members, coords = self.members, self.coords
+        dg = members.digest
+        folder = coords.on_change
+        if dg is not None and type(folder) is _CoordDigest and folder.dg is dg and dg.present is coords.present:
+            if dg.out:
+                dg.sync(members)
+            return dg
         mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
-        cached = self._digest
-        if cached is not None and not members.touched and cached[0] is coords and coords.on_change is cached[2]:
-            return cached[1].tolist(), cached[2].c.tolist()
         d = [0] * DIGEST_BUCKETS
         c = [0] * COORD_BUCKETS
         crc = _NAME_CRC.get
@@ -1212,25 +1311,23 @@ class SwimCore:
                 c[h & cmask] ^= h
         h = _name_crc(self.name)  # our own coordinate (never kept in self.coords)
         c[h & cmask] ^= h
-        d = [x & _U64_MASK for x in d]
-        members.touched = False
-        # Kept as machine words (6 KiB), not lists of int objects (~40 KiB at 1000 members).
-        folder = coords.on_change = _CoordDigest(members, array("I", c))
-        self._digest = (coords, array("Q", d), folder)
-        return d, c
+        dg = members.digest = _Digest(array("Q", [x & _U64_MASK for x in d]), array("I", c), coords)
+        coords.on_change = _CoordDigest(members, dg)
+        return dg
 
     def _sync_to(self, addr: str) -> list[Outgoing]:
         """Open a periodic push-pull (or reconnect) with ``addr``: digests in a big mesh, else the full state."""
         if len(self.members) > DIGEST_MIN_MEMBERS:
-            d, c = self.state_digest()
-            return [Outgoing(addr, encode(self.name, PushPullDigest(False, _DIGEST.pack(*d), _CDIGEST.pack(*c))), True)]
+            dg = self._digests()
+            return [Outgoing(addr, encode(self.name, PushPullDigest(False, _words_out(dg.d), _words_out(dg.c))), True)]
         return self._push_pull_to(addr, join=False, reply=False)
 
     def _on_digest(self, src: str, msg: PushPullDigest, out: list[Outgoing]) -> None:
         """A peer's digests: answer an opening with ours, then send what differs (see PushPullDigest)."""
-        d, c = self.state_digest()
+        dg = self._digests()
+        d, c = dg.d, dg.c
         if not msg.reply:
-            out.append(Outgoing(src, encode(self.name, PushPullDigest(True, _DIGEST.pack(*d), _CDIGEST.pack(*c))), True))
+            out.append(Outgoing(src, encode(self.name, PushPullDigest(True, _words_out(d), _words_out(c))), True))
         theirs, their_c = _DIGEST.unpack(msg.digests), _CDIGEST.unpack(msg.coord_digests)
         rows_in = {b for b in range(DIGEST_BUCKETS) if d[b] != theirs[b]}
         coords_in = {b for b in range(COORD_BUCKETS) if c[b] != their_c[b]}
@@ -1424,7 +1521,7 @@ class SwimCore:
                 continue
             room -= 1
             dict.__setitem__(members, st.node, m)
-            members.touched = True
+            members.digest = None
             self._recent_dead.pop(st.node, None)
             added.append(st.node)
         if added:
