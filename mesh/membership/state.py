@@ -62,10 +62,11 @@ from __future__ import annotations
 import bisect
 import random
 from array import array
-import struct
 import sys
 import zlib
 from dataclasses import dataclass, fields
+from itertools import compress, repeat
+from operator import and_, ne
 from enum import IntEnum
 from typing import Any, Iterable
 
@@ -315,8 +316,6 @@ _MAX_BUCKETS = 1024
 # Above this many members a periodic push-pull opens with a digest (PushPullDigest) instead of
 # the full state: at or below it the full state is about as small as the digest.
 DIGEST_MIN_MEMBERS = 64
-_DIGEST = struct.Struct(f"<{DIGEST_BUCKETS}Q")
-_CDIGEST = struct.Struct(f"<{COORD_BUCKETS}I")
 # Digests are kept as arrays of machine words ('Q' and 'I' are 8 and 4 bytes on every CPython
 # platform we run on); on a big-endian CPU their wire form (little-endian) is byte-swapped.
 if array("Q").itemsize != 8 or array("I").itemsize != 4:
@@ -330,19 +329,31 @@ def _words_out(a: array[int]) -> bytes:
         a = array(a.typecode, a)
         a.byteswap()
     return a.tobytes()
+
+
+def _words_in(typecode: str, data: bytes) -> array[int]:
+    """A digest in its wire form as an array of words (``typecode`` 'Q' or 'I')."""
+    a = array(typecode, data)
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a
 _U64_MASK = 2**64 - 1
 # name -> CRC-32 of its UTF-8 bytes (its digest bucket is the low bits). Bounded; cleared when full.
-_NAME_CRC: dict[str, int] = {}
+class _CrcCache(dict[str, int]):
+    __slots__ = ()
+
+    def __missing__(self, name: str) -> int:
+        if len(self) >= _NAME_CRC_MAX:
+            self.clear()
+        h = self[name] = zlib.crc32(name.encode())
+        return h
+
+
+_NAME_CRC = _CrcCache()
 _NAME_CRC_MAX = 65_536
-
-
-def _name_crc(name: str) -> int:
-    h = _NAME_CRC.get(name)
-    if h is None:
-        if len(_NAME_CRC) >= _NAME_CRC_MAX:
-            _NAME_CRC.clear()
-        h = _NAME_CRC[name] = zlib.crc32(name.encode())
-    return h
+_name_crc = _NAME_CRC.__getitem__  # the CRC-32 of a name, cached
+_COORD_RANGE = range(COORD_BUCKETS)
+_DIGEST_RANGE = range(DIGEST_BUCKETS)
 
 
 def _member_part(h: int, m: Member) -> int:
@@ -1297,15 +1308,13 @@ class SwimCore:
         mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
         d = [0] * DIGEST_BUCKETS
         c = [0] * COORD_BUCKETS
-        crc = _NAME_CRC.get
+        crc = _name_crc
         slot, present = coords.slots.get, coords.present  # `name in coords`, inlined
         size = len(present)
+        # (one pass in Python beats splitting it into map/zip/compress passes in C)
         for name, m in members.items():
             h = crc(name)
-            if h is None:
-                h = _name_crc(name)
-            # (an IntEnum state hashes as its int)
-            d[h & mask] ^= hash((h, m.incarnation, m.state))
+            d[h & mask] ^= hash((h, m.incarnation, m.state))  # (an IntEnum state hashes as its int)
             i = slot(name)
             if i is not None and i < size and present[i]:
                 c[h & cmask] ^= h
@@ -1326,26 +1335,35 @@ class SwimCore:
         """A peer's digests: answer an opening with ours, then send what differs (see PushPullDigest)."""
         dg = self._digests()
         d, c = dg.d, dg.c
+        db, cb = _words_out(d), _words_out(c)
         if not msg.reply:
-            out.append(Outgoing(src, encode(self.name, PushPullDigest(True, _words_out(d), _words_out(c))), True))
-        theirs, their_c = _DIGEST.unpack(msg.digests), _CDIGEST.unpack(msg.coord_digests)
-        rows_in = {b for b in range(DIGEST_BUCKETS) if d[b] != theirs[b]}
-        coords_in = {b for b in range(COORD_BUCKETS) if c[b] != their_c[b]}
-        if not rows_in and not coords_in:
-            return
-        mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
-        crc = _NAME_CRC.get
+            out.append(Outgoing(src, encode(self.name, PushPullDigest(True, db, cb)), True))
+        if db == msg.digests:
+            if cb == msg.coord_digests:
+                return
+        # Which buckets differ, found in C (map/compress over the words), as a flag per
+        # coordinate bucket: 2 where the state bucket (its low bits) differs (send the
+        # entries), else 1 where the coordinate bucket differs (send the coordinates).
+        flags = bytearray(COORD_BUCKETS)
+        if cb != msg.coord_digests:
+            for b in compress(_COORD_RANGE, map(ne, c, _words_in("I", msg.coord_digests))):
+                flags[b] = 1
+        if db != msg.digests:
+            for b in compress(_DIGEST_RANGE, map(ne, d, _words_in("Q", msg.digests))):
+                for fb in range(b, COORD_BUCKETS, DIGEST_BUCKETS):
+                    flags[fb] = 2
+        # The members of flagged buckets, in table order, picked in C: per name its CRC
+        # (cached), its coordinate bucket, that bucket's flag.
+        members, cmask, crc = self.members, COORD_BUCKETS - 1, _name_crc
+        picked = compress(members, map(flags.__getitem__, map(and_, map(crc, members), repeat(cmask))))
         entries: list[str] = []
         pairs: list[Any] = []
         coords = self.coords
         me = self.name
-        for n in self.members:
-            h = crc(n)
-            if h is None:
-                h = _name_crc(n)
-            if h & mask in rows_in:
+        for n in picked:
+            if flags[crc(n) & cmask] == 2:
                 entries.append(n)  # an entry carries the coordinate too
-            elif h & cmask in coords_in:
+            else:
                 raw = self._coord_wire() if n == me else coords.get(n)
                 if raw is not None:
                     pairs += (n, raw)
@@ -1361,8 +1379,8 @@ class SwimCore:
         dims = self.vivaldi.config.dimensionality
         peek, coords, me = self.members.peek, self.coords, self.name
         slot, present = coords.slots.get, coords.present  # `name in coords`, inlined
-        for i in range(0, len(pairs), 2):
-            name, raw = pairs[i], pairs[i + 1]
+        it = iter(pairs)
+        for name, raw in zip(it, it):  # (name, coordinate) pairs (the decoder checked the count is even)
             if type(name) is not str or type(raw) is not bytes:
                 self.counters["bad_states"] += 1
                 continue
