@@ -66,7 +66,7 @@ import sys
 import zlib
 from dataclasses import dataclass, fields
 from itertools import compress, repeat
-from operator import and_, ne
+from operator import and_, is_, ne
 from enum import IntEnum
 from typing import Any, Iterable
 
@@ -164,6 +164,28 @@ def shared_member(m: Member) -> Member:
     for f in _MEMBER_FIELDS:
         object.__setattr__(s, f, getattr(m, f))
     return s
+
+
+class _SharedRecords(list[Member]):
+    """The records :meth:`SwimCore.bootstrap` builds from ``states`` (checked) at ``now``, for
+    nodes bootstrapped alike to share; with the entries they were built from, their names in
+    order, and whether those are distinct."""
+
+    __slots__ = ("entries", "names", "distinct")
+
+    def __init__(self, states: list[PushPullState], now: float) -> None:
+        super().__init__()
+        for st in states:
+            m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, _ALIVE, now, key=st.key)
+            m.meta_wire = st.meta_raw
+            self.append(shared_member(m))
+        self.entries = tuple(states)
+        self.names = [st.node for st in states]
+        self.distinct = len(set(self.names)) == len(states)
+
+    def built_from(self, states: list[PushPullState]) -> bool:
+        """True if these records were built from the very objects of ``states``."""
+        return len(self.entries) == len(states) and all(map(is_, self.entries, states))
 
 
 def _built_from(m: Member, st: PushPullState) -> bool:
@@ -408,7 +430,7 @@ class _Digest:
         d, mask, peek = self.d, DIGEST_BUCKETS - 1, members.peek
         for name in self.out:
             h = _name_crc(name)
-            d[h & mask] ^= _member_part(h, peek(name))
+            d[h & mask] ^= _member_part(h, peek(name))  # type: ignore[arg-type]  # (``out`` names members)
         self.out.clear()
 
 
@@ -1516,32 +1538,44 @@ class SwimCore:
         records to share.
         """
         states = list(states)
-        if not (shared is not None and len(shared) == len(states) and all(map(_built_from, shared, states))):
+        # Records built from these very entries (identical objects: frozen, checked then)?
+        recs = shared if isinstance(shared, _SharedRecords) and shared.built_from(states) else None
+        if recs is None and not (shared is not None and len(shared) == len(states) and all(map(_built_from, shared, states))):
             # Bypasses the decoder (a persisted list): names, addresses, keys and metadata are checked
             # here (unless ``shared`` holds records built from these very entries, already checked).
             valid = [st for st in states if self._bootstrap_entry_ok(st)]
             self.counters["bad_names"] += len(states) - len(valid)
             states = valid
         if shared is None or len(shared) != len(states):
-            shared = []
-            for st in states:
-                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, _ALIVE, now, key=st.key)
-                m.meta_wire = st.meta_raw
-                shared.append(shared_member(m))
-        added = []
+            shared = recs = _SharedRecords(states, now)
         members = self.members
         room = self.config.max_members - len(members)
-        for st, m in zip(states, shared):
-            if st.node == self.name or st.node in members or m.name != st.node:
-                continue
-            if room <= 0:
-                self.counters["members_refused_full"] += 1
-                continue
-            room -= 1
-            dict.__setitem__(members, st.node, m)
+        if recs is not None and recs.distinct and room >= len(states) and len(members) == 1 and self.name in members:
+            # A fresh node (the simulator's case, N nodes of N members each): the records go
+            # in with one dict update, in order, our own record kept.
+            own = dict.__getitem__(members, self.name)
+            dict.update(members, zip(recs.names, recs))
+            dict.__setitem__(members, self.name, own)
+            added = recs.names.copy()
+            if self.name in added:
+                added.remove(self.name)
             members.digest = None
-            self._recent_dead.pop(st.node, None)
-            added.append(st.node)
+            if self._recent_dead:
+                for n in added:
+                    self._recent_dead.pop(n, None)
+        else:
+            added = []
+            for st, m in zip(states, shared):
+                if st.node == self.name or st.node in members or m.name != st.node:
+                    continue
+                if room <= 0:
+                    self.counters["members_refused_full"] += 1
+                    continue
+                room -= 1
+                dict.__setitem__(members, st.node, m)
+                members.digest = None
+                self._recent_dead.pop(st.node, None)
+                added.append(st.node)
         if added:
             # One sort and one shuffle rather than an ordered insert per member: O(N log N).
             # (sorted() of already-sorted names, the usual case, is linear)
