@@ -972,7 +972,13 @@ class SwimCore:
             for n in [n for n, t in self._recent_dead.items() if t < cutoff]:
                 del self._recent_dead[n]
             if self._recent_dead:
-                candidates = sorted([*candidates, *self._recent_dead])
+                if len(self._recent_dead) <= 16:
+                    # _alive_names is sorted and holds none of them: insert the few into a copy
+                    candidates = candidates.copy()
+                    for n in self._recent_dead:
+                        bisect.insort(candidates, n)
+                else:
+                    candidates = sorted([*candidates, *self._recent_dead])
         k = min(self.config.gossip_nodes, len(candidates))
         out = []
         budget = MAX_DATAGRAM - envelope_overhead(self.name) - 8
