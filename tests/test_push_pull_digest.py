@@ -251,3 +251,17 @@ def test_digest_follows_members_joining_and_leaving_with_their_coordinates() -> 
     expect["m0006"] = (0, 0)
     held.add("m0006")
     assert a.state_digest() == _rule(expect, held)
+
+
+def test_digest_of_nodes_bootstrapped_from_shared_records() -> None:
+    """Nodes bootstrapped alike (the simulator's case) each have the digest of their own table:
+    their own record counts, not the entry about them."""
+    states = [PushPullState.of(n, n, 3 if n == "a" else 0, 0, NodeMeta(), None) for n in [*NAMES, "a", "b"]]
+    a = SwimCore("a", "a", NodeMeta(), LAN, random.Random(1))
+    shared = a.bootstrap(states, 0.0)
+    b = SwimCore("b", "b", NodeMeta(), LAN, random.Random(2))
+    assert b.bootstrap(states, 0.0, shared) is shared
+    b.coords["m0001"] = _coord(1)
+    expect = {n: (0, 0) for n in [*NAMES, "b"]}
+    assert a.state_digest() == _rule({**expect, "a": (0, 0)}, {"a"})  # its own record: incarnation 0
+    assert b.state_digest() == _rule({**expect, "a": (3, 0)}, {"b", "m0001"})

@@ -171,7 +171,7 @@ class _SharedRecords(list[Member]):
     nodes bootstrapped alike to share; with the entries they were built from, their names in
     order, and whether those are distinct."""
 
-    __slots__ = ("entries", "names", "distinct")
+    __slots__ = ("entries", "names", "distinct", "_digest")
 
     def __init__(self, states: list[PushPullState], now: float) -> None:
         super().__init__()
@@ -182,6 +182,17 @@ class _SharedRecords(list[Member]):
         self.entries = tuple(states)
         self.names = [st.node for st in states]
         self.distinct = len(set(self.names)) == len(states)
+        self._digest: array[int] | None = None
+
+    def state_digest(self) -> array[int]:
+        """The state digest (see ``SwimCore.state_digest``) of a table of exactly these records."""
+        if self._digest is None:
+            d = array("Q", bytes(8 * DIGEST_BUCKETS))
+            for m in self:
+                h = _name_crc(m.name)
+                d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, m)
+            self._digest = d
+        return self._digest
 
     def built_from(self, states: list[PushPullState]) -> bool:
         """True if these records were built from the very objects of ``states``."""
@@ -399,7 +410,7 @@ class _Digest:
     __slots__ = ("d", "c", "out", "slots", "present")
 
     def __init__(self, d: array[int], c: array[int], coords: PackedTable) -> None:
-        self.d, self.c = d, c
+        self.d, self.c = d, c  # c empty: not computed yet (see SwimCore.bootstrap)
         self.out: set[str] = set()
         self.slots, self.present = coords.slots, coords.present
 
@@ -421,7 +432,7 @@ class _Digest:
     def coord_flip(self, name: str) -> None:
         """Member ``name`` joins or leaves the table: its coordinate, if we hold one, counts or stops counting."""
         i = self.slots.get(name)
-        if i is not None and i < len(self.present) and self.present[i]:
+        if i is not None and i < len(self.present) and self.present[i] and self.c:
             h = _name_crc(name)
             self.c[h & (COORD_BUCKETS - 1)] ^= h
 
@@ -1333,6 +1344,14 @@ class SwimCore:
             if dg.out:
                 dg.sync(members)
             return dg
+        if dg is not None and not dg.c:
+            # Seeded by bootstrap with the state digest only: add the coordinate digest.
+            if dg.out:
+                dg.sync(members)
+            dg.c = array("I", self._coord_digest())
+            dg.slots, dg.present = coords.slots, coords.present
+            coords.on_change = _CoordDigest(members, dg)
+            return dg
         mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
         d = [0] * DIGEST_BUCKETS
         c = [0] * COORD_BUCKETS
@@ -1351,6 +1370,21 @@ class SwimCore:
         dg = members.digest = _Digest(array("Q", [x & _U64_MASK for x in d]), array("I", c), coords)
         coords.on_change = _CoordDigest(members, dg)
         return dg
+
+    def _coord_digest(self) -> list[int]:
+        """The coordinate digest (see :meth:`state_digest`), over every member."""
+        c = [0] * COORD_BUCKETS
+        cmask, crc, coords = COORD_BUCKETS - 1, _name_crc, self.coords
+        # Members whose coordinate we hold picked in C: `name in coords` over a copy of ``present``
+        # long enough for every record number (a shared index numbers names we hold none for).
+        slots = coords.slots
+        present = bytes(coords.present) + bytes(max(0, len(slots) - len(coords.present)) + 1)
+        absent = len(present) - 1  # a record number whose flag is 0, for names without one
+        for h in map(crc, compress(self.members, map(present.__getitem__, map(slots.get, self.members, repeat(absent))))):
+            c[h & cmask] ^= h
+        h = crc(self.name)  # our own coordinate (never kept in self.coords)
+        c[h & cmask] ^= h
+        return c
 
     def _sync_to(self, addr: str) -> list[Outgoing]:
         """Open a periodic push-pull (or reconnect) with ``addr``: digests in a big mesh, else the full state."""
@@ -1563,9 +1597,15 @@ class SwimCore:
             dict.update(members, zip(recs.names, recs))
             dict.__setitem__(members, self.name, own)
             added = recs.names.copy()
+            # Our state digest: the shared records' (computed once for all nodes), with our own
+            # record in place of the entry about us; the coordinate digest follows at first use.
+            d = array("Q", recs.state_digest())
+            h = _name_crc(self.name)
             if self.name in added:
                 added.remove(self.name)
-            members.digest = None
+                d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, recs[recs.names.index(self.name)])
+            d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, own)
+            members.digest = _Digest(d, array("I"), self.coords)
             if self._recent_dead:
                 for n in added:
                     self._recent_dead.pop(n, None)
