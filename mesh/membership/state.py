@@ -370,9 +370,15 @@ def _words_in(typecode: str, data: bytes) -> array[int]:
     if _BIG_ENDIAN:
         a.byteswap()
     return a
+
+
 _U64_MASK = 2**64 - 1
-# name -> CRC-32 of its UTF-8 bytes (its digest bucket is the low bits). Bounded; cleared when full.
+
+
 class _CrcCache(dict[str, int]):
+    """name -> CRC-32 of its UTF-8 bytes (its digest bucket is the low bits), computed on a
+    miss (so a lookup is one C call). Bounded: cleared when full."""
+
     __slots__ = ()
 
     def __missing__(self, name: str) -> int:
