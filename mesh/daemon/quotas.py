@@ -48,11 +48,10 @@ class QuotaService:
     def __init__(self, daemon: "Daemon") -> None:
         self.d = daemon
         self.core = QuotaCore(self.limits)
-        self._limits: dict[str, tuple[Any, TenantQuota]] = {}  # tenant -> (record identity, quota)
         self.publish_failures = 0
         self.metrics = QuotaMetrics(self)
 
-    # --- lookups (cheap: every call does them) ------------------------------------------
+    # --- lookups (every call does them: IntentDoc keeps both answers until the view changes) ----
 
     @property
     def _doc(self) -> Any:
@@ -60,24 +59,11 @@ class QuotaService:
 
     def limits(self, tenant: str) -> TenantQuota:
         """The tenant's replicated quota record, or the defaults."""
-        rec = self._doc.effective("tenant", tenant)
-        if rec is None or rec.payload.get("deleted") is True:
-            return default_limits(tenant)
-        ident = (rec.signer, rec.seq)
-        hit = self._limits.get(tenant)
-        if hit is not None and hit[0] == ident:
-            return hit[1]
-        q = TenantQuota.from_payload(rec.payload)  # validated at intake: cannot fail
-        self._limits[tenant] = (ident, q)
-        return q
+        return self._doc.tenant(tenant) or default_limits(tenant)
 
     def tenant_of(self, deployment: str) -> str | None:
         """The deployment's tenant; None when this node knows no such deployment."""
-        rec = self._doc.effective("deployments", deployment)
-        spec = rec.payload.get("spec") if rec is not None else None
-        if not isinstance(spec, dict):
-            return None
-        return str(spec.get("tenant", DEFAULT_TENANT))
+        return self._doc.deployment_tenant(deployment)
 
     def charge(self, deployment: str, cpu_seconds: float) -> None:
         """A call served here for another node used ``cpu_seconds`` of its tenant's budget."""
