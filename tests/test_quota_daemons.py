@@ -24,6 +24,7 @@ import pytest
 import trio
 
 from mesh.cli import main
+from mesh.daemon.api import ApiError
 from mesh.daemon.node import Daemon
 from mesh.membership.state import MemberState
 from mesh.metrics import render
@@ -230,6 +231,12 @@ async def _change_scenario(tmp: Path) -> None:
         await cli("tenant", "set", "t1", "--concurrency", "0")
         await cli("deploy", "app", "--module", "hello", "--version", "1.0.0", "--replicas", "0", "--tenant", "t1")
         assert await call() == ("quota", "concurrency", "t1")
+        # A refused call continues the caller's trace, and refuses a malformed one like any call (one function).
+        res = await a.invocations.invoke("app", b"", tid.TP)
+        assert (res["code"], res["traceparent"]) == ("quota", tid.TP)
+        with pytest.raises(ApiError) as exc:
+            await a.invocations.invoke("app", b"", "00-bad")
+        assert exc.value.status == 400 and "traceparent" in str(exc.value)
         await cli("tenant", "set", "t1", "--concurrency", "5")
         assert await call() == ("ok", None, "t1")
         await cli("tenant", "set", "t1", "--per-minute", "1")  # one call made this minute already

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
@@ -28,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from crdt.schema import DEFAULT_TENANT, TenantQuota
-from mesh.daemon.api import ApiError, Request, json_answer
+from mesh.daemon.api import Request, json_answer
 from mesh.errors import ConfigError
 from mesh.invoke.quota import CPU_LABEL, MAX_LABEL_CHARS, REASONS, QuotaCore, Rejected, default_limits
 from mesh.membership.state import MemberState
@@ -172,15 +171,10 @@ def quota_guard(fn: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., A
 
 def _refused(svc: Any, deployment: str, r: Rejected, traceparent: str | None, caller: str) -> dict[str, Any]:
     """The result of a call a quota refused (not executed): the shape ``invoke`` answers."""
-    from mesh.invoke.trace import new_traceparent, parse_traceparent
+    from mesh.daemon.invocation import CALLERS, call_trace  # that module imports this one
 
-    ctx = parse_traceparent(traceparent) if traceparent else None
-    if traceparent and ctx is None:
-        raise ApiError(400, "traceparent is not a valid W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
-    tp = ctx.header() if ctx is not None else new_traceparent(os.urandom(16), os.urandom(8))
+    tp = call_trace(traceparent).header()
     svc.metrics.observe("none", 0.0, QUOTA, 0)
-    from mesh.daemon.invocation import CALLERS
-
     svc.metrics.calls[(deployment, caller if caller in CALLERS else "api", QUOTA)] += 1
     svc.d.log.warning("invoke_quota_refused", deployment=deployment, tenant=r.tenant, reason=r.reason,
                       retry_after_s=r.retry_after_s, traceparent=tp)
