@@ -4,6 +4,8 @@ it) refuses calls on the other once the usage arrived there by gossip.
 
 Two ``Daemon`` objects in one trio run on loopback (real sockets, Noise, membership, intent sync, the
 workload lifecycle). Quotas and deployments are written with the CLI against the running node.
+A one-daemon test (in the default run) changes quotas and a deployment's tenant with the CLI and
+checks that each change binds the very next call (the lookups are kept per intent change).
 Modules: ``runtime/examples/loop.wasm`` (a WASI command that never ends: every call runs until its
 ``timeout_ms`` limit) and ``hello.wasm`` (answers at once).
 """
