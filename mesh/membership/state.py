@@ -650,7 +650,13 @@ class SwimCore:
         return self._gossip(now)
 
     def update_meta(self, meta: NodeMeta, now: float) -> None:
-        """Change our metadata: bump the incarnation and gossip it like any update."""
+        """Change our metadata: bump the incarnation and gossip it like any update.
+
+        Ignored once we leave: an Alive with a higher incarnation would take us from left back to
+        alive on every peer (which would then declare us dead once we are gone).
+        """
+        if self.leaving:
+            return
         self.meta = meta
         self.incarnation += 1
         me = self.members[self.name]
