@@ -27,6 +27,11 @@ class BroadcastQueue:
     refutation queued just before a burst of newer updates (the flood after a
     partition heals) waits behind all of them while the suspicion it answers
     runs out; one urgent update costs a few dozen bytes per datagram.
+
+    ``take(budget, count=False)`` hands out the same updates without counting
+    the transmission: for a datagram to a member believed unreachable (suspect,
+    or recently dead: gossip to the dead), so that every update still reaches
+    ``limit()`` members believed alive (see ``SwimCore._gossip``).
     """
 
     def __init__(self, limit: Callable[[], int]) -> None:
@@ -61,8 +66,11 @@ class BroadcastQueue:
         self._levels.setdefault(0, {})[key] = data
         self._where[key] = 0
 
-    def take(self, budget: int) -> list[bytes]:
-        """Return updates fitting ``budget`` bytes: urgent first, then fewest transmissions (then newest)."""
+    def take(self, budget: int, count: bool = True) -> list[bytes]:
+        """Return updates fitting ``budget`` bytes: urgent first, then fewest transmissions (then newest).
+
+        With ``count=False`` the same updates are returned and none is counted as transmitted.
+        """
         if budget <= 0 or not (self._where or self._urgent):
             return []
         limit = self._limit()
@@ -74,6 +82,8 @@ class BroadcastQueue:
                     continue
                 budget -= cost
                 out.append(data)
+                if not count:
+                    continue
                 sent = self._urgent_sent[key] + 1
                 if sent >= limit:
                     del self._urgent[key], self._urgent_sent[key]
@@ -94,8 +104,9 @@ class BroadcastQueue:
                     continue
                 budget -= cost
                 out.append(data)
-                del bucket[key]
-                moved.append((key, data, level + 1))
+                if count:
+                    del bucket[key]
+                    moved.append((key, data, level + 1))
                 if budget < 8:
                     break
             if budget < 8:

@@ -854,11 +854,17 @@ class SwimCore:
         k = min(self.config.gossip_nodes, len(candidates))
         out = []
         budget = MAX_DATAGRAM - envelope_overhead(self.name) - 8
+        peek = self.members.peek
         for name in self.rng.sample(candidates, k) if k else []:
-            pig = self.broadcasts.take(budget)
+            m = peek(name)
+            # A copy for a suspect or recently dead member (so it can refute) is not counted
+            # against the retransmit limit: each update still reaches that many members we
+            # believe alive. Counting it, a partition that left half the members unreachable
+            # halved every update's live copies, and now and then one node missed a refutation.
+            pig = self.broadcasts.take(budget, m.state == _ALIVE)
             if not pig:
                 break
-            out.append(Outgoing(self.members.peek(name).addr, encode(self.name, Gossip(), pig), False))
+            out.append(Outgoing(m.addr, encode(self.name, Gossip(), pig), False))
         return out
 
     def _queue_alive(self, now: float) -> None:
