@@ -23,8 +23,11 @@ Protocol summary (what memberlist does, and so do we):
 Where we differ from memberlist, after a partition heals (issue 8): a remote
 "dead" merged from a push-pull stays a local suspicion that is neither gossiped
 nor counted as a confirmation (the subject is told directly); our own ``Alive``
-goes ahead of the gossip backlog; and a dead member coming back makes the next
-Serf-style reconnect prompt (see ``merge_states`` and ``_reconnect_soon``).
+goes ahead of the gossip backlog; a dead member coming back makes the next
+Serf-style reconnect prompt (see ``merge_states`` and ``_reconnect_soon``); and
+gossip sent to a suspect or recently dead member does not count against an
+update's retransmit limit (see ``_gossip``: during a partition half of every
+refutation's copies went to the unreachable side).
 
 Hostile or buggy input (every rule counted in ``counters``):
 
