@@ -300,3 +300,35 @@ def test_a_refutation_reaches_the_retransmit_limit_of_live_members_when_half_the
         out = x.tick(t)
     assert live_copies == limit
     assert dead_copies > 0  # the dead still hear it (gossip to the dead), on top of the limit
+
+
+def test_a_stale_suspicion_is_answered_with_the_refutation_its_sender_missed() -> None:
+    # The holder of a suspicion that missed the refutation gossips the old Suspect; a node
+    # that holds the newer Alive answers it directly, and the holder's timer is cleared.
+    names = [f"n{i}" for i in range(8)]
+    holder, peer = core("n1", [n for n in names if n != "n1"]), core("n2", [n for n in names if n != "n2"])
+    holder.handle("n3", decode(encode("n3", Suspect(0, "n5", "n3"))), 1.0)
+    assert holder.view()["n5"] == MemberState.SUSPECT
+    peer.handle("n5", decode(encode("n5", Alive(1, "n5", "n5", NodeMeta(), b""))), 1.0)  # the refutation
+    out = peer.handle("n1", decode(encode("n1", Suspect(0, "n5", "n3"))), 2.0)  # stale, from the holder
+    back = [o for o in out if o.dst == "n1"]
+    assert len(back) == 1
+    assert [(u.node, u.incarnation) for u in decode(back[0].data).piggyback if isinstance(u, Alive)] == [("n5", 1)]
+    holder.handle("n2", decode(back[0].data), 2.01)
+    assert holder.view()["n5"] == MemberState.ALIVE and "n5" not in holder._suspicions
+    # A stale Dead is answered the same way; a Suspect at the incarnation we hold is not stale.
+    out = peer.handle("n1", decode(encode("n1", Dead(0, "n5", "n1"))), 3.0)
+    assert [o.dst for o in out] == ["n1"]
+    out = peer.handle("n1", decode(encode("n1", Suspect(1, "n5", "n1"))), 4.0)
+    assert [o.dst for o in out if o.dst == "n1"] == []
+
+
+def test_the_suspect_itself_answers_a_stale_accusation_to_its_sender() -> None:
+    names = [f"n{i}" for i in range(8)]
+    y = core("n5", [n for n in names if n != "n5"])
+    y.handle("n3", decode(encode("n3", Suspect(0, "n5", "n3"))), 1.0)
+    assert y.incarnation == 1
+    out = y.handle("n1", decode(encode("n1", Suspect(0, "n5", "n3"))), 5.0)
+    back = [o for o in out if o.dst == "n1"]
+    assert len(back) == 1
+    assert [(u.node, u.incarnation) for u in decode(back[0].data).piggyback if isinstance(u, Alive)] == [("n5", 1)]
