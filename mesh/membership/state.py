@@ -27,7 +27,9 @@ goes ahead of the gossip backlog; a dead member coming back makes the next
 Serf-style reconnect prompt (see ``merge_states`` and ``_reconnect_soon``); and
 gossip sent to a suspect or recently dead member does not count against an
 update's retransmit limit (see ``_gossip``: during a partition half of every
-refutation's copies went to the unreachable side).
+refutation's copies went to the unreachable side); a Suspect or Dead below the
+incarnation we hold alive is answered with our Alive, straight to its sender
+(memberlist ignores it; see ``_note_stale``).
 
 Hostile or buggy input (every rule counted in ``counters``):
 
