@@ -321,6 +321,7 @@ def test_a_stale_suspicion_is_answered_with_the_refutation_its_sender_missed() -
     assert [o.dst for o in out] == ["n1"]
     out = peer.handle("n1", decode(encode("n1", Suspect(1, "n5", "n1"))), 4.0)
     assert [o.dst for o in out if o.dst == "n1"] == []
+    assert peer.counters["stale_corrections"] == 2  # one per datagram answered (the Suspect, the Dead)
 
 
 def test_the_suspect_itself_answers_a_stale_accusation_to_its_sender() -> None:

@@ -536,6 +536,7 @@ class SwimCore:
             "unknown_messages": 0,
             "relays_dropped": 0,
             "merge_suspicions": 0,
+            "stale_corrections": 0,
             "piggyback_skipped": 0,
             "members_refused_full": 0,
             "members_refused_rate": 0,
@@ -690,6 +691,7 @@ class SwimCore:
             self._introducer = ""
             stale, self._stale = self._stale, None
         if stale:
+            self.counters["stale_corrections"] += 1
             out.append(self._correction(src, stale))
         return out
 
