@@ -21,6 +21,7 @@ import math
 import random
 import struct
 import threading
+from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -136,8 +137,22 @@ class PackedTable:
             raise KeyError(key)
         return v
 
+    def offset(self, key: str) -> int | None:
+        """Where ``key``'s record starts in the packed buffer, or None if it holds none of this width."""
+        n = self.slots.get(key)
+        if n is None or n >= len(self.present) or not self.present[n]:
+            return None
+        return n * self.width
+
     def __setitem__(self, key: str, value: bytes) -> None:
         w = self.width
+        n = self.slots.get(key)
+        if n is not None and len(value) == w and n < len(self.present) and self.present[n]:
+            # Overwriting a record of this width (every ack rewrites its sender's coordinate):
+            # in place, nothing else changes.
+            o = n * w
+            self._buf[o : o + w] = value
+            return
         if len(value) != w:
             self.pop(key, None)
             self._odd[key] = bytes(value)
@@ -253,28 +268,76 @@ class Coordinate:
         return cls(tuple(vals[:-3]), vals[-3], vals[-2], vals[-1])
 
 
+_DEFAULT_CONFIG = VivaldiConfig()
+
+
 class VivaldiClient:
     """Maintains one node's coordinate from observed RTTs (Serf's coordinate.Client).
 
-    The update runs once per acked probe on every node, so it works on plain
-    floats and allocates one ``Coordinate`` per update (the maths is Serf's:
-    spring force, adjustment window, gravity).
+    The update runs once per acked probe on every node, so it works on plain floats:
+    the coordinate is kept as its fields (vector as a list, error, adjustment, height),
+    and the ``Coordinate`` object and the packed float32 form are built only when read
+    (:attr:`coord`, :meth:`packed`), once per change (the maths is Serf's: spring force,
+    adjustment window, gravity).
     """
 
+    # Slots: a node reads a dozen of these per acked probe, from one object instead of an
+    # object and its attribute values stored apart.
+    __slots__ = (
+        "config", "_rng", "_origin", "_vec", "_error", "_adjustment", "_height", "_coord", "_packed",
+        "_adjustment_samples", "_adjustment_index", "_keep", "_latency_filter", "_packer", "updates", "resets",
+    )
+    _coord: Coordinate | None  # built from the fields on first read after a change
+    _packed: bytes | None  # likewise, its float32 form
+
     def __init__(self, rng: random.Random, config: VivaldiConfig | None = None) -> None:
-        self.config = config or VivaldiConfig()
+        # Frozen: every client without a config of its own shares the default one.
+        self.config = cfg = config or _DEFAULT_CONFIG
         self._rng = rng
-        self.coord = Coordinate.origin(self.config)
-        self._origin = Coordinate.origin(self.config)
-        self._adjustment_samples = [0.0] * self.config.adjustment_window
+        self._origin = Coordinate.origin(cfg)
+        self._set(self._origin)
+        # Packed doubles, not a list of floats: each update replaces one sample, so a list's
+        # float objects end up scattered over the heap and sum() would touch as many cache lines.
+        self._adjustment_samples = array("d", bytes(8 * cfg.adjustment_window))
         self._adjustment_index = 0
         # node -> the samples the filter keeps between updates (the last size - 1; NaN where
         # there are fewer yet), packed float64s: a node keeps one filter per peer it probes,
         # so it must be small (a deque costs ~600 bytes, these 8 * (size - 1)).
-        self._keep = max(0, self.config.latency_filter_size - 1)
+        self._keep = max(0, cfg.latency_filter_size - 1)
         self._latency_filter = PackedTable(8 * self._keep)
+        self._packer = struct.Struct(f"<{cfg.dimensionality + 3}f")
         self.updates = 0
         self.resets = 0
+
+    def _set(self, c: Coordinate) -> None:
+        self._vec = list(c.vec)
+        self._error = c.error
+        self._adjustment = c.adjustment
+        self._height = c.height
+        self._coord = c
+        self._packed = None
+
+    @property
+    def coord(self) -> Coordinate:
+        """The current coordinate (built on first read after a change)."""
+        c = self._coord
+        if c is None:
+            c = self._coord = Coordinate(tuple(self._vec), self._error, self._adjustment, self._height)
+        return c
+
+    @coord.setter
+    def coord(self, c: Coordinate) -> None:
+        self._set(c)
+
+    def packed(self) -> bytes:
+        """The current coordinate as float32s (vec..., error, adjustment, height), as
+        ``PushPullState.pack_coord(self.coord)`` gives it: packed once per change."""
+        p = self._packed
+        if p is None:
+            vec = self._vec
+            st = self._packer if len(vec) + 3 == self._packer.size // 4 else struct.Struct(f"<{len(vec) + 3}f")
+            p = self._packed = st.pack(*vec, self._error, self._adjustment, self._height)
+        return p
 
     def share_index(self, index: dict[str, int]) -> None:
         """Number latency filters through ``index``, shared with other tables (see PackedTable)."""
@@ -290,54 +353,66 @@ class VivaldiClient:
         """Feed one RTT sample (seconds) towards ``node`` at ``other``; return the new coordinate."""
         if len(other.vec) != self.config.dimensionality or not other.is_valid():
             return self.coord
-        return self.update_values(node, other.vec, other.error, other.adjustment, other.height, rtt)
+        self._update(node, other.vec, other.error, other.adjustment, other.height, rtt)
+        return self.coord
 
-    def update_packed(self, node: str, values: tuple[float, ...], rtt: float) -> Coordinate:
+    def update_packed(self, node: str, values: tuple[float, ...], rtt: float) -> None:
         """:meth:`update` with the peer's coordinate as its flat values (vec..., error,
         adjustment, height: a packed coordinate unpacked), already known to have
         ``dimensionality`` dimensions and finite values (e.g. ``coord_ok``): no
-        ``Coordinate`` is built for it."""
-        return self.update_values(node, values[:-3], values[-3], values[-2], values[-1], rtt)
+        ``Coordinate`` is built for it, nor for ours (read :attr:`coord` for it)."""
+        self._update(node, values[:-3], values[-3], values[-2], values[-1], rtt)
 
     def update_values(
         self, node: str, ovec: tuple[float, ...], oerror: float, oadjustment: float, oheight: float, rtt: float
     ) -> Coordinate:
         """:meth:`update` on a peer coordinate of the right dimensionality and finite values."""
-        cfg = self.config
+        self._update(node, ovec, oerror, oadjustment, oheight, rtt)
+        return self.coord
+
+    def _update(
+        self, node: str, ovec: tuple[float, ...], oerror: float, oadjustment: float, oheight: float, rtt: float
+    ) -> None:
         if rtt < 0 or not math.isfinite(rtt) or rtt > 10.0:
-            return self.coord
+            return
+        cfg = self.config
         # Runs on every acked probe of every node: Serf's arithmetic, term for term (the
         # same floats in the same order as _apply_force), with the common case inlined.
         rtt = self._filtered(node, rtt) if self._keep else rtt
-        c = self.coord
-        vec = c.vec
-        height = c.height
+        vec = self._vec
+        height = self._height
+        c_error = self._error
+        c_adjustment = self._adjustment
         # Serf's updateVivaldi: a spring between us and the peer, weighted by relative error.
         if rtt < ZERO_THRESHOLD:
             rtt = ZERO_THRESHOLD
         dist_ = math.dist
         mag = dist_(vec, ovec)
         raw = mag + height + oheight
-        adjusted = raw + c.adjustment + oadjustment
+        adjusted = raw + c_adjustment + oadjustment
         dist = adjusted if adjusted > 0.0 else raw
         wrongness = abs(dist - rtt) / rtt
-        total_error = c.error + oerror
+        total_error = c_error + oerror
         if total_error < ZERO_THRESHOLD:
             total_error = ZERO_THRESHOLD
-        weight = c.error / total_error
-        error = min(cfg.ce * weight * wrongness + c.error * (1.0 - cfg.ce * weight), cfg.error_max)
+        weight = c_error / total_error
+        ce = cfg.ce
+        error = ce * weight * wrongness + c_error * (1.0 - ce * weight)
+        if error > cfg.error_max:  # min(error, error_max): the same float either way
+            error = cfg.error_max
         force = cfg.cc * weight * (rtt - dist)
         height_min = cfg.height_min
         if mag > ZERO_THRESHOLD:
             f = force / mag
-            vec = tuple([x + (x - y) * f for x, y in zip(vec, ovec)])
+            vec = [x + (x - y) * f for x, y in zip(vec, ovec)]
             height = (height + oheight) * force / mag + height
             if height < height_min:
                 height = height_min
         else:
-            vec, height = self._apply_force(vec, height, force, ovec, oheight, mag)
+            tvec, height = self._apply_force(tuple(vec), height, force, ovec, oheight, mag)
+            vec = list(tvec)
         # updateAdjustment: a running mean of the residual over the window.
-        adjustment = c.adjustment
+        adjustment = c_adjustment
         window = cfg.adjustment_window
         if window:
             samples = self._adjustment_samples
@@ -347,7 +422,7 @@ class VivaldiClient:
             adjustment = sum(samples) / (2.0 * window)
         # updateGravity: a weak pull towards the origin keeps the system from drifting.
         mag = math.hypot(*vec)
-        oheight = self._origin.height
+        oheight = height_min  # the origin's height
         raw = mag + oheight + height
         adjusted = raw + adjustment
         dist = adjusted if adjusted > 0.0 else raw
@@ -355,24 +430,23 @@ class VivaldiClient:
         if mag > ZERO_THRESHOLD:
             # the origin's vector is all zeros: x + (x - 0.0) * f is x + x * f, bit for bit
             f = force / mag
-            vec = tuple([x + x * f for x in vec])
+            vec = [x + x * f for x in vec]
             height = (height + oheight) * force / mag + height
             if height < height_min:
                 height = height_min
         else:
-            vec, height = self._apply_force(vec, height, force, self._origin.vec, oheight, mag)
-        # Coordinate.is_valid's test, before building it: a finite sum means all finite.
-        if math.isfinite(sum(vec) + error + adjustment + height):
-            coord = Coordinate(vec, error, adjustment, height)
-        else:
-            coord = Coordinate(vec, error, adjustment, height)
-            if not coord.is_valid():
-                # Serf resets on NaN/Inf rather than poisoning every peer's estimate.
-                coord = Coordinate.origin(cfg)
-                self.resets += 1
-        self.coord = coord
+            tvec, height = self._apply_force(tuple(vec), height, force, self._origin.vec, oheight, mag)
+            vec = list(tvec)
         self.updates += 1
-        return coord
+        # Coordinate.is_valid's test: a finite sum means all finite.
+        if not math.isfinite(sum(vec) + error + adjustment + height):
+            if not Coordinate(tuple(vec), error, adjustment, height).is_valid():
+                # Serf resets on NaN/Inf rather than poisoning every peer's estimate.
+                self._set(self._origin)
+                self.resets += 1
+                return
+        self._vec, self._error, self._adjustment, self._height = vec, error, adjustment, height
+        self._coord = self._packed = None  # rebuilt when read
 
     def _filtered(self, node: str, rtt: float) -> float:
         """The median of the last ``latency_filter_size`` samples towards ``node``, this one included."""
@@ -381,15 +455,22 @@ class VivaldiClient:
             return rtt
         table = self._latency_filter
         st = _F64[keep]
-        kept = table.unpacked(node, st)
-        if kept is None:
-            table[node] = st.pack(*([_NAN] * (keep - 1)), rtt)
-            return rtt
+        o = table.offset(node)
+        if o is None:
+            kept = table.unpacked(node, st)  # a record of another width, kept aside
+            if kept is None:
+                table[node] = st.pack(*([_NAN] * (keep - 1)), rtt)
+                return rtt
+        else:
+            kept = st.unpack_from(table._buf, o)
         if keep == 2:
             # Serf's default filter (3 samples), without the lists: what the general case gives.
             a, b = kept
             if b == b:
-                table.pack_into(node, st, b, rtt)
+                if o is None:
+                    table.pack_into(node, st, b, rtt)
+                else:
+                    st.pack_into(table._buf, o, b, rtt)
                 if a != a:  # one sample kept: the larger of two
                     return b if b > rtt else rtt
                 # median of three

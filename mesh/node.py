@@ -132,7 +132,10 @@ class NodeCore:
         # Optional sub-cores: None keeps a pure-membership node (tests, large membership sims).
         self.intent = intent
         self.blobs = blobs
-        self.counters: dict[str, int] = {
+        # Receive counts of every frame are plain attributes (an int add, not a dict update,
+        # per datagram), folded into ``counters`` when it is read.
+        self._rx_datagrams = self._rx_frames = self._rx_bytes = 0
+        self._counters: dict[str, int] = {
             "datagrams_received": 0,
             "frames_received": 0,
             "bytes_received": 0,
@@ -144,7 +147,7 @@ class NodeCore:
             "membership_errors": 0,
         }
         if intent is not None or blobs is not None:
-            self.counters |= {
+            self._counters |= {
                 "intent_messages_sent": 0,
                 "intent_bytes_sent": 0,
                 "intent_no_route": 0,
@@ -169,13 +172,22 @@ class NodeCore:
         self._trials: dict[str, list[float]] = {}  # address -> [window end, next trial at, backoff]
         self._trial_tokens = FIRST_CONTACT_BURST
         self._trial_at = now
-        self.counters |= {"first_contacts": 0, "contacts_refused": 0, "indirect_pings_refused": 0}
+        self._counters |= {"first_contacts": 0, "contacts_refused": 0, "indirect_pings_refused": 0}
         # Driver query (optional): ``session_with(node, reliable)`` is True while an authenticated
         # session (a datagram session, or a stream when ``reliable``) with ``node`` exists. What is
         # sent to that node then rides the session to wherever it authenticated, whatever address
         # membership names, so it is no first contact (a node behind NAT or a relay is never
         # vouched at its advertised address by the nodes it dialled).
         self.session_with: Callable[[str, bool], bool] | None = None
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The node's counters by name (``mesh/metrics.py`` exports them); the live dict."""
+        c = self._counters
+        c["datagrams_received"] = self._rx_datagrams
+        c["frames_received"] = self._rx_frames
+        c["bytes_received"] = self._rx_bytes
+        return c
 
     # -- driver interface ---------------------------------------------------------
 
@@ -202,8 +214,11 @@ class NodeCore:
         """
         if stream is not None:
             reliable = True
-        self.counters["frames_received" if reliable else "datagrams_received"] += 1
-        self.counters["bytes_received"] += len(data)
+        if reliable:
+            self._rx_frames += 1
+        else:
+            self._rx_datagrams += 1
+        self._rx_bytes += len(data)
         try:
             env = decode(data, MAX_FRAME if reliable else MAX_DATAGRAM)
         except WireError as exc:

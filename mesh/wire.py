@@ -130,23 +130,32 @@ _UNPACK_KW: dict[int, dict[str, Any]] = {}  # limit -> unpackb options (a handfu
 
 
 def _unpack(data: bytes, limit: int) -> Any:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise WireError(f"expected bytes, got {type(data).__name__}")
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise WireError(f"expected bytes, got {type(data).__name__}")
+        data = bytes(data)
     if len(data) > limit:
         raise WireError(f"message of {len(data)} bytes exceeds limit {limit}")
-    kw = _UNPACK_KW.get(limit)
-    if kw is None:
-        kw = _UNPACK_KW[limit] = {
-            "raw": False,
-            "strict_map_key": True,
-            "max_str_len": min(limit, _MAX_STR),
-            "max_bin_len": limit,
-            "max_array_len": min(limit, _MAX_ARRAY),
-            "max_map_len": min(limit, _MAX_ARRAY),
-            "max_ext_len": 0,
-        }
     try:
-        return _unpackb(data if type(data) is bytes else bytes(data), **kw)
+        if limit <= _MAX_STR:
+            # msgpack bounds every max_*_len it is not given by len(data) (maps: len // 2):
+            # never above the limits below, since len(data) <= limit <= _MAX_STR, and never
+            # below what the data can hold. One keyword instead of seven saves a parsing of
+            # options that costs more than unpacking a datagram. raw=False and
+            # strict_map_key=True are msgpack's defaults.
+            return _unpackb(data, max_ext_len=0)
+        kw = _UNPACK_KW.get(limit)
+        if kw is None:
+            kw = _UNPACK_KW[limit] = {
+                "raw": False,
+                "strict_map_key": True,
+                "max_str_len": min(limit, _MAX_STR),
+                "max_bin_len": limit,
+                "max_array_len": min(limit, _MAX_ARRAY),
+                "max_map_len": min(limit, _MAX_ARRAY),
+                "max_ext_len": 0,
+            }
+        return _unpackb(data, **kw)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise WireError(f"undecodable msgpack: {exc.__class__.__name__}") from None
 
@@ -296,12 +305,24 @@ def decode(data: bytes, limit: int = MAX_DATAGRAM) -> Envelope:
         raise WireError(f"unsupported protocol version {version!r}")
     if type(sender) is not str or (sender not in _VALID_NAMES and not _name_ok(sender)):
         raise WireError("invalid sender name")
-    if not isinstance(piggyback, list):
+    if type(piggyback) is not list:
         raise WireError("piggyback is not an array")
-    try:
-        msg = _build(type_id, payload)
-    except UnknownTypeError:
-        msg = Unknown(type_id)
+    cls = _REGISTRY.get(type_id) if type(type_id) is int else None
+    if cls is not None and type(payload) is list:
+        # _build, inlined for a known type (every datagram): the same checks, the same errors.
+        try:
+            msg = cls.from_payload(payload)
+        except WireError:
+            raise
+        except Exception as exc:
+            raise WireError(f"invalid {cls.__name__} payload: {exc.__class__.__name__}: {exc}") from None
+    else:
+        try:
+            msg = _build(type_id, payload)
+        except UnknownTypeError:
+            msg = Unknown(type_id)
+    if not piggyback:  # most probes and acks carry none
+        return Envelope(sender, msg, ())
     pig: list[Any] = []
     bad = unknown = skipped = 0
     if len(piggyback) > MAX_PIGGYBACK:

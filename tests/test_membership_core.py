@@ -50,6 +50,19 @@ def msgs(sent, typ):
     return [(s, o, decode(o.data, 1 << 22)) for s, o in sent if decode(o.data, 1 << 22).msg.__class__ is typ]
 
 
+def test_receive_counts_datagrams_frames_and_bytes() -> None:
+    """The per-frame receive counts (kept as plain ints) read through ``counters`` like the rest."""
+    a = node("a")
+    ping = encode("b", Ping(7, "a"))  # 10 bytes: 95 01 01 a1 62 92 07 a1 61 90
+    assert ping == bytes.fromhex("950101a1629207a16190")
+    a.receive("b", ping, 0.0)
+    a.receive("b", ping, 0.1)
+    a.receive("b", b"\xc1", 0.2)  # not msgpack: counted as received, then as a wire error
+    a.receive("b", ping, 0.3, reliable=True)
+    c = a.counters
+    assert (c["datagrams_received"], c["frames_received"], c["bytes_received"], c["wire_errors"]) == (3, 1, 31, 1)
+
+
 def test_join_through_seed_builds_full_view() -> None:
     nodes = cluster(["a", "b", "c", "d"])
     for core in nodes.values():

@@ -4,9 +4,10 @@ exactly what encoding the message object gives, so peers of any version decode t
 from __future__ import annotations
 
 import random
+import struct
 
 from mesh.membership import NodeMeta, profile
-from mesh.membership.messages import Ack, Ping, PushPullState
+from mesh.membership.messages import Ack, Ping, PushPullState, coord_ok, coord_values
 from mesh.membership.state import SwimCore
 from mesh.wire import MAX_DATAGRAM, decode, encode, with_piggyback
 
@@ -43,3 +44,20 @@ def decode_items(data: bytes) -> list[bytes]:
     import msgpack
 
     return list(msgpack.unpackb(data, raw=False)[4])
+
+
+def test_coord_values_accepts_exactly_finite_values_within_a_million() -> None:
+    def raw(*vals: float) -> bytes:
+        return struct.pack(f"<{len(vals)}f", *vals)
+
+    zeros = [0.0] * 10
+    assert coord_values(raw(0.001, *zeros), 8) == (struct.unpack("<f", struct.pack("<f", 0.001))[0], *zeros)
+    assert coord_ok(raw(1e6, *zeros), 8) and coord_ok(raw(-1e6, *zeros), 8)
+    # every value within bounds but their norm far above a million (the slow path)
+    assert coord_ok(raw(*([4e5, -4e5] * 5), 4e5), 8)
+    assert not coord_ok(raw(1e6 + 0.0625, *zeros), 8)  # the next float32 above a million
+    assert not coord_ok(raw(*zeros, -1e6 - 0.0625), 8)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        assert not coord_ok(raw(*zeros[:5], bad, *zeros[5:]), 8)
+    assert not coord_ok(raw(*zeros), 8)  # 10 values: not 8 dimensions + 3
+    assert not coord_ok(raw(0.0, *zeros) + b"\0\0", 8)  # not a whole number of float32s

@@ -506,8 +506,6 @@ class SwimCore:
         self.incarnation = incarnation
         self.meta = meta
         self.vivaldi = VivaldiClient(rng)
-        self._coord_src: Coordinate | None = None  # the coordinate _coord_raw packs
-        self._coord_raw: bytes | None = None
         # Peers' coordinates as packed float32s (their push-pull encoding): a node holds
         # one per member, so they are kept compact and re-sent without re-encoding.
         # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
@@ -676,7 +674,22 @@ class SwimCore:
 
     def handle(self, src: str, env: Envelope, now: float) -> list[Outgoing]:
         """Process one decoded envelope from ``src`` (an address)."""
-        out: list[Outgoing] = []
+        if not env.piggyback and not (env.bad_items or env.unknown_items or env.skipped_items):
+            # A bare probe or ack (most datagrams): what _handle does for it, without the
+            # piggyback loop and the introducer (only piggybacked updates admit members).
+            msg = env.msg
+            cls = type(msg)
+            if cls is Ping:
+                if msg.target != self.name:
+                    self.counters["misdirected_pings"] += 1
+                    return []
+                # Ack(msg.seq, coordinate), encoded without building it: one per probe received
+                return [self._datagram_bytes(src, encode_payload(self.name, _ACK, [msg.seq, self.vivaldi.packed()]))]
+            if cls is Ack:
+                out: list[Outgoing] = []
+                self._on_ack(env.sender, msg, now, out)
+                return out
+        out = []
         if env.bad_items:
             self.counters["piggyback_bad"] += env.bad_items
         if env.unknown_items:
@@ -816,9 +829,10 @@ class SwimCore:
         j = self._next_join_at
         if j is not None and j < d:
             d = j
-        for s in self._suspicions.values():
-            if s.deadline < d:
-                d = s.deadline
+        if self._suspicions:
+            for s in self._suspicions.values():
+                if s.deadline < d:
+                    d = s.deadline
         if self._relays and self._relay_next < d:
             d = self._relay_next
         return d
@@ -843,12 +857,14 @@ class SwimCore:
             self._start_probe(now, out)
 
     def _pick_probe_target(self) -> Member | None:
+        peek = self.members.peek  # read-only: a probe changes no record
         for _ in range(2):
-            while self._probe_index < len(self._probe_order):
-                name = self._probe_order[self._probe_index]
-                self._probe_index += 1
-                m = self.members.peek(name)  # read-only: a probe changes no record
+            order, i = self._probe_order, self._probe_index
+            while i < len(order):
+                m = peek(order[i])
+                i += 1
                 if m is not None and m.state in (_ALIVE, _SUSPECT):
+                    self._probe_index = i
                     return m
             # Wrapped around: reshuffle the current membership (memberlist's resetNodes).
             self._probe_order = list(self._alive_names)
@@ -859,12 +875,12 @@ class SwimCore:
         return None
 
     def _start_probe(self, now: float, out: list[Outgoing]) -> None:
-        interval = self.awareness.scale(self.config.probe_interval)
+        interval = self.config.probe_interval * (self.awareness.score + 1)  # awareness.scale(), inlined
         self._next_probe_at = now + interval
         target = self._pick_probe_target()
         if target is None:
             return
-        seq = self._next_seq()
+        seq = self._seq = (self._seq + 1) & _SEQ_MASK  # _next_seq(), inlined
         self.counters["probes"] += 1
         # Only the interval is scaled by local health, as in memberlist: waiting longer
         # for a UDP ack does not make it arrive, while a longer interval gives the
@@ -925,8 +941,9 @@ class SwimCore:
             return
         p.acked = True
         # Any successful probe, direct or relayed, is evidence our own link works
-        # (memberlist applies -1 whenever probeNode returns on an ack).
-        self.awareness.apply_delta(-1)
+        # (memberlist applies -1 whenever probeNode returns on an ack); at 0 it stays 0.
+        if self.awareness.score:
+            self.awareness.apply_delta(-1)
         raw = ack.coord
         # A coordinate of other dimensions or with non-finite values is ignored (the ack counts).
         if raw is not None and sender == p.target:
@@ -939,10 +956,7 @@ class SwimCore:
 
     def _coord_wire(self) -> bytes:
         """Our coordinate, packed (for acks and our push-pull entry): packed once per change."""
-        c = self.vivaldi.coord
-        if c is not self._coord_src:
-            self._coord_src, self._coord_raw = c, PushPullState.pack_coord(c)
-        return self._coord_raw  # type: ignore[return-value]
+        return self.vivaldi.packed()
 
     def _on_indirect_ping(self, src: str, msg: IndirectPing, now: float, out: list[Outgoing]) -> None:
         if len(self._relays) >= _MAX_RELAYS:
