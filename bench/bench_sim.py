@@ -55,6 +55,24 @@ def _rss_kib() -> int:
     return 0
 
 
+def build_kind() -> str:
+    """Whether the simulator runs compiled (setup.py with WASMATRIX_COMPILE=1) or pure Python."""
+    import importlib
+
+    compiled, stale = [], []
+    for mod in ("mesh.coords", "mesh.wire", "mesh.membership.state", "mesh.node", "sim.engine"):
+        path = pathlib.Path(importlib.import_module(mod).__file__ or "")
+        if path.suffix == ".so":
+            compiled.append(mod)
+            src = path.with_name(mod.rsplit(".", 1)[-1] + ".py")
+            if src.exists() and src.stat().st_mtime > path.stat().st_mtime:
+                stale.append(mod)
+    if not compiled:
+        return "pure Python"
+    out = f"compiled with mypyc ({', '.join(compiled)})"
+    return out + (f" -- STALE: {', '.join(stale)} changed since the build, rebuild or delete the .so files" if stale else "")
+
+
 def _speed_doc(n: int, duration: float, crash: bool = True) -> dict[str, Any]:
     return {
         "nodes": n,
@@ -135,6 +153,7 @@ def child_speed(n: int, duration: float, crash: bool, bare: bool) -> dict[str, A
         "rss_mib": rss1 / 1024,
         "converged": sim.converged(),
         "trace": sim.trace_hash(),
+        "build": build_kind(),
     }
     if bare:
         dgrams, frames = _samples(sim, 2.0)
@@ -208,6 +227,7 @@ def main() -> None:
     goal = 30.0 * (n_speed * dur) / (1000 * 600.0)
 
     print(f"== simulator speed: {n_speed} nodes, {dur:.0f} virtual s, lan profile, pre-joined, {runs} run(s) ==")
+    print(f"   build: {build_kind()}")
     print("   baseline: bare heapq loop, same event count, each delivery msgpack-decodes + re-encodes a real payload")
     rs = []
     for i in range(runs):
