@@ -216,9 +216,10 @@ def test_three_serf_agents_detect_a_kill_and_leave_nothing_behind(tmp_path: Path
 FAKE_DAEMON = (sys.executable, str(Path(__file__).parent / "fake_wasmatrix_daemon.py"))
 
 
+@pytest.mark.slow
 def test_wasmatrix_harness_runs_a_contract_speaking_daemon_end_to_end(tmp_path: Path) -> None:
-    # The real daemon is not in this tree yet: a stand-in speaking issue 10's CLI contract checks the
-    # harness's wiring (mesh init, node run flags, api.json, GET /v1/members, kill by PID, cleanup).
+    # A stand-in speaking the daemon's CLI contract checks the benchmark harness's wiring (mesh init,
+    # node run flags, api.json, GET /v1/members, kill by PID, cleanup) without the real daemon's start-up.
     assert daemon_available(FAKE_DAEMON) == (True, "")
     with ProcessGroup(tmp_path) as group:
         cluster = WasmatrixCluster(group, 3, command=FAKE_DAEMON).start()

@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.harness.budget import examples
+
 from mesh.ingress.cgi import CgiError, HttpCall, cgi_env, parse_output
 
 CALL = HttpCall("POST", "/api/items", "a=1&b=2", (("host", b"example.com:8080"), ("content-type", b"application/json"),
@@ -88,7 +90,7 @@ def test_invalid_or_interim_status_fails_the_call(status: bytes) -> None:
         parse_output(b"Status: " + status + b"\r\n\r\nbody")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=2000))
 def test_any_output_parses_or_fails_cleanly(out: bytes) -> None:
     try:
@@ -101,7 +103,7 @@ def test_any_output_parses_or_fails_cleanly(out: bytes) -> None:
         assert name == name.lower() and b"\r" not in value and b"\n" not in value and b"\x00" not in value
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.tuples(st.from_regex(rb"[A-Za-z][A-Za-z0-9-]{0,10}", fullmatch=True), st.binary(max_size=30)),
                 max_size=5), st.binary(max_size=50))
 def test_any_parsed_header_block_is_sendable_by_h11(headers: list[tuple[bytes, bytes]], body: bytes) -> None:

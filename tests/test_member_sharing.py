@@ -82,3 +82,22 @@ def test_bootstrap_skips_validation_only_for_entries_the_shared_records_were_bui
     assert c.swim.bootstrap(good, 0.0, shared) is shared
     assert c.swim.counters["bad_names"] == 0 and sorted(c.swim.members) == ["a", "b", "c"]
     assert c.swim.members.peek("a") is shared[0]  # the shared record itself
+
+
+def test_bootstrap_keeps_the_nodes_own_record_and_the_entries_order() -> None:
+    names = ["c", "a", "b", "d"]
+    states = [PushPullState.of(n, n, 0, 0, NodeMeta(cores=2), None) for n in names]
+    x = NodeCore("a", "a", NodeMeta(), LAN, random.Random(1))
+    shared = x.swim.bootstrap(states, 0.0)
+    y = NodeCore("b", "b", NodeMeta(cores=4), LAN, random.Random(2))
+    assert y.swim.bootstrap(states, 0.0, shared) is shared
+    assert list(y.swim.members) == ["b", "c", "a", "d"]  # itself first, then the entries in order
+    assert y.swim.members.peek("b").meta.cores == 4  # its own record, not the entry about it
+    assert y.swim.members.peek("c") is shared[0]
+    assert y.swim.live_peers() == ["a", "c", "d"] and y.swim.num_members() == 4
+    # A node that already knows members takes them entry by entry, keeping what it holds.
+    z = NodeCore("z", "z", NodeMeta(), LAN, random.Random(3))
+    z.swim.bootstrap([PushPullState.of("d", "d", 5, 0, NodeMeta(), None)], 0.0)
+    z.swim.bootstrap(states, 0.0, shared)
+    assert list(z.swim.members) == ["z", "d", "c", "a", "b"]
+    assert z.swim.members.peek("d").incarnation == 5

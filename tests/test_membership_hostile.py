@@ -10,6 +10,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.harness.budget import examples
+
 from mesh.errors import ConfigError, WireError
 from mesh.membership import MembershipConfig, MemberState, NodeMeta, SwimCore, profile
 from mesh.membership.messages import (
@@ -465,7 +467,7 @@ def _about_me(msg: object) -> list[int]:
     return []
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(
     st.lists(
         st.tuples(_names, _messages(), st.lists(_messages(), max_size=6), st.integers(0, 3000), st.floats(0.0, 2.0)),
@@ -525,7 +527,7 @@ def _any_meta(draw: st.DrawFn) -> NodeMeta:
         raise
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(_any_meta())
 def test_any_meta_a_node_can_be_built_with_round_trips(meta: NodeMeta) -> None:
     assert NodeMeta.from_wire(meta.to_wire()) == meta

@@ -198,3 +198,70 @@ def test_digest_follows_changes_made_after_it_was_computed() -> None:
     # A record changed by hand through the table (get/[]) counts too.
     a.members["m0004"].incarnation = 7
     assert a.state_digest()[0] != d2
+
+
+def _rule(members: dict[str, tuple[int, int]], held: set[str]) -> tuple[list[int], list[int]]:
+    """The digests of the documented rule (SwimCore.state_digest), from (incarnation, state) per member
+    and the names whose coordinate is held, written out by hand."""
+    import zlib
+
+    from mesh.membership.messages import COORD_BUCKETS, DIGEST_BUCKETS
+
+    d, c = [0] * DIGEST_BUCKETS, [0] * COORD_BUCKETS
+    for n, (inc, state) in members.items():
+        h = zlib.crc32(n.encode())
+        d[h % DIGEST_BUCKETS] ^= hash((h, inc, state))
+        if n in held:
+            c[h % COORD_BUCKETS] ^= h
+    return [x & (2**64 - 1) for x in d], c
+
+
+def test_digest_follows_members_joining_and_leaving_with_their_coordinates() -> None:
+    """Kept current as members come and go: a member's coordinate counts only while it is a member."""
+    from mesh.membership.messages import Alive, Dead
+
+    a, _ = _pair()
+    expect = {n: (0, 0) for n in [*NAMES, "a", "b"]}
+    held = {*NAMES, "a", "b"}  # "a" holds its own coordinate
+    assert a.state_digest() == _rule(expect, held)
+    # A coordinate held for a name that is not a member does not count ...
+    a.coords["x1"] = _coord(1)
+    assert a.state_digest() == _rule(expect, held)
+    # ... until the name joins (an Alive through the protocol).
+    a._apply_alive(Alive(3, "x1", "x1", NodeMeta()), 2.0)
+    expect["x1"] = (3, 0)
+    held.add("x1")
+    assert a.state_digest() == _rule(expect, held)
+    # A member declared dead changes state; reaped, it leaves both digests with its coordinate.
+    a._apply_dead(Dead(0, "m0005", "a"), 3.0)
+    expect["m0005"] = (0, int(MemberState.DEAD))
+    assert a.state_digest() == _rule(expect, held)
+    a.reap(3.0 + LAN.tombstone_time + 1.0)
+    del expect["m0005"]
+    held.discard("m0005")
+    assert "m0005" not in a.members
+    assert a.state_digest() == _rule(expect, held)
+    # Removed from the table directly (pop), with its coordinate still held: it no longer counts.
+    a.members.pop("m0006")
+    del expect["m0006"]
+    held.discard("m0006")
+    assert a.state_digest() == _rule(expect, held)
+    # A bulk change (update) is taken into account too.
+    a.members.update({"m0006": a.members.peek("m0007")})
+    expect["m0006"] = (0, 0)
+    held.add("m0006")
+    assert a.state_digest() == _rule(expect, held)
+
+
+def test_digest_of_nodes_bootstrapped_from_shared_records() -> None:
+    """Nodes bootstrapped alike (the simulator's case) each have the digest of their own table:
+    their own record counts, not the entry about them."""
+    states = [PushPullState.of(n, n, 3 if n == "a" else 0, 0, NodeMeta(), None) for n in [*NAMES, "a", "b"]]
+    a = SwimCore("a", "a", NodeMeta(), LAN, random.Random(1))
+    shared = a.bootstrap(states, 0.0)
+    b = SwimCore("b", "b", NodeMeta(), LAN, random.Random(2))
+    assert b.bootstrap(states, 0.0, shared) is shared
+    b.coords["m0001"] = _coord(1)
+    expect = {n: (0, 0) for n in [*NAMES, "b"]}
+    assert a.state_digest() == _rule({**expect, "a": (0, 0)}, {"a"})  # its own record: incarnation 0
+    assert b.state_digest() == _rule({**expect, "a": (3, 0)}, {"b", "m0001"})

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.harness.budget import examples
+
 from crdt.errors import ValidationError
 from crdt.schema import DeploymentSpec, TenantQuota, validate_tenant_payload
 from mesh.invoke.quota import (
@@ -178,7 +180,7 @@ def test_publication_rate_limit_and_threshold() -> None:
     assert c.publication(10.0, MIDNIGHT + 86_400.0) == f"{DAY + 1}:"  # the day changed: usage reset
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.integers(min_value=1, max_value=6),
     st.lists(st.one_of(st.floats(min_value=0.0, max_value=3.0, allow_nan=False),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,26 @@ def _sim_subprocess(argv: list[str]) -> tuple[int, str]:
     proc = subprocess.run([sys.executable, "-m", "mesh.cli", "sim", *argv], capture_output=True, text=True,
                           timeout=60, env=env, cwd=ROOT)
     return proc.returncode, proc.stderr
+
+
+class _Hung(Exception):
+    pass
+
+
+def _sim_bounded(capsys: pytest.CaptureFixture[str], argv: list[str], seconds: float = 30.0) -> tuple[int, str]:
+    """In process (no interpreter start-up per case), yet a hang fails the test, not the suite:
+    SIGALRM interrupts the run after ``seconds``."""
+
+    def alarm(signum: int, frame: object) -> None:
+        raise _Hung(f"wasmatrix sim {argv} still running after {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return _sim_inproc(capsys, argv)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.mark.parametrize(
@@ -79,19 +100,19 @@ def test_directory_scenario_says_directory(tmp_path: Path, capsys: pytest.Captur
         ("[profile_overrides]\nprobe_interval = 1e-9\nprobe_timeout = 1e-10\n", "probe_interval"),
     ],
 )
-def test_zero_intervals_are_refused_not_hung(tmp_path: Path, body: str, key: str) -> None:
+def test_zero_intervals_are_refused_not_hung(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, key: str) -> None:
     f = tmp_path / "hang.toml"
     f.write_text(BASE + body)
-    code, err = _sim_subprocess([str(f)])
+    code, err = _sim_bounded(capsys, [str(f)])
     assert code == 2
     one_line_naming(err, key)
 
 
 @pytest.mark.parametrize("value", ["inf", "1e9", "nan", "-1", "0"])
-def test_bad_duration_flag(tmp_path: Path, value: str) -> None:
+def test_bad_duration_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
     f = tmp_path / "ok.toml"
     f.write_text(BASE)
-    code, err = _sim_subprocess([str(f), "--duration", value])
+    code, err = _sim_bounded(capsys, [str(f), "--duration", value])
     assert code == 2
     one_line_naming(err, "--duration", value)
 

@@ -199,6 +199,8 @@ def test_claims_version_counter_moves_only_on_change() -> None:
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from tests.harness.budget import examples
+
 from scheduler.supervisor import BACKOFF, FAILED, RUNNING, STARTING, STOPPING  # noqa: E402
 
 DEPS = ("a", "b")
@@ -214,7 +216,7 @@ _op = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.tuples(_op, st.floats(0.0, 40.0)), max_size=40))
 def test_supervisor_invariants_hold_for_any_input_sequence(ops: list[tuple[tuple, float]]) -> None:
     s = Supervisor("n1", SupervisorConfig(max_failures=3, window_s=30.0, failed_hold_s=50.0, warm_grace_s=20.0, on_demand_idle_s=25.0))
@@ -255,7 +257,7 @@ def test_supervisor_invariants_hold_for_any_input_sequence(ops: list[tuple[tuple
         assert all(c[2] in ("starting", "running", "failed", "stopping") for c in claims)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.tuples(_op, st.floats(0.0, 40.0)), max_size=30),
        st.dictionaries(st.sampled_from(DEPS), st.sampled_from(VERSIONS), max_size=2))
 def test_with_a_driver_that_succeeds_every_target_ends_up_running_its_version(ops: list[tuple[tuple, float]],

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.harness.budget import examples
+
 from mesh.errors import ConfigError
 from mesh.transport import Datagram, Delivered, FrameTooLarge, SecureTransport, TransportConfig
 from transport_helpers import OTHER_PSK, PSK, Net, ident, transport
@@ -379,7 +381,7 @@ def _established() -> tuple[SecureTransport, SecureTransport, bytes]:
     return a, b, d.data
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.binary(max_size=1300))
 def test_fuzz_random_bytes_never_raise(data: bytes) -> None:
     a, b, _ = _established()
@@ -388,7 +390,7 @@ def test_fuzz_random_bytes_never_raise(data: bytes) -> None:
     assert all(isinstance(o, Datagram) for o in out)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(kind=st.sampled_from([1, 2, 3, 4, 5, 6]), tail=st.binary(max_size=300), keep=st.integers(0, 13))
 def test_fuzz_structured_bytes_never_raise(kind: int, tail: bytes, keep: int) -> None:
     # Keep a real header prefix (index, counter), never the real ciphertext, so the fuzz reaches the decrypt and handshake paths.
@@ -663,7 +665,7 @@ def test_low_order_static_key_from_membership_falls_back_to_xx() -> None:
 _EXACT = {1: 202, 2: 202, 3: 170, 5: 198, 6: 154}  # handshake datagram sizes from the wire layout
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(kind=st.sampled_from(sorted(_EXACT)), seed=st.integers(0, 2**32 - 1), real_index=st.booleans())
 def test_fuzz_exact_length_handshake_datagrams_never_raise(kind: int, seed: int, real_index: bool) -> None:
     # Exact lengths get past the size checks into the Noise reads; a real receiver index (one that

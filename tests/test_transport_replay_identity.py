@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.harness.budget import examples
+
 from mesh.transport import LocalIdentity, TransportError, NodeIdentity, ReplayVerdict, ReplayWindow, load_or_create_x25519
 from tests.fsync_helpers import record_fsyncs
 from transport_helpers import ident
@@ -30,7 +32,7 @@ def test_window_edges() -> None:
     assert w.check(8000 - 1) is ReplayVerdict.NEW
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=5000), max_size=300), st.sampled_from([64, 100, 2048]))
 def test_window_matches_definition(seq: list[int], size: int) -> None:
     # Definition: a counter is accepted iff it was never accepted and is > highest_accepted - size.

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.harness.budget import examples
+
 from mesh.transport import (
     MAX_STREAM_PLAINTEXT,
     Closed,
@@ -73,7 +75,7 @@ def test_random_chunking_reassembles_exactly(msgs: list[bytes], cuts: list[int])
     assert [e.plaintext for e in events[1:] if isinstance(e, Message)] == msgs
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(bodies=st.lists(st.binary(max_size=600), max_size=15), cuts=st.lists(st.integers(0, 700), max_size=40))
 def test_framer_random_chunking(bodies: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(frame(x) for x in bodies)
@@ -157,7 +159,7 @@ def test_shared_counters() -> None:
     assert c["handshake_psk_failures"] == 1
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(chunks=st.lists(st.binary(max_size=400), max_size=8))
 def test_fuzz_feed_never_raises(chunks: list[bytes]) -> None:
     fresh = StreamSession(ident("b"), PSK, admit_all, False)

@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.harness.budget import examples
+
 from mesh.coords import Coordinate
 from mesh.errors import WireError
 from mesh.membership.messages import Ack, Alive, Dead, Gossip, IndirectPing, Nack, Ping, PushPull, PushPullState, Suspect
@@ -150,7 +152,7 @@ def test_public_key_must_be_empty_or_32_bytes(key: object) -> None:
         PushPullState.from_wire(entry)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.binary(max_size=1500))
 def test_random_bytes_only_raise_wire_error(data: bytes) -> None:
     try:
@@ -163,7 +165,7 @@ def _valid_datagrams() -> list[bytes]:
     return [encode("n1", m, [encode_broadcast(Suspect(1, "a", "b"))]) for m in SAMPLES if not isinstance(m, PushPull)]
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(st.sampled_from(_valid_datagrams()), st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=6), st.integers(0, 3))
 def test_mutated_datagrams_only_raise_wire_error(base: bytes, flips: list[tuple[int, int]], cut: int) -> None:
     data = bytearray(base)
@@ -178,7 +180,7 @@ def test_mutated_datagrams_only_raise_wire_error(base: bytes, flips: list[tuple[
         pass
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20) | st.binary(max_size=20),

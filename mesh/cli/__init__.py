@@ -38,6 +38,36 @@ _COMMAND_MODULES = (
 # must not import it) contribute their subcommands through this entry-point
 # group: each entry point names a ``register(subparsers)`` function.
 ENTRY_POINT_GROUP = "wasmatrix.commands"
+# The module that registers each command. ``main`` imports only the one its command line
+# names, so `wasmatrix run` does not load the daemon, pycrdt or the demo (a third of the
+# start-up time); `wasmatrix`, `--help` and a mistyped command build the full parser.
+# tests/test_cli_lazy.py checks this table against what the modules register.
+COMMAND_OWNERS = {
+    "run": "mesh.cli.runcmd",
+    "keygen": "mesh.cli.intentcmd",
+    "module": "mesh.cli.intentcmd",
+    "deploy": "mesh.cli.intentcmd",
+    "rollback": "mesh.cli.intentcmd",
+    "mesh": "mesh.cli.meshcmd",
+    "audit": "mesh.cli.meshcmd",
+    "node": "mesh.cli.nodecmd",
+    "members": "mesh.cli.nodecmd",
+    "status": "mesh.cli.nodecmd",
+    "join": "mesh.cli.nodecmd",
+    "leave": "mesh.cli.nodecmd",
+    "meta": "mesh.cli.nodecmd",
+    "revoke": "mesh.cli.trustcmd",
+    "trust": "mesh.cli.trustcmd",
+    "demo": "mesh.cli.democmd",
+    "invoke": "mesh.cli.invokecmd",
+    "placements": "mesh.cli.invokecmd",
+    "events": "mesh.cli.eventscmd",
+    "workloads": "mesh.cli.eventscmd",
+    "subscription": "mesh.cli.subscriptioncmd",
+    "publish": "mesh.cli.subscriptioncmd",
+    "route": "mesh.cli.routecmd",
+    "tenant": "mesh.cli.tenantcmd",
+}
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -50,26 +80,52 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full argument parser with every registered subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser: every registered subcommand, or only the module that owns ``command``.
+
+    A ``command`` no module is known to own (an entry point's, or a typo) is looked up
+    among the entry points, and failing that gets the full parser, whose error lists
+    every command.
+    """
     parser = _Parser(prog="wasmatrix", description="Peer-to-peer WebAssembly workload platform")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    if command is not None:
+        owner = COMMAND_OWNERS.get(command)
+        if owner is not None and _register(owner, sub):
+            return parser
+        eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == command]
+        if eps:
+            eps[0].load()(sub)
+            return parser
+        parser = _Parser(prog="wasmatrix", description="Peer-to-peer WebAssembly workload platform")
+        sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+        _register(name, sub)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         ep.load()(sub)
     return parser
 
 
+def _register(name: str, sub: argparse._SubParsersAction) -> bool:  # type: ignore[type-arg]
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return False
+        raise
+    module.register(sub)
+    return True
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand a command line names (its first word; the top level takes no options but -h)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wasmatrix`` console script."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:

@@ -8,7 +8,7 @@ from typing import Callable
 from mesh.wire import piggyback_cost
 
 
-class BroadcastQueue:
+class BroadcastQueue(dict[str, int]):
     """Gossip updates waiting to ride on outgoing datagrams.
 
     One entry per subject key: a newer update about a node replaces the older
@@ -27,43 +27,37 @@ class BroadcastQueue:
     refutation queued just before a burst of newer updates (the flood after a
     partition heals) waits behind all of them while the suspicion it answers
     runs out; one urgent update costs a few dozen bytes per datagram.
+
+    The queue itself is a dict of every queued key to its transmissions so far:
+    ``len``, ``bool`` and ``in`` are then plain dict operations in C (a core asks
+    whether anything is queued after every event it handles). Change it only
+    through :meth:`queue` and :meth:`take`.
     """
 
+    __slots__ = ("_limit", "_levels", "_urgent")
+
     def __init__(self, limit: Callable[[], int]) -> None:
+        super().__init__()
         self._limit = limit
-        # transmits -> {key: data}; dict insertion order = age (newest last).
+        # transmits -> {key: data} of the updates not urgent; dict insertion order = age (newest last).
         self._levels: dict[int, dict[str, bytes]] = {}
-        self._where: dict[str, int] = {}
-        # Urgent updates (key -> data, key -> transmits so far), sent before any bucket.
+        # Urgent updates (key -> data), sent before any bucket.
         self._urgent: dict[str, bytes] = {}
-        self._urgent_sent: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._where) + len(self._urgent)
-
-    def __bool__(self) -> bool:
-        return bool(self._where or self._urgent)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._where or key in self._urgent
 
     def queue(self, key: str, data: bytes, urgent: bool = False) -> None:
         """Queue (or replace) the update about ``key``; ``urgent`` ones go out first."""
-        old = self._where.pop(key, None)
-        if old is not None:
+        old = self.pop(key, None)
+        if old is not None and self._urgent.pop(key, None) is None:
             del self._levels[old][key]
-        if self._urgent.pop(key, None) is not None:
-            del self._urgent_sent[key]
+        self[key] = 0
         if urgent:
             self._urgent[key] = data
-            self._urgent_sent[key] = 0
-            return
-        self._levels.setdefault(0, {})[key] = data
-        self._where[key] = 0
+        else:
+            self._levels.setdefault(0, {})[key] = data
 
     def take(self, budget: int) -> list[bytes]:
         """Return updates fitting ``budget`` bytes: urgent first, then fewest transmissions (then newest)."""
-        if budget <= 0 or not (self._where or self._urgent):
+        if budget <= 0 or not self:
             return []
         limit = self._limit()
         out: list[bytes] = []
@@ -74,12 +68,12 @@ class BroadcastQueue:
                     continue
                 budget -= cost
                 out.append(data)
-                sent = self._urgent_sent[key] + 1
+                sent = self[key] + 1
                 if sent >= limit:
-                    del self._urgent[key], self._urgent_sent[key]
+                    del self._urgent[key], self[key]
                 else:
-                    self._urgent_sent[key] = sent
-            if not self._where or budget < 8:
+                    self[key] = sent
+            if len(self) == len(self._urgent) or budget < 8:  # nothing but urgent updates queued, or no room
                 return out
         moved: list[tuple[str, bytes, int]] = []
         for level in sorted(self._levels):
@@ -102,10 +96,10 @@ class BroadcastQueue:
                 break
         for key, data, level in moved:
             if level >= limit:
-                del self._where[key]
+                del self[key]
             else:
                 self._levels.setdefault(level, {})[key] = data
-                self._where[key] = level
+                self[key] = level
         for level in [lv for lv, b in self._levels.items() if not b]:
             del self._levels[level]
         return out

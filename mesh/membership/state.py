@@ -62,9 +62,11 @@ from __future__ import annotations
 import bisect
 import random
 from array import array
-import struct
+import sys
 import zlib
 from dataclasses import dataclass, fields
+from itertools import compress, repeat
+from operator import and_, is_, ne
 from enum import IntEnum
 from typing import Any, Callable, Iterable
 
@@ -181,6 +183,39 @@ def shared_member(m: Member) -> Member:
         _building_shared = False
 
 
+class _SharedRecords(list[Member]):
+    """The records :meth:`SwimCore.bootstrap` builds from ``states`` (checked) at ``now``, for
+    nodes bootstrapped alike to share; with the entries they were built from, their names in
+    order, and whether those are distinct."""
+
+    __slots__ = ("entries", "names", "distinct", "_digest")
+
+    def __init__(self, states: list[PushPullState], now: float) -> None:
+        super().__init__()
+        for st in states:
+            m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, _ALIVE, now, key=st.key)
+            m.meta_wire = st.meta_raw
+            self.append(shared_member(m))
+        self.entries = tuple(states)
+        self.names = [st.node for st in states]
+        self.distinct = len(set(self.names)) == len(states)
+        self._digest: array[int] | None = None
+
+    def state_digest(self) -> array[int]:
+        """The state digest (see ``SwimCore.state_digest``) of a table of exactly these records."""
+        if self._digest is None:
+            d = array("Q", bytes(8 * DIGEST_BUCKETS))
+            for m in self:
+                h = _name_crc(m.name)
+                d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, m)
+            self._digest = d
+        return self._digest
+
+    def built_from(self, states: list[PushPullState]) -> bool:
+        """True if these records were built from the very objects of ``states``."""
+        return len(self.entries) == len(states) and all(map(is_, self.entries, states))
+
+
 def _built_from(m: Member, st: PushPullState) -> bool:
     """True if shared record ``m`` was built (by ``bootstrap``, after validation) from entry ``st``."""
     return (
@@ -197,63 +232,83 @@ class MemberTable(dict[str, Member]):
     touches it (``get``/``[]``), which swaps in the node's own copy. Bulk reads
     (iteration, ``peek``) do not copy.
 
-    Every record is changed after a ``get``/``[]`` (``peek`` and iteration hand out
-    records to read), so those and every change of the table itself set ``touched``:
-    while it stays False, no member was added, removed or changed, and a digest of
-    the table computed before is still right (see ``SwimCore.state_digest``).
+    Every record is changed right after a ``get``/``[]`` (``peek`` and iteration hand
+    out records to read). So the push-pull digests (``digest``, see
+    ``SwimCore.state_digest``) are kept current here: a record handed out by
+    ``get``/``[]`` or replaced has its part taken out of the digest until the next
+    read of it puts it back as it is then, and a member added or removed adds or
+    removes its part. Bulk changes (``update``, ``clear``, ...) drop the digest
+    (``digest = None``): the next read recomputes it over the whole table.
     """
 
-    __slots__ = ("touched",)
+    __slots__ = ("digest",)
     peek = dict.get  # read-only lookup that never copies
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.touched = True
+        self.digest: _Digest | None = None
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        self.touched = True
-        m = dict.get(self, key, default)
+        m = dict.get(self, key)
+        if m is None:
+            return default
+        dg = self.digest
+        if dg is not None and key not in dg.out:
+            dg.take_out(key, m)
         if type(m) is _SharedMember:
             m = self._own(key, m)
         return m
 
     def __getitem__(self, key: str) -> Member:
-        self.touched = True
         m = dict.__getitem__(self, key)
+        dg = self.digest
+        if dg is not None and key not in dg.out:
+            dg.take_out(key, m)
         if type(m) is _SharedMember:
             m = self._own(key, m)
         return m
 
     def __setitem__(self, key: str, value: Member) -> None:
-        self.touched = True
+        dg = self.digest
+        if dg is not None and key not in dg.out:
+            old = dict.get(self, key)
+            if old is None:
+                dg.coord_flip(key)  # a new member: its coordinate, if we hold one, now counts
+                dg.out.add(key)
+            else:
+                dg.take_out(key, old)
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: str) -> None:
-        self.touched = True
+        m = dict.__getitem__(self, key)
+        if self.digest is not None:
+            self.digest.remove(key, m)
         dict.__delitem__(self, key)
 
-    def pop(self, *args: Any) -> Any:  # type: ignore[override]
-        self.touched = True
-        return dict.pop(self, *args)
+    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+        m = dict.get(self, key)
+        if m is not None and self.digest is not None:
+            self.digest.remove(key, m)
+        return dict.pop(self, key, *default)
 
     def popitem(self) -> Any:
-        self.touched = True
+        self.digest = None
         return dict.popitem(self)
 
     def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        self.touched = True
+        self.digest = None
         return dict.setdefault(self, key, default)
 
     def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
-        self.touched = True
+        self.digest = None
         dict.update(self, *args, **kw)
 
     def clear(self) -> None:
-        self.touched = True
+        self.digest = None
         dict.clear(self)
 
     def __ior__(self, other: Any) -> "MemberTable":  # type: ignore[override]
-        self.touched = True
+        self.digest = None
         dict.update(self, other)
         return self
 
@@ -312,36 +367,122 @@ _MAX_BUCKETS = 1024
 # Above this many members a periodic push-pull opens with a digest (PushPullDigest) instead of
 # the full state: at or below it the full state is about as small as the digest.
 DIGEST_MIN_MEMBERS = 64
-_DIGEST = struct.Struct(f"<{DIGEST_BUCKETS}Q")
-_CDIGEST = struct.Struct(f"<{COORD_BUCKETS}I")
+# Digests are kept as arrays of machine words ('Q' and 'I' are 8 and 4 bytes on every CPython
+# platform we run on); on a big-endian CPU their wire form (little-endian) is byte-swapped.
+if array("Q").itemsize != 8 or array("I").itemsize != 4:
+    raise ImportError("mesh.membership.state needs 8-byte 'Q' and 4-byte 'I' arrays")
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _words_out(a: array[int]) -> bytes:
+    """A digest array in its wire form (little-endian words)."""
+    if _BIG_ENDIAN:
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def _words_in(typecode: str, data: bytes) -> array[int]:
+    """A digest in its wire form as an array of words (``typecode`` 'Q' or 'I')."""
+    a = array(typecode, data)
+    if _BIG_ENDIAN:
+        a.byteswap()
+    return a
+
+
 _U64_MASK = 2**64 - 1
-# name -> CRC-32 of its UTF-8 bytes (its digest bucket is the low bits). Bounded; cleared when full.
-_NAME_CRC: dict[str, int] = {}
+
+
+class _CrcCache(dict[str, int]):
+    """name -> CRC-32 of its UTF-8 bytes (its digest bucket is the low bits), computed on a
+    miss (so a lookup is one C call). Bounded: cleared when full."""
+
+    __slots__ = ()
+
+    def __missing__(self, name: str) -> int:
+        if len(self) >= _NAME_CRC_MAX:
+            self.clear()
+        h = self[name] = zlib.crc32(name.encode())
+        return h
+
+
+_NAME_CRC = _CrcCache()
 _NAME_CRC_MAX = 65_536
+_name_crc = _NAME_CRC.__getitem__  # the CRC-32 of a name, cached
+_COORD_RANGE = range(COORD_BUCKETS)
+_DIGEST_RANGE = range(DIGEST_BUCKETS)
 
 
-def _name_crc(name: str) -> int:
-    h = _NAME_CRC.get(name)
-    if h is None:
-        if len(_NAME_CRC) >= _NAME_CRC_MAX:
-            _NAME_CRC.clear()
-        h = _NAME_CRC[name] = zlib.crc32(name.encode())
-    return h
+def _member_part(h: int, m: Member) -> int:
+    """A member's part of its bucket's state digest (``h``: the CRC-32 of its name)."""
+    # (an IntEnum state hashes as its int)
+    return hash((h, m.incarnation, m.state)) & _U64_MASK
+
+
+class _Digest:
+    """A member table's push-pull digests (see ``SwimCore.state_digest``), kept current
+    by the table (:class:`MemberTable`) as members change, come and go.
+
+    ``d`` and ``c`` are the state and coordinate digests as machine words (6 KiB,
+    not lists of int objects). ``out`` names the records handed out for change:
+    their parts are out of ``d`` until :meth:`sync` puts them back as they are
+    then. Whether we hold a member's coordinate is read from the coordinate
+    table's ``slots`` and ``present`` (see PackedTable). Holds neither the member
+    table nor the core, so it makes no reference cycle.
+    """
+
+    __slots__ = ("d", "c", "out", "slots", "present")
+
+    def __init__(self, d: array[int], c: array[int], coords: PackedTable) -> None:
+        self.d, self.c = d, c  # c empty: not computed yet (see SwimCore.bootstrap)
+        self.out: set[str] = set()
+        self.slots, self.present = coords.slots, coords.present
+
+    def take_out(self, name: str, m: Member) -> None:
+        """Record ``m`` of ``name`` is about to change: its part leaves the digest until :meth:`sync`."""
+        h = _name_crc(name)
+        self.d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, m)
+        self.out.add(name)
+
+    def remove(self, name: str, m: Member) -> None:
+        """Member ``name`` (record ``m``) leaves the table."""
+        if name in self.out:
+            self.out.discard(name)  # its part is out already
+        else:
+            h = _name_crc(name)
+            self.d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, m)
+        self.coord_flip(name)
+
+    def coord_flip(self, name: str) -> None:
+        """Member ``name`` joins or leaves the table: its coordinate, if we hold one, counts or stops counting."""
+        i = self.slots.get(name)
+        if i is not None and i < len(self.present) and self.present[i] and self.c:
+            h = _name_crc(name)
+            self.c[h & (COORD_BUCKETS - 1)] ^= h
+
+    def sync(self, members: MemberTable) -> None:
+        """Put the parts of the records handed out since the last call back, as they are now."""
+        d, mask, peek = self.d, DIGEST_BUCKETS - 1, members.peek
+        for name in self.out:
+            h = _name_crc(name)
+            d[h & mask] ^= _member_part(h, peek(name))  # type: ignore[arg-type]  # (``out`` names members)
+        self.out.clear()
 
 
 class _CoordDigest:
-    """A node's coordinate digest (see ``SwimCore.state_digest``), kept current as
-    coordinates of members come and go: the ``on_change`` of its coordinate table.
-    Holds the member table, not the core, so it makes no reference cycle."""
+    """A node's coordinate digest kept current as coordinates of members come and go:
+    the ``on_change`` of its coordinate table. Holds the member table and its digest,
+    not the core, so it makes no reference cycle."""
 
-    __slots__ = ("members", "c")
+    __slots__ = ("members", "dg", "c")
 
-    def __init__(self, members: MemberTable, c: array[int]) -> None:
+    def __init__(self, members: MemberTable, dg: _Digest) -> None:
         self.members = members
-        self.c = c
+        self.dg = dg
+        self.c = dg.c
 
     def __call__(self, name: str) -> None:
-        if name in self.members:  # `in` reads only: a member table's digest state is untouched
+        if name in self.members:  # `in` reads only: the member table's digest is unchanged
             h = _name_crc(name)
             self.c[h & (COORD_BUCKETS - 1)] ^= h
 
@@ -384,8 +525,6 @@ class SwimCore:
         # Packed in one bytearray (PackedTable): 44 bytes per member instead of an 80-byte object.
         self.coords = PackedTable(4 * (self.vivaldi.config.dimensionality + 3))
         self._pp_row_bytes = 96.0  # running estimate of a push-pull entry's size, for chunking
-        # (coords table, state digest, coordinate digest kept current): see state_digest
-        self._digest: tuple[PackedTable, array[int], _CoordDigest] | None = None
         self.members: MemberTable = MemberTable(
             {name: Member(name, addr, meta, incarnation, _ALIVE, now, key=key)}
         )
@@ -868,7 +1007,13 @@ class SwimCore:
             for n in [n for n, t in self._recent_dead.items() if t < cutoff]:
                 del self._recent_dead[n]
             if self._recent_dead:
-                candidates = sorted([*candidates, *self._recent_dead])
+                if len(self._recent_dead) <= 16:
+                    # _alive_names is sorted and holds none of them: insert the few into a copy
+                    candidates = candidates.copy()
+                    for n in self._recent_dead:
+                        bisect.insort(candidates, n)
+                else:
+                    candidates = sorted([*candidates, *self._recent_dead])
         k = min(self.config.gossip_nodes, len(candidates))
         out = []
         budget = MAX_DATAGRAM - envelope_overhead(self.name) - 8
@@ -1206,67 +1351,105 @@ class SwimCore:
         ``crc32(name) % COORD_BUCKETS`` is the XOR of ``crc32(name)`` over its members
         whose coordinate we hold (we hold our own).
         """
-        # Both digests are kept until a member changes (MemberTable.touched); coordinates
-        # gained or dropped meanwhile are folded into the coordinate digest as they come
-        # (PackedTable.on_change). A steady mesh's push-pulls then walk no table.
+        dg = self._digests()
+        return dg.d.tolist(), dg.c.tolist()
+
+    def _digests(self) -> _Digest:
+        """Our digests (see :meth:`state_digest`), current.
+
+        Computed over every member once, then kept current as members change
+        (:class:`MemberTable`, its ``digest``) and as coordinates are gained or dropped
+        (``PackedTable.on_change``): a push-pull walks no table.
+        """
         members, coords = self.members, self.coords
+        dg = members.digest
+        folder = coords.on_change
+        if dg is not None and type(folder) is _CoordDigest and folder.dg is dg and dg.present is coords.present:
+            if dg.out:
+                dg.sync(members)
+            return dg
+        if dg is not None and not dg.c:
+            # Seeded by bootstrap with the state digest only: add the coordinate digest.
+            if dg.out:
+                dg.sync(members)
+            dg.c = array("I", self._coord_digest())
+            dg.slots, dg.present = coords.slots, coords.present
+            coords.on_change = _CoordDigest(members, dg)
+            return dg
         mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
-        cached = self._digest
-        if cached is not None and not members.touched and cached[0] is coords and coords.on_change is cached[2]:
-            return cached[1].tolist(), cached[2].c.tolist()
         d = [0] * DIGEST_BUCKETS
         c = [0] * COORD_BUCKETS
-        crc = _NAME_CRC.get
+        crc = _name_crc
         slot, present = coords.slots.get, coords.present  # `name in coords`, inlined
         size = len(present)
+        # (one pass in Python beats splitting it into map/zip/compress passes in C)
         for name, m in members.items():
             h = crc(name)
-            if h is None:
-                h = _name_crc(name)
-            # (an IntEnum state hashes as its int)
-            d[h & mask] ^= hash((h, m.incarnation, m.state))
+            d[h & mask] ^= hash((h, m.incarnation, m.state))  # (an IntEnum state hashes as its int)
             i = slot(name)
             if i is not None and i < size and present[i]:
                 c[h & cmask] ^= h
         h = _name_crc(self.name)  # our own coordinate (never kept in self.coords)
         c[h & cmask] ^= h
-        d = [x & _U64_MASK for x in d]
-        members.touched = False
-        # Kept as machine words (6 KiB), not lists of int objects (~40 KiB at 1000 members).
-        folder = coords.on_change = _CoordDigest(members, array("I", c))
-        self._digest = (coords, array("Q", d), folder)
-        return d, c
+        dg = members.digest = _Digest(array("Q", [x & _U64_MASK for x in d]), array("I", c), coords)
+        coords.on_change = _CoordDigest(members, dg)
+        return dg
+
+    def _coord_digest(self) -> list[int]:
+        """The coordinate digest (see :meth:`state_digest`), over every member."""
+        c = [0] * COORD_BUCKETS
+        cmask, crc, coords = COORD_BUCKETS - 1, _name_crc, self.coords
+        # Members whose coordinate we hold picked in C: `name in coords` over a copy of ``present``
+        # long enough for every record number (a shared index numbers names we hold none for).
+        slots = coords.slots
+        present = bytes(coords.present) + bytes(max(0, len(slots) - len(coords.present)) + 1)
+        absent = len(present) - 1  # a record number whose flag is 0, for names without one
+        for h in map(crc, compress(self.members, map(present.__getitem__, map(slots.get, self.members, repeat(absent))))):
+            c[h & cmask] ^= h
+        h = crc(self.name)  # our own coordinate (never kept in self.coords)
+        c[h & cmask] ^= h
+        return c
 
     def _sync_to(self, addr: str) -> list[Outgoing]:
         """Open a periodic push-pull (or reconnect) with ``addr``: digests in a big mesh, else the full state."""
         if len(self.members) > DIGEST_MIN_MEMBERS:
-            d, c = self.state_digest()
-            return [Outgoing(addr, encode(self.name, PushPullDigest(False, _DIGEST.pack(*d), _CDIGEST.pack(*c))), True)]
+            dg = self._digests()
+            return [Outgoing(addr, encode(self.name, PushPullDigest(False, _words_out(dg.d), _words_out(dg.c))), True)]
         return self._push_pull_to(addr, join=False, reply=False)
 
     def _on_digest(self, src: str, msg: PushPullDigest, out: list[Outgoing]) -> None:
         """A peer's digests: answer an opening with ours, then send what differs (see PushPullDigest)."""
-        d, c = self.state_digest()
+        dg = self._digests()
+        d, c = dg.d, dg.c
+        db, cb = _words_out(d), _words_out(c)
         if not msg.reply:
-            out.append(Outgoing(src, encode(self.name, PushPullDigest(True, _DIGEST.pack(*d), _CDIGEST.pack(*c))), True))
-        theirs, their_c = _DIGEST.unpack(msg.digests), _CDIGEST.unpack(msg.coord_digests)
-        rows_in = {b for b in range(DIGEST_BUCKETS) if d[b] != theirs[b]}
-        coords_in = {b for b in range(COORD_BUCKETS) if c[b] != their_c[b]}
-        if not rows_in and not coords_in:
-            return
-        mask, cmask = DIGEST_BUCKETS - 1, COORD_BUCKETS - 1
-        crc = _NAME_CRC.get
+            out.append(Outgoing(src, encode(self.name, PushPullDigest(True, db, cb)), True))
+        if db == msg.digests:
+            if cb == msg.coord_digests:
+                return
+        # Which buckets differ, found in C (map/compress over the words), as a flag per
+        # coordinate bucket: 2 where the state bucket (its low bits) differs (send the
+        # entries), else 1 where the coordinate bucket differs (send the coordinates).
+        flags = bytearray(COORD_BUCKETS)
+        if cb != msg.coord_digests:
+            for b in compress(_COORD_RANGE, map(ne, c, _words_in("I", msg.coord_digests))):
+                flags[b] = 1
+        if db != msg.digests:
+            for b in compress(_DIGEST_RANGE, map(ne, d, _words_in("Q", msg.digests))):
+                for fb in range(b, COORD_BUCKETS, DIGEST_BUCKETS):
+                    flags[fb] = 2
+        # The members of flagged buckets, in table order, picked in C: per name its CRC
+        # (cached), its coordinate bucket, that bucket's flag.
+        members, cmask, crc = self.members, COORD_BUCKETS - 1, _name_crc
+        picked = compress(members, map(flags.__getitem__, map(and_, map(crc, members), repeat(cmask))))
         entries: list[str] = []
         pairs: list[Any] = []
         coords = self.coords
         me = self.name
-        for n in self.members:
-            h = crc(n)
-            if h is None:
-                h = _name_crc(n)
-            if h & mask in rows_in:
+        for n in picked:
+            if flags[crc(n) & cmask] == 2:
                 entries.append(n)  # an entry carries the coordinate too
-            elif h & cmask in coords_in:
+            else:
                 raw = self._coord_wire() if n == me else coords.get(n)
                 if raw is not None:
                     pairs += (n, raw)
@@ -1282,8 +1465,8 @@ class SwimCore:
         dims = self.vivaldi.config.dimensionality
         peek, coords, me = self.members.peek, self.coords, self.name
         slot, present = coords.slots.get, coords.present  # `name in coords`, inlined
-        for i in range(0, len(pairs), 2):
-            name, raw = pairs[i], pairs[i + 1]
+        it = iter(pairs)
+        for name, raw in zip(it, it):  # (name, coordinate) pairs (the decoder checked the count is even)
             if type(name) is not str or type(raw) is not bytes:
                 self.counters["bad_states"] += 1
                 continue
@@ -1419,32 +1602,50 @@ class SwimCore:
         records to share.
         """
         states = list(states)
-        if not (shared is not None and len(shared) == len(states) and all(map(_built_from, shared, states))):
+        # Records built from these very entries (identical objects: frozen, checked then)?
+        recs = shared if isinstance(shared, _SharedRecords) and shared.built_from(states) else None
+        if recs is None and not (shared is not None and len(shared) == len(states) and all(map(_built_from, shared, states))):
             # Bypasses the decoder (a persisted list): names, addresses, keys and metadata are checked
             # here (unless ``shared`` holds records built from these very entries, already checked).
             valid = [st for st in states if self._bootstrap_entry_ok(st)]
             self.counters["bad_names"] += len(states) - len(valid)
             states = valid
         if shared is None or len(shared) != len(states):
-            shared = []
-            for st in states:
-                m = Member(st.node, st.addr, st.decoded_meta(), st.incarnation, _ALIVE, now, key=st.key)
-                m.meta_wire = st.meta_raw
-                shared.append(shared_member(m))
-        added = []
+            shared = recs = _SharedRecords(states, now)
         members = self.members
         room = self.config.max_members - len(members)
-        for st, m in zip(states, shared):
-            if st.node == self.name or st.node in members or m.name != st.node:
-                continue
-            if room <= 0:
-                self.counters["members_refused_full"] += 1
-                continue
-            room -= 1
-            dict.__setitem__(members, st.node, m)
-            members.touched = True
-            self._recent_dead.pop(st.node, None)
-            added.append(st.node)
+        if recs is not None and recs.distinct and room >= len(states) and len(members) == 1 and self.name in members:
+            # A fresh node (the simulator's case, N nodes of N members each): the records go
+            # in with one dict update, in order, our own record kept.
+            own = dict.__getitem__(members, self.name)
+            dict.update(members, zip(recs.names, recs))
+            dict.__setitem__(members, self.name, own)
+            added = recs.names.copy()
+            # Our state digest: the shared records' (computed once for all nodes), with our own
+            # record in place of the entry about us; the coordinate digest follows at first use.
+            d = array("Q", recs.state_digest())
+            h = _name_crc(self.name)
+            if self.name in added:
+                added.remove(self.name)
+                d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, recs[recs.names.index(self.name)])
+            d[h & (DIGEST_BUCKETS - 1)] ^= _member_part(h, own)
+            members.digest = _Digest(d, array("I"), self.coords)
+            if self._recent_dead:
+                for n in added:
+                    self._recent_dead.pop(n, None)
+        else:
+            added = []
+            for st, m in zip(states, shared):
+                if st.node == self.name or st.node in members or m.name != st.node:
+                    continue
+                if room <= 0:
+                    self.counters["members_refused_full"] += 1
+                    continue
+                room -= 1
+                dict.__setitem__(members, st.node, m)
+                members.digest = None
+                self._recent_dead.pop(st.node, None)
+                added.append(st.node)
         if added:
             # One sort and one shuffle rather than an ordered insert per member: O(N log N).
             # (sorted() of already-sorted names, the usual case, is linear)

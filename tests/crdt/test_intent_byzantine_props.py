@@ -18,6 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.harness.budget import examples
+
 from crdt.heads import RecordPush
 from crdt.intent import IntentNode
 from crdt.logrecord import LogRecord
@@ -135,7 +137,7 @@ def test_correct_nodes_agree_and_keep_every_acknowledged_write(ops: list[tuple[A
 
 
 @pytest.mark.slow
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_op, min_size=20, max_size=80))
 def test_correct_nodes_agree_and_keep_every_acknowledged_write_long(ops: list[tuple[Any, ...]]) -> None:
     _run(ops)

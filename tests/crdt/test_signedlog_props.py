@@ -8,6 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.harness.budget import examples
+
 from crdt.heads import RecordBatch
 from crdt.logrecord import LogRecord
 from crdt.signedlog import SignedLog
@@ -121,7 +123,7 @@ _values = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     st.sampled_from(["registry", "deployments", "routes", "placement", "kv"]),
     st.sampled_from(["n0", "ns/a", "hello@1.0.0", "web", "GET */api/*"]),
