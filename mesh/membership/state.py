@@ -183,6 +183,7 @@ def shared_member(m: Member) -> Member:
         _building_shared = False
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no list subclass: stays a Python class
 class _SharedRecords(list[Member]):
     """The records :meth:`SwimCore.bootstrap` builds from ``states`` (checked) at ``now``, for
     nodes bootstrapped alike to share; with the entries they were built from, their names in
