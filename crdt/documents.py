@@ -30,6 +30,7 @@ from crdt.logrecord import LogRecord
 from crdt.metrics import Counters
 from crdt.routes import RouteTable
 from crdt.schema import (
+    DEFAULT_TENANT,
     DeploymentRevision,
     DeploymentSpec,
     KvLimits,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 # Refusals that a later trust record can lift: such records are parked and offered again.
 _PARK_REASONS = frozenset({"unknown_signer", "role"})
 MAX_PARKED = 1024
+MAX_CACHED_NAMES = 4096  # names a per-name answer cache holds before it starts over
 
 KINDS = ("registry", "deployments", "routes", "placement", "kv", "trust")
 KINDS += ("subscriptions",)  # events: operator-signed subscriptions (crdt.schema.SubscriptionSpec)
@@ -120,6 +122,10 @@ class IntentDoc:
         self.records = SignedLog(self.adapter, validator=schema_validator(kv_limits), counters=self.counters)
         self._routes: RouteTable | None = None
         self._placements: dict[str, PlacementEntry] | None = None  # placements(), rebuilt like the route table
+        # tenant() and deployment_tenant() answers (every invocation's quota check asks both), kept
+        # until a record of their kind enters the view (or refresh()): bounded, cleared when full.
+        self._tenants: dict[str, TenantQuota | None] = {}
+        self._deployment_tenants: dict[str, str | None] = {}
         # Running KV usage: namespace -> [live keys, bytes of keys + values], and what each
         # document key currently contributes, so a write never rescans its namespace.
         self._kv_usage: dict[str, list[int]] = {}
@@ -215,6 +221,10 @@ class IntentDoc:
                 self._routes = None
             elif r.kind == "placement":
                 self._placements = None
+            elif r.kind == "tenant":
+                self._tenants.clear()
+            elif r.kind == "deployments":
+                self._deployment_tenants.clear()
         if recount:
             self.refresh()
         else:
@@ -234,9 +244,11 @@ class IntentDoc:
             self.audit_sink(AuditEvent("log", slot, ev.reason, ev.detail, ev.signer, ev.seq))
 
     def refresh(self) -> None:
-        """Recompute every cached derivation (route table, KV usage): after a fork, a revocation or a trust change."""
+        """Recompute every cached derivation (route table, placements, tenants, KV usage): after a fork, a revocation or a trust change."""
         self._routes = None
         self._placements = None
+        self._tenants.clear()
+        self._deployment_tenants.clear()
         self._kv_usage.clear()
         self._kv_counted.clear()
         for k in self.records.slots("kv"):
@@ -363,6 +375,23 @@ class IntentDoc:
         assert cur.spec is not None
         return Deployment(name, cur.spec, cur.active_version, len(hist), tuple(hist))
 
+    def deployment_tenant(self, name: str) -> str | None:
+        """The tenant whose quotas the deployment's calls count against; None when the view has no such deployment.
+
+        Kept until a deployments record enters the view (every invocation asks).
+        """
+        try:
+            return self._deployment_tenants[name]
+        except KeyError:
+            pass
+        rec = self.effective("deployments", name)
+        spec = rec.payload.get("spec") if rec is not None else None
+        tenant = str(spec.get("tenant", DEFAULT_TENANT)) if isinstance(spec, dict) else None
+        if len(self._deployment_tenants) >= MAX_CACHED_NAMES:
+            self._deployment_tenants.clear()
+        self._deployment_tenants[name] = tenant
+        return tenant
+
     def deployments(self) -> list[Deployment]:
         out = []
         for name in self.records.slots("deployments"):
@@ -406,11 +435,20 @@ class IntentDoc:
     # --- tenants ------------------------------------------------------------------
 
     def tenant(self, name: str) -> TenantQuota | None:
-        """The tenant's quota record, or None (no record, or removed: the defaults apply)."""
+        """The tenant's quota record, or None (no record, or removed: the defaults apply).
+
+        Parsed once per change: kept until a tenant record enters the view (every invocation asks).
+        """
+        try:
+            return self._tenants[name]
+        except KeyError:
+            pass
         rec = self.effective("tenant", name)
-        if rec is None or rec.payload.get("deleted") is True:
-            return None
-        return TenantQuota.from_payload(rec.payload)
+        q = None if rec is None or rec.payload.get("deleted") is True else TenantQuota.from_payload(rec.payload)
+        if len(self._tenants) >= MAX_CACHED_NAMES:
+            self._tenants.clear()
+        self._tenants[name] = q
+        return q
 
     def tenants(self) -> list[TenantQuota]:
         """Every tenant with a quota record, by name."""

@@ -70,6 +70,7 @@ _SWIM_COUNTERS: dict[str, tuple[str, str]] = {
     "push_pulls": ("push_pulls", "Periodic push-pull state exchanges started"),
     "reconnects": ("reconnects", "Push-pull attempts towards dead members (partition healing)"),
     "merge_suspicions": ("merge_suspicions", "Suspicions adopted from a push-pull peer's state"),
+    "stale_corrections": ("stale_corrections", "Alive records sent straight back to a member that gossiped a stale suspicion or death"),
 }
 _SWIM_DROPS = {
     "decode_errors": "decode_error",

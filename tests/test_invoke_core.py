@@ -12,7 +12,7 @@ import structlog
 from mesh import agreement
 from mesh.invoke.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig
 from mesh.invoke.invoker import CONNECT_FAILED, NO_ANSWER, STREAM_CLOSED, Invoker, replicas_of, retry_safe
-from mesh.invoke.trace import child_traceparent, new_traceparent, parse_traceparent
+from mesh.invoke.trace import INVALID, call_context, child_traceparent, new_traceparent, parse_traceparent
 
 
 # ------------------------------------------------------------------ breaker
@@ -164,6 +164,20 @@ def test_traceparent_parses_the_spec_example_and_refuses_malformed_values() -> N
         assert parse_traceparent(v) is None, v
     # a future version may append fields
     assert parse_traceparent("01" + GOOD[2:] + "-what-comes-next") is not None
+
+
+def test_a_call_continues_a_valid_trace_starts_one_when_none_and_strictly_refuses_a_bad_one() -> None:
+    def rand(n: int) -> bytes:
+        return bytes([0xab]) * n
+
+    assert call_context(GOOD, rand).header() == GOOD
+    assert call_context("01" + GOOD[2:] + "-more", rand).header() == GOOD  # a later version, written as 00
+    new = "00-" + "ab" * 16 + "-" + "ab" * 8 + "-01"
+    assert call_context(None, rand).header() == new and call_context("", rand).header() == new
+    with pytest.raises(ValueError) as exc:
+        call_context("00-bad", rand)
+    assert str(exc.value) == INVALID and "traceparent" in INVALID
+    assert call_context("00-bad", rand, strict=False).header() == new  # the HTTP ingress: a new trace
 
 
 def test_new_and_child_traceparents_keep_the_trace_and_change_the_span() -> None:

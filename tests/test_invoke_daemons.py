@@ -156,8 +156,21 @@ async def _scenario(tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         # stays closed (the module's fault, not the node's); the target restarts its replica.
         pinned = {ids[target]: 0.001, ids[other]: 0.002}  # keep `target` the nearest (Vivaldi keeps moving)
         x.core.estimate_rtt = lambda _a, n: pinned.get(n)  # type: ignore[method-assign]
-        res = await x.invocations.invoke("web", b"trap")
+        # Through the control API: a trap is the handler's failure, 500 like the HTTP ingress (502 is for
+        # no healthy replica), with the result object and its error.
+        try:
+            await trio.to_thread.run_sync(ApiClient(x.api_addr, x.token).post, "/v1/invoke",
+                                          {"deployment": "web", "payload_b64": base64.b64encode(b"trap").decode()})
+            raise AssertionError("a trap answered 200")
+        except ApiClientError as exc:
+            status, res = exc.status, exc.body
+        assert status == 500 and "trap" in res["error"], (status, res)
         assert (res["ok"], res["code"], [a_["node"] for a_ in res["attempts"]]) == (False, "trap", [ids[target]]), res
+        try:
+            await trio.to_thread.run_sync(ApiClient(x.api_addr, x.token).post, "/v1/invoke", {"deployment": "nothing"})
+            raise AssertionError("an unknown deployment answered 200")
+        except ApiClientError as exc:
+            assert (exc.status, exc.body["code"]) == (502, "no_replica"), (exc.status, exc.body)
         assert x.invocations.invoker.states(trio.current_time())[ids[target]] == "closed"
         await _wait(lambda: any(e["kind"] == "running" for e in ds[target].workloads.events.recent())
                     and len([e for e in ds[target].workloads.events.recent() if e["kind"] == "restart"]) == 1

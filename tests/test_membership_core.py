@@ -270,6 +270,20 @@ def test_metadata_update_bumps_incarnation_and_spreads() -> None:
         assert nodes[n].swim.members["a"].meta == meta
 
 
+def test_a_metadata_update_after_leaving_does_not_bring_the_node_back() -> None:
+    """A leaving node's metadata update (a daemon loop publishing its coordinate or usage while the
+    leave is gossiped) must not be an Alive with a higher incarnation: peers would take it back from
+    left to alive, then declare it dead once it is gone (the demo's final view showed it so)."""
+    nodes = cluster(["a", "b", "c"])
+    deliver(nodes, "c", nodes["c"].leave(3.0), 3.0)
+    assert nodes["a"].swim.view()["c"] == MemberState.LEFT
+    nodes["c"].update_meta(NodeMeta(labels=(("late", "1"),)), 3.1)
+    assert nodes["c"].swim.incarnation == 0
+    run(nodes, 3.1, 7.1, step=0.2)  # 20 rounds: the metadata-update test's update spreads in that time
+    for n in ("a", "b"):
+        assert nodes[n].swim.view()["c"] == MemberState.LEFT, n
+
+
 def test_garbage_is_counted_not_raised() -> None:
     a = node("a")
     assert a.receive("x", b"\xff\x00garbage", 0.0) == []

@@ -412,8 +412,8 @@ def test_every_exported_name_label_and_reason_is_documented() -> None:
     reg, col = node_registry(mknode("n000", intent=intent), transport=transport("a"), stream_counters=Counter())
     col.observe_fsync(0.001)
     families = list(text_string_to_metric_families(render(reg).decode()))
-    # 13 membership + 8 node + 1 drops + 35 intent + 12 transport + 2 fsync rows in the tables.
-    assert len(families) == 71
+    # 14 membership + 8 node + 1 drops + 35 intent + 12 transport + 2 fsync rows in the tables.
+    assert len(families) == 72
     for fam in families:
         shown = fam.name + "_total" if fam.type == "counter" else fam.name
         assert f"`{shown}`" in doc, shown

@@ -4,6 +4,8 @@ it) refuses calls on the other once the usage arrived there by gossip.
 
 Two ``Daemon`` objects in one trio run on loopback (real sockets, Noise, membership, intent sync, the
 workload lifecycle). Quotas and deployments are written with the CLI against the running node.
+A one-daemon test (in the default run) changes quotas and a deployment's tenant with the CLI and
+checks that each change binds the very next call (the lookups are kept per intent change).
 Modules: ``runtime/examples/loop.wasm`` (a WASI command that never ends: every call runs until its
 ``timeout_ms`` limit) and ``hello.wasm`` (answers at once).
 """
@@ -24,6 +26,7 @@ import pytest
 import trio
 
 from mesh.cli import main
+from mesh.daemon.api import ApiError
 from mesh.daemon.node import Daemon
 from mesh.membership.state import MemberState
 from mesh.metrics import render
@@ -195,4 +198,57 @@ async def _scenario(tmp: Path) -> None:
         quota_errors = [ln for ln in text.decode().splitlines() if ln.startswith('wasmatrix_invoke_errors_total{reason="quota"}')]
         assert quota_errors == ['wasmatrix_invoke_errors_total{reason="quota"} 4.0'], (host is a, quota_errors)
         print(f"\nCPU usage of the host reached the caller {arrived:.2f} s after the call ended", file=sys.__stderr__)
+        nursery.cancel_scope.cancel()
+
+
+def test_a_quota_change_binds_the_next_call(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The quota check keeps the deployment's tenant and the tenant's limits between intent changes
+    (crdt.documents.IntentDoc): `tenant set`, `tenant rm` and `deploy --tenant` against a running
+    node must each bind the very next call."""
+    tid._capsys = capsys
+    trio.run(_change_scenario, tmp_path)
+
+
+async def _change_scenario(tmp: Path) -> None:
+    for role in ("publisher", "operator"):
+        assert main(["keygen", "--role", role, "--out", str(tmp / f"{role}.key"), "--data-dir", str(tmp / "a")]) == 0
+    (tmp / "a").chmod(0o700)
+    op, on_a = str(tmp / "operator.key"), ("--data-dir", str(tmp / "a"))
+
+    async def cli(*args: str) -> None:
+        r = await _cli(*args, "--key", op, *on_a)
+        assert r.returncode == 0, (args, r.stderr)
+
+    async with trio.open_nursery() as nursery:
+        a: Daemon = await nursery.start(Daemon(_cfg(tmp, "a", [])).run)
+        r = await _cli("module", "publish", str(EXAMPLES / "hello.wasm"), "--name", "hello", "--version", "1.0.0",
+                       "--key", str(tmp / "publisher.key"), *on_a)
+        assert r.returncode == 0, r.stderr
+
+        async def call() -> tuple[str, str | None, str]:
+            res = await a.invocations.invoke("app", b"")
+            return res["code"], res.get("quota_reason"), res["tenant"]
+
+        # On demand (replicas 0): a refused call starts nothing; an admitted one cold-starts hello here.
+        await cli("tenant", "set", "t1", "--concurrency", "0")
+        await cli("deploy", "app", "--module", "hello", "--version", "1.0.0", "--replicas", "0", "--tenant", "t1")
+        assert await call() == ("quota", "concurrency", "t1")
+        # A refused call continues the caller's trace, and refuses a malformed one like any call (one function).
+        res = await a.invocations.invoke("app", b"", tid.TP)
+        assert (res["code"], res["traceparent"]) == ("quota", tid.TP)
+        with pytest.raises(ApiError) as exc:
+            await a.invocations.invoke("app", b"", "00-bad")
+        assert exc.value.status == 400 and "traceparent" in str(exc.value)
+        await cli("tenant", "set", "t1", "--concurrency", "5")
+        assert await call() == ("ok", None, "t1")
+        await cli("tenant", "set", "t1", "--per-minute", "1")  # one call made this minute already
+        assert await call() == ("quota", "rate", "t1")
+        await cli("tenant", "rm", "t1")  # the defaults again: 10,000 a minute
+        assert await call() == ("ok", None, "t1")
+        await cli("tenant", "set", "t2", "--cpu-seconds-per-day", "0")
+        await cli("deploy", "app", "--module", "hello", "--version", "1.0.0", "--replicas", "0", "--tenant", "t2")
+        assert await call() == ("quota", "cpu", "t2")
+        await cli("deploy", "app", "--module", "hello", "--version", "1.0.0", "--replicas", "0")
+        assert await call() == ("ok", None, "default")
+        assert a.quotas.limits("t1").per_minute == 10_000 and a.quotas.limits("t2").cpu_seconds_per_day == 0
         nursery.cancel_scope.cancel()

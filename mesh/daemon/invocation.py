@@ -41,7 +41,7 @@ from mesh.daemon.api import ApiError, Request, json_answer
 from mesh.daemon.workloads import NotHosted
 from mesh.invoke.breaker import STATE_VALUE
 from mesh.invoke.invoker import (
-    BREAKER_OPEN, CONNECT_FAILED, NO_ANSWER, NO_REPLICA, STREAM_CLOSED, Invoker, replicas_of,
+    BREAKER_OPEN, CONNECT_FAILED, NO_ANSWER, NO_REPLICA, STREAM_CLOSED, Invoker, http_status, replicas_of,
 )
 from mesh.invoke.messages import (
     BAD_REQUEST, GUEST_ERROR, INTERNAL, LIMIT, MAX_DEADLINE_MS, MAX_INVOKE_PAYLOAD, NOT_HOSTED, OK, OVERLOADED,
@@ -49,7 +49,7 @@ from mesh.invoke.messages import (
 )
 from mesh.daemon.quotas import quota_guard
 from mesh.ingress.cgi import CgiError, HttpCall
-from mesh.invoke.trace import child_traceparent, new_traceparent, parse_traceparent
+from mesh.invoke.trace import TraceContext, call_context, child_traceparent, parse_traceparent
 from mesh.membership.state import MemberState
 from mesh.metrics import PREFIX, FsyncHistogram
 from mesh.wire import Outgoing, encode, is_valid_name
@@ -75,8 +75,15 @@ _RUNTIME_CODES = {
     "concurrency_rejected": (OVERLOADED, False),
     "module_not_loaded": (NOT_HOSTED, False),
 }
-# HTTP status of a failed call, by final reason (the API answers the rest 200 with ok: true).
-_HTTP = {BAD_REQUEST: 400, NO_ANSWER: 504, TIMEOUT: 504, QUOTA: 429}
+
+
+def call_trace(traceparent: str | None) -> TraceContext:
+    """The trace of a call asked for on this node (:func:`mesh.invoke.trace.call_context`): an invalid
+    ``traceparent`` is the caller's error, ApiError 400. Shared by ``invoke`` and a quota refusal."""
+    try:
+        return call_context(traceparent, os.urandom)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 @dataclass(slots=True)
@@ -210,12 +217,8 @@ class InvokeService:
         as such. ``caller`` ("api", "http", "event") labels the metrics.
         """
         t0 = time.perf_counter()
-        ctx = parse_traceparent(traceparent) if traceparent else None
-        if traceparent and ctx is None:
-            raise ApiError(400, "traceparent is not a valid W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
-        tp = ctx.header() if ctx is not None else new_traceparent(os.urandom(16), os.urandom(8))
-        ctx = parse_traceparent(tp)
-        assert ctx is not None
+        ctx = call_trace(traceparent)
+        tp = ctx.header()
         log = self.d.log.bind(deployment=deployment, trace_id=ctx.trace_id, traceparent=tp)
         budget = self.invoker.timeout(timeout)
         start = trio.current_time()
@@ -432,7 +435,8 @@ class InvokeService:
         if res["ok"]:
             return json_answer(res)
         res["error"] = res["message"] or res["code"]
-        status, ctype, out = json_answer(res, _HTTP.get(res["code"], 502))
-        if res["code"] == QUOTA:  # RFC 9110 Retry-After: whole seconds, rounded up
+        # The HTTP ingress's table (a trap 500, no healthy replica 502, ...); ok answers 200 above.
+        status, ctype, out = json_answer(res, http_status(res["code"]))
+        if status == 429:  # quota or overloaded; RFC 9110 Retry-After: whole seconds, rounded up
             return status, ctype, out, [("retry-after", str(max(1, math.ceil(res.get("retry_after_s") or 1))))]
         return status, ctype, out

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
@@ -28,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from crdt.schema import DEFAULT_TENANT, TenantQuota
-from mesh.daemon.api import ApiError, Request, json_answer
+from mesh.daemon.api import Request, json_answer
 from mesh.errors import ConfigError
 from mesh.invoke.quota import CPU_LABEL, MAX_LABEL_CHARS, REASONS, QuotaCore, Rejected, default_limits
 from mesh.membership.state import MemberState
@@ -48,11 +47,10 @@ class QuotaService:
     def __init__(self, daemon: "Daemon") -> None:
         self.d = daemon
         self.core = QuotaCore(self.limits)
-        self._limits: dict[str, tuple[Any, TenantQuota]] = {}  # tenant -> (record identity, quota)
         self.publish_failures = 0
         self.metrics = QuotaMetrics(self)
 
-    # --- lookups (cheap: every call does them) ------------------------------------------
+    # --- lookups (every call does them: IntentDoc keeps both answers until the view changes) ----
 
     @property
     def _doc(self) -> Any:
@@ -60,24 +58,11 @@ class QuotaService:
 
     def limits(self, tenant: str) -> TenantQuota:
         """The tenant's replicated quota record, or the defaults."""
-        rec = self._doc.effective("tenant", tenant)
-        if rec is None or rec.payload.get("deleted") is True:
-            return default_limits(tenant)
-        ident = (rec.signer, rec.seq)
-        hit = self._limits.get(tenant)
-        if hit is not None and hit[0] == ident:
-            return hit[1]
-        q = TenantQuota.from_payload(rec.payload)  # validated at intake: cannot fail
-        self._limits[tenant] = (ident, q)
-        return q
+        return self._doc.tenant(tenant) or default_limits(tenant)
 
     def tenant_of(self, deployment: str) -> str | None:
         """The deployment's tenant; None when this node knows no such deployment."""
-        rec = self._doc.effective("deployments", deployment)
-        spec = rec.payload.get("spec") if rec is not None else None
-        if not isinstance(spec, dict):
-            return None
-        return str(spec.get("tenant", DEFAULT_TENANT))
+        return self._doc.deployment_tenant(deployment)
 
     def charge(self, deployment: str, cpu_seconds: float) -> None:
         """A call served here for another node used ``cpu_seconds`` of its tenant's budget."""
@@ -186,15 +171,10 @@ def quota_guard(fn: Callable[..., Awaitable[dict[str, Any]]]) -> Callable[..., A
 
 def _refused(svc: Any, deployment: str, r: Rejected, traceparent: str | None, caller: str) -> dict[str, Any]:
     """The result of a call a quota refused (not executed): the shape ``invoke`` answers."""
-    from mesh.invoke.trace import new_traceparent, parse_traceparent
+    from mesh.daemon.invocation import CALLERS, call_trace  # that module imports this one
 
-    ctx = parse_traceparent(traceparent) if traceparent else None
-    if traceparent and ctx is None:
-        raise ApiError(400, "traceparent is not a valid W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
-    tp = ctx.header() if ctx is not None else new_traceparent(os.urandom(16), os.urandom(8))
+    tp = call_trace(traceparent).header()
     svc.metrics.observe("none", 0.0, QUOTA, 0)
-    from mesh.daemon.invocation import CALLERS
-
     svc.metrics.calls[(deployment, caller if caller in CALLERS else "api", QUOTA)] += 1
     svc.d.log.warning("invoke_quota_refused", deployment=deployment, tenant=r.tenant, reason=r.reason,
                       retry_after_s=r.retry_after_s, traceparent=tp)

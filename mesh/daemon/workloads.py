@@ -744,7 +744,9 @@ class WorkloadsApi:
         except NotHosted as exc:
             raise ApiError(409, str(exc)) from None
         except WasmError as exc:
-            return json_answer({"error": str(exc)[:500], "code": exc.code}, 502)
+            # The runtime's status for its error (docs/RUNTIME.md): a trap 500, a timeout 504, like /v1/invoke.
+            # ``at``: when the call ended here (this node's monotonic clock), as on success.
+            return json_answer({"error": str(exc)[:500], "code": exc.code, "at": time.monotonic()}, exc.http_status)
         return json_answer({
             "body": base64.b64encode(res.body).decode(), "status": res.status,
             "duration_ms": round((time.perf_counter() - t0) * 1000, 3), "at": time.monotonic(),

@@ -39,8 +39,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from mesh.ingress.cgi import CgiError, HttpAnswer, HttpCall, parse_output
+from mesh.invoke.invoker import http_status
 from mesh.invoke.messages import MAX_INVOKE_PAYLOAD
-from mesh.invoke.trace import new_traceparent, parse_traceparent
+from mesh.invoke.trace import call_context
 from mesh.metrics import PREFIX, FsyncHistogram
 
 if TYPE_CHECKING:
@@ -50,15 +51,6 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 REJECT_REASONS = ("bad_request", "body_timeout", "body_too_large", "connections", "draining", "head_timeout",
                   "head_too_large")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
-# The serving contract's table: invoke result code -> HTTP status (ok: the handler's own status).
-CODE_STATUS = {
-    "quota": 429, "overloaded": 429,
-    "trap": 500, "internal": 500, "guest_error": 500, "limit_exceeded": 500,
-    "no_replica": 502, "connect_failed": 502, "breaker_open": 502, "stream_closed": 502, "not_hosted": 502,
-    "unavailable": 503,
-    "timeout": 504, "no_answer": 504,
-    "bad_request": 400,
-}
 _REASON = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
@@ -135,7 +127,7 @@ def answer_for(res: dict[str, Any], fmt: str) -> tuple[HttpAnswer, str]:
             return parse_output(out), ""
         except CgiError as exc:
             return _text(500, str(exc)), str(exc)
-    status = CODE_STATUS.get(code, 502)
+    status = http_status(code)  # one table with POST /v1/invoke (mesh/invoke/invoker.py)
     msg = _public_message(code, res.get("message") or "")
     ans = _text(status, msg)
     if status == 429:
@@ -296,8 +288,7 @@ class Ingress:
             elif name == b"content-length":
                 length = value
         request_id = rid_in.decode() if rid_in is not None and _REQUEST_ID.fullmatch(rid_in) else secrets.token_hex(8)
-        ctx = parse_traceparent(tp_in) if tp_in else None  # invalid: a new trace (never a 400 here)
-        tp = ctx.header() if ctx is not None else new_traceparent(secrets.token_bytes(16), secrets.token_bytes(8))
+        tp = call_context(tp_in, secrets.token_bytes, strict=False).header()  # invalid: a new trace (never a 400 here)
         path, _, query = target.partition("?")
         deployment, res, fmt, error = "", None, "body", ""
         close = False

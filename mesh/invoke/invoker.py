@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from mesh.invoke.breaker import Breaker, BreakerConfig
 from mesh.invoke.messages import (
-    BAD_REQUEST, GUEST_ERROR, LIMIT, NOT_HOSTED, OK, OVERLOADED, TIMEOUT, TRAP,
+    BAD_REQUEST, GUEST_ERROR, INTERNAL, LIMIT, NOT_HOSTED, OK, OVERLOADED, QUOTA, TIMEOUT, TRAP, UNAVAILABLE,
 )
 
 # Attempt failures the driver reports that are not reply codes.
@@ -31,6 +31,24 @@ NO_ANSWER = "no_answer"  # no reply before the deadline (the guest may have run)
 STREAM_CLOSED = "stream_closed"  # the stream broke after the request left (the guest may have run)
 NO_REPLICA = "no_replica"  # nothing to try: no running replica, or every breaker open
 BREAKER_OPEN = "breaker_open"
+
+# The HTTP status of a failed call by its final code, one table for both HTTP faces (the control
+# API's POST /v1/invoke and the HTTP ingress; docs/DAEMON.md). The guest's own failure is 500; 502
+# means no healthy replica could be reached; 429 carries a Retry-After.
+HTTP_STATUS = {
+    BAD_REQUEST: 400,
+    QUOTA: 429, OVERLOADED: 429,
+    TRAP: 500, INTERNAL: 500, GUEST_ERROR: 500, LIMIT: 500,
+    NO_REPLICA: 502, CONNECT_FAILED: 502, BREAKER_OPEN: 502, STREAM_CLOSED: 502, NOT_HOSTED: 502,
+    UNAVAILABLE: 503,
+    TIMEOUT: 504, NO_ANSWER: 504,
+}
+
+
+def http_status(code: str) -> int:
+    """The HTTP status of a call that failed with ``code`` (502 for a code not in the table)."""
+    return HTTP_STATUS.get(code, 502)
+
 
 # Answers of a healthy node: they close (or keep closed) the target's breaker.
 _HEALTHY = frozenset({OK, TRAP, TIMEOUT, LIMIT, GUEST_ERROR, BAD_REQUEST, NOT_HOSTED, OVERLOADED})

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 _TP = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 TRACEPARENT_LEN = 55
+INVALID = "traceparent is not a valid W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,3 +60,21 @@ def child_traceparent(ctx: TraceContext, random8: bytes) -> str:
         raise ValueError("need 8 random bytes")
     span_id = random8.hex() if any(random8) else "0" * 15 + "1"
     return f"00-{ctx.trace_id}-{span_id}-{ctx.flags}"
+
+
+def call_context(value: str | None, randbytes: Callable[[int], bytes], *, strict: bool = True) -> TraceContext:
+    """The trace a call runs in: the caller's ``traceparent`` continued, or a new trace when none was given.
+
+    An invalid value raises ``ValueError(INVALID)`` when ``strict`` (the control API answers it 400);
+    otherwise it starts a new trace too (the HTTP ingress: a client's bad header is never an error).
+    ``randbytes(n)`` gives n random bytes (``os.urandom`` in the daemon). Every call path (invoke,
+    a quota refusal, an HTTP request) takes its trace from here.
+    """
+    ctx = parse_traceparent(value) if value else None
+    if ctx is not None:
+        return ctx
+    if value and strict:
+        raise ValueError(INVALID)
+    new = parse_traceparent(new_traceparent(randbytes(16), randbytes(8)))
+    assert new is not None
+    return new

@@ -28,6 +28,11 @@ class BroadcastQueue(dict[str, int]):
     partition heals) waits behind all of them while the suspicion it answers
     runs out; one urgent update costs a few dozen bytes per datagram.
 
+    ``take(budget, count=False)`` hands out the same updates without counting
+    the transmission: for a datagram to a member believed unreachable (suspect,
+    or recently dead: gossip to the dead), so that every update still reaches
+    ``limit()`` members believed alive (see ``SwimCore._gossip``).
+
     The queue itself is a dict of every queued key to its transmissions so far:
     ``len``, ``bool`` and ``in`` are then plain dict operations in C (a core asks
     whether anything is queued after every event it handles). Change it only
@@ -55,8 +60,11 @@ class BroadcastQueue(dict[str, int]):
         else:
             self._levels.setdefault(0, {})[key] = data
 
-    def take(self, budget: int) -> list[bytes]:
-        """Return updates fitting ``budget`` bytes: urgent first, then fewest transmissions (then newest)."""
+    def take(self, budget: int, count: bool = True) -> list[bytes]:
+        """Return updates fitting ``budget`` bytes: urgent first, then fewest transmissions (then newest).
+
+        With ``count=False`` the same updates are returned and none is counted as transmitted.
+        """
         if budget <= 0 or not self:
             return []
         limit = self._limit()
@@ -68,6 +76,8 @@ class BroadcastQueue(dict[str, int]):
                     continue
                 budget -= cost
                 out.append(data)
+                if not count:
+                    continue
                 sent = self[key] + 1
                 if sent >= limit:
                     del self._urgent[key], self[key]
@@ -88,8 +98,9 @@ class BroadcastQueue(dict[str, int]):
                     continue
                 budget -= cost
                 out.append(data)
-                del bucket[key]
-                moved.append((key, data, level + 1))
+                if count:
+                    del bucket[key]
+                    moved.append((key, data, level + 1))
                 if budget < 8:
                     break
             if budget < 8:

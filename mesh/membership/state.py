@@ -23,8 +23,13 @@ Protocol summary (what memberlist does, and so do we):
 Where we differ from memberlist, after a partition heals (issue 8): a remote
 "dead" merged from a push-pull stays a local suspicion that is neither gossiped
 nor counted as a confirmation (the subject is told directly); our own ``Alive``
-goes ahead of the gossip backlog; and a dead member coming back makes the next
-Serf-style reconnect prompt (see ``merge_states`` and ``_reconnect_soon``).
+goes ahead of the gossip backlog; a dead member coming back makes the next
+Serf-style reconnect prompt (see ``merge_states`` and ``_reconnect_soon``); and
+gossip sent to a suspect or recently dead member does not count against an
+update's retransmit limit (see ``_gossip``: during a partition half of every
+refutation's copies went to the unreachable side); a Suspect or Dead below the
+incarnation we hold alive is answered with our Alive, straight to its sender
+(memberlist ignores it; see ``_note_stale``).
 
 Hostile or buggy input (every rule counted in ``counters``):
 
@@ -360,6 +365,7 @@ _SEQ_MASK = 2**32 - 1
 _PING, _ACK = Ping.TYPE, Ack.TYPE
 _MAX_INCARNATION = 2**63 - 1  # what every decoder accepts
 _MAX_RELAYS = 512  # indirect probes in flight for others; more is a flood
+_MAX_CORRECTIONS = 4  # Alive records sent back for the stale verdicts of one datagram (see _note_stale)
 _INF = float("inf")
 # Entries per push-pull frame are sized to this many bytes, leaving MAX_FRAME headroom.
 _PP_FRAME_BUDGET = 60_000
@@ -549,6 +555,7 @@ class SwimCore:
             "unknown_messages": 0,
             "relays_dropped": 0,
             "merge_suspicions": 0,
+            "stale_corrections": 0,
             "piggyback_skipped": 0,
             "members_refused_full": 0,
             "members_refused_rate": 0,
@@ -557,6 +564,7 @@ class SwimCore:
         # them now ("" when nobody: a local call), what the current push-pull may still add, and
         # a token bucket [tokens, at] per sending node.
         self._introducer = ""
+        self._stale: list[Member] | None = None  # while handling a datagram: see _note_stale
         self._merge_left = -1  # -1: not in a push-pull merge
         self._buckets: dict[str, list[float]] = {}
         self.leaving = False
@@ -669,7 +677,13 @@ class SwimCore:
         return self._gossip(now)
 
     def update_meta(self, meta: NodeMeta, now: float) -> None:
-        """Change our metadata: bump the incarnation and gossip it like any update."""
+        """Change our metadata: bump the incarnation and gossip it like any update.
+
+        Ignored once we leave: an Alive with a higher incarnation would take us from left back to
+        alive on every peer (which would then declare us dead once we are gone).
+        """
+        if self.leaving:
+            return
         self.meta = meta
         self.incarnation += 1
         me = self.members[self.name]
@@ -689,11 +703,46 @@ class SwimCore:
         if env.skipped_items:
             self.counters["piggyback_skipped"] += env.skipped_items
         self._introducer = env.sender
+        self._stale = []
         try:
             out = self._handle(src, env, now, out)
         finally:
             self._introducer = ""
+            stale, self._stale = self._stale, None
+        if stale:
+            self.counters["stale_corrections"] += 1
+            out.append(self._correction(src, stale))
         return out
+
+    def _note_stale(self, m: Member) -> None:
+        """A Suspect or Dead about ``m`` (or us) at an incarnation below the one we hold alive.
+
+        Whoever sent it still holds the old incarnation, and if it holds a suspicion
+        the timer will declare a live node dead: it missed the refutation. The
+        refutation goes back to it directly (:meth:`_correction`), instead of being
+        ignored, as memberlist does. One datagram per datagram that carried stale
+        verdicts: no more traffic than the stale verdicts that caused it.
+        """
+        stale = self._stale
+        if stale is not None and m.state == _ALIVE and len(stale) < _MAX_CORRECTIONS and all(x.name != m.name for x in stale):
+            stale.append(m)
+
+    def _correction(self, dst: str, stale: list[Member]) -> Outgoing:
+        """A Gossip datagram to ``dst`` carrying our Alive of each member in ``stale`` (what fits half a datagram)."""
+        alive: list[bytes] = []
+        room = MAX_DATAGRAM // 2
+        for m in stale:
+            b = encode_broadcast(self._alive_of(m))
+            room -= len(b) + 3
+            if room < 0:
+                break
+            alive.append(b)
+        return Outgoing(dst, encode(self.name, Gossip(), alive), False)  # nothing from the queue: it may hold the same
+
+    def _alive_of(self, m: Member) -> Alive:
+        if m.name == self.name:
+            return Alive(self.incarnation, self.name, self.addr, self.meta, self.key)
+        return Alive(m.incarnation, m.name, m.addr, m.meta, m.key)
 
     def _handle(self, src: str, env: Envelope, now: float, out: list[Outgoing]) -> list[Outgoing]:
         for update in env.piggyback:
@@ -1018,11 +1067,17 @@ class SwimCore:
         k = min(self.config.gossip_nodes, len(candidates))
         out = []
         budget = MAX_DATAGRAM - envelope_overhead(self.name) - 8
+        peek = self.members.peek
         for name in self.rng.sample(candidates, k) if k else []:
-            pig = self.broadcasts.take(budget)
+            m = peek(name)
+            # A copy for a suspect or recently dead member (so it can refute) is not counted
+            # against the retransmit limit: each update still reaches that many members we
+            # believe alive. Counting it, a partition that left half the members unreachable
+            # halved every update's live copies, and now and then one node missed a refutation.
+            pig = self.broadcasts.take(budget, m.state == _ALIVE)
             if not pig:
                 break
-            out.append(Outgoing(self.members.peek(name).addr, encode(self.name, Gossip(), pig), False))
+            out.append(Outgoing(m.addr, encode(self.name, Gossip(), pig), False))
         return out
 
     def _queue_alive(self, now: float) -> None:
@@ -1200,13 +1255,18 @@ class SwimCore:
                 if s.incarnation >= self.incarnation:
                     if not self._jump_refused(s.incarnation, self.incarnation):
                         self._refute(s.incarnation, now)
-                elif self.name not in self.broadcasts:
+                else:
                     # Someone still holds an older incarnation of us and suspects it: our
-                    # newer Alive evidently did not reach everyone, so announce it again.
-                    self._queue_alive(now)
+                    # newer Alive evidently did not reach everyone, so tell the sender and announce it again.
+                    self._note_stale(self.members.peek(self.name))
+                    if self.name not in self.broadcasts:
+                        self._queue_alive(now)
             return
         m = self.members.peek(s.node)  # read-only until _start_suspicion
-        if m is None or s.incarnation < m.incarnation:
+        if m is None:
+            return
+        if s.incarnation < m.incarnation:
+            self._note_stale(m)
             return
         if s.incarnation > m.incarnation and self._jump_refused(s.incarnation, m.incarnation):
             return
@@ -1252,11 +1312,16 @@ class SwimCore:
                         self._refute(d.incarnation, now)
                         # Declared dead: whoever did so is likely in our dead list too (a healed partition).
                         self._reconnect_soon(now)
-                elif self.name not in self.broadcasts:
-                    self._queue_alive(now)
+                else:
+                    self._note_stale(self.members.peek(self.name))
+                    if self.name not in self.broadcasts:
+                        self._queue_alive(now)
             return
         m = self.members.peek(d.node)
-        if m is None or d.incarnation < m.incarnation:
+        if m is None:
+            return
+        if d.incarnation < m.incarnation:
+            self._note_stale(m)
             return
         if m.state in (_DEAD, _LEFT):
             return

@@ -7,7 +7,7 @@ from crdt.documents import IntentDoc
 from crdt.errors import Conflict, KvLimitError, NotFound, PermissionDenied, ValidationError
 from crdt.intent import IntentNode
 from crdt.logrecord import LogRecord
-from crdt.schema import DeploymentSpec, KvLimits, ReplicaClaim, RouteSpec
+from crdt.schema import DeploymentSpec, KvLimits, ReplicaClaim, RouteSpec, TenantQuota
 from crdt_helpers import ADMIN, OPERATOR, PUBLISHER, STRANGER, VIEWER, key, make_nodes, manifest, share, share_all, trust_for
 
 
@@ -138,6 +138,35 @@ def test_placements_follow_every_change_of_the_view():
     assert sorted(a.doc.placements()) == ["n000", "n001"] and sorted(b.doc.placements()) == ["n000", "n001"]
     a.doc.placements().clear()  # the caller's copy, not the cache
     assert sorted(a.doc.placements()) == ["n000", "n001"]
+
+
+def test_tenant_answers_follow_every_change_of_the_view():
+    """tenant() and deployment_tenant() are kept between changes: each read after a write, a sync or a
+    revocation must see the change (the quota check of every call reads them)."""
+    nodes = make_nodes(2)
+    a, b = nodes["n000"], nodes["n001"]
+    a.publish(manifest("hello", "1.0.0"), PUBLISHER, 1)
+    for d in (a, b):  # asked (and kept) before anything exists
+        assert d.doc.tenant("t1") is None and d.doc.deployment_tenant("web") is None
+    a.set_deployment(DeploymentSpec("web", "hello", "^1.0.0"), OPERATOR, 2)
+    assert a.doc.deployment_tenant("web") == "default"  # a spec without a tenant belongs to the default one
+    a.set_deployment(DeploymentSpec("web", "hello", "^1.0.0", tenant="t1"), OPERATOR, 3)
+    assert a.doc.deployment_tenant("web") == "t1"
+    a.set_tenant(TenantQuota("t1", per_minute=5), OPERATOR, 4)
+    assert a.doc.tenant("t1") == TenantQuota("t1", per_minute=5)
+    a.set_tenant(TenantQuota("t1", per_minute=7, max_concurrency=0), OPERATOR, 5)
+    assert (a.doc.tenant("t1").per_minute, a.doc.tenant("t1").max_concurrency) == (7, 0)
+    share(a, b)  # arriving by sync
+    assert b.doc.tenant("t1") == TenantQuota("t1", per_minute=7, max_concurrency=0)
+    assert b.doc.deployment_tenant("web") == "t1"
+    a.set_deployment(DeploymentSpec("web", "hello", "^1.0.0", tenant="t2"), OPERATOR, 6)
+    assert a.doc.deployment_tenant("web") == "t2"
+    a.delete_tenant("t1", OPERATOR, 7)
+    assert a.doc.tenant("t1") is None
+    a.delete_deployment("web", OPERATOR, 8)
+    assert a.doc.deployment_tenant("web") is None
+    b.doc.revoke(OPERATOR.key_id, 0, 0)  # every operator record leaves b's view
+    assert b.doc.tenant("t1") is None and b.doc.deployment_tenant("web") is None
 
 
 def test_forged_unknown_and_wrong_role_records_are_ignored_and_counted():
