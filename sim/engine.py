@@ -62,7 +62,7 @@ class SimNode:
 
     name: str
     index: int
-    core: NodeCore = None  # type: ignore[assignment]  # set when the node boots
+    core: NodeCore | None = None  # set when the node boots
     up: bool = True
     left: bool = False
     generation: int = 0
@@ -651,7 +651,7 @@ class Simulation:
 
     # ------------------------------------------------------------------ faults
 
-    def _lifecycle(self, name: str, what: str, gen: int) -> None:
+    def _lifecycle(self, name: str, what: str | tuple[Any, ...], gen: int) -> None:
         node = self.nodes[name]
         if what == "boot":
             node.up = True

@@ -73,7 +73,15 @@ from dataclasses import dataclass, fields
 from itertools import compress, repeat
 from operator import and_, is_, ne
 from enum import IntEnum
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+
+try:  # only the optional mypyc build (docs/SIMULATOR.md) reads it; a no-op without mypy installed
+    from mypy_extensions import mypyc_attr
+except ImportError:
+
+    def mypyc_attr(*_: Any, **__: Any) -> Callable[[Any], Any]:
+        return lambda cls: cls
+
 
 from mesh.coords import Coordinate, PackedTable, VivaldiClient
 from mesh.errors import ConfigError, WireError
@@ -160,17 +168,27 @@ class _SharedMember(Member):
     __slots__ = ()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise TypeError(f"member {self.name} is shared: take it from its MemberTable (get or []) to change it")
+        if not _building_shared:
+            raise TypeError(f"member {self.name} is shared: take it from its MemberTable (get or []) to change it")
+        super().__setattr__(name, value)
+
+
+# True only while shared_member builds a record. (Built through __init__ rather than with
+# object.__new__/object.__setattr__, which a mypyc-compiled class refuses: docs/SIMULATOR.md.)
+_building_shared = False
 
 
 def shared_member(m: Member) -> Member:
     """A read-only copy of ``m`` that many tables may hold (copy-on-access, see MemberTable)."""
-    s = object.__new__(_SharedMember)
-    for f in _MEMBER_FIELDS:
-        object.__setattr__(s, f, getattr(m, f))
-    return s
+    global _building_shared
+    _building_shared = True
+    try:
+        return _SharedMember(*[getattr(m, f) for f in _MEMBER_FIELDS])
+    finally:
+        _building_shared = False
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no list subclass: stays a Python class
 class _SharedRecords(list[Member]):
     """The records :meth:`SwimCore.bootstrap` builds from ``states`` (checked) at ``now``, for
     nodes bootstrapped alike to share; with the entries they were built from, their names in
@@ -211,6 +229,7 @@ def _built_from(m: Member, st: PushPullState) -> bool:
     )
 
 
+@mypyc_attr(native_class=False)  # a dict subclass with a class-level alias: stays a Python class under mypyc
 class MemberTable(dict[str, Member]):
     """A node's members by name; members shared with other nodes are copied on access.
 
@@ -1293,7 +1312,7 @@ class SwimCore:
 
         Applied and gossiped like the end of a suspicion; True if the member was alive or suspect.
         """
-        m = self.members.get(name)
+        m = self.members.peek(name)  # read-only: _apply_dead takes its own copy
         if m is None or name == self.name or m.state in (_DEAD, _LEFT):
             return False
         self._apply_dead(Dead(m.incarnation, name, self.name), now)
