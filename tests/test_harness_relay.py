@@ -337,7 +337,10 @@ def test_tcp_order_kept_with_many_chunks_in_flight() -> None:
 
 
 def test_tcp_bandwidth_cap_slows_transfer() -> None:
-    # 64 KiB up and 64 KiB back at 1 MiB/s per direction: at least 2 * 62.5 ms.
+    # 64 KiB up and 64 KiB back at 1 MiB/s per direction. The echo sends each chunk back as it
+    # arrives, so the two directions overlap: the bound is one direction's 62.5 ms plus the
+    # last chunk back (2 x 62.5 ms only when the upload arrived as one chunk). Uncapped, the
+    # round trip takes about a millisecond here.
     payload = b"b" * 65536
     with tcp_echo() as echo, TcpRelay(echo, bandwidth=1024 * 1024) as relay:
         with socket.create_connection(relay.address, timeout=5.0) as c:
@@ -345,7 +348,9 @@ def test_tcp_bandwidth_cap_slows_transfer() -> None:
             c.sendall(payload)
             assert recv_exactly(c, len(payload)) == payload
             elapsed = time.monotonic() - t0
-    assert elapsed >= 2 * len(payload) / (1024 * 1024)
+        up, down = relay.count("bytes_forwarded", "up"), relay.count("bytes_forwarded", "down")
+    assert (up, down) == (len(payload), len(payload))
+    assert elapsed >= len(payload) / (1024 * 1024)
 
 
 def test_tcp_cut_closes_and_partition_stalls_until_heal() -> None:
