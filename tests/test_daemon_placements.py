@@ -66,6 +66,10 @@ def test_three_nodes_agree_on_placements_and_explain_why(procs: ProcessGroup, tm
     code, out, err = cli("module", "publish", str(HELLO), "--name", "hello", "--version", "1.0.0", "--key",
                          str(tmp_path / "pub.key"), "--data-dir", str(tmp_path / "a"))
     assert code == 0, err
+    # Published on a, deployed through b: b checks the version against its own replica of the
+    # registry, which has it once the publish has replicated (a deploy sent sooner is refused, rightly).
+    wait_until(lambda: {"name": "hello", "versions": ["1.0.0"], "live": ["1.0.0"]} in mesh.nodes["b"].client().get("/v1/modules"),
+               20, "the module replicated to b")
     code, out, err = cli("deploy", "web", "--module", "hello", "--version", "^1.0.0", "--replicas", "2", "--label",
                          "tier=edge", "--spread", "site", "--key", str(tmp_path / "op.key"), "--data-dir", str(tmp_path / "b"))
     assert code == 0, err
