@@ -97,8 +97,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if eps:
             eps[0].load()(sub)
             return parser
-        parser = _Parser(prog="wasmatrix", description="Peer-to-peer WebAssembly workload platform")
-        sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+        # Nothing was registered: go on to the full parser.
     for name in _COMMAND_MODULES:
         _register(name, sub)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
